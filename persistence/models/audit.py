@@ -1,0 +1,27 @@
+"""Audit log: append-only record of every change to an audited entity."""
+
+from __future__ import annotations
+
+from sqlalchemy import Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from persistence.models.base import JSON, Base, CreatedAt, UUIDPrimaryKey
+
+
+class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
+    __tablename__ = "audit_log"
+
+    entity_type: Mapped[str] = mapped_column(String(50))
+    entity_id: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(50))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    # {field: [old, new]}
+    changes: Mapped[JSON | None]
+    metadata_: Mapped[JSON | None] = mapped_column("metadata")
+
+
+Index("ix_audit_log_entity_type_entity_id", AuditLog.entity_type, AuditLog.entity_id)
+Index("ix_audit_log_created_at", AuditLog.created_at.desc())
+# Audit rows are found by request or trace id kept in metadata (`metadata @> '{"request_id": ...}'`).
+Index("ix_audit_log_metadata", AuditLog.metadata_, postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"})
+Index("ix_audit_log_created_at_brin", AuditLog.created_at, postgresql_using="brin")
