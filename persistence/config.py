@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
+_ALIASES = {"database": "DB_NAME", "url": "DATABASE_URL"}
 _URL_QUERY_FIELDS = {
     "sslmode": "ssl_mode",
     "host": "host",
@@ -69,16 +70,23 @@ class DatabaseConfig(BaseSettings):
     ssl_mode: SSLMode | None = Field(default=None, description="libpq sslmode; None uses asyncpg's default.")
     echo: bool = Field(default=False, description="Log every SQL statement (SQLAlchemy echo).")
 
-    @model_validator(mode="after")
-    def _fill_from_url(self) -> DatabaseConfig:
-        if self.url is None:
-            return self
-        parts = _parse_url(self.url.get_secret_value())
-        explicit = self.model_fields_set
-        for name, value in parts.items():
-            if name not in explicit and value is not None:
-                object.__setattr__(self, name, value)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_url(cls, data: Any) -> Any:
+        """Fill fields that were not given explicitly from the URL's parts (validated like any input)."""
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("url", data.get("DATABASE_URL"))
+        if raw is None:
+            return data
+        text = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw)
+        merged = dict(data)
+        for name, value in _parse_url(text).items():
+            alias = _ALIASES.get(name)
+            if value is None or name in data or (alias is not None and alias in data):
+                continue
+            merged[name] = value
+        return merged
 
     @property
     def is_configured(self) -> bool:

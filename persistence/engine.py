@@ -125,7 +125,7 @@ def _explain(exc: BaseException, config: DatabaseConfig) -> tuple[str, str | Non
         if isinstance(err, FileNotFoundError):
             return "no server socket at this path (is the server running?)", None, True
         if isinstance(err, OSError):
-            return f"network error: {err.strerror or type(err).__name__}", None, True
+            return f"network error: {err.strerror or err or type(err).__name__}", None, True
     if isinstance(exc, InterfaceError | OperationalError):
         return "the connection was closed by the server", None, True
     return f"{type(exc).__name__}", None, False

@@ -1,0 +1,5 @@
+import sys
+
+from persistence.cli import main
+
+sys.exit(main())

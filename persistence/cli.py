@@ -1,0 +1,214 @@
+"""The `persistence` command: embedded server, migrations, seeding. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TextIO
+
+from persistence.config import DatabaseConfig, EmbeddedConfig
+from persistence.embedded import EmbeddedServer
+from persistence.errors import PersistenceError
+
+
+def _print_status(server: EmbeddedServer, database: str, out: TextIO) -> None:
+    status = server.status()
+    state = f"running (pid {status.pid})" if status.running else "stopped"
+    print(f"embedded PostgreSQL: {state}", file=out)
+    print(f"  data dir : {status.data_dir}", file=out)
+    print(f"  version  : {status.version or 'not initialised'}", file=out)
+    if status.bindir is not None:
+        print(f"  binaries : {status.bindir}", file=out)
+    print(f"  url      : {server.url(database)}", file=out)
+
+
+def _server_command(args: argparse.Namespace) -> int:
+    config = EmbeddedConfig()
+    server = EmbeddedServer.from_config(config)
+    database: str = args.database or config.database
+    if args.action == "start":
+        server.ensure_database(database)
+        _print_status(server, database, sys.stdout)
+    elif args.action == "stop":
+        stopped = server.stop()
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    elif args.action == "status":
+        _print_status(server, database, sys.stdout)
+        return 0 if server.status().running else 3
+    elif args.action == "url":
+        print(server.url(database))
+    return 0
+
+
+async def _migrate(revision: str) -> int:
+    from persistence import migrations
+    from persistence.engine import create_database_engine
+
+    config = DatabaseConfig()
+    engine = await create_database_engine(config)
+    try:
+        before, after = await migrations.upgrade(engine, revision)
+    finally:
+        await engine.dispose()
+    if before == after:
+        print(f"schema already at {after or 'base'}")
+    else:
+        print(f"schema migrated {before or 'base'} -> {after}")
+    return 0
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
+    from persistence.seeding import SeedPlan
+
+    d = SeedPlan()
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same data (default %(default)s)")
+    parser.add_argument("--claims", type=int, default=d.claims, help="claims to create (default %(default)s)")
+    parser.add_argument("--verifications-per-claim", type=int, default=d.verifications_per_claim,
+                        help="verification results per claim (default %(default)s)")
+    parser.add_argument("--training-per-claim", type=int, default=d.training_per_claim,
+                        help="training examples per claim (default %(default)s)")
+    parser.add_argument("--checkpoints-per-model", type=int, default=d.checkpoints_per_model,
+                        help="checkpoint versions per model and framework (default %(default)s)")
+    parser.add_argument("--service-instances", type=int, default=d.service_instances,
+                        help="instances per service in service_health (default %(default)s)")
+    parser.add_argument("--ai-calls", type=int, default=d.ai_calls, help="AI-call ledger rows (default %(default)s)")
+    parser.add_argument("--days", type=int, default=d.days,
+                        help="days of AI-call history before --as-of (default %(default)s)")
+    parser.add_argument("--as-of", type=_utc_date, default=None,
+                        help="end of the generated history, YYYY-MM-DD in UTC (default: today)")
+    parser.add_argument("--reset", action="store_true", help="delete all rows of the package's tables first")
+    parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+
+
+def _utc_date(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+class _Progress:
+    """One line per table, rewritten in place on a terminal; whole lines otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.current: str | None = None
+
+    def __call__(self, table: str, done: int, total: int) -> None:
+        line = f"  {table:<24} {done:>8}/{total:<8}"
+        if self.tty:
+            end = "\n" if done >= total else ""
+            print(f"\r{line}", end=end, file=self.out, flush=True)
+        elif done >= total:
+            print(line, file=self.out, flush=True)
+
+
+async def _seed(args: argparse.Namespace) -> int:
+    from persistence import migrations
+    from persistence.engine import create_database_engine
+    from persistence.seeding import SeedPlan, seed_database
+
+    try:
+        plan = SeedPlan(
+            seed=args.seed, claims=args.claims, verifications_per_claim=args.verifications_per_claim,
+            training_per_claim=args.training_per_claim, checkpoints_per_model=args.checkpoints_per_model,
+            service_instances=args.service_instances, ai_calls=args.ai_calls, days=args.days, as_of=args.as_of,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = DatabaseConfig()
+    log = sys.stderr
+    where = config.describe() if config.is_configured else "the embedded local PostgreSQL (no DATABASE_URL set)"
+    print(f"database: {where}", file=log)
+    engine = await create_database_engine(config)
+    try:
+        before, after = await migrations.upgrade(engine)
+        if before != after:
+            print(f"schema: migrated {before or 'empty'} -> {after}", file=log)
+        else:
+            print(f"schema: at head ({after})", file=log)
+        print(f"seeding (seed={plan.seed}{', reset' if args.reset else ''}):", file=log)
+        progress = None if args.quiet else _Progress(log)
+        report = await seed_database(engine, plan, reset=args.reset, progress=progress)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await engine.dispose()
+    inserted = report.inserted
+    width = max(len(t) for t in report.after)
+    print(f"\n{'table':<{width}}  {'before':>8}  {'inserted':>8}  {'rows':>8}")
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 8}")
+    for table, rows in report.after.items():
+        print(f"{table:<{width}}  {report.before.get(table, 0):>8}  {inserted.get(table, 0):>8}  {rows:>8}")
+    print(f"{'total':<{width}}  {sum(report.before.values()):>8}  {sum(inserted.values()):>8}  "
+          f"{sum(report.after.values()):>8}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persistence",
+        description="PostgreSQL persistence layer: local server, migrations and demo data. "
+        "The database comes from DATABASE_URL or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD (or .env); "
+        "with neither, a local PostgreSQL is started in the per-user data directory.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    server = sub.add_parser("server", help="manage the embedded local PostgreSQL server")
+    server.add_argument("action", choices=["start", "stop", "status", "url"],
+                        help="start (and create the database), stop, show status (exit 3 if stopped), print URL")
+    server.add_argument("--database", help="database name (default: PERSISTENCE_DATABASE or 'persistence')")
+
+    migrate = sub.add_parser("migrate", help="apply migrations (alembic upgrade) to the configured database")
+    migrate.add_argument("--revision", default="head", help="target revision (default %(default)s)")
+
+    seed = sub.add_parser("seed", help="migrate to head, then fill the database with realistic demo data",
+                          description=SEED_DESCRIPTION)
+    add_seed_arguments(seed)
+    return parser
+
+
+SEED_DESCRIPTION = (
+    "Migrate the database to head, then fill every table with realistic, related demo data. "
+    "Deterministic: the same --seed and sizes give the same rows. Idempotent: running again inserts "
+    "nothing new; larger sizes add only the missing rows; --reset starts over. Runs in one transaction."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "server":
+            return _server_command(args)
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args.revision))
+        if args.command == "seed":
+            return asyncio.run(_seed(args))
+    except PersistenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was committed by the running step", file=sys.stderr)
+        return 130
+    return 2
+
+
+def seed_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of scripts/seed_database.py: `persistence seed` with its own program name."""
+    parser = argparse.ArgumentParser(prog="seed_database.py", description=SEED_DESCRIPTION)
+    add_seed_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(_seed(args))
+    except PersistenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the seeding transaction was rolled back", file=sys.stderr)
+        return 130

@@ -1,0 +1,110 @@
+"""DatabaseConfig: seed keywords, environment, .env, URLs, and a password that never leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from persistence import DatabaseConfig
+
+ENV_VARS = ("DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_POOL_SIZE",
+            "DB_SSL_MODE", "DB_STATEMENT_TIMEOUT_MS")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_seed_keywords_and_defaults() -> None:
+    config = DatabaseConfig(host="localhost", port=5432, database="brahminykite", user="brahminykite",
+                            password="your_password", pool_size=20, max_overflow=10)
+    assert (config.host, config.port, config.database, config.user) == ("localhost", 5432, "brahminykite",
+                                                                          "brahminykite")
+    assert isinstance(config.password, SecretStr)
+    assert config.password.get_secret_value() == "your_password"
+    defaults = DatabaseConfig(host="h")
+    assert (defaults.pool_size, defaults.max_overflow, defaults.pool_pre_ping) == (20, 10, True)
+    assert config.is_configured
+
+
+def test_nothing_configured_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOST", "should-not-be-read")
+    monkeypatch.setenv("USER", "nor-this")
+    config = DatabaseConfig()
+    assert not config.is_configured
+    assert config.host is None and config.user is None
+
+
+def test_db_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {"DB_HOST": "db.internal", "DB_PORT": "6543", "DB_NAME": "claims", "DB_USER": "svc",
+                       "DB_PASSWORD": "s3cret-pw", "DB_POOL_SIZE": "7", "DB_STATEMENT_TIMEOUT_MS": "1500"}.items():
+        monkeypatch.setenv(key, value)
+    config = DatabaseConfig()
+    assert (config.host, config.port, config.database, config.user) == ("db.internal", 6543, "claims", "svc")
+    assert config.password is not None and config.password.get_secret_value() == "s3cret-pw"
+    assert (config.pool_size, config.statement_timeout_ms) == (7, 1500)
+
+
+def test_keyword_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_NAME", "from-env")
+    assert DatabaseConfig(host="h", database="from-kwarg").database == "from-kwarg"
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DB_HOST=envfile-host\nDB_NAME=envfile-db\nDB_PASSWORD=pw-from-file\n")
+    config = DatabaseConfig()
+    assert (config.host, config.database) == ("envfile-host", "envfile-db")
+
+
+def test_database_url_fills_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://svc:p%40ss-word@db.example:6000/ledger?sslmode=require")
+    config = DatabaseConfig()
+    assert (config.host, config.port, config.database, config.user, config.ssl_mode) == (
+        "db.example", 6000, "ledger", "svc", "require")
+    assert config.password is not None and config.password.get_secret_value() == "p@ss-word"
+    assert config.sqlalchemy_url().drivername == "postgresql+asyncpg"
+
+
+def test_explicit_fields_override_url_parts() -> None:
+    config = DatabaseConfig(url="postgresql://a:b@h1:1111/d1", database="d2")
+    assert (config.host, config.port, config.database) == ("h1", 1111, "d2")
+
+
+def test_unix_socket_url() -> None:
+    config = DatabaseConfig(url="postgresql://postgres@/app?host=/var/run/postgresql&port=5433")
+    assert (config.host, config.port, config.database) == ("/var/run/postgresql", 5433, "app")
+    url = config.sqlalchemy_url()
+    assert url.query["host"] == "/var/run/postgresql" and url.host is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://u:p@h/db", "must be a PostgreSQL URL"),
+        ("postgresql://u:p@h/db?options=-csearch_path%3Devil", "'options' is not supported"),
+        ("not a url", "not a valid URL"),
+    ],
+)
+def test_bad_urls_rejected(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        DatabaseConfig(url=url)
+
+
+@pytest.mark.parametrize("field", [{"port": 0}, {"pool_size": 0}, {"max_overflow": -1}, {"ssl_mode": "sometimes"}])
+def test_bad_values_rejected(field: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        DatabaseConfig(host="h", **field)  # type: ignore[arg-type]
+
+
+def test_password_never_shown() -> None:
+    secret = "hunter2-very-secret"
+    config = DatabaseConfig(host="h", user="u", database="d", password=secret)
+    from_url = DatabaseConfig(url=f"postgresql://u:{secret}@h/d")
+    for shown in (repr(config), str(config), config.describe(), str(config.sqlalchemy_url()),
+                  repr(from_url), str(from_url), from_url.describe(), config.model_dump_json()):
+        assert secret not in shown
