@@ -64,21 +64,49 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     from persistence.seeding import SeedPlan
 
     d = SeedPlan()
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same data (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=d.seed, help="random seed; same seed, same data (default %(default)s)"
+    )
     parser.add_argument("--claims", type=int, default=d.claims, help="claims to create (default %(default)s)")
-    parser.add_argument("--verifications-per-claim", type=int, default=d.verifications_per_claim,
-                        help="verification results per claim (default %(default)s)")
-    parser.add_argument("--training-per-claim", type=int, default=d.training_per_claim,
-                        help="training examples per claim (default %(default)s)")
-    parser.add_argument("--checkpoints-per-model", type=int, default=d.checkpoints_per_model,
-                        help="checkpoint versions per model and framework (default %(default)s)")
-    parser.add_argument("--service-instances", type=int, default=d.service_instances,
-                        help="instances per service in service_health (default %(default)s)")
-    parser.add_argument("--ai-calls", type=int, default=d.ai_calls, help="AI-call ledger rows (default %(default)s)")
-    parser.add_argument("--days", type=int, default=d.days,
-                        help="days of AI-call history before --as-of (default %(default)s)")
-    parser.add_argument("--as-of", type=_utc_date, default=None,
-                        help="end of the generated history, YYYY-MM-DD in UTC (default: today)")
+    parser.add_argument(
+        "--verifications-per-claim",
+        type=int,
+        default=d.verifications_per_claim,
+        help="verification results per claim (default %(default)s)",
+    )
+    parser.add_argument(
+        "--training-per-claim",
+        type=int,
+        default=d.training_per_claim,
+        help="training examples per claim (default %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoints-per-model",
+        type=int,
+        default=d.checkpoints_per_model,
+        help="checkpoint versions per model and framework (default %(default)s)",
+    )
+    parser.add_argument(
+        "--service-instances",
+        type=int,
+        default=d.service_instances,
+        help="instances per service in service_health (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ai-calls", type=int, default=d.ai_calls, help="AI-call ledger rows (default %(default)s)"
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=d.days,
+        help="days of AI-call history before --as-of (default %(default)s)",
+    )
+    parser.add_argument(
+        "--as-of",
+        type=_utc_date,
+        default=None,
+        help="end of the generated history, YYYY-MM-DD in UTC (default: today)",
+    )
     parser.add_argument("--reset", action="store_true", help="delete all rows of the package's tables first")
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
 
@@ -114,16 +142,24 @@ async def _seed(args: argparse.Namespace) -> int:
 
     try:
         plan = SeedPlan(
-            seed=args.seed, claims=args.claims, verifications_per_claim=args.verifications_per_claim,
-            training_per_claim=args.training_per_claim, checkpoints_per_model=args.checkpoints_per_model,
-            service_instances=args.service_instances, ai_calls=args.ai_calls, days=args.days, as_of=args.as_of,
+            seed=args.seed,
+            claims=args.claims,
+            verifications_per_claim=args.verifications_per_claim,
+            training_per_claim=args.training_per_claim,
+            checkpoints_per_model=args.checkpoints_per_model,
+            service_instances=args.service_instances,
+            ai_calls=args.ai_calls,
+            days=args.days,
+            as_of=args.as_of,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = DatabaseConfig()
     log = sys.stderr
-    where = config.describe() if config.is_configured else "the embedded local PostgreSQL (no DATABASE_URL set)"
+    where = (
+        config.describe() if config.is_configured else "the embedded local PostgreSQL (no DATABASE_URL set)"
+    )
     print(f"database: {where}", file=log)
     engine = await create_database_engine(config)
     try:
@@ -146,8 +182,10 @@ async def _seed(args: argparse.Namespace) -> int:
     print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 8}")
     for table, rows in report.after.items():
         print(f"{table:<{width}}  {report.before.get(table, 0):>8}  {inserted.get(table, 0):>8}  {rows:>8}")
-    print(f"{'total':<{width}}  {sum(report.before.values()):>8}  {sum(inserted.values()):>8}  "
-          f"{sum(report.after.values()):>8}")
+    print(
+        f"{'total':<{width}}  {sum(report.before.values()):>8}  {sum(inserted.values()):>8}  "
+        f"{sum(report.after.values()):>8}"
+    )
     return 0
 
 
@@ -161,15 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     server = sub.add_parser("server", help="manage the embedded local PostgreSQL server")
-    server.add_argument("action", choices=["start", "stop", "status", "url"],
-                        help="start (and create the database), stop, show status (exit 3 if stopped), print URL")
+    server.add_argument(
+        "action",
+        choices=["start", "stop", "status", "url"],
+        help="start (and create the database), stop, show status (exit 3 if stopped), print URL",
+    )
     server.add_argument("--database", help="database name (default: PERSISTENCE_DATABASE or 'persistence')")
 
     migrate = sub.add_parser("migrate", help="apply migrations (alembic upgrade) to the configured database")
     migrate.add_argument("--revision", default="head", help="target revision (default %(default)s)")
 
-    seed = sub.add_parser("seed", help="migrate to head, then fill the database with realistic demo data",
-                          description=SEED_DESCRIPTION)
+    seed = sub.add_parser(
+        "seed",
+        help="migrate to head, then fill the database with realistic demo data",
+        description=SEED_DESCRIPTION,
+    )
     add_seed_arguments(seed)
     return parser
 

@@ -9,7 +9,7 @@ Explicit fields win over the components of a URL. With neither a host nor a URL,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, model_validator
@@ -60,15 +60,42 @@ class DatabaseConfig(BaseSettings):
     pool_size: int = Field(default=20, ge=1, description="Connections kept open in the pool.")
     max_overflow: int = Field(default=10, ge=0, description="Extra connections allowed under load.")
     pool_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for a pooled connection.")
-    pool_recycle: int = Field(default=1800, ge=-1, description="Seconds after which a connection is replaced.")
+    pool_recycle: int = Field(
+        default=1800, ge=-1, description="Seconds after which a connection is replaced."
+    )
     pool_pre_ping: bool = Field(default=True, description="Test each connection on checkout.")
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds allowed to open a connection.")
     statement_timeout_ms: int | None = Field(
-        default=None, ge=0, description="Server-side statement_timeout for every session; None keeps the server's."
+        default=None,
+        ge=0,
+        description="Server-side statement_timeout for every session; None keeps the server's.",
     )
     application_name: str = Field(default="persistence", max_length=63)
     ssl_mode: SSLMode | None = Field(default=None, description="libpq sslmode; None uses asyncpg's default.")
     echo: bool = Field(default=False, description="Log every SQL statement (SQLAlchemy echo).")
+
+    if TYPE_CHECKING:
+        # Callers pass plain strings for secrets (as seed 003 does); pydantic wraps them in SecretStr.
+        def __init__(
+            self,
+            *,
+            url: SecretStr | str | None = None,
+            host: str | None = None,
+            port: int = 5432,
+            database: str | None = None,
+            user: str | None = None,
+            password: SecretStr | str | None = None,
+            pool_size: int = 20,
+            max_overflow: int = 10,
+            pool_timeout: float = 30.0,
+            pool_recycle: int = 1800,
+            pool_pre_ping: bool = True,
+            connect_timeout: float = 10.0,
+            statement_timeout_ms: int | None = None,
+            application_name: str = "persistence",
+            ssl_mode: SSLMode | None = None,
+            echo: bool = False,
+        ) -> None: ...
 
     @model_validator(mode="before")
     @classmethod
@@ -96,13 +123,15 @@ class DatabaseConfig(BaseSettings):
     def sqlalchemy_url(self, driver: str = "asyncpg") -> URL:
         """The URL SQLAlchemy connects with. `str()` of it masks the password."""
         if not self.is_configured:
-            raise ValueError("no database configured: set DATABASE_URL or DB_HOST, or use the embedded server")
+            raise ValueError(
+                "no database configured: set DATABASE_URL or DB_HOST, or use the embedded server"
+            )
         password = self.password.get_secret_value() if self.password is not None else None
         query: dict[str, str] = {}
         host: str | None = self.host
         if host is not None and host.startswith("/"):
             # asyncpg takes a unix-socket directory as host; URL.create cannot carry a path as host.
-            query["host"] = self.host
+            query["host"] = host
             host = None
         return URL.create(
             f"postgresql+{driver}",
@@ -123,7 +152,9 @@ def _parse_url(raw: str) -> dict[str, Any]:
     try:
         url = make_url(raw)
     except ArgumentError:
-        raise ValueError("DATABASE_URL is not a valid URL (expected postgresql://user:pass@host:port/db)") from None
+        raise ValueError(
+            "DATABASE_URL is not a valid URL (expected postgresql://user:pass@host:port/db)"
+        ) from None
     backend = url.get_backend_name()
     if backend not in _URL_SCHEMES:
         raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {backend!r}")

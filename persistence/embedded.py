@@ -64,7 +64,9 @@ def candidate_bindirs(explicit: Path | None = None) -> list[Path]:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True)
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
             found.append(Path(out.stdout.strip()))
     system = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
@@ -223,7 +225,9 @@ class EmbeddedServer:
         """Start the server if needed and create database `name` if missing; True if it was created."""
         self.start()
         with self._lock():
-            exists = self.psql("SELECT 1 FROM pg_database WHERE datname = :'dbname';\n", variables={"dbname": name})
+            exists = self.psql(
+                "SELECT 1 FROM pg_database WHERE datname = :'dbname';\n", variables={"dbname": name}
+            )
             if exists.strip():
                 return False
             self.psql("SELECT format('CREATE DATABASE %I', :'dbname') \\gexec\n", variables={"dbname": name})
@@ -234,12 +238,28 @@ class EmbeddedServer:
         self.psql(script, variables={"dbname": name})
 
     def psql(
-        self, script: str, *, database: str = "postgres", variables: Mapping[str, str] | None = None,
+        self,
+        script: str,
+        *,
+        database: str = "postgres",
+        variables: Mapping[str, str] | None = None,
     ) -> str:
         """Run a psql script as the superuser over the unix socket and return its output."""
         args = [
-            str(self.bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-            "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.superuser, "-d", database,
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            self.superuser,
+            "-d",
+            database,
         ]
         for key, value in (variables or {}).items():
             args += ["-v", f"{key}={value}"]
@@ -257,7 +277,12 @@ class EmbeddedServer:
 
     def database_config(self, database: str, base: DatabaseConfig | None = None) -> DatabaseConfig:
         """Settings that connect to `database` here, keeping pool settings from `base`."""
-        fields = {"host": str(self.socket_dir), "port": self.port, "user": self.superuser, "database": database}
+        fields = {
+            "host": str(self.socket_dir),
+            "port": self.port,
+            "user": self.superuser,
+            "database": database,
+        }
         if base is None:
             return DatabaseConfig(**fields)  # type: ignore[arg-type]
         return base.model_copy(update=fields)
@@ -326,7 +351,8 @@ class EmbeddedServer:
                 log_tail = "\n".join(self.log_file.read_text().splitlines()[-15:])
             raise EmbeddedServerError(
                 f"{Path(args[0]).name} {' '.join(args[1:2])} failed (exit {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()}" + (f"\n--- {self.log_file}:\n{log_tail}" if log_tail else "")
+                f"{(result.stderr or result.stdout).strip()}"
+                + (f"\n--- {self.log_file}:\n{log_tail}" if log_tail else "")
             )
 
     def _initdb(self) -> None:
@@ -337,8 +363,16 @@ class EmbeddedServer:
         if tmp.exists():
             shutil.rmtree(tmp)
         self._run(
-            str(self.bindir / "initdb"), "-D", str(tmp), "-U", self.superuser, "--auth-local=trust",
-            "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions",
+            str(self.bindir / "initdb"),
+            "-D",
+            str(tmp),
+            "-U",
+            self.superuser,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-instructions",
         )
         with open(tmp / "postgresql.conf", "a") as conf:
             conf.write("\ninclude_if_exists = 'persistence.conf'\n")
@@ -359,7 +393,8 @@ class EmbeddedServer:
         lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
         (self.pgdata / "persistence.conf").write_text(
             "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
-            + "\n".join(lines) + "\n"
+            + "\n".join(lines)
+            + "\n"
         )
 
     def _pg_ctl(self, *args: str) -> None:

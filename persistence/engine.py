@@ -112,14 +112,19 @@ def _explain(exc: BaseException, config: DatabaseConfig) -> tuple[str, str | Non
         sqlstate = getattr(err, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate:
             reason, retryable = _SQLSTATE_REASONS.get(
-                sqlstate, (f"the server refused the connection ({type(err).__name__})", sqlstate.startswith("08"))
+                sqlstate,
+                (f"the server refused the connection ({type(err).__name__})", sqlstate.startswith("08")),
             )
             return reason, sqlstate, retryable
     for err in _causes(exc):
         if isinstance(err, socket.gaierror):
             return f"cannot resolve host name {config.host!r}", None, True
         if isinstance(err, ConnectionRefusedError):
-            return "connection refused (is the server running and accepting connections on this address?)", None, True
+            return (
+                "connection refused (is the server running and accepting connections on this address?)",
+                None,
+                True,
+            )
         if isinstance(err, TimeoutError):
             return f"timed out after {config.connect_timeout:g}s", None, True
         if isinstance(err, FileNotFoundError):

@@ -9,8 +9,17 @@ from pydantic import SecretStr, ValidationError
 
 from persistence import DatabaseConfig
 
-ENV_VARS = ("DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_POOL_SIZE",
-            "DB_SSL_MODE", "DB_STATEMENT_TIMEOUT_MS")
+ENV_VARS = (
+    "DATABASE_URL",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_POOL_SIZE",
+    "DB_SSL_MODE",
+    "DB_STATEMENT_TIMEOUT_MS",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -21,10 +30,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_seed_keywords_and_defaults() -> None:
-    config = DatabaseConfig(host="localhost", port=5432, database="brahminykite", user="brahminykite",
-                            password="your_password", pool_size=20, max_overflow=10)
-    assert (config.host, config.port, config.database, config.user) == ("localhost", 5432, "brahminykite",
-                                                                          "brahminykite")
+    config = DatabaseConfig(
+        host="localhost",
+        port=5432,
+        database="brahminykite",
+        user="brahminykite",
+        password="your_password",
+        pool_size=20,
+        max_overflow=10,
+    )
+    assert (config.host, config.port, config.database, config.user) == (
+        "localhost",
+        5432,
+        "brahminykite",
+        "brahminykite",
+    )
     assert isinstance(config.password, SecretStr)
     assert config.password.get_secret_value() == "your_password"
     defaults = DatabaseConfig(host="h")
@@ -41,8 +61,15 @@ def test_nothing_configured_means_embedded(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_db_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"DB_HOST": "db.internal", "DB_PORT": "6543", "DB_NAME": "claims", "DB_USER": "svc",
-                       "DB_PASSWORD": "s3cret-pw", "DB_POOL_SIZE": "7", "DB_STATEMENT_TIMEOUT_MS": "1500"}.items():
+    for key, value in {
+        "DB_HOST": "db.internal",
+        "DB_PORT": "6543",
+        "DB_NAME": "claims",
+        "DB_USER": "svc",
+        "DB_PASSWORD": "s3cret-pw",
+        "DB_POOL_SIZE": "7",
+        "DB_STATEMENT_TIMEOUT_MS": "1500",
+    }.items():
         monkeypatch.setenv(key, value)
     config = DatabaseConfig()
     assert (config.host, config.port, config.database, config.user) == ("db.internal", 6543, "claims", "svc")
@@ -65,7 +92,12 @@ def test_database_url_fills_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://svc:p%40ss-word@db.example:6000/ledger?sslmode=require")
     config = DatabaseConfig()
     assert (config.host, config.port, config.database, config.user, config.ssl_mode) == (
-        "db.example", 6000, "ledger", "svc", "require")
+        "db.example",
+        6000,
+        "ledger",
+        "svc",
+        "require",
+    )
     assert config.password is not None and config.password.get_secret_value() == "p@ss-word"
     assert config.sqlalchemy_url().drivername == "postgresql+asyncpg"
 
@@ -95,7 +127,9 @@ def test_bad_urls_rejected(url: str, message: str) -> None:
         DatabaseConfig(url=url)
 
 
-@pytest.mark.parametrize("field", [{"port": 0}, {"pool_size": 0}, {"max_overflow": -1}, {"ssl_mode": "sometimes"}])
+@pytest.mark.parametrize(
+    "field", [{"port": 0}, {"pool_size": 0}, {"max_overflow": -1}, {"ssl_mode": "sometimes"}]
+)
 def test_bad_values_rejected(field: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         DatabaseConfig(host="h", **field)  # type: ignore[arg-type]
@@ -105,6 +139,14 @@ def test_password_never_shown() -> None:
     secret = "hunter2-very-secret"
     config = DatabaseConfig(host="h", user="u", database="d", password=secret)
     from_url = DatabaseConfig(url=f"postgresql://u:{secret}@h/d")
-    for shown in (repr(config), str(config), config.describe(), str(config.sqlalchemy_url()),
-                  repr(from_url), str(from_url), from_url.describe(), config.model_dump_json()):
+    for shown in (
+        repr(config),
+        str(config),
+        config.describe(),
+        str(config.sqlalchemy_url()),
+        repr(from_url),
+        str(from_url),
+        from_url.describe(),
+        config.model_dump_json(),
+    ):
         assert secret not in shown

@@ -88,7 +88,9 @@ def test_url_connects_with_psql_style_tools(data_dir: Path) -> None:
     config = DatabaseConfig(url=url)
     assert config.host == str(data_dir / "run") and config.database == "urldb"
     psql = server.bindir / "psql"
-    out = subprocess.run([str(psql), url, "-Atc", "SELECT 40 + 2"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(psql), url, "-Atc", "SELECT 40 + 2"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "42"
 
 
@@ -99,15 +101,21 @@ def test_bad_pg_bindir_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_socket_path_too_long_is_a_clear_error() -> None:
     with pytest.raises(EmbeddedServerError, match="longer than 107 bytes"):
-        EmbeddedServer(Path("/tmp") / ("d" * 120))
+        EmbeddedServer(Path("/tmp") / ("d" * 120))  # noqa: S108
 
 
 def test_cli_start_status_url_stop(data_dir: Path) -> None:
     env = {**os.environ, "PERSISTENCE_DATA_DIR": str(data_dir)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "persistence", "server", *args], env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "persistence", "server", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     stopped = cli("status")
     assert stopped.returncode == 3 and "stopped" in stopped.stdout

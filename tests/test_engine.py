@@ -28,8 +28,14 @@ def app_role(pg: ThrowawayPostgres) -> str:
 
 
 def tcp_config(pg: ThrowawayPostgres, **overrides: object) -> DatabaseConfig:
-    fields: dict[str, object] = {"host": "127.0.0.1", "port": pg.port, "database": "engine_app",
-                                 "user": "engine_app", "password": PASSWORD, **overrides}
+    fields: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": pg.port,
+        "database": "engine_app",
+        "user": "engine_app",
+        "password": PASSWORD,
+        **overrides,
+    }
     return DatabaseConfig.model_validate(fields)
 
 
@@ -127,8 +133,9 @@ def silent_listener() -> Iterator[int]:
 
 
 async def test_server_that_never_answers_times_out(silent_listener: int) -> None:
-    config = DatabaseConfig(host="127.0.0.1", port=silent_listener, database="x", user="u", password=PASSWORD,
-                            connect_timeout=0.5)
+    config = DatabaseConfig(
+        host="127.0.0.1", port=silent_listener, database="x", user="u", password=PASSWORD, connect_timeout=0.5
+    )
     with pytest.raises(DatabaseConnectionError) as info:
         await create_database_engine(config)
     assert "timed out after 0.5s" in str(info.value)

@@ -28,7 +28,9 @@ class AICall(Base):
 
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
-    total_tokens: Mapped[int] = mapped_column(Integer, Computed("input_tokens + output_tokens", persisted=True))
+    total_tokens: Mapped[int] = mapped_column(
+        Integer, Computed("input_tokens + output_tokens", persisted=True)
+    )
 
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(10, 6))
     latency_ms: Mapped[int | None] = mapped_column(Integer)

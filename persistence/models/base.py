@@ -37,7 +37,9 @@ class Base(DeclarativeBase):
     }
 
     def __repr__(self) -> str:
-        pk = ", ".join(f"{c.key}={getattr(self, c.key, None)!r}" for c in self.__mapper__.primary_key)
+        mapper = self.__mapper__
+        keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+        pk = ", ".join(f"{key}={getattr(self, key, None)!r}" for key in keys)
         return f"{type(self).__name__}({pk})"
 
 

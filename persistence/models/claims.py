@@ -28,4 +28,9 @@ class Claim(UUIDPrimaryKey, CreatedAt, Base):
 
 Index("ix_claims_created_at", Claim.created_at.desc())
 # Claims are searched by metadata containment (`metadata @> '{"topic": ...}'`).
-Index("ix_claims_metadata", Claim.metadata_, postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"})
+Index(
+    "ix_claims_metadata",
+    Claim.metadata_,
+    postgresql_using="gin",
+    postgresql_ops={"metadata": "jsonb_path_ops"},
+)

@@ -30,4 +30,8 @@ class ServiceHealth(UUIDPrimaryKey, CreatedAt, Base):
     )
 
 
-Index("ix_service_health_service_name_last_heartbeat", ServiceHealth.service_name, ServiceHealth.last_heartbeat.desc())
+Index(
+    "ix_service_health_service_name_last_heartbeat",
+    ServiceHealth.service_name,
+    ServiceHealth.last_heartbeat.desc(),
+)

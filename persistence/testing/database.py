@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import migrations
-from persistence.config import DatabaseConfig
+from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
 from persistence.engine import build_engine
 
@@ -21,7 +21,12 @@ TEMPLATE_DB = "persistence_template"
 TEST_DB = "persistence_test"
 
 # Durability is pointless for a server that lives for one test session, and costs most of its time.
-_FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "200"}
+_FAST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+}
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -44,7 +49,11 @@ class ThrowawayPostgres:
         self._dir = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
         self.port = port or free_port(5432)
         self.server = EmbeddedServer(
-            self._dir, port=self.port, bindir=bindir, listen_address="127.0.0.1", settings=_FAST_SETTINGS
+            self._dir,
+            port=self.port,
+            bindir=bindir or EmbeddedConfig().pg_bindir,
+            listen_address="127.0.0.1",
+            settings=_FAST_SETTINGS,
         )
         self._clones = itertools.count(1)
 

@@ -47,14 +47,23 @@ async def expect_violation(session: AsyncSession, obj: Any, sqlstate: str, const
 
 
 def verification(**overrides: Any) -> VerificationResult:
-    fields: dict[str, Any] = {"claim_id": "claim-123", "framework": "empirical", "result": {"valid": True},
-                              "confidence": 0.95}
+    fields: dict[str, Any] = {
+        "claim_id": "claim-123",
+        "framework": "empirical",
+        "result": {"valid": True},
+        "confidence": 0.95,
+    }
     return VerificationResult(**{**fields, **overrides})
 
 
 def checkpoint(**overrides: Any) -> ModelCheckpoint:
-    fields: dict[str, Any] = {"model_name": "verifier", "framework": "empirical", "version": "1.0.0",
-                              "checkpoint_path": "s3://models/verifier/1.0.0", "metrics": {"f1": 0.9}}
+    fields: dict[str, Any] = {
+        "model_name": "verifier",
+        "framework": "empirical",
+        "version": "1.0.0",
+        "checkpoint_path": "s3://models/verifier/1.0.0",
+        "metrics": {"f1": 0.9},
+    }
     return ModelCheckpoint(**{**fields, **overrides})
 
 
@@ -98,14 +107,19 @@ async def test_two_active_checkpoints_for_one_model_and_framework_rejected(sessi
     session.add(checkpoint(version="1", is_active=True))
     session.add(checkpoint(version="2", is_active=False, framework="logical"))
     await session.flush()
-    await expect_violation(session, checkpoint(version="3", is_active=True), "23505", "uq_model_checkpoints_one_active")
+    await expect_violation(
+        session, checkpoint(version="3", is_active=True), "23505", "uq_model_checkpoints_one_active"
+    )
 
 
 async def test_one_active_checkpoint_rule_treats_null_framework_as_one_value(session: AsyncSession) -> None:
     session.add(checkpoint(version="1", framework=None, is_active=True))
     await session.flush()
     await expect_violation(
-        session, checkpoint(version="2", framework=None, is_active=True), "23505", "uq_model_checkpoints_one_active"
+        session,
+        checkpoint(version="2", framework=None, is_active=True),
+        "23505",
+        "uq_model_checkpoints_one_active",
     )
 
 
@@ -118,9 +132,14 @@ async def test_many_inactive_checkpoints_allowed(session: AsyncSession) -> None:
 
 async def test_second_consensus_for_a_claim_rejected(session: AsyncSession) -> None:
     def decision() -> ConsensusDecision:
-        return ConsensusDecision(claim_id="claim-9", consensus_result={"valid": False},
-                                 participating_frameworks=["empirical"], consensus_type="majority",
-                                 consensus_confidence=0.7)
+        return ConsensusDecision(
+            claim_id="claim-9",
+            consensus_result={"valid": False},
+            participating_frameworks=["empirical"],
+            consensus_type="majority",
+            consensus_confidence=0.7,
+        )
+
     session.add(decision())
     await session.flush()
     await expect_violation(session, decision(), "23505", "uq_consensus_decisions_claim_id")
@@ -129,11 +148,15 @@ async def test_second_consensus_for_a_claim_rejected(session: AsyncSession) -> N
 async def test_duplicate_claim_external_id_rejected(session: AsyncSession) -> None:
     session.add(Claim(external_id="c-1", content="The sky is blue"))
     await session.flush()
-    await expect_violation(session, Claim(external_id="c-1", content="again"), "23505", "uq_claims_external_id")
+    await expect_violation(
+        session, Claim(external_id="c-1", content="again"), "23505", "uq_claims_external_id"
+    )
 
 
 async def test_training_data_needs_existing_claim(session: AsyncSession) -> None:
-    row = TrainingData(framework="empirical", claim_id=uuid.uuid4(), claim_text="t", evidence={}, validity=True)
+    row = TrainingData(
+        framework="empirical", claim_id=uuid.uuid4(), claim_text="t", evidence={}, validity=True
+    )
     await expect_violation(session, row, "23503", "fk_training_data_claim_id_claims")
 
 
@@ -141,8 +164,9 @@ async def test_deleting_a_claim_unlinks_its_training_data(session: AsyncSession)
     claim = Claim(external_id="c-2", content="Water boils at 100C")
     session.add(claim)
     await session.flush()
-    example = TrainingData(framework="empirical", claim_id=claim.id, claim_text=claim.content, evidence={},
-                           validity=True)
+    example = TrainingData(
+        framework="empirical", claim_id=claim.id, claim_text=claim.content, evidence={}, validity=True
+    )
     session.add(example)
     await session.flush()
     await session.delete(claim)
@@ -154,26 +178,37 @@ async def test_deleting_a_claim_unlinks_its_training_data(session: AsyncSession)
 
 async def test_one_heartbeat_row_per_service_instance(session: AsyncSession) -> None:
     def beat(status: str = "healthy") -> ServiceHealth:
-        return ServiceHealth(service_name="api", instance_id="i-1", status=status,
-                             last_heartbeat=datetime.now(UTC))
+        return ServiceHealth(
+            service_name="api", instance_id="i-1", status=status, last_heartbeat=datetime.now(UTC)
+        )
+
     session.add(beat())
     await session.flush()
     await expect_violation(session, beat(), "23505", "uq_service_health_service_name_instance_id")
 
 
 async def test_unknown_service_status_rejected(session: AsyncSession) -> None:
-    row = ServiceHealth(service_name="api", instance_id="i-2", status="sleepy", last_heartbeat=datetime.now(UTC))
+    row = ServiceHealth(
+        service_name="api", instance_id="i-2", status="sleepy", last_heartbeat=datetime.now(UTC)
+    )
     await expect_violation(session, row, "23514", "ck_service_health_status_known")
 
 
 def ai_call(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"provider": "anthropic", "model": "claude-sonnet-4", "input_tokens": 100,
-                              "output_tokens": 50, "cost_usd": Decimal("0.001050")}
+    fields: dict[str, Any] = {
+        "provider": "anthropic",
+        "model": "claude-sonnet-4",
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cost_usd": Decimal("0.001050"),
+    }
     return {**fields, **overrides}
 
 
 async def test_ai_call_total_tokens_is_generated_and_money_is_exact(session: AsyncSession) -> None:
-    row_id = await session.scalar(insert(AICall).values(**ai_call(cost_usd=Decimal("0.0016150"))).returning(AICall.id))
+    row_id = await session.scalar(
+        insert(AICall).values(**ai_call(cost_usd=Decimal("0.0016150"))).returning(AICall.id)
+    )
     row = await session.get_one(AICall, row_id)
     assert row.total_tokens == 150
     assert row.cost_usd == Decimal("0.001615")
@@ -207,20 +242,44 @@ async def test_reconciliation_report_one_per_day_and_known_status(session: Async
     start = datetime(2026, 11, 1, tzinfo=UTC)
     end = datetime(2026, 11, 8, tzinfo=UTC)
     make: Callable[..., ReconciliationReport] = lambda **kw: ReconciliationReport(  # noqa: E731
-        **{"report_date": end.date(), "period_start": start, "period_end": end, "total_calls": 10,
-           "total_cost_usd": Decimal("1.25"), "total_tokens": 1000, **kw})
+        **{
+            "report_date": end.date(),
+            "period_start": start,
+            "period_end": end,
+            "total_calls": 10,
+            "total_cost_usd": Decimal("1.25"),
+            "total_tokens": 1000,
+            **kw,
+        }
+    )
     session.add(make(status="PASS"))
     await session.flush()
     await expect_violation(session, make(status="PASS"), "23505", "uq_reconciliation_reports_report_date")
-    await expect_violation(session, make(report_date=start.date(), status="MAYBE"), "23514",
-                           "ck_reconciliation_reports_status_known")
-    await expect_violation(session, make(report_date=start.date(), period_end=start), "23514",
-                           "ck_reconciliation_reports_period_ordered")
+    await expect_violation(
+        session,
+        make(report_date=start.date(), status="MAYBE"),
+        "23514",
+        "ck_reconciliation_reports_status_known",
+    )
+    await expect_violation(
+        session,
+        make(report_date=start.date(), period_end=start),
+        "23514",
+        "ck_reconciliation_reports_period_ordered",
+    )
 
 
 async def test_audit_log_row_shape(session: AsyncSession) -> None:
-    session.add(AuditLog(entity_type="claim", entity_id="c-1", action="insert", user_id="u-1",
-                         changes={"content": [None, "x"]}, metadata_={"request_id": "r-1"}))
+    session.add(
+        AuditLog(
+            entity_type="claim",
+            entity_id="c-1",
+            action="insert",
+            user_id="u-1",
+            changes={"content": [None, "x"]},
+            metadata_={"request_id": "r-1"},
+        )
+    )
     await session.flush()
     found = await session.scalar(select(AuditLog).where(AuditLog.metadata_.contains({"request_id": "r-1"})))
     assert found is not None and found.changes == {"content": [None, "x"]}
