@@ -4,5 +4,31 @@ Enable the fixtures in a test suite with `pytest_plugins = ["persistence.testing
 """
 
 from persistence.testing.database import ThrowawayPostgres
+from persistence.testing.factories import (
+    AICallFactory,
+    AuditLogFactory,
+    ClaimFactory,
+    ConsensusDecisionFactory,
+    ModelCheckpointFactory,
+    ReconciliationReportFactory,
+    ServiceHealthFactory,
+    TrainingDataFactory,
+    VerificationResultFactory,
+    create,
+    create_batch,
+)
 
-__all__ = ["ThrowawayPostgres"]
+__all__ = [
+    "AICallFactory",
+    "AuditLogFactory",
+    "ClaimFactory",
+    "ConsensusDecisionFactory",
+    "ModelCheckpointFactory",
+    "ReconciliationReportFactory",
+    "ServiceHealthFactory",
+    "ThrowawayPostgres",
+    "TrainingDataFactory",
+    "VerificationResultFactory",
+    "create",
+    "create_batch",
+]

@@ -1,0 +1,418 @@
+"""factory-boy factories for every table, plus `create`/`create_batch` to persist them in async tests.
+
+Factories use the build strategy (objects in memory); an `AsyncSession` cannot be driven by
+factory-boy's synchronous create strategy, so `await create(session, ClaimFactory, ...)` adds and
+flushes instead. All randomness comes from factory-boy's generator (and the Faker it seeds), so
+`factory.random.reseed_random(n)` makes a test's data reproducible.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import factory
+import factory.random
+
+from persistence.models import (
+    AICall,
+    AuditLog,
+    Base,
+    Claim,
+    ConsensusDecision,
+    ModelCheckpoint,
+    ReconciliationReport,
+    ServiceHealth,
+    TrainingData,
+    VerificationResult,
+)
+from persistence.seeding import (
+    CLAIM_TYPES,
+    FRAMEWORKS,
+    MODEL_CATALOG,
+    SERVICES,
+    Verdict,
+    call_cost,
+    checkpoint_version,
+    claim_sentence,
+    decide_consensus,
+    model_spec,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = [
+    "AICallFactory",
+    "AuditLogFactory",
+    "ClaimFactory",
+    "ConsensusDecisionFactory",
+    "ModelCheckpointFactory",
+    "ReconciliationReportFactory",
+    "ServiceHealthFactory",
+    "TrainingDataFactory",
+    "VerificationResultFactory",
+    "create",
+    "create_batch",
+]
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+
+async def create(
+    session: AsyncSession, factory_class: type[factory.Factory[ModelT]], /, **overrides: Any
+) -> ModelT:
+    """Build one object with `overrides`, add it (and its sub-factory objects) and flush."""
+    obj = factory_class.build(**overrides)
+    session.add(obj)
+    await session.flush()
+    return obj
+
+
+async def create_batch(
+    session: AsyncSession, factory_class: type[factory.Factory[ModelT]], size: int, /, **overrides: Any
+) -> list[ModelT]:
+    """Build `size` objects with the same `overrides`, add them and flush once."""
+    objs = factory_class.build_batch(size, **overrides)
+    session.add_all(objs)
+    await session.flush()
+    return objs
+
+
+def _rand() -> Any:
+    # factory-boy's shared generator: reseed_random() makes every factory below reproducible.
+    return factory.random.randgen
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _recently(max_seconds: int = 3600) -> datetime:
+    return _now() - timedelta(seconds=_rand().randint(0, max_seconds))
+
+
+def _confidence(low: float = 0.5, high: float = 0.99) -> float:
+    return round(float(_rand().uniform(low, high)), 4)
+
+
+def _hex(bits: int) -> str:
+    return f"{_rand().getrandbits(bits):0{bits // 4}x}"
+
+
+class ClaimFactory(factory.Factory[Claim]):
+    class Meta:
+        model = Claim
+
+    class Params:
+        submitted_by: factory.Faker[Any, str] = factory.Faker("user_name")
+
+    external_id = factory.Sequence(lambda n: f"claim-{n:06d}")
+    claim_type = factory.LazyFunction(lambda: _rand().choice(CLAIM_TYPES))
+    content: factory.LazyAttribute[Any, str] = factory.LazyAttribute(
+        lambda o: claim_sentence(_rand(), o.claim_type)
+    )
+    source: factory.Faker[Any, str] = factory.Faker("url")
+    metadata_: factory.LazyAttribute[Any, dict[str, Any]] = factory.LazyAttribute(
+        lambda o: {
+            "language": "en",
+            "priority": _rand().choice(("low", "normal", "high")),
+            "submitted_by": o.submitted_by,
+        }
+    )
+    created_at = factory.LazyFunction(_recently)
+
+
+def _verification_result(valid: bool) -> dict[str, Any]:
+    supporting = _rand().randint(1, 4) if valid else _rand().randint(0, 1)
+    total = supporting + _rand().randint(0, 2)
+    return {
+        "valid": valid,
+        "verdict": "supported" if valid else "refuted",
+        "reasoning": f"{supporting} of {max(total, 1)} sources support the claim.",
+    }
+
+
+class VerificationResultFactory(factory.Factory[VerificationResult]):
+    class Meta:
+        model = VerificationResult
+
+    # Verifications name the claim by its external id (no foreign key in the schema).
+    claim_id = factory.Sequence(lambda n: f"claim-{n:06d}")
+    framework = factory.LazyFunction(lambda: _rand().choice(FRAMEWORKS))
+    result = factory.LazyFunction(lambda: _verification_result(_rand().random() < 0.6))
+    confidence = factory.LazyFunction(lambda: _confidence(0.55, 0.98))
+    evidence = factory.LazyFunction(
+        lambda: {
+            "sources": [f"https://www.reuters.com/article/{_hex(40)}" for _ in range(_rand().randint(1, 3))]
+        }
+    )
+    processing_time_ms = factory.LazyFunction(lambda: _rand().randint(80, 4500))
+    model_version = factory.LazyFunction(lambda: f"1.{_rand().randint(0, 4)}.{_rand().randint(0, 9)}")
+    created_at = factory.LazyFunction(_recently)
+    updated_at: factory.SelfAttribute[Any, datetime] = factory.SelfAttribute("created_at")
+
+
+def _votes() -> dict[str, dict[str, Any]]:
+    frameworks = _rand().sample(FRAMEWORKS, 3)
+    return {
+        fw: {"valid": _rand().random() < 0.65, "confidence": _confidence(0.55, 0.98)} for fw in frameworks
+    }
+
+
+def _verdict(votes: dict[str, dict[str, Any]]) -> Verdict:
+    return decide_consensus([(v["valid"], v["confidence"]) for v in votes.values()])
+
+
+class ConsensusDecisionFactory(factory.Factory[ConsensusDecision]):
+    """The decision is computed from `participating_frameworks`, so overriding the votes keeps it consistent."""
+
+    class Meta:
+        model = ConsensusDecision
+
+    class Params:
+        verdict: factory.LazyAttribute[Any, Verdict] = factory.LazyAttribute(
+            lambda o: _verdict(o.participating_frameworks)
+        )
+
+    claim_id = factory.Sequence(lambda n: f"claim-{n:06d}")
+    participating_frameworks = factory.LazyFunction(_votes)
+    consensus_result: factory.LazyAttribute[Any, dict[str, Any]] = factory.LazyAttribute(
+        lambda o: {
+            "valid": o.verdict.valid,
+            "verdict": "supported" if o.verdict.valid else "refuted",
+            "votes_for": o.verdict.votes_for,
+            "votes_against": o.verdict.votes_against,
+        }
+    )
+    consensus_type: factory.LazyAttribute[Any, str] = factory.LazyAttribute(
+        lambda o: o.verdict.consensus_type
+    )
+    consensus_confidence: factory.LazyAttribute[Any, float] = factory.LazyAttribute(
+        lambda o: o.verdict.confidence
+    )
+    decision_time_ms = factory.LazyFunction(lambda: _rand().randint(15, 400))
+    created_at = factory.LazyFunction(_recently)
+
+
+class TrainingDataFactory(factory.Factory[TrainingData]):
+    """An example linked to a new claim; `create` persists the claim with it (relationship cascade)."""
+
+    class Meta:
+        model = TrainingData
+
+    class Params:
+        # TrainingDataFactory.build(used=True): already consumed by a training batch.
+        used: factory.Trait[TrainingData] = factory.Trait(
+            used_in_training=True,
+            training_batch_id=factory.LazyAttribute(lambda o: f"tb-{o.framework}-{_now():%Gw%V}"),
+        )
+
+    claim: factory.SubFactory[Any, Claim] = factory.SubFactory(ClaimFactory)
+    framework = factory.LazyFunction(lambda: _rand().choice(FRAMEWORKS))
+    claim_text: factory.LazyAttribute[Any, str] = factory.LazyAttribute(
+        lambda o: o.claim.content if o.claim is not None else claim_sentence(_rand())
+    )
+    evidence = factory.LazyFunction(
+        lambda: {
+            "sources": [f"https://www.nature.com/articles/{_hex(32)}"],
+            "label_source": _rand().choice(("human_review", "consensus", "expert_panel")),
+        }
+    )
+    validity = factory.LazyFunction(lambda: _rand().random() < 0.55)
+    confidence = factory.LazyFunction(lambda: _confidence(0.7, 1.0))
+    metadata_ = factory.LazyFunction(
+        lambda: {"annotator": f"annotator-{_rand().randint(1, 24):02d}", "split": "train"}
+    )
+    used_in_training = False
+    training_batch_id = None
+    created_at = factory.LazyFunction(_recently)
+
+
+class ModelCheckpointFactory(factory.Factory[ModelCheckpoint]):
+    """Inactive by default: the schema allows one active checkpoint per (model_name, framework)."""
+
+    class Meta:
+        model = ModelCheckpoint
+
+    model_name = factory.LazyFunction(lambda: _rand().choice(("claim-verifier", "evidence-ranker")))
+    framework = factory.LazyFunction(lambda: _rand().choice(FRAMEWORKS))
+    version: factory.LazyAttributeSequence[Any, str] = factory.LazyAttributeSequence(
+        lambda o, n: checkpoint_version(n, o.framework or "any")
+    )
+    checkpoint_path: factory.LazyAttribute[Any, str] = factory.LazyAttribute(
+        lambda o: f"s3://brahminykite-models/{o.model_name}/{o.framework}/{o.version}/model.safetensors"
+    )
+    metrics = factory.LazyFunction(
+        lambda: {
+            "accuracy": _confidence(0.75, 0.95),
+            "f1": _confidence(0.72, 0.94),
+            "eval_loss": _confidence(0.3, 0.7),
+        }
+    )
+    training_config = factory.LazyFunction(
+        lambda: {
+            "base_model": "microsoft/deberta-v3-large",
+            "learning_rate": _rand().choice((1e-5, 2e-5, 3e-5)),
+            "epochs": _rand().randint(2, 5),
+            "batch_size": _rand().choice((16, 32, 64)),
+        }
+    )
+    is_active = False
+    created_at = factory.LazyFunction(lambda: _recently(30 * 86_400))
+
+
+class ServiceHealthFactory(factory.Factory[ServiceHealth]):
+    class Meta:
+        model = ServiceHealth
+
+    class Params:
+        host: factory.Faker[Any, str] = factory.Faker("hostname")
+
+    service_name = factory.LazyFunction(lambda: _rand().choice(SERVICES))
+    instance_id: factory.LazyAttributeSequence[Any, str] = factory.LazyAttributeSequence(
+        lambda o, n: f"{o.service_name}-{_hex(40)}-{n:05d}"
+    )
+    status = "healthy"
+    last_heartbeat = factory.LazyFunction(lambda: _recently(30))
+    metadata_: factory.LazyAttribute[Any, dict[str, Any]] = factory.LazyAttribute(
+        lambda o: {
+            "version": f"2.{_rand().randint(10, 14)}.{_rand().randint(0, 9)}",
+            "host": o.host,
+            "uptime_seconds": _rand().randint(60, 14 * 86_400),
+        }
+    )
+    created_at = factory.LazyFunction(lambda: _recently(86_400))
+
+
+class AuditLogFactory(factory.Factory[AuditLog]):
+    class Meta:
+        model = AuditLog
+
+    class Params:
+        ip: factory.Faker[Any, str] = factory.Faker("ipv4_private")
+
+    entity_type = "claim"
+    entity_id = factory.Sequence(lambda n: f"claim-{n:06d}")
+    action = "insert"
+    user_id: factory.Faker[Any, str] = factory.Faker("user_name")
+    changes: factory.LazyAttribute[Any, dict[str, Any]] = factory.LazyAttribute(
+        lambda o: {"external_id": [None, o.entity_id], "content": [None, claim_sentence(_rand())]}
+    )
+    metadata_: factory.LazyAttribute[Any, dict[str, Any]] = factory.LazyAttribute(
+        lambda o: {"request_id": str(uuid.UUID(int=_rand().getrandbits(128), version=4)), "ip": o.ip}
+    )
+    created_at = factory.LazyFunction(_recently)
+
+
+def _tokens(median: int, sigma: float, low: int, high: int) -> int:
+    return max(low, min(high, int(_rand().lognormvariate(0, sigma) * median)))
+
+
+class AICallFactory(factory.Factory[AICall]):
+    """A ledger row: provider follows the model, cost is the model's list price for the tokens (Decimal)."""
+
+    class Meta:
+        model = AICall
+
+    model = factory.LazyFunction(
+        lambda: _rand().choices(MODEL_CATALOG, weights=[m.traffic_weight for m in MODEL_CATALOG])[0].model
+    )
+    provider: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: model_spec(o.model).provider)
+    input_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: _tokens(model_spec(o.model).median_input, 0.8, 12, 120_000)
+    )
+    output_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: _tokens(model_spec(o.model).median_output, 0.7, 1, 8_192)
+    )
+    cost_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: call_cost(o.model, o.input_tokens, o.output_tokens)
+    )
+    latency_ms: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: (
+            model_spec(o.model).base_latency_ms
+            + int(Decimal(o.output_tokens) * model_spec(o.model).ms_per_output_token)
+        )
+    )
+    customer_id = factory.LazyFunction(lambda: f"cust_{_rand().randint(1, 40):04d}")
+    organization_id = factory.LazyFunction(
+        lambda: _rand().choice(("acme-corp", "globex", "initech", "hooli"))
+    )
+    product_id = factory.LazyFunction(lambda: _rand().choice(("claim-verifier", "fact-check-api", "chatbot")))
+    environment = "production"
+    request_id = factory.LazyFunction(lambda: f"req_{_hex(96)}")
+    trace_id = factory.LazyFunction(lambda: _hex(128))
+    created_at = factory.LazyFunction(_recently)
+
+
+_CENT = Decimal("0.01")
+
+
+def _last_monday() -> date:
+    today = _now().date()
+    return today - timedelta(days=today.weekday())
+
+
+def _report_stats() -> dict[str, dict[str, Any]]:
+    stats: dict[str, dict[str, Any]] = {}
+    for spec in MODEL_CATALOG[:4]:
+        calls = _rand().randint(200, 2_000)
+        tokens = calls * _rand().randint(900, 2_500)
+        cost = call_cost(spec.model, tokens * 3 // 4, tokens // 4)
+        entry = stats.setdefault(spec.provider, {"calls": 0, "tokens": 0, "cost_usd": "0"})
+        entry["calls"] += calls
+        entry["tokens"] += tokens
+        entry["cost_usd"] = str(Decimal(entry["cost_usd"]) + cost)
+    return stats
+
+
+class ReconciliationReportFactory(factory.Factory[ReconciliationReport]):
+    """A weekly report (Monday to Monday) whose totals match its provider_stats and pass the 2% gate."""
+
+    class Meta:
+        model = ReconciliationReport
+
+    report_date = factory.Sequence(lambda n: _last_monday() - timedelta(weeks=n))
+    period_end: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: datetime(o.report_date.year, o.report_date.month, o.report_date.day, tzinfo=UTC)
+    )
+    period_start: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.period_end - timedelta(days=7)
+    )
+    provider_stats = factory.LazyFunction(_report_stats)
+    total_calls: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: sum(p["calls"] for p in o.provider_stats.values())
+    )
+    total_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: sum(p["tokens"] for p in o.provider_stats.values())
+    )
+    total_cost_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: sum((Decimal(p["cost_usd"]) for p in o.provider_stats.values()), Decimal(0)).quantize(
+            _CENT, ROUND_HALF_UP
+        )
+    )
+    revenium_calls: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: o.total_calls - o.total_calls * _rand().randint(0, 40) // 10_000
+    )
+    revenium_cost_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: (o.total_cost_usd * (1 - Decimal(_rand().randint(0, 40)) / 10_000)).quantize(
+            _CENT, ROUND_HALF_UP
+        )
+    )
+    variance_pct: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: (
+            (Decimal(o.total_calls - o.revenium_calls) * 100 / Decimal(o.total_calls)).quantize(
+                _CENT, ROUND_HALF_UP
+            )
+            if o.total_calls
+            else Decimal(0)
+        )
+    )
+    status: factory.LazyAttribute[Any, str] = factory.LazyAttribute(
+        lambda o: "PASS" if o.variance_pct < 2 else "FAIL"
+    )
+    generated_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.period_end + timedelta(hours=9)
+    )

@@ -1,0 +1,91 @@
+"""`python scripts/seed_database.py` end to end: migrates, seeds, summarises, and is idempotent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persistence.testing import ThrowawayPostgres
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--claims", "12", "--ai-calls", "150", "--days", "3", "--as-of", "2026-11-01"]
+
+
+def run_script(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DB_")}
+    env["DATABASE_URL"] = url
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "seed_database.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def summary(stdout: str) -> dict[str, tuple[int, int, int]]:
+    """table -> (before, inserted, rows) from the printed summary."""
+    rows: dict[str, tuple[int, int, int]] = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and all(p.isdigit() for p in parts[1:]):
+            rows[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
+    return rows
+
+
+def test_help_describes_the_options() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "seed_database.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in ("--seed", "--claims", "--ai-calls", "--days", "--reset"):
+        assert flag in out.stdout
+    assert "Idempotent" in out.stdout
+
+
+@pytest.mark.commits
+def test_migrates_an_empty_database_then_seeds_idempotently(pg: ThrowawayPostgres) -> None:
+    name = pg.empty_database("seed_script_probe")
+    url = pg.server.url(name)
+    try:
+        first = run_script(url, *SMALL)
+        assert first.returncode == 0, first.stderr
+        assert "schema: migrated empty -> " in first.stderr
+        counts = summary(first.stdout)
+        assert "total" in counts and counts["total"][1] > 0
+        assert all(rows > 0 for table, (_, _, rows) in counts.items()), counts
+
+        second = run_script(url, *SMALL)
+        assert second.returncode == 0, second.stderr
+        again = summary(second.stdout)
+        assert {t: c[2] for t, c in again.items()} == {t: c[2] for t, c in counts.items()}
+        assert all(inserted == 0 for _, inserted, _ in again.values())
+
+        reset = run_script(url, *SMALL, "--reset")
+        assert reset.returncode == 0, reset.stderr
+        assert {t: c[2] for t, c in summary(reset.stdout).items()} == {t: c[2] for t, c in counts.items()}
+    finally:
+        pg.drop(name)
+
+
+def test_bad_sizes_are_rejected_before_touching_the_database() -> None:
+    out = run_script("postgresql://nobody@127.0.0.1:1/none", "--claims", "-5")
+    assert out.returncode == 2
+    assert "error:" in out.stderr and "claims" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    out = run_script("postgresql://someone:topsecret-pw@127.0.0.1:1/none", *SMALL)
+    assert out.returncode == 1
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/none" in out.stderr
+    assert "topsecret-pw" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
