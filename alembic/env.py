@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from alembic import context
 from persistence.config import DatabaseConfig
-from persistence.engine import build_engine, resolve_config
+from persistence.engine import build_engine, resolve_config, verify_connection
 from persistence.models import Base
 
 config = context.config
@@ -41,9 +41,10 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    db = resolve_config(DatabaseConfig())
+    db = resolve_config(DatabaseConfig.from_environment())
     engine = build_engine(db, pooled=False)
     try:
+        await verify_connection(engine, db)  # a clear error (no password) instead of a driver traceback
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)
             await connection.commit()
@@ -52,7 +53,7 @@ async def _run_async() -> None:
 
 
 def run_migrations_offline() -> None:
-    db = DatabaseConfig()
+    db = DatabaseConfig.from_environment()
     url = db.sqlalchemy_url() if db.is_configured else "postgresql+asyncpg://"
     context.configure(url=url, target_metadata=target_metadata, literal_binds=True, transactional_ddl=True)
     with context.begin_transaction():

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from persistence.config import DatabaseConfig, EmbeddedConfig
+from pydantic import ValidationError
+
+from persistence.config import DatabaseConfig, EmbeddedConfig, configuration_error
 from persistence.embedded import EmbeddedServer
 from persistence.errors import PersistenceError
 
@@ -65,7 +67,11 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = SeedPlan()
     parser.add_argument(
-        "--seed", type=int, default=d.seed, help="random seed; same seed, same data (default %(default)s)"
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="random seed; same seed, same data; must match the database's first seeding unless "
+        "--reset (default %(default)s)",
     )
     parser.add_argument("--claims", type=int, default=d.claims, help="claims to create (default %(default)s)")
     parser.add_argument(
@@ -105,9 +111,14 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
         "--as-of",
         type=_utc_date,
         default=None,
-        help="end of the generated history, YYYY-MM-DD in UTC (default: today)",
+        help="end of the generated history, YYYY-MM-DD in UTC (default: the date recorded by the "
+        "database's first seeding, else today; a different date needs --reset)",
     )
-    parser.add_argument("--reset", action="store_true", help="delete all rows of the package's tables first")
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete all rows of the package's tables first (refused when another table references them)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
 
 
@@ -171,6 +182,7 @@ async def _seed(args: argparse.Namespace) -> int:
         print(f"seeding (seed={plan.seed}{', reset' if args.reset else ''}):", file=log)
         progress = None if args.quiet else _Progress(log)
         report = await seed_database(engine, plan, reset=args.reset, progress=progress)
+        print(f"seeded as of {report.as_of:%Y-%m-%d %H:%M} UTC", file=log)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -219,9 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SEED_DESCRIPTION = (
-    "Migrate the database to head, then fill every table with realistic, related demo data. "
-    "Deterministic: the same --seed and sizes give the same rows. Idempotent: running again inserts "
-    "nothing new; larger sizes add only the missing rows; --reset starts over. Runs in one transaction."
+    "Migrate the database to head (its own transaction), then fill every table with realistic, "
+    "related demo data in one transaction: a failed seeding writes nothing. Deterministic: the same "
+    "--seed, --as-of and sizes give the same rows. Idempotent: the first run records its seed and date "
+    "in audit_log and later runs reuse them, so running again (on any day) inserts nothing new; larger "
+    "sizes add only the missing rows; a different --seed or --as-of is refused; --reset starts over."
 )
 
 
@@ -234,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(args.revision))
         if args.command == "seed":
             return asyncio.run(_seed(args))
+    except ValidationError as exc:
+        print(f"error: {configuration_error(exc)}", file=sys.stderr)
+        return 2
     except PersistenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -250,6 +267,9 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return asyncio.run(_seed(args))
+    except ValidationError as exc:
+        print(f"error: {configuration_error(exc)}", file=sys.stderr)
+        return 2
     except PersistenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,8 +2,12 @@
 
 `DatabaseConfig` takes the seed's keyword arguments (`host`, `port`, `database`, `user`, `password`,
 `pool_size`, `max_overflow`), a full `DATABASE_URL`, or the `DB_*` variables, also from a `.env` file.
-Explicit fields win over the components of a URL. With neither a host nor a URL, the database is
-"not configured" and the engine falls back to the embedded server.
+
+Precedence: keyword arguments, then the environment, then `.env`. Within one source, explicit fields
+win over the parts of that source's URL. When code names the server (`host=` or `url=`), no
+connection field (url, host, port, database, user, password) is taken from the environment, so an
+exported production `DATABASE_URL` can never lend its credentials to another host. With neither a
+host nor a URL anywhere, the database is "not configured" and the engine uses the embedded server.
 """
 
 from __future__ import annotations
@@ -12,15 +16,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from persistence.errors import ConfigurationError
 
 SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
 _ALIASES = {"database": "DB_NAME", "url": "DATABASE_URL"}
+_ALIAS_TO_NAME = {alias: name for name, alias in _ALIASES.items()}
+_CONNECTION_FIELDS = frozenset({"url", "host", "port", "database", "user", "password"})
 _URL_QUERY_FIELDS = {
     "sslmode": "ssl_mode",
     "host": "host",
@@ -44,6 +57,9 @@ class DatabaseConfig(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
+        env_ignore_empty=True,
+        # Inputs may hold a password: validation errors must not echo them.
+        hide_input_in_errors=True,
     )
 
     url: SecretStr | None = Field(
@@ -51,7 +67,9 @@ class DatabaseConfig(BaseSettings):
         validation_alias="DATABASE_URL",
         description="postgresql://user:password@host:port/database?sslmode=...; its parts fill unset fields.",
     )
-    host: str | None = Field(default=None, description="Host name, IP address, or a unix-socket directory.")
+    host: str | None = Field(
+        default=None, min_length=1, description="Host name, IP address, or a unix-socket directory."
+    )
     port: int = Field(default=5432, ge=1, le=65535)
     database: str | None = Field(default=None, validation_alias="DB_NAME", min_length=1, max_length=63)
     user: str | None = Field(default=None, min_length=1, max_length=63)
@@ -97,23 +115,29 @@ class DatabaseConfig(BaseSettings):
             echo: bool = False,
         ) -> None: ...
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        given = {_ALIAS_TO_NAME.get(key, key) for key in getattr(init_settings, "init_kwargs", {})}
+        code_names_server = bool(given & {"url", "host"})
+        return (
+            _ScopedSource(settings_cls, init_settings, hide_connection=False),
+            _ScopedSource(settings_cls, env_settings, hide_connection=code_names_server),
+            _ScopedSource(settings_cls, dotenv_settings, hide_connection=code_names_server),
+            _ScopedSource(settings_cls, file_secret_settings, hide_connection=code_names_server),
+        )
+
     @model_validator(mode="before")
     @classmethod
     def _fill_from_url(cls, data: Any) -> Any:
-        """Fill fields that were not given explicitly from the URL's parts (validated like any input)."""
-        if not isinstance(data, dict):
-            return data
-        raw = data.get("url", data.get("DATABASE_URL"))
-        if raw is None:
-            return data
-        text = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw)
-        merged = dict(data)
-        for name, value in _parse_url(text).items():
-            alias = _ALIASES.get(name)
-            if value is None or name in data or (alias is not None and alias in data):
-                continue
-            merged[name] = value
-        return merged
+        """URL parts fill unset fields also when the model is built with `model_validate`."""
+        return _expand_url(data) if isinstance(data, dict) else data
 
     @property
     def is_configured(self) -> bool:
@@ -145,13 +169,73 @@ class DatabaseConfig(BaseSettings):
 
     def describe(self) -> str:
         """`user@host:port/database`, safe to log: never contains the password."""
-        return f"{self.user or '<default user>'}@{self.host or '<embedded>'}:{self.port}/{self.database or '<default>'}"
+        if self.host is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+        else:
+            host = "<default host>" if self.url is not None else "<embedded>"
+        return f"{self.user or '<default user>'}@{host}:{self.port}/{self.database or '<default>'}"
+
+    @classmethod
+    def from_environment(cls) -> DatabaseConfig:
+        """`DatabaseConfig()`, with invalid settings reported as `ConfigurationError` (inputs hidden)."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise configuration_error(exc) from None
+
+
+def configuration_error(exc: ValidationError) -> ConfigurationError:
+    """A readable error naming the offending settings; never their values (they may be secrets)."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors(include_input=False)
+    )
+    return ConfigurationError(f"invalid database settings: {problems}")
+
+
+class _ScopedSource(PydanticBaseSettingsSource):
+    """One settings source with its own DATABASE_URL expanded into fields, or its connection fields hidden."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource, *, hide_connection: bool
+    ) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+        self._hide_connection = hide_connection
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        data = {_ALIAS_TO_NAME.get(key, key): value for key, value in self._inner().items()}
+        if self._hide_connection:
+            return {key: value for key, value in data.items() if key not in _CONNECTION_FIELDS}
+        try:
+            return _expand_url(data)
+        except ValueError:
+            return data  # validation reports the bad URL as a ValidationError
+
+
+def _expand_url(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill fields missing from `data` with the parts of `data["url"]` (explicit fields win)."""
+    raw = data.get("url", data.get("DATABASE_URL"))
+    if raw is None:
+        return data
+    text = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw)
+    merged = dict(data)
+    for name, value in _parse_url(text).items():
+        alias = _ALIASES.get(name)
+        if value is None or name in data or (alias is not None and alias in data):
+            continue
+        merged[name] = value
+    return merged
 
 
 def _parse_url(raw: str) -> dict[str, Any]:
     try:
         url = make_url(raw)
-    except ArgumentError:
+        port = url.port
+    except (ArgumentError, ValueError):
         raise ValueError(
             "DATABASE_URL is not a valid URL (expected postgresql://user:pass@host:port/db)"
         ) from None
@@ -159,8 +243,9 @@ def _parse_url(raw: str) -> dict[str, Any]:
     if backend not in _URL_SCHEMES:
         raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {backend!r}")
     parts: dict[str, Any] = {
-        "host": url.host,
-        "port": url.port,
+        # libpq accepts a percent-encoded socket directory as host: postgresql://u@%2Fvar%2Frun/db
+        "host": unquote(url.host) if url.host else None,
+        "port": port,
         "database": url.database,
         "user": url.username,
         "password": SecretStr(url.password) if url.password is not None else None,
@@ -183,7 +268,12 @@ class EmbeddedConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="PERSISTENCE_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="PERSISTENCE_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        hide_input_in_errors=True,
     )
 
     pg_bindir: Path | None = Field(default=None, validation_alias="PG_BINDIR")

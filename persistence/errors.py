@@ -42,7 +42,10 @@ class DatabaseConnectionError(PersistenceError):
         self.reason = reason
         self.sqlstate = sqlstate
         self.retryable = retryable
-        where = f"{host or 'localhost'}:{port}/{database or ''}"
+        shown_host = host or "<default host>"
+        if ":" in shown_host:
+            shown_host = f"[{shown_host}]"  # IPv6
+        where = f"{shown_host}:{port}/{database or ''}"
         who = f" as user {user!r}" if user else ""
         code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
         super().__init__(f"cannot connect to PostgreSQL at {where}{who}: {reason}{code}")

@@ -2,13 +2,15 @@
 
 The library behind `scripts/seed_database.py`. Three properties drive the design:
 
-- Deterministic: every row is a pure function of (plan.seed, table, row index) - each row draws from
-  its own `random.Random` derived from the plan's seed - and its primary key is
+- Deterministic: every row is a pure function of (plan.seed, as_of, table, row index) - each row
+  draws from its own `random.Random` derived from the plan's seed - and its primary key is
   `uuid5(NAMESPACE, "table:index")`. The same plan gives identical data, and a larger plan is a
-  superset of a smaller one.
+  superset of a smaller one. (The one exception is the seed-run record's time, below.)
 - Idempotent: rows go in with `ON CONFLICT DO NOTHING` on those deterministic keys (AI calls, which
   have no unique key, with `WHERE NOT EXISTS` on their seeded `request_id`), so a re-run inserts
-  only what is missing.
+  only what is missing. The first run records its seed, as_of and plan as one audit_log row (when:
+  the wall clock); later runs reuse that as_of, so a re-run on a later day inserts nothing too, and
+  refuse a different seed or as_of (ValueError) unless they reset.
 - Atomic: one transaction under an advisory lock, so a failed run leaves nothing half written and
   concurrent seeders serialise.
 
@@ -25,7 +27,7 @@ import statistics
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -401,7 +403,7 @@ def claim_sentence(rng: random.Random, claim_type: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class SeedPlan:
-    """How much to seed. Sizes are per-entity counts; `as_of` anchors every timestamp."""
+    """How much to seed. Sizes are per-entity counts; `seed` and `as_of` anchor the data."""
 
     seed: int = 42
     claims: int = 200
@@ -411,56 +413,73 @@ class SeedPlan:
     service_instances: int = 3  # per service
     ai_calls: int = 5000
     days: int = 30  # AI calls spread over this many days before as_of
-    as_of: datetime | None = None  # default: today 00:00 UTC (so same-day runs are identical)
+    # None: the as_of recorded by the database's first seeding, else today 00:00 UTC.
+    as_of: datetime | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        for name in (
-            "claims",
-            "verifications_per_claim",
-            "training_per_claim",
-            "checkpoints_per_model",
-            "service_instances",
-            "ai_calls",
-            "days",
-        ):
+        for name, high in _SIZE_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"SeedPlan.{name} must be an int, got {value!r}")
             if value < 0:
                 raise ValueError(f"SeedPlan.{name} must be >= 0, got {value}")
+            if value > high:
+                raise ValueError(f"SeedPlan.{name} must be <= {high}, got {value}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"SeedPlan.seed must be an int, got {self.seed!r}")
         if self.days < 1:
             raise ValueError(f"SeedPlan.days must be >= 1 (timestamps are spread over it), got {self.days}")
-        # The zero-padded natural keys below have fixed widths.
-        if self.claims > 999_999:
-            raise ValueError(f"SeedPlan.claims must be <= 999999, got {self.claims}")
-        if self.ai_calls > 9_999_999:
-            raise ValueError(f"SeedPlan.ai_calls must be <= 9999999, got {self.ai_calls}")
-        if self.checkpoints_per_model > 99:
-            raise ValueError(
-                f"SeedPlan.checkpoints_per_model must be <= 99, got {self.checkpoints_per_model}"
-            )
         if self.as_of is not None:
-            if not isinstance(self.as_of, datetime):
-                raise ValueError(f"SeedPlan.as_of must be a datetime, got {self.as_of!r}")
-            if self.as_of.tzinfo is None or self.as_of.utcoffset() is None:
-                raise ValueError("SeedPlan.as_of must be timezone-aware (e.g. datetime(..., tzinfo=UTC))")
+            _check_as_of(self.as_of, "SeedPlan.as_of")
 
-    def resolved_as_of(self) -> datetime:
-        """`as_of` in UTC, or today 00:00 UTC."""
+    def resolved_as_of(self, now: Callable[[], datetime] | None = None) -> datetime:
+        """`as_of` in UTC, or 00:00 UTC of the day `now()` (default: the wall clock) falls on."""
         if self.as_of is not None:
             return self.as_of.astimezone(UTC)
-        return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        today = _check_as_of((now or _utc_now)(), "now()")
+        return today.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def sizes(self) -> dict[str, int]:
+        """Every size of the plan (all fields but `seed` and `as_of`), by name."""
+        return {name: getattr(self, name) for name in _SIZE_LIMITS}
+
+
+# Upper bounds keep a run's memory and time sane (every row is generated in memory first) and the
+# data realistic; the zero-padded natural keys (seed-claim-000000, seed-call-0000000) fit them.
+_SIZE_LIMITS: dict[str, int] = {
+    "claims": 100_000,
+    "verifications_per_claim": len(FRAMEWORKS),  # one per framework; more would repeat a framework
+    "training_per_claim": 10,
+    "checkpoints_per_model": 99,
+    "service_instances": 100,  # instance ids stay distinct up to here
+    "ai_calls": 1_000_000,
+    "days": 3650,
+}
+_EARLIEST_AS_OF = datetime(1980, 1, 1, tzinfo=UTC)
+_LATEST_AS_OF = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_as_of(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValueError(f"{what} must be a datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (e.g. datetime(..., tzinfo=UTC))")
+    if not _EARLIEST_AS_OF <= value < _LATEST_AS_OF:
+        raise ValueError(f"{what} must be in [1980-01-01, 9000-01-01), got {value.isoformat()}")
+    return value
 
 
 @dataclass(frozen=True)
 class SeedReport:
-    """Row counts per table before and after one seeding run.
+    """Row counts per table before and after one seeding run, and the anchor it seeded with.
 
     `before` is taken inside the seeding transaction after the optional reset, so `inserted` is
     exactly what this run wrote.
@@ -468,6 +487,8 @@ class SeedReport:
 
     before: dict[str, int]  # row counts per table before
     after: dict[str, int]  # row counts per table after
+    seed: int  # the seed the database's data was made with
+    as_of: datetime  # the as_of the database's data was anchored at (UTC)
 
     @property
     def inserted(self) -> dict[str, int]:
@@ -1091,9 +1112,84 @@ async def table_counts(engine: AsyncEngine) -> dict[str, int]:
         return await _counts(conn)
 
 
+_FOREIGN_KEYS_INTO = text(
+    "SELECT c.conrelid::regclass::text, c.conname, c.confrelid::regclass::text FROM pg_constraint c "
+    "WHERE c.contype = 'f' AND c.confrelid = ANY(CAST(:ours AS regclass[])) "
+    "AND NOT c.conrelid = ANY(CAST(:ours AS regclass[])) ORDER BY 1, 2"
+).bindparams(bindparam("ours", type_=ARRAY(String())))
+
+
 async def _reset(conn: AsyncConnection) -> None:
-    quoted = ", ".join(conn.dialect.identifier_preparer.format_table(t) for t in _TABLES_IN_ORDER)
-    await conn.execute(text(f"TRUNCATE TABLE {quoted} RESTART IDENTITY CASCADE"))
+    """Empty every table of the package; refuse (ValueError) when another table references one.
+
+    No CASCADE: that would silently empty the referencing tables too, which are not ours.
+    """
+    names = [conn.dialect.identifier_preparer.format_table(t) for t in _TABLES_IN_ORDER]
+    blockers = (await conn.execute(_FOREIGN_KEYS_INTO, {"ours": names})).all()
+    if blockers:
+        listed = "; ".join(f"{src} references {dst} (foreign key {name})" for src, name, dst in blockers)
+        raise ValueError(
+            f"cannot reset: {listed}. Emptying the seeded tables would have to empty those tables "
+            "too; empty or drop them (or the foreign keys) first"
+        )
+    await conn.execute(text(f"TRUNCATE TABLE {', '.join(names)} RESTART IDENTITY"))
+
+
+# The record of the first seeding: an audit fact (who filled this database, and how) that later
+# runs read to keep seeding the same data whatever the day.
+_RUN_ID = seed_uuid("audit_log", "seed-run")
+_RUN_ENTITY_TYPE = "seed_run"
+_RUN_ENTITY_ID = "persistence.seeding"
+
+
+def _describe(as_of: datetime) -> str:
+    return as_of.date().isoformat() if as_of.timetz() == time(tzinfo=UTC) else as_of.isoformat()
+
+
+async def _recorded_anchor(conn: AsyncConnection) -> tuple[int, datetime] | None:
+    """(seed, as_of) of the database's first seeding, or None when it has no seeded data."""
+    metadata = await conn.scalar(select(_AUDIT.c["metadata"]).where(_AUDIT.c.id == _RUN_ID))
+    if metadata is not None:
+        try:
+            seed, as_of = metadata["seed"], datetime.fromisoformat(metadata["as_of"]).astimezone(UTC)
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise TypeError(seed)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"the seed-run record in audit_log (id {_RUN_ID}) is unreadable: {metadata!r}; "
+                "pass --reset to reseed"
+            ) from None
+        return seed, as_of
+    # Seeded rows without the record (seeded before it existed, or the record was deleted): their
+    # seed and as_of are unknown, so seeding on could add overlapping data.
+    probes = [
+        select(literal(1)).select_from(table).where(table.c.id == key)
+        for table, key in (
+            (_CLAIMS, seed_uuid("claims", 0)),
+            (_CHECKPOINTS, seed_uuid("model_checkpoints", 0, 0)),
+            (_SERVICES, seed_uuid("service_health", 0, 0)),
+            (_AUDIT, seed_uuid("audit_log", "claim:0")),
+        )
+    ]
+    if await conn.scalar(select(or_(*(exists(probe) for probe in probes)))):
+        raise ValueError(
+            "database holds seeded rows but no seed-run record in audit_log, so the seed and as_of "
+            "they were made with are unknown; pass --reset to reseed"
+        )
+    return None
+
+
+def _run_record(plan: SeedPlan, as_of: datetime, at: datetime) -> dict[str, Any]:
+    return {
+        "id": _RUN_ID,
+        "entity_type": _RUN_ENTITY_TYPE,
+        "entity_id": _RUN_ENTITY_ID,
+        "action": "seed",
+        "user_id": _SEED_USER,
+        "changes": None,
+        "metadata": {"seed": plan.seed, "as_of": as_of.isoformat(), "plan": plan.sizes()},
+        "created_at": at,
+    }
 
 
 def _ignore_progress(table: str, done: int, total: int) -> None:
@@ -1106,47 +1202,64 @@ async def seed_database(
     *,
     reset: bool = False,
     progress: ProgressCallback | None = None,
+    now: Callable[[], datetime] | None = None,
 ) -> SeedReport:
     """Seed every table per `plan`, inserting only missing rows, in one transaction.
 
-    `reset=True` first empties every table of the package (identities restart) in that same
-    transaction. `progress(table, done, total)` is called after each batch.
+    The first run records its seed and as_of (and plan) as one audit_log row. Later runs seed with
+    that as_of when `plan.as_of` is None, and raise ValueError before writing anything when
+    `plan.seed` or an explicit `plan.as_of` differs from the recorded one. `reset=True` first
+    empties every table of the package (identities restart) in that same transaction, so the run
+    records a new anchor. `progress(table, done, total)` is called after each batch. `now` (a
+    timezone-aware clock, default the wall clock) gives "today" and the record's time.
     """
     plan.validate()
     report_progress = progress if progress is not None else _ignore_progress
-    as_of = plan.resolved_as_of()
-    clock = _Clock(as_of, plan.days)
-
-    claims = _claims(plan, clock)
-    verifications = _verifications(plan, claims)
-    consensus = _consensus(plan, claims, verifications)
-    training = _training(plan, claims, as_of)
-    services = _service_health(plan, as_of)
-    audit = _audit(plan.seed, claims, verifications, consensus)
-    ai_calls = _ai_calls(plan, clock)
+    clock_now = now if now is not None else _utc_now
 
     async with engine.begin() as conn:
         await conn.execute(select(func.pg_advisory_xact_lock(literal(_LOCK_KEY, BigInteger))))
         if reset:
             await _reset(conn)
+        recorded = await _recorded_anchor(conn)
+        run_record: list[dict[str, Any]] = []
+        if recorded is None:
+            at = _check_as_of(clock_now(), "now()")
+            as_of = plan.resolved_as_of(lambda: at)
+            run_record.append(_run_record(plan, as_of, at))
+        else:
+            recorded_seed, as_of = recorded
+            wanted = plan.resolved_as_of() if plan.as_of is not None else as_of
+            if (plan.seed, wanted) != (recorded_seed, as_of):
+                asked = f"seed={plan.seed}" + (f" as_of={_describe(wanted)}" if wanted != as_of else "")
+                raise ValueError(
+                    f"database was seeded with seed={recorded_seed} as_of={_describe(as_of)}; "
+                    f"pass --reset to reseed with {asked}"
+                )
         before = await _counts(conn)
+
+        clock = _Clock(as_of, plan.days)
+        claims = _claims(plan, clock)
+        verifications = _verifications(plan, claims)
+        consensus = _consensus(plan, claims, verifications)
 
         await _insert_missing(conn, _CLAIMS, [c.row for c in claims], report_progress)
         await _insert_missing(
             conn, _VERIFICATIONS, [row for c in claims for row in verifications[c.index]], report_progress
         )
         await _insert_missing(conn, _CONSENSUS, consensus, report_progress)
-        await _insert_missing(conn, _TRAINING, training, report_progress)
+        await _insert_missing(conn, _TRAINING, _training(plan, claims, as_of), report_progress)
         # Read under the lock: a pair that already has a live checkpoint gets only inactive new versions.
         active = await conn.execute(
             select(_CHECKPOINTS.c.model_name, _CHECKPOINTS.c.framework).where(_CHECKPOINTS.c.is_active)
         )
         already_active = {(name, framework) for name, framework in active}
         await _insert_missing(conn, _CHECKPOINTS, _checkpoints(plan, as_of, already_active), report_progress)
-        await _insert_missing(conn, _SERVICES, services, report_progress)
+        await _insert_missing(conn, _SERVICES, _service_health(plan, as_of), report_progress)
+        audit = run_record + _audit(plan.seed, claims, verifications, consensus)
         await _insert_missing(conn, _AUDIT, audit, report_progress)
-        await _insert_missing_ai_calls(conn, ai_calls, report_progress)
+        await _insert_missing_ai_calls(conn, _ai_calls(plan, clock), report_progress)
         await _upsert_reports(conn, plan, as_of, report_progress)
 
         after = await _counts(conn)
-    return SeedReport(before=before, after=after)
+    return SeedReport(before=before, after=after, seed=plan.seed, as_of=as_of)

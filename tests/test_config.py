@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from persistence import DatabaseConfig
+from persistence import ConfigurationError, DatabaseConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ENV_VARS = (
     "DATABASE_URL",
@@ -150,3 +155,81 @@ def test_password_never_shown() -> None:
         config.model_dump_json(),
     ):
         assert secret not in shown
+
+
+def test_code_that_names_a_server_takes_no_credentials_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://produser:prod-password@prod.example/proddb")
+    monkeypatch.setenv("DB_PASSWORD", "also-prod")
+    monkeypatch.setenv("DB_POOL_SIZE", "4")
+    config = DatabaseConfig(host="localhost", database="x", user="me")
+    assert (config.host, config.database, config.user, config.password) == ("localhost", "x", "me", None)
+    assert config.pool_size == 4  # non-connection settings still come from the environment
+
+
+def test_url_in_code_beats_db_name_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_NAME", "envdb")
+    assert DatabaseConfig(url="postgresql://u:p@h/db1").database == "db1"
+
+
+def test_within_the_environment_explicit_fields_beat_url_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@h/urldb")
+    monkeypatch.setenv("DB_NAME", "envdb")
+    config = DatabaseConfig()
+    assert (config.host, config.database) == ("h", "envdb")
+
+
+def test_empty_host_variable_means_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_HOST", "")
+    assert not DatabaseConfig().is_configured
+
+
+def test_percent_encoded_socket_directory_as_host() -> None:
+    config = DatabaseConfig(url="postgresql://u@%2Fvar%2Frun%2Fpostgresql/db")
+    assert config.host == "/var/run/postgresql"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DATABASE_URL": "mysql://u:pw-in-url-123@h/db"},
+        {"DATABASE_URL": "postgresql://u:pw-in-url-123@h:54x/db"},
+        {"DATABASE_URL": "mysql://h/db", "DB_PASSWORD": "pw-in-url-123"},
+        {"DB_HOST": "h", "DB_PORT": "99999", "DB_PASSWORD": "pw-in-url-123"},
+    ],
+)
+def test_invalid_settings_never_echo_the_password(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError) as info:
+        DatabaseConfig()
+    assert "pw-in-url-123" not in str(info.value)
+    with pytest.raises(ConfigurationError) as wrapped:
+        DatabaseConfig.from_environment()
+    assert "pw-in-url-123" not in str(wrapped.value)
+    assert "invalid database settings" in str(wrapped.value)
+
+
+def test_cli_reports_bad_settings_without_traceback_or_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    env["DATABASE_URL"] = "postgresql://u:pw-in-url-123@h:54x/db"
+    for args in (
+        ["-m", "persistence", "migrate"],
+        [str(ROOT / "scripts" / "seed_database.py")],
+        ["-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+    ):
+        out = subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode != 0
+        assert "pw-in-url-123" not in out.stdout + out.stderr
+        assert "invalid database settings" in out.stderr

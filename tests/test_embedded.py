@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from persistence import DatabaseConfig, EmbeddedServer, EmbeddedServerError, create_database_engine
+from persistence import DatabaseConfig, EmbeddedServer, EmbeddedServerError, create_database_engine, embedded
 from persistence.embedded import find_bindir
 
 
@@ -127,3 +130,76 @@ def test_cli_start_status_url_stop(data_dir: Path) -> None:
     assert cli("status").returncode == 0
     assert "stopped" in cli("stop").stdout
     assert cli("status").returncode == 3
+
+
+def test_refuses_to_touch_a_foreign_data_directory(data_dir: Path) -> None:
+    (data_dir / "data").mkdir()
+    precious = data_dir / "data" / "thesis.txt"
+    precious.write_text("years of work")
+    with pytest.raises(EmbeddedServerError, match="not a PostgreSQL data directory"):
+        EmbeddedServer(data_dir).start()
+    assert precious.read_text() == "years of work"
+
+
+def test_recovers_from_an_interrupted_initdb(data_dir: Path) -> None:
+    leftover = data_dir / "data.initdb"
+    leftover.mkdir(parents=True)
+    (leftover / "PG_VERSION").write_text("15\n")
+    status = EmbeddedServer(data_dir).start()
+    assert status.running
+    assert not leftover.exists()
+
+
+def test_restarts_after_the_server_was_killed(data_dir: Path) -> None:
+    server = EmbeddedServer(data_dir)
+    first = server.start()
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while server.status().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (data_dir / "data" / "postmaster.pid").exists()  # stale lock file left behind
+    second = server.start()
+    assert second.running and second.pid != first.pid
+    assert server.psql("SELECT 1;").strip() == "1"
+
+
+def test_root_without_user_namespaces_runs_as_a_system_user(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test exercises the root fallback and must run as root (as CI does)")
+    runuser = shutil.which("runuser")
+    assert runuser is not None
+    monkeypatch.setattr(embedded, "_root_wrapper", lambda: ((runuser, "-u", "nobody", "--"), "nobody"))
+    data_dir.chmod(0o755)
+    server = EmbeddedServer(data_dir / "pg")
+    assert server.start().running
+    assert (data_dir / "pg" / "data").stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert server.stop()
+
+    hidden = data_dir / "private"
+    hidden.mkdir(mode=0o700)
+    with pytest.raises(EmbeddedServerError, match="cannot enter"):
+        EmbeddedServer(hidden / "pg").start()
+
+
+def test_explicit_bindir_of_another_major_version_is_refused(data_dir: Path) -> None:
+    server = EmbeddedServer(data_dir)
+    server.start()
+    server.stop()
+    (data_dir / "data" / "PG_VERSION").write_text("9\n")
+    with pytest.raises(EmbeddedServerError, match="created by PostgreSQL 9"):
+        find_bindir(server.bindir, major=9)
+
+
+def test_database_names_and_settings_are_checked(data_dir: Path) -> None:
+    server = EmbeddedServer(data_dir)
+    with pytest.raises(EmbeddedServerError, match="1-63 bytes"):
+        server.ensure_database("x" * 64)
+    with pytest.raises(EmbeddedServerError, match="system database"):
+        server.drop_database("postgres")
+    with pytest.raises(EmbeddedServerError, match="invalid server setting"):
+        EmbeddedServer(data_dir, settings={"work_mem": "4MB'\ninclude '/etc/passwd"})
+    with pytest.raises(EmbeddedServerError, match="invalid server setting"):
+        EmbeddedServer(data_dir, settings={"bad key": "1"})

@@ -20,10 +20,7 @@ PASSWORD = "Tr0ub4dor&3-horse"
 @pytest.fixture(scope="module")
 def app_role(pg: ThrowawayPostgres) -> str:
     """A password-protected role and its database, reached over TCP (scram-sha-256)."""
-    pg.server.psql(
-        "DROP DATABASE IF EXISTS engine_app; DROP ROLE IF EXISTS engine_app;"
-        f"CREATE ROLE engine_app LOGIN PASSWORD '{PASSWORD}'; CREATE DATABASE engine_app OWNER engine_app;"
-    )
+    pg.create_role("engine_app", PASSWORD, database="engine_app")
     return "engine_app"
 
 

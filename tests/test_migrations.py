@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from persistence.engine import build_engine
 from persistence.migrations import head_revision
 from persistence.models import Base
 from persistence.testing import ThrowawayPostgres
+from persistence.testing.database import TEST_DB
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC = [sys.executable, "-m", "alembic"]
@@ -91,3 +93,36 @@ def test_offline_sql_renders(empty_db: str) -> None:
     out = alembic(empty_db, "upgrade", "head", "--sql")
     assert out.returncode == 0, out.stderr
     assert "CREATE TABLE claims" in out.stdout and "COMMIT" in out.stdout
+
+
+CATALOG_QUERY = """
+SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' '
+       || coalesce(character_maximum_length::text, '') || ' ' || coalesce(numeric_precision::text, '') || ','
+       || coalesce(numeric_scale::text, '') || ' null=' || is_nullable || ' default=' || coalesce(column_default, '')
+       || ' generated=' || coalesce(generation_expression, '') || ' identity=' || is_identity
+  FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> 'alembic_version'
+UNION ALL
+SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> 'alembic_version'
+ORDER BY 1;
+"""
+
+
+async def test_migrations_build_exactly_what_the_models_declare(
+    migrated: ThrowawayPostgres, empty_db: str
+) -> None:
+    """`alembic check` ignores CHECK bodies and index USING/WHERE/DESC; the catalogs do not."""
+    database = empty_db.split("@/", 1)[1].split("?", 1)[0]
+    pg = migrated
+    engine = build_engine(pg.config(database), pooled=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+    finally:
+        await engine.dispose()
+    from_models = pg.server.psql(CATALOG_QUERY, database=database).splitlines()
+    from_migrations = pg.server.psql(CATALOG_QUERY, database=TEST_DB).splitlines()
+    assert len(from_models) > 100
+    assert from_models == from_migrations

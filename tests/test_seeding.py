@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ from persistence.seeding import (
     call_cost,
     decide_consensus,
     seed_database,
+    seed_uuid,
     table_counts,
 )
 from persistence.testing.database import ThrowawayPostgres
@@ -57,7 +58,10 @@ async def another_database(pg: ThrowawayPostgres) -> AsyncIterator[AsyncEngine]:
 
 
 async def checksums(engine: AsyncEngine, *, skip: dict[str, set[str]] | None = None) -> dict[str, str]:
-    """md5 over every row's text form per table, rows sorted, so equal checksums mean equal content."""
+    """md5 over every row's text form per table, rows sorted, so equal checksums mean equal content.
+
+    The seed-run record is left out: its created_at is the time of the run (see test_seed_run_record).
+    """
     skip = skip or {}
     out = {}
     async with engine.connect() as conn:
@@ -67,9 +71,10 @@ async def checksums(engine: AsyncEngine, *, skip: dict[str, set[str]] | None = N
                 for c in Base.metadata.tables[name].columns
                 if c.name not in skip.get(name, set())
             )
+            where = " WHERE entity_type <> 'seed_run'" if name == "audit_log" else ""
             sql = (
                 f"SELECT md5(coalesce(string_agg(r, E'\\n' ORDER BY r), '')) "
-                f"FROM (SELECT ROW({cols})::text AS r FROM {name}) AS rows"
+                f"FROM (SELECT ROW({cols})::text AS r FROM {name}{where}) AS rows"
             )
             out[name] = str(await conn.scalar(text(sql)))
     return out
@@ -94,6 +99,46 @@ def test_default_as_of_is_today_midnight_utc() -> None:
     assert as_of.date() == datetime.now(UTC).date()
     plus_two = datetime(2025, 11, 19, 2, tzinfo=timezone(timedelta(hours=2)))
     assert SeedPlan(as_of=plus_two).resolved_as_of() == AS_OF
+    # "Today" is injectable, and is the UTC day.
+    assert SeedPlan().resolved_as_of(lambda: plus_two) == datetime(2025, 11, 19, tzinfo=UTC)
+    assert SeedPlan().resolved_as_of(lambda: plus_two - timedelta(hours=1)) == datetime(
+        2025, 11, 18, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="timezone-aware"):
+        SeedPlan().resolved_as_of(lambda: datetime(2025, 11, 19))  # noqa: DTZ001 - the naive value under test
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"days": 3651}, "days must be <= 3650"),
+        ({"days": 10**12}, "days must be <= 3650"),
+        ({"verifications_per_claim": 6}, "verifications_per_claim must be <= 5"),
+        ({"training_per_claim": 11}, "training_per_claim must be <= 10"),
+        ({"service_instances": 101}, "service_instances must be <= 100"),
+        ({"checkpoints_per_model": 100}, "checkpoints_per_model must be <= 99"),
+        ({"claims": 100_001}, "claims must be <= 100000"),
+        ({"ai_calls": 1_000_001}, "ai_calls must be <= 1000000"),
+        ({"as_of": datetime(1, 1, 1, tzinfo=UTC)}, "as_of must be in"),
+        ({"as_of": datetime(9999, 12, 31, tzinfo=UTC)}, "as_of must be in"),
+        ({"claims": True}, "claims must be an int"),
+    ],
+)
+def test_sizes_are_bounded(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SeedPlan(**overrides)
+
+
+def test_the_largest_plan_is_accepted() -> None:
+    SeedPlan(
+        claims=100_000,
+        verifications_per_claim=5,
+        training_per_claim=10,
+        checkpoints_per_model=99,
+        service_instances=100,
+        ai_calls=1_000_000,
+        days=3650,
+    )
 
 
 @pytest.mark.commits
@@ -112,7 +157,7 @@ async def test_first_run_fills_every_table(seed_engine: AsyncEngine) -> None:
     assert after["service_health"] == 4 * 3
     assert after["ai_calls"] == 300
     assert 10 <= after["consensus_decisions"] <= 20
-    assert after["audit_log"] == 20 + 60 + after["consensus_decisions"]
+    assert after["audit_log"] == 20 + 60 + after["consensus_decisions"] + 1  # + the seed-run record
     # Ten days of calls: reports for [12 Nov, 19 Nov) and [5 Nov, 12 Nov), filed on their last day.
     assert after["reconciliation_reports"] == 2
 
@@ -211,6 +256,147 @@ async def test_reset_reseeds_from_scratch(seed_engine: AsyncEngine) -> None:
     assert await checksums(seed_engine) == data
 
 
+def clock(at: datetime) -> Callable[[], datetime]:
+    return lambda: at
+
+
+@pytest.mark.commits
+async def test_seed_run_record(seed_engine: AsyncEngine) -> None:
+    run_at = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
+    report = await seed_database(seed_engine, SMALL, now=clock(run_at))
+    assert (report.seed, report.as_of) == (42, AS_OF)
+
+    record = await rows(seed_engine, "SELECT * FROM audit_log WHERE entity_type = 'seed_run'")
+    assert len(record) == 1
+    assert record[0].id == seed_uuid("audit_log", "seed-run")
+    assert (record[0].entity_id, record[0].action, record[0].user_id) == (
+        "persistence.seeding",
+        "seed",
+        "seed",
+    )
+    assert record[0].created_at == run_at
+    assert record[0].metadata == {
+        "seed": 42,
+        "as_of": "2025-11-19T00:00:00+00:00",
+        "plan": {
+            "claims": 20,
+            "verifications_per_claim": 3,
+            "training_per_claim": 2,
+            "checkpoints_per_model": 4,
+            "service_instances": 3,
+            "ai_calls": 300,
+            "days": 10,
+        },
+    }
+
+
+@pytest.mark.commits
+async def test_a_later_day_without_as_of_inserts_nothing(seed_engine: AsyncEngine) -> None:
+    today = SeedPlan(claims=20, ai_calls=300, days=10)  # as_of: "today"
+    first = await seed_database(seed_engine, today, now=clock(datetime(2026, 11, 20, 23, 59, tzinfo=UTC)))
+    assert first.as_of == datetime(2026, 11, 20, tzinfo=UTC)
+    data = await checksums(seed_engine)
+
+    for later in (datetime(2026, 11, 21, 0, 1, tzinfo=UTC), datetime(2027, 3, 2, 9, tzinfo=UTC)):
+        again = await seed_database(seed_engine, today, now=clock(later))
+        assert again.as_of == first.as_of
+        assert again.inserted == dict.fromkeys(SEEDED_TABLES, 0)
+    # Naming the recorded date explicitly is the same run.
+    same = dataclasses.replace(today, as_of=datetime(2026, 11, 20, tzinfo=UTC))
+    assert (await seed_database(seed_engine, same)).inserted == dict.fromkeys(SEEDED_TABLES, 0)
+    assert await checksums(seed_engine) == data
+    assert await rows(seed_engine, "SELECT report_date FROM reconciliation_reports ORDER BY 1") == [
+        (date(2026, 11, 13),),
+        (date(2026, 11, 20),),
+    ]
+
+
+@pytest.mark.commits
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"seed": 99},
+            r"database was seeded with seed=42 as_of=2025-11-19; pass --reset to reseed with seed=99$",
+        ),
+        (
+            {"as_of": datetime(2025, 11, 20, tzinfo=UTC)},
+            r"seeded with seed=42 as_of=2025-11-19; pass --reset to reseed with seed=42 as_of=2025-11-20$",
+        ),
+    ],
+)
+async def test_another_seed_or_as_of_is_refused_and_writes_nothing(
+    seed_engine: AsyncEngine, change: dict[str, Any], message: str
+) -> None:
+    await seed_database(seed_engine, SMALL)
+    data, counts = await checksums(seed_engine), await table_counts(seed_engine)
+
+    with pytest.raises(ValueError, match=message):
+        await seed_database(seed_engine, dataclasses.replace(LARGER, **change))
+
+    assert await table_counts(seed_engine) == counts
+    assert await checksums(seed_engine) == data
+
+
+@pytest.mark.commits
+async def test_reset_reseeds_with_another_seed(seed_engine: AsyncEngine, migrated: ThrowawayPostgres) -> None:
+    await seed_database(seed_engine, SMALL)
+    other = dataclasses.replace(SMALL, seed=99, as_of=None)
+    later = datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+    reseeded = await seed_database(seed_engine, other, reset=True, now=clock(later))
+
+    assert (reseeded.seed, reseeded.as_of) == (99, datetime(2026, 1, 5, tzinfo=UTC))
+    assert reseeded.before == dict.fromkeys(SEEDED_TABLES, 0)
+    # The same data as seed 99 on an empty database, and the new anchor holds from now on.
+    async with another_database(migrated) as direct:
+        await seed_database(direct, other, now=clock(later))
+        assert await checksums(seed_engine) == await checksums(direct)
+    assert (await seed_database(seed_engine, other)).inserted == dict.fromkeys(SEEDED_TABLES, 0)
+    with pytest.raises(ValueError, match="seeded with seed=99 as_of=2026-01-05"):
+        await seed_database(seed_engine, SMALL)
+
+
+@pytest.mark.commits
+async def test_seeded_rows_without_a_record_are_refused(seed_engine: AsyncEngine) -> None:
+    await seed_database(seed_engine, SMALL)
+    async with seed_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_log WHERE entity_type = 'seed_run'"))
+    counts = await table_counts(seed_engine)
+
+    with pytest.raises(ValueError, match="no seed-run record"):
+        await seed_database(seed_engine, SMALL)
+    assert await table_counts(seed_engine) == counts
+
+    assert (await seed_database(seed_engine, SMALL, reset=True)).after == {
+        **counts,
+        "audit_log": counts["audit_log"] + 1,
+    }
+
+
+@pytest.mark.commits
+async def test_reset_refuses_to_empty_a_table_that_references_ours(seed_engine: AsyncEngine) -> None:
+    await seed_database(seed_engine, SMALL)
+    async with seed_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE user_notes (id serial PRIMARY KEY, claim_id uuid NOT NULL REFERENCES claims (id))"
+            )
+        )
+        await conn.execute(text("INSERT INTO user_notes (claim_id) SELECT id FROM claims LIMIT 3"))
+    data, counts = await checksums(seed_engine), await table_counts(seed_engine)
+
+    with pytest.raises(
+        ValueError,
+        match=r"cannot reset: user_notes references claims \(foreign key user_notes_claim_id_fkey\)",
+    ):
+        await seed_database(seed_engine, dataclasses.replace(SMALL, seed=7), reset=True)
+
+    assert await rows(seed_engine, "SELECT count(*) FROM user_notes") == [(3,)]
+    assert await table_counts(seed_engine) == counts
+    assert await checksums(seed_engine) == data
+
+
 @pytest.mark.commits
 async def test_exactly_one_active_checkpoint_per_model_and_framework(seed_engine: AsyncEngine) -> None:
     # A live checkpoint the seeder did not write: seeding must keep it the only active one.
@@ -278,13 +464,15 @@ async def test_related_rows_are_consistent(seed_engine: AsyncEngine) -> None:
 
     audit = await rows(
         seed_engine,
-        "SELECT entity_type, count(*), bool_and(action = 'insert' AND user_id = 'seed') FROM audit_log GROUP BY 1",
+        "SELECT entity_type, count(*), min(action), max(action), bool_and(user_id = 'seed') "
+        "FROM audit_log GROUP BY 1",
     )
     counts = await table_counts(seed_engine)
-    assert {t: (n, ok) for t, n, ok in audit} == {
-        "claim": (counts["claims"], True),
-        "verification_result": (counts["verification_results"], True),
-        "consensus_decision": (counts["consensus_decisions"], True),
+    assert {t: (n, lo, hi, ok) for t, n, lo, hi, ok in audit} == {
+        "claim": (counts["claims"], "insert", "insert", True),
+        "verification_result": (counts["verification_results"], "insert", "insert", True),
+        "consensus_decision": (counts["consensus_decisions"], "insert", "insert", True),
+        "seed_run": (1, "seed", "seed", True),
     }
     claim_changes = await rows(
         seed_engine,

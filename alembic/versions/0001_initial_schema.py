@@ -57,7 +57,6 @@ def upgrade() -> None:
     op.create_index(
         "ix_ai_calls_created_at_brin", "ai_calls", ["created_at"], unique=False, postgresql_using="brin"
     )
-    op.create_index("ix_ai_calls_created_at_provider", "ai_calls", ["created_at", "provider"], unique=False)
     op.create_index(
         "ix_ai_calls_customer_id_created_at", "ai_calls", ["customer_id", "created_at"], unique=False
     )
@@ -79,9 +78,6 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_audit_log_created_at", "audit_log", [sa.literal_column("created_at DESC")], unique=False
-    )
-    op.create_index(
-        "ix_audit_log_created_at_brin", "audit_log", ["created_at"], unique=False, postgresql_using="brin"
     )
     op.create_index(
         "ix_audit_log_entity_type_entity_id", "audit_log", ["entity_type", "entity_id"], unique=False
@@ -280,13 +276,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_data")),
     )
     op.create_index("ix_training_data_claim_id", "training_data", ["claim_id"], unique=False)
-    op.create_index(
-        "ix_training_data_created_at_brin",
-        "training_data",
-        ["created_at"],
-        unique=False,
-        postgresql_using="brin",
-    )
     op.create_index(
         "ix_training_data_framework_training_batch_id",
         "training_data",

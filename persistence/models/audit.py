@@ -21,6 +21,7 @@ class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
 
 
 Index("ix_audit_log_entity_type_entity_id", AuditLog.entity_type, AuditLog.entity_id)
+# `recent()` reads the newest rows first, which needs a btree; a BRIN index cannot return rows in order.
 Index("ix_audit_log_created_at", AuditLog.created_at.desc())
 # Audit rows are found by request or trace id kept in metadata (`metadata @> '{"request_id": ...}'`).
 Index(
@@ -29,4 +30,3 @@ Index(
     postgresql_using="gin",
     postgresql_ops={"metadata": "jsonb_path_ops"},
 )
-Index("ix_audit_log_created_at_brin", AuditLog.created_at, postgresql_using="brin")

@@ -43,5 +43,3 @@ Index(
     postgresql_where=text("NOT used_in_training"),
 )
 Index("ix_training_data_claim_id", TrainingData.claim_id)
-# Append-only: a BRIN index answers time-range scans at a tiny fraction of a btree's size.
-Index("ix_training_data_created_at_brin", TrainingData.created_at, postgresql_using="brin")

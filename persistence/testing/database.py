@@ -88,7 +88,10 @@ class ThrowawayPostgres:
         finally:
             await engine.dispose()
         # Nobody may stay connected to a template while it is cloned.
-        self.server.psql(f"ALTER DATABASE {TEMPLATE_DB} WITH ALLOW_CONNECTIONS false;")
+        self.server.psql(
+            "SELECT format('ALTER DATABASE %I WITH ALLOW_CONNECTIONS false', :'name') \\gexec\n",
+            variables={"name": TEMPLATE_DB},
+        )
 
     def clone(self, name: str | None = None) -> str:
         """A new database copied from the migrated template (40-400 ms); returns its name."""
@@ -102,6 +105,18 @@ class ThrowawayPostgres:
 
     def drop(self, name: str) -> None:
         self.server.drop_database(name)
+
+    def create_role(self, name: str, password: str, *, database: str | None = None) -> None:
+        """A login role with a password (for TCP/scram tests), and optionally a database it owns."""
+        if database is not None:
+            self.server.drop_database(database)
+        script = (
+            "SELECT format('DROP ROLE IF EXISTS %I', :'role') \\gexec\n"
+            "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'role', :'password') \\gexec\n"
+        )
+        if database is not None:
+            script += "SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role') \\gexec\n"
+        self.server.psql(script, variables={"role": name, "password": password, "db": database or ""})
 
     def empty_database(self, name: str) -> str:
         """A new database with no schema at all (for migration tests)."""

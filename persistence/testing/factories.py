@@ -2,8 +2,11 @@
 
 Factories use the build strategy (objects in memory); an `AsyncSession` cannot be driven by
 factory-boy's synchronous create strategy, so `await create(session, ClaimFactory, ...)` adds and
-flushes instead. All randomness comes from factory-boy's generator (and the Faker it seeds), so
-`factory.random.reseed_random(n)` makes a test's data reproducible.
+flushes instead. Random values come from factory-boy's generator (and the Faker it seeds), so
+`factory.random.reseed_random(n)` reproduces them. Not what follows the wall clock (created_at,
+last_heartbeat, report_date, training_batch_id, ...), nor Sequence counters (external_id, version,
+instance_id, ...), which count on across a process's tests: pass those explicitly when a test needs
+fixed values.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ async def create_batch(
 
 
 def _rand() -> Any:
-    # factory-boy's shared generator: reseed_random() makes every factory below reproducible.
+    # factory-boy's shared generator: reseed_random() reproduces every random value below.
     return factory.random.randgen
 
 

@@ -28,9 +28,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Fixtures are resolved before this hook, so a usefixtures marker added here would do nothing.
     for item in items:
-        if item.get_closest_marker("commits") is not None:
-            item.add_marker(pytest.mark.usefixtures("fresh_database"))
+        names = getattr(item, "fixturenames", None)
+        if (
+            item.get_closest_marker("commits") is not None
+            and names is not None
+            and "fresh_database" not in names
+        ):
+            names.append("fresh_database")
 
 
 @pytest.fixture(scope="session")

@@ -64,11 +64,7 @@ async def run_example(source: str, port: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def brahminykite(pg: ThrowawayPostgres) -> ThrowawayPostgres:
-    pg.server.psql(
-        "DROP DATABASE IF EXISTS brahminykite; DROP ROLE IF EXISTS brahminykite;"
-        "CREATE ROLE brahminykite LOGIN PASSWORD 'your_password';"
-        "CREATE DATABASE brahminykite OWNER brahminykite;"
-    )
+    pg.create_role("brahminykite", "your_password", database="brahminykite")
     return pg
 
 

@@ -12,7 +12,8 @@ import pytest
 from persistence.testing import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["--claims", "12", "--ai-calls", "150", "--days", "3", "--as-of", "2026-11-01"]
+SIZES = ["--claims", "12", "--ai-calls", "150", "--days", "3"]
+SMALL = [*SIZES, "--as-of", "2026-11-01"]
 
 
 def run_script(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -59,19 +60,34 @@ def test_migrates_an_empty_database_then_seeds_idempotently(pg: ThrowawayPostgre
         first = run_script(url, *SMALL)
         assert first.returncode == 0, first.stderr
         assert "schema: migrated empty -> " in first.stderr
+        assert "seeded as of 2026-11-01 00:00 UTC" in first.stderr
         counts = summary(first.stdout)
         assert "total" in counts and counts["total"][1] > 0
         assert all(rows > 0 for table, (_, _, rows) in counts.items()), counts
 
-        second = run_script(url, *SMALL)
+        # Without --as-of the run reuses the recorded date (not today), so nothing is new.
+        second = run_script(url, *SIZES)
         assert second.returncode == 0, second.stderr
+        assert "seeded as of 2026-11-01 00:00 UTC" in second.stderr
         again = summary(second.stdout)
         assert {t: c[2] for t, c in again.items()} == {t: c[2] for t, c in counts.items()}
         assert all(inserted == 0 for _, inserted, _ in again.values())
 
-        reset = run_script(url, *SMALL, "--reset")
+        other_seed = run_script(url, *SIZES, "--seed", "99")
+        assert other_seed.returncode == 2
+        assert (
+            "error: database was seeded with seed=42 as_of=2026-11-01; pass --reset to reseed with seed=99"
+            in other_seed.stderr
+        )
+        assert "Traceback" not in other_seed.stderr
+        assert summary(other_seed.stdout) == {}
+
+        reset = run_script(url, *SMALL, "--seed", "99", "--reset")
         assert reset.returncode == 0, reset.stderr
-        assert {t: c[2] for t, c in summary(reset.stdout).items()} == {t: c[2] for t, c in counts.items()}
+        after_reset = summary(reset.stdout)
+        assert all(before == 0 for before, _, _ in after_reset.values())
+        assert after_reset["claims"] == counts["claims"]
+        assert after_reset["ai_calls"] == counts["ai_calls"]
     finally:
         pg.drop(name)
 
