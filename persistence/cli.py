@@ -62,6 +62,17 @@ async def _migrate(revision: str) -> int:
     return 0
 
 
+# SeedPlan size fields and their --help text.
+_SIZE_FLAGS = (
+    ("claims", "claims to create"),
+    ("verifications_per_claim", "verification results per claim"),
+    ("training_per_claim", "training examples per claim"),
+    ("checkpoints_per_model", "checkpoint versions per model and framework"),
+    ("service_instances", "instances per service in service_health"),
+    ("ai_calls", "AI-call ledger rows"),
+)
+
+
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     from persistence.seeding import SeedPlan
 
@@ -73,34 +84,13 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
         help="random seed; same seed, same data; must match the database's first seeding unless "
         "--reset (default %(default)s)",
     )
-    parser.add_argument("--claims", type=int, default=d.claims, help="claims to create (default %(default)s)")
-    parser.add_argument(
-        "--verifications-per-claim",
-        type=int,
-        default=d.verifications_per_claim,
-        help="verification results per claim (default %(default)s)",
-    )
-    parser.add_argument(
-        "--training-per-claim",
-        type=int,
-        default=d.training_per_claim,
-        help="training examples per claim (default %(default)s)",
-    )
-    parser.add_argument(
-        "--checkpoints-per-model",
-        type=int,
-        default=d.checkpoints_per_model,
-        help="checkpoint versions per model and framework (default %(default)s)",
-    )
-    parser.add_argument(
-        "--service-instances",
-        type=int,
-        default=d.service_instances,
-        help="instances per service in service_health (default %(default)s)",
-    )
-    parser.add_argument(
-        "--ai-calls", type=int, default=d.ai_calls, help="AI-call ledger rows (default %(default)s)"
-    )
+    for field, text in _SIZE_FLAGS:
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            type=int,
+            default=getattr(d, field),
+            help=f"{text} (default %(default)s)",
+        )
     parser.add_argument(
         "--days",
         type=int,
@@ -152,17 +142,8 @@ async def _seed(args: argparse.Namespace) -> int:
     from persistence.seeding import SeedPlan, seed_database
 
     try:
-        plan = SeedPlan(
-            seed=args.seed,
-            claims=args.claims,
-            verifications_per_claim=args.verifications_per_claim,
-            training_per_claim=args.training_per_claim,
-            checkpoints_per_model=args.checkpoints_per_model,
-            service_instances=args.service_instances,
-            ai_calls=args.ai_calls,
-            days=args.days,
-            as_of=args.as_of,
-        )
+        sizes = {field: getattr(args, field) for field, _ in _SIZE_FLAGS}
+        plan = SeedPlan(seed=args.seed, days=args.days, as_of=args.as_of, **sizes)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -235,7 +216,9 @@ SEED_DESCRIPTION = (
     "related demo data in one transaction: a failed seeding writes nothing. Deterministic: the same "
     "--seed, --as-of and sizes give the same rows. Idempotent: the first run records its seed and date "
     "in audit_log and later runs reuse them, so running again (on any day) inserts nothing new; larger "
-    "sizes add only the missing rows; a different --seed or --as-of is refused; --reset starts over."
+    "sizes add only the missing rows; a different --seed or --as-of is refused; --reset starts over. "
+    "The database comes from DATABASE_URL or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD (or .env); "
+    "with neither, the embedded local PostgreSQL is started and used."
 )
 
 
