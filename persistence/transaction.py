@@ -1,0 +1,368 @@
+"""Transaction boundaries: `@transaction`, `@transaction(...)` and `async with transaction(...)`.
+
+Semantics follow Django's `atomic`, with what it lacks:
+
+- The outermost block owns one session and one connection; repositories find it through a context
+  variable. It is opened lazily, on the engine of the first repository call inside the block.
+- A nested block is a savepoint: an exception leaving it rolls back that block only.
+- `durable=True` refuses to run inside another block; `read_only` and `isolation_level` apply to
+  the outermost block (a nested block may not ask for different ones).
+- `retries=N` (decorator form only) re-runs the whole outermost block on serialization failure
+  (40001) or deadlock (40P01), with jittered exponential backoff. A nested block is never retried
+  alone and no other error is retried.
+- `await on_commit(callback)` runs the callback (sync or async) after the outermost commit, in
+  registration order; callbacks registered in a savepoint that rolls back are dropped.
+- A block belongs to the asyncio task that opened it. Child tasks inherit context variables, so
+  using the block (or nesting in it) from another task raises `TransactionError` instead of sharing
+  one connection between concurrent tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import inspect
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+import structlog
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
+
+from persistence.errors import TransactionError, TransientError, translate
+
+IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+Callback = Callable[[], object]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+_BACKOFF_BASE_S = 0.01
+_BACKOFF_CAP_S = 1.0
+
+log = structlog.get_logger("persistence.transaction")
+
+
+@dataclass(frozen=True)
+class TransactionOptions:
+    durable: bool = False
+    read_only: bool = False
+    isolation_level: IsolationLevel | None = None
+    retries: int = 0
+
+
+@dataclass(eq=False)
+class _Boundary:
+    """The outermost block: one session, opened on first use."""
+
+    options: TransactionOptions
+    task: asyncio.Task[Any] | None
+    engine: AsyncEngine | None = None
+    session: AsyncSession | None = None
+    closed: bool = False
+    frames: list[_Frame] = field(default_factory=list)
+
+    async def session_for(self, engine: AsyncEngine) -> AsyncSession:
+        _check_task(self)
+        if self.session is None:
+            self.engine = engine
+            self.session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
+            execution_options: dict[str, Any] = {}
+            if self.options.isolation_level is not None:
+                execution_options["isolation_level"] = self.options.isolation_level
+            if self.options.read_only:
+                execution_options["postgresql_readonly"] = True
+            try:
+                # asyncpg applies these when it starts the transaction: no extra round trip.
+                await self.session.connection(execution_options=execution_options or None)
+                for frame in self.frames[1:]:  # blocks entered before the first query
+                    frame.savepoint = await self.session.begin_nested()
+            except DBAPIError as exc:
+                raise (translate(exc) or exc) from exc
+        elif engine is not self.engine and engine.sync_engine is not getattr(
+            self.engine, "sync_engine", None
+        ):
+            raise TransactionError("one transaction cannot span two engines; open a separate transaction")
+        return self.session
+
+
+@dataclass(eq=False)
+class _Frame:
+    boundary: _Boundary
+    savepoint: AsyncSessionTransaction | None = None
+    callbacks: list[tuple[Callback, bool]] = field(default_factory=list)
+
+
+_current: ContextVar[_Frame | None] = ContextVar("persistence_transaction", default=None)
+
+
+def _check_task(boundary: _Boundary) -> None:
+    task = asyncio.current_task()
+    if boundary.task is not None and task is not boundary.task:
+        raise TransactionError(
+            "this transaction belongs to another asyncio task; a task started inside a transaction "
+            "must not use it (that would share one connection between concurrent tasks). Run the "
+            "child work after the block, or give the child task its own context "
+            "(contextvars.Context()) so it opens an independent transaction"
+        )
+
+
+def _active_frame() -> _Frame | None:
+    frame = _current.get()
+    if frame is None or frame.boundary.closed:
+        return None
+    return frame
+
+
+def in_transaction() -> bool:
+    """True inside a transaction block of the current task."""
+    frame = _active_frame()
+    return frame is not None and frame.boundary.task is asyncio.current_task()
+
+
+@contextlib.asynccontextmanager
+async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """The session repositories run on: the current block's, or a short transaction of its own.
+
+    Driver errors leave as `persistence.errors` types, with the original chained.
+    """
+    frame = _active_frame()
+    try:
+        if frame is not None:
+            yield await frame.boundary.session_for(engine)
+            return
+        async with (
+            AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
+            session.begin(),
+        ):
+            yield session
+    except DBAPIError as exc:
+        raise (translate(exc) or exc) from exc
+
+
+async def current_session(engine: AsyncEngine) -> AsyncSession:
+    """The session of the current block (opened on `engine` if this is its first use)."""
+    frame = _active_frame()
+    if frame is None:
+        raise TransactionError("current_session() needs an active transaction block")
+    return await frame.boundary.session_for(engine)
+
+
+async def on_commit(callback: Callback, *, robust: bool = False) -> None:
+    """Run `callback` after the outermost block commits (now, when no block is active).
+
+    With `robust=True` an exception from the callback is logged and the next callbacks still run.
+    """
+    frame = _active_frame()
+    if frame is None:
+        await _run_callbacks([(callback, robust)])
+        return
+    _check_task(frame.boundary)
+    frame.callbacks.append((callback, robust))
+
+
+async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
+    for callback, robust in callbacks:
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            if not robust:
+                raise
+            log.exception(
+                "on_commit callback failed", callback=getattr(callback, "__qualname__", repr(callback))
+            )
+
+
+class Transaction:
+    """One transaction block; an async context manager and a decorator. Build it with `transaction()`."""
+
+    def __init__(self, options: TransactionOptions) -> None:
+        self.options = options
+        self._entered: dict[asyncio.Task[Any] | None, list[tuple[_Frame, Token[_Frame | None]]]] = {}
+
+    # -- context manager ----------------------------------------------------------------------------
+    async def __aenter__(self) -> Transaction:
+        frame = self._open()
+        token = _current.set(frame)
+        self._entered.setdefault(asyncio.current_task(), []).append((frame, token))
+        if frame.boundary.session is not None and frame is not frame.boundary.frames[0]:
+            try:
+                frame.savepoint = await frame.boundary.session.begin_nested()
+            except BaseException:
+                self._pop(frame)
+                raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        task = asyncio.current_task()
+        frame, token = self._entered[task].pop()
+        if not self._entered[task]:
+            del self._entered[task]
+        try:
+            if frame is frame.boundary.frames[0]:
+                await self._close_outermost(frame, exc)
+            else:
+                await self._close_nested(frame, exc)
+        finally:
+            frame.boundary.frames.pop()
+            _current.reset(token)
+        if exc is not None and isinstance(exc, DBAPIError):
+            raise (translate(exc) or exc) from exc
+
+    def _open(self) -> _Frame:
+        if self.options.retries:
+            raise TransactionError(
+                "retries needs the decorator form (@transaction(retries=...)): "
+                "the body of an `async with` block cannot be run again"
+            )
+        parent = _active_frame()
+        if parent is None:
+            boundary = _Boundary(self.options, asyncio.current_task())
+            frame = _Frame(boundary)
+            boundary.frames.append(frame)
+            return frame
+        _check_task(parent.boundary)
+        if self.options.durable:
+            raise TransactionError("a durable transaction cannot run inside another transaction block")
+        outer = parent.boundary.options
+        if self.options.read_only and not outer.read_only:
+            raise TransactionError(
+                "read_only applies to the outermost block; the enclosing block is read-write"
+            )
+        if self.options.isolation_level not in (None, outer.isolation_level):
+            raise TransactionError(
+                f"isolation_level={self.options.isolation_level!r} cannot be set inside a block that runs at "
+                f"{outer.isolation_level or 'the server default'}"
+            )
+        frame = _Frame(parent.boundary)
+        parent.boundary.frames.append(frame)
+        return frame
+
+    def _pop(self, frame: _Frame) -> None:
+        frame.boundary.frames.pop()
+        frame_list = self._entered[asyncio.current_task()]
+        _, token = frame_list.pop()
+        _current.reset(token)
+
+    async def _close_nested(self, frame: _Frame, exc: BaseException | None) -> None:
+        parent = frame.boundary.frames[-2]
+        if exc is None:
+            if frame.savepoint is not None:
+                try:
+                    await frame.savepoint.commit()
+                except DBAPIError as err:
+                    raise (translate(err) or err) from err
+            parent.callbacks.extend(frame.callbacks)
+            return
+        frame.callbacks.clear()
+        if frame.savepoint is not None:
+            # The original exception matters more than a failed ROLLBACK TO SAVEPOINT (e.g. lost connection).
+            with contextlib.suppress(Exception):
+                await frame.savepoint.rollback()
+
+    async def _close_outermost(self, frame: _Frame, exc: BaseException | None) -> None:
+        boundary = frame.boundary
+        session = boundary.session
+        try:
+            if session is not None:
+                if exc is None:
+                    try:
+                        await session.commit()
+                    except DBAPIError as err:
+                        raise (translate(err) or err) from err
+                else:
+                    with contextlib.suppress(Exception):
+                        await session.rollback()
+        finally:
+            boundary.closed = True
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        if exc is None:
+            await _run_callbacks(frame.callbacks)
+
+    # -- decorator ----------------------------------------------------------------------------------
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"@transaction needs an async function, got {fn!r}")
+        options = self.options
+        block_options = dataclasses.replace(options, retries=0)
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            attempt = 0
+            while True:
+                outermost = _active_frame() is None
+                try:
+                    async with Transaction(block_options):
+                        return await fn(*args, **kwargs)
+                except TransientError as exc:
+                    if (
+                        not outermost
+                        or exc.sqlstate not in _RETRYABLE_SQLSTATES
+                        or attempt >= options.retries
+                    ):
+                        raise
+                    attempt += 1
+                    delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+                    log.info(
+                        "transaction retry", function=fn.__qualname__, attempt=attempt, sqlstate=exc.sqlstate
+                    )
+                    await asyncio.sleep(delay)
+
+        return wrapper
+
+
+@overload
+def transaction(fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+@overload
+def transaction(
+    *,
+    durable: bool = False,
+    read_only: bool = False,
+    isolation_level: IsolationLevel | None = None,
+    retries: int = 0,
+) -> Transaction: ...
+
+
+def transaction(
+    fn: Callable[P, Awaitable[R]] | None = None,
+    /,
+    *,
+    durable: bool = False,
+    read_only: bool = False,
+    isolation_level: IsolationLevel | None = None,
+    retries: int = 0,
+) -> Callable[P, Coroutine[Any, Any, R]] | Transaction:
+    """A transaction block: `@transaction`, `@transaction(...)`, or `async with transaction(...)`.
+
+    `retries` needs the decorator form: a `with` block's body cannot be run again.
+    """
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    if isolation_level is not None and isolation_level not in (
+        "READ COMMITTED",
+        "REPEATABLE READ",
+        "SERIALIZABLE",
+    ):
+        raise ValueError(f"unknown isolation_level {isolation_level!r}")
+    block = Transaction(
+        TransactionOptions(
+            durable=durable, read_only=read_only, isolation_level=isolation_level, retries=retries
+        )
+    )
+    if fn is not None:
+        return block(fn)
+    return block
