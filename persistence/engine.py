@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -60,10 +65,15 @@ def build_engine(config: DatabaseConfig, *, pooled: bool = True) -> AsyncEngine:
         connect_args["ssl"] = config.ssl_mode
     if not pooled:
         return create_async_engine(
-            config.sqlalchemy_url(), poolclass=NullPool, echo=config.echo, connect_args=connect_args
+            config.sqlalchemy_url(),
+            poolclass=NullPool,
+            echo=config.echo,
+            connect_args=connect_args,
+            json_serializer=json_dumps,
         )
     return create_async_engine(
         config.sqlalchemy_url(),
+        json_serializer=json_dumps,
         pool_size=config.pool_size,
         max_overflow=config.max_overflow,
         pool_timeout=config.pool_timeout,
@@ -72,6 +82,25 @@ def build_engine(config: DatabaseConfig, *, pooled: bool = True) -> AsyncEngine:
         echo=config.echo,
         connect_args=connect_args,
     )
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)  # str keeps a Decimal exact; a float would not
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if value is Ellipsis:
+        return "..."  # the `[...]` placeholders of documentation examples
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_dumps(value: object) -> str:
+    """JSONB encoder: also takes datetimes, UUIDs, Decimals (as exact strings), enums and sets."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
 
 
 def resolve_config(config: DatabaseConfig | None = None) -> DatabaseConfig:

@@ -281,6 +281,9 @@ class Transaction:
                     except DBAPIError as err:
                         raise (translate(err) or err) from err
                 else:
+                    # Detach first: rows the block returned keep their loaded values instead of
+                    # being expired (and unreadable once the session is closed).
+                    session.expunge_all()
                     with contextlib.suppress(Exception):
                         await session.rollback()
         finally:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence import DatabaseConfig, DatabaseConnectionError, create_database_engine
+from persistence.models import VerificationResult
 from persistence.testing import ThrowawayPostgres
 
 PASSWORD = "Tr0ub4dor&3-horse"
@@ -138,3 +143,30 @@ async def test_server_that_never_answers_times_out(silent_listener: int) -> None
     assert "timed out after 0.5s" in str(info.value)
     assert info.value.retryable
     assert_clear(info.value, config)
+
+
+async def test_jsonb_takes_common_python_values(session: AsyncSession) -> None:
+    when = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    ident = uuid.uuid4()
+    row = VerificationResult(
+        claim_id="c",
+        framework="empirical",
+        confidence=0.5,
+        result={"at": when, "id": ident, "cost": Decimal("0.000123"), "tags": {"b"}},
+        evidence={"sources": [...]},  # the placeholder style of the seed documents
+    )
+    session.add(row)
+    await session.flush()
+    stored = await session.scalar(
+        text("SELECT result::text || evidence::text FROM verification_results WHERE id = :id"), {"id": row.id}
+    )
+    assert stored == (
+        f'{{"at": "2026-11-23T12:00:00+00:00", "id": "{ident}", "cost": "0.000123", "tags": ["b"]}}'
+        '{"sources": ["..."]}'
+    )
+
+
+async def test_jsonb_refuses_nan(session: AsyncSession) -> None:
+    session.add(VerificationResult(claim_id="c", framework="f", confidence=0.5, result={"x": float("nan")}))
+    with pytest.raises(StatementError):
+        await session.flush()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Index, String
+from datetime import datetime
+
+from sqlalchemy import Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from persistence.models.base import JSON, Base, CreatedAt, UUIDPrimaryKey
+from persistence.models.base import JSON, Base, UUIDPrimaryKey
 
 
-class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
+class AuditLog(UUIDPrimaryKey, Base):
     __tablename__ = "audit_log"
 
     entity_type: Mapped[str] = mapped_column(String(50))
@@ -18,6 +20,8 @@ class AuditLog(UUIDPrimaryKey, CreatedAt, Base):
     # {field: [old, new]}
     changes: Mapped[JSON | None]
     metadata_: Mapped[JSON | None] = mapped_column("metadata")
+    # The time of the write itself, not of its transaction's start: rows of one transaction keep their order.
+    created_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp(), sort_order=100)
 
 
 Index("ix_audit_log_entity_type_entity_id", AuditLog.entity_type, AuditLog.entity_id)

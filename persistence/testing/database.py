@@ -16,6 +16,7 @@ from persistence import migrations
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
 from persistence.engine import build_engine
+from persistence.errors import EmbeddedServerError
 
 TEMPLATE_DB = "persistence_template"
 TEST_DB = "persistence_test"
@@ -47,18 +48,27 @@ class ThrowawayPostgres:
 
     def __init__(self, *, port: int | None = None, bindir: Path | None = None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
+        self._bindir = bindir or EmbeddedConfig().pg_bindir
+        self._fixed_port = port is not None
         self.port = port or free_port(5432)
-        self.server = EmbeddedServer(
-            self._dir,
-            port=self.port,
-            bindir=bindir or EmbeddedConfig().pg_bindir,
-            listen_address="127.0.0.1",
-            settings=_FAST_SETTINGS,
-        )
+        self.server = self._server(self.port)
         self._clones = itertools.count(1)
 
+    def _server(self, port: int) -> EmbeddedServer:
+        return EmbeddedServer(
+            self._dir, port=port, bindir=self._bindir, listen_address="127.0.0.1", settings=_FAST_SETTINGS
+        )
+
     def start(self) -> None:
-        self.server.start()
+        try:
+            self.server.start()
+        except EmbeddedServerError:
+            if self._fixed_port:
+                raise
+            # Another test session took the port between our probe and the server's bind.
+            self.port = free_port()
+            self.server = self._server(self.port)
+            self.server.start()
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):

@@ -100,3 +100,13 @@ async def fresh_database(
         yield migrated.config(name)
     finally:
         migrated.drop(name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh_engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
+    """A pooled engine on the test's private database (tests marked `@pytest.mark.commits`)."""
+    eng = build_engine(fresh_database)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()

@@ -126,9 +126,8 @@ async def test_durable_refuses_to_nest(engine: AsyncEngine) -> None:
 
 
 async def test_read_only_block_refuses_writes(engine: AsyncEngine) -> None:
-    async with transaction(read_only=True):
-        async with session_scope(engine) as session:
-            assert await session.scalar(text("SHOW transaction_read_only")) == "on"
+    async with transaction(read_only=True), session_scope(engine) as session:
+        assert await session.scalar(text("SHOW transaction_read_only")) == "on"
     with pytest.raises(DatabaseError) as info:
         async with transaction(read_only=True):
             await add_claim(engine, "nope")
@@ -331,7 +330,7 @@ async def test_misuse_is_a_clear_error(engine: AsyncEngine, fresh_database: Data
         async with transaction(retries=2):
             pass
     with pytest.raises(TypeError, match="async function"):
-        transaction(lambda: None)  # type: ignore[arg-type]
+        transaction(lambda: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(TransactionError, match="needs an active transaction"):
         await current_session(engine)
     other = build_engine(fresh_database)

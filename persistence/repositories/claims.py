@@ -1,0 +1,49 @@
+"""Claims: created once per external id, found by it or by type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from persistence.errors import NotFoundError
+from persistence.models import Claim
+from persistence.repository import Repository
+
+
+class ClaimRepository(Repository[Claim]):
+    model = Claim
+
+    async def create_claim(self, claim: Claim | Mapping[str, Any] | None = None, /, **fields: Any) -> Claim:
+        """Insert a claim given as a model, a mapping, or keywords (`external_id`, `content`, ...).
+
+        A second claim with the same `external_id` raises `ConflictError`.
+        """
+        values = _claim_values(claim, fields)
+        return await self.add(**values)
+
+    async def get_by_external_id(self, external_id: str) -> Claim:
+        found = await self.list(external_id=external_id, limit=1)
+        if not found:
+            raise NotFoundError("Claim", external_id)
+        return found[0]
+
+    async def search_by_type(self, claim_type: str, *, limit: int = 100) -> list[Claim]:
+        """Claims of one type, newest first."""
+        return await self.list(claim_type=claim_type, order_by="-created_at", limit=limit)
+
+
+def _claim_values(claim: Claim | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+    if claim is None:
+        values: dict[str, Any] = {}
+    elif isinstance(claim, Claim):
+        values = {
+            key: getattr(claim, key)
+            for key in ("id", "external_id", "content", "claim_type", "source", "metadata_", "created_at")
+            if getattr(claim, key, None) is not None
+        }
+    else:
+        values = dict(claim)
+    if "metadata" in values:  # the seed's column name, accepted for convenience
+        values["metadata_"] = values.pop("metadata")
+    values.update(fields)
+    return values

@@ -1,0 +1,41 @@
+"""Training data: examples added in bulk, consumed per framework in training batches."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from persistence.models import TrainingData
+from persistence.repository import Repository
+
+
+class TrainingDataRepository(Repository[TrainingData]):
+    model = TrainingData
+
+    async def add_examples(self, examples: Sequence[Mapping[str, Any]]) -> int:
+        """Bulk insert (one statement per chunk, audited); returns how many were added."""
+        rows = [
+            {("metadata_" if key == "metadata" else key): value for key, value in ex.items()}
+            for ex in examples
+        ]
+        return await self.add_many(rows)
+
+    async def unused_for_framework(self, framework: str, *, limit: int = 1000) -> list[TrainingData]:
+        """The oldest examples of `framework` not yet used in training (served by a partial index)."""
+        return await self.list(
+            framework=framework, used_in_training=False, order_by="created_at", limit=limit
+        )
+
+    async def mark_used_in_batch(self, ids: Sequence[uuid.UUID], batch_id: str) -> int:
+        """Mark examples as used by `batch_id`; examples already used by a batch are left alone.
+
+        Returns how many were marked, so a caller can tell if another trainer took some first.
+        """
+        if not ids:
+            return 0
+        return await self.update_many(
+            TrainingData.id.in_(list(ids)),
+            TrainingData.used_in_training.is_(False),
+            values={"used_in_training": True, "training_batch_id": batch_id},
+        )

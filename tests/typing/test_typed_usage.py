@@ -1,0 +1,76 @@
+"""Type inference of the public API: `mypy --strict` (run by CI) checks every `assert_type` below,
+and pytest runs the same code against a real database, so the types are those of real results."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from typing import assert_type
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence import (
+    AuditLogRepository,
+    CheckpointRepository,
+    ClaimRepository,
+    Page,
+    Repository,
+    VerificationRepository,
+    transaction,
+)
+from persistence.models import AuditLog, Claim, ModelCheckpoint, VerificationResult
+
+pytestmark = pytest.mark.commits
+
+
+class Verifications(Repository[VerificationResult]):
+    model = VerificationResult
+
+
+@transaction
+async def create_pair(
+    repo: VerificationRepository, claim_id: str
+) -> tuple[VerificationResult, VerificationResult]:
+    a = await repo.create_verification(claim_id=claim_id, framework="empirical", result={}, confidence=0.5)
+    b = await repo.create_verification(claim_id=claim_id, framework="logical", result={}, confidence=0.6)
+    return a, b
+
+
+async def test_inferred_types(fresh_engine: AsyncEngine) -> None:
+    repo = VerificationRepository(fresh_engine)
+    generic = Verifications(fresh_engine)
+
+    made = await repo.create_verification(claim_id="c", framework="f", result={"valid": True}, confidence=0.9)
+    assert_type(made, VerificationResult)
+    assert_type(made.id, uuid.UUID)
+    assert_type(made.confidence, float)
+
+    assert_type(await repo.get(made.id), VerificationResult)
+    assert_type(await generic.get(made.id), VerificationResult)
+    assert_type(await generic.get_or_none(made.id), VerificationResult | None)
+    assert_type(await generic.get_many([made.id]), list[VerificationResult])
+    assert_type(await generic.list(framework="f"), list[VerificationResult])
+    assert_type(await generic.page(order_by="-created_at", limit=10), Page[VerificationResult])
+    assert_type(await generic.count(), int)
+    assert_type(await generic.exists(VerificationResult.confidence > 0.5), bool)
+    assert_type(await generic.add(claim_id="d", framework="f", result={}, confidence=0.1), VerificationResult)
+    assert_type(await generic.update(made.id, confidence=0.8), VerificationResult)
+    assert_type(await repo.get_by_claim_id("c"), list[VerificationResult])
+
+    stream = generic.stream(order_by="created_at")
+    assert_type(stream, AsyncGenerator[VerificationResult, None])
+    streamed = [v.id async for v in stream]
+    assert streamed[0] == made.id
+
+    pair = await create_pair(repo, "tx")  # @transaction keeps the signature and the return type
+    assert_type(pair, tuple[VerificationResult, VerificationResult])
+
+    claim = await ClaimRepository(fresh_engine).create_claim(external_id="e", content="x")
+    assert_type(claim, Claim)
+    checkpoint = await CheckpointRepository(fresh_engine).register(
+        model_name="m", version="1", checkpoint_path="p", metrics={}
+    )
+    assert_type(await CheckpointRepository(fresh_engine).activate("m", "1"), ModelCheckpoint)
+    assert_type(checkpoint, ModelCheckpoint)
+    assert_type(await AuditLogRepository(fresh_engine).recent(), list[AuditLog])
