@@ -11,7 +11,9 @@ Semantics follow Django's `atomic`, with what it lacks:
   (40001) or deadlock (40P01), with jittered exponential backoff. A nested block is never retried
   alone and no other error is retried.
 - `await on_commit(callback)` runs the callback (sync or async) after the outermost commit, in
-  registration order; callbacks registered in a savepoint that rolls back are dropped.
+  registration order; callbacks registered in a savepoint that rolls back are dropped. With
+  `retries`, they run after the retry loop: an error a callback raises (even a retryable one) comes
+  after the commit and never re-runs the block.
 - A block belongs to the asyncio task that opened it. Child tasks inherit context variables, so
   using the block (or nesting in it) from another task raises `TransactionError` instead of sharing
   one connection between concurrent tasks.
@@ -184,8 +186,13 @@ async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
 class Transaction:
     """One transaction block; an async context manager and a decorator. Build it with `transaction()`."""
 
-    def __init__(self, options: TransactionOptions) -> None:
+    def __init__(
+        self, options: TransactionOptions, *, after_commit: list[tuple[Callback, bool]] | None = None
+    ) -> None:
         self.options = options
+        # The decorator's retry loop collects the outermost block's callbacks here and runs them
+        # itself, after the loop: an error they raise comes after the commit and must never re-run it.
+        self._after_commit = after_commit
         self._entered: dict[asyncio.Task[Any] | None, list[tuple[_Frame, Token[_Frame | None]]]] = {}
 
     # -- context manager ----------------------------------------------------------------------------
@@ -292,7 +299,10 @@ class Transaction:
                 with contextlib.suppress(Exception):
                     await session.close()
         if exc is None:
-            await _run_callbacks(frame.callbacks)
+            if self._after_commit is not None:
+                self._after_commit.extend(frame.callbacks)
+            else:
+                await _run_callbacks(frame.callbacks)
 
     # -- decorator ----------------------------------------------------------------------------------
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -306,9 +316,10 @@ class Transaction:
             attempt = 0
             while True:
                 outermost = _active_frame() is None
+                committed: list[tuple[Callback, bool]] = []
                 try:
-                    async with Transaction(block_options):
-                        return await fn(*args, **kwargs)
+                    async with Transaction(block_options, after_commit=committed if outermost else None):
+                        result = await fn(*args, **kwargs)
                 except TransientError as exc:
                     if (
                         not outermost
@@ -322,6 +333,10 @@ class Transaction:
                         "transaction retry", function=fn.__qualname__, attempt=attempt, sqlstate=exc.sqlstate
                     )
                     await asyncio.sleep(delay)
+                else:
+                    # Committed: callbacks run outside the retry loop, so they never cause a re-run.
+                    await _run_callbacks(committed)
+                    return result
 
         return wrapper
 
