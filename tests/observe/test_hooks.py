@@ -157,7 +157,7 @@ class Exploding(BaseHook):
         self.calls += 1
         raise RuntimeError("sink is broken")
 
-    def on_pool(self, event: object) -> None:  # type: ignore[override]
+    def on_pool(self, event: object) -> None:
         raise ZeroDivisionError
 
 
@@ -186,7 +186,7 @@ async def test_a_raising_sink_never_fails_the_query_and_is_logged_once(
 
 def test_hooks_refuse_an_object_that_is_not_a_sink() -> None:
     with pytest.raises(TypeError, match="is not a hook"):
-        Hooks([object()])
+        Hooks([object()])  # type: ignore[list-item]
 
 
 async def test_an_engine_without_hooks_has_no_listeners(db_config: DatabaseConfig) -> None:
