@@ -136,6 +136,8 @@ class DatabaseMetrics(BaseHook):
         self.record_query_duration(name, event.duration, error=not event.success)
 
     def on_pool(self, event: PoolEvent) -> None:
+        if event.kind != "checkout" and event.kind != "checkin":
+            return  # mid-change numbers (a connection being closed still counts as checked out)
         with self._lock:
             self._pool = event.stats
             self._pool_size = event.stats.open

@@ -4,6 +4,7 @@ Prometheus (`persistence.observe.prometheus`) and OpenTelemetry (`persistence.ob
 need the `prometheus` / `otel` extras and are imported only when asked for.
 """
 
+from persistence.observe.health import HealthReport, SchemaStatus, health
 from persistence.observe.hooks import (
     BaseHook,
     Hook,
@@ -18,14 +19,17 @@ from persistence.observe.logging import SlowQueryLog, configure_logging, correla
 
 __all__ = [
     "BaseHook",
+    "HealthReport",
     "Hook",
     "Hooks",
     "PoolEvent",
     "PoolStats",
     "QueryEvent",
+    "SchemaStatus",
     "SlowQueryLog",
     "TransactionEvent",
     "TransactionStart",
     "configure_logging",
     "correlation",
+    "health",
 ]

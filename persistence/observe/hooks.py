@@ -68,7 +68,10 @@ class PoolStats:
 @dataclass(frozen=True, slots=True)
 class PoolEvent:
     """A pool change. `wait` is set for `checkout`: seconds the caller waited for a usable connection
-    (queueing for a free one, opening a new one, and the pre-ping), measured around the checkout."""
+    (queueing for a free one, opening a new one, and the pre-ping), measured around the checkout.
+
+    `stats` are exact after `checkout` and `checkin`; for `connect`, `invalidate` and `close` they are
+    the pool's numbers mid-change (a connection being closed still counts as checked out)."""
 
     kind: PoolEventKind
     stats: PoolStats
