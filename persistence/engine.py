@@ -78,7 +78,7 @@ def _hooks(config: DatabaseConfig, hooks: HooksArg) -> Hooks | None:
     sinks: list[Hook] = list(hooks.sinks if isinstance(hooks, Hooks) else hooks or ())
     if config.slow_query_ms is not None:
         sinks.append(SlowQueryLog(config.slow_query_ms / 1000))
-    return Hooks(sinks) if sinks else None
+    return Hooks(sinks, database=config.database) if sinks else None
 
 
 def _create(config: DatabaseConfig, *, pooled: bool, fanout: Hooks | None) -> AsyncEngine:

@@ -93,7 +93,7 @@ class _Boundary:
             if hooks is not None:
                 self.started = perf_counter()
                 if hooks.wants_transaction_start:
-                    hooks.transaction_start(TransactionStart(0, self.attempt, engine.url.database))
+                    hooks.transaction_start(TransactionStart(0, self.attempt, hooks.database))
             self.session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
             execution_options: dict[str, Any] = {}
             if self.options.isolation_level is not None:
@@ -121,8 +121,7 @@ class _Boundary:
         frame.depth = self.frames.index(frame)
         self.max_depth = max(self.max_depth, frame.depth)
         if self.hooks.wants_transaction_start:
-            database = self.engine.url.database if self.engine is not None else None
-            self.hooks.transaction_start(TransactionStart(frame.depth, self.attempt, database))
+            self.hooks.transaction_start(TransactionStart(frame.depth, self.attempt, self.hooks.database))
 
     def ended(self, depth: int, started: float, exc: BaseException | None, failed: bool) -> None:
         """Report the end of the transaction (depth 0) or a savepoint; `failed`: COMMIT/RELEASE raised."""
@@ -138,7 +137,7 @@ class _Boundary:
                 depth,
                 self.max_depth if depth == 0 else depth,
                 sqlstate,
-                self.engine.url.database if self.engine is not None else None,
+                self.hooks.database,
             )
         )
 
@@ -213,7 +212,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         # The same, reporting the transaction to the engine's hooks.
         started = perf_counter()
         if hooks.wants_transaction_start:
-            hooks.transaction_start(TransactionStart(0, 1, engine.url.database))
+            hooks.transaction_start(TransactionStart(0, 1, hooks.database))
         in_body = False
         try:
             async with (
@@ -233,13 +232,11 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
                     0,
                     0,
                     sqlstate,
-                    engine.url.database,
+                    hooks.database,
                 )
             )
             raise
-        hooks.transaction(
-            TransactionEvent("commit", perf_counter() - started, 1, 0, 0, None, engine.url.database)
-        )
+        hooks.transaction(TransactionEvent("commit", perf_counter() - started, 1, 0, 0, None, hooks.database))
     except DBAPIError as exc:
         raise (translate(exc) or exc) from exc
 

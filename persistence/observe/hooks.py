@@ -25,7 +25,11 @@ PoolEventKind = Literal["checkout", "checkin", "connect", "invalidate", "close"]
 TransactionOutcome = Literal["commit", "rollback", "retried", "failed"]
 
 
-@dataclass(frozen=True, slots=True)
+# Events are plain slotted dataclasses (not frozen: a frozen __init__ costs several times more on this
+# hot path). Treat them as read-only; one event object goes to every sink.
+
+
+@dataclass(slots=True)
 class QueryEvent:
     """One statement sent to the server.
 
@@ -50,7 +54,7 @@ class QueryEvent:
     request_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PoolStats:
     """Connections of one pool: `size` configured, `in_use` checked out, `idle` ready in the pool,
     `overflow` opened beyond `size`."""
@@ -65,7 +69,7 @@ class PoolStats:
         return self.in_use + self.idle
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PoolEvent:
     """A pool change. `wait` is set for `checkout`: seconds the caller waited for a usable connection
     (queueing for a free one, opening a new one, and the pre-ping), measured around the checkout.
@@ -79,7 +83,7 @@ class PoolEvent:
     database: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransactionStart:
     """A transaction (depth 0) or savepoint (depth >= 1) began on the server."""
 
@@ -88,7 +92,7 @@ class TransactionStart:
     database: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransactionEvent:
     """A transaction (depth 0) or savepoint (depth >= 1) ended.
 
@@ -143,10 +147,20 @@ class BaseHook:
 class Hooks:
     """Fans each event out to every sink; a raising sink is logged once (per sink and method) and skipped."""
 
-    __slots__ = ("_failed", "_pool", "_query", "_start", "_transaction", "sinks")
+    __slots__ = (
+        "_failed",
+        "_pool",
+        "_query",
+        "_start",
+        "_transaction",
+        "database",
+        "sinks",
+        "wants_transaction_start",
+    )
 
-    def __init__(self, sinks: Iterable[Hook]) -> None:
+    def __init__(self, sinks: Iterable[Hook], *, database: str | None = None) -> None:
         self.sinks: tuple[Hook, ...] = tuple(sinks)
+        self.database = database  # of the engine these hooks are attached to
         for sink in self.sinks:
             if not isinstance(sink, Hook):
                 raise TypeError(
@@ -158,6 +172,7 @@ class Hooks:
         self._start = tuple(
             start for s in self.sinks if callable(start := getattr(s, "on_transaction_start", None))
         )
+        self.wants_transaction_start = bool(self._start)
         self._failed: set[tuple[int, str]] = set()
 
     def query(self, event: QueryEvent) -> None:
@@ -187,10 +202,6 @@ class Hooks:
                 fn(event)
             except Exception as exc:
                 self._sink_failed(fn, exc)
-
-    @property
-    def wants_transaction_start(self) -> bool:
-        return bool(self._start)
 
     def _sink_failed(self, fn: object, exc: Exception) -> None:
         owner = getattr(fn, "__self__", fn)
