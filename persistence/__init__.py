@@ -3,6 +3,7 @@
 This module is the public API; everything else may change without notice.
 """
 
+from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
 from persistence.audit import audit_context, current_audit
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer, ServerStatus
@@ -34,6 +35,8 @@ from persistence.repository import Page, Repository
 from persistence.transaction import current_session, in_transaction, on_commit, transaction
 
 __all__ = [
+    "AICallLogger",
+    "AICallRecord",
     "AuditLogRepository",
     "CheckpointRepository",
     "ClaimRepository",
@@ -57,6 +60,7 @@ __all__ = [
     "TrainingDataRepository",
     "TransactionError",
     "TransientError",
+    "UnpricedCallError",
     "ValidationError",
     "VerificationRepository",
     "audit_context",
