@@ -584,3 +584,39 @@ async def test_statement_count_helper_sees_nothing_for_refused_calls(
     assert statements == []
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(Claim)) == 0
+
+
+# -- statements without model instances share the block's connection ----------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_counts_and_bulk_writes_join_the_block_and_its_savepoints(engine: AsyncEngine) -> None:
+    """count/exists/delete/delete_many/update_many/add_many run on the block's connection, not a
+    session of their own: they see the block's writes, and roll back with the block or savepoint."""
+    repo = Claims(engine)
+    with pytest.raises(Boom):
+        async with transaction():
+            kept = await repo.add(external_id="k", content="c", claim_type="t")
+            assert await repo.add_many([{"external_id": f"m{i}", "content": "c"} for i in range(3)]) == 3
+            assert await repo.count() == 4
+            assert await repo.exists(external_id="k")
+            assert await repo.update_many(external_id__in=["m0", "m1"], values={"claim_type": "u"}) == 2
+            with pytest.raises(Boom):
+                async with transaction():
+                    await repo.delete(kept.id)
+                    assert await repo.delete_many(claim_type="u") == 2
+                    assert await repo.count() == 1
+                    raise Boom
+            assert await repo.count() == 4  # the savepoint took the deletes back
+            assert await count(engine, "claims") == 0  # nothing visible outside the block yet
+            raise Boom
+    assert await nothing_written(engine, "claims")
+
+    async with transaction():
+        assert await repo.add_many([{"external_id": "x", "content": "c"}]) == 1
+        await repo.delete_many(external_id="x")
+        assert not await repo.exists(external_id="x")
+    assert await count(engine, "audit_log", "action = 'delete'") == 1
