@@ -1,6 +1,6 @@
 """Overhead of the metrics hooks with the Prometheus sink attached, on repository get/add.
 
-    python bench/bench_hooks.py                     # 30 rounds (~1 min on 2 cores)
+    python bench/bench_hooks.py                     # 36 rounds (~1 min on 2 cores)
     python bench/bench_hooks.py --quick             # 6 rounds, a smoke check
     python bench/bench_hooks.py --output bench/RESULTS-hooks.md
 
@@ -8,8 +8,9 @@ One database, one process, three engines built by `build_engine`: no hooks (no e
 all: the baseline), `PrometheusHook` (the target: < 5% on get and add), and every sink we ship that
 records (Prometheus + `DatabaseMetrics` + slow-query log), for information. Calls run outside any
 `transaction()` block, so each is one short transaction with one checkout, one statement and one
-commit: every kind of event fires once per call. Rounds alternate the order of the variants; a
-sample is the mean of `--inner` consecutive calls; the table shows medians over rounds and two
+commit: every kind of event fires once per call. Rounds cycle through every order of the variants
+(each variant in each position equally often); a sample is the mean of `--inner` consecutive calls
+(garbage collection run before it, disabled during it); the table shows medians over rounds and two
 ratios to the baseline measured in this run: of the medians, and the median of the per-round ratios
 (robust when other processes load the machine unevenly during the run).
 
@@ -68,10 +69,16 @@ def load() -> str:
 
 
 async def sample(repo: ClaimRepository, op: Op, inner: int) -> float:
-    began = time.perf_counter()
-    for _ in range(inner):
-        await op(repo)
-    return (time.perf_counter() - began) / inner
+    """Mean seconds per call over `inner` calls, with the garbage collector run before, not during."""
+    gc.collect()
+    gc.disable()
+    try:
+        began = time.perf_counter()
+        for _ in range(inner):
+            await op(repo)
+        return (time.perf_counter() - began) / inner
+    finally:
+        gc.enable()
 
 
 async def run(config: DatabaseConfig, rounds: int, inner: int) -> str:
@@ -104,9 +111,9 @@ async def run(config: DatabaseConfig, rounds: int, inner: int) -> str:
         for op_name, op in operations.items():
             for repo in repos.values():  # warm up: pools, statement caches, prepared statements
                 await sample(repo, op, inner * 3)
+            orders = list(itertools.permutations(names))  # every variant in every position equally often
             for r in range(rounds):
-                gc.collect()
-                for name in names if r % 2 == 0 else reversed(names):
+                for name in orders[r % len(orders)]:
                     samples.setdefault((op_name, name), []).append(await sample(repos[name], op, inner))
     finally:
         for engine in engines.values():
@@ -117,7 +124,7 @@ async def run(config: DatabaseConfig, rounds: int, inner: int) -> str:
     lines = [
         f"- machine: {machine()}; load average (1/5/15 min) before {load_before}, after {load()}",
         f"- versions: Python {platform.python_version()}, {libs}, PostgreSQL {server}",
-        f"- {rounds} rounds (variant order alternating), {inner} calls per sample, {elapsed:.0f} s; "
+        f"- {rounds} rounds (variant order cycling through all permutations), {inner} calls per sample, {elapsed:.0f} s; "
         "each call is one short transaction outside any `transaction()` block",
         "",
         "| operation | variant | median per call | p90 | ratio of medians | median per-round ratio | target < 1.05 |",
@@ -144,7 +151,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=36, help="a multiple of 6 balances the orders")
     parser.add_argument("--inner", type=int, default=100, help="calls per sample (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="6 rounds")
     parser.add_argument("--output", type=Path, help="also write the markdown table to this file")
