@@ -13,7 +13,7 @@ from typing import NamedTuple
 _LEADING = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(?\s*([A-Za-z]+)", re.S)
 _IDENT = r'("(?:[^"]|"")+"|[A-Za-z_][\w$]*)(?:\s*\.\s*("(?:[^"]|"")+"|[A-Za-z_][\w$]*))?'
 _DML = re.compile(
-    r"(?<![\w$])(?:(INSERT)\s+INTO|(DELETE)\s+FROM|(?<!FOR\s)(?<!DO\s)(?<!KEY\s)(UPDATE)(?:\s+ONLY)?)\s+"
+    r"(?<![\w$])(?:(INSERT)\s+INTO|(DELETE)\s+FROM|(?<!FOR\s)(?<!DO\s)(?<!KEY\s)(UPDATE))(?:\s+ONLY)?\s+"
     + _IDENT,
     re.I,
 )

@@ -95,3 +95,10 @@ async def test_health_command_lists_stale_instances_and_fails_when_behind_head(
     assert behind.returncode == 1
     assert "UNHEALTHY (schema behind head)" in behind.stdout
     assert "behind head" in behind.stdout
+
+
+def test_health_command_exits_non_zero_when_the_database_is_unreachable() -> None:
+    out = run_health(f"postgresql://u:pw-secret-9@127.0.0.1:{free_port()}/x", "--timeout", "10")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "UNHEALTHY" in out.stdout and "refused" in out.stdout.lower()
+    assert "pw-secret-9" not in out.stdout + out.stderr
