@@ -99,7 +99,7 @@ async def test_ddl_gives_up_after_lock_timeout(fresh_engine: AsyncEngine) -> Non
             await asyncio.wait_for(
                 maintain_partitions(
                     fresh_engine, ahead=0, retention_months=1, lock_timeout_ms=100, today=date(2026, 1, 1)
-                ),  # fmt: skip
+                ),
                 timeout=30,
             )
         assert info.value.sqlstate == "55P03"
