@@ -3,7 +3,7 @@
 This module is the public API; everything else may change without notice.
 """
 
-from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
+from persistence.ai_calls import AICallLogger, AICallRecord, SyncAICallLogger, UnpricedCallError
 from persistence.audit import audit_context, current_audit
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer, ServerStatus
@@ -57,6 +57,7 @@ __all__ = [
     "Repository",
     "ServerStatus",
     "ServiceHealthRepository",
+    "SyncAICallLogger",
     "TrainingDataRepository",
     "TransactionError",
     "TransientError",

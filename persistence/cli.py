@@ -251,6 +251,61 @@ async def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _partitions(args: argparse.Namespace) -> int:
+    from persistence.ai_calls.partitions import maintain_partitions
+    from persistence.engine import create_database_engine
+
+    engine = await create_database_engine(DatabaseConfig())
+    try:
+        report = await maintain_partitions(
+            engine,
+            ahead=args.ahead,
+            retention_months=args.retention_months,
+            dry_run=args.dry_run,
+            lock_timeout_ms=args.lock_timeout_ms,
+        )
+    finally:
+        await engine.dispose()
+    verb = "would " if report.dry_run else ""
+    print(f"ai_calls partitions: {', '.join(f'{m:%Y-%m}' for m in report.existing) or 'none'}")
+    print(f"  {verb}create: {', '.join(f'{m:%Y-%m}' for m in report.created) or 'nothing'}")
+    if report.default_created:
+        print(f"  {verb}create: the default partition")
+    print(f"  {verb}drop:   {', '.join(f'{m:%Y-%m}' for m in report.dropped) or 'nothing'}")
+    if report.keys_deleted:
+        print(f"  deleted {report.keys_deleted} idempotency keys of dropped calls")
+    return 0
+
+
+def _utc_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def _rollups(args: argparse.Namespace) -> int:
+    from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
+    from persistence.engine import create_database_engine
+
+    engine = await create_database_engine(DatabaseConfig())
+    try:
+        if args.action == "fold":
+            print(f"folded {await fold_rollups(engine)} pending deltas into the hourly rollups")
+        else:
+            if args.start is None or args.end is None:
+                print("error: rebuild needs --start and --end", file=sys.stderr)
+                return 2
+            lo, hi = await rebuild_rollups(engine, args.start, args.end)
+            print(
+                f"rebuilt the hourly rollups of {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} UTC from ai_calls"
+            )
+    finally:
+        await engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persistence",
@@ -291,6 +346,32 @@ def build_parser() -> argparse.ArgumentParser:
         description=SEED_DESCRIPTION,
     )
     add_seed_arguments(seed)
+
+    parts = sub.add_parser(
+        "partitions",
+        help="create upcoming monthly partitions of ai_calls (and the default one), drop expired ones",
+    )
+    parts.add_argument(
+        "--ahead", type=int, default=2, help="months after the current one to create (default %(default)s)"
+    )
+    parts.add_argument(
+        "--retention-months",
+        type=int,
+        default=None,
+        help="drop monthly partitions that ended more than this many months ago (default: keep all)",
+    )
+    parts.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    parts.add_argument(
+        "--lock-timeout-ms",
+        type=int,
+        default=5000,
+        help="lock_timeout of each DDL step (default %(default)s)",
+    )
+
+    rollups = sub.add_parser("rollups", help="fold pending deltas, or rebuild the hourly rollups of a window")
+    rollups.add_argument("action", choices=["fold", "rebuild"])
+    rollups.add_argument("--start", type=_utc_datetime, help="rebuild from (ISO time, UTC if no offset)")
+    rollups.add_argument("--end", type=_utc_datetime, help="rebuild until (ISO time, UTC if no offset)")
     return parser
 
 
@@ -316,6 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_seed(args))
         if args.command == "health":
             return asyncio.run(_health(args))
+        if args.command == "partitions":
+            return asyncio.run(_partitions(args))
+        if args.command == "rollups":
+            return asyncio.run(_rollups(args))
     except ValidationError as exc:
         print(f"error: {configuration_error(exc)}", file=sys.stderr)
         return 2

@@ -105,8 +105,10 @@ SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, s
       FROM ai_call_usage_deltas WHERE hour >= $3 AND hour < $4
     UNION ALL
     SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
-      FROM ai_calls
-     WHERE (created_at >= $1 AND created_at < $3) OR (created_at >= $4 AND created_at < $2)
+      FROM ai_calls WHERE created_at >= $1 AND created_at < $3
+    UNION ALL
+    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
+      FROM ai_calls WHERE created_at >= $4 AND created_at < $2
   ) parts
  GROUP BY provider
  ORDER BY provider
@@ -377,7 +379,11 @@ class AICallLogger:
 
     async def _log_many(self, raw: asyncpg.Connection, records: list[AICallRecord]) -> int:
         await self._fresh_prices(raw)
-        costs = [await self._priced(raw, r) for r in records]
+        price = self.prices.price
+        maybe = [price(r) for r in records]
+        costs = [
+            c if c is not None else await self._priced(raw, r) for r, c in zip(records, maybe, strict=True)
+        ]
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
         try:
