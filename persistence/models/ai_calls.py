@@ -6,15 +6,13 @@ idempotency key, partitions); this is the seed's shape.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import BigInteger, CheckConstraint, Computed, Identity, Index, Integer, Numeric, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from persistence.models.base import JSON, Base
-
-RECONCILIATION_STATUSES = ("PASS", "FAIL")
+from persistence.models.base import Base
 
 
 class AICall(Base):
@@ -57,33 +55,3 @@ Index("ix_ai_calls_created_at_brin", AICall.created_at, postgresql_using="brin")
 Index("ix_ai_calls_provider", AICall.provider)
 Index("ix_ai_calls_customer_id_created_at", AICall.customer_id, AICall.created_at)
 Index("ix_ai_calls_organization_id_created_at", AICall.organization_id, AICall.created_at)
-
-
-class ReconciliationReport(Base):
-    """One comparison of the ledger against the metering vendor's numbers for a period."""
-
-    __tablename__ = "reconciliation_reports"
-
-    id: Mapped[int] = mapped_column(Integer, Identity(always=False), primary_key=True)
-    report_date: Mapped[date] = mapped_column(unique=True)
-    period_start: Mapped[datetime]
-    period_end: Mapped[datetime]
-
-    total_calls: Mapped[int] = mapped_column(Integer)
-    total_cost_usd: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    provider_stats: Mapped[JSON | None]
-
-    revenium_calls: Mapped[int | None] = mapped_column(Integer)
-    revenium_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
-    variance_pct: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
-    status: Mapped[str | None] = mapped_column(String(10))
-
-    generated_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-    __table_args__ = (
-        CheckConstraint("period_end > period_start", name="period_ordered"),
-        CheckConstraint(
-            "status IN (" + ", ".join(f"'{s}'" for s in RECONCILIATION_STATUSES) + ")", name="status_known"
-        ),
-    )
