@@ -1,0 +1,1 @@
+"""The AI-call ledger: logging, reconciliation against the metering vendor, access and monitoring."""
