@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Executable, Table, func, select, text
+from sqlalchemy import BigInteger, Executable, Table, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.sources import check_period
@@ -68,8 +68,11 @@ async def rows_today(engine: AsyncEngine, *, now: datetime | None = None) -> int
 
 async def table_size_bytes(engine: AsyncEngine) -> int:
     """Bytes on disk of the ledger: heap, indexes and TOAST of every partition."""
+    # pg_partition_tree() is empty for a plain table, and a partitioned parent itself has size 0.
     stmt = text(
-        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree(CAST(:t AS regclass))"
+        "SELECT CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)"
+        " FROM pg_partition_tree(c.oid) AS t) ELSE pg_total_relation_size(c.oid) END"
+        " FROM pg_class AS c WHERE c.oid = CAST(:t AS regclass)"
     ).bindparams(t=_AI_CALLS.name)
     [(size,)] = await _fetch(engine, stmt)
     return int(size)
@@ -79,7 +82,7 @@ async def ledger_health(engine: AsyncEngine, *, now: datetime | None = None) -> 
     """Seed 000's health query: rows today and the ledger's size (bytes and human-readable)."""
     rows = await rows_today(engine, now=now)
     size = await table_size_bytes(engine)
-    [(pretty,)] = await _fetch(engine, select(func.pg_size_pretty(size)))
+    [(pretty,)] = await _fetch(engine, select(func.pg_size_pretty(literal(size, BigInteger))))
     return LedgerHealth(rows_today=rows, table_size_bytes=size, table_size=str(pretty))
 
 
