@@ -205,3 +205,7 @@ class UsageSourceError(PersistenceError):
         self.status = status
         self.retryable = retryable
         super().__init__(message)
+
+
+class SpoolError(PersistenceError):
+    """The BatchLogger's local spool cannot be used (locked by another process, unwritable, corrupt)."""
