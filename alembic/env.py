@@ -24,10 +24,24 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 target_metadata = Base.metadata
 
 
+def _partitions(connection: Connection) -> set[str]:
+    """Names of partition tables: the models declare their parents only (partitions are data-driven)."""
+    rows = connection.exec_driver_sql(
+        "SELECT relname FROM pg_class WHERE relispartition AND relkind IN ('r', 'p')"
+    )
+    return {str(name) for (name,) in rows}
+
+
 def _configure(connection: Connection) -> None:
+    partitions = _partitions(connection)
+
+    def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+        return not (type_ == "table" and name in partitions)
+
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_name=include_name,
         compare_type=True,
         compare_server_default=True,
         transactional_ddl=True,

@@ -3,6 +3,7 @@
 This module is the public API; everything else may change without notice.
 """
 
+from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
 from persistence.ai_calls.access import grant_reader
 from persistence.ai_calls.monitoring_queries import (
     HourlyCount,
@@ -60,6 +61,8 @@ from persistence.repository import Page, Repository
 from persistence.transaction import current_session, in_transaction, on_commit, transaction
 
 __all__ = [
+    "AICallLogger",
+    "AICallRecord",
     "AuditLogRepository",
     "CheckpointRepository",
     "ClaimRepository",
@@ -92,6 +95,7 @@ __all__ = [
     "TrainingDataRepository",
     "TransactionError",
     "TransientError",
+    "UnpricedCallError",
     "UsageAmount",
     "UsageLine",
     "UsageSource",

@@ -244,6 +244,7 @@ def audit_cte(
                     case((inserted, _inserted_changes()), else_=_updated_changes(ignored)).label("changes"),
                 )
                 .select_from(n.outerjoin(o, o.c[pk] == n.c[pk]))
+                .offset(0)  # a fence: a flattened "d" would compute every row's changes twice
                 .subquery("d")
             )
         else:
@@ -254,6 +255,7 @@ def audit_cte(
                     _updated_changes(ignored).label("changes"),
                 )
                 .select_from(n.join(o, o.c[pk] == n.c[pk]))
+                .offset(0)  # a fence: a flattened "d" would compute every row's changes twice
                 .subquery("d")
             )
         rows = select(entity, diff.c.entity_id, diff.c.action, user, diff.c.changes, metadata).where(

@@ -68,6 +68,75 @@ async def _migrate(revision: str) -> int:
     return 0
 
 
+async def _health(args: argparse.Namespace) -> int:
+    import json
+    from datetime import timedelta
+
+    from persistence.engine import create_database_engine
+    from persistence.observe.health import health
+    from persistence.repositories import ServiceHealthRepository
+
+    config = DatabaseConfig()
+    engine = await create_database_engine(config, check=False)  # the report says why it cannot connect
+    stale_error: str | None = None
+    stale: list[dict[str, object]] = []
+    try:
+        report = await health(engine, timeout=args.timeout)
+        if report.connected and report.schema.state == "at head":
+            try:
+                async with asyncio.timeout(args.timeout):
+                    rows = await ServiceHealthRepository(engine).stale_instances(
+                        timedelta(seconds=args.stale_after)
+                    )
+                stale = [
+                    {
+                        "service_name": r.service_name,
+                        "instance_id": r.instance_id,
+                        "status": r.status,
+                        "last_heartbeat": r.last_heartbeat.isoformat(),
+                    }
+                    for r in rows
+                ]
+            except (PersistenceError, TimeoutError) as exc:
+                stale_error = f"{type(exc).__name__}: {exc}"
+    finally:
+        await engine.dispose()
+    where = config.describe() if config.is_configured else "the embedded local PostgreSQL"
+    if args.json:
+        out = {"database": where, **report.as_dict(), "stale_after_s": args.stale_after, "stale": stale}
+        if stale_error is not None:
+            out["stale_error"] = stale_error
+        print(json.dumps(out, indent=2, default=str))
+        return 0 if report.healthy else 1
+    status = "healthy" if report.healthy else f"UNHEALTHY ({report.error})"
+    print(f"database : {where}")
+    print(f"status   : {status}")
+    if report.connected:
+        print(f"latency  : {report.latency_ms:.2f} ms (SELECT 1 round trip)")
+        print(f"server   : PostgreSQL {report.server_version}")
+    if report.pool is not None:
+        p = report.pool
+        print(f"pool     : size {p.size}, in use {p.in_use}, idle {p.idle}, overflow {p.overflow}")
+    schema = report.schema
+    if schema.state == "behind head":
+        pending = f", {schema.behind} migration(s) pending" if schema.behind is not None else ""
+        print(f"schema   : behind head (at {schema.current or 'base'}, head {schema.head}{pending})")
+    elif schema.state == "at head":
+        print(f"schema   : at head ({schema.head})")
+    else:
+        print(f"schema   : {schema.state} (database {schema.current}, code head {schema.head})")
+    if stale_error is not None:
+        print(f"services : could not list ({stale_error})")
+    elif report.healthy:
+        print(f"stale instances (no heartbeat for {args.stale_after:g}s): {len(stale) or 'none'}")
+        for item in stale:
+            print(
+                f"  {item['service_name']}/{item['instance_id']}  {item['status']}  "
+                f"last heartbeat {item['last_heartbeat']}"
+            )
+    return 0 if report.healthy else 1
+
+
 # SeedPlan size fields and their --help text.
 _SIZE_FLAGS = (
     ("claims", "claims to create"),
@@ -207,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply migrations (alembic upgrade) to the configured database")
     migrate.add_argument("--revision", default="head", help="target revision (default %(default)s)")
+
+    health = sub.add_parser(
+        "health",
+        help="check the configured database (connectivity, latency, version, pool, schema at head) "
+        "and list service instances without a recent heartbeat; exit 1 when unhealthy",
+    )
+    health.add_argument(
+        "--stale-after",
+        type=float,
+        default=300.0,
+        help="seconds without a heartbeat after which an instance is stale (default %(default)s)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds allowed (default %(default)s)")
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
 
     seed = sub.add_parser(
         "seed",
@@ -424,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(args.revision))
         if args.command == "seed":
             return asyncio.run(_seed(args))
+        if args.command == "health":
+            return asyncio.run(_health(args))
         if args.command == "reconcile":
             return asyncio.run(_reconcile(args))
         if args.command == "grant-reader":

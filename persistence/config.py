@@ -92,6 +92,12 @@ class DatabaseConfig(BaseSettings):
     application_name: str = Field(default="persistence", max_length=63)
     ssl_mode: SSLMode | None = Field(default=None, description="libpq sslmode; None uses asyncpg's default.")
     echo: bool = Field(default=False, description="Log every SQL statement (SQLAlchemy echo).")
+    slow_query_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="Log statements slower than this (normalised text and duration, never parameters); "
+        "None logs none.",
+    )
 
     if TYPE_CHECKING:
         # Callers pass plain strings for secrets (as seed 003 does); pydantic wraps them in SecretStr.
@@ -114,6 +120,7 @@ class DatabaseConfig(BaseSettings):
             application_name: str = "persistence",
             ssl_mode: SSLMode | None = None,
             echo: bool = False,
+            slow_query_ms: float | None = None,
         ) -> None: ...
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Iterable
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
@@ -19,6 +20,11 @@ from sqlalchemy.pool import NullPool
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
 from persistence.errors import DatabaseConnectionError
+from persistence.observe.hooks import Hook, Hooks
+from persistence.observe.instrument import instrument, pool_class
+from persistence.observe.logging import SlowQueryLog
+
+HooksArg = Hooks | Iterable[Hook] | None
 
 # SQLSTATE -> (reason, retryable). Classes 08 (connection) and 57P0x (shutdown/startup) may heal.
 _SQLSTATE_REASONS: dict[str, tuple[str, bool]] = {
@@ -32,17 +38,19 @@ _SQLSTATE_REASONS: dict[str, tuple[str, bool]] = {
 }
 
 
-async def create_database_engine(config: DatabaseConfig | None = None, *, check: bool = True) -> AsyncEngine:
+async def create_database_engine(
+    config: DatabaseConfig | None = None, *, check: bool = True, hooks: HooksArg = None
+) -> AsyncEngine:
     """Create the pooled engine for `config` and prove it can connect.
 
     With no server configured (no `DATABASE_URL`/`DB_HOST`), starts or reuses the embedded local
     server. Raises `DatabaseConnectionError` (host, port, database and reason; never the password)
-    when the first connection fails.
+    when the first connection fails. `hooks` are metrics/tracing sinks (see `persistence.observe`).
     """
     config = config if config is not None else DatabaseConfig()
     if not config.is_configured:
         config = await asyncio.to_thread(_embedded_config, config)
-    engine = build_engine(config)
+    engine = build_engine(config, hooks=hooks)
     if check:
         try:
             await verify_connection(engine, config)
@@ -52,11 +60,28 @@ async def create_database_engine(config: DatabaseConfig | None = None, *, check:
     return engine
 
 
-def build_engine(config: DatabaseConfig, *, pooled: bool = True) -> AsyncEngine:
+def build_engine(config: DatabaseConfig, *, pooled: bool = True, hooks: HooksArg = None) -> AsyncEngine:
     """The engine for an already resolved config, without a connectivity check.
 
     `pooled=False` opens a fresh connection per checkout (one-off jobs such as migrations).
+    `hooks` (sinks, or a `Hooks`) receive every query, pool and transaction event; with none and
+    no `slow_query_ms`, the engine has no event listeners at all.
     """
+    fanout = _hooks(config, hooks)
+    engine = _create(config, pooled=pooled, fanout=fanout)
+    if fanout is not None:
+        instrument(engine.sync_engine, fanout)
+    return engine
+
+
+def _hooks(config: DatabaseConfig, hooks: HooksArg) -> Hooks | None:
+    sinks: list[Hook] = list(hooks.sinks if isinstance(hooks, Hooks) else hooks or ())
+    if config.slow_query_ms is not None:
+        sinks.append(SlowQueryLog(config.slow_query_ms / 1000))
+    return Hooks(sinks, database=config.database) if sinks else None
+
+
+def _create(config: DatabaseConfig, *, pooled: bool, fanout: Hooks | None) -> AsyncEngine:
     server_settings = {"application_name": config.application_name}
     if config.statement_timeout_ms is not None:
         server_settings["statement_timeout"] = str(config.statement_timeout_ms)
@@ -71,9 +96,13 @@ def build_engine(config: DatabaseConfig, *, pooled: bool = True) -> AsyncEngine:
             connect_args=connect_args,
             json_serializer=json_dumps,
         )
+    extra: dict[str, Any] = {}
+    if fanout is not None:
+        extra["poolclass"] = pool_class(fanout, config.database)
     return create_async_engine(
         config.sqlalchemy_url(),
         json_serializer=json_dumps,
+        **extra,
         pool_size=config.pool_size,
         max_overflow=config.max_overflow,
         pool_timeout=config.pool_timeout,

@@ -41,6 +41,11 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def current_of(connection: Connection) -> str | None:
+    """The revision stamped in the connection's database (None: never migrated)."""
+    return _current(connection)
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         return await conn.run_sync(_current)

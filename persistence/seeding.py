@@ -36,6 +36,7 @@ from sqlalchemy import (
     DateTime,
     Insert,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Table,
@@ -70,8 +71,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_TYPES",
     "FRAMEWORKS",
+    "LEDGER_DERIVED_TABLES",
     "MODEL_CATALOG",
     "NAMESPACE",
+    "REFERENCE_TABLES",
     "SEEDED_TABLES",
     "SERVICES",
     "ModelSpec",
@@ -114,6 +117,16 @@ _TABLES_IN_ORDER: tuple[Table, ...] = (
     _REPORTS,
 )
 SEEDED_TABLES: tuple[str, ...] = tuple(t.name for t in _TABLES_IN_ORDER)
+# Kept in step with ai_calls by seeding (keys of the seeded calls, their hourly rollups) and emptied
+# with it by a reset; not counted as seeded tables.
+LEDGER_DERIVED_TABLES: tuple[str, ...] = (
+    "ai_call_keys",
+    "ai_call_usage_deltas",
+    "ai_call_usage_hourly",
+    "ai_call_model_hourly",
+)
+# Reference data loaded by migrations (vendor prices): never seeded, never reset.
+REFERENCE_TABLES: tuple[str, ...] = ("vendor_prices",)
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -990,9 +1003,50 @@ def _ai_calls_statement() -> Insert:
         .render_derived(name="incoming")
     )
     present = select(literal(1)).select_from(_AI_CALLS).where(_AI_CALLS.c.request_id == incoming.c.request_id)
-    return insert(_AI_CALLS).from_select(
-        names, select(*(incoming.c[name] for name in names)).where(~exists(present))
+    return (
+        insert(_AI_CALLS)
+        .from_select(names, select(*(incoming.c[name] for name in names)).where(~exists(present)))
+        .returning(_AI_CALLS.c.id, _AI_CALLS.c.request_id, _AI_CALLS.c.created_at)
     )
+
+
+_KEYS_STATEMENT = text(
+    "INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash) "
+    "SELECT * FROM unnest(:keys, :ids, :ats, :hashes) ON CONFLICT DO NOTHING"
+).bindparams(
+    bindparam("keys", type_=ARRAY(String())),
+    bindparam("ids", type_=ARRAY(BigInteger())),
+    bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("hashes", type_=ARRAY(LargeBinary())),
+)
+
+
+async def _insert_keys(conn: AsyncConnection, rows: Sequence[dict[str, Any]], inserted: list[Any]) -> None:
+    """Idempotency keys of the calls just inserted, exactly as `AICallLogger` makes them, so
+    logging a seeded call again is recognised as a retry."""
+    from persistence.ai_calls.record import AICallRecord
+
+    by_request = {row["request_id"]: row for row in rows}
+    keys, ids, ats, hashes = [], [], [], []
+    for call_id, request_id, created_at in inserted:
+        record = AICallRecord.coerce(by_request[request_id])
+        keys.append(record.idempotency_key)
+        ids.append(call_id)
+        ats.append(created_at)
+        hashes.append(record.payload_hash)
+    if keys:
+        await conn.execute(_KEYS_STATEMENT, {"keys": keys, "ids": ids, "ats": ats, "hashes": hashes})
+
+
+async def _rebuild_rollups(conn: AsyncConnection, start: datetime, end: datetime) -> None:
+    """Hourly rollups of the seeded window recomputed from the ledger, in the seeding transaction."""
+    from persistence.ai_calls.record import hour_ceil, hour_floor
+    from persistence.ai_calls.rollups import REBUILD
+
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    for statement in REBUILD:
+        await raw.execute(statement, hour_floor(start), hour_ceil(end))
 
 
 async def _insert_missing_ai_calls(
@@ -1004,7 +1058,10 @@ async def _insert_missing_ai_calls(
     if not rows:
         progress(_AI_CALLS.name, 0, 0)
     for batch in _batches(rows):
-        await conn.execute(stmt, {name: [row[name] for row in batch] for name, _ in _AI_CALL_COLUMNS})
+        result = await conn.execute(
+            stmt, {name: [row[name] for row in batch] for name, _ in _AI_CALL_COLUMNS}
+        )
+        await _insert_keys(conn, batch, list(result))
         done += len(batch)
         progress(_AI_CALLS.name, done, len(rows))
 
@@ -1120,6 +1177,7 @@ async def _reset(conn: AsyncConnection) -> None:
     No CASCADE: that would silently empty the referencing tables too, which are not ours.
     """
     names = [conn.dialect.identifier_preparer.format_table(t) for t in _TABLES_IN_ORDER]
+    names += [conn.dialect.identifier_preparer.quote(name) for name in LEDGER_DERIVED_TABLES]
     blockers = (await conn.execute(_FOREIGN_KEYS_INTO, {"ours": names})).all()
     if blockers:
         listed = "; ".join(f"{src} references {dst} (foreign key {name})" for src, name, dst in blockers)
@@ -1254,6 +1312,7 @@ async def seed_database(
         audit = run_record + _audit(plan.seed, claims, verifications, consensus)
         await _insert_missing(conn, _AUDIT, audit, report_progress)
         await _insert_missing_ai_calls(conn, _ai_calls(plan, clock), report_progress)
+        await _rebuild_rollups(conn, clock.start, clock.end)
         await _upsert_reports(conn, plan, as_of, report_progress)
 
         after = await _counts(conn)

@@ -11,7 +11,9 @@ Semantics follow Django's `atomic`, with what it lacks:
   (40001) or deadlock (40P01), with jittered exponential backoff. A nested block is never retried
   alone and no other error is retried.
 - `await on_commit(callback)` runs the callback (sync or async) after the outermost commit, in
-  registration order; callbacks registered in a savepoint that rolls back are dropped.
+  registration order; callbacks registered in a savepoint that rolls back are dropped. With
+  `retries`, they run after the retry loop: an error a callback raises (even a retryable one) comes
+  after the commit and never re-runs the block.
 - A block belongs to the asyncio task that opened it. Child tasks inherit context variables, so
   using the block (or nesting in it) from another task raises `TransactionError` instead of sharing
   one connection between concurrent tasks.
@@ -28,13 +30,21 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 
-from persistence.errors import TransactionError, TransientError, translate
+from persistence.errors import PersistenceError, TransactionError, TransientError, translate
+from persistence.observe.hooks import (
+    Hooks,
+    TransactionEvent,
+    TransactionOutcome,
+    TransactionStart,
+    hooks_of,
+)
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -67,11 +77,23 @@ class _Boundary:
     session: AsyncSession | None = None
     closed: bool = False
     frames: list[_Frame] = field(default_factory=list)
+    # Observability (only used when the engine has hooks): run number of a retried function, its
+    # retry budget, when the first statement ran, and the deepest savepoint.
+    attempt: int = 1
+    retries: int = 0
+    hooks: Hooks | None = None
+    started: float = 0.0
+    max_depth: int = 0
 
     async def session_for(self, engine: AsyncEngine) -> AsyncSession:
         _check_task(self)
         if self.session is None:
             self.engine = engine
+            self.hooks = hooks = hooks_of(engine)
+            if hooks is not None:
+                self.started = perf_counter()
+                if hooks.wants_transaction_start:
+                    hooks.transaction_start(TransactionStart(0, self.attempt, hooks.database))
             self.session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
             execution_options: dict[str, Any] = {}
             if self.options.isolation_level is not None:
@@ -83,6 +105,7 @@ class _Boundary:
                 await self.session.connection(execution_options=execution_options or None)
                 for frame in self.frames[1:]:  # blocks entered before the first query
                     frame.savepoint = await self.session.begin_nested()
+                    self.savepoint_started(frame)
             except DBAPIError as exc:
                 raise (translate(exc) or exc) from exc
         elif engine is not self.engine and engine.sync_engine is not getattr(
@@ -91,12 +114,53 @@ class _Boundary:
             raise TransactionError("one transaction cannot span two engines; open a separate transaction")
         return self.session
 
+    def savepoint_started(self, frame: _Frame) -> None:
+        if self.hooks is None:
+            return
+        frame.started = perf_counter()
+        frame.depth = self.frames.index(frame)
+        self.max_depth = max(self.max_depth, frame.depth)
+        if self.hooks.wants_transaction_start:
+            self.hooks.transaction_start(TransactionStart(frame.depth, self.attempt, self.hooks.database))
+
+    def ended(self, depth: int, started: float, exc: BaseException | None, failed: bool) -> None:
+        """Report the end of the transaction (depth 0) or a savepoint; `failed`: COMMIT/RELEASE raised."""
+        assert self.hooks is not None
+        outcome, sqlstate = _outcome(exc, retry_left=depth == 0 and self.attempt <= self.retries)
+        if failed:
+            outcome = "failed"
+        self.hooks.transaction(
+            TransactionEvent(
+                outcome,
+                perf_counter() - started,
+                self.attempt,
+                depth,
+                self.max_depth if depth == 0 else depth,
+                sqlstate,
+                self.hooks.database,
+            )
+        )
+
+
+def _outcome(exc: BaseException | None, *, retry_left: bool) -> tuple[TransactionOutcome, str | None]:
+    if exc is None:
+        return "commit", None
+    err = translate(exc) if isinstance(exc, DBAPIError | PersistenceError) else None
+    sqlstate: str | None = getattr(err, "sqlstate", None)
+    if sqlstate is None:
+        return "rollback", None
+    if retry_left and sqlstate in _RETRYABLE_SQLSTATES:
+        return "retried", sqlstate
+    return "failed", sqlstate
+
 
 @dataclass(eq=False)
 class _Frame:
     boundary: _Boundary
     savepoint: AsyncSessionTransaction | None = None
     callbacks: list[tuple[Callback, bool]] = field(default_factory=list)
+    started: float = 0.0
+    depth: int = 0
 
 
 _current: ContextVar[_Frame | None] = ContextVar("persistence_transaction", default=None)
@@ -137,11 +201,42 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         if frame is not None:
             yield await frame.boundary.session_for(engine)
             return
-        async with (
-            AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
-            session.begin(),
-        ):
-            yield session
+        hooks = hooks_of(engine)
+        if hooks is None:
+            async with (
+                AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
+                session.begin(),
+            ):
+                yield session
+            return
+        # The same, reporting the transaction to the engine's hooks.
+        started = perf_counter()
+        if hooks.wants_transaction_start:
+            hooks.transaction_start(TransactionStart(0, 1, hooks.database))
+        in_body = False
+        try:
+            async with (
+                AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
+                session.begin(),
+            ):
+                in_body = True
+                yield session
+                in_body = False
+        except BaseException as exc:
+            outcome, sqlstate = _outcome(exc, retry_left=False)
+            hooks.transaction(
+                TransactionEvent(
+                    outcome if in_body else "failed",
+                    perf_counter() - started,
+                    1,
+                    0,
+                    0,
+                    sqlstate,
+                    hooks.database,
+                )
+            )
+            raise
+        hooks.transaction(TransactionEvent("commit", perf_counter() - started, 1, 0, 0, None, hooks.database))
     except DBAPIError as exc:
         raise (translate(exc) or exc) from exc
 
@@ -184,8 +279,20 @@ async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
 class Transaction:
     """One transaction block; an async context manager and a decorator. Build it with `transaction()`."""
 
-    def __init__(self, options: TransactionOptions) -> None:
+    def __init__(
+        self,
+        options: TransactionOptions,
+        *,
+        after_commit: list[tuple[Callback, bool]] | None = None,
+        _attempt: int = 1,
+        _retries: int = 0,
+    ) -> None:
         self.options = options
+        # The decorator's retry loop collects the outermost block's callbacks here and runs them
+        # itself, after the loop: an error they raise comes after the commit and must never re-run it.
+        self._after_commit = after_commit
+        self._attempt = _attempt
+        self._retries = _retries
         self._entered: dict[asyncio.Task[Any] | None, list[tuple[_Frame, Token[_Frame | None]]]] = {}
 
     # -- context manager ----------------------------------------------------------------------------
@@ -199,6 +306,7 @@ class Transaction:
             except BaseException:
                 self._pop(frame)
                 raise
+            frame.boundary.savepoint_started(frame)
         return self
 
     async def __aexit__(
@@ -227,7 +335,9 @@ class Transaction:
             )
         parent = _active_frame()
         if parent is None:
-            boundary = _Boundary(self.options, asyncio.current_task())
+            boundary = _Boundary(
+                self.options, asyncio.current_task(), attempt=self._attempt, retries=self._retries
+            )
             frame = _Frame(boundary)
             boundary.frames.append(frame)
             return frame
@@ -256,12 +366,18 @@ class Transaction:
 
     async def _close_nested(self, frame: _Frame, exc: BaseException | None) -> None:
         parent = frame.boundary.frames[-2]
+        observed = frame.boundary.hooks is not None and frame.savepoint is not None
         if exc is None:
             if frame.savepoint is not None:
                 try:
                     await frame.savepoint.commit()
                 except DBAPIError as err:
-                    raise (translate(err) or err) from err
+                    error = translate(err) or err
+                    if observed:
+                        frame.boundary.ended(frame.depth, frame.started, error, failed=True)
+                    raise error from err
+                if observed:
+                    frame.boundary.ended(frame.depth, frame.started, None, failed=False)
             parent.callbacks.extend(frame.callbacks)
             return
         frame.callbacks.clear()
@@ -269,17 +385,23 @@ class Transaction:
             # The original exception matters more than a failed ROLLBACK TO SAVEPOINT (e.g. lost connection).
             with contextlib.suppress(Exception):
                 await frame.savepoint.rollback()
+            if observed:
+                frame.boundary.ended(frame.depth, frame.started, exc, failed=False)
 
     async def _close_outermost(self, frame: _Frame, exc: BaseException | None) -> None:
         boundary = frame.boundary
         session = boundary.session
+        commit_error: BaseException | None = None
         try:
             if session is not None:
                 if exc is None:
                     try:
                         await session.commit()
-                    except DBAPIError as err:
-                        raise (translate(err) or err) from err
+                    except BaseException as err:
+                        commit_error = (translate(err) or err) if isinstance(err, DBAPIError) else err
+                        if commit_error is err:
+                            raise
+                        raise commit_error from err
                 else:
                     # Detach first: rows the block returned keep their loaded values instead of
                     # being expired (and unreadable once the session is closed).
@@ -291,8 +413,14 @@ class Transaction:
             if session is not None:
                 with contextlib.suppress(Exception):
                     await session.close()
+            if boundary.hooks is not None:
+                failed = commit_error is not None
+                boundary.ended(0, boundary.started, commit_error if failed else exc, failed=failed)
         if exc is None:
-            await _run_callbacks(frame.callbacks)
+            if self._after_commit is not None:
+                self._after_commit.extend(frame.callbacks)
+            else:
+                await _run_callbacks(frame.callbacks)
 
     # -- decorator ----------------------------------------------------------------------------------
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -306,9 +434,15 @@ class Transaction:
             attempt = 0
             while True:
                 outermost = _active_frame() is None
+                committed: list[tuple[Callback, bool]] = []
                 try:
-                    async with Transaction(block_options):
-                        return await fn(*args, **kwargs)
+                    async with Transaction(
+                        block_options,
+                        after_commit=committed if outermost else None,
+                        _attempt=attempt + 1,
+                        _retries=options.retries,
+                    ):
+                        result = await fn(*args, **kwargs)
                 except TransientError as exc:
                     if (
                         not outermost
@@ -322,6 +456,10 @@ class Transaction:
                         "transaction retry", function=fn.__qualname__, attempt=attempt, sqlstate=exc.sqlstate
                     )
                     await asyncio.sleep(delay)
+                else:
+                    # Committed: callbacks run outside the retry loop, so they never cause a re-run.
+                    await _run_callbacks(committed)
+                    return result
 
         return wrapper
 

@@ -39,7 +39,8 @@ def alembic(url: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProce
 def project_tables(pg: ThrowawayPostgres, url: str) -> set[str]:
     database = url.split("@/", 1)[1].split("?", 1)[0]
     out = pg.server.psql(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version';",
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version' "
+        "AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', tablename)::regclass);",
         database=database,
     )
     return set(out.split())
@@ -95,17 +96,21 @@ def test_offline_sql_renders(empty_db: str) -> None:
     assert "CREATE TABLE claims" in out.stdout and "COMMIT" in out.stdout
 
 
+# Partitions (made by data, not declared by the models) are left out: only their parents count.
 CATALOG_QUERY = """
 SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' '
        || coalesce(character_maximum_length::text, '') || ' ' || coalesce(numeric_precision::text, '') || ','
        || coalesce(numeric_scale::text, '') || ' null=' || is_nullable || ' default=' || coalesce(column_default, '')
        || ' generated=' || coalesce(generation_expression, '') || ' identity=' || is_identity
   FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> 'alembic_version'
+   AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', table_name)::regclass)
 UNION ALL
 SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+   AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', tablename)::regclass)
 UNION ALL
 SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
   FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> 'alembic_version'
+   AND NOT (SELECT relispartition FROM pg_class WHERE oid = conrelid)
 ORDER BY 1;
 """
 

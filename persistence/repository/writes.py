@@ -794,7 +794,10 @@ def _upsert_plan(
             )
         update_fields = update
     table, pk = info.table, info.pk
-    nulls_equal = target.nulls_not_distinct
+    # `=` (hash- and merge-joinable) unless a NULL key can really occur and must match a NULL: NULL keys
+    # are refused up front for an ordinary target, and NOT NULL columns never hold one. `IS NOT DISTINCT
+    # FROM` only joins by nested loop, which made matching 1000 upserted rows back cost 1000 x 1000 tests.
+    nulls_equal = target.nulls_not_distinct and any(col.nullable for col in target.columns)
 
     def same(col: ColumnElement[Any], value: ColumnElement[Any]) -> ColumnElement[bool]:
         return col.is_not_distinct_from(value) if nulls_equal else col == value
@@ -847,10 +850,7 @@ def _upsert_plan(
     new = statement.returning(*table.c).cte("_w_new")
     if source_cte is not None:
         entity = aliased(info.model, new)
-        match = [
-            new.c[col.key].is_not_distinct_from(value)
-            for col, value in zip(target.columns, key_values, strict=True)
-        ]
+        match = [same(new.c[col.key], value) for col, value in zip(target.columns, key_values, strict=True)]
         stmt: Any = (
             select(entity, source_cte.c.ord)
             .join_from(entity, source_cte, and_(*match))

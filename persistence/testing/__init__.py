@@ -6,6 +6,10 @@ Enable the fixtures in a test suite with `pytest_plugins = ["persistence.testing
 from persistence.testing.database import ThrowawayPostgres
 from persistence.testing.factories import (
     AICallFactory,
+    AICallKeyFactory,
+    AICallModelHourlyFactory,
+    AICallUsageDeltaFactory,
+    AICallUsageHourlyFactory,
     AuditLogFactory,
     ClaimFactory,
     ConsensusDecisionFactory,
@@ -13,6 +17,7 @@ from persistence.testing.factories import (
     ReconciliationReportFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
+    VendorPriceFactory,
     VerificationResultFactory,
     create,
     create_batch,
@@ -20,6 +25,10 @@ from persistence.testing.factories import (
 
 __all__ = [
     "AICallFactory",
+    "AICallKeyFactory",
+    "AICallModelHourlyFactory",
+    "AICallUsageDeltaFactory",
+    "AICallUsageHourlyFactory",
     "AuditLogFactory",
     "ClaimFactory",
     "ConsensusDecisionFactory",
@@ -28,6 +37,7 @@ __all__ = [
     "ServiceHealthFactory",
     "ThrowawayPostgres",
     "TrainingDataFactory",
+    "VendorPriceFactory",
     "VerificationResultFactory",
     "create",
     "create_batch",

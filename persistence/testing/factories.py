@@ -21,6 +21,10 @@ import factory.random
 
 from persistence.models import (
     AICall,
+    AICallKey,
+    AICallModelHourly,
+    AICallUsageDelta,
+    AICallUsageHourly,
     AuditLog,
     Base,
     Claim,
@@ -29,6 +33,7 @@ from persistence.models import (
     ReconciliationReport,
     ServiceHealth,
     TrainingData,
+    VendorPrice,
     VerificationResult,
 )
 from persistence.seeding import (
@@ -49,6 +54,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AICallFactory",
+    "AICallKeyFactory",
+    "AICallModelHourlyFactory",
+    "AICallUsageDeltaFactory",
+    "AICallUsageHourlyFactory",
     "AuditLogFactory",
     "ClaimFactory",
     "ConsensusDecisionFactory",
@@ -56,6 +65,7 @@ __all__ = [
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
+    "VendorPriceFactory",
     "VerificationResultFactory",
     "create",
     "create_batch",
@@ -419,3 +429,101 @@ class ReconciliationReportFactory(factory.Factory[ReconciliationReport]):
     generated_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
         lambda o: o.period_end + timedelta(hours=9)
     )
+
+
+class AICallKeyFactory(factory.Factory[AICallKey]):
+    """An idempotency key row (what `AICallLogger` writes beside each call)."""
+
+    class Meta:
+        model = AICallKey
+
+    idempotency_key = factory.Sequence(lambda n: f"openai:req_{n:08d}")
+    call_id = factory.Sequence(lambda n: n + 1)
+    call_created_at = factory.LazyFunction(_recently)
+    payload_hash = factory.LazyFunction(lambda: _rand().getrandbits(256).to_bytes(32, "big"))
+
+
+class VendorPriceFactory(factory.Factory[VendorPrice]):
+    """A global price for a made-up model (so it never overlaps the prices migration 0003 loads)."""
+
+    class Meta:
+        model = VendorPrice
+
+    provider = "acme-ai"
+    model = factory.Sequence(lambda n: f"acme-model-{n}")
+    tenant_id = ""
+    input_per_mtok = factory.LazyFunction(lambda: Decimal(_rand().randint(10, 5000)) / 100)
+    output_per_mtok: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: o.input_per_mtok * 4
+    )
+    cache_read_per_mtok: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: o.input_per_mtok / 10
+    )
+    cache_write_per_mtok: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: o.input_per_mtok * Decimal("1.25")
+    )
+    reasoning_per_mtok: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: o.output_per_mtok
+    )
+    effective_from = factory.LazyFunction(lambda: datetime(2025, 1, 1, tzinfo=UTC))
+    effective_to = None
+    source = "factory"
+
+
+def _hour() -> datetime:
+    return _recently(7 * 24 * 3600).replace(minute=0, second=0, microsecond=0)
+
+
+class _RollupMeasures(factory.Factory[Any]):
+    """Consistent measures: totals add up, cost follows the model's list price."""
+
+    class Meta:
+        abstract = True
+
+    hour = factory.LazyFunction(_hour)
+    model = factory.LazyFunction(
+        lambda: _rand().choices(MODEL_CATALOG, weights=[m.traffic_weight for m in MODEL_CATALOG])[0].model
+    )
+    provider: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: model_spec(o.model).provider)
+    calls = factory.LazyFunction(lambda: _rand().randint(1, 400))
+    error_calls: factory.LazyAttribute[Any, int] = factory.LazyAttribute(lambda o: o.calls // 50)
+    input_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: o.calls * model_spec(o.model).median_input
+    )
+    output_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: o.calls * model_spec(o.model).median_output
+    )
+    cache_read_tokens = 0
+    cache_write_tokens = 0
+    reasoning_tokens = 0
+    total_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: o.input_tokens + o.output_tokens
+    )
+    cost_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: call_cost(o.model, o.input_tokens, o.output_tokens)
+    )
+    computed_cost_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(lambda o: o.cost_usd)
+    latency_ms_sum: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: o.calls * model_spec(o.model).base_latency_ms
+    )
+    latency_count: factory.LazyAttribute[Any, int] = factory.LazyAttribute(lambda o: o.calls)
+
+
+class AICallModelHourlyFactory(_RollupMeasures):
+    class Meta:
+        model = AICallModelHourly
+
+
+class AICallUsageHourlyFactory(_RollupMeasures):
+    class Meta:
+        model = AICallUsageHourly
+
+    organization_id = "acme-corp"
+    customer_id = factory.LazyFunction(lambda: f"cust_{_rand().randint(1, 40):04d}")
+    product_id = "chatbot"
+    environment = "production"
+
+
+class AICallUsageDeltaFactory(AICallUsageHourlyFactory):
+    class Meta:
+        model = AICallUsageDelta

@@ -204,3 +204,23 @@ async def test_transaction_management_example_rolls_everything_back(example_engi
     assert info.value.constraint == "ck_verification_results_confidence_range"
     for table in ("claims", "verification_results", "audit_log"):
         assert await table_count(example_engine, table) == 0, table
+
+
+MONITORING = """
+# Database metrics
+from persistence.monitoring import DatabaseMetrics
+
+metrics = DatabaseMetrics()
+metrics.record_query_duration("get_verification", 0.025)
+metrics.record_connection_pool_size(15)
+metrics.record_transaction_status("success")
+"""
+
+
+async def test_monitoring_example() -> None:
+    scope = await run_example(MONITORING, 5432)
+    snapshot = scope["metrics"].snapshot()
+    stats = snapshot.queries["get_verification"]
+    assert (stats.count, stats.total, stats.p50, stats.p99) == (1, 0.025, 0.025, 0.025)
+    assert snapshot.pool_size == 15
+    assert dict(snapshot.transactions) == {"success": 1}

@@ -460,6 +460,28 @@ async def test_upsert_on_a_partial_unique_index(engine: AsyncEngine, statements:
     assert await count(engine, "model_checkpoints", "is_active") == 2
 
 
+async def test_upsert_many_matches_null_keys_back_on_a_nulls_not_distinct_index(engine: AsyncEngine) -> None:
+    """Rows are matched back to their input position with NULL = NULL only where the target says so."""
+    repo = Checkpoints(engine)
+    on = "uq_model_checkpoints_one_active"
+
+    def checkpoint(version: str, framework: str | None) -> dict[str, Any]:
+        return {
+            "model_name": "m",
+            "framework": framework,
+            "version": version,
+            "checkpoint_path": f"/{version}",
+            "metrics": {},
+            "is_active": True,
+        }
+
+    first = await repo.upsert_many([checkpoint("1", None), checkpoint("1t", "torch")], on=on)
+    again = await repo.upsert_many([checkpoint("2t", "torch"), checkpoint("2", None)], on=on)
+    assert [(c.framework, c.version) for c in again] == [("torch", "2t"), (None, "2")]
+    assert [c.id for c in again] == [first[1].id, first[0].id]
+    assert await count(engine, "model_checkpoints") == 2
+
+
 async def test_upsert_many_returns_rows_in_input_order(engine: AsyncEngine, statements: list[str]) -> None:
     repo = Health(engine)
     on = "uq_service_health_service_name_instance_id"

@@ -16,6 +16,10 @@ from persistence.models import AICall, Base, Claim, ModelCheckpoint, TrainingDat
 from persistence.seeding import call_cost, decide_consensus
 from persistence.testing import (
     AICallFactory,
+    AICallKeyFactory,
+    AICallModelHourlyFactory,
+    AICallUsageDeltaFactory,
+    AICallUsageHourlyFactory,
     AuditLogFactory,
     ClaimFactory,
     ConsensusDecisionFactory,
@@ -23,6 +27,7 @@ from persistence.testing import (
     ReconciliationReportFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
+    VendorPriceFactory,
     VerificationResultFactory,
     create,
     create_batch,
@@ -38,6 +43,11 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     AuditLogFactory,
     AICallFactory,
     ReconciliationReportFactory,
+    AICallKeyFactory,
+    VendorPriceFactory,
+    AICallUsageDeltaFactory,
+    AICallUsageHourlyFactory,
+    AICallModelHourlyFactory,
 ]
 
 

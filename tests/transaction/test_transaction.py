@@ -350,3 +350,27 @@ def test_retries_must_not_be_negative() -> None:
     bad: Any = "DIRTY READ"
     with pytest.raises(ValueError, match="isolation_level"):
         transaction(isolation_level=bad)
+
+
+async def test_on_commit_error_after_commit_never_reruns_a_retried_block(engine: AsyncEngine) -> None:
+    """A retryable error raised by an on_commit callback comes after the commit: the block must not run again."""
+    attempts = 0
+    callbacks = 0
+
+    def notify() -> None:
+        nonlocal callbacks
+        callbacks += 1
+        raise TransientError("the broker is away", sqlstate="40001")
+
+    @transaction(retries=3)
+    async def work() -> None:
+        nonlocal attempts
+        attempts += 1
+        await bump(engine, 1)
+        await on_commit(notify)
+
+    with pytest.raises(TransientError, match="broker"):
+        await work()
+    assert attempts == 1
+    assert callbacks == 1
+    assert await counter(engine, 1) == 1  # committed exactly once

@@ -1,0 +1,571 @@
+"""`AICallLogger`: seed 000's blocking logger, async, on raw asyncpg under the SQLAlchemy pool.
+
+The hot path pays no ORM cost. The logger leases up to `connections` connections from the
+engine's pool for its lifetime (a checkout per call would pay the pool's pre-ping round trip)
+and talks to them through asyncpg directly, with statements asyncpg prepares once per connection.
+
+- `log_call` is ONE statement in autocommit (one round trip): a CTE inserts the ledger row, its
+  idempotency key and its rollup delta, or, when the key exists, returns the original id. It
+  returns only after the commit, and raises on any failure.
+- `log_batch` COPYs keys, rows and pre-aggregated deltas in one transaction; when a key already
+  exists (a retried batch) it falls back to an `INSERT .. ON CONFLICT DO NOTHING` path that adds
+  only the new calls. It returns the number of new rows.
+- `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas) and the partial hours at
+  the edges from the ledger: exactly what a raw scan returns.
+
+A lost connection is replaced and the call retried once: the idempotency key makes that safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, PricedCost, UnpricedCallError
+from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
+from persistence.ai_calls.rollups import fold_rollups_raw
+from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError, translate
+
+__all__ = ["AICallLogger", "Stats"]
+
+Stats = dict[str, Any]
+
+_CALL_COLUMNS = (
+    "id", "created_at", "provider", "model", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "reasoning_tokens", "usage", "cost_usd", "computed_cost_usd", "cost_source",
+    "price_id", "latency_ms", "status", "error_class", "customer_id", "organization_id", "product_id",
+    "environment", "request_id", "trace_id",
+)  # fmt: skip
+_KEY_COLUMNS = ("idempotency_key", "call_id", "call_created_at", "payload_hash")
+_DELTA_COLUMNS = (
+    "hour", "provider", "model", "organization_id", "customer_id", "product_id", "environment",
+    "calls", "error_calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "total_tokens", "cost_usd", "computed_cost_usd", "latency_ms_sum", "latency_count",
+)  # fmt: skip
+
+# $1 key, $2 hash, $3.. the row (without id), then $25 hour, $26 error_calls, $27 total_tokens.
+LOG_CALL = """
+WITH existing AS (
+    SELECT call_id, payload_hash FROM ai_call_keys WHERE idempotency_key = $1
+), ins AS (
+    INSERT INTO ai_calls (created_at, provider, model, input_tokens, output_tokens, cache_read_tokens,
+                          cache_write_tokens, reasoning_tokens, usage, cost_usd, computed_cost_usd,
+                          cost_source, price_id, latency_ms, status, error_class, customer_id,
+                          organization_id, product_id, environment, request_id, trace_id)
+    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
+           $23, $24
+     WHERE NOT EXISTS (SELECT 1 FROM existing)
+    RETURNING id
+), k AS (
+    INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
+    SELECT $1, id, $3, $2 FROM ins
+), d AS (
+    INSERT INTO ai_call_usage_deltas (hour, provider, model, organization_id, customer_id, product_id,
+                                      environment, calls, error_calls, input_tokens, output_tokens,
+                                      cache_read_tokens, cache_write_tokens, reasoning_tokens,
+                                      total_tokens, cost_usd, computed_cost_usd, latency_ms_sum,
+                                      latency_count)
+    SELECT $25, $4, $5, $20, $19, $21, $22, 1, $26, $6, $7, $8, $9, $10, $27, $12, $13,
+           coalesce($16, 0), ($16 IS NOT NULL)::int
+      FROM ins
+)
+SELECT id, true AS new, true AS same FROM ins
+UNION ALL
+SELECT call_id, false, payload_hash = $2 FROM existing
+"""
+
+_INSERT_KEYS = """
+INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
+SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::timestamptz[], $4::bytea[])
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING idempotency_key
+"""
+_KEY_HASHES = (
+    "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
+)
+_NEXT_IDS = "SELECT nextval($1::regclass) FROM generate_series(1, $2)"
+_SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
+
+_STATS = """
+SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, sum(latency_ms_sum)::bigint,
+       sum(latency_count)::bigint
+  FROM (
+    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
+      FROM ai_call_model_hourly WHERE hour >= $3 AND hour < $4
+    UNION ALL
+    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
+      FROM ai_call_usage_deltas WHERE hour >= $3 AND hour < $4
+    UNION ALL
+    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
+      FROM ai_calls
+     WHERE (created_at >= $1 AND created_at < $3) OR (created_at >= $4 AND created_at < $2)
+  ) parts
+ GROUP BY provider
+ ORDER BY provider
+"""
+
+# Connection-level failures: the statement may or may not have run; retrying with the same
+# idempotency key is safe.
+_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+    OSError,
+)
+
+
+class _Lease:
+    """One pooled SQLAlchemy connection held by the logger, and its asyncpg connection."""
+
+    __slots__ = ("conn", "raw")
+
+    def __init__(self, conn: AsyncConnection, raw: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.raw = raw
+
+
+class AICallLogger:
+    """Seed 000's `AICallLogger` (async). Use `async with AICallLogger(engine) as log:` or `close()`."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        connections: int = 4,
+        price_ttl: float = 60.0,
+        fold_every: int | None = 50_000,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        self.engine = engine
+        self.max_connections = connections
+        self.prices = PriceBook(ttl=price_ttl)
+        self.fold_every = fold_every
+        self._idle: list[_Lease] = []
+        self._leased = 0
+        self._available = asyncio.Condition()
+        self._sequence: str | None = None
+        self._since_fold = 0
+        self._fold_task: asyncio.Task[int] | None = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AICallLogger:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Wait for a running fold, then give every leased connection back to the pool."""
+        self._closed = True
+        if self._fold_task is not None:
+            with contextlib.suppress(Exception):
+                await self._fold_task
+        async with self._available:
+            idle, self._idle = self._idle, []
+            self._leased -= len(idle)
+        for lease in idle:
+            with contextlib.suppress(Exception):
+                await lease.conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._closed:
+            raise PersistenceError("AICallLogger is closed")
+        lease = await self._acquire()
+        broken = False
+        try:
+            yield lease.raw
+        except BaseException as exc:
+            broken = isinstance(exc, _LOST) or lease.raw.is_closed()
+            raise
+        finally:
+            await self._release(lease, broken=broken)
+
+    async def _acquire(self) -> _Lease:
+        async with self._available:
+            while not self._idle and self._leased >= self.max_connections:
+                await self._available.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._leased += 1
+        try:
+            conn = await self.engine.connect()
+            try:
+                raw = (await conn.get_raw_connection()).driver_connection
+            except BaseException:
+                await conn.close()
+                raise
+        except BaseException:
+            async with self._available:
+                self._leased -= 1
+                self._available.notify()
+            raise
+        assert isinstance(raw, asyncpg.Connection)
+        return _Lease(conn, raw)
+
+    async def _release(self, lease: _Lease, *, broken: bool) -> None:
+        if broken or self._closed or lease.raw.is_in_transaction():
+            with contextlib.suppress(Exception):
+                await lease.conn.invalidate()
+            with contextlib.suppress(Exception):
+                await lease.conn.close()
+            async with self._available:
+                self._leased -= 1
+                self._available.notify()
+            return
+        async with self._available:
+            self._idle.append(lease)
+            self._available.notify()
+
+    async def _run(self, work: Any, *args: Any) -> Any:
+        """`work(raw_connection, *args)` with our error types; one retry on a lost connection."""
+        for attempt in (1, 2):
+            try:
+                async with self._connection() as raw:
+                    return await work(raw, *args)
+            except PersistenceError:
+                raise
+            except _LOST as exc:
+                if attempt == 2:
+                    raise TransientError(f"connection lost while logging: {type(exc).__name__}") from exc
+            except asyncpg.PostgresError as exc:
+                err = translate(exc)
+                if err is None:
+                    raise
+                raise err from exc
+        raise AssertionError("unreachable")
+
+    # -- prices ---------------------------------------------------------------------------------
+
+    async def _fresh_prices(self, raw: asyncpg.Connection) -> None:
+        if self.prices.stale:
+            self.prices.replace(await raw.fetch(LOAD_PRICES))
+
+    async def _priced(self, raw: asyncpg.Connection, record: AICallRecord) -> PricedCost:
+        priced = self.prices.price(record)
+        if priced is None and self._may_reload():
+            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            priced = self.prices.price(record)
+        if priced is None:
+            raise UnpricedCallError(
+                f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
+                f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
+            )
+        return priced
+
+    def _may_reload(self) -> bool:
+        import time
+
+        now = time.monotonic()
+        if now - self.prices.missed_at < self.prices.miss_interval:
+            return False
+        self.prices.missed_at = now
+        return True
+
+    async def reload_prices(self) -> int:
+        """Reload `vendor_prices` now (e.g. right after entering a price); returns the row count."""
+
+        async def work(raw: asyncpg.Connection) -> int:
+            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            return len(self.prices)
+
+        result: int = await self._run(work)
+        return result
+
+    # -- log_call -------------------------------------------------------------------------------
+
+    async def log_call(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: Decimal | int | str | None = None,
+        latency_ms: int | None = None,
+        customer_id: str | None = None,
+        organization_id: str | None = None,
+        product_id: str | None = None,
+        environment: str | None = None,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+        **extra: Any,
+    ) -> int:
+        """Log one call (seed 000's signature; extra keywords are `AICallRecord` fields such as
+        `cache_read_tokens`, `usage`, `status`, `created_at`, `event_id`). Returns the row id once
+        the row is committed; a retry with the same key returns the same id. Raises
+        `ValidationError` (nothing written), `ConflictError` (same key, different call), or another
+        `PersistenceError`."""
+        fields: dict[str, Any] = {
+            "provider": provider,
+            "model": model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": cost_usd,
+            "latency_ms": latency_ms,
+            "customer_id": customer_id,
+            "organization_id": organization_id,
+            "product_id": product_id,
+            "environment": environment,
+            "request_id": request_id,
+            "trace_id": trace_id,
+            **extra,
+        }
+        if input_tokens is None and output_tokens is None and extra.get("usage") is None:
+            raise ValidationError("invalid AI call: input_tokens and output_tokens (or usage) are required")
+        return await self.log_record(AICallRecord.coerce(fields))
+
+    async def log_record(self, record: AICallRecord) -> int:
+        """`log_call` for a ready-made record."""
+        call_id: int = await self._run(self._log_one, record)
+        self._count_written(1)
+        return call_id
+
+    async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord) -> int:
+        await self._fresh_prices(raw)
+        cost = await self._priced(raw, r)
+        args = (
+            r.idempotency_key, r.payload_hash, r.created_at, r.provider, r.model, r.input_tokens,
+            r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens, r.usage_json,
+            cost.cost_usd, cost.computed_cost_usd, cost.cost_source, cost.price_id, r.latency_ms,
+            r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
+            r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
+        )  # fmt: skip
+        for _ in range(3):
+            try:
+                row = await raw.fetchrow(LOG_CALL, *args)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "pk_ai_call_keys":
+                    raise
+                continue  # the same key committed concurrently: now it is visible
+            if row is None:
+                continue  # the key's first writer committed after our snapshot
+            if not row["same"]:
+                raise _key_conflict([r.idempotency_key])
+            call_id: int = row["id"]
+            return call_id
+        raise TransientError(f"could not settle idempotency key {r.idempotency_key!r}")
+
+    # -- log_batch ------------------------------------------------------------------------------
+
+    async def log_batch(self, calls: Iterable[AICallRecord | Mapping[str, Any]]) -> int:
+        """Log many calls in one transaction; returns how many were new (retried calls are skipped).
+
+        All-or-nothing: a bad call raises `ValidationError` before anything is written, and a key
+        reused for a different call raises `ConflictError` and writes nothing.
+        """
+        records = _unique([AICallRecord.coerce(call) for call in calls])
+        if not records:
+            return 0
+        written: int = await self._run(self._log_many, records)
+        self._count_written(written)
+        return written
+
+    async def _log_many(self, raw: asyncpg.Connection, records: list[AICallRecord]) -> int:
+        await self._fresh_prices(raw)
+        costs = [await self._priced(raw, r) for r in records]
+        if self._sequence is None:
+            self._sequence = await raw.fetchval(_SEQUENCE)
+        try:
+            async with raw.transaction():
+                ids = [row[0] for row in await raw.fetch(_NEXT_IDS, self._sequence, len(records))]
+                keys = [
+                    (r.idempotency_key, i, r.created_at, r.payload_hash)
+                    for r, i in zip(records, ids, strict=True)
+                ]
+                await raw.copy_records_to_table("ai_call_keys", records=keys, columns=_KEY_COLUMNS)
+                await _copy_calls(raw, records, costs, ids)
+            return len(records)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "pk_ai_call_keys":
+                raise
+        # Some keys exist already: add only the calls that are new, check that the others match.
+        async with raw.transaction():
+            ids = [row[0] for row in await raw.fetch(_NEXT_IDS, self._sequence, len(records))]
+            new = {
+                row[0]
+                for row in await raw.fetch(
+                    _INSERT_KEYS,
+                    [r.idempotency_key for r in records],
+                    ids,
+                    [r.created_at for r in records],
+                    [r.payload_hash for r in records],
+                )
+            }
+            old = [r for r in records if r.idempotency_key not in new]
+            if old:
+                stored = dict(
+                    (k, bytes(h)) for k, h in await raw.fetch(_KEY_HASHES, [r.idempotency_key for r in old])
+                )
+                differ = [
+                    r.idempotency_key
+                    for r in old
+                    if stored.get(r.idempotency_key, r.payload_hash) != r.payload_hash
+                ]
+                if differ:
+                    raise _key_conflict(differ)
+            chosen = [
+                (r, c, i) for r, c, i in zip(records, costs, ids, strict=True) if r.idempotency_key in new
+            ]
+            if chosen:
+                await _copy_calls(
+                    raw, [r for r, _, _ in chosen], [c for _, c, _ in chosen], [i for _, _, i in chosen]
+                )
+            return len(chosen)
+
+    # -- rollups --------------------------------------------------------------------------------
+
+    def _count_written(self, rows: int) -> None:
+        if self.fold_every is None or rows == 0:
+            return
+        self._since_fold += rows
+        if self._since_fold >= self.fold_every and (self._fold_task is None or self._fold_task.done()):
+            self._since_fold = 0
+            self._fold_task = asyncio.get_running_loop().create_task(self._background_fold())
+
+    async def _background_fold(self) -> int:
+        with contextlib.suppress(PersistenceError, asyncpg.PostgresError, *_LOST):
+            return await self.fold_rollups()
+        return 0  # a failed fold loses nothing: the deltas stay for the next one
+
+    async def fold_rollups(self) -> int:
+        """Move the pending deltas into the hourly rollups now; returns how many were folded."""
+        result: int = await self._run(fold_rollups_raw)
+        return result
+
+    # -- get_stats ------------------------------------------------------------------------------
+
+    async def get_stats(self, start_date: datetime, end_date: datetime) -> Stats:
+        """Seed 000's statistics for [start_date, end_date): exact, money as Decimal.
+
+        `{'total_calls': int, 'total_cost_usd': Decimal, 'total_tokens': int,
+        'avg_latency_ms': float, 'by_provider': {provider: {'calls', 'cost', 'tokens'}}}`
+        """
+        start = _utc("start_date", start_date)
+        end = _utc("end_date", end_date)
+        if end < start:
+            raise ValidationError("invalid period: end_date is before start_date")
+        first, last = hour_ceil(start), hour_floor(end)
+        if last < first:  # inside one hour: no whole hour, all from the ledger
+            first = last = end
+        rows = await self._run(_fetch, _STATS, start, end, first, last)
+        by_provider: dict[str, dict[str, Any]] = {}
+        calls = tokens = latency_sum = latency_count = 0
+        cost = Decimal(0)
+        for provider, n, c, t, ls, lc in rows:
+            by_provider[provider] = {"calls": int(n), "cost": Decimal(c), "tokens": int(t)}
+            calls += int(n)
+            cost += Decimal(c)
+            tokens += int(t)
+            latency_sum += int(ls)
+            latency_count += int(lc)
+        return {
+            "total_calls": calls,
+            "total_cost_usd": cost,
+            "total_tokens": tokens,
+            "avg_latency_ms": float(Decimal(latency_sum) / Decimal(latency_count)) if latency_count else 0.0,
+            "by_provider": by_provider,
+        }
+
+
+async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
+    return await raw.fetch(sql, *args)
+
+
+def _key_conflict(keys: Sequence[str]) -> ConflictError:
+    shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+    return ConflictError(
+        f"idempotency key reused for a different call: {shown} (same key, different payload)",
+        constraint="pk_ai_call_keys",
+        table="ai_call_keys",
+    )
+
+
+def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
+    """Drop exact repeats inside one batch; a key repeated with another payload is a conflict."""
+    seen: dict[str, AICallRecord] = {}
+    out = []
+    for r in records:
+        first = seen.get(r.idempotency_key)
+        if first is None:
+            seen[r.idempotency_key] = r
+            out.append(r)
+        elif first.payload_hash != r.payload_hash:
+            raise _key_conflict([r.idempotency_key])
+    return out
+
+
+async def _copy_calls(
+    raw: asyncpg.Connection, records: Sequence[AICallRecord], costs: Sequence[PricedCost], ids: Sequence[int]
+) -> None:
+    rows = [
+        (
+            i,
+            r.created_at,
+            r.provider,
+            r.model,
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_read_tokens,
+            r.cache_write_tokens,
+            r.reasoning_tokens,
+            r.usage_json,
+            c.cost_usd,
+            c.computed_cost_usd,
+            c.cost_source,
+            c.price_id,
+            r.latency_ms,
+            r.status,
+            r.error_class,
+            r.customer_id,
+            r.organization_id,
+            r.product_id,
+            r.environment,
+            r.request_id,
+            r.trace_id,
+        )
+        for r, c, i in zip(records, costs, ids, strict=True)
+    ]
+    await raw.copy_records_to_table("ai_calls", records=rows, columns=_CALL_COLUMNS)
+    await raw.copy_records_to_table(
+        "ai_call_usage_deltas", records=_deltas(records, costs), columns=_DELTA_COLUMNS
+    )
+
+
+def _deltas(records: Sequence[AICallRecord], costs: Sequence[PricedCost]) -> list[tuple[Any, ...]]:
+    """The batch pre-aggregated by hour and attribution: one delta row per group."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for r, c in zip(records, costs, strict=True):
+        key = (r.hour, r.provider, r.model, r.organization_id, r.customer_id, r.product_id, r.environment)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), None, 0, 0]
+        g[0] += 1
+        g[1] += r.status != "success"
+        g[2] += r.input_tokens
+        g[3] += r.output_tokens
+        g[4] += r.cache_read_tokens
+        g[5] += r.cache_write_tokens
+        g[6] += r.reasoning_tokens
+        g[7] += r.total_tokens
+        g[8] += c.cost_usd
+        if c.computed_cost_usd is not None:
+            g[9] = c.computed_cost_usd if g[9] is None else g[9] + c.computed_cost_usd
+        if r.latency_ms is not None:
+            g[10] += r.latency_ms
+            g[11] += 1
+    return [(*key, *values) for key, values in groups.items()]

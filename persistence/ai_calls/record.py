@@ -1,0 +1,346 @@
+"""`AICallRecord`: one validated, immutable AI call, and normalisers for providers' usage objects.
+
+Everything is checked in Python before any SQL runs, so bad input raises `ValidationError` and
+writes nothing. Token buckets are disjoint (field notes 4): `input_tokens` is uncached input,
+`cache_read_tokens` / `cache_write_tokens` are cached input, `output_tokens` excludes
+`reasoning_tokens`. Providers disagree on whether "input" includes cache reads, so use
+`normalise_usage` on a raw usage object rather than copying its numbers by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from persistence.errors import ValidationError
+from persistence.models.ai_calls import CALL_STATUSES
+
+__all__ = ["MAX_COST_USD", "AICallRecord", "TokenUsage", "normalise_usage"]
+
+MICRO = Decimal("0.000001")
+MAX_COST_USD = Decimal("9999.999999")  # NUMERIC(10, 6), the seed's column
+_MAX_INT4 = 2**31 - 1
+_PROVIDER = re.compile(r"[a-z0-9][a-z0-9._-]{0,49}")
+_TEXT_LIMITS = {
+    "model": 100,
+    "customer_id": 100,
+    "organization_id": 100,
+    "product_id": 100,
+    "environment": 20,
+    "request_id": 200,
+    "trace_id": 200,
+    "error_class": 100,
+    "event_id": 200,
+}
+
+
+def _fail(message: str) -> ValidationError:
+    return ValidationError(f"invalid AI call: {message}")
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= _MAX_INT4:
+        raise _fail(f"{name} must be between 0 and {_MAX_INT4}, got {value}")
+    return value
+
+
+def _text(name: str, value: object, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise _fail(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise _fail(f"{name} must be a str, got {type(value).__name__}")
+    limit = _TEXT_LIMITS[name]
+    if not value or len(value) > limit:
+        raise _fail(f"{name} must be 1 to {limit} characters, got {len(value)}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise _fail(f"{name} must not contain control characters")
+    return value
+
+
+def money(value: object, name: str = "cost_usd") -> Decimal | None:
+    """A cost as an exact Decimal rounded half-up to the ledger's 6 places; floats are refused."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise _fail(f"{name} must be a Decimal, int or str, not float (floats drift: {value!r})")
+    if isinstance(value, bool):
+        raise _fail(f"{name} must be a Decimal, int or str, got bool")
+    try:
+        amount = (
+            value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int | str) else None
+        )
+    except InvalidOperation:
+        raise _fail(f"{name} is not a number: {value!r}") from None
+    if amount is None:
+        raise _fail(f"{name} must be a Decimal, int or str, got {type(value).__name__}")
+    if not amount.is_finite():
+        raise _fail(f"{name} must be finite, got {amount}")
+    if amount < 0:
+        raise _fail(f"{name} must not be negative, got {amount}")
+    rounded = amount.quantize(MICRO, rounding=ROUND_HALF_UP)
+    if rounded > MAX_COST_USD:
+        raise _fail(f"{name} must be at most {MAX_COST_USD}, got {amount}")
+    return rounded
+
+
+def _utc(name: str, value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise _fail(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _fail(f"{name} must be timezone-aware (naive datetimes are ambiguous), got {value!r}")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Disjoint token buckets of one call."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _get(usage: Mapping[str, Any], *path: str) -> int:
+    node: Any = usage
+    for key in path:
+        if not isinstance(node, Mapping) or node.get(key) is None:
+            return 0
+        node = node[key]
+    return _count(".".join(path), node)
+
+
+def _first(usage: Mapping[str, Any], *names: str) -> int:
+    for name in names:
+        if usage.get(name) is not None:
+            return _count(name, usage[name])
+    return 0
+
+
+def normalise_usage(provider: str, usage: Mapping[str, Any]) -> TokenUsage:
+    """Disjoint buckets from a provider's raw usage object (a dict as the SDKs return it).
+
+    - openai (Chat Completions or Responses): prompt/input tokens include `cached_tokens` and
+      completion/output tokens include `reasoning_tokens`; both are split out.
+    - anthropic: `input_tokens` already excludes `cache_read_input_tokens` and
+      `cache_creation_input_tokens`; thinking is inside `output_tokens` (not broken out).
+    - google (Gemini `usageMetadata`, camel or snake case): the prompt count includes cached content;
+      thoughts are counted apart from candidates.
+    - cohere: `billed_units`.
+    """
+    if not isinstance(usage, Mapping):
+        raise _fail(f"usage must be a mapping, got {type(usage).__name__}")
+    p = provider.lower()
+    if p in ("openai", "azure", "azure_openai"):
+        prompt = _first(usage, "prompt_tokens", "input_tokens")
+        completion = _first(usage, "completion_tokens", "output_tokens")
+        cached = _get(usage, "prompt_tokens_details", "cached_tokens") or _get(
+            usage, "input_tokens_details", "cached_tokens"
+        )
+        reasoning = _get(usage, "completion_tokens_details", "reasoning_tokens") or _get(
+            usage, "output_tokens_details", "reasoning_tokens"
+        )
+        if cached > prompt or reasoning > completion:
+            raise _fail(f"inconsistent openai usage (cached or reasoning above the total): {dict(usage)}")
+        return TokenUsage(prompt - cached, completion - reasoning, cached, 0, reasoning)
+    if p == "anthropic":
+        return TokenUsage(
+            _first(usage, "input_tokens"),
+            _first(usage, "output_tokens"),
+            _first(usage, "cache_read_input_tokens"),
+            _first(usage, "cache_creation_input_tokens"),
+            0,
+        )
+    if p in ("google", "gemini", "vertex_ai"):
+        prompt = _first(usage, "promptTokenCount", "prompt_token_count")
+        cached = _first(usage, "cachedContentTokenCount", "cached_content_token_count")
+        if cached > prompt:
+            raise _fail(f"inconsistent google usage (cached above the prompt): {dict(usage)}")
+        return TokenUsage(
+            prompt - cached,
+            _first(usage, "candidatesTokenCount", "candidates_token_count"),
+            cached,
+            0,
+            _first(usage, "thoughtsTokenCount", "thoughts_token_count"),
+        )
+    if p == "cohere":
+        billed = usage.get("billed_units", usage)
+        if not isinstance(billed, Mapping):
+            raise _fail("cohere usage.billed_units must be a mapping")
+        return TokenUsage(_first(billed, "input_tokens"), _first(billed, "output_tokens"))
+    if "input_tokens" in usage or "output_tokens" in usage:
+        return TokenUsage(_first(usage, "input_tokens"), _first(usage, "output_tokens"))
+    raise _fail(f"no usage normaliser for provider {provider!r}; pass the token counts explicitly")
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=str)  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise _fail(f"usage is not JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AICallRecord:
+    """One AI call, validated on construction (`ValidationError` on the first bad field).
+
+    `cost_usd` None means "compute it from `vendor_prices`". `created_at` defaults to now (UTC).
+    The idempotency key is `provider:request_id`, else `event:<event_id>`, else a fresh random event
+    id (then a retry of the same log cannot be recognised: pass `request_id` or `event_id`).
+    """
+
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+    latency_ms: int | None = None
+    status: str = "success"
+    error_class: str | None = None
+    customer_id: str | None = None
+    organization_id: str | None = None
+    product_id: str | None = None
+    environment: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    usage: Mapping[str, Any] | None = None
+    event_id: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Derived, filled by __post_init__.
+    usage_json: str | None = field(init=False, repr=False, compare=False, default=None)
+    idempotency_key: str = field(init=False, default="")
+    payload_hash: bytes = field(init=False, repr=False, default=b"")
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        provider = self.provider
+        if not isinstance(provider, str):
+            raise _fail(f"provider must be a str, got {type(provider).__name__}")
+        if not _PROVIDER.fullmatch(provider.lower()):
+            shown = provider if len(provider) <= 60 else provider[:57] + "..."
+            raise _fail(
+                f"provider must be 1 to 50 characters of a-z, 0-9, '.', '_', '-' (got {len(provider)} "
+                f"characters: {shown!r})"
+            )
+        set_(self, "provider", provider.lower())
+        _text("model", self.model, required=True)
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                     "reasoning_tokens"):  # fmt: skip
+            _count(name, getattr(self, name))
+        if self.total_tokens > 2**63 - 1:
+            raise _fail("total_tokens out of range")
+        set_(self, "cost_usd", money(self.cost_usd))
+        if self.latency_ms is not None:
+            _count("latency_ms", self.latency_ms)
+        if self.status not in CALL_STATUSES:
+            raise _fail(f"status must be one of {', '.join(CALL_STATUSES)}, got {self.status!r}")
+        for name in ("error_class", "customer_id", "organization_id", "product_id", "environment",
+                     "request_id", "trace_id", "event_id"):  # fmt: skip
+            _text(name, getattr(self, name))
+        set_(self, "created_at", _utc("created_at", self.created_at))
+        if self.usage is not None:
+            if not isinstance(self.usage, Mapping):
+                raise _fail(f"usage must be a mapping, got {type(self.usage).__name__}")
+            set_(self, "usage_json", _json(self.usage))
+        if self.request_id is not None:
+            key = f"{self.provider}:{self.request_id}"
+        else:
+            key = f"event:{self.event_id if self.event_id is not None else uuid.uuid4()}"
+        set_(self, "idempotency_key", key)
+        set_(self, "payload_hash", self._hash())
+
+    @classmethod
+    def from_usage(
+        cls, *, provider: str, model: str, usage: Mapping[str, Any], **fields: Any
+    ) -> AICallRecord:
+        """A record whose token buckets come from the provider's raw usage object (kept as JSONB)."""
+        buckets = normalise_usage(provider, usage)
+        return cls(
+            provider=provider,
+            model=model,
+            usage=usage,
+            input_tokens=buckets.input_tokens,
+            output_tokens=buckets.output_tokens,
+            cache_read_tokens=buckets.cache_read_tokens,
+            cache_write_tokens=buckets.cache_write_tokens,
+            reasoning_tokens=buckets.reasoning_tokens,
+            **fields,
+        )
+
+    @classmethod
+    def coerce(cls, value: AICallRecord | Mapping[str, Any]) -> AICallRecord:
+        """A record from a record or a dict of its fields (seed 000's `log_batch` takes dicts)."""
+        if isinstance(value, AICallRecord):
+            return value
+        if not isinstance(value, Mapping):
+            raise _fail(f"a call must be an AICallRecord or a mapping, got {type(value).__name__}")
+        fields = dict(value)
+        unknown = set(fields) - _INIT_FIELDS
+        if unknown:
+            raise _fail(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+        if fields.get("usage") is not None and (
+            fields.get("input_tokens") is None and fields.get("output_tokens") is None
+        ):
+            fields.pop("input_tokens", None)
+            fields.pop("output_tokens", None)
+            return cls.from_usage(**fields)
+        try:
+            return cls(**fields)
+        except TypeError as exc:  # a missing required field
+            raise _fail(str(exc)) from None
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens
+            + self.reasoning_tokens
+        )
+
+    @property
+    def hour(self) -> datetime:
+        """The UTC hour the call belongs to (its rollup bucket)."""
+        return self.created_at.replace(minute=0, second=0, microsecond=0)
+
+    def _hash(self) -> bytes:
+        """SHA-256 of the call's content, without `created_at`: a retry logged later is the same call."""
+        content = [
+            self.provider, self.model, self.input_tokens, self.output_tokens, self.cache_read_tokens,
+            self.cache_write_tokens, self.reasoning_tokens,
+            None if self.cost_usd is None else str(self.cost_usd), self.latency_ms, self.status,
+            self.error_class, self.customer_id, self.organization_id, self.product_id, self.environment,
+            self.request_id, self.trace_id, self.usage_json,
+        ]  # fmt: skip
+        return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).digest()
+
+
+_INIT_FIELDS = {
+    name for name in AICallRecord.__dataclass_fields__ if AICallRecord.__dataclass_fields__[name].init
+}
+
+
+def hour_floor(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_ceil(at: datetime) -> datetime:
+    floor = hour_floor(at)
+    return floor if floor == at else floor + timedelta(hours=1)

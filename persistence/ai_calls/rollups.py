@@ -1,0 +1,127 @@
+"""Folding deltas into the hourly rollups, and rebuilding the rollups of a window from the ledger.
+
+Both take advisory locks so folds and rebuilds never interleave; writers are never blocked (they
+only append deltas). See `persistence.models.rollups` for the design.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.ai_calls.record import _utc, hour_ceil, hour_floor
+from persistence.errors import ValidationError, translate
+from persistence.models.rollups import DIMENSIONS, MEASURES
+
+__all__ = ["fold_rollups", "fold_rollups_raw", "rebuild_rollups", "rebuild_rollups_raw"]
+
+ROLLUP_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.rollups").digest()[:8], "big", signed=True)
+
+_DIMS = ", ".join(DIMENSIONS)
+_MEASURES = ", ".join(MEASURES)
+_SUMS = ", ".join(f"sum({m})" for m in MEASURES)
+
+
+def _merge(table: str) -> str:
+    # computed_cost_usd is NULL when no call of the group had a price: NULL + x must stay x.
+    parts = []
+    for m in MEASURES:
+        if m == "computed_cost_usd":
+            parts.append(
+                f"{m} = CASE WHEN {table}.{m} IS NULL THEN EXCLUDED.{m} "
+                f"WHEN EXCLUDED.{m} IS NULL THEN {table}.{m} ELSE {table}.{m} + EXCLUDED.{m} END"
+            )
+        else:
+            parts.append(f"{m} = {table}.{m} + EXCLUDED.{m}")
+    return ", ".join(parts)
+
+
+# Built from constant column names only.
+FOLD = f"""
+WITH moved AS (
+    DELETE FROM ai_call_usage_deltas RETURNING *
+), full_ AS (
+    INSERT INTO ai_call_usage_hourly AS h (hour, {_DIMS}, {_MEASURES})
+    SELECT hour, {_DIMS}, {_SUMS} FROM moved GROUP BY hour, {_DIMS} ORDER BY hour, {_DIMS}
+    ON CONFLICT ON CONSTRAINT uq_ai_call_usage_hourly_key DO UPDATE SET {_merge("h")}
+), models AS (
+    INSERT INTO ai_call_model_hourly AS m (hour, provider, model, {_MEASURES})
+    SELECT hour, provider, model, {_SUMS} FROM moved GROUP BY hour, provider, model
+     ORDER BY hour, provider, model
+    ON CONFLICT (hour, provider, model) DO UPDATE SET {_merge("m")}
+)
+SELECT count(*) FROM moved
+"""  # noqa: S608
+
+_FROM_LEDGER = """
+SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {dims},
+       count(*), count(*) FILTER (WHERE status <> 'success'), sum(input_tokens), sum(output_tokens),
+       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens), sum(total_tokens),
+       sum(cost_usd), sum(computed_cost_usd), coalesce(sum(latency_ms), 0), count(latency_ms)
+  FROM ai_calls WHERE created_at >= $1 AND created_at < $2
+ GROUP BY 1, {dims}
+"""
+REBUILD = (
+    "DELETE FROM ai_call_usage_deltas WHERE hour >= $1 AND hour < $2",
+    "DELETE FROM ai_call_usage_hourly WHERE hour >= $1 AND hour < $2",
+    "DELETE FROM ai_call_model_hourly WHERE hour >= $1 AND hour < $2",
+    f"INSERT INTO ai_call_usage_hourly (hour, {_DIMS}, {_MEASURES}) " + _FROM_LEDGER.format(dims=_DIMS),
+    f"INSERT INTO ai_call_model_hourly (hour, provider, model, {_MEASURES}) "
+    + _FROM_LEDGER.format(dims="provider, model"),
+)
+
+
+async def fold_rollups_raw(raw: asyncpg.Connection) -> int:
+    """Fold every committed delta (one statement, one transaction)."""
+    async with raw.transaction():
+        await raw.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK)
+        folded: int = await raw.fetchval(FOLD)
+    return folded
+
+
+async def rebuild_rollups_raw(
+    raw: asyncpg.Connection, start: datetime, end: datetime
+) -> tuple[datetime, datetime]:
+    """Recompute the rollups of the whole UTC hours covering [start, end) from the ledger.
+
+    One REPEATABLE READ snapshot: a call committed after it keeps its delta and is not counted, a
+    call committed before it is counted and its delta removed, so nothing is counted twice or lost.
+    The lock is session-level and taken before the snapshot, so a fold that finished while we
+    waited is already visible.
+    """
+    lo, hi = hour_floor(_utc("start", start)), hour_ceil(_utc("end", end))
+    if hi <= lo:
+        raise ValidationError("invalid window: end must be after start")
+    await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
+    try:
+        async with raw.transaction(isolation="repeatable_read"):
+            for statement in REBUILD:
+                await raw.execute(statement, lo, hi)
+    finally:
+        await raw.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
+    return lo, hi
+
+
+async def fold_rollups(engine: AsyncEngine) -> int:
+    """`fold_rollups_raw` on a connection of `engine`."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(raw, asyncpg.Connection)
+        try:
+            return await fold_rollups_raw(raw)
+        except asyncpg.PostgresError as exc:
+            raise (translate(exc) or exc) from exc
+
+
+async def rebuild_rollups(engine: AsyncEngine, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """`rebuild_rollups_raw` on a connection of `engine`; returns the hour-aligned window rebuilt."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(raw, asyncpg.Connection)
+        try:
+            return await rebuild_rollups_raw(raw, start, end)
+        except asyncpg.PostgresError as exc:
+            raise (translate(exc) or exc) from exc

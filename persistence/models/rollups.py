@@ -1,0 +1,98 @@
+"""Hourly UTC usage rollups of the AI-call ledger, kept exact without write contention.
+
+Writers never update a shared counter (field notes 4: deadlocks on `spend = spend + x`). Every
+logger transaction appends its own aggregate rows to `ai_call_usage_deltas` beside the ledger rows,
+in the same transaction; a fold (one statement, under an advisory lock) moves deltas into the two
+rollup tables. Readers add rollups and unfolded deltas, so they are exact at every moment.
+
+- `ai_call_usage_hourly`: every attribution dimension (per customer, org, product, environment).
+- `ai_call_model_hourly`: provider and model only; a few rows per hour, so `get_stats` over a month
+  reads a few thousand rows instead of the ledger.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Identity, Index, Numeric, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from persistence.models.base import Base
+
+DIMENSIONS = ("provider", "model", "organization_id", "customer_id", "product_id", "environment")
+MEASURES = (
+    "calls",
+    "error_calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+    "computed_cost_usd",
+    "latency_ms_sum",
+    "latency_count",
+)
+
+
+class _Measures:
+    calls: Mapped[int] = mapped_column(BigInteger)
+    error_calls: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    # Sum over the calls that had a price; NULL when none had.
+    computed_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(24, 12))
+    latency_ms_sum: Mapped[int] = mapped_column(BigInteger)
+    latency_count: Mapped[int] = mapped_column(BigInteger)
+
+
+class _Dimensions:
+    hour: Mapped[datetime]
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100))
+    organization_id: Mapped[str | None] = mapped_column(String(100))
+    customer_id: Mapped[str | None] = mapped_column(String(100))
+    product_id: Mapped[str | None] = mapped_column(String(100))
+    environment: Mapped[str | None] = mapped_column(String(20))
+
+
+class AICallUsageDelta(_Dimensions, _Measures, Base):
+    """Append-only aggregates written with the ledger rows; folded away into the rollups."""
+
+    __tablename__ = "ai_call_usage_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+
+
+Index("ix_ai_call_usage_deltas_hour", AICallUsageDelta.hour)
+
+
+class AICallUsageHourly(_Dimensions, _Measures, Base):
+    """One row per UTC hour and attribution; NULL attribution values group together."""
+
+    __tablename__ = "ai_call_usage_hourly"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "hour", *DIMENSIONS, name="uq_ai_call_usage_hourly_key", postgresql_nulls_not_distinct=True
+        ),
+    )
+
+
+class AICallModelHourly(_Measures, Base):
+    """One row per UTC hour, provider and model: what `get_stats` reads for whole hours."""
+
+    __tablename__ = "ai_call_model_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)

@@ -1,0 +1,102 @@
+"""`await health(engine)`: can we reach the database, how fast, which server, how full is the pool,
+and is the schema at the Alembic head of this package's migrations.
+
+Never raises for an unreachable or broken database: the report says what failed (`error`) and
+`healthy` is False. `persistence health` prints it and exits non-zero when unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from time import perf_counter
+from typing import Any, Literal
+
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from persistence import migrations
+from persistence.errors import translate
+from persistence.observe.hooks import PoolStats
+from persistence.observe.instrument import pool_stats
+
+SchemaState = Literal["at head", "behind head", "unknown revision", "unknown"]
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """`current` revision in the database (None: never migrated), `head` of the shipped migrations,
+    `behind` = migrations not yet applied. `unknown revision`: the database has a revision this code
+    does not know (migrated by newer code)."""
+
+    state: SchemaState
+    current: str | None
+    head: str | None
+    behind: int | None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    healthy: bool
+    connected: bool
+    latency_ms: float | None
+    server_version: str | None
+    database: str | None
+    pool: PoolStats | None
+    schema: SchemaStatus
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def health(engine: AsyncEngine, *, timeout: float = 5.0) -> HealthReport:  # noqa: ASYNC109 (a deadline for the whole check)
+    """Check the database behind `engine` within `timeout` seconds (one pooled connection, two queries)."""
+    head = migrations.head_revision()
+    pool = None if isinstance(engine.pool, NullPool) else pool_stats(engine.pool)
+    unknown = SchemaStatus("unknown", None, head, None)
+    try:
+        async with asyncio.timeout(timeout), engine.connect() as conn:
+            started = perf_counter()
+            await conn.execute(text("SELECT 1"))
+            latency_ms = (perf_counter() - started) * 1000
+            row = (
+                await conn.execute(text("SELECT current_setting('server_version'), current_database()"))
+            ).one()
+            current = await conn.run_sync(migrations.current_of)
+    except TimeoutError:
+        return HealthReport(
+            False, False, None, None, engine.url.database, pool, unknown, f"timed out after {timeout:g}s"
+        )
+    except Exception as exc:  # the report is the answer; the caller decides what to do
+        err = translate(exc) or exc
+        return HealthReport(
+            False, False, None, None, engine.url.database, pool, unknown, f"{type(err).__name__}: {err}"
+        )
+    schema = schema_status(current, head)
+    return HealthReport(
+        healthy=schema.state == "at head",
+        connected=True,
+        latency_ms=round(latency_ms, 3),
+        server_version=str(row[0]),
+        database=str(row[1]),
+        pool=pool_stats(engine.pool) if pool is not None else None,
+        schema=schema,
+        error=None if schema.state == "at head" else f"schema {schema.state}",
+    )
+
+
+def schema_status(current: str | None, head: str | None) -> SchemaStatus:
+    if current == head:
+        return SchemaStatus("at head", current, head, 0)
+    if head is None:
+        return SchemaStatus("unknown revision", current, head, None)
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    try:
+        pending = list(script.iterate_revisions(head, current or "base"))
+    except CommandError:
+        return SchemaStatus("unknown revision", current, head, None)
+    return SchemaStatus("behind head", current, head, len(pending))

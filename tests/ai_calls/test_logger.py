@@ -1,0 +1,252 @@
+"""Seed 000's flows through AICallLogger: log and read back, batches, idempotency, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
+from persistence.errors import ConflictError, ValidationError
+from tests.ai_calls.conftest import T0, call, counts, scalar
+
+pytestmark = pytest.mark.commits
+
+
+async def test_log_call_returns_the_committed_id_and_reads_back(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    call_id = await logger.log_call(
+        provider="anthropic",
+        model="claude-sonnet-4-20250514",
+        input_tokens=1234,
+        output_tokens=567,
+        cost_usd=Decimal("0.012207"),
+        latency_ms=912,
+        customer_id="cust_001",
+        organization_id="acme-corp",
+        product_id="chatbot",
+        environment="production",
+        request_id="msg_01XYZ",
+        trace_id="trace-1",
+        cache_read_tokens=100,
+        usage={"input_tokens": 1234, "output_tokens": 567, "cache_read_input_tokens": 100},
+        created_at=T0,
+    )
+    # Another connection sees it: the row was committed before log_call returned.
+    async with fresh_engine.connect() as conn:
+        row = (
+            (await conn.execute(text("SELECT * FROM ai_calls WHERE id = :id"), {"id": call_id}))
+            .mappings()
+            .one()
+        )
+        key = (await conn.execute(text("SELECT * FROM ai_call_keys"))).mappings().one()
+    assert row["provider"] == "anthropic" and row["model"] == "claude-sonnet-4-20250514"
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["total_tokens"]) == (
+        1234,
+        567,
+        100,
+        1901,
+    )
+    assert row["cost_usd"] == Decimal("0.012207") and row["cost_source"] == "provided"
+    assert row["usage"] == {"input_tokens": 1234, "output_tokens": 567, "cache_read_input_tokens": 100}
+    assert row["created_at"] == T0 and row["status"] == "success"
+    assert (row["customer_id"], row["request_id"], row["trace_id"]) == ("cust_001", "msg_01XYZ", "trace-1")
+    assert key["idempotency_key"] == "anthropic:msg_01XYZ" and key["call_id"] == call_id
+    assert await counts(fresh_engine) == (1, 1, 1)
+
+
+async def test_a_retry_returns_the_same_id_and_adds_nothing(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    first = await logger.log_call(**call(1))
+    again = await logger.log_call(**{**call(1), "created_at": T0 + timedelta(seconds=3)})
+    assert again == first
+    assert await counts(fresh_engine) == (1, 1, 1)
+
+
+async def test_the_same_key_with_another_payload_is_a_conflict(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    await logger.log_call(**call(1))
+    with pytest.raises(ConflictError, match="msg_000001") as info:
+        await logger.log_call(**{**call(1), "output_tokens": 999})
+    assert info.value.constraint == "pk_ai_call_keys"
+    assert await counts(fresh_engine) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"input_tokens": -1},
+        {"cost_usd": Decimal("NaN")},
+        {"cost_usd": Decimal("-0.5")},
+        {"cost_usd": 0.25},
+        {"provider": "p" * 300},
+        {"created_at": datetime(2026, 3, 10, 12, 0)},  # noqa: DTZ001
+    ],
+)
+async def test_bad_input_raises_a_typed_error_and_writes_nothing(
+    fresh_engine: AsyncEngine, logger: AICallLogger, overrides: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationError):
+        await logger.log_call(**call(1, **overrides))
+    with pytest.raises(ValidationError):
+        await logger.log_batch([call(2), call(3, **overrides)])
+    assert await counts(fresh_engine) == (0, 0, 0)
+
+
+async def test_log_batch_twice_adds_the_rows_once(fresh_engine: AsyncEngine, logger: AICallLogger) -> None:
+    calls = [call(i) for i in range(500)]
+    assert await logger.log_batch(calls) == 500
+    assert await logger.log_batch(calls) == 0
+    more = [call(i) for i in range(400, 700)]  # 100 already logged, 200 new
+    assert await logger.log_batch(more) == 200
+    assert await counts(fresh_engine) == (700, 700, 10)  # pre-aggregated: 5 customers x 2 batches
+    total = await scalar(fresh_engine, "SELECT sum(cost_usd) FROM ai_calls")
+    assert total == sum((c["cost_usd"] for c in (call(i) for i in range(700))), Decimal(0))
+    # Ids come from the ledger's identity and match the keys.
+    assert (
+        await scalar(
+            fresh_engine,
+            "SELECT count(*) FROM ai_calls c JOIN ai_call_keys k ON k.call_id = c.id AND k.call_created_at = c.created_at",
+        )
+        == 700
+    )
+
+
+async def test_log_batch_repeats_inside_a_batch_count_once(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    assert await logger.log_batch([call(1), call(2), call(1)]) == 2
+    with pytest.raises(ConflictError):
+        await logger.log_batch([call(3), {**call(3), "input_tokens": 1}])
+    assert await counts(fresh_engine) == (2, 2, 2)
+
+
+async def test_a_batch_reusing_a_key_for_another_call_writes_nothing(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    await logger.log_batch([call(1)])
+    with pytest.raises(ConflictError, match="msg_000001"):
+        await logger.log_batch([call(5), {**call(1), "latency_ms": 1}, call(6)])
+    assert await counts(fresh_engine) == (1, 1, 1)
+
+
+async def test_log_batch_takes_records_and_an_empty_batch(
+    logger: AICallLogger, fresh_engine: AsyncEngine
+) -> None:
+    assert await logger.log_batch([]) == 0
+    records = [AICallRecord.coerce(call(i)) for i in range(3)]
+    assert await logger.log_batch(records) == 3
+    assert await logger.log_call(**call(0)) == await scalar(
+        fresh_engine, "SELECT call_id FROM ai_call_keys WHERE idempotency_key = 'anthropic:msg_000000'"
+    )
+
+
+async def test_calls_without_a_key_are_distinct_calls(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    one = await logger.log_call(**call(1, request_id=None))
+    two = await logger.log_call(**call(1, request_id=None))
+    assert one != two
+    e1 = await logger.log_call(**call(1, request_id=None, event_id="evt-9"))
+    assert await logger.log_call(**call(1, request_id=None, event_id="evt-9")) == e1
+    assert (await counts(fresh_engine))[0] == 3
+
+
+async def test_cost_is_computed_from_the_price_in_force(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    async with fresh_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM vendor_prices WHERE provider = 'acme-ai'"))
+        await conn.execute(
+            text(
+                "INSERT INTO vendor_prices (provider, model, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
+                "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to) VALUES "
+                "('acme-ai', 'm1', 3, 15, 0.3, 3.75, 15, '2026-01-01Z', '2026-03-01Z'), "
+                "('acme-ai', 'm1', 2, 10, 0.2, 2.5, 10, '2026-03-01Z', NULL)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO vendor_prices (provider, model, tenant_id, input_per_mtok, output_per_mtok, "
+                "cache_read_per_mtok, cache_write_per_mtok, reasoning_per_mtok, effective_from) VALUES "
+                "('acme-ai', 'm1', 'vip-org', 1, 1, 0, 0, 0, '2026-01-01Z')"
+            )
+        )
+    await logger.reload_prices()
+    base: dict[str, Any] = {
+        "provider": "acme-ai",
+        "model": "m1",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+        "cache_read_tokens": 10,
+    }
+    feb = await logger.log_call(**base, request_id="feb", created_at=T0 - timedelta(days=30))
+    mar = await logger.log_call(**base, request_id="mar", created_at=T0)
+    vip = await logger.log_call(**base, request_id="vip", organization_id="vip-org", created_at=T0)
+    given = await logger.log_call(**base, request_id="given", cost_usd=Decimal("0.5"), created_at=T0)
+    async with fresh_engine.connect() as conn:
+        rows = {
+            r.id: r
+            for r in await conn.execute(
+                text("SELECT id, cost_usd, computed_cost_usd, cost_source, price_id FROM ai_calls")
+            )
+        }
+    # 1000*3 + 100*15 + 10*0.3 = 4503 per million
+    assert (rows[feb].cost_usd, rows[feb].computed_cost_usd) == (Decimal("0.004503"), Decimal("0.004503"))
+    assert rows[mar].computed_cost_usd == Decimal("0.003002") and rows[mar].cost_source == "computed"
+    assert rows[vip].computed_cost_usd == Decimal("0.0011")
+    assert (rows[given].cost_usd, rows[given].computed_cost_usd, rows[given].cost_source) == (
+        Decimal("0.5"),
+        Decimal("0.003002"),
+        "provided",
+    )
+    assert rows[mar].price_id == rows[given].price_id != rows[feb].price_id
+    with pytest.raises(UnpricedCallError, match="acme-ai/m2"):
+        await logger.log_call(provider="acme-ai", model="m2", input_tokens=1, output_tokens=1)
+    with pytest.raises(UnpricedCallError):  # before the first price
+        await logger.log_call(**base, created_at=T0.replace(year=2025))
+    assert (await counts(fresh_engine))[0] == 4
+
+
+async def test_concurrent_loggers_lose_nothing_and_share_one_key(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    async with AICallLogger(fresh_engine, connections=8) as many:
+
+        async def worker(w: int) -> list[int]:
+            ids = []
+            for i in range(50):
+                ids.append(await many.log_call(**call(w * 1000 + i)))
+            await many.log_batch([call(w * 1000 + 500 + i) for i in range(50)])
+            return ids
+
+        results = await asyncio.gather(*(worker(w) for w in range(8)))
+        same = await asyncio.gather(*(many.log_call(**call(99_999)) for _ in range(8)))
+    assert len({i for ids in results for i in ids}) == 400
+    assert len(set(same)) == 1
+    assert (await counts(fresh_engine))[:2] == (801, 801)
+
+
+async def test_a_lost_connection_is_replaced_and_the_call_retried(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    await logger.log_call(**call(1))
+    async with fresh_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.05)
+    assert await logger.log_call(**call(2)) > 0
+    assert await logger.log_batch([call(3), call(4)]) == 2
+    assert (await counts(fresh_engine))[0] == 4

@@ -1,0 +1,123 @@
+"""AICallRecord validation and usage normalisation: pure Python, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from persistence.ai_calls import AICallRecord, TokenUsage, normalise_usage
+from persistence.errors import ValidationError
+
+BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"input_tokens": -1}, "input_tokens must be between"),
+        ({"output_tokens": 2**31}, "output_tokens must be between"),
+        ({"cache_read_tokens": True}, "cache_read_tokens must be an int"),
+        ({"input_tokens": 1.0}, "input_tokens must be an int"),
+        ({"cost_usd": Decimal("NaN")}, "finite"),
+        ({"cost_usd": Decimal("Infinity")}, "finite"),
+        ({"cost_usd": Decimal("-0.01")}, "negative"),
+        ({"cost_usd": 0.0016}, "not float"),
+        ({"cost_usd": "abc"}, "not a number"),
+        ({"cost_usd": Decimal("10000")}, "at most"),
+        ({"provider": "x" * 300}, "300 characters"),
+        ({"provider": ""}, "provider must be"),
+        ({"provider": "open ai"}, "provider must be"),
+        ({"model": "m" * 101}, "model must be 1 to 100"),
+        ({"customer_id": "c\x00"}, "control characters"),
+        ({"environment": "e" * 21}, "environment must be"),
+        ({"created_at": datetime(2026, 1, 1)}, "timezone-aware"),  # noqa: DTZ001
+        ({"created_at": "2026-01-01T00:00:00Z"}, "must be a datetime"),
+        ({"status": "ok"}, "status must be one of"),
+        ({"latency_ms": -1}, "latency_ms must be between"),
+        ({"usage": {"x": float("nan")}}, "JSON"),
+    ],
+)
+def test_bad_input_is_a_validation_error(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AICallRecord(**{**BASE, **overrides})
+
+
+def test_values_are_normalised() -> None:
+    at = datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
+    record = AICallRecord(**{**BASE, "provider": "OpenAI", "cost_usd": "0.0000015", "created_at": at})
+    assert record.provider == "openai"
+    assert record.cost_usd == Decimal("0.000002")  # half-up to the ledger's 6 places
+    assert record.created_at == at and record.created_at.tzinfo is UTC
+    assert record.hour == datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert record.total_tokens == 15
+
+
+def test_idempotency_key_and_payload_hash() -> None:
+    a = AICallRecord(**BASE, request_id="req-1")
+    later = AICallRecord(**BASE, request_id="req-1", created_at=datetime.now(UTC) + timedelta(seconds=5))
+    other = AICallRecord(**{**BASE, "output_tokens": 6}, request_id="req-1")
+    assert a.idempotency_key == "openai:req-1"
+    assert a.payload_hash == later.payload_hash  # a retry logged later is the same call
+    assert a.payload_hash != other.payload_hash
+    assert AICallRecord(**BASE, event_id="e1").idempotency_key == "event:e1"
+    one, two = AICallRecord(**BASE), AICallRecord(**BASE)
+    assert one.idempotency_key != two.idempotency_key  # no caller key: every log is a new call
+
+
+def test_coerce_refuses_unknown_fields_and_missing_ones() -> None:
+    with pytest.raises(ValidationError, match="unknown field"):
+        AICallRecord.coerce({**BASE, "tokens": 3})
+    with pytest.raises(ValidationError, match="output_tokens"):
+        AICallRecord.coerce({"provider": "openai", "model": "gpt-4o", "input_tokens": 1})
+    with pytest.raises(ValidationError, match="mapping"):
+        AICallRecord.coerce(["openai"])  # type: ignore[arg-type]
+
+
+def test_openai_usage_splits_cached_and_reasoning_tokens() -> None:
+    chat = {
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "total_tokens": 1500,
+        "prompt_tokens_details": {"cached_tokens": 1024},
+        "completion_tokens_details": {"reasoning_tokens": 256},
+    }
+    assert normalise_usage("openai", chat) == TokenUsage(176, 44, 1024, 0, 256)
+    responses = {
+        "input_tokens": 50,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 20,
+        "output_tokens_details": {"reasoning_tokens": 5},
+    }
+    assert normalise_usage("openai", responses) == TokenUsage(50, 15, 0, 0, 5)
+    with pytest.raises(ValidationError, match="inconsistent"):
+        normalise_usage("openai", {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 6}})
+
+
+def test_anthropic_google_cohere_usage() -> None:
+    anthropic = {
+        "input_tokens": 30,
+        "output_tokens": 400,
+        "cache_read_input_tokens": 9000,
+        "cache_creation_input_tokens": 1200,
+    }
+    assert normalise_usage("anthropic", anthropic) == TokenUsage(30, 400, 9000, 1200, 0)
+    gemini = {"promptTokenCount": 5000, "cachedContentTokenCount": 4096, "candidatesTokenCount": 80,
+              "thoughtsTokenCount": 300, "totalTokenCount": 5380}  # fmt: skip
+    assert normalise_usage("google", gemini) == TokenUsage(904, 80, 4096, 0, 300)
+    assert normalise_usage("cohere", {"billed_units": {"input_tokens": 7, "output_tokens": 3}}) == TokenUsage(
+        7, 3
+    )
+
+
+def test_from_usage_keeps_the_raw_usage_and_total_counts_every_token_once() -> None:
+    usage = {
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "prompt_tokens_details": {"cached_tokens": 1024},
+    }
+    record = AICallRecord.from_usage(provider="openai", model="gpt-4o", usage=usage)
+    assert record.total_tokens == 1500  # the provider's own total: cached tokens not counted twice
+    assert record.usage_json is not None and '"cached_tokens":1024' in record.usage_json

@@ -1,0 +1,97 @@
+"""health(): connectivity, latency, version, pool, schema at head / behind head; the `health` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence import ServiceHealthRepository, migrations
+from persistence.config import DatabaseConfig
+from persistence.engine import build_engine
+from persistence.observe.health import health
+from persistence.testing import ThrowawayPostgres
+from persistence.testing.database import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.commits
+async def test_health_at_head_then_behind_head_after_downgrade(fresh_engine: AsyncEngine) -> None:
+    report = await health(fresh_engine)
+    assert report.healthy and report.connected and report.error is None
+    assert report.schema.state == "at head"
+    assert report.schema.current == report.schema.head == migrations.head_revision()
+    assert report.latency_ms is not None and report.latency_ms > 0
+    assert report.server_version is not None and report.server_version[0].isdigit()
+    assert report.database == fresh_engine.url.database
+    assert report.pool is not None and report.pool.size == 5 and report.pool.in_use == 0
+
+    await migrations.downgrade(fresh_engine, "-1")
+
+    behind = await health(fresh_engine)
+    assert behind.connected and not behind.healthy
+    assert behind.schema.state == "behind head"
+    assert behind.schema.behind == 1
+    assert behind.schema.head == report.schema.head and behind.schema.current != behind.schema.head
+    assert behind.error == "schema behind head"
+
+
+async def test_unreachable_database_is_reported_not_raised() -> None:
+    config = DatabaseConfig(host="127.0.0.1", port=free_port(), database="x", user="u", connect_timeout=2)
+    engine = build_engine(config)
+    try:
+        report = await health(engine, timeout=10)
+    finally:
+        await engine.dispose()
+    assert not report.healthy and not report.connected
+    assert report.schema.state == "unknown"
+    assert report.error is not None and "refused" in report.error.lower()
+
+
+def run_health(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DB_")}
+    env["DATABASE_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "persistence", "health", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.commits
+async def test_health_command_lists_stale_instances_and_fails_when_behind_head(
+    pg: ThrowawayPostgres, fresh_database: DatabaseConfig, fresh_engine: AsyncEngine
+) -> None:
+    services = ServiceHealthRepository(fresh_engine)
+    await services.heartbeat("verifier", "alive-1")
+    stale = await services.heartbeat("consensus", "gone-7")
+    await services.update(stale.id, last_heartbeat=datetime.now(UTC) - timedelta(hours=2))
+    url = pg.server.url(fresh_database.database or "")
+
+    ok = run_health(url, "--stale-after", "600")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "status   : healthy" in ok.stdout
+    assert "schema   : at head" in ok.stdout
+    assert "consensus/gone-7" in ok.stdout and "alive-1" not in ok.stdout
+
+    as_json = json.loads(run_health(url, "--json").stdout)
+    assert as_json["healthy"] is True
+    assert [s["instance_id"] for s in as_json["stale"]] == ["gone-7"]
+    assert as_json["pool"]["size"] == 20  # DatabaseConfig default
+
+    await migrations.downgrade(fresh_engine, "-1")
+    behind = run_health(url)
+    assert behind.returncode == 1
+    assert "UNHEALTHY (schema behind head)" in behind.stdout
+    assert "behind head" in behind.stdout

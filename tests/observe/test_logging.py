@@ -1,0 +1,89 @@
+"""Slow-query log (duration, normalised text, never parameters), correlation ids, configure_logging."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+from sqlalchemy import text
+from structlog.testing import capture_logs
+
+from persistence.config import DatabaseConfig
+from persistence.engine import build_engine
+from persistence.observe import configure_logging, correlation
+
+SECRET = "sk-live-4f9a1c7e2b8d"  # a bound parameter that must never reach a log line
+SLOW = text("SELECT pg_sleep(:seconds), :token AS token")
+
+
+async def test_slow_query_is_logged_once_with_duration_and_without_parameters(
+    db_config: DatabaseConfig,
+) -> None:
+    engine = build_engine(db_config.model_copy(update={"slow_query_ms": 50}))
+    try:
+        with capture_logs() as logs, correlation(request_id="req-slow"):
+            async with engine.connect() as conn:
+                row = (await conn.execute(SLOW, {"seconds": 0.2, "token": SECRET})).one()
+        assert row.token == SECRET  # the query itself got the value
+    finally:
+        await engine.dispose()
+    slow = [entry for entry in logs if entry["event"] == "slow query"]
+    assert len(slow) == 1
+    [entry] = slow
+    assert entry["log_level"] == "warning"
+    assert entry["duration_ms"] >= 200  # pg_sleep(0.2) cannot finish sooner
+    assert entry["threshold_ms"] == 50
+    assert entry["statement"].startswith("SELECT pg_sleep($1")
+    assert (entry["operation"], entry["request_id"]) == ("SELECT", "req-slow")
+    assert SECRET not in repr(logs)
+    assert "0.2" not in entry["statement"]
+
+
+async def test_fast_queries_are_not_logged(db_config: DatabaseConfig) -> None:
+    engine = build_engine(db_config.model_copy(update={"slow_query_ms": 60_000}))
+    try:
+        with capture_logs() as logs:
+            async with engine.connect() as conn:
+                await conn.execute(SLOW, {"seconds": 0.05, "token": SECRET})
+    finally:
+        await engine.dispose()
+    assert [entry for entry in logs if entry["event"] == "slow query"] == []
+
+
+def test_slow_query_ms_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_SLOW_QUERY_MS", "250")
+    assert DatabaseConfig(host="db.example").slow_query_ms == 250
+
+
+async def test_json_logging_renders_the_slow_query_with_correlation_ids(db_config: DatabaseConfig) -> None:
+    out = io.StringIO()
+    configure_logging(json=True, level="WARNING", stream=out)
+    engine = build_engine(db_config.model_copy(update={"slow_query_ms": 10}))
+    try:
+        with correlation(trace_id="trace-1", request_id="req-1"):
+            structlog.get_logger("app").info("below the level: dropped")
+            async with engine.connect() as conn:
+                await conn.execute(SLOW, {"seconds": 0.05, "token": SECRET})
+    finally:
+        await engine.dispose()
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["slow query"]
+    [line] = lines
+    assert (line["trace_id"], line["request_id"], line["level"]) == ("trace-1", "req-1", "warning")
+    assert line["timestamp"].endswith("Z")
+    assert SECRET not in out.getvalue()
+
+
+def test_correlation_blocks_nest_and_restore() -> None:
+    from persistence.observe.logging import request_id, trace_id
+
+    with correlation(trace_id="outer", request_id="r-1"):
+        with correlation(request_id="r-2"):
+            assert (trace_id.get(), request_id.get()) == ("outer", "r-2")
+            assert structlog.contextvars.get_contextvars() == {"trace_id": "outer", "request_id": "r-2"}
+        assert (trace_id.get(), request_id.get()) == ("outer", "r-1")
+    assert (trace_id.get(), request_id.get()) == (None, None)
+    assert structlog.contextvars.get_contextvars() == {}
