@@ -1,4 +1,5 @@
-"""The AI-call ledger (seed 000): validated records, the logger, prices, rollups, partitions."""
+"""The AI-call ledger (seed 000): validated records, the logger, prices, rollups, partitions;
+reconciliation against the metering vendor, read-only access and monitoring (their own modules)."""
 
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.prices import Price, PriceBook, UnpricedCallError

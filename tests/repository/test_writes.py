@@ -511,10 +511,15 @@ async def test_upsert_of_a_model_without_audit(engine: AsyncEngine) -> None:
         "total_calls": 1,
         "total_cost_usd": Decimal("1.50"),
         "total_tokens": 10,
+        "source": "revenium",
     }
-    first = await repo.upsert(values, on="uq_reconciliation_reports_report_date")
-    second = await repo.upsert({**values, "total_calls": 2}, on="uq_reconciliation_reports_report_date")
-    many = await repo.upsert_many([{**values, "total_calls": 3}], on="uq_reconciliation_reports_report_date")
+    first = await repo.upsert(values, on="uq_reconciliation_reports_period_start_period_end_source")
+    second = await repo.upsert(
+        {**values, "total_calls": 2}, on="uq_reconciliation_reports_period_start_period_end_source"
+    )
+    many = await repo.upsert_many(
+        [{**values, "total_calls": 3}], on="uq_reconciliation_reports_period_start_period_end_source"
+    )
     assert first.id == second.id == many[0].id
     assert many[0].total_calls == 3
     assert await count(engine, "audit_log") == 0
