@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import migrations
 from persistence.ai_calls import AICallLogger, AICallRecord
@@ -129,7 +130,7 @@ async def bench_batch(
     return {"ours": statistics.median(ours), "raw": statistics.median(theirs)}
 
 
-async def bench_log_call(engine: sqlalchemy.ext.asyncio.AsyncEngine, raw: asyncpg.Connection, rounds: int,
+async def bench_log_call(engine: AsyncEngine, raw: asyncpg.Connection, rounds: int,
                          per_round: int, rng: random.Random) -> dict[str, float]:  # fmt: skip
     now = datetime.now(UTC)
     ours: list[float] = []
@@ -166,7 +167,7 @@ async def bench_log_call(engine: sqlalchemy.ext.asyncio.AsyncEngine, raw: asyncp
             "ours_p90": pct(ours, 0.9) * 1000, "raw_p90": pct(theirs, 0.9) * 1000}  # fmt: skip
 
 
-async def bench_concurrent(engine: sqlalchemy.ext.asyncio.AsyncEngine, dsn_kwargs: dict[str, Any], rounds: int,
+async def bench_concurrent(engine: AsyncEngine, dsn_kwargs: dict[str, Any], rounds: int,
                            per_task: int, rng: random.Random) -> dict[str, float]:  # fmt: skip
     now = datetime.now(UTC)
     pool = await asyncpg.create_pool(min_size=8, max_size=8, **dsn_kwargs)
@@ -205,7 +206,7 @@ async def bench_concurrent(engine: sqlalchemy.ext.asyncio.AsyncEngine, dsn_kwarg
     return {"ours": statistics.median(ours), "raw": statistics.median(theirs)}
 
 
-async def bench_stats(engine: sqlalchemy.ext.asyncio.AsyncEngine, raw: asyncpg.Connection, rows: int,
+async def bench_stats(engine: AsyncEngine, raw: asyncpg.Connection, rows: int,
                       rng: random.Random) -> dict[str, float]:  # fmt: skip
     start = datetime(2025, 6, 1, tzinfo=UTC)
     end = start + timedelta(days=30)
@@ -289,7 +290,7 @@ async def main() -> int:
         )
         engine = build_engine(config)
         await migrations.upgrade(engine)
-        dsn = {
+        dsn: dict[str, Any] = {
             "host": str(server.socket_dir),
             "port": server.port,
             "user": server.superuser,
