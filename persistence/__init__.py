@@ -5,6 +5,7 @@ This module is the public API; everything else may change without notice.
 
 from persistence.ai_calls import AICallLogger, AICallRecord, SyncAICallLogger, UnpricedCallError
 from persistence.ai_calls.access import grant_reader
+from persistence.ai_calls.batch import BatchLogger, BatchStats
 from persistence.ai_calls.monitoring_queries import (
     HourlyCount,
     LedgerHealth,
@@ -64,6 +65,8 @@ __all__ = [
     "AICallLogger",
     "AICallRecord",
     "AuditLogRepository",
+    "BatchLogger",
+    "BatchStats",
     "CheckpointRepository",
     "ClaimRepository",
     "ConfigurationError",
