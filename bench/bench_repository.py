@@ -107,6 +107,7 @@ def report_row(day: int, value: int) -> dict[str, Any]:
     start = T0 + dt.timedelta(days=day)
     return {
         "report_date": start.date(),
+        "source": "bench",
         "period_start": start,
         "period_end": start + dt.timedelta(days=1),
         "total_calls": value,
@@ -395,7 +396,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
     async def repo_delete_many(i: int) -> object:
         return await ai_repo.delete_many(customer_id=ai_repo_tags.pop())
 
-    report_conflict = "uq_reconciliation_reports_report_date"
+    report_conflict = "uq_reconciliation_reports_period_start_period_end_source"
     report_set = ("total_calls", "total_cost_usd", "total_tokens", "period_start", "period_end", "status")
 
     async def core_upsert(i: int) -> object:
