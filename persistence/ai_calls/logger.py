@@ -7,9 +7,10 @@ and talks to them through asyncpg directly, with statements asyncpg prepares onc
 - `log_call` is ONE statement in autocommit (one round trip): a CTE inserts the ledger row, its
   idempotency key and its rollup delta, or, when the key exists, returns the original id. It
   returns only after the commit, and raises on any failure.
-- `log_batch` COPYs keys, rows and pre-aggregated deltas in one transaction; when a key already
-  exists (a retried batch) it falls back to an `INSERT .. ON CONFLICT DO NOTHING` path that adds
-  only the new calls. It returns the number of new rows.
+- `log_batch` COPYs keys and rows and has the server aggregate the rows just written into rollup
+  deltas (one `INSERT .. SELECT`), in one transaction; when a key already exists (a retried batch)
+  it falls back to an `INSERT .. ON CONFLICT DO NOTHING` path that adds only the new calls. It
+  returns the number of new rows.
 - `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas) and the partial hours at
   the edges from the ledger: exactly what a raw scan returns.
 
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, PricedCost, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
-from persistence.ai_calls.rollups import fold_rollups_raw
+from persistence.ai_calls.rollups import DELTAS_OF_CALLS, fold_rollups_raw
 from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError, translate
 
 __all__ = ["AICallLogger", "Stats"]
@@ -91,7 +92,7 @@ RETURNING idempotency_key
 _KEY_HASHES = (
     "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
 )
-_NEXT_IDS = "SELECT nextval($1::regclass) FROM generate_series(1, $2)"
+_NEXT_IDS = "SELECT array_agg(nextval($1::regclass)) FROM generate_series(1, $2)"
 _SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
 
 _STATS = """
@@ -264,10 +265,7 @@ class AICallLogger:
             self.prices.replace(await raw.fetch(LOAD_PRICES))
             priced = self.prices.price(record)
         if priced is None:
-            raise UnpricedCallError(
-                f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
-                f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
-            )
+            raise _unpriced(record)
         return priced
 
     def _may_reload(self) -> bool:
@@ -379,37 +377,35 @@ class AICallLogger:
 
     async def _log_many(self, raw: asyncpg.Connection, records: list[AICallRecord]) -> int:
         await self._fresh_prices(raw)
-        price = self.prices.price
-        maybe = [price(r) for r in records]
-        costs = [
-            c if c is not None else await self._priced(raw, r) for r, c in zip(records, maybe, strict=True)
-        ]
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
+        ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records))
+        keys, calls, unpriced = self._rows(records, ids)
+        if unpriced and self._may_reload():
+            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            keys, calls, unpriced = self._rows(records, ids)
+        if unpriced:
+            raise _unpriced(unpriced[0])
         try:
             async with raw.transaction():
-                ids = [row[0] for row in await raw.fetch(_NEXT_IDS, self._sequence, len(records))]
-                keys = [
-                    (r.idempotency_key, i, r.created_at, r.payload_hash)
-                    for r, i in zip(records, ids, strict=True)
-                ]
                 await raw.copy_records_to_table("ai_call_keys", records=keys, columns=_KEY_COLUMNS)
-                await _copy_calls(raw, records, costs, ids)
+                await raw.copy_records_to_table("ai_calls", records=calls, columns=_CALL_COLUMNS)
+                await raw.execute(DELTAS_OF_CALLS, ids, min(ids), max(ids))
             return len(records)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "pk_ai_call_keys":
                 raise
         # Some keys exist already: add only the calls that are new, check that the others match.
+        # The ids were never committed (the transaction rolled back), so they are still ours.
         async with raw.transaction():
-            ids = [row[0] for row in await raw.fetch(_NEXT_IDS, self._sequence, len(records))]
             new = {
                 row[0]
                 for row in await raw.fetch(
                     _INSERT_KEYS,
-                    [r.idempotency_key for r in records],
+                    [k[0] for k in keys],
                     ids,
-                    [r.created_at for r in records],
-                    [r.payload_hash for r in records],
+                    [k[2] for k in keys],
+                    [k[3] for k in keys],
                 )
             }
             old = [r for r in records if r.idempotency_key not in new]
@@ -424,14 +420,36 @@ class AICallLogger:
                 ]
                 if differ:
                     raise _key_conflict(differ)
-            chosen = [
-                (r, c, i) for r, c, i in zip(records, costs, ids, strict=True) if r.idempotency_key in new
-            ]
+            chosen = [row for row, key in zip(calls, keys, strict=True) if key[0] in new]
             if chosen:
-                await _copy_calls(
-                    raw, [r for r, _, _ in chosen], [c for _, c, _ in chosen], [i for _, _, i in chosen]
-                )
+                await raw.copy_records_to_table("ai_calls", records=chosen, columns=_CALL_COLUMNS)
+                chosen_ids = [row[0] for row in chosen]
+                await raw.execute(DELTAS_OF_CALLS, chosen_ids, min(chosen_ids), max(chosen_ids))
             return len(chosen)
+
+    def _rows(
+        self, records: list[AICallRecord], ids: list[int]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[AICallRecord]]:
+        """One pass: the COPY rows of `ai_call_keys` and `ai_calls`, and the calls without a price."""
+        quote = self.prices.quote
+        keys: list[tuple[Any, ...]] = []
+        calls: list[tuple[Any, ...]] = []
+        unpriced: list[AICallRecord] = []
+        for r, i in zip(records, ids, strict=True):
+            q = quote(r)
+            if q is None:
+                unpriced.append(r)
+                continue
+            at = r.created_at
+            keys.append((r.idempotency_key, i, at, r.payload_hash))
+            row = (
+                i, at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3],
+                r.latency_ms, r.status, r.error_class, r.customer_id, r.organization_id, r.product_id,
+                r.environment, r.request_id, r.trace_id,
+            )  # fmt: skip
+            calls.append(row)
+        return keys, calls, unpriced
 
     # -- rollups --------------------------------------------------------------------------------
 
@@ -501,6 +519,13 @@ def _key_conflict(keys: Sequence[str]) -> ConflictError:
     )
 
 
+def _unpriced(record: AICallRecord) -> UnpricedCallError:
+    return UnpricedCallError(
+        f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
+        f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
+    )
+
+
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
     """Drop exact repeats inside one batch; a key repeated with another payload is a conflict."""
     seen: dict[str, AICallRecord] = {}
@@ -513,65 +538,3 @@ def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
         elif first.payload_hash != r.payload_hash:
             raise _key_conflict([r.idempotency_key])
     return out
-
-
-async def _copy_calls(
-    raw: asyncpg.Connection, records: Sequence[AICallRecord], costs: Sequence[PricedCost], ids: Sequence[int]
-) -> None:
-    rows = [
-        (
-            i,
-            r.created_at,
-            r.provider,
-            r.model,
-            r.input_tokens,
-            r.output_tokens,
-            r.cache_read_tokens,
-            r.cache_write_tokens,
-            r.reasoning_tokens,
-            r.usage_json,
-            c.cost_usd,
-            c.computed_cost_usd,
-            c.cost_source,
-            c.price_id,
-            r.latency_ms,
-            r.status,
-            r.error_class,
-            r.customer_id,
-            r.organization_id,
-            r.product_id,
-            r.environment,
-            r.request_id,
-            r.trace_id,
-        )
-        for r, c, i in zip(records, costs, ids, strict=True)
-    ]
-    await raw.copy_records_to_table("ai_calls", records=rows, columns=_CALL_COLUMNS)
-    await raw.copy_records_to_table(
-        "ai_call_usage_deltas", records=_deltas(records, costs), columns=_DELTA_COLUMNS
-    )
-
-
-def _deltas(records: Sequence[AICallRecord], costs: Sequence[PricedCost]) -> list[tuple[Any, ...]]:
-    """The batch pre-aggregated by hour and attribution: one delta row per group."""
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for r, c in zip(records, costs, strict=True):
-        key = (r.hour, r.provider, r.model, r.organization_id, r.customer_id, r.product_id, r.environment)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), None, 0, 0]
-        g[0] += 1
-        g[1] += r.status != "success"
-        g[2] += r.input_tokens
-        g[3] += r.output_tokens
-        g[4] += r.cache_read_tokens
-        g[5] += r.cache_write_tokens
-        g[6] += r.reasoning_tokens
-        g[7] += r.total_tokens
-        g[8] += c.cost_usd
-        if c.computed_cost_usd is not None:
-            g[9] = c.computed_cost_usd if g[9] is None else g[9] + c.computed_cost_usd
-        if r.latency_ms is not None:
-            g[10] += r.latency_ms
-            g[11] += 1
-    return [(*key, *values) for key, values in groups.items()]
