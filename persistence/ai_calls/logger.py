@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -30,7 +32,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, PricedCost, UnpricedCallError
+from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
 from persistence.ai_calls.rollups import DELTAS_OF_CALLS, fold_rollups_raw
 from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError, translate
@@ -156,7 +158,7 @@ class AICallLogger:
         self.fold_every = fold_every
         self._idle: list[_Lease] = []
         self._leased = 0
-        self._available = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[_Lease | None]] = deque()
         self._sequence: str | None = None
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None
@@ -178,17 +180,16 @@ class AICallLogger:
         if self._fold_task is not None:
             with contextlib.suppress(Exception):
                 await self._fold_task
-        async with self._available:
-            idle, self._idle = self._idle, []
-            self._leased -= len(idle)
+        idle, self._idle = self._idle, []
+        self._leased -= len(idle)
         for lease in idle:
             with contextlib.suppress(Exception):
                 await lease.conn.close()
+        self._wake(None)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._closed:
-            raise PersistenceError("AICallLogger is closed")
+        """A leased connection for a block (tests and maintenance; the hot paths use `_run`)."""
         lease = await self._acquire()
         broken = False
         try:
@@ -200,12 +201,28 @@ class AICallLogger:
             await self._release(lease, broken=broken)
 
     async def _acquire(self) -> _Lease:
-        async with self._available:
-            while not self._idle and self._leased >= self.max_connections:
-                await self._available.wait()
+        """An idle lease (no await when one is idle), else a new one, else wait for a release."""
+        while True:
+            if self._closed:
+                raise PersistenceError("AICallLogger is closed")
             if self._idle:
                 return self._idle.pop()
-            self._leased += 1
+            if self._leased < self.max_connections:
+                break
+            waiter: asyncio.Future[_Lease | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and (lease := waiter.result()) is not None:
+                    self._put_back(lease)  # handed over just as we were cancelled
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+            if handed is not None:
+                return handed
+        self._leased += 1
         try:
             conn = await self.engine.connect()
             try:
@@ -214,43 +231,62 @@ class AICallLogger:
                 await conn.close()
                 raise
         except BaseException:
-            async with self._available:
-                self._leased -= 1
-                self._available.notify()
+            self._leased -= 1
+            self._wake(None)
             raise
         assert isinstance(raw, asyncpg.Connection)
         return _Lease(conn, raw)
 
+    def _wake(self, lease: _Lease | None) -> bool:
+        """Hand `lease` (or, with None, a free slot) to the first waiter; False if none waits."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(lease)
+                return True
+        return False
+
+    def _put_back(self, lease: _Lease) -> None:
+        if not self._wake(lease):
+            self._idle.append(lease)
+
     async def _release(self, lease: _Lease, *, broken: bool) -> None:
-        if broken or self._closed or lease.raw.is_in_transaction():
+        if not (broken or self._closed or lease.raw.is_in_transaction()):
+            self._put_back(lease)
+            return
+        self._leased -= 1
+        try:
             with contextlib.suppress(Exception):
                 await lease.conn.invalidate()
             with contextlib.suppress(Exception):
                 await lease.conn.close()
-            async with self._available:
-                self._leased -= 1
-                self._available.notify()
-            return
-        async with self._available:
-            self._idle.append(lease)
-            self._available.notify()
+        finally:
+            self._wake(None)
 
     async def _run(self, work: Any, *args: Any) -> Any:
         """`work(raw_connection, *args)` with our error types; one retry on a lost connection."""
         for attempt in (1, 2):
+            lease = self._idle.pop() if self._idle and not self._closed else await self._acquire()
             try:
-                async with self._connection() as raw:
-                    return await work(raw, *args)
-            except PersistenceError:
-                raise
-            except _LOST as exc:
-                if attempt == 2:
-                    raise TransientError(f"connection lost while logging: {type(exc).__name__}") from exc
-            except asyncpg.PostgresError as exc:
-                err = translate(exc)
-                if err is None:
+                result = await work(lease.raw, *args)
+            except BaseException as exc:
+                await self._release(lease, broken=isinstance(exc, _LOST) or lease.raw.is_closed())
+                if isinstance(exc, PersistenceError):
                     raise
-                raise err from exc
+                if isinstance(exc, _LOST):
+                    if attempt == 2:
+                        raise TransientError(f"connection lost while logging: {type(exc).__name__}") from exc
+                    continue
+                if isinstance(exc, asyncpg.PostgresError):
+                    err = translate(exc)
+                    if err is not None:
+                        raise err from exc
+                raise
+            if self._closed or lease.raw.is_in_transaction():
+                await self._release(lease, broken=False)
+            else:
+                self._put_back(lease)
+            return result
         raise AssertionError("unreachable")
 
     # -- prices ---------------------------------------------------------------------------------
@@ -259,18 +295,18 @@ class AICallLogger:
         if self.prices.stale:
             self.prices.replace(await raw.fetch(LOAD_PRICES))
 
-    async def _priced(self, raw: asyncpg.Connection, record: AICallRecord) -> PricedCost:
-        priced = self.prices.price(record)
-        if priced is None and self._may_reload():
+    async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Quote:
+        """The quote of a call no loaded price covers: reload the prices (at most every
+        `miss_interval`) and try again, else `UnpricedCallError`."""
+        quote = None
+        if self._may_reload():
             self.prices.replace(await raw.fetch(LOAD_PRICES))
-            priced = self.prices.price(record)
-        if priced is None:
+            quote = self.prices.quote(record)
+        if quote is None:
             raise _unpriced(record)
-        return priced
+        return quote
 
     def _may_reload(self) -> bool:
-        import time
-
         now = time.monotonic()
         if now - self.prices.missed_at < self.prices.miss_interval:
             return False
@@ -336,12 +372,17 @@ class AICallLogger:
         return call_id
 
     async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord) -> int:
-        await self._fresh_prices(raw)
-        cost = await self._priced(raw, r)
+        # The record was validated when it was built: only the price is looked up here.
+        prices = self.prices
+        if prices.stale:
+            prices.replace(await raw.fetch(LOAD_PRICES))
+        q = prices.quote(r)
+        if q is None:
+            q = await self._quote_after_reload(raw, r)
         args = (
             r.idempotency_key, r.payload_hash, r.created_at, r.provider, r.model, r.input_tokens,
             r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens, r.usage_json,
-            cost.cost_usd, cost.computed_cost_usd, cost.cost_source, cost.price_id, r.latency_ms,
+            q[0], q[1], q[2], q[3], r.latency_ms,
             r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
         )  # fmt: skip
