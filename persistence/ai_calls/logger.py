@@ -23,9 +23,10 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -34,8 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
-from persistence.ai_calls.rollups import DELTAS_OF_CALLS, fold_rollups_raw
+from persistence.ai_calls.rollups import DELTAS_OF_CALLS, FOLD, fold_rollups_raw
 from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError, translate
+from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
+from persistence.observe.logging import request_id, trace_id
+from persistence.observe.statements import StatementInfo, describe, normalise
 
 __all__ = ["AICallLogger", "Stats"]
 
@@ -129,6 +133,22 @@ _LOST = (
 )
 
 
+# What each unit of work reports to hooks: operation, main table and statement, as the engine's
+# cursor events would (log_batch is reported as its COPY into the ledger).
+_UNKNOWN = StatementInfo("UNKNOWN", None, "")
+_INFOS = {
+    "_log_one": describe(LOG_CALL),
+    "_log_many": StatementInfo(
+        "COPY",
+        "ai_calls",
+        normalise(f"COPY ai_calls ({', '.join(_CALL_COLUMNS)}) FROM STDIN (FORMAT binary)"),
+    ),
+    "_fetch": describe(_STATS),
+    "fold_rollups_raw": describe(FOLD),
+    "work": describe(LOAD_PRICES),  # reload_prices
+}
+
+
 class _Lease:
     """One pooled SQLAlchemy connection held by the logger, and its asyncpg connection."""
 
@@ -159,6 +179,9 @@ class AICallLogger:
         self._idle: list[_Lease] = []
         self._leased = 0
         self._waiters: deque[asyncio.Future[_Lease | None]] = deque()
+        # Hooks are attached when the engine is built, so this is fixed for the logger's life.
+        self._hooks = hooks_of(engine)
+        self._database = engine.url.database
         self._sequence: str | None = None
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None
@@ -263,8 +286,57 @@ class AICallLogger:
         finally:
             self._wake(None)
 
-    async def _run(self, work: Any, *args: Any) -> Any:
-        """`work(raw_connection, *args)` with our error types; one retry on a lost connection."""
+    def _run(self, work: Any, *args: Any) -> Awaitable[Any]:
+        """`work(raw_connection, *args)` with our error types; one retry on a lost connection.
+
+        Engines built with hooks also get a `QueryEvent` per call (these raw-asyncpg paths bypass
+        SQLAlchemy's cursor events); without hooks this is one attribute test and no extra frame.
+        """
+        if self._hooks is None:
+            return self._attempts(work, *args)
+        return self._observed(self._hooks, work, *args)
+
+    async def _observed(self, hooks: Hooks, work: Any, *args: Any) -> Any:
+        info = _INFOS.get(work.__name__, _UNKNOWN)
+        started = perf_counter()
+        try:
+            result = await self._attempts(work, *args)
+        except BaseException as exc:
+            err = exc if isinstance(exc, PersistenceError) else translate(exc)
+            hooks.query(
+                self._event(
+                    info,
+                    perf_counter() - started,
+                    None,
+                    getattr(err, "sqlstate", None),
+                    type(err if err is not None else exc).__name__,
+                )
+            )
+            raise
+        rows = len(result) if isinstance(result, list) else 1 if work.__name__ == "_log_one" else result
+        hooks.query(self._event(info, perf_counter() - started, rows if isinstance(rows, int) else None))
+        return result
+
+    def _event(
+        self, info: StatementInfo, duration: float, rows: int | None, sqlstate: str | None = None,
+        error: str | None = None,
+    ) -> QueryEvent:  # fmt: skip
+        return QueryEvent(
+            operation=info.operation,
+            table=info.table,
+            statement=info.normalised,
+            duration=duration,
+            success=error is None,
+            sqlstate=sqlstate,
+            error=error,
+            rows=rows,
+            executemany=False,
+            database=self._database,
+            trace_id=trace_id.get(),
+            request_id=request_id.get(),
+        )
+
+    async def _attempts(self, work: Any, *args: Any) -> Any:
         for attempt in (1, 2):
             lease = self._idle.pop() if self._idle and not self._closed else await self._acquire()
             try:
