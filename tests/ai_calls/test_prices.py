@@ -107,3 +107,44 @@ async def test_log_call_without_a_cost_uses_the_default_price(fresh_engine: Asyn
         Decimal("0.006720000000"),
         "computed",
     )
+
+
+def test_quotes_follow_effective_dates_through_the_memo() -> None:
+    """The memoised quote equals the exact Decimal reference across period edges and tenants."""
+    jan, mar, may = (datetime(2026, m, 1, tzinfo=UTC) for m in (1, 3, 5))
+    d = Decimal
+    rows = [
+        (1, "acme-ai", "m", "", d("3"), d("15"), d("0.3"), d("3.75"), d("15"), jan, mar),
+        (2, "acme-ai", "m", "", d("2.000001"), d("10"), d("0.2"), d("2.5"), d("10"), mar, None),
+        (3, "acme-ai", "m", "vip", d("1"), d("1"), d("0"), d("0"), d("0"), mar, may),
+        (4, "acme-ai", "x", "", d("0.0000001"), d("1"), d("0"), d("0"), d("0"), jan, None),  # 7 places
+    ]
+    book = PriceBook(rows)
+    days = [jan.replace(day=1 + i % 27, month=1 + i % 7) for i in range(40)]  # back and forth in time
+    for i, at in enumerate(days):
+        for org in (None, "vip", "other"):
+            for model in ("m", "x"):
+                record = AICallRecord(provider="acme-ai", model=model, input_tokens=1000 + i, output_tokens=7 * i,
+                                      cache_read_tokens=i, reasoning_tokens=3, organization_id=org,
+                                      created_at=at)  # fmt: skip
+                price = book.lookup("acme-ai", model, org, at)
+                quote = book.quote(record)
+                assert price is not None and quote is not None
+                exact = price.cost(record)
+                assert quote == (
+                    exact.quantize(d("0.000001"), rounding="ROUND_HALF_UP"),
+                    exact,
+                    "computed",
+                    price.id,
+                )
+                if org == "vip" and model == "m":
+                    assert price.id == (3 if mar <= at < may else 1 if at < mar else 2)
+    before = AICallRecord(
+        provider="acme-ai", model="m", input_tokens=1, output_tokens=1, created_at=jan.replace(year=2025)
+    )
+    assert book.quote(before) is None
+    given = AICallRecord(provider="acme-ai", model="m", input_tokens=1, output_tokens=1, cost_usd=d("0.25"),
+                         created_at=jan.replace(year=2025))  # fmt: skip
+    assert book.quote(given) == (d("0.250000"), None, "provided", None)
+    half = AICallRecord(provider="acme-ai", model="x", input_tokens=0, output_tokens=500_000, created_at=mar)
+    assert book.quote(half) == (d("0.500000"), d("0.5"), "computed", 4)
