@@ -235,3 +235,8 @@ async def test_an_engine_without_hooks_has_no_listeners(db_config: DatabaseConfi
         assert type(engine.pool) is AsyncAdaptedQueuePool
     finally:
         await engine.dispose()
+
+
+def test_transaction_start_goes_only_to_sinks_that_implement_it() -> None:
+    assert not Hooks([BaseHook()]).wants_transaction_start
+    assert Hooks([BaseHook(), Recorder()]).wants_transaction_start
