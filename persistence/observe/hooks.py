@@ -169,8 +169,12 @@ class Hooks:
         self._query = tuple(s.on_query for s in self.sinks)
         self._pool = tuple(s.on_pool for s in self.sinks)
         self._transaction = tuple(s.on_transaction for s in self.sinks)
+        # Only sinks that really implement it (BaseHook's default does nothing).
         self._start = tuple(
-            start for s in self.sinks if callable(start := getattr(s, "on_transaction_start", None))
+            getattr(s, "on_transaction_start")  # noqa: B009
+            for s in self.sinks
+            if getattr(type(s), "on_transaction_start", BaseHook.on_transaction_start)
+            is not BaseHook.on_transaction_start
         )
         self.wants_transaction_start = bool(self._start)
         self._failed: set[tuple[int, str]] = set()

@@ -24,9 +24,32 @@ async def recorded(fresh_database: DatabaseConfig) -> AsyncIterator[tuple[AsyncE
     recorder = Recorder()
     engine = build_engine(fresh_database, hooks=[recorder])
     try:
+        await warm_up(engine)
+        recorder.clear()
         yield engine, recorder
     finally:
         await engine.dispose()
+
+
+async def warm_up(engine: AsyncEngine) -> None:
+    """Open the first connection (SQLAlchemy sends its own setup queries on it)."""
+    async with engine.connect():
+        pass
+
+
+@pytest.mark.commits
+async def test_first_connection_reports_connect_and_the_dialect_setup_queries(
+    fresh_database: DatabaseConfig,
+) -> None:
+    rec = Recorder()
+    engine = build_engine(fresh_database, hooks=[rec])
+    try:
+        await warm_up(engine)
+    finally:
+        await engine.dispose()
+    assert [p.kind for p in rec.pool][:3] == ["connect", "checkout", "checkin"]
+    assert rec.queries and all(q.success for q in rec.queries)  # server version, schema, settings
+    assert rec.transactions == []  # no transaction block was used
 
 
 @pytest.mark.commits
@@ -67,7 +90,6 @@ async def test_repository_call_in_transaction_emits_query_and_transaction_events
     assert checkout.wait is not None and checkout.wait > 0
     assert (checkout.stats.in_use, checkin.stats.in_use, checkin.stats.idle) == (1, 0, 1)
     assert checkout.stats.size == 5  # the test configs' pool_size
-    assert any(p.kind == "connect" for p in rec.pool)  # the first checkout opened the connection
 
 
 @pytest.mark.commits
@@ -169,6 +191,9 @@ async def test_a_raising_sink_never_fails_the_query_and_is_logged_once(
     engine = build_engine(fresh_database, hooks=[broken, healthy])
     claims = ClaimRepository(engine)
     try:
+        await warm_up(engine)
+        broken.calls = 0
+        healthy.clear()
         with capture_logs() as logs:
             claim = await claims.add(external_id="ok", content="x")
             assert (await claims.get(claim.id)).external_id == "ok"
@@ -177,8 +202,21 @@ async def test_a_raising_sink_never_fails_the_query_and_is_logged_once(
         await engine.dispose()
     assert broken.calls == 3  # it was called for every statement...
     assert len(healthy.queries) == 3  # ...and the sinks after it still got every event
+    # Logged once each (both first failed during the warm-up, before the capture): nothing more now.
+    assert [entry for entry in logs if entry["event"].startswith("metrics sink failed")] == []
+
+
+@pytest.mark.commits
+async def test_a_raising_sink_is_logged_once_per_method(fresh_database: DatabaseConfig) -> None:
+    engine = build_engine(fresh_database, hooks=[Exploding()])
+    try:
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert await ClaimRepository(engine).count() == 0
+    finally:
+        await engine.dispose()
     failures = [entry for entry in logs if entry["event"].startswith("metrics sink failed")]
-    assert [(f["sink"], f["method"], f["error"]) for f in failures] == [
+    assert sorted((f["sink"], f["method"], f["error"]) for f in failures) == [
         ("Exploding", "on_pool", "ZeroDivisionError"),
         ("Exploding", "on_query", "RuntimeError"),
     ]
@@ -197,3 +235,8 @@ async def test_an_engine_without_hooks_has_no_listeners(db_config: DatabaseConfi
         assert type(engine.pool) is AsyncAdaptedQueuePool
     finally:
         await engine.dispose()
+
+
+def test_transaction_start_goes_only_to_sinks_that_implement_it() -> None:
+    assert not Hooks([BaseHook()]).wants_transaction_start
+    assert Hooks([BaseHook(), Recorder()]).wants_transaction_start
