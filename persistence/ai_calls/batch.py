@@ -29,13 +29,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.spool import Spool, SpooledRecord
-from persistence.errors import DatabaseConnectionError, InvalidRequestError, PersistenceError, TransientError
+from persistence.errors import ConflictError, IntegrityViolation, InvalidRequestError, PersistenceError
 
 _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
 
@@ -80,20 +77,13 @@ def decode_record(data: Mapping[str, Any]) -> AICallRecord:
 
 
 def _is_outage(exc: BaseException) -> bool:
-    """PostgreSQL is unreachable or failing: worth spooling and retrying later."""
-    if isinstance(exc, TransientError | DatabaseConnectionError | OSError | asyncio.TimeoutError):
-        return True
-    if isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        return True
-    return isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.AdminShutdownError,
-    )
+    """Anything but a verdict on the data itself is worth spooling and retrying later.
+
+    Only the database's judgement of a call (a key reused with another payload, a check or type
+    violation, a call we cannot price) is final; every other failure (down, restarting, lost
+    connections, however the driver words them) may pass, so those calls are kept and retried.
+    """
+    return not isinstance(exc, ConflictError | IntegrityViolation | InvalidRequestError)
 
 
 class BatchLogger:

@@ -253,9 +253,11 @@ class AICallLogger:
             except BaseException:
                 await conn.close()
                 raise
-        except BaseException:
+        except BaseException as exc:
             self._leased -= 1
             self._wake(None)
+            if isinstance(exc, Exception) and not isinstance(exc, PersistenceError):
+                raise _connect_error(exc) from exc
             raise
         assert isinstance(raw, asyncpg.Connection)
         return _Lease(conn, raw)
@@ -621,6 +623,15 @@ class AICallLogger:
 
 async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
     return await raw.fetch(sql, *args)
+
+
+def _connect_error(exc: Exception) -> PersistenceError:
+    """Our error for a failed checkout: classified by SQLSTATE when the server sent one (a wrong
+    password stays a wrong password), otherwise the server is down or restarting: transient."""
+    err = translate(exc)
+    if err is not None and getattr(err, "sqlstate", None) is not None:
+        return err
+    return TransientError(f"could not get a connection: {type(exc).__name__}")
 
 
 def _key_conflict(keys: Sequence[str]) -> ConflictError:

@@ -62,6 +62,24 @@ async def test_batches_flush_and_close_drain(fresh_engine: AsyncEngine, tmp_path
         assert batcher.stats.written == 26 and batcher.stats.buffered == 0 and batcher.stats.spooled == 0
 
 
+@pytest.mark.commits
+async def test_a_call_the_database_refuses_is_kept_aside_and_the_rest_land(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    async with AICallLogger(fresh_engine) as logger:
+        await logger.log_record(call(1))
+        batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path)
+        await batcher.log(call(0))
+        await batcher.log(call(1, input_tokens=999))  # key batch-1 reused for another call
+        await batcher.log(call(2))
+        await batcher.close()
+        assert await count(fresh_engine) == 3
+        stats = batcher.stats
+        assert (stats.written, stats.rejected, stats.spooled) == (2, 1, 0)
+        kept = (tmp_path / "rejected.jsonl").read_text()
+        assert '"key": "openai:batch-1"' in kept and '"ConflictError"' in kept
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def crashable() -> AsyncIterator[tuple[ThrowawayPostgres, AsyncEngine]]:
     """A private server (the session's is shared) whose commits are durable, so a crash keeps them."""
@@ -113,6 +131,8 @@ async def test_postgres_crash_mid_write_loses_and_duplicates_nothing(
         await logger.close()
     assert crashed and restarted
     stats = batcher.stats
+    rejected = tmp_path / "spool" / "rejected.jsonl"
+    assert stats.rejected == 0, rejected.read_text() if rejected.exists() else stats
     assert stats.spooled >= 500
     assert stats.replayed == stats.spooled and stats.pending_in_spool == 0
     assert await count(engine) == total
