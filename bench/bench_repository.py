@@ -107,6 +107,7 @@ def report_row(day: int, value: int) -> dict[str, Any]:
     start = T0 + dt.timedelta(days=day)
     return {
         "report_date": start.date(),
+        "source": "bench",
         "period_start": start,
         "period_end": start + dt.timedelta(days=1),
         "total_calls": value,
@@ -395,7 +396,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
     async def repo_delete_many(i: int) -> object:
         return await ai_repo.delete_many(customer_id=ai_repo_tags.pop())
 
-    report_conflict = "uq_reconciliation_reports_report_date"
+    report_conflict = "uq_reconciliation_reports_period_start_period_end_source"
     report_set = ("total_calls", "total_cost_usd", "total_tokens", "period_start", "period_end", "status")
 
     async def core_upsert(i: int) -> object:
@@ -710,6 +711,13 @@ def table(ops: list[Op]) -> tuple[str, float, str]:
     return "\n".join(lines), worst, worst_name
 
 
+def load_average() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "unknown"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -744,9 +752,11 @@ async def bench(config: DatabaseConfig, args: argparse.Namespace) -> str:
             "delete_many_inner": delete_many_inner,
         }
         ops = await build_ops(engine, per_side, delete_batch=20)
+        load_before = load_average()
         started = time.perf_counter()
         await run(ops, rounds, warmup)
         elapsed = time.perf_counter() - started
+        load_after = load_average()
         body, worst, worst_name = table(ops)
         env = await environment(engine)
     finally:
@@ -759,7 +769,8 @@ async def bench(config: DatabaseConfig, args: argparse.Namespace) -> str:
     return (
         f"- date: {dt.datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n{env}\n"
         f"- run: {rounds} rounds after {warmup} warm-up rounds, Core and repository interleaved "
-        f"({elapsed:.0f} s){' (--quick)' if args.quick else ''}\n"
+        f"({elapsed:.0f} s){' (--quick)' if args.quick else ''}; 1-minute load average "
+        f"{load_before} before, {load_after} after (above ~1 means other processes shared the CPUs)\n"
         f"- worst ratio: {worst:.2f}x ({worst_name}); {verdict}\n\n{body}\n"
     )
 

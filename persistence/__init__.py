@@ -3,9 +3,35 @@
 This module is the public API; everything else may change without notice.
 """
 
-from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
+from persistence.ai_calls import AICallLogger, AICallRecord, SyncAICallLogger, UnpricedCallError
+from persistence.ai_calls.access import grant_reader
+from persistence.ai_calls.batch import BatchLogger, BatchStats
+from persistence.ai_calls.monitoring_queries import (
+    HourlyCount,
+    LedgerHealth,
+    ReportSummary,
+    ledger_health,
+    quiet_hours,
+    recent_reports,
+    rows_today,
+    table_size_bytes,
+)
+from persistence.ai_calls.reconciliation import (
+    Reconciler,
+    ReconciliationLine,
+    ReconciliationResult,
+    reconcile,
+)
+from persistence.ai_calls.sources import (
+    FileUsageSource,
+    HttpUsageSource,
+    UsageAmount,
+    UsageLine,
+    UsageSource,
+    VendorUsage,
+)
 from persistence.audit import audit_context, current_audit
-from persistence.config import DatabaseConfig, EmbeddedConfig
+from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig
 from persistence.embedded import EmbeddedServer, ServerStatus
 from persistence.engine import create_database_engine
 from persistence.errors import (
@@ -20,6 +46,7 @@ from persistence.errors import (
     PersistenceError,
     TransactionError,
     TransientError,
+    UsageSourceError,
     ValidationError,
 )
 from persistence.repositories import (
@@ -38,6 +65,8 @@ __all__ = [
     "AICallLogger",
     "AICallRecord",
     "AuditLogRepository",
+    "BatchLogger",
+    "BatchStats",
     "CheckpointRepository",
     "ClaimRepository",
     "ConfigurationError",
@@ -49,26 +78,48 @@ __all__ = [
     "EmbeddedConfig",
     "EmbeddedServer",
     "EmbeddedServerError",
+    "FileUsageSource",
+    "HourlyCount",
+    "HttpUsageSource",
     "IntegrityViolation",
     "InvalidRequestError",
+    "LedgerHealth",
     "NotFoundError",
     "Page",
     "PersistenceError",
+    "Reconciler",
+    "ReconciliationConfig",
+    "ReconciliationLine",
+    "ReconciliationResult",
+    "ReportSummary",
     "Repository",
     "ServerStatus",
     "ServiceHealthRepository",
+    "SyncAICallLogger",
     "TrainingDataRepository",
     "TransactionError",
     "TransientError",
     "UnpricedCallError",
+    "UsageAmount",
+    "UsageLine",
+    "UsageSource",
+    "UsageSourceError",
     "ValidationError",
+    "VendorUsage",
     "VerificationRepository",
     "audit_context",
     "create_database_engine",
     "current_audit",
     "current_session",
+    "grant_reader",
     "in_transaction",
+    "ledger_health",
     "on_commit",
+    "quiet_hours",
+    "recent_reports",
+    "reconcile",
+    "rows_today",
+    "table_size_bytes",
     "transaction",
 ]
 __version__ = "0.1.0"

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import TextIO
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, TextIO
 
 from pydantic import ValidationError
 
-from persistence.config import DatabaseConfig, EmbeddedConfig, configuration_error
+from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig, configuration_error
 from persistence.embedded import EmbeddedServer
-from persistence.errors import PersistenceError
+from persistence.errors import ConfigurationError, PersistenceError
+
+if TYPE_CHECKING:
+    from persistence.ai_calls.reconciliation import ReconciliationResult
+    from persistence.ai_calls.sources import UsageSource
 
 
 def _print_status(server: EmbeddedServer, database: str, out: TextIO) -> None:
@@ -251,6 +257,61 @@ async def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _partitions(args: argparse.Namespace) -> int:
+    from persistence.ai_calls.partitions import maintain_partitions
+    from persistence.engine import create_database_engine
+
+    engine = await create_database_engine(DatabaseConfig())
+    try:
+        report = await maintain_partitions(
+            engine,
+            ahead=args.ahead,
+            retention_months=args.retention_months,
+            dry_run=args.dry_run,
+            lock_timeout_ms=args.lock_timeout_ms,
+        )
+    finally:
+        await engine.dispose()
+    verb = "would " if report.dry_run else ""
+    print(f"ai_calls partitions: {', '.join(f'{m:%Y-%m}' for m in report.existing) or 'none'}")
+    print(f"  {verb}create: {', '.join(f'{m:%Y-%m}' for m in report.created) or 'nothing'}")
+    if report.default_created:
+        print(f"  {verb}create: the default partition")
+    print(f"  {verb}drop:   {', '.join(f'{m:%Y-%m}' for m in report.dropped) or 'nothing'}")
+    if report.keys_deleted:
+        print(f"  deleted {report.keys_deleted} idempotency keys of dropped calls")
+    return 0
+
+
+def _utc_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def _rollups(args: argparse.Namespace) -> int:
+    from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
+    from persistence.engine import create_database_engine
+
+    engine = await create_database_engine(DatabaseConfig())
+    try:
+        if args.action == "fold":
+            print(f"folded {await fold_rollups(engine)} pending deltas into the hourly rollups")
+        else:
+            if args.start is None or args.end is None:
+                print("error: rebuild needs --start and --end", file=sys.stderr)
+                return 2
+            lo, hi = await rebuild_rollups(engine, args.start, args.end)
+            print(
+                f"rebuilt the hourly rollups of {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} UTC from ai_calls"
+            )
+    finally:
+        await engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persistence",
@@ -291,6 +352,47 @@ def build_parser() -> argparse.ArgumentParser:
         description=SEED_DESCRIPTION,
     )
     add_seed_arguments(seed)
+
+    parts = sub.add_parser(
+        "partitions",
+        help="create upcoming monthly partitions of ai_calls (and the default one), drop expired ones",
+    )
+    parts.add_argument(
+        "--ahead", type=int, default=2, help="months after the current one to create (default %(default)s)"
+    )
+    parts.add_argument(
+        "--retention-months",
+        type=int,
+        default=None,
+        help="drop monthly partitions that ended more than this many months ago (default: keep all)",
+    )
+    parts.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    parts.add_argument(
+        "--lock-timeout-ms",
+        type=int,
+        default=5000,
+        help="lock_timeout of each DDL step (default %(default)s)",
+    )
+
+    rollups = sub.add_parser("rollups", help="fold pending deltas, or rebuild the hourly rollups of a window")
+    rollups.add_argument("action", choices=["fold", "rebuild"])
+    rollups.add_argument("--start", type=_utc_datetime, help="rebuild from (ISO time, UTC if no offset)")
+    rollups.add_argument("--end", type=_utc_datetime, help="rebuild until (ISO time, UTC if no offset)")
+    rec = sub.add_parser(
+        "reconcile",
+        help="compare the AI-call ledger with the metering vendor; exit 1 on FAIL",
+        description=RECONCILE_DESCRIPTION,
+    )
+    add_reconcile_arguments(rec)
+
+    grant = sub.add_parser(
+        "grant-reader",
+        help="create or update the read-only reconciliation_reader role (password from the environment)",
+        description="Create (or update) a LOGIN role with SELECT on ai_calls and reconciliation_reports "
+        "only, read-only by default. Idempotent. The password is read from RECONCILIATION_READER_PASSWORD "
+        "(or .env) and sent to the server as a SCRAM verifier, never in clear.",
+    )
+    grant.add_argument("--role", default="reconciliation_reader", help="role name (default %(default)s)")
     return parser
 
 
@@ -305,6 +407,177 @@ SEED_DESCRIPTION = (
 )
 
 
+RECONCILE_DESCRIPTION = (
+    "Reconcile the AI-call ledger against the metering vendor for the --days whole UTC days before "
+    "--end (default: today 00:00 UTC), in total, per provider and per model and day where the source "
+    "has them. The report is saved in reconciliation_reports (a re-run for the same period and source "
+    "replaces it). Exit status: 0 PASS, 1 FAIL, 2 bad settings. The vendor comes from --source-url or "
+    "METERING_API_URL (key: METERING_API_KEY), or from an export file (--source-file .json/.csv); the "
+    "database from DATABASE_URL or DB_* (or .env)."
+)
+
+
+def add_reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=int, default=7, help="days to reconcile (default %(default)s)")
+    parser.add_argument(
+        "--end",
+        type=_utc_date,
+        default=None,
+        help="end of the period, YYYY-MM-DD, exclusive (default: today UTC)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--source-url", help="metering API base URL (default: METERING_API_URL)")
+    where.add_argument("--source-file", help="a vendor export instead of the API: .json or .csv")
+    parser.add_argument(
+        "--source-name", help="name the report is filed under (default: API host or file name)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_percent,
+        default=None,
+        help="allowed variance in percent (default: RECONCILIATION_THRESHOLD_PCT or 2)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument("--all-lines", action="store_true", help="also list matched model/day lines")
+
+
+def _percent(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"not a non-negative percentage: {text!r}")
+    return value
+
+
+def _usage_source(args: argparse.Namespace, settings: ReconciliationConfig) -> UsageSource:
+    from persistence.ai_calls.sources import FileUsageSource, HttpUsageSource
+
+    if args.source_file:
+        return FileUsageSource(args.source_file, name=args.source_name)
+    url = args.source_url or settings.metering_api_url
+    if not url:
+        raise ConfigurationError(
+            "no usage source: pass --source-url or --source-file, or set METERING_API_URL"
+        )
+    if settings.metering_api_key is None:
+        raise ConfigurationError("METERING_API_KEY is not set (the metering API's bearer key)")
+    return HttpUsageSource(
+        url,
+        settings.metering_api_key,
+        name=args.source_name or settings.metering_source_name,
+        timeout=settings.metering_timeout,
+        retries=settings.metering_retries,
+    )
+
+
+def _print_alert(result: ReconciliationResult) -> None:
+    """Seed 000's send_alert, on stderr (cron mails it)."""
+    print(
+        f"RECONCILIATION FAILED: {result.variance_pct}% call variance, {result.cost_variance_pct}% cost "
+        f"variance (threshold {result.threshold_pct}%); ledger {result.ours_calls} calls, "
+        f"{result.source} {result.vendor_calls} calls; missing {result.missing_calls}",
+        file=sys.stderr,
+    )
+
+
+def _print_report(result: ReconciliationResult, out: TextIO, *, all_lines: bool) -> None:
+    print(
+        f"reconciliation {result.period_start:%Y-%m-%d %H:%M} .. {result.period_end:%Y-%m-%d %H:%M} UTC"
+        f"  source {result.source}  threshold {result.threshold_pct}%",
+        file=out,
+    )
+    print(
+        f"status {result.status}  calls variance {result.variance_pct}%  cost variance "
+        f"{result.cost_variance_pct}%  coverage {result.coverage_pct}%  (report id {result.id})\n",
+        file=out,
+    )
+    shown = [
+        line for line in result.lines if all_lines or line.level != "model_day" or line.status != "matched"
+    ]
+    header = ("level", "provider", "model", "day", "ours calls", "vendor calls", "calls %",
+              "ours cost", "vendor cost", "cost %", "status")  # fmt: skip
+    table = [header] + [
+        (
+            line.level,
+            line.provider or "",
+            line.model or "",
+            line.day.isoformat() if line.day else "",
+            str(line.ours_calls),
+            str(line.vendor_calls),
+            str(line.calls_variance_pct),
+            str(line.ours_cost_usd),
+            str(line.vendor_cost_usd),
+            str(line.cost_variance_pct),
+            line.status,
+        )
+        for line in shown
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    numeric = range(4, 10)
+    for n, row in enumerate(table):
+        cells = [
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    hidden = len(result.lines) - len(shown)
+    if hidden:
+        print(f"({hidden} matched model/day lines not shown; --all-lines lists them)", file=out)
+
+
+async def _reconcile(args: argparse.Namespace) -> int:
+    from persistence.ai_calls.reconciliation import Reconciler
+    from persistence.engine import create_database_engine
+
+    if args.days < 1:
+        print("error: --days must be at least 1", file=sys.stderr)
+        return 2
+    settings = ReconciliationConfig()
+    try:
+        source = _usage_source(args, settings)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    end = args.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = end - timedelta(days=args.days)
+    threshold = args.threshold if args.threshold is not None else settings.threshold_pct
+    engine = await create_database_engine(DatabaseConfig())
+    try:
+        reconciler = Reconciler(engine, source, threshold_pct=threshold, alert=_print_alert)
+        result = await reconciler.reconcile(start, end)
+    finally:
+        await engine.dispose()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_report(result, sys.stdout, all_lines=args.all_lines)
+    return 0 if result.passed else 1
+
+
+async def _grant_reader(args: argparse.Namespace) -> int:
+    from persistence.ai_calls.access import grant_reader
+    from persistence.engine import create_database_engine
+
+    password = ReconciliationConfig().reader_password
+    if password is None:
+        print(
+            "error: set RECONCILIATION_READER_PASSWORD (environment or .env) to the role's password",
+            file=sys.stderr,
+        )
+        return 2
+    engine = await create_database_engine(DatabaseConfig())
+    try:
+        await grant_reader(engine, password, role=args.role)
+    finally:
+        await engine.dispose()
+    print(f"role {args.role}: LOGIN, SELECT on ai_calls and reconciliation_reports only")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -316,6 +589,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_seed(args))
         if args.command == "health":
             return asyncio.run(_health(args))
+        if args.command == "partitions":
+            return asyncio.run(_partitions(args))
+        if args.command == "rollups":
+            return asyncio.run(_rollups(args))
+        if args.command == "reconcile":
+            return asyncio.run(_reconcile(args))
+        if args.command == "grant-reader":
+            return asyncio.run(_grant_reader(args))
     except ValidationError as exc:
         print(f"error: {configuration_error(exc)}", file=sys.stderr)
         return 2
@@ -343,4 +624,26 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("interrupted; the seeding transaction was rolled back", file=sys.stderr)
+        return 130
+
+
+def reconcile_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of scripts/reconcile.py (seed 000's weekly cron): `persistence reconcile`."""
+    parser = argparse.ArgumentParser(prog="reconcile.py", description=RECONCILE_DESCRIPTION)
+    add_reconcile_arguments(parser)
+    return _run_reconcile(parser, argv)
+
+
+def _run_reconcile(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(_reconcile(args))
+    except ValidationError as exc:
+        print(f"error: {configuration_error(exc)}", file=sys.stderr)
+        return 2
+    except PersistenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; no report was saved unless the summary was printed", file=sys.stderr)
         return 130

@@ -12,11 +12,12 @@ host nor a URL anywhere, the database is "not configured" and the engine uses th
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -294,3 +295,41 @@ class EmbeddedConfig(BaseSettings):
             return self.data_dir.expanduser().resolve()
         base = self.xdg_data_home or Path.home() / ".local" / "share"
         return (base / "persistence" / "postgres").resolve()
+
+
+class ReconciliationConfig(BaseSettings):
+    """The metering vendor to reconcile against, the gate, and the read-only role's password.
+
+    Environment: `METERING_API_URL`, `METERING_API_KEY` (seed 000's `REVENIUM_METERING_API_KEY` and
+    `REVENIUM_API_KEY` are accepted too), `METERING_SOURCE_NAME`, `METERING_TIMEOUT`, `METERING_RETRIES`,
+    `RECONCILIATION_THRESHOLD_PCT`, `RECONCILIATION_READER_PASSWORD`. Secrets are `SecretStr`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        hide_input_in_errors=True,
+    )
+
+    metering_api_url: str | None = Field(
+        default=None, validation_alias="METERING_API_URL", description="Base URL; /v1/usage is appended."
+    )
+    metering_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("METERING_API_KEY", "REVENIUM_METERING_API_KEY", "REVENIUM_API_KEY"),
+    )
+    metering_source_name: str | None = Field(
+        default=None,
+        validation_alias="METERING_SOURCE_NAME",
+        max_length=200,
+        description="Name the reports are filed under (default: the API's host name).",
+    )
+    metering_timeout: float = Field(default=30.0, gt=0, validation_alias="METERING_TIMEOUT")
+    metering_retries: int = Field(default=3, ge=0, le=10, validation_alias="METERING_RETRIES")
+    threshold_pct: Decimal = Field(
+        default=Decimal(2), ge=0, le=1000, validation_alias="RECONCILIATION_THRESHOLD_PCT"
+    )
+    reader_password: SecretStr | None = Field(default=None, validation_alias="RECONCILIATION_READER_PASSWORD")

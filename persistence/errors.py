@@ -192,3 +192,20 @@ def translate(exc: BaseException) -> PersistenceError | None:
             return TransientError("the connection was closed")
         return DatabaseError(f"database error: {type(exc.orig or exc).__name__}")
     return None
+
+
+class UsageSourceError(PersistenceError):
+    """A usage source (metering vendor API, export file) could not be read or returned malformed data.
+
+    `status` is the HTTP status when the vendor answered; `retryable` is True for 5xx, 429 and network
+    errors. Messages never contain the API key.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+        self.status = status
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class SpoolError(PersistenceError):
+    """The BatchLogger's local spool cannot be used (locked by another process, unwritable, corrupt)."""

@@ -40,7 +40,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
-    and_,
     bindparam,
     column,
     exists,
@@ -1132,17 +1131,13 @@ async def _upsert_reports(
     refreshed = ("total_calls", "total_cost_usd", "total_tokens", "provider_stats", "revenium_calls",
                  "revenium_cost_usd", "variance_pct", "status", "generated_at")  # fmt: skip
     stmt = stmt.on_conflict_do_update(
-        index_elements=[_REPORTS.c.report_date],
+        index_elements=[_REPORTS.c.period_start, _REPORTS.c.period_end, _REPORTS.c.source],
         set_={name: stmt.excluded[name] for name in refreshed},
-        where=and_(
-            _REPORTS.c.period_start == stmt.excluded.period_start,
-            _REPORTS.c.period_end == stmt.excluded.period_end,
-            or_(
-                *(
-                    _REPORTS.c[name].is_distinct_from(stmt.excluded[name])
-                    for name in ("total_calls", "total_cost_usd", "total_tokens")
-                )
-            ),
+        where=or_(
+            *(
+                _REPORTS.c[name].is_distinct_from(stmt.excluded[name])
+                for name in ("total_calls", "total_cost_usd", "total_tokens")
+            )
         ),
     )
     await conn.execute(stmt)

@@ -35,7 +35,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import structlog
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 
 from persistence.errors import PersistenceError, TransactionError, TransientError, translate
 from persistence.observe.hooks import (
@@ -237,6 +237,25 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             )
             raise
         hooks.transaction(TransactionEvent("commit", perf_counter() - started, 1, 0, 0, None, hooks.database))
+    except DBAPIError as exc:
+        raise (translate(exc) or exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Like `session_scope`, for statements that load no model instances (counts, bulk writes).
+
+    Inside a block: the block's connection (the same transaction as its session). Outside one: a
+    short transaction on a pooled connection, without building an ORM session around it.
+    """
+    frame = _active_frame()
+    try:
+        if frame is not None:
+            session = await frame.boundary.session_for(engine)
+            yield await session.connection()
+            return
+        async with engine.begin() as conn:
+            yield conn
     except DBAPIError as exc:
         raise (translate(exc) or exc) from exc
 

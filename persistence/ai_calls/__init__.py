@@ -1,15 +1,18 @@
-"""The AI-call ledger (seed 000): validated records, the logger, prices, rollups, partitions."""
+"""The AI-call ledger (seed 000): validated records, the logger, prices, rollups, partitions;
+reconciliation against the metering vendor, read-only access and monitoring (their own modules)."""
 
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.prices import Price, PriceBook, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, TokenUsage, normalise_usage
 from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
+from persistence.ai_calls.sync import SyncAICallLogger
 
 __all__ = [
     "AICallLogger",
     "AICallRecord",
     "Price",
     "PriceBook",
+    "SyncAICallLogger",
     "TokenUsage",
     "UnpricedCallError",
     "fold_rollups",

@@ -7,9 +7,10 @@ and talks to them through asyncpg directly, with statements asyncpg prepares onc
 - `log_call` is ONE statement in autocommit (one round trip): a CTE inserts the ledger row, its
   idempotency key and its rollup delta, or, when the key exists, returns the original id. It
   returns only after the commit, and raises on any failure.
-- `log_batch` COPYs keys, rows and pre-aggregated deltas in one transaction; when a key already
-  exists (a retried batch) it falls back to an `INSERT .. ON CONFLICT DO NOTHING` path that adds
-  only the new calls. It returns the number of new rows.
+- `log_batch` COPYs keys and rows and has the server aggregate the rows just written into rollup
+  deltas (one `INSERT .. SELECT`), in one transaction; when a key already exists (a retried batch)
+  it falls back to an `INSERT .. ON CONFLICT DO NOTHING` path that adds only the new calls. It
+  returns the number of new rows.
 - `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas) and the partial hours at
   the edges from the ledger: exactly what a raw scan returns.
 
@@ -20,19 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, PricedCost, UnpricedCallError
+from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
-from persistence.ai_calls.rollups import fold_rollups_raw
+from persistence.ai_calls.rollups import DELTAS_OF_CALLS, FOLD, fold_rollups_raw
 from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError, translate
+from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
+from persistence.observe.logging import request_id, trace_id
+from persistence.observe.statements import StatementInfo, describe, normalise
 
 __all__ = ["AICallLogger", "Stats"]
 
@@ -91,7 +98,7 @@ RETURNING idempotency_key
 _KEY_HASHES = (
     "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
 )
-_NEXT_IDS = "SELECT nextval($1::regclass) FROM generate_series(1, $2)"
+_NEXT_IDS = "SELECT array_agg(nextval($1::regclass)) FROM generate_series(1, $2)"
 _SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
 
 _STATS = """
@@ -105,8 +112,10 @@ SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, s
       FROM ai_call_usage_deltas WHERE hour >= $3 AND hour < $4
     UNION ALL
     SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
-      FROM ai_calls
-     WHERE (created_at >= $1 AND created_at < $3) OR (created_at >= $4 AND created_at < $2)
+      FROM ai_calls WHERE created_at >= $1 AND created_at < $3
+    UNION ALL
+    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
+      FROM ai_calls WHERE created_at >= $4 AND created_at < $2
   ) parts
  GROUP BY provider
  ORDER BY provider
@@ -122,6 +131,22 @@ _LOST = (
     ConnectionError,
     OSError,
 )
+
+
+# What each unit of work reports to hooks: operation, main table and statement, as the engine's
+# cursor events would (log_batch is reported as its COPY into the ledger).
+_UNKNOWN = StatementInfo("UNKNOWN", None, "")
+_INFOS = {
+    "_log_one": describe(LOG_CALL),
+    "_log_many": StatementInfo(
+        "COPY",
+        "ai_calls",
+        normalise(f"COPY ai_calls ({', '.join(_CALL_COLUMNS)}) FROM STDIN (FORMAT binary)"),
+    ),
+    "_fetch": describe(_STATS),
+    "fold_rollups_raw": describe(FOLD),
+    "work": describe(LOAD_PRICES),  # reload_prices
+}
 
 
 class _Lease:
@@ -153,7 +178,10 @@ class AICallLogger:
         self.fold_every = fold_every
         self._idle: list[_Lease] = []
         self._leased = 0
-        self._available = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[_Lease | None]] = deque()
+        # Hooks are attached when the engine is built, so this is fixed for the logger's life.
+        self._hooks = hooks_of(engine)
+        self._database = engine.url.database
         self._sequence: str | None = None
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None
@@ -175,17 +203,16 @@ class AICallLogger:
         if self._fold_task is not None:
             with contextlib.suppress(Exception):
                 await self._fold_task
-        async with self._available:
-            idle, self._idle = self._idle, []
-            self._leased -= len(idle)
+        idle, self._idle = self._idle, []
+        self._leased -= len(idle)
         for lease in idle:
             with contextlib.suppress(Exception):
                 await lease.conn.close()
+        self._wake(None)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._closed:
-            raise PersistenceError("AICallLogger is closed")
+        """A leased connection for a block (tests and maintenance; the hot paths use `_run`)."""
         lease = await self._acquire()
         broken = False
         try:
@@ -197,12 +224,28 @@ class AICallLogger:
             await self._release(lease, broken=broken)
 
     async def _acquire(self) -> _Lease:
-        async with self._available:
-            while not self._idle and self._leased >= self.max_connections:
-                await self._available.wait()
+        """An idle lease (no await when one is idle), else a new one, else wait for a release."""
+        while True:
+            if self._closed:
+                raise PersistenceError("AICallLogger is closed")
             if self._idle:
                 return self._idle.pop()
-            self._leased += 1
+            if self._leased < self.max_connections:
+                break
+            waiter: asyncio.Future[_Lease | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and (lease := waiter.result()) is not None:
+                    self._put_back(lease)  # handed over just as we were cancelled
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+            if handed is not None:
+                return handed
+        self._leased += 1
         try:
             conn = await self.engine.connect()
             try:
@@ -211,43 +254,111 @@ class AICallLogger:
                 await conn.close()
                 raise
         except BaseException:
-            async with self._available:
-                self._leased -= 1
-                self._available.notify()
+            self._leased -= 1
+            self._wake(None)
             raise
         assert isinstance(raw, asyncpg.Connection)
         return _Lease(conn, raw)
 
+    def _wake(self, lease: _Lease | None) -> bool:
+        """Hand `lease` (or, with None, a free slot) to the first waiter; False if none waits."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(lease)
+                return True
+        return False
+
+    def _put_back(self, lease: _Lease) -> None:
+        if not self._wake(lease):
+            self._idle.append(lease)
+
     async def _release(self, lease: _Lease, *, broken: bool) -> None:
-        if broken or self._closed or lease.raw.is_in_transaction():
+        if not (broken or self._closed or lease.raw.is_in_transaction()):
+            self._put_back(lease)
+            return
+        self._leased -= 1
+        try:
             with contextlib.suppress(Exception):
                 await lease.conn.invalidate()
             with contextlib.suppress(Exception):
                 await lease.conn.close()
-            async with self._available:
-                self._leased -= 1
-                self._available.notify()
-            return
-        async with self._available:
-            self._idle.append(lease)
-            self._available.notify()
+        finally:
+            self._wake(None)
 
-    async def _run(self, work: Any, *args: Any) -> Any:
-        """`work(raw_connection, *args)` with our error types; one retry on a lost connection."""
+    def _run(self, work: Any, *args: Any) -> Awaitable[Any]:
+        """`work(raw_connection, *args)` with our error types; one retry on a lost connection.
+
+        Engines built with hooks also get a `QueryEvent` per call (these raw-asyncpg paths bypass
+        SQLAlchemy's cursor events); without hooks this is one attribute test and no extra frame.
+        """
+        if self._hooks is None:
+            return self._attempts(work, *args)
+        return self._observed(self._hooks, work, *args)
+
+    async def _observed(self, hooks: Hooks, work: Any, *args: Any) -> Any:
+        info = _INFOS.get(work.__name__, _UNKNOWN)
+        started = perf_counter()
+        try:
+            result = await self._attempts(work, *args)
+        except BaseException as exc:
+            err = exc if isinstance(exc, PersistenceError) else translate(exc)
+            hooks.query(
+                self._event(
+                    info,
+                    perf_counter() - started,
+                    None,
+                    getattr(err, "sqlstate", None),
+                    type(err if err is not None else exc).__name__,
+                )
+            )
+            raise
+        rows = len(result) if isinstance(result, list) else 1 if work.__name__ == "_log_one" else result
+        hooks.query(self._event(info, perf_counter() - started, rows if isinstance(rows, int) else None))
+        return result
+
+    def _event(
+        self, info: StatementInfo, duration: float, rows: int | None, sqlstate: str | None = None,
+        error: str | None = None,
+    ) -> QueryEvent:  # fmt: skip
+        return QueryEvent(
+            operation=info.operation,
+            table=info.table,
+            statement=info.normalised,
+            duration=duration,
+            success=error is None,
+            sqlstate=sqlstate,
+            error=error,
+            rows=rows,
+            executemany=False,
+            database=self._database,
+            trace_id=trace_id.get(),
+            request_id=request_id.get(),
+        )
+
+    async def _attempts(self, work: Any, *args: Any) -> Any:
         for attempt in (1, 2):
+            lease = self._idle.pop() if self._idle and not self._closed else await self._acquire()
             try:
-                async with self._connection() as raw:
-                    return await work(raw, *args)
-            except PersistenceError:
-                raise
-            except _LOST as exc:
-                if attempt == 2:
-                    raise TransientError(f"connection lost while logging: {type(exc).__name__}") from exc
-            except asyncpg.PostgresError as exc:
-                err = translate(exc)
-                if err is None:
+                result = await work(lease.raw, *args)
+            except BaseException as exc:
+                await self._release(lease, broken=isinstance(exc, _LOST) or lease.raw.is_closed())
+                if isinstance(exc, PersistenceError):
                     raise
-                raise err from exc
+                if isinstance(exc, _LOST):
+                    if attempt == 2:
+                        raise TransientError(f"connection lost while logging: {type(exc).__name__}") from exc
+                    continue
+                if isinstance(exc, asyncpg.PostgresError):
+                    err = translate(exc)
+                    if err is not None:
+                        raise err from exc
+                raise
+            if self._closed or lease.raw.is_in_transaction():
+                await self._release(lease, broken=False)
+            else:
+                self._put_back(lease)
+            return result
         raise AssertionError("unreachable")
 
     # -- prices ---------------------------------------------------------------------------------
@@ -256,21 +367,18 @@ class AICallLogger:
         if self.prices.stale:
             self.prices.replace(await raw.fetch(LOAD_PRICES))
 
-    async def _priced(self, raw: asyncpg.Connection, record: AICallRecord) -> PricedCost:
-        priced = self.prices.price(record)
-        if priced is None and self._may_reload():
+    async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Quote:
+        """The quote of a call no loaded price covers: reload the prices (at most every
+        `miss_interval`) and try again, else `UnpricedCallError`."""
+        quote = None
+        if self._may_reload():
             self.prices.replace(await raw.fetch(LOAD_PRICES))
-            priced = self.prices.price(record)
-        if priced is None:
-            raise UnpricedCallError(
-                f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
-                f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
-            )
-        return priced
+            quote = self.prices.quote(record)
+        if quote is None:
+            raise _unpriced(record)
+        return quote
 
     def _may_reload(self) -> bool:
-        import time
-
         now = time.monotonic()
         if now - self.prices.missed_at < self.prices.miss_interval:
             return False
@@ -336,12 +444,17 @@ class AICallLogger:
         return call_id
 
     async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord) -> int:
-        await self._fresh_prices(raw)
-        cost = await self._priced(raw, r)
+        # The record was validated when it was built: only the price is looked up here.
+        prices = self.prices
+        if prices.stale:
+            prices.replace(await raw.fetch(LOAD_PRICES))
+        q = prices.quote(r)
+        if q is None:
+            q = await self._quote_after_reload(raw, r)
         args = (
             r.idempotency_key, r.payload_hash, r.created_at, r.provider, r.model, r.input_tokens,
             r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens, r.usage_json,
-            cost.cost_usd, cost.computed_cost_usd, cost.cost_source, cost.price_id, r.latency_ms,
+            q[0], q[1], q[2], q[3], r.latency_ms,
             r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
         )  # fmt: skip
@@ -377,33 +490,35 @@ class AICallLogger:
 
     async def _log_many(self, raw: asyncpg.Connection, records: list[AICallRecord]) -> int:
         await self._fresh_prices(raw)
-        costs = [await self._priced(raw, r) for r in records]
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
+        ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records))
+        keys, calls, unpriced = self._rows(records, ids)
+        if unpriced and self._may_reload():
+            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            keys, calls, unpriced = self._rows(records, ids)
+        if unpriced:
+            raise _unpriced(unpriced[0])
         try:
             async with raw.transaction():
-                ids = [row[0] for row in await raw.fetch(_NEXT_IDS, self._sequence, len(records))]
-                keys = [
-                    (r.idempotency_key, i, r.created_at, r.payload_hash)
-                    for r, i in zip(records, ids, strict=True)
-                ]
                 await raw.copy_records_to_table("ai_call_keys", records=keys, columns=_KEY_COLUMNS)
-                await _copy_calls(raw, records, costs, ids)
+                await raw.copy_records_to_table("ai_calls", records=calls, columns=_CALL_COLUMNS)
+                await raw.execute(DELTAS_OF_CALLS, ids, min(ids), max(ids))
             return len(records)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "pk_ai_call_keys":
                 raise
         # Some keys exist already: add only the calls that are new, check that the others match.
+        # The ids were never committed (the transaction rolled back), so they are still ours.
         async with raw.transaction():
-            ids = [row[0] for row in await raw.fetch(_NEXT_IDS, self._sequence, len(records))]
             new = {
                 row[0]
                 for row in await raw.fetch(
                     _INSERT_KEYS,
-                    [r.idempotency_key for r in records],
+                    [k[0] for k in keys],
                     ids,
-                    [r.created_at for r in records],
-                    [r.payload_hash for r in records],
+                    [k[2] for k in keys],
+                    [k[3] for k in keys],
                 )
             }
             old = [r for r in records if r.idempotency_key not in new]
@@ -418,14 +533,36 @@ class AICallLogger:
                 ]
                 if differ:
                     raise _key_conflict(differ)
-            chosen = [
-                (r, c, i) for r, c, i in zip(records, costs, ids, strict=True) if r.idempotency_key in new
-            ]
+            chosen = [row for row, key in zip(calls, keys, strict=True) if key[0] in new]
             if chosen:
-                await _copy_calls(
-                    raw, [r for r, _, _ in chosen], [c for _, c, _ in chosen], [i for _, _, i in chosen]
-                )
+                await raw.copy_records_to_table("ai_calls", records=chosen, columns=_CALL_COLUMNS)
+                chosen_ids = [row[0] for row in chosen]
+                await raw.execute(DELTAS_OF_CALLS, chosen_ids, min(chosen_ids), max(chosen_ids))
             return len(chosen)
+
+    def _rows(
+        self, records: list[AICallRecord], ids: list[int]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[AICallRecord]]:
+        """One pass: the COPY rows of `ai_call_keys` and `ai_calls`, and the calls without a price."""
+        quote = self.prices.quote
+        keys: list[tuple[Any, ...]] = []
+        calls: list[tuple[Any, ...]] = []
+        unpriced: list[AICallRecord] = []
+        for r, i in zip(records, ids, strict=True):
+            q = quote(r)
+            if q is None:
+                unpriced.append(r)
+                continue
+            at = r.created_at
+            keys.append((r.idempotency_key, i, at, r.payload_hash))
+            row = (
+                i, at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3],
+                r.latency_ms, r.status, r.error_class, r.customer_id, r.organization_id, r.product_id,
+                r.environment, r.request_id, r.trace_id,
+            )  # fmt: skip
+            calls.append(row)
+        return keys, calls, unpriced
 
     # -- rollups --------------------------------------------------------------------------------
 
@@ -495,6 +632,13 @@ def _key_conflict(keys: Sequence[str]) -> ConflictError:
     )
 
 
+def _unpriced(record: AICallRecord) -> UnpricedCallError:
+    return UnpricedCallError(
+        f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
+        f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
+    )
+
+
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
     """Drop exact repeats inside one batch; a key repeated with another payload is a conflict."""
     seen: dict[str, AICallRecord] = {}
@@ -507,65 +651,3 @@ def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
         elif first.payload_hash != r.payload_hash:
             raise _key_conflict([r.idempotency_key])
     return out
-
-
-async def _copy_calls(
-    raw: asyncpg.Connection, records: Sequence[AICallRecord], costs: Sequence[PricedCost], ids: Sequence[int]
-) -> None:
-    rows = [
-        (
-            i,
-            r.created_at,
-            r.provider,
-            r.model,
-            r.input_tokens,
-            r.output_tokens,
-            r.cache_read_tokens,
-            r.cache_write_tokens,
-            r.reasoning_tokens,
-            r.usage_json,
-            c.cost_usd,
-            c.computed_cost_usd,
-            c.cost_source,
-            c.price_id,
-            r.latency_ms,
-            r.status,
-            r.error_class,
-            r.customer_id,
-            r.organization_id,
-            r.product_id,
-            r.environment,
-            r.request_id,
-            r.trace_id,
-        )
-        for r, c, i in zip(records, costs, ids, strict=True)
-    ]
-    await raw.copy_records_to_table("ai_calls", records=rows, columns=_CALL_COLUMNS)
-    await raw.copy_records_to_table(
-        "ai_call_usage_deltas", records=_deltas(records, costs), columns=_DELTA_COLUMNS
-    )
-
-
-def _deltas(records: Sequence[AICallRecord], costs: Sequence[PricedCost]) -> list[tuple[Any, ...]]:
-    """The batch pre-aggregated by hour and attribution: one delta row per group."""
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for r, c in zip(records, costs, strict=True):
-        key = (r.hour, r.provider, r.model, r.organization_id, r.customer_id, r.product_id, r.environment)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), None, 0, 0]
-        g[0] += 1
-        g[1] += r.status != "success"
-        g[2] += r.input_tokens
-        g[3] += r.output_tokens
-        g[4] += r.cache_read_tokens
-        g[5] += r.cache_write_tokens
-        g[6] += r.reasoning_tokens
-        g[7] += r.total_tokens
-        g[8] += c.cost_usd
-        if c.computed_cost_usd is not None:
-            g[9] = c.computed_cost_usd if g[9] is None else g[9] + c.computed_cost_usd
-        if r.latency_ms is not None:
-            g[10] += r.latency_ms
-            g[11] += 1
-    return [(*key, *values) for key, values in groups.items()]

@@ -11,17 +11,23 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from persistence.ai_calls.record import MICRO, AICallRecord
 from persistence.errors import ValidationError
 
-__all__ = ["Price", "PriceBook", "PricedCost", "UnpricedCallError"]
+__all__ = ["Price", "PriceBook", "PricedCost", "Quote", "UnpricedCallError"]
 
 _MILLION = Decimal(1_000_000)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_MEMO_LIMIT = 10_000
+
+# (cost_usd, computed_cost_usd, cost_source, price_id): what the ledger stores about a call's cost.
+Quote = tuple[Decimal, Decimal | None, str, int | None]
 LOAD_PRICES = (
     "SELECT id, provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
     "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to FROM vendor_prices "
@@ -44,6 +50,18 @@ class Price:
     reasoning_per_mtok: Decimal
     effective_from: datetime
     effective_to: datetime | None
+    # The five per-Mtok prices as integers of 1e-6 USD (None if one has more than 6 places), so a
+    # cost is exact integer arithmetic in units of 1e-12 USD: no Decimal per bucket on the hot path.
+    micros: tuple[int, int, int, int, int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        scaled = []
+        for value in (self.input_per_mtok, self.output_per_mtok, self.cache_read_per_mtok,
+                      self.cache_write_per_mtok, self.reasoning_per_mtok):  # fmt: skip
+            micro = Decimal(value).scaleb(6)
+            scaled.append(int(micro) if micro == micro.to_integral_value() else None)
+        ints = tuple(x for x in scaled if x is not None)
+        object.__setattr__(self, "micros", ints if len(ints) == 5 else None)
 
     def covers(self, at: datetime) -> bool:
         return self.effective_from <= at and (self.effective_to is None or at < self.effective_to)
@@ -79,6 +97,9 @@ class PriceBook:
         self.missed_at = float("-inf")
         self._by_key: dict[tuple[str, str, str], list[Price]] = {}
         self._starts: dict[tuple[str, str, str], list[datetime]] = {}
+        # (provider, model, tenant) -> (from, to, price): the lookup's answer for every time in
+        # [from, to), so pricing a call is a dict get and a range compare.
+        self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Price | None]] = {}
         self.replace(rows)
 
     def replace(self, rows: Iterable[Any]) -> None:
@@ -90,6 +111,7 @@ class PriceBook:
             prices.sort(key=lambda p: p.effective_from)
         self._by_key = by_key
         self._starts = {key: [p.effective_from for p in prices] for key, prices in by_key.items()}
+        self._memo = {}
         self.loaded_at = time.monotonic()
 
     def __len__(self) -> int:
@@ -111,15 +133,57 @@ class PriceBook:
                 return self._by_key[key][i]
         return None
 
+    def _window(
+        self, provider: str, model: str, tenant: str | None, at: datetime
+    ) -> tuple[datetime, datetime, Price | None]:
+        """`lookup`'s answer at `at` and the period around `at` in which that answer holds."""
+        lo, hi = _EARLIEST, _LATEST
+        for tenant_id in (tenant, "") if tenant else ("",):
+            for p in self._by_key.get((provider, model, tenant_id), ()):
+                for edge in (p.effective_from, p.effective_to):
+                    if edge is None:
+                        continue
+                    if edge <= at:
+                        lo = max(lo, edge)
+                    else:
+                        hi = min(hi, edge)
+        return lo, hi, self.lookup(provider, model, tenant, at)
+
+    def quote(self, record: AICallRecord) -> Quote | None:
+        """`price` as a plain tuple (the logger's hot path); None when no cost is given or priced."""
+        at = record.created_at
+        key = (record.provider, record.model, record.organization_id)
+        memo = self._memo.get(key)
+        if memo is None or not memo[0] <= at < memo[1]:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            memo = self._memo[key] = self._window(record.provider, record.model, record.organization_id, at)
+        found = memo[2]
+        if found is None:
+            return None if record.cost_usd is None else (record.cost_usd, None, "provided", None)
+        m = found.micros
+        if m is None:  # a price with more than 6 places (not from vendor_prices' NUMERIC(14, 6))
+            exact = found.cost(record)
+            if record.cost_usd is not None:
+                return record.cost_usd, exact, "provided", found.id
+            return exact.quantize(MICRO, rounding=ROUND_HALF_UP), exact, "computed", found.id
+        pico = (
+            record.input_tokens * m[0]
+            + record.output_tokens * m[1]
+            + record.cache_read_tokens * m[2]
+            + record.cache_write_tokens * m[3]
+            + record.reasoning_tokens * m[4]
+        )  # 1e-12 USD
+        computed = Decimal(pico).scaleb(-12)
+        if record.cost_usd is not None:
+            return record.cost_usd, computed, "provided", found.id
+        # Half-up to 6 places (costs are never negative).
+        return Decimal((pico + 500_000) // 1_000_000).scaleb(-6), computed, "computed", found.id
+
     def price(self, record: AICallRecord) -> PricedCost | None:
         """Cost fields for `record`; None when it gives no cost and no price is in force."""
-        found = self.lookup(record.provider, record.model, record.organization_id, record.created_at)
-        computed = found.cost(record) if found is not None else None
-        if record.cost_usd is not None:
-            return PricedCost(record.cost_usd, computed, "provided", found.id if found else None)
-        if computed is None or found is None:
-            return None
-        return PricedCost(computed.quantize(MICRO, rounding=ROUND_HALF_UP), computed, "computed", found.id)
+        quote = self.quote(record)
+        return None if quote is None else PricedCost(*quote)
 
 
 class UnpricedCallError(ValidationError):

@@ -16,7 +16,13 @@ from persistence.ai_calls.record import _utc, hour_ceil, hour_floor
 from persistence.errors import ValidationError, translate
 from persistence.models.rollups import DIMENSIONS, MEASURES
 
-__all__ = ["fold_rollups", "fold_rollups_raw", "rebuild_rollups", "rebuild_rollups_raw"]
+__all__ = [
+    "DELTAS_OF_CALLS",
+    "fold_rollups",
+    "fold_rollups_raw",
+    "rebuild_rollups",
+    "rebuild_rollups_raw",
+]
 
 ROLLUP_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.rollups").digest()[:8], "big", signed=True)
 
@@ -61,16 +67,26 @@ SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {di
        count(*), count(*) FILTER (WHERE status <> 'success'), sum(input_tokens), sum(output_tokens),
        sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens), sum(total_tokens),
        sum(cost_usd), sum(computed_cost_usd), coalesce(sum(latency_ms), 0), count(latency_ms)
-  FROM ai_calls WHERE created_at >= $1 AND created_at < $2
+  FROM ai_calls WHERE {where}
  GROUP BY 1, {dims}
 """
+# The deltas of calls just written in this transaction ($1 their ids, $2..$3 the least and greatest):
+# the server aggregates them, exactly as a rebuild would. The id range makes the plan one pk range
+# scan per partition whatever the statistics say (ids from one nextval series are contiguous unless
+# another writer drew some meanwhile); `id + 0 = ANY` keeps the exact set a hashed filter, not 5000
+# index probes. A created_at condition would invite scans of every row in the batch's time span.
+DELTAS_OF_CALLS = f"INSERT INTO ai_call_usage_deltas (hour, {_DIMS}, {_MEASURES}) " + _FROM_LEDGER.format(
+    dims=_DIMS, where="id >= $2 AND id <= $3 AND id + 0 = ANY($1::bigint[])"
+)
+_WINDOW = "created_at >= $1 AND created_at < $2"
 REBUILD = (
     "DELETE FROM ai_call_usage_deltas WHERE hour >= $1 AND hour < $2",
     "DELETE FROM ai_call_usage_hourly WHERE hour >= $1 AND hour < $2",
     "DELETE FROM ai_call_model_hourly WHERE hour >= $1 AND hour < $2",
-    f"INSERT INTO ai_call_usage_hourly (hour, {_DIMS}, {_MEASURES}) " + _FROM_LEDGER.format(dims=_DIMS),
+    f"INSERT INTO ai_call_usage_hourly (hour, {_DIMS}, {_MEASURES}) "
+    + _FROM_LEDGER.format(dims=_DIMS, where=_WINDOW),
     f"INSERT INTO ai_call_model_hourly (hour, provider, model, {_MEASURES}) "
-    + _FROM_LEDGER.format(dims="provider, model"),
+    + _FROM_LEDGER.format(dims="provider, model", where=_WINDOW),
 )
 
 

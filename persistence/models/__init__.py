@@ -1,12 +1,13 @@
 """Every table of the package. Importing this module registers them all on `Base.metadata`."""
 
-from persistence.models.ai_calls import AICall, AICallKey, ReconciliationReport
+from persistence.models.ai_calls import AICall, AICallKey
 from persistence.models.audit import AuditLog
 from persistence.models.base import Base
 from persistence.models.checkpoints import ModelCheckpoint
 from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.pricing import VendorPrice
+from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import AICallModelHourly, AICallUsageDelta, AICallUsageHourly
 from persistence.models.service_health import ServiceHealth
 from persistence.models.training import TrainingData

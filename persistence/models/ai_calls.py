@@ -6,7 +6,7 @@ buckets, raw usage, status, the price used, monthly partitions, and the idempote
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -26,9 +26,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import JSON, Base
-
-RECONCILIATION_STATUSES = ("PASS", "FAIL")
-
 
 # Call outcomes. Failed calls are logged too: the vendor may bill them, and reconciliation must see them.
 CALL_STATUSES = ("success", "error", "timeout", "rate_limited", "cancelled")
@@ -133,33 +130,3 @@ class AICallKey(Base):
 
 
 Index("ix_ai_call_keys_call_created_at_brin", AICallKey.call_created_at, postgresql_using="brin")
-
-
-class ReconciliationReport(Base):
-    """One comparison of the ledger against the metering vendor's numbers for a period."""
-
-    __tablename__ = "reconciliation_reports"
-
-    id: Mapped[int] = mapped_column(Integer, Identity(always=False), primary_key=True)
-    report_date: Mapped[date] = mapped_column(unique=True)
-    period_start: Mapped[datetime]
-    period_end: Mapped[datetime]
-
-    total_calls: Mapped[int] = mapped_column(Integer)
-    total_cost_usd: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    provider_stats: Mapped[JSON | None]
-
-    revenium_calls: Mapped[int | None] = mapped_column(Integer)
-    revenium_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
-    variance_pct: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
-    status: Mapped[str | None] = mapped_column(String(10))
-
-    generated_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-    __table_args__ = (
-        CheckConstraint("period_end > period_start", name="period_ordered"),
-        CheckConstraint(
-            "status IN (" + ", ".join(f"'{s}'" for s in RECONCILIATION_STATUSES) + ")", name="status_known"
-        ),
-    )

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import inspect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from persistence.models import Base
-from persistence.transaction import session_scope
+from persistence.transaction import connection_scope, session_scope
 
 ModelT = TypeVar("ModelT", bound=Base)
 
@@ -34,6 +34,12 @@ class RepositoryBase(Generic[ModelT]):
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with session_scope(self.engine) as session:
             yield session
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """For statements that load no model instances: skips the ORM session outside a block."""
+        async with connection_scope(self.engine) as conn:
+            yield conn
 
     @property
     def _pk(self) -> InstrumentedAttribute[Any]:

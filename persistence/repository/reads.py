@@ -192,15 +192,15 @@ class Reads(RepositoryBase[ModelT]):
         """How many rows match."""
         clauses = where_clauses(self.model, filters, lookups)
         stmt = select(func.count()).select_from(self.model).where(*clauses)
-        async with self.session() as session:
-            return int(await session.scalar(stmt) or 0)
+        async with self.connection() as conn:
+            return int(await conn.scalar(stmt) or 0)
 
     async def exists(self, *filters: Filter, **lookups: Any) -> bool:
         """Whether any row matches: `SELECT EXISTS (...)`, which stops at the first row."""
         clauses = where_clauses(self.model, filters, lookups)
         stmt = select(select(literal_column("1")).select_from(self.model).where(*clauses).exists())
-        async with self.session() as session:
-            return bool(await session.scalar(stmt))
+        async with self.connection() as conn:
+            return bool(await conn.scalar(stmt))
 
     def stream(
         self,

@@ -142,22 +142,27 @@ class Writes(RepositoryBase[ModelT]):
         if not batch:
             return [] if returning else 0
         plan = _bulk_insert_plan(info, keys, returning)
-        inserted = 0
-        instances: builtins.list[ModelT] = []
-        async with self.session() as session:
-            for start in range(0, len(batch), self.chunk_rows):
-                chunk = batch[start : start + self.chunk_rows]
-                params = _column_arrays(plan, keys, chunk)
-                if plan.audited:
-                    params.update(audit_params())
-                if returning:
+        chunks = [
+            _column_arrays(plan, keys, batch[start : start + self.chunk_rows])
+            for start in range(0, len(batch), self.chunk_rows)
+        ]
+        if plan.audited:
+            audit = audit_params()
+            for params in chunks:
+                params.update(audit)
+        if returning:
+            instances: builtins.list[ModelT] = []
+            async with self.session() as session:
+                for params in chunks:
                     result = await session.execute(plan.statement, params)
                     instances.extend(cast("builtins.list[ModelT]", result.scalars().all()))
-                elif plan.counts:
-                    inserted += int((await session.execute(plan.statement, params)).scalar_one())
-                else:
-                    inserted += _rowcount(await session.execute(plan.statement, params))
-        return instances if returning else inserted
+            return instances
+        inserted = 0
+        async with self.connection() as conn:
+            for params in chunks:
+                result = await conn.execute(plan.statement, params)
+                inserted += int(result.scalar_one()) if plan.counts else _rowcount(result)
+        return inserted
 
     # -- update -------------------------------------------------------------------------------------
 
@@ -215,8 +220,8 @@ class Writes(RepositoryBase[ModelT]):
             params.update(audit_params())
         else:
             stmt = table.update().where(*clauses).values(sets)
-        async with self.session() as session:
-            result = await session.execute(stmt, params)
+        async with self.connection() as conn:
+            result = await conn.execute(stmt, params)
             return int(result.scalar_one()) if info.audited else _rowcount(result)
 
     # -- delete -------------------------------------------------------------------------------------
@@ -230,8 +235,8 @@ class Writes(RepositoryBase[ModelT]):
         params: dict[str, Any] = {"_id": key}
         if plan.audited:
             params.update(audit_params())
-        async with self.session() as session:
-            deleted = (await session.execute(plan.statement, params)).first()
+        async with self.connection() as conn:
+            deleted = (await conn.execute(plan.statement, params)).first()
         if deleted is None:
             raise NotFoundError(info.name, key)
 
@@ -252,8 +257,8 @@ class Writes(RepositoryBase[ModelT]):
             params = audit_params()
         else:
             stmt = table.delete().where(*clauses)
-        async with self.session() as session:
-            result = await session.execute(stmt, params)
+        async with self.connection() as conn:
+            result = await conn.execute(stmt, params)
             return int(result.scalar_one()) if info.audited else _rowcount(result)
 
     # -- upsert -------------------------------------------------------------------------------------

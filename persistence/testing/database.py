@@ -7,6 +7,7 @@ import itertools
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import text
@@ -46,9 +47,17 @@ def free_port(preferred: int | None = None) -> int:
 class ThrowawayPostgres:
     """One server in a temporary directory, listening on a unix socket and on 127.0.0.1:`port`."""
 
-    def __init__(self, *, port: int | None = None, bindir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        bindir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
         self._bindir = bindir or EmbeddedConfig().pg_bindir
+        # e.g. {"synchronous_commit": "on"} for a test that crashes the server and counts committed rows
+        self._settings = {**_FAST_SETTINGS, **(settings or {})}
         self._fixed_port = port is not None
         self.port = port or free_port(5432)
         self.server = self._server(self.port)
@@ -56,7 +65,7 @@ class ThrowawayPostgres:
 
     def _server(self, port: int) -> EmbeddedServer:
         return EmbeddedServer(
-            self._dir, port=port, bindir=self._bindir, listen_address="127.0.0.1", settings=_FAST_SETTINGS
+            self._dir, port=port, bindir=self._bindir, listen_address="127.0.0.1", settings=self._settings
         )
 
     def start(self) -> None:
@@ -74,6 +83,14 @@ class ThrowawayPostgres:
         with contextlib.suppress(Exception):
             self.server.stop(mode="immediate")
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def stop_server(self, mode: str = "immediate") -> None:
+        """Stop the server but keep its data ("immediate" is a crash: no checkpoint, recovery on start)."""
+        self.server.stop(mode=mode)
+
+    def start_server(self) -> None:
+        """Start the stopped server again; returns once it accepts connections (after crash recovery)."""
+        self.server.start()
 
     def config(self, database: str, **overrides: object) -> DatabaseConfig:
         """Settings for `database` over the unix socket as the superuser; env variables are ignored."""

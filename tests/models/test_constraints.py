@@ -238,7 +238,9 @@ async def test_total_tokens_cannot_be_written(session: AsyncSession) -> None:
     assert sqlstate_of(info.value) == "428C9"  # generated_always
 
 
-async def test_reconciliation_report_one_per_day_and_known_status(session: AsyncSession) -> None:
+async def test_reconciliation_report_one_per_period_and_source_and_known_status(
+    session: AsyncSession,
+) -> None:
     start = datetime(2026, 11, 1, tzinfo=UTC)
     end = datetime(2026, 11, 8, tzinfo=UTC)
     make: Callable[..., ReconciliationReport] = lambda **kw: ReconciliationReport(  # noqa: E731
@@ -254,7 +256,11 @@ async def test_reconciliation_report_one_per_day_and_known_status(session: Async
     )
     session.add(make(status="PASS"))
     await session.flush()
-    await expect_violation(session, make(status="PASS"), "23505", "uq_reconciliation_reports_report_date")
+    await expect_violation(
+        session, make(status="FAIL"), "23505", "uq_reconciliation_reports_period_start_period_end_source"
+    )
+    session.add(make(status="PASS", source="openmeter-export"))  # another source, same period
+    await session.flush()
     await expect_violation(
         session,
         make(report_date=start.date(), status="MAYBE"),

@@ -511,10 +511,15 @@ async def test_upsert_of_a_model_without_audit(engine: AsyncEngine) -> None:
         "total_calls": 1,
         "total_cost_usd": Decimal("1.50"),
         "total_tokens": 10,
+        "source": "revenium",
     }
-    first = await repo.upsert(values, on="uq_reconciliation_reports_report_date")
-    second = await repo.upsert({**values, "total_calls": 2}, on="uq_reconciliation_reports_report_date")
-    many = await repo.upsert_many([{**values, "total_calls": 3}], on="uq_reconciliation_reports_report_date")
+    first = await repo.upsert(values, on="uq_reconciliation_reports_period_start_period_end_source")
+    second = await repo.upsert(
+        {**values, "total_calls": 2}, on="uq_reconciliation_reports_period_start_period_end_source"
+    )
+    many = await repo.upsert_many(
+        [{**values, "total_calls": 3}], on="uq_reconciliation_reports_period_start_period_end_source"
+    )
     assert first.id == second.id == many[0].id
     assert many[0].total_calls == 3
     assert await count(engine, "audit_log") == 0
@@ -584,3 +589,39 @@ async def test_statement_count_helper_sees_nothing_for_refused_calls(
     assert statements == []
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(Claim)) == 0
+
+
+# -- statements without model instances share the block's connection ----------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_counts_and_bulk_writes_join_the_block_and_its_savepoints(engine: AsyncEngine) -> None:
+    """count/exists/delete/delete_many/update_many/add_many run on the block's connection, not a
+    session of their own: they see the block's writes, and roll back with the block or savepoint."""
+    repo = Claims(engine)
+    with pytest.raises(Boom):
+        async with transaction():
+            kept = await repo.add(external_id="k", content="c", claim_type="t")
+            assert await repo.add_many([{"external_id": f"m{i}", "content": "c"} for i in range(3)]) == 3
+            assert await repo.count() == 4
+            assert await repo.exists(external_id="k")
+            assert await repo.update_many(external_id__in=["m0", "m1"], values={"claim_type": "u"}) == 2
+            with pytest.raises(Boom):
+                async with transaction():
+                    await repo.delete(kept.id)
+                    assert await repo.delete_many(claim_type="u") == 2
+                    assert await repo.count() == 1
+                    raise Boom
+            assert await repo.count() == 4  # the savepoint took the deletes back
+            assert await count(engine, "claims") == 0  # nothing visible outside the block yet
+            raise Boom
+    assert await nothing_written(engine, "claims")
+
+    async with transaction():
+        assert await repo.add_many([{"external_id": "x", "content": "c"}]) == 1
+        await repo.delete_many(external_id="x")
+        assert not await repo.exists(external_id="x")
+    assert await count(engine, "audit_log", "action = 'delete'") == 1

@@ -1,0 +1,155 @@
+"""`SyncAICallLogger`: the ledger from plain synchronous code (seed 000's integration example).
+
+asyncpg connections belong to one event loop, so the facade owns a private loop in a daemon thread,
+creates its engine there, and runs each call on it (`run_coroutine_threadsafe(...).result()`).
+Every method blocks until the database answered, and raises exactly what `AICallLogger` raises.
+Thread-safe: several threads may log through one facade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar
+
+from persistence.ai_calls.logger import AICallLogger, Stats
+from persistence.ai_calls.record import AICallRecord
+from persistence.config import DatabaseConfig
+from persistence.errors import PersistenceError
+
+__all__ = ["SyncAICallLogger"]
+
+T = TypeVar("T")
+
+
+def _config(db_config: DatabaseConfig | Mapping[str, Any] | str | None) -> DatabaseConfig:
+    if db_config is None:
+        return DatabaseConfig()
+    if isinstance(db_config, DatabaseConfig):
+        return db_config
+    if isinstance(db_config, str):
+        return DatabaseConfig.model_validate({"url": db_config})
+    return DatabaseConfig.model_validate(dict(db_config))  # seed 000's {'host', 'port', 'database', ...}
+
+
+class SyncAICallLogger:
+    """Blocking `log_call` / `log_batch` / `get_stats` / `close` over an `AICallLogger`.
+
+    `db_config`: a `DatabaseConfig`, seed 000's dict (`host`, `port`, `database`, `user`,
+    `password`), a URL, or None for the environment (`DATABASE_URL`, `DB_*`, embedded server).
+    """
+
+    def __init__(
+        self,
+        db_config: DatabaseConfig | Mapping[str, Any] | str | None = None,
+        *,
+        connections: int = 4,
+        timeout: float | None = 60.0,
+    ) -> None:
+        self.timeout = timeout
+        config = _config(db_config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="persistence-ai-call-logger", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        try:
+            self._logger = self._call(self._open(config, connections))
+        except BaseException:
+            self._stop()
+            raise
+
+    @staticmethod
+    async def _open(config: DatabaseConfig, connections: int) -> AICallLogger:
+        from persistence.engine import create_database_engine
+
+        engine = await create_database_engine(config)
+        return AICallLogger(engine, connections=connections)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise PersistenceError("SyncAICallLogger cannot be used from its own event loop thread")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise PersistenceError("SyncAICallLogger is closed")
+
+    def log_call(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: Decimal | int | str | None = None,
+        latency_ms: int | None = None,
+        customer_id: str | None = None,
+        organization_id: str | None = None,
+        product_id: str | None = None,
+        environment: str | None = None,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+        **extra: Any,
+    ) -> int:
+        """`AICallLogger.log_call`, blocking: returns the id once the row is committed."""
+        self._check()
+        return self._call(
+            self._logger.log_call(
+                provider,
+                model,
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                latency_ms,
+                customer_id,
+                organization_id,
+                product_id,
+                environment,
+                request_id,
+                trace_id,
+                **extra,
+            )
+        )
+
+    def log_batch(self, calls: Iterable[AICallRecord | Mapping[str, Any]]) -> int:
+        """`AICallLogger.log_batch`, blocking: the number of new rows."""
+        self._check()
+        return self._call(self._logger.log_batch(list(calls)))
+
+    def get_stats(self, start_date: datetime, end_date: datetime) -> Stats:
+        self._check()
+        return self._call(self._logger.get_stats(start_date, end_date))
+
+    def close(self) -> None:
+        """Release the connections, dispose the engine and stop the loop thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._shutdown())
+        finally:
+            self._stop()
+
+    async def _shutdown(self) -> None:
+        await self._logger.close()
+        await self._logger.engine.dispose()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> SyncAICallLogger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
