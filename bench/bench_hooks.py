@@ -188,8 +188,8 @@ async def main() -> None:
     if args.output is not None:
         args.output.write_text(
             "# Hooks overhead (`python bench/bench_hooks.py`)\n\n"
-            "Repository calls on an engine without hooks vs the same engine type with the Prometheus sink "
-            "attached, measured in one run.\n\n" + table + "\n"
+            "Repository calls on an engine without hooks vs engines with sinks attached, measured in one "
+            "run.\n\n" + table + "\n"
         )
 
 

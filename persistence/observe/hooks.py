@@ -235,4 +235,11 @@ def hooks_of(engine: AsyncEngine) -> Hooks | None:
     """The hooks attached to `engine`, None when there are none (the common, free case)."""
     if not _ENGINE_HOOKS:
         return None
-    return _ENGINE_HOOKS.get(engine.sync_engine)
+    sync = engine.sync_engine
+    hooks = _ENGINE_HOOKS.get(sync)
+    if hooks is None:
+        # `engine.execution_options(...)` makes an option engine that proxies the hooked one.
+        proxied = getattr(sync, "_proxied", None)
+        if isinstance(proxied, Engine):
+            hooks = _ENGINE_HOOKS.get(proxied)
+    return hooks

@@ -240,3 +240,14 @@ async def test_an_engine_without_hooks_has_no_listeners(db_config: DatabaseConfi
 def test_transaction_start_goes_only_to_sinks_that_implement_it() -> None:
     assert not Hooks([BaseHook()]).wants_transaction_start
     assert Hooks([BaseHook(), Recorder()]).wants_transaction_start
+
+
+@pytest.mark.commits
+async def test_an_engine_with_execution_options_keeps_the_hooks(
+    recorded: tuple[AsyncEngine, Recorder],
+) -> None:
+    engine, rec = recorded
+    claims = ClaimRepository(engine.execution_options(logging_token="x"))
+    await claims.add(external_id="opt", content="x")
+    assert [(q.operation, q.table) for q in rec.queries] == [("INSERT", "claims")]
+    assert [t.outcome for t in rec.transactions] == ["commit"]
