@@ -134,7 +134,7 @@ _LOST = (
 
 
 # What each unit of work reports to hooks: operation, main table and statement, as the engine's
-# cursor events would (log_batch is reported as its COPY into the ledger).
+# instrumented statements would (log_batch is reported as its COPY into the ledger).
 _UNKNOWN = StatementInfo("UNKNOWN", None, "")
 _INFOS = {
     "_log_one": describe(LOG_CALL),
@@ -292,7 +292,7 @@ class AICallLogger:
         """`work(raw_connection, *args)` with our error types; one retry on a lost connection.
 
         Engines built with hooks also get a `QueryEvent` per call (these raw-asyncpg paths bypass
-        SQLAlchemy's cursor events); without hooks this is one attribute test and no extra frame.
+        the engine's instrumented dialect); without hooks this is one attribute test and no extra frame.
         """
         if self._hooks is None:
             return self._attempts(work, *args)
