@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
@@ -613,31 +613,23 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of scripts/seed_database.py: `persistence seed` with its own program name."""
     parser = argparse.ArgumentParser(prog="seed_database.py", description=SEED_DESCRIPTION)
     add_seed_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(_seed(args))
-    except ValidationError as exc:
-        print(f"error: {configuration_error(exc)}", file=sys.stderr)
-        return 2
-    except PersistenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the seeding transaction was rolled back", file=sys.stderr)
-        return 130
+    return _run_script(_seed(parser.parse_args(argv)), "interrupted; the seeding transaction was rolled back")
 
 
 def reconcile_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of scripts/reconcile.py (seed 000's weekly cron): `persistence reconcile`."""
     parser = argparse.ArgumentParser(prog="reconcile.py", description=RECONCILE_DESCRIPTION)
     add_reconcile_arguments(parser)
-    return _run_reconcile(parser, argv)
+    return _run_script(
+        _reconcile(parser.parse_args(argv)),
+        "interrupted; no report was saved unless the summary was printed",
+    )
 
 
-def _run_reconcile(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
+def _run_script(work: Coroutine[Any, Any, int], interrupted: str) -> int:
+    """Run a script's coroutine; exit 2 on bad settings, 1 on our errors, 130 on Ctrl-C."""
     try:
-        return asyncio.run(_reconcile(args))
+        return asyncio.run(work)
     except ValidationError as exc:
         print(f"error: {configuration_error(exc)}", file=sys.stderr)
         return 2
@@ -645,5 +637,5 @@ def _run_reconcile(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; no report was saved unless the summary was printed", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
