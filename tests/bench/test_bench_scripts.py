@@ -1,0 +1,47 @@
+"""The benchmarks in bench/ still run against the current schema and API (a smoke run, no timing).
+
+Benchmarks are not timed tests; this only keeps them from rotting between the runs that fill
+BENCHMARKS.md (a migration once broke one silently).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+SMOKE_RUNS = [
+    (
+        "bench_repository.py",
+        ["--rounds", "1"],
+        ["| page (keyset, 100 rows) |", "| upsert_many (1000 rows) |"],
+    ),
+    ("bench_hooks.py", ["--rounds", "2", "--inner", "1"], ["| repo.get | hooks + Prometheus |"]),
+    (
+        "bench_ledger.py",
+        ["--stats-rows", "2000", "--rounds", "1", "--batch", "100"],
+        ["| batch ingest", "| log_call p50 latency", "| 8 concurrent loggers", "| get_stats over a month"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "rows"), SMOKE_RUNS, ids=[s for s, _, _ in SMOKE_RUNS])
+def test_benchmark_runs_and_prints_its_table(script: str, args: list[str], rows: list[str]) -> None:
+    # Each script starts its own throwaway server; never point one at a configured database.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("DB_")}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in rows:
+        assert row in done.stdout, done.stdout[-3000:]
