@@ -10,8 +10,8 @@ Semantics follow Django's `atomic`, with what it lacks:
 - `retries=N` (decorator form only) re-runs the whole outermost block on serialization failure
   (40001) or deadlock (40P01), with jittered exponential backoff. A nested block is never retried
   alone and no other error is retried.
-- `await on_commit(callback)` runs the callback (sync or async) after the outermost commit, in
-  registration order; callbacks registered in a savepoint that rolls back are dropped. With
+- `on_commit(callback)` (awaiting it is optional) runs the callback (sync or async) after the
+  outermost commit, in registration order; callbacks registered in a savepoint that rolls back are dropped. With
   `retries`, they run after the retry loop: an error a callback raises (even a retryable one) comes
   after the commit and never re-runs the block.
 - A block belongs to the asyncio task that opened it. Child tasks inherit context variables, so
@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import inspect
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -268,17 +268,54 @@ async def current_session(engine: AsyncEngine) -> AsyncSession:
     return await frame.boundary.session_for(engine)
 
 
-async def on_commit(callback: Callback, *, robust: bool = False) -> None:
+class _Registered:
+    """What `on_commit` returns inside a block: awaiting it is optional and does nothing."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_REGISTERED = _Registered()
+
+
+def on_commit(callback: Callback, *, robust: bool = False) -> Awaitable[None]:
     """Run `callback` after the outermost block commits (now, when no block is active).
 
-    With `robust=True` an exception from the callback is logged and the next callbacks still run.
+    Registering needs no I/O, so `on_commit(cb)` works as in Django, and `await on_commit(cb)` too.
+    Outside a block a sync callback runs at once; an async one is scheduled, and awaiting the
+    result waits for it. With `robust=True` an exception from the callback is logged and the next
+    callbacks still run.
     """
     frame = _active_frame()
-    if frame is None:
-        await _run_callbacks([(callback, robust)])
-        return
-    _check_task(frame.boundary)
-    frame.callbacks.append((callback, robust))
+    if frame is not None:
+        _check_task(frame.boundary)
+        frame.callbacks.append((callback, robust))
+        return _REGISTERED
+    try:
+        result = callback()
+    except Exception:
+        if not robust:
+            raise
+        _log_failed(callback)
+        return _REGISTERED
+    if inspect.isawaitable(result):
+        return asyncio.ensure_future(_settle(result, callback, robust))
+    return _REGISTERED
+
+
+async def _settle(result: Awaitable[Any], callback: Callback, robust: bool) -> None:
+    try:
+        await result
+    except Exception:
+        if not robust:
+            raise
+        _log_failed(callback)
+
+
+def _log_failed(callback: Callback) -> None:
+    log.exception("on_commit callback failed", callback=getattr(callback, "__qualname__", repr(callback)))
 
 
 async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
@@ -290,9 +327,7 @@ async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
         except Exception:
             if not robust:
                 raise
-            log.exception(
-                "on_commit callback failed", callback=getattr(callback, "__qualname__", repr(callback))
-            )
+            _log_failed(callback)
 
 
 class Transaction:

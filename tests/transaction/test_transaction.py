@@ -201,6 +201,25 @@ async def test_on_commit_outside_a_block_runs_now_and_robust_callbacks_do_not_st
     assert seen == ["now", "still runs"]
 
 
+async def test_on_commit_needs_no_await_as_in_django(engine: AsyncEngine) -> None:
+    seen: list[str] = []
+
+    async def later() -> None:
+        await asyncio.sleep(0)
+        seen.append("async, outside")
+
+    async with transaction():
+        await add_claim(engine, "y")
+        on_commit(lambda: seen.append("registered without await"))
+        assert seen == []
+    assert seen == ["registered without await"]
+
+    on_commit(lambda: seen.append("sync, outside: at once"))
+    assert seen[-1] == "sync, outside: at once"
+    await on_commit(later)  # awaiting waits for an async callback run outside a block
+    assert seen[-1] == "async, outside"
+
+
 async def bump(engine: AsyncEngine, row: int) -> None:
     """Read-then-write of one counter inside the current block."""
     async with session_scope(engine) as session:
