@@ -29,11 +29,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.spool import Spool, SpooledRecord
 from persistence.errors import ConflictError, IntegrityViolation, InvalidRequestError, PersistenceError
 
+log = structlog.get_logger("persistence.ai_calls.batch")
 _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
 
 
@@ -236,6 +239,9 @@ class BatchLogger:
             if not _is_outage(exc):
                 await self._reject(batch)
                 return True
+            log.warning(
+                "database unavailable", calls=len(batch), error=type(exc).__name__, spooled=bool(self.spool)
+            )
             if self.spool is None:
                 return False
         entries = [SpooledRecord(r.idempotency_key, encode_record(r)) for r in batch]
@@ -258,6 +264,14 @@ class BatchLogger:
                     self._spool_pending += 1
                     continue
                 self._rejected += 1
+                log.error(
+                    "AI call refused by the database",
+                    key=record.idempotency_key,
+                    provider=record.provider,
+                    model=record.model,
+                    error=type(exc).__name__,
+                    kept_in=str(self.spool.directory / "rejected.jsonl") if self.spool else None,
+                )
                 if self.spool is not None:
                     line = json.dumps({"key": record.idempotency_key, "record": encode_record(record),
                                        "error": type(exc).__name__})  # fmt: skip
@@ -271,7 +285,13 @@ class BatchLogger:
             entries = await asyncio.to_thread(spool.read, segment)
             records = [decode_record(e.record) for e in entries]
             for start in range(0, len(records), self.batch_size):
-                self._written += await self.logger.log_batch(records[start : start + self.batch_size])
+                chunk = records[start : start + self.batch_size]
+                try:
+                    self._written += await self.logger.log_batch(chunk)
+                except Exception as exc:
+                    if _is_outage(exc):
+                        raise  # down again: this segment waits for the next replay
+                    await self._reject(chunk)  # one refused call must not hold back the others
             await asyncio.to_thread(spool.done, segment)
             self._replayed += len(records)
             self._spool_pending = max(0, self._spool_pending - len(records))

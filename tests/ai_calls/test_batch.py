@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import AICallLogger, AICallRecord, BatchLogger
 from persistence.ai_calls.batch import decode_record, encode_record
+from persistence.ai_calls.spool import Spool, SpooledRecord
 from persistence.engine import build_engine
 from persistence.testing import ThrowawayPostgres
 
@@ -78,6 +79,26 @@ async def test_a_call_the_database_refuses_is_kept_aside_and_the_rest_land(
         assert (stats.written, stats.rejected, stats.spooled) == (2, 1, 0)
         kept = (tmp_path / "rejected.jsonl").read_text()
         assert '"key": "openai:batch-1"' in kept and '"ConflictError"' in kept
+
+
+@pytest.mark.commits
+async def test_a_refused_call_in_the_spool_does_not_hold_back_the_others(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # Spooled during an outage, before the database could judge them; one turns out to be refused.
+    spool = Spool(tmp_path)
+    spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in
+                  (call(10), call(11, input_tokens=999), call(12))])  # fmt: skip
+    spool.close()
+    async with AICallLogger(fresh_engine) as logger:
+        await logger.log_record(call(11))
+        batcher = BatchLogger(logger, spool_dir=tmp_path)
+        assert batcher.stats.pending_in_spool == 3
+        await batcher.close()
+        assert await count(fresh_engine) == 3
+        stats = batcher.stats
+        assert (stats.written, stats.rejected, stats.pending_in_spool) == (2, 1, 0)
+        assert '"key": "openai:batch-11"' in (tmp_path / "rejected.jsonl").read_text()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
