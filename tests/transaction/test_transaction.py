@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -255,6 +255,28 @@ async def test_retries_recover_from_a_real_serialization_failure(engine: AsyncEn
     await work()
     assert attempts == 2
     assert await counter(engine, 1) == 101
+
+
+async def test_retries_recover_from_a_real_deadlock(engine: AsyncEngine) -> None:
+    """Two blocks lock rows 1 and 2 in opposite orders; PostgreSQL aborts one (40P01), it re-runs."""
+    holding = {1: asyncio.Event(), 2: asyncio.Event()}
+    attempts = {1: 0, 2: 0}
+
+    def worker(first: int, second: int) -> Callable[[], Coroutine[Any, Any, None]]:
+        @transaction(retries=2)
+        async def work() -> None:
+            attempts[first] += 1
+            await bump(engine, first)
+            if attempts[first] == 1:  # only the first attempt waits: the retry must not deadlock again
+                holding[first].set()
+                await holding[second].wait()
+            await bump(engine, second)
+
+        return work
+
+    await asyncio.gather(worker(1, 2)(), worker(2, 1)())
+    assert sorted(attempts.values()) == [1, 2]  # exactly one victim, retried once
+    assert await counter(engine, 1) == 2 and await counter(engine, 2) == 2
 
 
 async def test_retries_give_up_after_n_with_transient_error(engine: AsyncEngine) -> None:
