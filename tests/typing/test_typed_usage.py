@@ -74,3 +74,16 @@ async def test_inferred_types(fresh_engine: AsyncEngine) -> None:
     assert_type(await CheckpointRepository(fresh_engine).activate("m", "1"), ModelCheckpoint)
     assert_type(checkpoint, ModelCheckpoint)
     assert_type(await AuditLogRepository(fresh_engine).recent(), list[AuditLog])
+
+    claims = ClaimRepository(fresh_engine)
+    assert_type(await claims.add_many([{"external_id": "m1", "content": "x"}]), int)
+    many = await claims.add_many([{"external_id": "m2", "content": "x"}], returning=True)
+    assert_type(many, list[Claim])
+    upserted = await claims.upsert({"external_id": "m2", "content": "y"}, on="uq_claims_external_id")
+    assert_type(upserted, Claim)
+    assert upserted.id == many[0].id and upserted.content == "y"
+    rows = [{"external_id": "m3", "content": "z"}]
+    assert_type(await claims.upsert_many(rows, on="uq_claims_external_id"), list[Claim])
+    assert_type(await claims.update_many(values={"content": "w"}, external_id="m3"), int)
+    assert_type(await claims.delete(upserted.id), None)
+    assert_type(await claims.delete_many(external_id="m3"), int)
