@@ -251,3 +251,19 @@ async def test_an_engine_with_execution_options_keeps_the_hooks(
     await claims.add(external_id="opt", content="x")
     assert [(q.operation, q.table) for q in rec.queries] == [("INSERT", "claims")]
     assert [t.outcome for t in rec.transactions] == ["commit"]
+
+
+@pytest.mark.commits
+async def test_a_connection_killed_by_the_server_is_reported_invalidated(
+    recorded: tuple[AsyncEngine, Recorder],
+) -> None:
+    engine, rec = recorded
+    async with engine.connect() as victim:
+        pid = await victim.scalar(text("SELECT pg_backend_pid()"))
+        async with engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(Exception):  # noqa: B017,PT011  (the driver's own "connection lost" error)
+            await victim.execute(text("SELECT 1"))
+    assert "invalidate" in [p.kind for p in rec.pool]
+    async with engine.connect() as conn:  # the pool replaced it
+        assert await conn.scalar(text("SELECT 1")) == 1
