@@ -293,21 +293,25 @@ def on_commit(callback: Callback, *, robust: bool = False) -> Awaitable[None]:
         _check_task(frame.boundary)
         frame.callbacks.append((callback, robust))
         return _REGISTERED
+    pending = _call(callback, robust)
+    return _REGISTERED if pending is None else asyncio.ensure_future(_settle(pending, callback, robust))
+
+
+def _call(callback: Callback, robust: bool) -> Awaitable[Any] | None:
+    """Call `callback`; what is left to await of it, if anything."""
     try:
         result = callback()
     except Exception:
         if not robust:
             raise
         _log_failed(callback)
-        return _REGISTERED
-    if inspect.isawaitable(result):
-        return asyncio.ensure_future(_settle(result, callback, robust))
-    return _REGISTERED
+        return None
+    return result if inspect.isawaitable(result) else None
 
 
-async def _settle(result: Awaitable[Any], callback: Callback, robust: bool) -> None:
+async def _settle(pending: Awaitable[Any], callback: Callback, robust: bool) -> None:
     try:
-        await result
+        await pending
     except Exception:
         if not robust:
             raise
@@ -320,14 +324,9 @@ def _log_failed(callback: Callback) -> None:
 
 async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
     for callback, robust in callbacks:
-        try:
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            if not robust:
-                raise
-            _log_failed(callback)
+        pending = _call(callback, robust)
+        if pending is not None:
+            await _settle(pending, callback, robust)
 
 
 class Transaction:

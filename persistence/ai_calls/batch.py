@@ -235,8 +235,9 @@ class BatchLogger:
             self._healthy = True
             return True
         except Exception as exc:
-            self._healthy = not _is_outage(exc)
-            if not _is_outage(exc):
+            outage = _is_outage(exc)
+            self._healthy = not outage
+            if not outage:
                 await self._reject(batch)
                 return True
             log.warning(
@@ -244,11 +245,16 @@ class BatchLogger:
             )
             if self.spool is None:
                 return False
-        entries = [SpooledRecord(r.idempotency_key, encode_record(r)) for r in batch]
-        await asyncio.to_thread(self.spool.append, entries)
-        self._spooled += len(batch)
-        self._spool_pending += len(batch)
+        await self._spool(batch)
         return True
+
+    async def _spool(self, records: list[AICallRecord]) -> None:
+        """Append `records` to the durable spool (fsync'd when this returns) and count them."""
+        assert self.spool is not None
+        entries = [SpooledRecord(r.idempotency_key, encode_record(r)) for r in records]
+        await asyncio.to_thread(self.spool.append, entries)
+        self._spooled += len(records)
+        self._spool_pending += len(records)
 
     async def _reject(self, batch: list[AICallRecord]) -> None:
         """Keep a batch the database refused for good, one by one, so the good calls still land."""
@@ -257,11 +263,7 @@ class BatchLogger:
                 self._written += await self.logger.log_batch([record])
             except Exception as exc:
                 if _is_outage(exc) and self.spool is not None:
-                    await asyncio.to_thread(
-                        self.spool.append, [SpooledRecord(record.idempotency_key, encode_record(record))]
-                    )
-                    self._spooled += 1
-                    self._spool_pending += 1
+                    await self._spool([record])
                     continue
                 self._rejected += 1
                 log.error(
