@@ -138,14 +138,20 @@ _MEASURE_NAMES = (
 )
 
 
-def upgrade() -> None:
-    # 1. The seed's plain table steps aside (its names are freed for the partitioned one).
-    op.execute("ALTER TABLE ai_calls RENAME TO ai_calls_seed")
-    op.execute("ALTER INDEX pk_ai_calls RENAME TO pk_ai_calls_seed")
-    op.execute("ALTER SEQUENCE ai_calls_id_seq RENAME TO ai_calls_seed_id_seq")
+def _set_aside(name: str) -> None:
+    """Rename `ai_calls` (with its key and sequence) to `name` and drop its indexes, so a new
+    `ai_calls` can take every name; the caller copies the rows over and drops the old table."""
+    op.execute(f"ALTER TABLE ai_calls RENAME TO {name}")
+    op.execute(f"ALTER INDEX pk_ai_calls RENAME TO pk_{name}")
+    op.execute(f"ALTER SEQUENCE ai_calls_id_seq RENAME TO {name}_id_seq")
     for index in ("ix_ai_calls_created_at_brin", "ix_ai_calls_customer_id_created_at",
                   "ix_ai_calls_organization_id_created_at", "ix_ai_calls_provider"):  # fmt: skip
-        op.drop_index(index, table_name="ai_calls_seed")
+        op.drop_index(index, table_name=name)
+
+
+def upgrade() -> None:
+    # 1. The seed's plain table steps aside (its names are freed for the partitioned one).
+    _set_aside("ai_calls_seed")
 
     # 2. The partitioned ledger.
     op.create_table(
@@ -338,12 +344,7 @@ def downgrade() -> None:
 
     # The seed's plain table again, with the seed's columns of every row (the buckets are lost:
     # cache and reasoning tokens are folded into input/output so totals still add up).
-    op.execute("ALTER TABLE ai_calls RENAME TO ai_calls_ledger")
-    op.execute("ALTER INDEX pk_ai_calls RENAME TO pk_ai_calls_ledger")
-    op.execute("ALTER SEQUENCE ai_calls_id_seq RENAME TO ai_calls_ledger_id_seq")
-    for index in ("ix_ai_calls_created_at_brin", "ix_ai_calls_customer_id_created_at",
-                  "ix_ai_calls_organization_id_created_at", "ix_ai_calls_provider"):  # fmt: skip
-        op.drop_index(index, table_name="ai_calls_ledger")
+    _set_aside("ai_calls_ledger")
     op.create_table(
         "ai_calls",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
