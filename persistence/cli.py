@@ -298,7 +298,7 @@ async def _rollups(args: argparse.Namespace) -> int:
     engine = await create_database_engine(DatabaseConfig())
     try:
         if args.action == "fold":
-            print(f"folded {await fold_rollups(engine)} pending deltas into the hourly rollups")
+            print(f"folded the usage of {await fold_rollups(engine)} calls into the hourly rollups")
         else:
             if args.start is None or args.end is None:
                 print("error: rebuild needs --start and --end", file=sys.stderr)
@@ -374,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="lock_timeout of each DDL step (default %(default)s)",
     )
 
-    rollups = sub.add_parser("rollups", help="fold pending deltas, or rebuild the hourly rollups of a window")
+    rollups = sub.add_parser(
+        "rollups", help="fold pending usage now, or rebuild the hourly rollups of a window"
+    )
     rollups.add_argument("action", choices=["fold", "rebuild"])
     rollups.add_argument("--start", type=_utc_datetime, help="rebuild from (ISO time, UTC if no offset)")
     rollups.add_argument("--end", type=_utc_datetime, help="rebuild until (ISO time, UTC if no offset)")

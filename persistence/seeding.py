@@ -121,6 +121,7 @@ SEEDED_TABLES: tuple[str, ...] = tuple(t.name for t in _TABLES_IN_ORDER)
 # with it by a reset; not counted as seeded tables.
 LEDGER_DERIVED_TABLES: tuple[str, ...] = (
     "ai_call_keys",
+    "ai_call_pending_batches",
     "ai_call_usage_deltas",
     "ai_call_usage_hourly",
     "ai_call_model_hourly",
@@ -1041,12 +1042,11 @@ async def _insert_keys(conn: AsyncConnection, rows: Sequence[dict[str, Any]], in
 async def _rebuild_rollups(conn: AsyncConnection, start: datetime, end: datetime) -> None:
     """Hourly rollups of the seeded window recomputed from the ledger, in the seeding transaction."""
     from persistence.ai_calls.record import hour_ceil, hour_floor
-    from persistence.ai_calls.rollups import REBUILD
+    from persistence.ai_calls.rollups import rebuild_window
 
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
-    for statement in REBUILD:
-        await raw.execute(statement, hour_floor(start), hour_ceil(end))
+    await rebuild_window(raw, hour_floor(start), hour_ceil(end))
 
 
 async def _insert_missing_ai_calls(

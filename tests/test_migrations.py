@@ -77,6 +77,26 @@ def test_every_revision_steps_down_and_up(pg: ThrowawayPostgres, empty_db: str) 
     assert project_tables(pg, empty_db) == set(Base.metadata.tables)
 
 
+def test_downgrade_from_0005_keeps_the_usage_of_pending_batches(pg: ThrowawayPostgres, empty_db: str) -> None:
+    assert alembic(empty_db, "upgrade", "head").returncode == 0
+    database = empty_db.split("@/", 1)[1].split("?", 1)[0]
+    pg.server.psql(
+        "INSERT INTO ai_calls (id, created_at, provider, model, input_tokens, output_tokens, cost_usd) "
+        "VALUES (1, '2026-01-01 10:05Z', 'openai', 'gpt-4o', 10, 5, 0.25), "
+        "(2, '2026-01-01 10:50Z', 'openai', 'gpt-4o', 20, 5, 0.50), "
+        "(3, '2026-01-01 11:10Z', 'openai', 'gpt-4o', 30, 5, 1.00); "
+        "INSERT INTO ai_call_pending_batches (first_id, last_id) VALUES (1, 3);",
+        database=database,
+    )
+    step = alembic(empty_db, "downgrade", "0004")
+    assert step.returncode == 0, step.stderr
+    out = pg.server.psql(
+        "SELECT hour AT TIME ZONE 'UTC', calls, total_tokens, cost_usd FROM ai_call_usage_deltas ORDER BY hour;",
+        database=database,
+    )
+    assert out.split() == ["2026-01-01", "10:00:00|2|40|0.750000", "2026-01-01", "11:00:00|1|35|1.000000"]
+
+
 def test_autogenerate_on_a_migrated_database_finds_nothing(empty_db: str, tmp_path: Path) -> None:
     # Work on a copy, so the generated revision never lands in the checkout.
     shutil.copytree(ROOT / "alembic", tmp_path / "alembic")

@@ -7,12 +7,12 @@ and talks to them through asyncpg directly, with statements asyncpg prepares onc
 - `log_call` is ONE statement in autocommit (one round trip): a CTE inserts the ledger row, its
   idempotency key and its rollup delta, or, when the key exists, returns the original id. It
   returns only after the commit, and raises on any failure.
-- `log_batch` COPYs keys and rows and has the server aggregate the rows just written into rollup
-  deltas (one `INSERT .. SELECT`), in one transaction; when a key already exists (a retried batch)
-  it falls back to an `INSERT .. ON CONFLICT DO NOTHING` path that adds only the new calls. It
-  returns the number of new rows.
-- `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas) and the partial hours at
-  the edges from the ledger: exactly what a raw scan returns.
+- `log_batch` COPYs keys and rows and records the batch's id range as pending for the rollups, in
+  one transaction; when a key already exists (a retried batch) it falls back to an
+  `INSERT .. ON CONFLICT DO NOTHING` path that adds only the new calls. It returns the number of
+  new rows. Folds (every `fold_every` rows, in the background) aggregate pending batches.
+- `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas and pending batches' rows)
+  and the partial hours at the edges from the ledger: exactly what a raw scan returns.
 
 A lost connection is replaced and the call retried once: the idempotency key makes that safe.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
@@ -35,8 +36,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
-from persistence.ai_calls.rollups import DELTAS_OF_CALLS, FOLD, fold_rollups_raw
-from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError, translate
+from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, fold_rollups_raw
+from persistence.errors import (
+    ConflictError,
+    InvalidRequestError,
+    PersistenceError,
+    TransientError,
+    ValidationError,
+    translate,
+)
 from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
@@ -98,10 +106,20 @@ RETURNING idempotency_key
 _KEY_HASHES = (
     "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
 )
-_NEXT_IDS = "SELECT array_agg(nextval($1::regclass)) FROM generate_series(1, $2)"
+# A batch's ids, drawn under an advisory lock held for this one statement (it runs in autocommit),
+# so concurrent batches get one contiguous run each and record one pending range each. Only a
+# concurrent `log_call` (plain nextval) can take a value in between.
+_IDS_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.ids").digest()[:8], "big", signed=True)
+_NEXT_IDS = (
+    "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($3)) "
+    "SELECT array_agg(nextval($1::regclass)) FROM lock, generate_series(1, $2)"
+)
+_PENDING = (
+    "INSERT INTO ai_call_pending_batches (first_id, last_id) SELECT * FROM unnest($1::bigint[], $2::bigint[])"
+)
 _SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
 
-_STATS = """
+_STATS = f"""
 SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, sum(latency_ms_sum)::bigint,
        sum(latency_count)::bigint
   FROM (
@@ -111,6 +129,9 @@ SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, s
     SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
       FROM ai_call_usage_deltas WHERE hour >= $3 AND hour < $4
     UNION ALL
+    SELECT c.provider, 1, c.cost_usd, c.total_tokens, coalesce(c.latency_ms, 0), (c.latency_ms IS NOT NULL)::int
+      FROM ai_call_pending_batches {PENDING_ROWS} WHERE c.created_at >= $3 AND c.created_at < $4
+    UNION ALL
     SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
       FROM ai_calls WHERE created_at >= $1 AND created_at < $3
     UNION ALL
@@ -119,7 +140,7 @@ SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, s
   ) parts
  GROUP BY provider
  ORDER BY provider
-"""
+"""  # noqa: S608 (constant SQL only)
 
 # Connection-level failures: the statement may or may not have run; retrying with the same
 # idempotency key is safe.
@@ -490,11 +511,59 @@ class AICallLogger:
         self._count_written(written)
         return written
 
+    async def ingest(
+        self,
+        calls: Iterable[AICallRecord | Mapping[str, Any]],
+        *,
+        batch_size: int = 5000,
+        concurrency: int = 2,
+    ) -> int:
+        """Bulk-load `calls` as `log_batch`es of `batch_size`, up to `concurrency` at once on
+        separate connections (while one batch's rows are written, the next is priced and sent).
+
+        Returns the number of new rows. Each batch is atomic, the whole load is not: on an error,
+        the batches already committed stay, and the error is raised once the batches in flight
+        have ended. Keys make a re-run of the same load add only what is missing.
+        """
+        if batch_size < 1 or concurrency < 1:
+            raise InvalidRequestError("batch_size and concurrency must be >= 1")
+        written = 0
+        running: set[asyncio.Task[int]] = set()
+
+        async def settle(until: int) -> None:
+            nonlocal written, running
+            while len(running) > until:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                errors = [e for e in (t.exception() for t in done) if e is not None]
+                written += sum(t.result() for t in done if t.exception() is None)
+                if errors:
+                    raise errors[0]
+
+        try:
+            batch: list[AICallRecord | Mapping[str, Any]] = []
+            for call in calls:
+                batch.append(call)
+                if len(batch) == batch_size:
+                    await settle(concurrency - 1)
+                    running.add(asyncio.create_task(self.log_batch(batch)))
+                    batch = []
+            if batch:
+                await settle(concurrency - 1)
+                running.add(asyncio.create_task(self.log_batch(batch)))
+            await settle(0)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: stop the batches in flight too
+                for task in running:
+                    task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+        return written
+
     async def _log_many(self, raw: asyncpg.Connection, records: list[AICallRecord]) -> int:
         await self._fresh_prices(raw)
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
-        ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records))
+        ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
         keys, calls, unpriced = self._rows(records, ids)
         if unpriced and self._may_reload():
             self.prices.replace(await raw.fetch(LOAD_PRICES))
@@ -505,7 +574,7 @@ class AICallLogger:
             async with raw.transaction():
                 await raw.copy_records_to_table("ai_call_keys", records=keys, columns=_KEY_COLUMNS)
                 await raw.copy_records_to_table("ai_calls", records=calls, columns=_CALL_COLUMNS)
-                await raw.execute(DELTAS_OF_CALLS, ids, min(ids), max(ids))
+                await raw.execute(_PENDING, *_runs(ids))
             return len(records)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "pk_ai_call_keys":
@@ -538,8 +607,7 @@ class AICallLogger:
             chosen = [row for row, key in zip(calls, keys, strict=True) if key[0] in new]
             if chosen:
                 await raw.copy_records_to_table("ai_calls", records=chosen, columns=_CALL_COLUMNS)
-                chosen_ids = [row[0] for row in chosen]
-                await raw.execute(DELTAS_OF_CALLS, chosen_ids, min(chosen_ids), max(chosen_ids))
+                await raw.execute(_PENDING, *_runs([row[0] for row in chosen]))
             return len(chosen)
 
     def _rows(
@@ -582,7 +650,7 @@ class AICallLogger:
         return 0  # a failed fold loses nothing: the deltas stay for the next one
 
     async def fold_rollups(self) -> int:
-        """Move the pending deltas into the hourly rollups now; returns how many were folded."""
+        """Fold pending batches and deltas into the hourly rollups now; returns the calls folded."""
         result: int = await self._run(fold_rollups_raw)
         return result
 
@@ -648,6 +716,20 @@ def _unpriced(record: AICallRecord) -> UnpricedCallError:
         f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
         f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
     )
+
+
+def _runs(ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """`ids` as runs of consecutive values: (first ids, last ids). One run unless another writer
+    drew values from the sequence while ours were drawn."""
+    firsts: list[int] = []
+    lasts: list[int] = []
+    for i in sorted(ids):
+        if lasts and i == lasts[-1] + 1:
+            lasts[-1] = i
+        else:
+            firsts.append(i)
+            lasts.append(i)
+    return firsts, lasts
 
 
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:

@@ -1,7 +1,7 @@
-"""Folding deltas into the hourly rollups, and rebuilding the rollups of a window from the ledger.
+"""Folding pending batches and deltas into the hourly rollups, and rebuilding a window from the ledger.
 
 Both take advisory locks so folds and rebuilds never interleave; writers are never blocked (they
-only append deltas). See `persistence.models.rollups` for the design.
+only append deltas and pending batches). See `persistence.models.rollups` for the design.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from persistence.errors import ValidationError, translate
 from persistence.models.rollups import DIMENSIONS, MEASURES
 
 __all__ = [
-    "DELTAS_OF_CALLS",
+    "PENDING_ROWS",
+    "PENDING_TO_DELTAS",
     "fold_rollups",
     "fold_rollups_raw",
     "rebuild_rollups",
     "rebuild_rollups_raw",
+    "rebuild_window",
 ]
 
 ROLLUP_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.rollups").digest()[:8], "big", signed=True)
@@ -45,7 +47,32 @@ def _merge(table: str) -> str:
     return ", ".join(parts)
 
 
-# Built from constant column names only.
+_FROM_LEDGER = """
+SELECT date_trunc('hour', c.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {dims},
+       count(*), count(*) FILTER (WHERE c.status <> 'success'), sum(c.input_tokens), sum(c.output_tokens),
+       sum(c.cache_read_tokens), sum(c.cache_write_tokens), sum(c.reasoning_tokens), sum(c.total_tokens),
+       sum(c.cost_usd), sum(c.computed_cost_usd), coalesce(sum(c.latency_ms), 0), count(c.latency_ms)
+  FROM {source}
+ GROUP BY 1, {dims}
+"""
+
+
+def _from_ledger(dims: tuple[str, ...], source: str) -> str:
+    return _FROM_LEDGER.format(dims=", ".join(f"c.{d}" for d in dims), source=source)
+
+
+# The ledger rows of the batches a `log_batch` recorded as pending (the LATERAL makes each id range
+# a primary-key range scan, whatever the planner thinks of the CTE's size).
+PENDING_ROWS = "b CROSS JOIN LATERAL (SELECT * FROM ai_calls WHERE id BETWEEN b.first_id AND b.last_id) c"
+
+# Built from constant column names only. Turns every committed pending batch into deltas; the
+# DELETE .. RETURNING claims each batch once, even against a concurrent fold.
+_PENDING_BATCHES = "WITH b AS (DELETE FROM ai_call_pending_batches RETURNING first_id, last_id) "
+PENDING_TO_DELTAS = (
+    _PENDING_BATCHES
+    + f"INSERT INTO ai_call_usage_deltas (hour, {_DIMS}, {_MEASURES}) "
+    + _from_ledger(DIMENSIONS, PENDING_ROWS)
+)
 FOLD = f"""
 WITH moved AS (
     DELETE FROM ai_call_usage_deltas RETURNING *
@@ -59,43 +86,38 @@ WITH moved AS (
      ORDER BY hour, provider, model
     ON CONFLICT (hour, provider, model) DO UPDATE SET {_merge("m")}
 )
-SELECT count(*) FROM moved
+SELECT coalesce(sum(calls), 0)::bigint FROM moved
 """  # noqa: S608
 
-_FROM_LEDGER = """
-SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {dims},
-       count(*), count(*) FILTER (WHERE status <> 'success'), sum(input_tokens), sum(output_tokens),
-       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens), sum(total_tokens),
-       sum(cost_usd), sum(computed_cost_usd), coalesce(sum(latency_ms), 0), count(latency_ms)
-  FROM ai_calls WHERE {where}
- GROUP BY 1, {dims}
-"""
-# The deltas of calls just written in this transaction ($1 their ids, $2..$3 the least and greatest):
-# the server aggregates them, exactly as a rebuild would. The id range makes the plan one pk range
-# scan per partition whatever the statistics say (ids from one nextval series are contiguous unless
-# another writer drew some meanwhile); `id + 0 = ANY` keeps the exact set a hashed filter, not 5000
-# index probes. A created_at condition would invite scans of every row in the batch's time span.
-DELTAS_OF_CALLS = f"INSERT INTO ai_call_usage_deltas (hour, {_DIMS}, {_MEASURES}) " + _FROM_LEDGER.format(
-    dims=_DIMS, where="id >= $2 AND id <= $3 AND id + 0 = ANY($1::bigint[])"
-)
-_WINDOW = "created_at >= $1 AND created_at < $2"
+_WINDOW = "ai_calls c WHERE c.created_at >= $1 AND c.created_at < $2"
 REBUILD = (
     "DELETE FROM ai_call_usage_deltas WHERE hour >= $1 AND hour < $2",
     "DELETE FROM ai_call_usage_hourly WHERE hour >= $1 AND hour < $2",
     "DELETE FROM ai_call_model_hourly WHERE hour >= $1 AND hour < $2",
-    f"INSERT INTO ai_call_usage_hourly (hour, {_DIMS}, {_MEASURES}) "
-    + _FROM_LEDGER.format(dims=_DIMS, where=_WINDOW),
+    f"INSERT INTO ai_call_usage_hourly (hour, {_DIMS}, {_MEASURES}) " + _from_ledger(DIMENSIONS, _WINDOW),
     f"INSERT INTO ai_call_model_hourly (hour, provider, model, {_MEASURES}) "
-    + _FROM_LEDGER.format(dims="provider, model", where=_WINDOW),
+    + _from_ledger(("provider", "model"), _WINDOW),
 )
 
 
 async def fold_rollups_raw(raw: asyncpg.Connection) -> int:
-    """Fold every committed delta (one statement, one transaction)."""
+    """Fold every committed pending batch and delta (one transaction); returns the calls folded."""
     async with raw.transaction():
         await raw.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK)
+        await raw.execute(PENDING_TO_DELTAS)
         folded: int = await raw.fetchval(FOLD)
     return folded
+
+
+async def rebuild_window(raw: asyncpg.Connection, lo: datetime, hi: datetime) -> None:
+    """The statements of a rebuild of the whole hours [lo, hi), in the caller's transaction.
+
+    Pending batches become deltas first, so the window's share of them is recomputed from the
+    ledger with everything else and cannot be counted again by a later fold.
+    """
+    await raw.execute(PENDING_TO_DELTAS)
+    for statement in REBUILD:
+        await raw.execute(statement, lo, hi)
 
 
 async def rebuild_rollups_raw(
@@ -114,8 +136,7 @@ async def rebuild_rollups_raw(
     await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
     try:
         async with raw.transaction(isolation="repeatable_read"):
-            for statement in REBUILD:
-                await raw.execute(statement, lo, hi)
+            await rebuild_window(raw, lo, hi)
     finally:
         await raw.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
     return lo, hi

@@ -8,7 +8,12 @@ from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.pricing import VendorPrice
 from persistence.models.reconciliation import ReconciliationReport
-from persistence.models.rollups import AICallModelHourly, AICallUsageDelta, AICallUsageHourly
+from persistence.models.rollups import (
+    AICallModelHourly,
+    AICallPendingBatch,
+    AICallUsageDelta,
+    AICallUsageHourly,
+)
 from persistence.models.service_health import ServiceHealth
 from persistence.models.training import TrainingData
 from persistence.models.verification import VerificationResult
@@ -17,6 +22,7 @@ __all__ = [
     "AICall",
     "AICallKey",
     "AICallModelHourly",
+    "AICallPendingBatch",
     "AICallUsageDelta",
     "AICallUsageHourly",
     "AuditLog",

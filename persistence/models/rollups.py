@@ -1,9 +1,12 @@
 """Hourly UTC usage rollups of the AI-call ledger, kept exact without write contention.
 
-Writers never update a shared counter (field notes 4: deadlocks on `spend = spend + x`). Every
-logger transaction appends its own aggregate rows to `ai_call_usage_deltas` beside the ledger rows,
-in the same transaction; a fold (one statement, under an advisory lock) moves deltas into the two
-rollup tables. Readers add rollups and unfolded deltas, so they are exact at every moment.
+Writers never update a shared counter (field notes 4: deadlocks on `spend = spend + x`). In the
+same transaction as its ledger rows, `log_call` appends one aggregate row to `ai_call_usage_deltas`,
+and `log_batch` appends only the id ranges it wrote to `ai_call_pending_batches` (one short row per
+batch, so bulk ingest pays almost nothing for the rollups). A fold (under an advisory lock) turns
+pending batches into deltas by aggregating their ledger rows, and moves deltas into the two rollup
+tables. Readers add rollups, unfolded deltas and the ledger rows of pending batches, so they are
+exact at every moment.
 
 - `ai_call_usage_hourly`: every attribution dimension (per customer, org, product, environment).
 - `ai_call_model_hourly`: provider and model only; a few rows per hour, so `get_stats` over a month
@@ -15,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Identity, Index, Numeric, String, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Numeric, String, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base
@@ -72,6 +75,18 @@ class AICallUsageDelta(_Dimensions, _Measures, Base):
 
 
 Index("ix_ai_call_usage_deltas_hour", AICallUsageDelta.hour)
+
+
+class AICallPendingBatch(Base):
+    """Ids `first_id..last_id` of ledger rows written by one `log_batch`, not yet in the rollups."""
+
+    __tablename__ = "ai_call_pending_batches"
+
+    first_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    written_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("last_id >= first_id", name="id_range"),)
 
 
 class AICallUsageHourly(_Dimensions, _Measures, Base):

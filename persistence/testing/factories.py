@@ -23,6 +23,7 @@ from persistence.models import (
     AICall,
     AICallKey,
     AICallModelHourly,
+    AICallPendingBatch,
     AICallUsageDelta,
     AICallUsageHourly,
     AuditLog,
@@ -56,6 +57,7 @@ __all__ = [
     "AICallFactory",
     "AICallKeyFactory",
     "AICallModelHourlyFactory",
+    "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
     "AuditLogFactory",
@@ -441,6 +443,16 @@ class AICallKeyFactory(factory.Factory[AICallKey]):
     call_id = factory.Sequence(lambda n: n + 1)
     call_created_at = factory.LazyFunction(_recently)
     payload_hash = factory.LazyFunction(lambda: _rand().getrandbits(256).to_bytes(32, "big"))
+
+
+class AICallPendingBatchFactory(factory.Factory[AICallPendingBatch]):
+    """An id range `log_batch` wrote and no fold has aggregated yet."""
+
+    class Meta:
+        model = AICallPendingBatch
+
+    first_id = factory.Sequence(lambda n: n * 1000 + 1)
+    last_id: factory.LazyAttribute[Any, int] = factory.LazyAttribute(lambda o: o.first_id + 999)
 
 
 class VendorPriceFactory(factory.Factory[VendorPrice]):

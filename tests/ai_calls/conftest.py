@@ -28,13 +28,13 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 
 
 async def counts(engine: AsyncEngine) -> tuple[int, int, int]:
-    """(ledger rows, keys, pending deltas)."""
+    """(ledger rows, keys, rollup work pending: deltas + pending batches)."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(
                 text(
                     "SELECT (SELECT count(*) FROM ai_calls), (SELECT count(*) FROM ai_call_keys), "
-                    "(SELECT count(*) FROM ai_call_usage_deltas)"
+                    "(SELECT count(*) FROM ai_call_usage_deltas) + (SELECT count(*) FROM ai_call_pending_batches)"
                 )
             )
         ).one()

@@ -119,16 +119,28 @@ async def test_get_stats_of_an_empty_ledger_and_bad_periods(logger: AICallLogger
         await logger.get_stats(T0, T0 - timedelta(seconds=1))
 
 
-ROLLUP_VS_LEDGER = """
-WITH ledger AS (
-    SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour, provider, model,
+_ROLLED = ("hour, provider, model, organization_id, customer_id, product_id, environment, calls, error_calls, "
+           "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, "
+           "cost_usd, computed_cost_usd, latency_ms_sum, latency_count")  # fmt: skip
+_GROUPED = """SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour, provider, model,
            organization_id, customer_id, product_id, environment, count(*) AS calls,
            count(*) FILTER (WHERE status <> 'success') AS error_calls, sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
            sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens,
            sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd, sum(computed_cost_usd) AS computed_cost_usd,
            coalesce(sum(latency_ms), 0) AS latency_ms_sum, count(latency_ms) AS latency_count
-      FROM ai_calls GROUP BY 1, 2, 3, 4, 5, 6, 7
+  FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7"""
+_PENDING_ROWS = (
+    "ai_call_pending_batches b "
+    "CROSS JOIN LATERAL (SELECT * FROM ai_calls WHERE id BETWEEN b.first_id AND b.last_id) c"
+)
+# The ledger regrouped vs the rollups + deltas + rows of pending batches: (full mismatches, model
+# mismatches, groups).
+ROLLUP_VS_LEDGER = f"""
+WITH ledger AS (
+{_GROUPED.format(source="ai_calls")}
+), pending AS (
+{_GROUPED.format(source=_PENDING_ROWS)}
 ), rolled AS (
     SELECT hour, provider, model, organization_id, customer_id, product_id, environment, sum(calls) AS calls,
            sum(error_calls) AS error_calls, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
@@ -136,7 +148,8 @@ WITH ledger AS (
            sum(reasoning_tokens) AS reasoning_tokens, sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd,
            sum(computed_cost_usd) AS computed_cost_usd, sum(latency_ms_sum) AS latency_ms_sum,
            sum(latency_count) AS latency_count
-      FROM (SELECT * FROM ai_call_usage_hourly UNION ALL SELECT * FROM ai_call_usage_deltas) u
+      FROM (SELECT {_ROLLED} FROM ai_call_usage_hourly UNION ALL SELECT {_ROLLED} FROM ai_call_usage_deltas
+            UNION ALL TABLE pending) u
      GROUP BY 1, 2, 3, 4, 5, 6, 7
 ), models AS (
     SELECT hour, provider, model, sum(calls) AS calls, sum(cost_usd) AS cost_usd, sum(total_tokens) AS total_tokens,
@@ -145,7 +158,10 @@ WITH ledger AS (
               FROM ai_call_model_hourly
             UNION ALL
             SELECT hour, provider, model, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
-              FROM ai_call_usage_deltas) u
+              FROM ai_call_usage_deltas
+            UNION ALL
+            SELECT hour, provider, model, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
+              FROM pending) u
      GROUP BY 1, 2, 3
 )
 SELECT (SELECT count(*) FROM ((TABLE ledger EXCEPT TABLE rolled) UNION ALL (TABLE rolled EXCEPT TABLE ledger)) d),
@@ -225,3 +241,26 @@ async def test_migration_rolls_up_rows_that_existed_before_it(fresh_engine: Asyn
         assert (await conn.execute(text("SELECT count(*) FROM ai_call_usage_hourly"))).scalar() == 0
     await rebuild_rollups(fresh_engine, datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
     assert await rollup_mismatches(fresh_engine) == (0, 0, 0)
+
+
+async def test_batches_are_pending_until_a_fold_and_a_rebuild_never_counts_them_twice(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    calls = random_calls(1200, seed=4)
+    await logger.log_batch(calls[:600])
+    await logger.log_batch(calls[600:])
+    pending = "SELECT count(*) FROM ai_call_pending_batches"
+    async with fresh_engine.connect() as conn:
+        assert (await conn.execute(text(pending))).scalar() == 2
+        assert (await conn.execute(text("SELECT count(*) FROM ai_call_usage_hourly"))).scalar() == 0
+    whole = (T0, T0 + timedelta(days=3))
+    assert await logger.get_stats(*whole) == await raw_stats(fresh_engine, *whole)
+    # A rebuild of part of the period folds the pending batches first: the window is recomputed from
+    # the ledger, the rest stays as deltas, and nothing is left for a later fold to count again.
+    await rebuild_rollups(fresh_engine, T0 + timedelta(hours=10), T0 + timedelta(hours=40))
+    async with fresh_engine.connect() as conn:
+        assert (await conn.execute(text(pending))).scalar() == 0
+    assert await logger.fold_rollups() > 0
+    assert await rollup_mismatches(fresh_engine) == (0, 0, (await rollup_mismatches(fresh_engine))[2])
+    assert await logger.get_stats(*whole) == await raw_stats(fresh_engine, *whole)
+    assert await logger.fold_rollups() == 0

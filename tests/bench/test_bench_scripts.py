@@ -25,7 +25,7 @@ SMOKE_RUNS = [
     (
         "bench_ledger.py",
         ["--stats-rows", "2000", "--rounds", "1", "--batch", "100"],
-        ["| batch ingest", "| log_call p50 latency", "| 8 concurrent loggers", "| get_stats over a month"],
+        ["| bulk ingest", "| log_call p50 latency", "| 8 concurrent loggers", "| get_stats over a month"],
     ),
 ]
 

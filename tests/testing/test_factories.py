@@ -18,6 +18,7 @@ from persistence.testing import (
     AICallFactory,
     AICallKeyFactory,
     AICallModelHourlyFactory,
+    AICallPendingBatchFactory,
     AICallUsageDeltaFactory,
     AICallUsageHourlyFactory,
     AuditLogFactory,
@@ -48,6 +49,7 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     AICallUsageDeltaFactory,
     AICallUsageHourlyFactory,
     AICallModelHourlyFactory,
+    AICallPendingBatchFactory,
 ]
 
 
