@@ -65,17 +65,25 @@ def _from_ledger(dims: tuple[str, ...], source: str) -> str:
 # a primary-key range scan, whatever the planner thinks of the CTE's size).
 PENDING_ROWS = "b CROSS JOIN LATERAL (SELECT * FROM ai_calls WHERE id BETWEEN b.first_id AND b.last_id) c"
 
-# Built from constant column names only. Turns every committed pending batch into deltas; the
-# DELETE .. RETURNING claims each batch once, even against a concurrent fold.
+# Built from constant column names only. Turns every committed pending batch into deltas (for a
+# rebuild); the DELETE .. RETURNING claims each batch once, even against a concurrent fold.
 _PENDING_BATCHES = "WITH b AS (DELETE FROM ai_call_pending_batches RETURNING first_id, last_id) "
 PENDING_TO_DELTAS = (
     _PENDING_BATCHES
     + f"INSERT INTO ai_call_usage_deltas (hour, {_DIMS}, {_MEASURES}) "
     + _from_ledger(DIMENSIONS, PENDING_ROWS)
 )
+# One statement: pending batches are aggregated straight from the ledger (no delta rows written
+# and deleted again) and added with the unfolded deltas.
 FOLD = f"""
-WITH moved AS (
-    DELETE FROM ai_call_usage_deltas RETURNING *
+WITH b AS (
+    DELETE FROM ai_call_pending_batches RETURNING first_id, last_id
+), deltas AS (
+    DELETE FROM ai_call_usage_deltas RETURNING hour, {_DIMS}, {_MEASURES}
+), moved AS (
+    SELECT hour, {_DIMS}, {_MEASURES} FROM deltas
+    UNION ALL
+    {_from_ledger(DIMENSIONS, PENDING_ROWS)}
 ), full_ AS (
     INSERT INTO ai_call_usage_hourly AS h (hour, {_DIMS}, {_MEASURES})
     SELECT hour, {_DIMS}, {_SUMS} FROM moved GROUP BY hour, {_DIMS} ORDER BY hour, {_DIMS}
@@ -104,7 +112,6 @@ async def fold_rollups_raw(raw: asyncpg.Connection) -> int:
     """Fold every committed pending batch and delta (one transaction); returns the calls folded."""
     async with raw.transaction():
         await raw.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK)
-        await raw.execute(PENDING_TO_DELTAS)
         folded: int = await raw.fetchval(FOLD)
     return folded
 

@@ -37,7 +37,7 @@ def _config(db_config: DatabaseConfig | Mapping[str, Any] | str | None) -> Datab
 
 
 class SyncAICallLogger:
-    """Blocking `log_call` / `log_batch` / `get_stats` / `close` over an `AICallLogger`.
+    """Blocking `log_call` / `log_batch` / `ingest` / `get_stats` / `close` over an `AICallLogger`.
 
     `db_config`: a `DatabaseConfig`, seed 000's dict (`host`, `port`, `database`, `user`,
     `password`), a URL, or None for the environment (`DATABASE_URL`, `DB_*`, embedded server).
@@ -71,11 +71,11 @@ class SyncAICallLogger:
         engine = await create_database_engine(config)
         return AICallLogger(engine, connections=connections)
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], *, timed: bool = True) -> T:
         if threading.current_thread() is self._thread:
             coro.close()
             raise PersistenceError("SyncAICallLogger cannot be used from its own event loop thread")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout if timed else None)
 
     def _check(self) -> None:
         if self._closed:
@@ -121,6 +121,20 @@ class SyncAICallLogger:
         """`AICallLogger.log_batch`, blocking: the number of new rows."""
         self._check()
         return self._call(self._logger.log_batch(list(calls)))
+
+    def ingest(
+        self,
+        calls: Iterable[AICallRecord | Mapping[str, Any]],
+        *,
+        batch_size: int = 5000,
+        concurrency: int = 2,
+    ) -> int:
+        """`AICallLogger.ingest`, blocking and without the per-call timeout: the number of new rows.
+
+        `calls` is consumed on the logger's loop thread while this thread waits."""
+        self._check()
+        load = self._logger.ingest(calls, batch_size=batch_size, concurrency=concurrency)
+        return self._call(load, timed=False)
 
     def get_stats(self, start_date: datetime, end_date: datetime) -> Stats:
         self._check()

@@ -112,6 +112,9 @@ def test_seed_000_integration_example(migrated: ThrowawayPostgres, fresh_databas
                                cost_usd=Decimal(0), request_id="msg_0001")  # fmt: skip
         assert pg_logger.log_batch([{"provider": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1,
                                      "cost_usd": Decimal("0.01"), "request_id": "b1"}] * 2) == 1  # fmt: skip
+        bulk = ({"provider": "openai", "model": "gpt-4o", "input_tokens": i, "output_tokens": 1,
+                 "request_id": f"bulk-{i}"} for i in range(250))  # fmt: skip
+        assert pg_logger.ingest(bulk, batch_size=100) == 250
     finally:
         pg_logger.close()
         pg_logger.close()  # idempotent
