@@ -3,8 +3,9 @@
 Retention by DROP, not DELETE (field notes 4: deletes bloat). Every DDL step runs in its own short
 transaction under `lock_timeout`, so maintenance never queues behind (and blocks) live writers for
 long: if the lock is not granted in time the step fails with `TransientError` and can be re-run.
-Rollups are kept when a month is dropped (they are the long-term history); the idempotency keys of
-the dropped calls are deleted with it.
+Rollups are kept when a month is dropped (they are the long-term history): the month's pending
+batches are folded in the dropping transaction, after its lock, so no call's usage goes with it.
+The idempotency keys of the dropped calls are deleted with it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.ai_calls.rollups import FOLD, ROLLUP_LOCK
 from persistence.errors import ValidationError, translate
 
 __all__ = ["PartitionReport", "add_months", "maintain_partitions", "partition_months"]
@@ -62,12 +64,22 @@ async def partition_months(engine: AsyncEngine) -> tuple[list[date], bool]:
     return sorted(months), default
 
 
-async def _step(engine: AsyncEngine, lock_timeout_ms: int, sql: str, params: dict[str, object]) -> int:
+async def _step(
+    engine: AsyncEngine,
+    lock_timeout_ms: int,
+    sql: str,
+    params: dict[str, object],
+    *,
+    before: tuple[str, ...] = (),
+) -> int:
+    """`sql` in its own transaction under `lock_timeout`, after the parameterless `before` statements."""
     try:
         async with engine.begin() as conn:
             await conn.execute(
                 text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{lock_timeout_ms}ms"}
             )
+            for statement in before:
+                await conn.exec_driver_sql(statement)
             result = await conn.execute(text(sql), params)
             return result.rowcount if result.returns_rows is False else 0
     except DBAPIError as exc:
@@ -109,7 +121,14 @@ async def maintain_partitions(
         )
     for month in report.dropped:
         name = f"ai_calls_p{month:%Y_%m}"
-        await _step(engine, lock_timeout_ms, f'DROP TABLE IF EXISTS "{name}"', {})
+        # Once the partition is locked no writer is still adding to it, so the fold sees every
+        # pending batch with rows there.
+        fold_first = (
+            f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE',
+            f"SELECT pg_advisory_xact_lock({ROLLUP_LOCK})",
+            FOLD,
+        )
+        await _step(engine, lock_timeout_ms, f'DROP TABLE IF EXISTS "{name}"', {}, before=fold_first)
         end = datetime(*add_months(month, 1).timetuple()[:3], tzinfo=UTC)
         report.keys_deleted += await _step(
             engine, lock_timeout_ms, "DELETE FROM ai_call_keys WHERE call_created_at < :end", {"end": end}

@@ -91,6 +91,30 @@ async def test_maintenance_creates_moves_drops_and_dry_runs(fresh_engine: AsyncE
 
 
 @pytest.mark.commits
+async def test_dropping_a_month_folds_its_pending_batches_first(fresh_engine: AsyncEngine) -> None:
+    await maintain_partitions(fresh_engine, ahead=0, today=date(2097, 3, 1))
+    at = datetime(2097, 3, 9, 10, 30, tzinfo=UTC)
+    calls = [{"provider": "openai", "model": "gpt-4o", "input_tokens": 10 + i, "output_tokens": 5,
+              "cost_usd": Decimal("0.01"), "request_id": f"old-{i}", "created_at": at} for i in range(40)]  # fmt: skip
+    async with AICallLogger(fresh_engine, fold_every=None) as log:
+        assert await log.log_batch(calls) == 40  # pending: not in the rollups yet
+    report = await maintain_partitions(fresh_engine, ahead=0, retention_months=2, today=date(2097, 7, 1))
+    assert date(2097, 3, 1) in report.dropped
+    async with fresh_engine.connect() as conn:
+        left = (
+            await conn.execute(text("SELECT count(*) FROM ai_calls WHERE created_at = :t"), {"t": at})
+        ).scalar()
+        rolled = (
+            await conn.execute(
+                text("SELECT sum(calls), sum(input_tokens) FROM ai_call_model_hourly WHERE hour = :h"),
+                {"h": at.replace(minute=0)},
+            )
+        ).one()
+    assert left == 0
+    assert tuple(rolled) == (40, sum(10 + i for i in range(40)))
+
+
+@pytest.mark.commits
 async def test_ddl_gives_up_after_lock_timeout(fresh_engine: AsyncEngine) -> None:
     await maintain_partitions(fresh_engine, ahead=0, today=date(2024, 1, 1))
     async with fresh_engine.connect() as holder:
