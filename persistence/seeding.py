@@ -1039,14 +1039,15 @@ async def _insert_keys(conn: AsyncConnection, rows: Sequence[dict[str, Any]], in
         await conn.execute(_KEYS_STATEMENT, {"keys": keys, "ids": ids, "ats": ats, "hashes": hashes})
 
 
-async def _rebuild_rollups(conn: AsyncConnection, start: datetime, end: datetime) -> None:
-    """Hourly rollups of the seeded window recomputed from the ledger, in the seeding transaction."""
-    from persistence.ai_calls.record import hour_ceil, hour_floor
-    from persistence.ai_calls.rollups import rebuild_window
+async def _record_pending(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    """Mark the calls just inserted for the rollups' next fold, as `AICallLogger.log_batch` does:
+    exact whoever else writes or folds meanwhile."""
+    from persistence.ai_calls.rollups import RECORD_PENDING, id_runs
 
-    raw = (await conn.get_raw_connection()).driver_connection
-    assert raw is not None
-    await rebuild_window(raw, hour_floor(start), hour_ceil(end))
+    if ids:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.execute(RECORD_PENDING, *id_runs(ids))
 
 
 async def _insert_missing_ai_calls(
@@ -1061,7 +1062,9 @@ async def _insert_missing_ai_calls(
         result = await conn.execute(
             stmt, {name: [row[name] for row in batch] for name, _ in _AI_CALL_COLUMNS}
         )
-        await _insert_keys(conn, batch, list(result))
+        inserted = list(result)
+        await _insert_keys(conn, batch, inserted)
+        await _record_pending(conn, [row[0] for row in inserted])
         done += len(batch)
         progress(_AI_CALLS.name, done, len(rows))
 
@@ -1312,8 +1315,10 @@ async def seed_database(
         audit = run_record + _audit(plan.seed, claims, verifications, consensus)
         await _insert_missing(conn, _AUDIT, audit, report_progress)
         await _insert_missing_ai_calls(conn, _ai_calls(plan, clock), report_progress)
-        await _rebuild_rollups(conn, clock.start, clock.end)
         await _upsert_reports(conn, plan, as_of, report_progress)
 
         after = await _counts(conn)
+    from persistence.ai_calls.rollups import fold_rollups
+
+    await fold_rollups(engine)  # the seeded calls' usage into the hourly rollups
     return SeedReport(before=before, after=after, seed=plan.seed, as_of=as_of)

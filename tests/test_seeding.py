@@ -622,3 +622,34 @@ async def test_concurrent_seeders_serialise(seed_engine: AsyncEngine) -> None:
     assert counts["ai_calls"] == 300  # without the lock both would pass the NOT EXISTS check
     assert {name: one.inserted[name] + two.inserted[name] for name in SEEDED_TABLES} == counts
     assert dict.fromkeys(SEEDED_TABLES, 0) in (one.inserted, two.inserted)
+
+
+@pytest.mark.commits
+async def test_seeded_calls_reach_the_rollups_exactly_while_a_logger_writes(seed_engine: AsyncEngine) -> None:
+    from persistence.ai_calls import AICallLogger
+
+    live = [{"provider": "openai", "model": "gpt-4o", "input_tokens": 100 + i, "output_tokens": 10,
+             "cost_usd": Decimal("0.002"), "request_id": f"live-{i}",
+             "created_at": AS_OF - timedelta(days=2, minutes=i)} for i in range(600)]  # fmt: skip
+    async with AICallLogger(seed_engine, fold_every=None) as log:
+
+        async def writer() -> None:
+            for start in range(0, 600, 50):
+                await log.log_batch(live[start : start + 50])
+                await asyncio.sleep(0)
+
+        await asyncio.gather(seed_database(seed_engine, SMALL), writer())
+        await log.fold_rollups()
+    async with seed_engine.connect() as conn:
+        ledger = (
+            await conn.execute(text("SELECT count(*), sum(cost_usd), sum(total_tokens) FROM ai_calls"))
+        ).one()
+        rolled = (
+            await conn.execute(
+                text("SELECT sum(calls), sum(cost_usd), sum(total_tokens) FROM ai_call_model_hourly")
+            )
+        ).one()
+        full = (await conn.execute(text("SELECT sum(calls), sum(cost_usd) FROM ai_call_usage_hourly"))).one()
+    assert ledger[0] == 300 + 600
+    assert tuple(rolled) == tuple(ledger)
+    assert tuple(full) == tuple(ledger[:2])

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
-from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, fold_rollups_raw
+from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, RECORD_PENDING, fold_rollups_raw, id_runs
 from persistence.errors import (
     ConflictError,
     InvalidRequestError,
@@ -107,15 +107,13 @@ _KEY_HASHES = (
     "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
 )
 # A batch's ids, drawn under an advisory lock held for this one statement (it runs in autocommit),
-# so concurrent batches get one contiguous run each and record one pending range each. Only a
-# concurrent `log_call` (plain nextval) can take a value in between.
+# so concurrent batches get one contiguous run each and record one pending range each. Writers that
+# use the column default (`log_call`, seeding, plain INSERTs) can still take values in between:
+# the ranges recorded are the runs of the ids the batch used, so they never cover another's row.
 _IDS_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.ids").digest()[:8], "big", signed=True)
 _NEXT_IDS = (
     "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($3)) "
     "SELECT array_agg(nextval($1::regclass)) FROM lock, generate_series(1, $2)"
-)
-_PENDING = (
-    "INSERT INTO ai_call_pending_batches (first_id, last_id) SELECT * FROM unnest($1::bigint[], $2::bigint[])"
 )
 _SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
 
@@ -529,15 +527,16 @@ class AICallLogger:
             raise InvalidRequestError("batch_size and concurrency must be >= 1")
         written = 0
         running: set[asyncio.Task[int]] = set()
+        failed: list[BaseException] = []
 
         async def settle(until: int) -> None:
             nonlocal written, running
             while len(running) > until:
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                errors = [e for e in (t.exception() for t in done) if e is not None]
+                failed.extend(e for e in (t.exception() for t in done) if e is not None)
                 written += sum(t.result() for t in done if t.exception() is None)
-                if errors:
-                    raise errors[0]
+                if failed:
+                    raise failed[0]
 
         try:
             batch: list[AICallRecord | Mapping[str, Any]] = []
@@ -555,7 +554,14 @@ class AICallLogger:
             if not isinstance(exc, Exception):  # cancelled: stop the batches in flight too
                 for task in running:
                     task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            outcomes = await asyncio.gather(*running, return_exceptions=True)
+            if isinstance(exc, Exception):
+                written += sum(o for o in outcomes if isinstance(o, int))
+                others = len(failed) - (exc in failed) + sum(isinstance(o, Exception) for o in outcomes)
+                exc.add_note(
+                    f"ingest: {written} new rows of other batches were committed and stay (re-running "
+                    f"the load adds only what is missing); {others} other batch(es) failed too"
+                )
             raise
         return written
 
@@ -574,7 +580,7 @@ class AICallLogger:
             async with raw.transaction():
                 await raw.copy_records_to_table("ai_call_keys", records=keys, columns=_KEY_COLUMNS)
                 await raw.copy_records_to_table("ai_calls", records=calls, columns=_CALL_COLUMNS)
-                await raw.execute(_PENDING, *_runs(ids))
+                await raw.execute(RECORD_PENDING, *id_runs(ids))
             return len(records)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "pk_ai_call_keys":
@@ -607,7 +613,7 @@ class AICallLogger:
             chosen = [row for row, key in zip(calls, keys, strict=True) if key[0] in new]
             if chosen:
                 await raw.copy_records_to_table("ai_calls", records=chosen, columns=_CALL_COLUMNS)
-                await raw.execute(_PENDING, *_runs([row[0] for row in chosen]))
+                await raw.execute(RECORD_PENDING, *id_runs([row[0] for row in chosen]))
             return len(chosen)
 
     def _rows(
@@ -716,20 +722,6 @@ def _unpriced(record: AICallRecord) -> UnpricedCallError:
         f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
         f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
     )
-
-
-def _runs(ids: Sequence[int]) -> tuple[list[int], list[int]]:
-    """`ids` as runs of consecutive values: (first ids, last ids). One run unless another writer
-    drew values from the sequence while ours were drawn."""
-    firsts: list[int] = []
-    lasts: list[int] = []
-    for i in sorted(ids):
-        if lasts and i == lasts[-1] + 1:
-            lasts[-1] = i
-        else:
-            firsts.append(i)
-            lasts.append(i)
-    return firsts, lasts
 
 
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:

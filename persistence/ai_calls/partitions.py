@@ -122,10 +122,10 @@ async def maintain_partitions(
     for month in report.dropped:
         name = f"ai_calls_p{month:%Y_%m}"
         # Once the partition is locked no writer is still adding to it, so the fold sees every
-        # pending batch with rows there.
+        # pending batch with rows there. The rollup lock comes first, in a fold's own order.
         fold_first = (
-            f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE',
             f"SELECT pg_advisory_xact_lock({ROLLUP_LOCK})",
+            f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE',
             FOLD,
         )
         await _step(engine, lock_timeout_ms, f'DROP TABLE IF EXISTS "{name}"', {}, before=fold_first)

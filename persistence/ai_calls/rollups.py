@@ -1,12 +1,13 @@
 """Folding pending batches and deltas into the hourly rollups, and rebuilding a window from the ledger.
 
-Both take advisory locks so folds and rebuilds never interleave; writers are never blocked (they
-only append deltas and pending batches). See `persistence.models.rollups` for the design.
+Both take advisory locks so folds and rebuilds never interleave; writers never wait for either
+(they only append deltas and pending batches). See `persistence.models.rollups` for the design.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -19,11 +20,12 @@ from persistence.models.rollups import DIMENSIONS, MEASURES
 __all__ = [
     "PENDING_ROWS",
     "PENDING_TO_DELTAS",
+    "RECORD_PENDING",
     "fold_rollups",
     "fold_rollups_raw",
+    "id_runs",
     "rebuild_rollups",
     "rebuild_rollups_raw",
-    "rebuild_window",
 ]
 
 ROLLUP_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.rollups").digest()[:8], "big", signed=True)
@@ -64,6 +66,25 @@ def _from_ledger(dims: tuple[str, ...], source: str) -> str:
 # The ledger rows of the batches a `log_batch` recorded as pending (the LATERAL makes each id range
 # a primary-key range scan, whatever the planner thinks of the CTE's size).
 PENDING_ROWS = "b CROSS JOIN LATERAL (SELECT * FROM ai_calls WHERE id BETWEEN b.first_id AND b.last_id) c"
+
+# What a writer of ledger rows adds in its transaction, for the fold: ($1 first ids, $2 last ids).
+RECORD_PENDING = (
+    "INSERT INTO ai_call_pending_batches (first_id, last_id) SELECT * FROM unnest($1::bigint[], $2::bigint[])"
+)
+
+
+def id_runs(ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """`ids` as runs of consecutive values, (first ids, last ids): the ranges `RECORD_PENDING` takes."""
+    firsts: list[int] = []
+    lasts: list[int] = []
+    for i in sorted(ids):
+        if lasts and i == lasts[-1] + 1:
+            lasts[-1] = i
+        else:
+            firsts.append(i)
+            lasts.append(i)
+    return firsts, lasts
+
 
 # Built from constant column names only. Turns every committed pending batch into deltas (for a
 # rebuild); the DELETE .. RETURNING claims each batch once, even against a concurrent fold.
@@ -116,8 +137,9 @@ async def fold_rollups_raw(raw: asyncpg.Connection) -> int:
     return folded
 
 
-async def rebuild_window(raw: asyncpg.Connection, lo: datetime, hi: datetime) -> None:
-    """The statements of a rebuild of the whole hours [lo, hi), in the caller's transaction.
+async def _rebuild_window(raw: asyncpg.Connection, lo: datetime, hi: datetime) -> None:
+    """The statements of a rebuild of the whole hours [lo, hi): only exact in one snapshot
+    (REPEATABLE READ) under `ROLLUP_LOCK`, as `rebuild_rollups_raw` runs them.
 
     Pending batches become deltas first, so the window's share of them is recomputed from the
     ledger with everything else and cannot be counted again by a later fold.
@@ -143,7 +165,7 @@ async def rebuild_rollups_raw(
     await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
     try:
         async with raw.transaction(isolation="repeatable_read"):
-            await rebuild_window(raw, lo, hi)
+            await _rebuild_window(raw, lo, hi)
     finally:
         await raw.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
     return lo, hi

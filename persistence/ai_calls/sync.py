@@ -75,7 +75,14 @@ class SyncAICallLogger:
         if threading.current_thread() is self._thread:
             coro.close()
             raise PersistenceError("SyncAICallLogger cannot be used from its own event loop thread")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout if timed else None)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        if timed:
+            return future.result(self.timeout)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # Ctrl-C during a long load stops the load too
+            raise
 
     def _check(self) -> None:
         if self._closed:
@@ -131,9 +138,9 @@ class SyncAICallLogger:
     ) -> int:
         """`AICallLogger.ingest`, blocking and without the per-call timeout: the number of new rows.
 
-        `calls` is consumed on the logger's loop thread while this thread waits."""
+        `calls` is read into a list first, in the calling thread."""
         self._check()
-        load = self._logger.ingest(calls, batch_size=batch_size, concurrency=concurrency)
+        load = self._logger.ingest(list(calls), batch_size=batch_size, concurrency=concurrency)
         return self._call(load, timed=False)
 
     def get_stats(self, start_date: datetime, end_date: datetime) -> Stats:

@@ -3,9 +3,9 @@
 Writers never update a shared counter (field notes 4: deadlocks on `spend = spend + x`). In the
 same transaction as its ledger rows, `log_call` appends one aggregate row to `ai_call_usage_deltas`,
 and `log_batch` appends only the id ranges it wrote to `ai_call_pending_batches` (one short row per
-batch, so bulk ingest pays almost nothing for the rollups). A fold (under an advisory lock) turns
-pending batches into deltas by aggregating their ledger rows, and moves deltas into the two rollup
-tables. Readers add rollups, unfolded deltas and the ledger rows of pending batches, so they are
+batch, so bulk ingest pays almost nothing for the rollups). A fold (one statement, under an
+advisory lock) aggregates the pending batches' ledger rows together with the deltas into the two
+rollup tables. Readers add rollups, unfolded deltas and the ledger rows of pending batches, so they are
 exact at every moment.
 
 - `ai_call_usage_hourly`: every attribution dimension (per customer, org, product, environment).

@@ -268,9 +268,10 @@ async def test_ingest_keeps_the_committed_batches_when_one_fails_and_a_rerun_com
 ) -> None:
     calls = [call(i) for i in range(1000)]
     bad = [*calls[:750], {**calls[750], "input_tokens": -1}, *calls[751:]]
-    with pytest.raises(ValidationError, match="input_tokens"):
+    with pytest.raises(ValidationError, match="input_tokens") as failure:
         await logger.ingest(bad, batch_size=250, concurrency=2)
     assert (await counts(fresh_engine))[0] == 750  # the three batches before the bad one
+    assert "ingest: 750 new rows of other batches were committed" in failure.value.__notes__[0]
     assert await logger.ingest(calls, batch_size=250) == 250
     with pytest.raises(InvalidRequestError):
         await logger.ingest(calls, batch_size=0)
@@ -283,3 +284,39 @@ async def test_concurrent_batches_each_get_one_contiguous_id_range(fresh_engine:
     async with AICallLogger(fresh_engine, connections=8, fold_every=None) as log:
         await asyncio.gather(*(log.log_batch(b) for b in batches))
     assert await counts(fresh_engine) == (16000, 16000, 8)
+
+
+async def test_a_cancelled_ingest_leaves_whole_batches_and_the_logger_usable(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    calls = [call(i) for i in range(4000)]
+    load = asyncio.create_task(logger.ingest(calls, batch_size=200, concurrency=2))
+    for _ in range(2000):  # until a first batch committed
+        if (await counts(fresh_engine))[0]:
+            break
+        await asyncio.sleep(0.005)
+    load.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await load
+    rows = (await counts(fresh_engine))[0]
+    assert rows % 200 == 0 and 0 < rows < 4000  # whole batches only
+    assert await logger.ingest(calls, batch_size=200) == 4000 - rows
+    assert await counts(fresh_engine) == (4000, 4000, (await counts(fresh_engine))[2])
+
+
+async def test_batches_draw_their_ids_under_the_id_lock(
+    fresh_engine: AsyncEngine, logger: AICallLogger
+) -> None:
+    from persistence.ai_calls.logger import _IDS_LOCK
+
+    async with fresh_engine.connect() as holder:
+        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _IDS_LOCK})
+        batch = asyncio.create_task(logger.log_batch([call(i) for i in range(10)]))
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+        for _ in range(2000):
+            if await scalar(fresh_engine, waiting) == 1:
+                break
+            await asyncio.sleep(0.005)
+        assert await scalar(fresh_engine, waiting) == 1 and not batch.done()
+        await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _IDS_LOCK})
+        assert await batch == 10
