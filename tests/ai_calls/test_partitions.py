@@ -154,3 +154,25 @@ async def partition_months_of(pg: ThrowawayPostgres, config: DatabaseConfig) -> 
         return await partition_months(engine)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.commits
+async def test_cli_rollups_fold_reports_the_calls_folded(
+    migrated: ThrowawayPostgres, fresh_database: DatabaseConfig, fresh_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert fresh_database.database is not None
+    monkeypatch.setenv("DATABASE_URL", migrated.server.url(fresh_database.database))
+    for name in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    calls = [{"provider": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1,
+              "cost_usd": Decimal("0.01"), "request_id": f"cli-{i}"} for i in range(7)]  # fmt: skip
+    async with AICallLogger(fresh_engine, fold_every=None) as log:
+        await log.log_batch(calls)
+    assert await asyncio.to_thread(cli.main, ["rollups", "fold"]) == 0
+    assert await asyncio.to_thread(cli.main, ["rollups", "fold"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        "folded the usage of 7 calls into the hourly rollups",
+        "folded the usage of 0 calls into the hourly rollups",
+    ]
