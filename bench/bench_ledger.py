@@ -28,6 +28,7 @@ import asyncio
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -357,6 +358,7 @@ async def main() -> int:
         await engine.dispose()
     finally:
         server.stop(mode="fast")
+        shutil.rmtree(data, ignore_errors=True)
     ingest, raw1 = batch["ingest"], batch["raw1"]
     rows = [
         (f"bulk ingest: `ingest` ({args.batch} rows/batch, 2 connections) vs one COPY stream, rows/s",
