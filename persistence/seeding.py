@@ -21,7 +21,6 @@ script runs against development databases where the `testing` extra is not insta
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 import statistics
 import uuid
@@ -53,6 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from persistence.advisory import advisory_key
 from persistence.models import (
     AICall,
     AuditLog,
@@ -134,7 +134,7 @@ ProgressCallback = Callable[[str, int, int], None]
 _BATCH = 1000
 _SEED_USER = "seed"
 # Key of the transaction-scoped advisory lock that serialises seeders (any stable 64-bit value).
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"persistence.seeding").digest()[:8], "big", signed=True)
+_LOCK_KEY = advisory_key("persistence.seeding")
 _MICRO = Decimal("0.000001")
 _CENT = Decimal("0.01")
 _MILLION = Decimal(1_000_000)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
@@ -34,6 +33,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from persistence.advisory import advisory_key
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
 from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, RECORD_PENDING, fold_rollups_raw, id_runs
@@ -110,7 +110,7 @@ _KEY_HASHES = (
 # so concurrent batches get one contiguous run each and record one pending range each. Writers that
 # use the column default (`log_call`, seeding, plain INSERTs) can still take values in between:
 # the ranges recorded are the runs of the ids the batch used, so they never cover another's row.
-_IDS_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.ids").digest()[:8], "big", signed=True)
+_IDS_LOCK = advisory_key("persistence.ai_calls.ids")
 _NEXT_IDS = (
     "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($3)) "
     "SELECT array_agg(nextval($1::regclass)) FROM lock, generate_series(1, $2)"

@@ -6,13 +6,13 @@ Both take advisory locks so folds and rebuilds never interleave; writers never w
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.advisory import advisory_key
 from persistence.ai_calls.record import _utc, hour_ceil, hour_floor
 from persistence.errors import ValidationError, translate
 from persistence.models.rollups import DIMENSIONS, MEASURES
@@ -28,7 +28,7 @@ __all__ = [
     "rebuild_rollups_raw",
 ]
 
-ROLLUP_LOCK = int.from_bytes(hashlib.sha256(b"persistence.ai_calls.rollups").digest()[:8], "big", signed=True)
+ROLLUP_LOCK = advisory_key("persistence.ai_calls.rollups")
 
 _DIMS = ", ".join(DIMENSIONS)
 _MEASURES = ", ".join(MEASURES)
@@ -88,18 +88,16 @@ def id_runs(ids: Sequence[int]) -> tuple[list[int], list[int]]:
 
 # Built from constant column names only. Turns every committed pending batch into deltas (for a
 # rebuild); the DELETE .. RETURNING claims each batch once, even against a concurrent fold.
-_PENDING_BATCHES = "WITH b AS (DELETE FROM ai_call_pending_batches RETURNING first_id, last_id) "
+_CLAIM_PENDING = "b AS (DELETE FROM ai_call_pending_batches RETURNING first_id, last_id)"
 PENDING_TO_DELTAS = (
-    _PENDING_BATCHES
+    f"WITH {_CLAIM_PENDING} "
     + f"INSERT INTO ai_call_usage_deltas (hour, {_DIMS}, {_MEASURES}) "
     + _from_ledger(DIMENSIONS, PENDING_ROWS)
 )
 # One statement: pending batches are aggregated straight from the ledger (no delta rows written
 # and deleted again) and added with the unfolded deltas.
 FOLD = f"""
-WITH b AS (
-    DELETE FROM ai_call_pending_batches RETURNING first_id, last_id
-), deltas AS (
+WITH {_CLAIM_PENDING}, deltas AS (
     DELETE FROM ai_call_usage_deltas RETURNING hour, {_DIMS}, {_MEASURES}
 ), moved AS (
     SELECT hour, {_DIMS}, {_MEASURES} FROM deltas
