@@ -118,9 +118,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def bench_batch(
-    log: AICallLogger, dsn: dict[str, Any], rounds: int, size: int, rng: random.Random
+    log: AICallLogger, dsn: dict[str, Any], rounds: int, size: int, n: int, rng: random.Random
 ) -> dict[str, float]:
-    """Five contenders per round, in rotating order, each loading 4 fresh batches of `size` rows:
+    """Five contenders per round, in rotating order, each loading `n` fresh batches of `size` rows:
     ours `ingest` (2 connections), ours `log_batch` (one connection), raw COPY of the seed's columns
     on one connection and on two, raw COPY of every column ours writes (one connection)."""
     now = datetime.now(UTC)
@@ -128,9 +128,9 @@ async def bench_batch(
     c1, c2 = await asyncpg.connect(**dsn), await asyncpg.connect(**dsn)
     results: dict[str, list[float]] = {}
     for i in range(rounds + 1):
-        batches = [records(size, now - timedelta(days=1), timedelta(days=1), rng) for _ in range(20)]
-        rows = [[raw_row(r) for r in b] for b in batches[:12]]
-        wide = [[full_row(r, log.prices.quote(r) or ()) for r in b] for b in batches[12:16]]
+        batches = [records(size, now - timedelta(days=1), timedelta(days=1), rng) for _ in range(5 * n)]
+        ours, raw_rows = batches[: 2 * n], [[raw_row(r) for r in b] for b in batches[2 * n : 4 * n]]
+        wide = [[full_row(r, log.prices.quote(r) or ()) for r in b] for b in batches[4 * n :]]
 
         async def copies(
             conn: asyncpg.Connection, parts: list[list[tuple[Any, ...]]], columns: tuple[str, ...]
@@ -139,18 +139,19 @@ async def bench_batch(
                 await conn.copy_records_to_table("ai_calls", records=part, columns=columns)
 
         async def ingest() -> None:
-            loaded = [r for b in batches[:4] for r in b]  # noqa: B023 (called in the same iteration)
-            assert await log.ingest(loaded, batch_size=size, concurrency=2) == 4 * size
+            loaded = [r for b in ours[:n] for r in b]  # noqa: B023 (called in the same iteration)
+            assert await log.ingest(loaded, batch_size=size, concurrency=2) == n * size
 
         async def log_batch() -> None:
-            for b in batches[4:8]:  # noqa: B023
+            for b in ours[n:]:  # noqa: B023
                 assert await log.log_batch(b) == size
 
         async def raw1() -> None:
-            await copies(c1, rows[:4], RAW_COLUMNS)  # noqa: B023
+            await copies(c1, raw_rows[:n], RAW_COLUMNS)  # noqa: B023
 
         async def raw2() -> None:
-            await asyncio.gather(copies(c1, rows[4:6], RAW_COLUMNS), copies(c2, rows[6:8], RAW_COLUMNS))  # noqa: B023
+            half = [raw_rows[n + k :: 2] for k in range(2)]  # noqa: B023
+            await asyncio.gather(copies(c1, half[0], RAW_COLUMNS), copies(c2, half[1], RAW_COLUMNS))
 
         async def full() -> None:
             await copies(c1, wide, FULL_COLUMNS)  # noqa: B023
@@ -167,7 +168,7 @@ async def bench_batch(
             t = time.perf_counter()
             await fn()
             if i:  # round 0 is a warm-up
-                results.setdefault(name, []).append(4 * size / (time.perf_counter() - t))
+                results.setdefault(name, []).append(n * size / (time.perf_counter() - t))
     await c1.close()
     await c2.close()
     # The rollup work log_batch no longer does inline: the fold of everything ours wrote above.
@@ -316,6 +317,12 @@ async def main() -> int:
     parser.add_argument(
         "--batch", type=int, default=5000, help="rows per log_batch / COPY (default %(default)s)"
     )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=8,
+        help="batches each batch contender loads per round (default %(default)s: a bulk load's steady state)",
+    )
     args = parser.parse_args()
     rng = random.Random(7)
 
@@ -347,7 +354,7 @@ async def main() -> int:
         version = await raw.fetchval("SHOW server_version")
         fsync = await raw.fetchval("SHOW fsync")
         async with AICallLogger(engine, connections=2, fold_every=None) as log:
-            batch = await bench_batch(log, dsn, args.rounds, args.batch, rng)
+            batch = await bench_batch(log, dsn, args.rounds, args.batch, args.batches, rng)
         call = await bench_log_call(engine, raw, args.rounds, 300, rng)
         conc = await bench_concurrent(engine, dsn, args.rounds, 150, rng)
         await raw.execute(
@@ -379,7 +386,8 @@ async def main() -> int:
     ]  # fmt: skip
     print(f"machine: {machine()}")
     print(f"PostgreSQL {version} (fsync={fsync}), Python {sys.version.split()[0]}, asyncpg {asyncpg.__version__}, "
-          f"SQLAlchemy {sqlalchemy.__version__}; {args.rounds} interleaved rounds after 1 warm-up, medians")  # fmt: skip
+          f"SQLAlchemy {sqlalchemy.__version__}; {args.rounds} interleaved rounds after 1 warm-up, medians; "
+          f"batch contenders load {args.batches} x {args.batch:,} rows per round")  # fmt: skip
     print(
         f"folding the usage of {args.batch} batched rows into the rollups (off the write path): "
         f"{batch['fold_ms']:.1f} ms"

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from time import perf_counter
@@ -569,17 +569,23 @@ class AICallLogger:
         await self._fresh_prices(raw)
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
-        ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
-        keys, calls, unpriced = self._rows(records, ids)
-        if unpriced and self._may_reload():
+        quotes = self._quotes(records)
+        if quotes is None and self._may_reload():
             self.prices.replace(await raw.fetch(LOAD_PRICES))
-            keys, calls, unpriced = self._rows(records, ids)
-        if unpriced:
-            raise _unpriced(unpriced[0])
+            quotes = self._quotes(records)
+        if quotes is None:
+            raise _unpriced(next(r for r in records if self.prices.quote(r) is None))
+        ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
         try:
             async with raw.transaction():
-                await raw.copy_records_to_table("ai_call_keys", records=keys, columns=_KEY_COLUMNS)
-                await raw.copy_records_to_table("ai_calls", records=calls, columns=_CALL_COLUMNS)
+                # Generators, not lists: each row tuple dies as soon as it is encoded, so a batch
+                # leaves nothing behind for the garbage collector to walk (measured: ~10% of CPU).
+                await raw.copy_records_to_table(
+                    "ai_call_keys", records=_key_rows(records, ids), columns=_KEY_COLUMNS
+                )
+                await raw.copy_records_to_table(
+                    "ai_calls", records=_call_rows(records, ids, quotes), columns=_CALL_COLUMNS
+                )
                 await raw.execute(RECORD_PENDING, *id_runs(ids))
             return len(records)
         except asyncpg.UniqueViolationError as exc:
@@ -592,10 +598,10 @@ class AICallLogger:
                 row[0]
                 for row in await raw.fetch(
                     _INSERT_KEYS,
-                    [k[0] for k in keys],
+                    [r.idempotency_key for r in records],
                     ids,
-                    [k[2] for k in keys],
-                    [k[3] for k in keys],
+                    [r.created_at for r in records],
+                    [r.payload_hash for r in records],
                 )
             }
             old = [r for r in records if r.idempotency_key not in new]
@@ -610,35 +616,23 @@ class AICallLogger:
                 ]
                 if differ:
                     raise _key_conflict(differ)
-            chosen = [row for row, key in zip(calls, keys, strict=True) if key[0] in new]
+            chosen = [
+                (r, i, q) for r, i, q in zip(records, ids, quotes, strict=True) if r.idempotency_key in new
+            ]
             if chosen:
-                await raw.copy_records_to_table("ai_calls", records=chosen, columns=_CALL_COLUMNS)
-                await raw.execute(RECORD_PENDING, *id_runs([row[0] for row in chosen]))
+                await raw.copy_records_to_table(
+                    "ai_calls",
+                    records=_call_rows(*map(list, zip(*chosen, strict=True))),
+                    columns=_CALL_COLUMNS,
+                )
+                await raw.execute(RECORD_PENDING, *id_runs([i for _, i, _ in chosen]))
             return len(chosen)
 
-    def _rows(
-        self, records: list[AICallRecord], ids: list[int]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[AICallRecord]]:
-        """One pass: the COPY rows of `ai_call_keys` and `ai_calls`, and the calls without a price."""
+    def _quotes(self, records: list[AICallRecord]) -> list[Quote] | None:
+        """The cost fields of every record, or None when one of them has no price."""
         quote = self.prices.quote
-        keys: list[tuple[Any, ...]] = []
-        calls: list[tuple[Any, ...]] = []
-        unpriced: list[AICallRecord] = []
-        for r, i in zip(records, ids, strict=True):
-            q = quote(r)
-            if q is None:
-                unpriced.append(r)
-                continue
-            at = r.created_at
-            keys.append((r.idempotency_key, i, at, r.payload_hash))
-            row = (
-                i, at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-                r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3],
-                r.latency_ms, r.status, r.error_class, r.customer_id, r.organization_id, r.product_id,
-                r.environment, r.request_id, r.trace_id,
-            )  # fmt: skip
-            calls.append(row)
-        return keys, calls, unpriced
+        quotes = [quote(r) for r in records]
+        return None if None in quotes else quotes  # type: ignore[return-value]
 
     # -- rollups --------------------------------------------------------------------------------
 
@@ -722,6 +716,21 @@ def _unpriced(record: AICallRecord) -> UnpricedCallError:
         f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
         f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
     )
+
+
+def _key_rows(records: list[AICallRecord], ids: list[int]) -> Iterator[tuple[Any, ...]]:
+    for r, i in zip(records, ids, strict=True):
+        yield r.idempotency_key, i, r.created_at, r.payload_hash
+
+
+def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Quote]) -> Iterator[tuple[Any, ...]]:
+    for r, i, q in zip(records, ids, quotes, strict=True):
+        yield (
+            i, r.created_at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+            r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3], r.latency_ms,
+            r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
+            r.request_id, r.trace_id,
+        )  # fmt: skip
 
 
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
