@@ -18,7 +18,8 @@ and compares, with interleaved A/B rounds and medians:
    the raw INSERT; rows/s; target >= 0.8x.
 4. `get_stats` over a month from rollups vs seed 000's raw-scan query over the ledger; target >= 20x.
 
-Both sides get pre-built rows (records validated when created, tuples for raw asyncpg).
+Both sides get pre-built rows (records validated when created, tuples for raw asyncpg). The batch
+section also prints the CPU (client + server) each contender burns per batch.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ SELECT provider, count(*), sum(cost_usd), sum(total_tokens), avg(latency_ms)
   FROM ai_calls WHERE created_at >= $1 AND created_at < $2 GROUP BY provider
 """
 _counter = 0
+
+
+CONTENDERS = ("ingest", "log_batch", "raw1", "raw2", "full")
 
 
 def records(n: int, start: datetime, span: timedelta, rng: random.Random) -> list[AICallRecord]:
@@ -112,14 +116,40 @@ def raw_row(r: AICallRecord) -> tuple[Any, ...]:
             r.trace_id)  # fmt: skip
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def server_cpu(postmaster: int | None) -> float:
+    """CPU seconds used so far by the postmaster and its children (backends, WAL writer, ...); Linux only."""
+    total = 0
+    if postmaster is None:
+        return 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def bench_batch(
-    log: AICallLogger, dsn: dict[str, Any], rounds: int, size: int, n: int, rng: random.Random
-) -> dict[str, float]:
+    log: AICallLogger,
+    dsn: dict[str, Any],
+    rounds: int,
+    size: int,
+    n: int,
+    rng: random.Random,
+    postmaster: int | None,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Five contenders per round, in rotating order, each loading `n` fresh batches of `size` rows:
     ours `ingest` (2 connections), ours `log_batch` (one connection), raw COPY of the seed's columns
     on one connection and on two, raw COPY of every column ours writes (one connection)."""
@@ -127,6 +157,7 @@ async def bench_batch(
     await log.reload_prices()
     c1, c2 = await asyncpg.connect(**dsn), await asyncpg.connect(**dsn)
     results: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}
     for i in range(rounds + 1):
         batches = [records(size, now - timedelta(days=1), timedelta(days=1), rng) for _ in range(5 * n)]
         ours, raw_rows = batches[: 2 * n], [[raw_row(r) for r in b] for b in batches[2 * n : 4 * n]]
@@ -165,17 +196,26 @@ async def bench_batch(
         ]
         contenders = contenders[i % 5 :] + contenders[: i % 5]
         for name, fn in contenders:
+            client, server = time.process_time(), server_cpu(postmaster)
             t = time.perf_counter()
             await fn()
             if i:  # round 0 is a warm-up
                 results.setdefault(name, []).append(n * size / (time.perf_counter() - t))
+                cpu.setdefault(name, []).append(
+                    (time.process_time() - client, server_cpu(postmaster) - server)
+                )
     await c1.close()
     await c2.close()
     # The rollup work log_batch no longer does inline: the fold of everything ours wrote above.
     t = time.perf_counter()
     folded = await log.fold_rollups()
     fold_ms = (time.perf_counter() - t) * 1000 * size / max(folded, 1)
-    return {name: statistics.median(values) for name, values in results.items()} | {"fold_ms": fold_ms}
+    per_batch: dict[str, tuple[float, float]] = {}  # CPU ms per `size` rows: (client, server)
+    for name, values in cpu.items():
+        client_ms, server_ms = (statistics.median(v[k] for v in values) * 1000 / n for k in (0, 1))
+        per_batch[name] = (client_ms, server_ms)
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    return medians | {"fold_ms": fold_ms}, per_batch
 
 
 async def bench_log_call(engine: AsyncEngine, raw: asyncpg.Connection, rounds: int,
@@ -329,7 +369,7 @@ async def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="bench-ledger-", dir="/tmp"))
     server = EmbeddedServer(data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1",
                             settings={"max_connections": "50"})  # fmt: skip
-    server.start()
+    postmaster = server.start().pid
     try:
         server.ensure_database("bench")
         config = DatabaseConfig.model_validate(
@@ -354,7 +394,7 @@ async def main() -> int:
         version = await raw.fetchval("SHOW server_version")
         fsync = await raw.fetchval("SHOW fsync")
         async with AICallLogger(engine, connections=2, fold_every=None) as log:
-            batch = await bench_batch(log, dsn, args.rounds, args.batch, args.batches, rng)
+            batch, cpu = await bench_batch(log, dsn, args.rounds, args.batch, args.batches, rng, postmaster)
         call = await bench_log_call(engine, raw, args.rounds, 300, rng)
         conc = await bench_concurrent(engine, dsn, args.rounds, 150, rng)
         await raw.execute(
@@ -367,6 +407,7 @@ async def main() -> int:
         server.stop(mode="fast")
         shutil.rmtree(data, ignore_errors=True)
     ingest, raw1 = batch["ingest"], batch["raw1"]
+    size = args.batch * 1000  # cpu[...] is in ms per batch
     rows = [
         (f"bulk ingest: `ingest` ({args.batch} rows/batch, 2 connections) vs one COPY stream, rows/s",
          f"{ingest:,.0f}", f"{raw1:,.0f}", ingest / raw1, ">= 0.85x", ingest / raw1 >= 0.85),
@@ -377,6 +418,9 @@ async def main() -> int:
         ("  `log_batch` vs one COPY stream of every column ours writes", f"{batch['log_batch']:,.0f}",
          f"{batch['full']:,.0f}", batch["log_batch"] / batch["full"], "(context)",
          batch["log_batch"] / batch["full"] >= 0.85),
+        ("  rows per CPU second (client + server): `ingest` vs one COPY stream", f"{size / sum(cpu['ingest']):,.0f}",
+         f"{size / sum(cpu['raw1']):,.0f}", sum(cpu["raw1"]) / sum(cpu["ingest"]), "(context)",
+         sum(cpu["raw1"]) / sum(cpu["ingest"]) >= 0.85),
         ("log_call p50 latency, ms", f"{call['ours']:.3f}", f"{call['raw']:.3f}", call["ours"] / call["raw"],
          "<= 1.3x", call["ours"] / call["raw"] <= 1.3),
         ("8 concurrent loggers, calls/s", f"{conc['ours']:,.0f}", f"{conc['raw']:,.0f}", conc["ours"] / conc["raw"],
@@ -391,6 +435,10 @@ async def main() -> int:
     print(
         f"folding the usage of {args.batch} batched rows into the rollups (off the write path): "
         f"{batch['fold_ms']:.1f} ms"
+    )
+    print(
+        f"CPU ms per {args.batch:,} rows, client + server: "
+        + ", ".join(f"{name} {cpu[name][0]:.0f} + {cpu[name][1]:.0f}" for name in CONTENDERS)
     )
     print(f"log_call p90: ours {call['ours_p90']:.3f} ms, raw {call['raw_p90']:.3f} ms; "
           f"loading {args.stats_rows:,} rows through log_batch took {stats['load_s']:.1f} s")  # fmt: skip
