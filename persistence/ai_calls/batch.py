@@ -9,7 +9,9 @@ When a batch cannot be written because PostgreSQL is down or failing (lost or re
 its idempotency key) and is replayed once the database answers again; segments are deleted only
 after their replay committed. Idempotency keys make a replay of an already committed batch (a lost
 COMMIT acknowledgement, a crash mid-replay) a no-op, so every call lands exactly once. Without a
-spool directory, a failed batch stays at the head of the buffer and is retried (callers then wait).
+spool directory, or when the spool itself cannot be written (disk full), a failed batch stays at the
+head of the buffer and is retried (callers then wait). If the writer task ever stops, `log()`,
+`flush()` and `close()` raise instead of waiting for it.
 Nothing is dropped: a batch the database rejects for good (a reused key with another payload) is
 kept in a `rejected-*.jsonl` file in the spool directory and counted.
 """
@@ -67,8 +69,10 @@ def encode_record(record: AICallRecord) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, datetime):
             value = value.isoformat()
-        elif isinstance(value, Mapping):
-            value = dict(value)
+        elif name == "usage" and value is not None:
+            # The record's own canonical JSON (Decimals and datetimes as strings): it always
+            # serialises, and decodes to a usage that hashes to the same idempotency payload.
+            value = json.loads(record.usage_json or "null")
         out[name] = value
     return out
 
@@ -149,6 +153,7 @@ class BatchLogger:
                 raise PersistenceError("BatchLogger is closed")
             self._start()
             while len(self._buffer) >= self.max_buffered:
+                self._raise_if_writer_died()
                 await self._changed.wait()
             self._buffer.append(record)
             if len(self._buffer) >= self.batch_size:
@@ -162,8 +167,7 @@ class BatchLogger:
             target = self._flush_requests
             self._changed.notify_all()
             while self._flushes_done < target:
-                if self._task is not None and self._task.done():
-                    self._task.result()  # surface a crashed writer
+                self._raise_if_writer_died()
                 await self._changed.wait()
 
     async def close(self) -> None:
@@ -173,16 +177,20 @@ class BatchLogger:
         """
         if self._closing:
             return
-        await self.flush()
-        async with self._changed:
+        try:
+            await self.flush()
+            async with self._changed:
+                self._closing = True
+                self._changed.notify_all()
+            if self._task is not None:
+                await self._task
+            if self.spool is not None:
+                with contextlib.suppress(Exception):
+                    await self._replay()
+        finally:
             self._closing = True
-            self._changed.notify_all()
-        if self._task is not None:
-            await self._task
-        if self.spool is not None:
-            with contextlib.suppress(Exception):
-                await self._replay()
-            self.spool.close()
+            if self.spool is not None:
+                self.spool.close()
 
     # -- writer ---------------------------------------------------------------------------------
 
@@ -190,7 +198,26 @@ class BatchLogger:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="BatchLogger writer")
 
+    def _raise_if_writer_died(self) -> None:
+        """A writer that stopped on a bug must fail its callers, not leave them waiting forever."""
+        if self._task is None or not self._task.done():
+            return
+        if self._closing:
+            raise PersistenceError("BatchLogger is closed")
+        error = None if self._task.cancelled() else self._task.exception()
+        raise PersistenceError(
+            f"BatchLogger's writer stopped ({type(error).__name__ if error else 'cancelled'}); "
+            f"{len(self._buffer)} calls are still buffered in memory"
+        ) from error
+
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            async with self._changed:
+                self._changed.notify_all()  # wake waiters, so they see the writer has stopped
+
+    async def _loop(self) -> None:
         while True:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
@@ -220,7 +247,12 @@ class BatchLogger:
         """Write the buffer batch by batch; a failed batch goes to the spool (or waits and retries)."""
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
-            done = await self._write(batch)
+            try:
+                done = await self._write(batch)
+            except Exception as exc:  # the spool itself failed (disk full, permissions): keep the calls
+                log.error("could not write or spool a batch; it stays buffered", calls=len(batch),
+                          error=type(exc).__name__, detail=str(exc))  # fmt: skip
+                done = False
             if not done:
                 await asyncio.sleep(self.retry_interval)  # no spool: keep the batch, retry later
                 continue

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,8 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence import AICallLogger, AICallRecord, BatchLogger
 from persistence.ai_calls.batch import decode_record, encode_record
 from persistence.ai_calls.spool import Spool, SpooledRecord
+from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
+from persistence.errors import PersistenceError
 from persistence.testing import ThrowawayPostgres
+from persistence.testing.database import free_port
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
@@ -42,9 +47,93 @@ async def count(engine: AsyncEngine, sql: str = "SELECT count(*) FROM ai_calls")
 
 
 def test_spool_encoding_round_trips() -> None:
-    record = call(1, usage={"prompt_tokens": 5}, request_id=None, event_id=None)
-    again = decode_record(encode_record(record))
-    assert again == record or again.payload_hash == record.payload_hash
+    record = call(1, usage={"prompt_tokens": 5}, request_id=None, event_id="e-1")
+    again = decode_record(json.loads(json.dumps(encode_record(record))))
+    assert again == record
+
+
+def test_spool_encoding_keeps_usage_that_is_not_plain_json() -> None:
+    # AICallRecord accepts any usage it can serialise (Decimals, datetimes as strings); the spool
+    # must too, and the decoded call must keep its idempotency payload.
+    record = call(2, usage={"cost": Decimal("1.5"), "at": T0, "n": 3})
+    line = json.dumps(encode_record(record))
+    again = decode_record(json.loads(line))
+    assert (again.idempotency_key, again.payload_hash) == (record.idempotency_key, record.payload_hash)
+    assert again.usage_json == record.usage_json
+
+
+def unreachable_engine() -> AsyncEngine:
+    """An engine whose server is down: nothing listens on its port."""
+    return build_engine(
+        DatabaseConfig.model_validate(
+            {
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "user": "nobody",
+                "database": "nothing",
+                "connect_timeout": 1.0,
+            }
+        )
+    )
+
+
+@pytest.mark.commits
+async def test_calls_spooled_while_down_land_once_after_a_spool_failure(
+    fresh_engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_append = Spool.append
+    failures: list[int] = []
+
+    def append_failing_once(self: Spool, entries: list[SpooledRecord]) -> None:
+        if not failures:
+            failures.append(len(entries))
+            raise OSError(28, "No space left on device")
+        real_append(self, entries)
+
+    monkeypatch.setattr(Spool, "append", append_failing_once)
+    down = unreachable_engine()
+    calls = [call(n, usage={"cost": Decimal("0.5")}) for n in range(30)]
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path,
+                                  retry_interval=0.01)  # fmt: skip
+            for c in calls:
+                await batcher.log(c)
+            await batcher.close()  # still down: the calls stay in the spool
+    finally:
+        await down.dispose()
+    assert failures == [10]  # the first spool write failed; that batch was kept and spooled later
+    assert (batcher.stats.spooled, batcher.stats.buffered, batcher.stats.written) == (30, 0, 0)
+
+    async with AICallLogger(fresh_engine) as logger:
+        again = BatchLogger(logger, spool_dir=tmp_path)
+        assert again.stats.pending_in_spool == 30
+        await again.close()
+    assert (again.stats.replayed, again.stats.written, again.stats.rejected) == (30, 30, 0)
+    assert await count(fresh_engine) == 30
+    assert await count(fresh_engine, "SELECT count(*) FROM ai_calls WHERE usage->>'cost' = '0.5'") == 30
+
+
+async def test_a_stopped_writer_fails_its_callers_instead_of_leaving_them_waiting(tmp_path: Path) -> None:
+    down = unreachable_engine()
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(
+                logger, batch_size=2, max_buffered=2, flush_interval=3600, spool_dir=tmp_path
+            )
+            await batcher.log(call(0))
+            assert batcher._task is not None
+            batcher._task.cancel()  # stands for any bug that would end the writer task
+            with contextlib.suppress(asyncio.CancelledError):
+                await batcher._task
+            await batcher.log(call(1))  # fills the buffer
+            with pytest.raises(PersistenceError, match="writer stopped"):
+                await asyncio.wait_for(batcher.log(call(2)), timeout=10)
+            with pytest.raises(PersistenceError, match="writer stopped"):
+                await asyncio.wait_for(batcher.close(), timeout=10)
+    finally:
+        await down.dispose()
+    Spool(tmp_path).close()  # close() released the spool's lock: another logger can take it
 
 
 @pytest.mark.commits
