@@ -69,29 +69,37 @@ def _text(name: str, value: object, *, required: bool = False) -> str | None:
 
 
 def money(value: object, name: str = "cost_usd") -> Decimal | None:
-    """A cost as an exact Decimal rounded half-up to the ledger's 6 places; floats are refused."""
+    """A cost as an exact Decimal rounded half-up to the ledger's 6 places.
+
+    A float (seed 000's callers pass them) is taken at its shortest repr, as the seed does with
+    `Decimal(str(cost))`: 0.1 + 0.2 becomes 0.300000, not the binary value's 55 digits. From here
+    on money is Decimal only.
+    """
     if value is None:
         return None
-    if isinstance(value, float):
-        raise _fail(f"{name} must be a Decimal, int or str, not float (floats drift: {value!r})")
     if isinstance(value, bool):
-        raise _fail(f"{name} must be a Decimal, int or str, got bool")
+        raise _fail(f"{name} must be a Decimal, int, str or float, got bool")
     try:
         amount = (
-            value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int | str) else None
+            value
+            if isinstance(value, Decimal)
+            else Decimal(repr(value))
+            if isinstance(value, float)
+            else Decimal(value)
+            if isinstance(value, int | str)
+            else None
         )
     except InvalidOperation:
         raise _fail(f"{name} is not a number: {value!r}") from None
     if amount is None:
-        raise _fail(f"{name} must be a Decimal, int or str, got {type(value).__name__}")
+        raise _fail(f"{name} must be a Decimal, int, str or float, got {type(value).__name__}")
     if not amount.is_finite():
         raise _fail(f"{name} must be finite, got {amount}")
     if amount < 0:
         raise _fail(f"{name} must not be negative, got {amount}")
-    rounded = amount.quantize(MICRO, rounding=ROUND_HALF_UP)
-    if rounded > MAX_COST_USD:
+    if amount > MAX_COST_USD or amount.quantize(MICRO, rounding=ROUND_HALF_UP) > MAX_COST_USD:
         raise _fail(f"{name} must be at most {MAX_COST_USD}, got {amount}")
-    return rounded
+    return amount.quantize(MICRO, rounding=ROUND_HALF_UP)
 
 
 def _utc(name: str, value: object) -> datetime:
@@ -209,7 +217,7 @@ class AICallRecord:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
-    cost_usd: Decimal | None = None
+    cost_usd: Decimal | None = None  # a Decimal after validation (int, str and float accepted)
     latency_ms: int | None = None
     status: str = "success"
     error_class: str | None = None

@@ -94,7 +94,7 @@ class SyncAICallLogger:
         model: str,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
-        cost_usd: Decimal | int | str | None = None,
+        cost_usd: Decimal | int | str | float | None = None,
         latency_ms: int | None = None,
         customer_id: str | None = None,
         organization_id: str | None = None,

@@ -86,7 +86,7 @@ async def test_the_same_key_with_another_payload_is_a_conflict(
         {"input_tokens": -1},
         {"cost_usd": Decimal("NaN")},
         {"cost_usd": Decimal("-0.5")},
-        {"cost_usd": 0.25},
+        {"cost_usd": float("nan")},
         {"provider": "p" * 300},
         {"created_at": datetime(2026, 3, 10, 12, 0)},  # noqa: DTZ001
     ],

@@ -24,9 +24,14 @@ BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens":
         ({"cost_usd": Decimal("NaN")}, "finite"),
         ({"cost_usd": Decimal("Infinity")}, "finite"),
         ({"cost_usd": Decimal("-0.01")}, "negative"),
-        ({"cost_usd": 0.0016}, "not float"),
+        ({"cost_usd": float("nan")}, "finite"),
+        ({"cost_usd": float("inf")}, "finite"),
+        ({"cost_usd": -0.5}, "negative"),
+        ({"cost_usd": True}, "got bool"),
         ({"cost_usd": "abc"}, "not a number"),
         ({"cost_usd": Decimal("10000")}, "at most"),
+        ({"cost_usd": Decimal("1E+300")}, "at most"),
+        ({"cost_usd": 1e300}, "at most"),
         ({"provider": "x" * 300}, "300 characters"),
         ({"provider": ""}, "provider must be"),
         ({"provider": "open ai"}, "provider must be"),
@@ -53,6 +58,18 @@ def test_values_are_normalised() -> None:
     assert record.created_at == at and record.created_at.tzinfo is UTC
     assert record.hour == datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert record.total_tokens == 15
+
+
+def test_a_float_cost_is_taken_at_its_shortest_repr() -> None:
+    # Seed 000's callers compute costs in float; the seed stores Decimal(str(cost)), and so do we.
+    def stored(cost: float) -> object:
+        return AICallRecord(**{**BASE, "cost_usd": cost}).cost_usd
+
+    assert stored(0.1 + 0.2) == Decimal("0.300000")
+    assert stored(1000 * 0.000003 + 200 * 0.000015) == Decimal("0.006000")
+    assert stored(0.0000015) == Decimal("0.000002")  # half-up to 6 places
+    assert stored(1e-7) == Decimal("0.000000")
+    assert type(stored(0.25)) is Decimal
 
 
 def test_idempotency_key_and_payload_hash() -> None:

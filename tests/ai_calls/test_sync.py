@@ -71,10 +71,8 @@ def test_seed_000_integration_example(migrated: ThrowawayPostgres, fresh_databas
             model="claude-sonnet-4-20250514", max_tokens=1000, messages=[{"role": "user", "content": prompt}]
         )
         latency_ms = int((time.time() - start_time) * 1000)
-        # Decimal pricing instead of the seed's float arithmetic (floats are refused: they drift).
-        cost_usd = response.usage.input_tokens * Decimal("0.000003") + response.usage.output_tokens * Decimal(
-            "0.000015"
-        )
+        # Calculate cost (simplified pricing): the seed's float arithmetic, as written
+        cost_usd = response.usage.input_tokens * 0.000003 + response.usage.output_tokens * 0.000015
         try:
             pg_logger.log_call(
                 provider="anthropic",
@@ -105,13 +103,14 @@ def test_seed_000_integration_example(migrated: ThrowawayPostgres, fresh_databas
         assert stats["by_provider"]["anthropic"]["cost"] == 2 * Decimal(
             "0.000756"
         )  # 42 in + 42 out, both ways
-        with pytest.raises(ValidationError, match="float"):
-            pg_logger.log_call(provider="anthropic", model="m", input_tokens=1, output_tokens=1, cost_usd=0.1)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="finite"):
+            pg_logger.log_call(provider="anthropic", model="m", input_tokens=1, output_tokens=1,
+                               cost_usd=float("nan"))  # fmt: skip
         with pytest.raises(ConflictError):
             pg_logger.log_call(provider="anthropic", model="x", input_tokens=1, output_tokens=1,
                                cost_usd=Decimal(0), request_id="msg_0001")  # fmt: skip
         assert pg_logger.log_batch([{"provider": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1,
-                                     "cost_usd": Decimal("0.01"), "request_id": "b1"}] * 2) == 1  # fmt: skip
+                                     "cost_usd": 0.01, "request_id": "b1"}] * 2) == 1  # fmt: skip
         bulk = ({"provider": "openai", "model": "gpt-4o", "input_tokens": i, "output_tokens": 1,
                  "request_id": f"bulk-{i}"} for i in range(250))  # fmt: skip
         assert pg_logger.ingest(bulk, batch_size=100) == 250
