@@ -135,7 +135,7 @@ def _line(entry: object, what: str) -> UsageLine:
         raise UsageSourceError(f"{what}: expected an object")
     amount = _amount(entry, what)
     return UsageLine(
-        provider=_text(entry.get("provider"), f"{what}.provider", 50),
+        provider=_text(entry.get("provider"), f"{what}.provider", 50).lower(),  # ours are lower case
         model=_text(entry.get("model"), f"{what}.model", 100),
         day=_day(entry.get("date", entry.get("day")), f"{what}.date"),
         calls=amount.calls,
@@ -157,8 +157,8 @@ def parse_usage(payload: object) -> VendorUsage:
     """`VendorUsage` from seed 000's `/v1/usage` JSON (numbers already parsed as Decimal).
 
     `by_provider` values take `calls`/`transactions` and `cost`/`cost_usd`; optional `lines` (or
-    `by_model_day`) hold `{provider, model, date, calls, cost}`. Without `by_provider`, it is derived
-    from the lines.
+    `by_model_day`) hold `{provider, model, date, calls, cost}`. Without `by_provider` (or with an
+    empty one), it is derived from the lines. Provider names are compared in lower case, as ours are.
     """
     if not isinstance(payload, Mapping):
         raise UsageSourceError("usage report: expected a JSON object")
@@ -175,12 +175,17 @@ def parse_usage(payload: object) -> VendorUsage:
     if raw_providers is not None:
         if not isinstance(raw_providers, Mapping):
             raise UsageSourceError("by_provider: expected an object")
-        by_provider = {
-            _text(p, "by_provider key", 50): _amount(v, f"by_provider[{p!r}]")
-            for p, v in raw_providers.items()
-        }
-    elif lines is not None:
-        by_provider = providers_of(lines)
+        by_provider = {}
+        for p, v in raw_providers.items():
+            name, amount = _text(p, "by_provider key", 50).lower(), _amount(v, f"by_provider[{p!r}]")
+            seen = by_provider.get(name)  # "OpenAI" and "openai" are one provider, as in our ledger
+            by_provider[name] = (
+                amount
+                if seen is None
+                else UsageAmount(seen.calls + amount.calls, seen.cost_usd + amount.cost_usd)
+            )
+    if not by_provider:  # absent, or an empty object: no per-provider figures
+        by_provider = providers_of(lines) if lines is not None else None
     return VendorUsage(total_calls, total_cost, by_provider, lines)
 
 

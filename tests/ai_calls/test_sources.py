@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import ConfigurationError, FileUsageSource, UsageSource, UsageSourceError, reconcile
+from persistence.ai_calls.sources import UsageAmount, parse_usage
 from tests.ai_calls.fake_vendor import dumps
 from tests.ai_calls.ledger_rows import END, START, seed_ledger, vendor_payload
 
@@ -37,6 +38,40 @@ async def test_json_export(tmp_path: Path) -> None:
     usage = await source.fetch(START, END)
     assert usage.total_calls == 3 and usage.total_cost_usd == Decimal("0.000000001")
     assert usage.by_provider is not None and usage.by_provider["cohere"].calls == 3
+
+
+def test_vendor_provider_names_are_compared_in_lower_case() -> None:
+    usage = parse_usage(
+        {
+            "total_transactions": 6,
+            "total_cost": Decimal("0.6"),
+            "by_provider": {"OpenAI": {"calls": 2, "cost": Decimal("0.2")}, "openai": {"calls": 1, "cost": 0},
+                            "Anthropic": {"calls": 3, "cost": Decimal("0.4")}},
+            "lines": [{"provider": "OpenAI", "model": "gpt-4o", "date": "2026-11-01", "calls": 3, "cost": 0}],
+        }
+    )  # fmt: skip
+    assert usage.by_provider == {
+        "openai": UsageAmount(3, Decimal("0.2")),
+        "anthropic": UsageAmount(3, Decimal("0.4")),
+    }
+    assert usage.lines is not None and usage.lines[0].provider == "openai"
+
+
+def test_an_empty_by_provider_is_no_per_provider_figures() -> None:
+    line = {
+        "provider": "cohere",
+        "model": "command-r",
+        "date": "2026-11-01",
+        "calls": 2,
+        "cost": Decimal("0.5"),
+    }
+    with_lines = parse_usage(
+        {"total_calls": 2, "total_cost": Decimal("0.5"), "by_provider": {}, "lines": [line]}
+    )
+    assert with_lines.by_provider == {"cohere": UsageAmount(2, Decimal("0.5"))}
+    assert (
+        parse_usage({"total_calls": 2, "total_cost": Decimal("0.5"), "by_provider": {}}).by_provider is None
+    )
 
 
 async def test_csv_export_keeps_the_days_of_the_period(tmp_path: Path) -> None:
