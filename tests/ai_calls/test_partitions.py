@@ -55,6 +55,7 @@ async def test_maintenance_creates_moves_drops_and_dry_runs(fresh_engine: AsyncE
         datetime(2098, 9, 3, tzinfo=UTC),
         datetime(2098, 12, 31, 23, tzinfo=UTC),
         datetime(2099, 2, 2, tzinfo=UTC),
+        datetime(2098, 8, 15, tzinfo=UTC),  # no month is ever made for it: stays in the default
     ]
     async with AICallLogger(fresh_engine) as log:
         for i, at in enumerate(times):
@@ -78,16 +79,19 @@ async def test_maintenance_creates_moves_drops_and_dry_runs(fresh_engine: AsyncE
             return {str(r): str(t) for r, t in rows}
 
     # Rows that sat in the default partition moved into the months created for them.
-    assert await where() == {"r0": "ai_calls_p2098_09", "r1": "ai_calls_default", "r2": "ai_calls_p2099_02"}
+    assert await where() == {
+        "r0": "ai_calls_p2098_09", "r1": "ai_calls_default", "r2": "ai_calls_p2099_02", "r3": "ai_calls_default"
+    }  # fmt: skip
 
-    # Retention: months that ended before 2098-10 go, with their calls' keys; the rollups stay.
+    # Retention: months that ended before 2098-10 go, with their calls' keys; the rollups stay. The
+    # older call still in the default partition keeps its row and its key.
     dropped = await maintain_partitions(fresh_engine, ahead=0, retention_months=3, today=today)
     assert date(2098, 9, 1) in dropped.dropped and dropped.keys_deleted == 1
-    assert await where() == {"r1": "ai_calls_default", "r2": "ai_calls_p2099_02"}
+    assert await where() == {"r1": "ai_calls_default", "r2": "ai_calls_p2099_02", "r3": "ai_calls_default"}
     async with fresh_engine.connect() as conn:
         keys = (await conn.execute(text("SELECT count(*) FROM ai_call_keys"))).scalar()
         rolled = (await conn.execute(text("SELECT sum(calls) FROM ai_call_model_hourly"))).scalar()
-    assert keys == 2 and rolled == 3
+    assert keys == 3 and rolled == 4
 
 
 @pytest.mark.commits
