@@ -2,7 +2,8 @@
 
 asyncpg connections belong to one event loop, so the facade owns a private loop in a daemon thread,
 creates its engine there, and runs each call on it (`run_coroutine_threadsafe(...).result()`).
-Every method blocks until the database answered, and raises exactly what `AICallLogger` raises.
+Every method blocks until the database answered, and raises what `AICallLogger` raises; a call
+that takes longer than `timeout` is cancelled and raises `TransientError`.
 Thread-safe: several threads may log through one facade.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from persistence.ai_calls.logger import AICallLogger, Stats
 from persistence.ai_calls.record import AICallRecord
 from persistence.config import DatabaseConfig
-from persistence.errors import PersistenceError
+from persistence.errors import PersistenceError, TransientError
 
 __all__ = ["SyncAICallLogger"]
 
@@ -76,12 +77,18 @@ class SyncAICallLogger:
             coro.close()
             raise PersistenceError("SyncAICallLogger cannot be used from its own event loop thread")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        if timed:
-            return future.result(self.timeout)
         try:
-            return future.result()
+            return future.result(self.timeout if timed else None)
+        except TimeoutError:
+            if future.done():  # the call's own error, not our wait
+                raise
+            future.cancel()
+            raise TransientError(
+                f"no answer from the database within {self.timeout} s; the call was cancelled "
+                "(retrying it with the same request_id or event_id is safe)"
+            ) from None
         except BaseException:
-            future.cancel()  # Ctrl-C during a long load stops the load too
+            future.cancel()  # Ctrl-C while waiting stops the call (or the load) too
             raise
 
     def _check(self) -> None:

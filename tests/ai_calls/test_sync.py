@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import SyncAICallLogger
 from persistence.config import DatabaseConfig
-from persistence.errors import ConflictError, PersistenceError, ValidationError
+from persistence.errors import ConflictError, PersistenceError, TransientError, ValidationError
 from persistence.testing import ThrowawayPostgres
 
 pytestmark = pytest.mark.commits
@@ -159,3 +159,27 @@ async def test_it_refuses_its_own_loop(fresh_engine: AsyncEngine, fresh_database
 
 async def _inside(pg_logger: SyncAICallLogger) -> int:
     return pg_logger.log_call(provider="openai", model="gpt-4o", input_tokens=1, output_tokens=1)
+
+
+async def test_a_call_past_the_timeout_is_cancelled_and_raises_transient(
+    fresh_engine: AsyncEngine, fresh_database: DatabaseConfig
+) -> None:
+    pg_logger = await asyncio.to_thread(SyncAICallLogger, fresh_database, timeout=0.5)
+
+    def log_call() -> int:
+        return pg_logger.log_call(provider="openai", model="gpt-4o", input_tokens=1, output_tokens=1,
+                                  cost_usd=Decimal("0.01"), request_id="slow")  # fmt: skip
+
+    try:
+        async with fresh_engine.connect() as blocker:
+            await blocker.execute(text("LOCK TABLE ai_calls IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(TransientError, match=r"within 0\.5 s"):
+                await asyncio.to_thread(log_call)
+            await blocker.rollback()  # the lock goes; a call still running would now commit
+        await asyncio.sleep(1.0)
+        async with fresh_engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM ai_calls"))).scalar() == 0
+        first = await asyncio.to_thread(log_call)  # the facade still works, and a retry is safe
+        assert await asyncio.to_thread(log_call) == first
+    finally:
+        await asyncio.to_thread(pg_logger.close)
