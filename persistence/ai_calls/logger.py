@@ -10,7 +10,8 @@ and talks to them through asyncpg directly, with statements asyncpg prepares onc
 - `log_batch` COPYs keys and rows and records the batch's id range as pending for the rollups, in
   one transaction; when a key already exists (a retried batch) it falls back to an
   `INSERT .. ON CONFLICT DO NOTHING` path that adds only the new calls. It returns the number of
-  new rows. Folds (every `fold_every` rows, in the background) aggregate pending batches.
+  new rows. Folds aggregate pending batches and deltas into the rollups in the background, after
+  `fold_every` rows or, once anything was written, `fold_interval` seconds, and on `close()`.
 - `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas and pending batches' rows)
   and the partial hours at the edges from the ledger: exactly what a raw scan returns.
 
@@ -188,13 +189,18 @@ class AICallLogger:
         connections: int = 4,
         price_ttl: float = 60.0,
         fold_every: int | None = 50_000,
+        fold_interval: float = 60.0,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be >= 1")
+        if (fold_every is not None and fold_every < 1) or fold_interval <= 0:
+            raise ValueError("fold_every must be >= 1 (or None: no automatic folds), fold_interval > 0")
         self.engine = engine
         self.max_connections = connections
         self.prices = PriceBook(ttl=price_ttl)
         self.fold_every = fold_every
+        self.fold_interval = fold_interval
+        self._folded_at = time.monotonic()
         self._idle: list[_Lease] = []
         self._leased = 0
         self._waiters: deque[asyncio.Future[_Lease | None]] = deque()
@@ -217,11 +223,18 @@ class AICallLogger:
         await self.close()
 
     async def close(self) -> None:
-        """Wait for a running fold, then give every leased connection back to the pool."""
-        self._closed = True
+        """Fold what this logger left unfolded (best effort), then give back every leased connection.
+
+        Short-lived loggers (scripts, the sync facade) never reach `fold_every`; folding here keeps
+        the rollups from collecting their deltas and pending batches forever.
+        """
         if self._fold_task is not None:
             with contextlib.suppress(Exception):
                 await self._fold_task
+        if self.fold_every is not None and self._since_fold and not self._closed:
+            self._since_fold = 0
+            await self._background_fold()
+        self._closed = True
         idle, self._idle = self._idle, []
         self._leased -= len(idle)
         for lease in idle:
@@ -640,8 +653,10 @@ class AICallLogger:
         if self.fold_every is None or rows == 0:
             return
         self._since_fold += rows
-        if self._since_fold >= self.fold_every and (self._fold_task is None or self._fold_task.done()):
+        due = self._since_fold >= self.fold_every or time.monotonic() - self._folded_at >= self.fold_interval
+        if due and (self._fold_task is None or self._fold_task.done()):
             self._since_fold = 0
+            self._folded_at = time.monotonic()
             self._fold_task = asyncio.get_running_loop().create_task(self._background_fold())
 
     async def _background_fold(self) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls import AICallLogger, fold_rollups, rebuild_rollups
 from persistence.errors import ValidationError
-from tests.ai_calls.conftest import T0
+from tests.ai_calls.conftest import T0, call, counts, scalar
 
 pytestmark = pytest.mark.commits
 
@@ -265,3 +265,30 @@ async def test_batches_are_pending_until_a_fold_and_a_rebuild_never_counts_them_
     assert (mismatched, mismatched_models) == (0, 0) and groups > 100
     assert await logger.get_stats(*whole) == await raw_stats(fresh_engine, *whole)
     assert await logger.fold_rollups() == 0
+
+
+async def test_a_logger_folds_on_close_and_after_fold_interval(fresh_engine: AsyncEngine) -> None:
+    # Far below fold_every: a short-lived logger (a script, the sync facade) still leaves no work.
+    async with AICallLogger(fresh_engine) as log:
+        await log.log_call(**call(1))
+        assert await log.log_batch([call(i) for i in range(2, 12)]) == 10
+        assert (await counts(fresh_engine))[2] > 0  # a delta row and a pending batch
+    assert await counts(fresh_engine) == (11, 11, 0)
+    assert await scalar(fresh_engine, "SELECT sum(calls) FROM ai_call_model_hourly") == 11
+
+    # A long-lived one folds once fold_interval has passed since its last fold, at its next write.
+    async with AICallLogger(fresh_engine, fold_interval=0.2) as log:
+        await log.log_call(**call(20))
+        await asyncio.sleep(0.3)
+        await log.log_call(**call(21))
+        for _ in range(100):
+            if (await counts(fresh_engine))[2] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await counts(fresh_engine) == (13, 13, 0)  # folded while the logger is still open
+
+
+async def test_fold_every_none_leaves_folding_to_the_caller(fresh_engine: AsyncEngine) -> None:
+    async with AICallLogger(fresh_engine, fold_every=None) as log:
+        await log.log_call(**call(1))
+    assert await counts(fresh_engine) == (1, 1, 1)
