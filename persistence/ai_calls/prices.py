@@ -9,6 +9,7 @@ by the row in force at its `created_at`; a row entered late is applied by the ne
 from __future__ import annotations
 
 import bisect
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ _MILLION = Decimal(1_000_000)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
 _MEMO_LIMIT = 10_000
+# A dated or numbered snapshot of a model, as providers report it in responses: OpenAI's
+# `gpt-4o-2024-08-06`, Cohere's `command-r-08-2024`, Google's `gemini-1.5-pro-002`, `-latest`.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{2}-\d{4}|\d{3}|latest)$")
 
 # (cost_usd, computed_cost_usd, cost_source, price_id): what the ledger stores about a call's cost.
 Quote = tuple[Decimal, Decimal | None, str, int | None]
@@ -97,6 +101,7 @@ class PriceBook:
         self.missed_at = float("-inf")
         self._by_key: dict[tuple[str, str, str], list[Price]] = {}
         self._starts: dict[tuple[str, str, str], list[datetime]] = {}
+        self._models: set[tuple[str, str]] = set()
         # (provider, model, tenant) -> (from, to, price): the lookup's answer for every time in
         # [from, to), so pricing a call is a dict get and a range compare.
         self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Price | None]] = {}
@@ -111,6 +116,7 @@ class PriceBook:
             prices.sort(key=lambda p: p.effective_from)
         self._by_key = by_key
         self._starts = {key: [p.effective_from for p in prices] for key, prices in by_key.items()}
+        self._models = {(provider, model) for provider, model, _ in by_key}
         self._memo = {}
         self.loaded_at = time.monotonic()
 
@@ -121,8 +127,21 @@ class PriceBook:
     def stale(self) -> bool:
         return time.monotonic() - self.loaded_at >= self.ttl
 
+    def priced_model(self, provider: str, model: str) -> str:
+        """The model name prices are kept under: `model` itself when it has prices, else the model
+        it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`) when that one has, else `model`.
+
+        Only a date, a 3-digit version or `-latest` is stripped, so `gpt-4o-mini` never falls back to
+        `gpt-4o`'s price.
+        """
+        if (provider, model) in self._models:
+            return model
+        base = _SNAPSHOT.sub("", model)
+        return base if base != model and (provider, base) in self._models else model
+
     def lookup(self, provider: str, model: str, tenant: str | None, at: datetime) -> Price | None:
         """The tenant's price in force at `at`, else the global one, else None."""
+        model = self.priced_model(provider, model)
         for tenant_id in (tenant, "") if tenant else ("",):
             key = (provider, model, tenant_id)
             starts = self._starts.get(key)
@@ -138,8 +157,9 @@ class PriceBook:
     ) -> tuple[datetime, datetime, Price | None]:
         """`lookup`'s answer at `at` and the period around `at` in which that answer holds."""
         lo, hi = _EARLIEST, _LATEST
+        priced = self.priced_model(provider, model)
         for tenant_id in (tenant, "") if tenant else ("",):
-            for p in self._by_key.get((provider, model, tenant_id), ()):
+            for p in self._by_key.get((provider, priced, tenant_id), ()):
                 for edge in (p.effective_from, p.effective_to):
                     if edge is None:
                         continue

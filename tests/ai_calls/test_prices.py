@@ -148,3 +148,34 @@ def test_quotes_follow_effective_dates_through_the_memo() -> None:
     assert book.quote(given) == (d("0.250000"), None, "provided", None)
     half = AICallRecord(provider="acme-ai", model="x", input_tokens=0, output_tokens=500_000, created_at=mar)
     assert book.quote(half) == (d("0.500000"), d("0.5"), "computed", 4)
+
+
+def test_a_snapshot_of_a_priced_model_gets_its_price() -> None:
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    d = Decimal
+    rows = [
+        (1, "openai", "gpt-4o", "", d("2.5"), d("10"), d("1.25"), d("0"), d("10"), at, None),
+        (2, "openai", "gpt-4o-mini", "", d("0.15"), d("0.6"), d("0.075"), d("0"), d("0.6"), at, None),
+        (3, "openai", "gpt-4o-2024-05-13", "", d("5"), d("15"), d("0"), d("0"), d("15"), at, None),
+        (4, "google", "gemini-1.5-pro", "", d("1.25"), d("5"), d("0.3125"), d("0"), d("5"), at, None),
+        (5, "cohere", "command-r", "", d("0.15"), d("0.6"), d("0"), d("0"), d("0.6"), at, None),
+    ]
+    book = PriceBook(rows)
+
+    def price_id(provider: str, model: str) -> int | None:
+        price = book.lookup(provider, model, None, at)
+        record = AICallRecord(provider=provider, model=model, input_tokens=1, output_tokens=1, created_at=at)
+        quote = book.quote(record)
+        assert (quote is None) == (price is None) and (quote is None or quote[3] == price.id)  # type: ignore[union-attr]
+        return None if price is None else price.id
+
+    assert price_id("openai", "gpt-4o-2024-08-06") == 1
+    assert price_id("openai", "gpt-4o-mini-2024-07-18") == 2
+    assert price_id("openai", "gpt-4o-2024-05-13") == 3  # a snapshot with its own price keeps it
+    assert price_id("google", "gemini-1.5-pro-002") == 4
+    assert price_id("cohere", "command-r-08-2024") == 5
+    assert price_id("openai", "gpt-4o-latest") == 1
+    # Anything else is not a snapshot: no guessing from a prefix.
+    assert price_id("openai", "gpt-4o-audio-preview") is None
+    assert price_id("openai", "gpt-4") is None
+    assert price_id("anthropic", "gpt-4o-2024-08-06") is None
