@@ -21,6 +21,7 @@ script runs against development databases where the `testing` extra is not insta
 from __future__ import annotations
 
 import bisect
+import json
 import random
 import statistics
 import uuid
@@ -39,7 +40,9 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     bindparam,
+    cast,
     column,
     exists,
     func,
@@ -49,7 +52,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from persistence.advisory import advisory_key
@@ -177,11 +180,38 @@ class ModelSpec:
     median_output: int
     base_latency_ms: int
     ms_per_output_token: Decimal
+    # Cache prices as revision 0003 loads them (USD per million tokens).
+    cache_read_per_mtok: Decimal = Decimal(0)
+    cache_write_per_mtok: Decimal = Decimal(0)
 
 
 MODEL_CATALOG: tuple[ModelSpec, ...] = (
-    ModelSpec("openai", "gpt-4o", Decimal("2.50"), Decimal("10.00"), 18, 1400, 380, 420, Decimal("12")),
-    ModelSpec("openai", "gpt-4o-mini", Decimal("0.15"), Decimal("0.60"), 30, 900, 260, 280, Decimal("7")),
+    ModelSpec(
+        "openai",
+        "gpt-4o",
+        Decimal("2.50"),
+        Decimal("10.00"),
+        18,
+        1400,
+        380,
+        420,
+        Decimal("12"),
+        Decimal("1.25"),
+        Decimal("2.50"),
+    ),
+    ModelSpec(
+        "openai",
+        "gpt-4o-mini",
+        Decimal("0.15"),
+        Decimal("0.60"),
+        30,
+        900,
+        260,
+        280,
+        Decimal("7"),
+        Decimal("0.075"),
+        Decimal("0.15"),
+    ),
     ModelSpec(
         "anthropic",
         "claude-sonnet-4-20250514",
@@ -192,6 +222,8 @@ MODEL_CATALOG: tuple[ModelSpec, ...] = (
         450,
         650,
         Decimal("14"),
+        Decimal("0.30"),
+        Decimal("3.75"),
     ),
     ModelSpec(
         "anthropic",
@@ -203,13 +235,47 @@ MODEL_CATALOG: tuple[ModelSpec, ...] = (
         300,
         350,
         Decimal("8"),
-    ),
-    ModelSpec("google", "gemini-1.5-pro", Decimal("1.25"), Decimal("5.00"), 8, 2200, 420, 700, Decimal("13")),
-    ModelSpec(
-        "google", "gemini-1.5-flash", Decimal("0.075"), Decimal("0.30"), 10, 1200, 240, 260, Decimal("5")
+        Decimal("0.08"),
+        Decimal("1.00"),
     ),
     ModelSpec(
-        "cohere", "command-r-plus", Decimal("2.50"), Decimal("10.00"), 6, 1600, 350, 600, Decimal("15")
+        "google",
+        "gemini-1.5-pro",
+        Decimal("1.25"),
+        Decimal("5.00"),
+        8,
+        2200,
+        420,
+        700,
+        Decimal("13"),
+        Decimal("0.3125"),
+        Decimal("1.25"),
+    ),
+    ModelSpec(
+        "google",
+        "gemini-1.5-flash",
+        Decimal("0.075"),
+        Decimal("0.30"),
+        10,
+        1200,
+        240,
+        260,
+        Decimal("5"),
+        Decimal("0.01875"),
+        Decimal("0.075"),
+    ),
+    ModelSpec(
+        "cohere",
+        "command-r-plus",
+        Decimal("2.50"),
+        Decimal("10.00"),
+        6,
+        1600,
+        350,
+        600,
+        Decimal("15"),
+        Decimal("2.50"),
+        Decimal("2.50"),
     ),
 )
 _MODELS_BY_NAME = {spec.model: spec for spec in MODEL_CATALOG}
@@ -225,11 +291,16 @@ def model_spec(model: str) -> ModelSpec:
         raise ValueError(f"unknown model {model!r} (known: {known})") from None
 
 
-def call_cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
+def call_cost(
+    model: str, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+) -> Decimal:
     """List-price cost of one call, exact in Decimal and rounded half-up to the ledger's 6 places."""
     spec = model_spec(model)
     cost = (
-        Decimal(input_tokens) * spec.input_per_mtok + Decimal(output_tokens) * spec.output_per_mtok
+        Decimal(input_tokens) * spec.input_per_mtok
+        + Decimal(output_tokens) * spec.output_per_mtok
+        + Decimal(cache_read_tokens) * spec.cache_read_per_mtok
+        + Decimal(cache_write_tokens) * spec.cache_write_per_mtok
     ) / _MILLION
     return cost.quantize(_MICRO, rounding=ROUND_HALF_UP)
 
@@ -903,13 +974,54 @@ _ENVIRONMENTS = ("production", "staging", "development")
 _ENVIRONMENT_WEIGHTS = (86, 9, 5)
 
 
+# Failed calls, ~2% of traffic: (status, error class, weight). A rate-limited call bills nothing; an
+# error or a timeout bills the prompt it had already read.
+_FAILURES = (
+    ("rate_limited", "RateLimitError", 5),
+    ("timeout", "APITimeoutError", 3),
+    ("error", "APIError", 2),
+)
+# Share of calls that read a cached prompt prefix, by provider (prompt caching is common for agents).
+_CACHE_READ_SHARE = {"openai": 0.35, "anthropic": 0.45, "google": 0.2, "cohere": 0.0}
+
+
+def raw_usage(
+    provider: str, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int
+) -> dict[str, Any]:
+    """The usage object the provider's SDK returns for these disjoint buckets (what callers store)."""
+    if provider == "openai":
+        prompt = input_tokens + cache_read
+        return {"prompt_tokens": prompt, "completion_tokens": output_tokens, "total_tokens": prompt + output_tokens,
+                "prompt_tokens_details": {"cached_tokens": cache_read}}  # fmt: skip
+    if provider == "anthropic":
+        return {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                "cache_read_input_tokens": cache_read, "cache_creation_input_tokens": cache_write}  # fmt: skip
+    if provider == "google":
+        prompt = input_tokens + cache_read
+        return {"promptTokenCount": prompt, "candidatesTokenCount": output_tokens,
+                "cachedContentTokenCount": cache_read, "totalTokenCount": prompt + output_tokens}  # fmt: skip
+    return {"billed_units": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+
+
 def _ai_calls(plan: SeedPlan, clock: _Clock) -> list[dict[str, Any]]:
     rows = []
     for i in range(plan.ai_calls):
         rng = _rng(plan.seed, "ai_calls", i)
         spec = rng.choices(MODEL_CATALOG, weights=_MODEL_WEIGHTS)[0]
-        input_tokens = max(12, min(120_000, int(rng.lognormvariate(0, 0.8) * spec.median_input)))
+        prompt = max(12, min(120_000, int(rng.lognormvariate(0, 0.8) * spec.median_input)))
         output_tokens = max(1, min(8_192, int(rng.lognormvariate(0, 0.7) * spec.median_output)))
+        cache_read = cache_write = 0
+        if rng.random() < _CACHE_READ_SHARE[spec.provider]:
+            cache_read = int(prompt * rng.uniform(0.3, 0.9))
+        if spec.provider == "anthropic" and rng.random() < 0.1:
+            cache_write = int((prompt - cache_read) * rng.uniform(0.3, 0.8))
+        input_tokens = prompt - cache_read - cache_write
+        status, error_class = "success", None
+        if rng.random() < 0.02:
+            status, error_class, _ = rng.choices(_FAILURES, weights=[w for _, _, w in _FAILURES])[0]
+            output_tokens = cache_write = 0
+            if status == "rate_limited":
+                input_tokens = cache_read = 0
         latency = spec.base_latency_ms + int(
             Decimal(output_tokens) * spec.ms_per_output_token * Decimal(rng.randint(80, 130)) / 100
         )
@@ -921,8 +1033,13 @@ def _ai_calls(plan: SeedPlan, clock: _Clock) -> list[dict[str, Any]]:
                 "model": spec.model,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
-                "cost_usd": call_cost(spec.model, input_tokens, output_tokens),
+                "cache_read_tokens": cache_read,
+                "cache_write_tokens": cache_write,
+                "usage": raw_usage(spec.provider, input_tokens, output_tokens, cache_read, cache_write),
+                "cost_usd": call_cost(spec.model, input_tokens, output_tokens, cache_read, cache_write),
                 "latency_ms": latency + int(rng.expovariate(1 / 120)),
+                "status": status,
+                "error_class": error_class,
                 "customer_id": _CUSTOMERS[customer],
                 "organization_id": _ORGANIZATIONS[customer % len(_ORGANIZATIONS)],
                 "product_id": rng.choices(_PRODUCTS, weights=_PRODUCT_WEIGHTS)[0],
@@ -981,8 +1098,13 @@ _AI_CALL_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("model", String()),
     ("input_tokens", Integer()),
     ("output_tokens", Integer()),
+    ("cache_read_tokens", Integer()),
+    ("cache_write_tokens", Integer()),
+    ("usage", Text()),  # JSON text, cast to JSONB in the statement
     ("cost_usd", Numeric(10, 6)),
     ("latency_ms", Integer()),
+    ("status", String()),
+    ("error_class", String()),
     ("customer_id", String()),
     ("organization_id", String()),
     ("product_id", String()),
@@ -1006,7 +1128,12 @@ def _ai_calls_statement() -> Insert:
     present = select(literal(1)).select_from(_AI_CALLS).where(_AI_CALLS.c.request_id == incoming.c.request_id)
     return (
         insert(_AI_CALLS)
-        .from_select(names, select(*(incoming.c[name] for name in names)).where(~exists(present)))
+        .from_select(
+            names,
+            select(*(cast(incoming.c[n], JSONB) if n == "usage" else incoming.c[n] for n in names)).where(
+                ~exists(present)
+            ),
+        )
         .returning(_AI_CALLS.c.id, _AI_CALLS.c.request_id, _AI_CALLS.c.created_at)
     )
 
@@ -1059,9 +1186,9 @@ async def _insert_missing_ai_calls(
     if not rows:
         progress(_AI_CALLS.name, 0, 0)
     for batch in _batches(rows):
-        result = await conn.execute(
-            stmt, {name: [row[name] for row in batch] for name, _ in _AI_CALL_COLUMNS}
-        )
+        params = {name: [row[name] for row in batch] for name, _ in _AI_CALL_COLUMNS}
+        params["usage"] = [json.dumps(u, sort_keys=True) for u in params["usage"]]
+        result = await conn.execute(stmt, params)
         inserted = list(result)
         await _insert_keys(conn, batch, inserted)
         await _record_pending(conn, [row[0] for row in inserted])

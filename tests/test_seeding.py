@@ -15,6 +15,7 @@ import pytest_asyncio
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.ai_calls import normalise_usage
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.models import Base, Claim, ModelCheckpoint
@@ -533,8 +534,9 @@ async def test_ai_calls_are_priced_attributed_and_shaped(seed_engine: AsyncEngin
     await seed_database(seed_engine, SMALL)
     calls = await rows(
         seed_engine,
-        "SELECT created_at, model, input_tokens, output_tokens, cost_usd, request_id, customer_id, "
-        "organization_id, product_id, environment FROM ai_calls ORDER BY id",
+        "SELECT created_at, provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+        "usage, status, error_class, cost_usd, request_id, customer_id, organization_id, product_id, environment "
+        "FROM ai_calls ORDER BY id",
     )
     assert len(calls) == 300
     assert len({c.request_id for c in calls}) == 300
@@ -543,8 +545,23 @@ async def test_ai_calls_are_priced_attributed_and_shaped(seed_engine: AsyncEngin
     for c in calls:
         assert AS_OF - timedelta(days=SMALL.days) <= c.created_at < AS_OF
         assert c.created_at.utcoffset() == timedelta(0)
-        assert c.cost_usd == call_cost(c.model, c.input_tokens, c.output_tokens)
+        assert c.cost_usd == call_cost(
+            c.model, c.input_tokens, c.output_tokens, c.cache_read_tokens, c.cache_write_tokens
+        )
         assert None not in (c.customer_id, c.organization_id, c.product_id, c.environment)
+        # The raw usage is the provider's own shape and splits into exactly the stored buckets.
+        buckets = normalise_usage(c.provider, c.usage)
+        assert (buckets.input_tokens, buckets.output_tokens, buckets.cache_read_tokens,
+                buckets.cache_write_tokens) == (c.input_tokens, c.output_tokens, c.cache_read_tokens,
+                                                c.cache_write_tokens)  # fmt: skip
+        assert (c.status == "success") == (c.error_class is None)
+        if c.status != "success":
+            assert c.output_tokens == 0
+    # A realistic mix: prompt caching on a good share of calls, cache writes, and a few failures.
+    assert 0.15 < sum(c.cache_read_tokens > 0 for c in calls) / len(calls) < 0.5
+    assert any(c.cache_write_tokens > 0 for c in calls)
+    assert 0 < sum(c.status != "success" for c in calls) < len(calls) * 0.06
+    assert {c.provider for c in calls} == {"openai", "anthropic", "google", "cohere"}
     per_day: dict[int, int] = {}
     for c in calls:
         per_day[c.created_at.weekday()] = per_day.get(c.created_at.weekday(), 0) + 1

@@ -48,6 +48,7 @@ from persistence.seeding import (
     claim_sentence,
     decide_consensus,
     model_spec,
+    raw_usage,
 )
 
 if TYPE_CHECKING:
@@ -342,8 +343,25 @@ class AICallFactory(factory.Factory[AICall]):
     output_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
         lambda o: _tokens(model_spec(o.model).median_output, 0.7, 1, 8_192)
     )
+    # About a third of calls read a cached prompt prefix (disjoint from `input_tokens`).
+    cache_read_tokens: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
+        lambda o: (
+            int(o.input_tokens * _rand().uniform(0.3, 2.0))
+            if o.provider != "cohere" and _rand().random() < 0.35  # Cohere reports no cache
+            else 0
+        )
+    )
+    cache_write_tokens = 0
+    reasoning_tokens = 0
+    usage: factory.LazyAttribute[Any, dict[str, Any]] = factory.LazyAttribute(
+        lambda o: raw_usage(
+            o.provider, o.input_tokens, o.output_tokens, o.cache_read_tokens, o.cache_write_tokens
+        )
+    )
     cost_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
-        lambda o: call_cost(o.model, o.input_tokens, o.output_tokens)
+        lambda o: call_cost(
+            o.model, o.input_tokens, o.output_tokens, o.cache_read_tokens, o.cache_write_tokens
+        )
     )
     latency_ms: factory.LazyAttribute[Any, int] = factory.LazyAttribute(
         lambda o: (

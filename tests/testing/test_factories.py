@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from persistence.ai_calls import TokenUsage, normalise_usage
 from persistence.models import AICall, Base, Claim, ModelCheckpoint, TrainingData
 from persistence.seeding import call_cost, decide_consensus
 from persistence.testing import (
@@ -113,7 +114,9 @@ async def test_training_data_used_trait_sets_a_batch(session: AsyncSession) -> N
 
 async def test_overrides_win(session: AsyncSession) -> None:
     claim = await create(session, ClaimFactory, external_id="claim-override", content="Water boils at 90 C.")
-    call = await create(session, AICallFactory, model="gpt-4o", input_tokens=1000, output_tokens=500)
+    call = await create(
+        session, AICallFactory, model="gpt-4o", input_tokens=1000, output_tokens=500, cache_read_tokens=0
+    )
     assert (claim.external_id, claim.content) == ("claim-override", "Water boils at 90 C.")
     assert call.provider == "openai"
     # 1000 * $2.50/M + 500 * $10/M
@@ -127,12 +130,19 @@ async def test_ai_call_costs_are_exact_decimals(session: AsyncSession) -> None:
         exponent = call.cost_usd.as_tuple().exponent
         assert isinstance(exponent, int)
         assert exponent >= -6
-        assert call.cost_usd == call_cost(call.model, call.input_tokens, call.output_tokens)
+        assert call.cost_usd == call_cost(
+            call.model, call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens
+        )
+        assert call.usage is not None
+        assert normalise_usage(call.provider, call.usage) == TokenUsage(
+            call.input_tokens, call.output_tokens, call.cache_read_tokens, call.cache_write_tokens, 0
+        )
     await session.flush()
     stored = (await session.scalars(select(AICall).order_by(AICall.id))).all()
     assert all(isinstance(c.cost_usd, Decimal) for c in stored)
     assert sum(c.cost_usd for c in stored) == sum(c.cost_usd for c in calls)
-    assert all(c.total_tokens == c.input_tokens + c.output_tokens for c in stored)
+    assert all(c.total_tokens == c.input_tokens + c.output_tokens + c.cache_read_tokens for c in stored)
+    assert any(c.cache_read_tokens for c in stored)  # a realistic mix: some calls read a cached prompt
 
 
 def test_unknown_model_needs_explicit_provider_and_cost() -> None:
