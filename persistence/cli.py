@@ -548,6 +548,9 @@ async def _reconcile(args: argparse.Namespace) -> int:
     start = end - timedelta(days=args.days)
     threshold = args.threshold if args.threshold is not None else settings.threshold_pct
     engine = await create_database_engine(DatabaseConfig())
+    # Which ledger: with no DATABASE_URL / DB_* set this is the embedded server, which is rarely
+    # what a cron job on a production host means.
+    print(f"ledger: {engine.url.render_as_string(hide_password=True)}", file=sys.stderr)
     try:
         reconciler = Reconciler(engine, source, threshold_pct=threshold, alert=_print_alert)
         result = await reconciler.reconcile(start, end)

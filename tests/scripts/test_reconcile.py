@@ -69,6 +69,7 @@ async def test_script_prints_a_table_and_exits_non_zero_on_fail(
         ["provider", "openai"],
     ]
     assert API_KEY not in ok.stdout + ok.stderr
+    assert "ledger: postgresql+asyncpg://" in ok.stderr and f"/{fresh_database.database}" in ok.stderr
 
     vendor.usage = vendor_payload(seeded, short_pct=3)
     failed = run(url, *PERIOD, extra=env)
