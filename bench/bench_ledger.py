@@ -15,7 +15,8 @@ and compares, with interleaved A/B rounds and medians:
 2. `log_call` p50: `AICallLogger.log_record` vs one raw `INSERT .. RETURNING id` in autocommit on one
    connection; target <= 1.3x.
 3. 8 concurrent loggers (one `AICallLogger`, 8 connections, 8 tasks) vs an asyncpg pool of 8 doing
-   the raw INSERT; rows/s; target >= 0.8x.
+   the raw INSERT with an acquire per call (and, for context, 8 tasks each holding one connection);
+   rows/s; target >= 0.8x.
 4. `get_stats` over a month from rollups vs seed 000's raw-scan query over the ledger; target >= 20x.
 
 Both sides get pre-built rows (records validated when created, tuples for raw asyncpg). The batch
@@ -257,41 +258,39 @@ async def bench_log_call(engine: AsyncEngine, raw: asyncpg.Connection, rounds: i
 
 async def bench_concurrent(engine: AsyncEngine, dsn_kwargs: dict[str, Any], rounds: int,
                            per_task: int, rng: random.Random) -> dict[str, float]:  # fmt: skip
+    """8 tasks: ours (one logger, 8 leased connections) vs a raw asyncpg pool of 8, used two ways:
+    as a pool, an acquire per call (the target; asyncpg also sends its reset query on every release),
+    and each task holding one connection for its whole run (no pool traffic: the strongest raw
+    baseline, shown for context)."""
     now = datetime.now(UTC)
     pool = await asyncpg.create_pool(min_size=8, max_size=8, **dsn_kwargs)
-    ours, theirs = [], []
+    results: dict[str, list[float]] = {}
     async with AICallLogger(engine, connections=8, fold_every=None) as log:
         for i in range(rounds + 1):
             work = [records(per_task, now, timedelta(seconds=1), rng) for _ in range(8)]
 
-            async def a() -> float:
-                async def task(batch: list[AICallRecord]) -> None:
+            async def held(batch: list[AICallRecord]) -> None:
+                async with pool.acquire() as c:
                     for r in batch:
-                        async with pool.acquire() as c:
-                            await c.fetchval(RAW_INSERT, *raw_row(r))
+                        await c.fetchval(RAW_INSERT, *raw_row(r))
 
+            async def per_call(batch: list[AICallRecord]) -> None:
+                for r in batch:
+                    async with pool.acquire() as c:
+                        await c.fetchval(RAW_INSERT, *raw_row(r))
+
+            async def ours(batch: list[AICallRecord]) -> None:
+                for r in batch:
+                    await log.log_record(r)
+
+            contenders = [("ours", ours), ("raw", held), ("raw_per_call", per_call)]
+            for name, task in contenders[i % 3 :] + contenders[: i % 3]:
                 t = time.perf_counter()
-                await asyncio.gather(*(task(w) for w in work))  # noqa: B023 (called in the same iteration)
-                return 8 * per_task / (time.perf_counter() - t)
-
-            async def b() -> float:
-                async def task(batch: list[AICallRecord]) -> None:
-                    for r in batch:
-                        await log.log_record(r)
-
-                t = time.perf_counter()
-                await asyncio.gather(*(task(w) for w in work))  # noqa: B023 (called in the same iteration)
-                return 8 * per_task / (time.perf_counter() - t)
-
-            if i % 2:
-                x, y = await a(), await b()
-            else:
-                y, x = await b(), await a()
-            if i:
-                theirs.append(x)
-                ours.append(y)
+                await asyncio.gather(*(task(w) for w in work))
+                if i:
+                    results.setdefault(name, []).append(8 * per_task / (time.perf_counter() - t))
     await pool.close()
-    return {"ours": statistics.median(ours), "raw": statistics.median(theirs)}
+    return {name: statistics.median(values) for name, values in results.items()}
 
 
 async def bench_stats(engine: AsyncEngine, raw: asyncpg.Connection, rows: int,
@@ -423,8 +422,11 @@ async def main() -> int:
          sum(cpu["raw1"]) / sum(cpu["ingest"]) >= 0.85),
         ("log_call p50 latency, ms", f"{call['ours']:.3f}", f"{call['raw']:.3f}", call["ours"] / call["raw"],
          "<= 1.3x", call["ours"] / call["raw"] <= 1.3),
-        ("8 concurrent loggers, calls/s", f"{conc['ours']:,.0f}", f"{conc['raw']:,.0f}", conc["ours"] / conc["raw"],
-         ">= 0.8x", conc["ours"] / conc["raw"] >= 0.8),
+        ("8 concurrent loggers vs an asyncpg pool of 8 (acquire per call), calls/s", f"{conc['ours']:,.0f}",
+         f"{conc['raw_per_call']:,.0f}", conc["ours"] / conc["raw_per_call"], ">= 0.8x",
+         conc["ours"] / conc["raw_per_call"] >= 0.8),
+        ("  vs 8 raw connections, each held by its task (no pool round trips)", f"{conc['ours']:,.0f}",
+         f"{conc['raw']:,.0f}", conc["ours"] / conc["raw"], "(context)", conc["ours"] / conc["raw"] >= 0.8),
         (f"get_stats over a month, {args.stats_rows:,} rows, ms", f"{stats['ours']:.2f}", f"{stats['raw']:.1f}",
          stats["raw"] / stats["ours"], ">= 20x faster", stats["raw"] / stats["ours"] >= 20),
     ]  # fmt: skip
