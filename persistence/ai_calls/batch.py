@@ -13,7 +13,7 @@ spool directory, or when the spool itself cannot be written (disk full), a faile
 head of the buffer and is retried (callers then wait). If the writer task ever stops, `log()`,
 `flush()` and `close()` raise instead of waiting for it.
 Nothing is dropped: a batch the database rejects for good (a reused key with another payload) is
-kept in a `rejected-*.jsonl` file in the spool directory and counted.
+kept in `rejected.jsonl` in the spool directory and counted.
 """
 
 from __future__ import annotations
