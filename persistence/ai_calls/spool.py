@@ -8,11 +8,13 @@ deleted only after that write committed. A crash mid-replay leaves the segment f
 and the idempotency keys make writing it twice harmless: every record lands exactly once.
 
 A torn last line (the process died inside `append`, so the caller never got an acknowledgement) is
-skipped. One process owns a spool directory at a time (an exclusive `flock`).
+skipped when read and cut off before the next append; a failed append cuts the file back to where it
+started, so a retried batch never follows a partial copy of itself. One process owns a spool directory at a time (an exclusive `flock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -78,13 +80,21 @@ class Spool:
             for e in entries
         ).encode()
         created = not self._active.exists()
-        fd = os.open(self._active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self._active, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            start = _drop_torn_tail(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except BaseException:
+                # Part of the batch may be on disk; the caller keeps the whole batch and retries, so
+                # cut the file back: a torn line in the middle would make the segment unreadable.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
         finally:
             os.close(fd)
         if created:
@@ -133,6 +143,24 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_torn_tail(fd: int) -> int:
+    """Cut an unterminated last line (left by a process that died inside `append`, never
+    acknowledged), so the next record starts on a line of its own; returns the file's size."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    end = size
+    while end > 0:
+        chunk = os.pread(fd, min(end, 65536), end - min(end, 65536))
+        if end == size and chunk.endswith(b"\n"):
+            return size
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = end - len(chunk) + newline + 1
+            break
+        end -= len(chunk)
+    os.ftruncate(fd, end)
+    return end
 
 
 def _complete_lines(raw: bytes) -> Iterator[bytes]:

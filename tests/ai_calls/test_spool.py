@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -46,3 +47,33 @@ def test_one_owner_per_directory(tmp_path: Path) -> None:
     with Spool(tmp_path), pytest.raises(SpoolError, match="in use"):
         Spool(tmp_path)
     Spool(tmp_path).close()  # free again once closed
+
+
+def test_an_append_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        spool.append([rec(1)])
+        with (tmp_path / ACTIVE).open("ab") as f:
+            f.write(b'{"key": "key-2", "rec')  # the process died inside append, unacknowledged
+        spool.append([rec(3)])  # the next run
+        assert spool.pending_count() == 2
+        assert [r.key for r in Spool.read(tmp_path / ACTIVE)] == ["key-1", "key-3"]
+
+
+def test_a_failed_append_leaves_no_partial_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write, calls = os.write, []
+
+    def write_half_then_fail(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    with Spool(tmp_path) as spool:
+        spool.append([rec(1)])
+        monkeypatch.setattr(os, "write", write_half_then_fail)
+        with pytest.raises(OSError, match="No space"):
+            spool.append([rec(2), rec(3)])
+        spool.append([rec(2), rec(3)])  # the batch is retried whole
+        monkeypatch.undo()
+        assert [r.key for r in Spool.read(tmp_path / ACTIVE)] == ["key-1", "key-2", "key-3"]
