@@ -36,7 +36,13 @@ import structlog
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.spool import Spool, SpooledRecord
-from persistence.errors import ConflictError, IntegrityViolation, InvalidRequestError, PersistenceError
+from persistence.errors import (
+    ConflictError,
+    IntegrityViolation,
+    InvalidRequestError,
+    PersistenceError,
+    TransientError,
+)
 
 log = structlog.get_logger("persistence.ai_calls.batch")
 _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
@@ -152,6 +158,7 @@ class BatchLogger:
             if self._closing:
                 raise PersistenceError("BatchLogger is closed")
             self._start()
+            self._raise_if_writer_died()  # a call nobody would write must not be accepted
             while len(self._buffer) >= self.max_buffered:
                 self._raise_if_writer_died()
                 await self._changed.wait()
@@ -189,7 +196,15 @@ class BatchLogger:
                     await self._replay()
         finally:
             self._closing = True
+            if self._task is not None and not self._task.done():  # close() itself was cancelled
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
             if self.spool is not None:
+                if self._buffer:  # the writer stopped early: keep what it never wrote
+                    with contextlib.suppress(Exception):
+                        await self._spool(list(self._buffer))
+                        self._buffer.clear()
                 self.spool.close()
 
     # -- writer ---------------------------------------------------------------------------------
@@ -248,37 +263,37 @@ class BatchLogger:
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
             try:
-                done = await self._write(batch)
+                left = await self._write(batch)
             except Exception as exc:  # the spool itself failed (disk full, permissions): keep the calls
                 log.error("could not write or spool a batch; it stays buffered", calls=len(batch),
                           error=type(exc).__name__, detail=str(exc))  # fmt: skip
-                done = False
-            if not done:
-                await asyncio.sleep(self.retry_interval)  # no spool: keep the batch, retry later
-                continue
+                left = batch
             async with self._changed:
                 for _ in batch:
                     self._buffer.popleft()
+                self._buffer.extendleft(reversed(left))  # only the unsettled calls, in order
                 self._changed.notify_all()
+            if left:
+                await asyncio.sleep(self.retry_interval)
 
-    async def _write(self, batch: list[AICallRecord]) -> bool:
+    async def _write(self, batch: list[AICallRecord]) -> list[AICallRecord]:
+        """Write, spool or reject `batch`; returns the calls that are none of these (retry later)."""
         try:
             self._written += await self.logger.log_batch(batch)
             self._healthy = True
-            return True
+            return []
         except Exception as exc:
             outage = _is_outage(exc)
             self._healthy = not outage
             if not outage:
-                await self._reject(batch)
-                return True
+                return await self._reject(batch)
             log.warning(
                 "database unavailable", calls=len(batch), error=type(exc).__name__, spooled=bool(self.spool)
             )
             if self.spool is None:
-                return False
+                return batch
         await self._spool(batch)
-        return True
+        return []
 
     async def _spool(self, records: list[AICallRecord]) -> None:
         """Append `records` to the durable spool (fsync'd when this returns) and count them."""
@@ -288,28 +303,49 @@ class BatchLogger:
         self._spooled += len(records)
         self._spool_pending += len(records)
 
-    async def _reject(self, batch: list[AICallRecord]) -> None:
-        """Keep a batch the database refused for good, one by one, so the good calls still land."""
+    async def _reject(self, batch: list[AICallRecord]) -> list[AICallRecord]:
+        """Settle a batch the database refused, one call at a time, so the good calls still land.
+
+        Each call is written, spooled (an outage meanwhile) or kept aside as refused, exactly once;
+        returns the calls that could be none of these (no spool, or the spool failed).
+        """
+        left: list[AICallRecord] = []
         for record in batch:
             try:
                 self._written += await self.logger.log_batch([record])
+                continue
             except Exception as exc:
-                if _is_outage(exc) and self.spool is not None:
-                    await self._spool([record])
-                    continue
-                self._rejected += 1
-                log.error(
-                    "AI call refused by the database",
-                    key=record.idempotency_key,
-                    provider=record.provider,
-                    model=record.model,
-                    error=type(exc).__name__,
-                    kept_in=str(self.spool.directory / "rejected.jsonl") if self.spool else None,
-                )
+                error = exc
+            if _is_outage(error):
                 if self.spool is not None:
-                    line = json.dumps({"key": record.idempotency_key, "record": encode_record(record),
-                                       "error": type(exc).__name__})  # fmt: skip
+                    try:
+                        await self._spool([record])
+                        continue
+                    except Exception as exc:
+                        log.error("could not spool a call; it stays buffered", error=type(exc).__name__)
+                left.append(record)
+                continue
+            self._rejected += 1
+            line = json.dumps({"key": record.idempotency_key, "record": encode_record(record),
+                               "error": type(error).__name__})  # fmt: skip
+            kept = False
+            if self.spool is not None:
+                try:
                     await asyncio.to_thread(_append_line, self.spool.directory / "rejected.jsonl", line)
+                    kept = True
+                except OSError:
+                    pass
+            # Refused for good: logged in full when it could not be kept in a file, never retried.
+            log.error(
+                "AI call refused by the database",
+                key=record.idempotency_key,
+                provider=record.provider,
+                model=record.model,
+                error=type(error).__name__,
+                kept_in=str(self.spool.directory / "rejected.jsonl") if kept and self.spool else None,
+                record=None if kept else line,
+            )
+        return left
 
     async def _replay(self) -> None:
         """Write spooled segments; each is deleted only after all its records committed."""
@@ -325,7 +361,9 @@ class BatchLogger:
                 except Exception as exc:
                     if _is_outage(exc):
                         raise  # down again: this segment waits for the next replay
-                    await self._reject(chunk)  # one refused call must not hold back the others
+                    # One refused call must not hold back the others.
+                    if await self._reject(chunk):
+                        raise TransientError("database unavailable during a replay") from exc
             await asyncio.to_thread(spool.done, segment)
             self._replayed += len(records)
             self._spool_pending = max(0, self._spool_pending - len(records))

@@ -114,26 +114,41 @@ async def test_calls_spooled_while_down_land_once_after_a_spool_failure(
     assert await count(fresh_engine, "SELECT count(*) FROM ai_calls WHERE usage->>'cost' = '0.5'") == 30
 
 
-async def test_a_stopped_writer_fails_its_callers_instead_of_leaving_them_waiting(tmp_path: Path) -> None:
+async def test_a_stopped_writer_fails_its_callers_and_close_spools_what_it_left(tmp_path: Path) -> None:
     down = unreachable_engine()
     try:
         async with AICallLogger(down) as logger:
-            batcher = BatchLogger(
-                logger, batch_size=2, max_buffered=2, flush_interval=3600, spool_dir=tmp_path
-            )
+            batcher = BatchLogger(logger, batch_size=5, flush_interval=3600, spool_dir=tmp_path)
             await batcher.log(call(0))
             assert batcher._task is not None
             batcher._task.cancel()  # stands for any bug that would end the writer task
             with contextlib.suppress(asyncio.CancelledError):
                 await batcher._task
-            await batcher.log(call(1))  # fills the buffer
             with pytest.raises(PersistenceError, match="writer stopped"):
-                await asyncio.wait_for(batcher.log(call(2)), timeout=10)
+                await asyncio.wait_for(batcher.log(call(1)), timeout=10)  # nobody would write it
             with pytest.raises(PersistenceError, match="writer stopped"):
                 await asyncio.wait_for(batcher.close(), timeout=10)
     finally:
         await down.dispose()
-    Spool(tmp_path).close()  # close() released the spool's lock: another logger can take it
+    with Spool(tmp_path) as spool:  # close() released the spool and kept the buffered call in it
+        assert [r.key for r in spool.read(tmp_path / "spool.jsonl")] == [call(0).idempotency_key]
+
+
+@pytest.mark.commits
+async def test_a_refused_call_is_settled_once_even_when_it_cannot_be_kept_in_a_file(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "rejected.jsonl").mkdir()  # so the file cannot be written
+    async with AICallLogger(fresh_engine) as logger:
+        await logger.log_record(call(1))
+        batcher = BatchLogger(
+            logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.01
+        )
+        for c in (call(0), call(1, input_tokens=999), call(2)):  # key batch-1 reused for another call
+            await batcher.log(c)
+        await asyncio.wait_for(batcher.close(), timeout=30)
+    assert (batcher.stats.written, batcher.stats.rejected, batcher.stats.buffered) == (2, 1, 0)
+    assert await count(fresh_engine) == 3
 
 
 @pytest.mark.commits
