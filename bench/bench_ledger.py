@@ -121,7 +121,11 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def server_cpu(postmaster: int | None) -> float:
-    """CPU seconds used so far by the postmaster and its children (backends, WAL writer, ...); Linux only."""
+    """CPU seconds used so far by the postmaster and its children (backends, WAL writer, ...); Linux only.
+
+    Children that exited (autovacuum workers, closed backends) count through the postmaster's
+    cutime/cstime, so a worker ending mid-measurement is not subtracted.
+    """
     total = 0
     if postmaster is None:
         return 0.0
@@ -132,7 +136,9 @@ def server_cpu(postmaster: int | None) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+        if int(entry.name) == postmaster:
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        elif int(fields[1]) == postmaster:
             total += int(fields[11]) + int(fields[12])
     return total / _TICK
 

@@ -10,8 +10,9 @@ and talks to them through asyncpg directly, with statements asyncpg prepares onc
 - `log_batch` COPYs keys and rows and records the batch's id range as pending for the rollups, in
   one transaction; when a key already exists (a retried batch) it falls back to an
   `INSERT .. ON CONFLICT DO NOTHING` path that adds only the new calls. It returns the number of
-  new rows. Folds aggregate pending batches and deltas into the rollups in the background, after
-  `fold_every` rows or, once anything was written, `fold_interval` seconds, and on `close()`.
+  new rows. Folds aggregate pending batches and deltas into the rollups in the background: at the
+  write that reaches `fold_every` rows, or the first write `fold_interval` seconds after the last
+  fold (there is no timer: an idle logger folds at its next write or `close()`), and on `close()`.
 - `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas and pending batches' rows)
   and the partial hours at the edges from the ledger: exactly what a raw scan returns.
 
@@ -194,8 +195,8 @@ class AICallLogger:
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be >= 1")
-        if (fold_every is not None and fold_every < 1) or fold_interval <= 0:
-            raise ValueError("fold_every must be >= 1 (or None: no automatic folds), fold_interval > 0")
+        if (fold_every is not None and fold_every < 0) or fold_interval <= 0:
+            raise ValueError("fold_every must be >= 0 (or None: no automatic folds), fold_interval > 0")
         self.engine = engine
         self.max_connections = connections
         self.prices = PriceBook(ttl=price_ttl)
@@ -668,6 +669,7 @@ class AICallLogger:
 
     async def fold_rollups(self) -> int:
         """Fold pending batches and deltas into the hourly rollups now; returns the calls folded."""
+        self._folded_at = time.monotonic()
         result: int = await self._run(fold_rollups_raw)
         return result
 

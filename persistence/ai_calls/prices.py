@@ -127,29 +127,27 @@ class PriceBook:
     def stale(self) -> bool:
         return time.monotonic() - self.loaded_at >= self.ttl
 
-    def priced_model(self, provider: str, model: str) -> str:
-        """The model name prices are kept under: `model` itself when it has prices, else the model
-        it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`) when that one has, else `model`.
+    def _models_to_try(self, provider: str, model: str) -> tuple[str, ...]:
+        """`model`, then the model it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`), if priced.
 
         Only a date, a 3-digit version or `-latest` is stripped, so `gpt-4o-mini` never falls back to
         `gpt-4o`'s price.
         """
-        if (provider, model) in self._models:
-            return model
         base = _SNAPSHOT.sub("", model)
-        return base if base != model and (provider, base) in self._models else model
+        return (model, base) if base != model and (provider, base) in self._models else (model,)
 
     def lookup(self, provider: str, model: str, tenant: str | None, at: datetime) -> Price | None:
-        """The tenant's price in force at `at`, else the global one, else None."""
-        model = self.priced_model(provider, model)
-        for tenant_id in (tenant, "") if tenant else ("",):
-            key = (provider, model, tenant_id)
-            starts = self._starts.get(key)
-            if not starts:
-                continue
-            i = bisect.bisect_right(starts, at) - 1
-            if i >= 0 and self._by_key[key][i].covers(at):
-                return self._by_key[key][i]
+        """The tenant's price in force at `at`, else the global one, else None; for a snapshot with
+        no price in force for the tenant at `at`, the same for the model it is a snapshot of."""
+        for name in self._models_to_try(provider, model):
+            for tenant_id in (tenant, "") if tenant else ("",):
+                key = (provider, name, tenant_id)
+                starts = self._starts.get(key)
+                if not starts:
+                    continue
+                i = bisect.bisect_right(starts, at) - 1
+                if i >= 0 and self._by_key[key][i].covers(at):
+                    return self._by_key[key][i]
         return None
 
     def _window(
@@ -157,16 +155,16 @@ class PriceBook:
     ) -> tuple[datetime, datetime, Price | None]:
         """`lookup`'s answer at `at` and the period around `at` in which that answer holds."""
         lo, hi = _EARLIEST, _LATEST
-        priced = self.priced_model(provider, model)
-        for tenant_id in (tenant, "") if tenant else ("",):
-            for p in self._by_key.get((provider, priced, tenant_id), ()):
-                for edge in (p.effective_from, p.effective_to):
-                    if edge is None:
-                        continue
-                    if edge <= at:
-                        lo = max(lo, edge)
-                    else:
-                        hi = min(hi, edge)
+        for name in self._models_to_try(provider, model):
+            for tenant_id in (tenant, "") if tenant else ("",):
+                for p in self._by_key.get((provider, name, tenant_id), ()):
+                    for edge in (p.effective_from, p.effective_to):
+                        if edge is None:
+                            continue
+                        if edge <= at:
+                            lo = max(lo, edge)
+                        else:
+                            hi = min(hi, edge)
         return lo, hi, self.lookup(provider, model, tenant, at)
 
     def quote(self, record: AICallRecord) -> Quote | None:

@@ -83,7 +83,7 @@ def money(value: object, name: str = "cost_usd") -> Decimal | None:
         amount = (
             value
             if isinstance(value, Decimal)
-            else Decimal(repr(value))
+            else Decimal(repr(float(value)))  # float(): numpy's float64 repr is 'np.float64(0.1)'
             if isinstance(value, float)
             else Decimal(value)
             if isinstance(value, int | str)
@@ -194,11 +194,23 @@ def normalise_usage(provider: str, usage: Mapping[str, Any]) -> TokenUsage:
 
 
 def _json(value: Mapping[str, Any]) -> str:
+    """Canonical JSON: sorted keys, Decimals and datetimes as strings. Keys that are not strings
+    become strings first, so the text (and the payload hash) is the same after a JSON round trip."""
     try:
+        if _has_non_str_keys(value):
+            value = json.loads(json.dumps(value, allow_nan=False, default=str))
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=str)  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise _fail(f"usage is not JSON-serialisable: {exc}") from None
+
+
+def _has_non_str_keys(value: object) -> bool:
+    if isinstance(value, Mapping):
+        return any(not isinstance(k, str) or _has_non_str_keys(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_non_str_keys(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -80,8 +80,8 @@ class SyncAICallLogger:
         try:
             return future.result(self.timeout if timed else None)
         except TimeoutError:
-            if future.done():  # the call's own error, not our wait
-                raise
+            if future.done():  # finished meanwhile, or the call's own error: its outcome stands
+                return future.result()
             future.cancel()
             raise TransientError(
                 f"no answer from the database within {self.timeout} s; the call was cancelled "
@@ -160,7 +160,7 @@ class SyncAICallLogger:
             return
         self._closed = True
         try:
-            self._call(self._shutdown())
+            self._call(self._shutdown(), timed=False)  # its final fold may take a while
         finally:
             self._stop()
 

@@ -55,7 +55,7 @@ def test_spool_encoding_round_trips() -> None:
 def test_spool_encoding_keeps_usage_that_is_not_plain_json() -> None:
     # AICallRecord accepts any usage it can serialise (Decimals, datetimes as strings); the spool
     # must too, and the decoded call must keep its idempotency payload.
-    record = call(2, usage={"cost": Decimal("1.5"), "at": T0, "n": 3})
+    record = call(2, usage={"cost": Decimal("1.5"), "at": T0, "n": 3, "by_tier": {2: 1, 10: 2}})
     line = json.dumps(encode_record(record))
     again = decode_record(json.loads(line))
     assert (again.idempotency_key, again.payload_hash) == (record.idempotency_key, record.payload_hash)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -175,6 +176,19 @@ def test_a_snapshot_of_a_priced_model_gets_its_price() -> None:
     assert price_id("google", "gemini-1.5-pro-002") == 4
     assert price_id("cohere", "command-r-08-2024") == 5
     assert price_id("openai", "gpt-4o-latest") == 1
+    # A snapshot's own price counts only where and when it is in force; elsewhere the model's does.
+    vip_later = (6, "openai", "gpt-4o-2024-08-06", "vip", d("9"), d("9"), d("0"), d("0"), d("9"),
+                 datetime(2026, 6, 1, tzinfo=UTC), None)  # fmt: skip
+    book = PriceBook([*rows, vip_later])
+    assert price_id("openai", "gpt-4o-2024-08-06") == 1  # no tenant, and before June
+    assert book.lookup("openai", "gpt-4o-2024-08-06", "vip", at) == book.lookup("openai", "gpt-4o", None, at)
+    june = datetime(2026, 6, 2, tzinfo=UTC)
+    found = book.lookup("openai", "gpt-4o-2024-08-06", "vip", june)
+    assert found is not None and found.id == 6
+    vip_june = AICallRecord(provider="openai", model="gpt-4o-2024-08-06", input_tokens=1, output_tokens=1,
+                            organization_id="vip", created_at=june)  # fmt: skip
+    vip_march = dataclasses.replace(vip_june, created_at=at)
+    assert [(q or (0, 0, 0, 0))[3] for q in map(book.quote, (vip_march, vip_june, vip_march))] == [1, 6, 1]
     # Anything else is not a snapshot: no guessing from a prefix.
     assert price_id("openai", "gpt-4o-audio-preview") is None
     assert price_id("openai", "gpt-4") is None

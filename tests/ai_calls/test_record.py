@@ -71,6 +71,12 @@ def test_a_float_cost_is_taken_at_its_shortest_repr() -> None:
     assert stored(1e-7) == Decimal("0.000000")
     assert type(stored(0.25)) is Decimal
 
+    class NumpyLikeFloat(float):  # numpy >= 2's float64 is a float whose repr is 'np.float64(0.1)'
+        def __repr__(self) -> str:
+            return f"np.float64({float.__repr__(self)})"
+
+    assert stored(NumpyLikeFloat(0.1)) == Decimal("0.100000")
+
 
 def test_idempotency_key_and_payload_hash() -> None:
     a = AICallRecord(**BASE, request_id="req-1")
