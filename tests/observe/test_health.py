@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,8 +15,7 @@ from persistence.engine import build_engine
 from persistence.observe.health import health
 from persistence.testing import ThrowawayPostgres
 from persistence.testing.database import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import run_python
 
 
 @pytest.mark.commits
@@ -56,17 +52,7 @@ async def test_unreachable_database_is_reported_not_raised() -> None:
 
 
 def run_health(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DB_")}
-    env["DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "persistence", "health", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_python(["-m", "persistence", "health", *args], database_url=url)
 
 
 @pytest.mark.commits

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +15,8 @@ from persistence import DatabaseConfig
 from persistence.testing import ThrowawayPostgres
 from tests.ai_calls.fake_vendor import API_KEY, FakeVendor, fake_vendor
 from tests.ai_calls.ledger_rows import scalar, seed_ledger, vendor_payload
+from tests.processes import ROOT, run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 PERIOD = ["--end", "2026-11-04", "--days", "3"]
 _OURS = ("DB_", "DATABASE_URL", "METERING_", "REVENIUM_", "RECONCILIATION_")
 
@@ -26,19 +24,8 @@ _OURS = ("DB_", "DATABASE_URL", "METERING_", "REVENIUM_", "RECONCILIATION_")
 def run(
     url: str, *args: str, extra: dict[str, str] | None = None, script: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(_OURS)}
-    env["DATABASE_URL"] = url
-    env.update(extra or {})
     command = [str(ROOT / "scripts" / "reconcile.py")] if script else ["-m", "persistence"]
-    return subprocess.run(
-        [sys.executable, *command, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_python([*command, *args], database_url=url, strip=_OURS, extra=extra)
 
 
 @pytest.fixture

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from persistence.testing import ThrowawayPostgres
+from tests.processes import ROOT, run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZES = ["--claims", "12", "--ai-calls", "150", "--days", "3"]
 SMALL = [*SIZES, "--as-of", "2026-11-01"]
 
 
 def run_script(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DB_")}
-    env["DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "seed_database.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_python([str(ROOT / "scripts" / "seed_database.py"), *args], database_url=url, timeout=300)
 
 
 def summary(stdout: str) -> dict[str, tuple[int, int, int]]:
