@@ -5,15 +5,30 @@ Semantics follow Django's `atomic`, with what it lacks:
 - The outermost block owns one session and one connection; repositories find it through a context
   variable. It is opened lazily, on the engine of the first repository call inside the block.
 - A nested block is a savepoint: an exception leaving it rolls back that block only.
+  `transaction(savepoint=False)` merges a nested block into its parent instead (no savepoint): an
+  exception leaving it marks the parent for rollback, as in Django.
+- A failed statement marks the innermost block that owns it (its savepoint, or the whole
+  transaction) as needing rollback (Django's `needs_rollback`): the server has aborted that work.
+  Further statements in it raise `TransactionError` instead of a raw 25P02, its `on_commit`
+  callbacks never run, and leaving it rolls it back; if the block would otherwise have exited
+  normally (the error was caught inside it), leaving it raises `TransactionError` chained to the
+  original error. To go on after a failure, catch it around a nested `transaction()`.
+  `set_rollback(True)` marks the current block without an error (it then rolls back silently);
+  `get_rollback()` tells whether it is marked.
+- The block's connection is opened (with `read_only`, `isolation_level` and the savepoints of the
+  blocks already entered) before its session is used; if opening fails nothing is kept, so a retry
+  inside the block opens it again with the same guarantees.
 - `durable=True` refuses to run inside another block; `read_only` and `isolation_level` apply to
   the outermost block (a nested block may not ask for different ones).
 - `retries=N` (decorator form only) re-runs the whole outermost block on serialization failure
   (40001) or deadlock (40P01), with jittered exponential backoff. A nested block is never retried
   alone and no other error is retried.
-- `on_commit(callback)` (awaiting it is optional) runs the callback (sync or async) after the
+- `on_commit(callback)` (awaiting it is optional; a non-callable is a `TypeError`) runs the callback (sync or async) after the
   outermost commit, in registration order; callbacks registered in a savepoint that rolls back are dropped. With
   `retries`, they run after the retry loop: an error a callback raises (even a retryable one) comes
   after the commit and never re-runs the block.
+- Driver and SQLAlchemy errors leave every boundary (open, statement, savepoint, commit, rollback,
+  block exit) as `persistence.errors` types, the original chained.
 - A block belongs to the asyncio task that opened it. Child tasks inherit context variables, so
   using the block (or nesting in it) from another task raises `TransactionError` instead of sharing
   one connection between concurrent tasks.
@@ -27,14 +42,18 @@ import dataclasses
 import functools
 import inspect
 import random
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
+import asyncpg
 import structlog
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Dialect, ExceptionContext
+from sqlalchemy.exc import PendingRollbackError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 
 from persistence.errors import PersistenceError, TransactionError, TransientError, translate
@@ -53,10 +72,34 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+_IN_FAILED_TRANSACTION = "25P02"
 _BACKOFF_BASE_S = 0.01
 _BACKOFF_CAP_S = 1.0
+# Errors of the database layer: the only ones translated when they leave a block (an OSError or
+# TimeoutError of the caller's own code passes through unchanged).
+_DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 log = structlog.get_logger("persistence.transaction")
+
+
+def _translated(exc: Exception) -> Exception:
+    """`exc` as a `persistence.errors` type when `translate` knows it; otherwise `exc` itself."""
+    if isinstance(exc, PersistenceError):
+        return exc
+    return translate(exc) or exc
+
+
+def _raise_translated(exc: Exception) -> NoReturn:
+    error = _translated(exc)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+def _describe(error: BaseException) -> str:
+    """Type and SQLSTATE of a failure, for messages (never its text: that may quote values)."""
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"{type(error).__name__}, SQLSTATE {sqlstate}" if sqlstate else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -65,6 +108,7 @@ class TransactionOptions:
     read_only: bool = False
     isolation_level: IsolationLevel | None = None
     retries: int = 0
+    savepoint: bool = True
 
 
 @dataclass(eq=False)
@@ -75,6 +119,9 @@ class _Boundary:
     task: asyncio.Task[Any] | None
     engine: AsyncEngine | None = None
     session: AsyncSession | None = None
+    # The session's connection (SQLAlchemy's sync object): how `_on_database_error` recognises
+    # the statements of this block.
+    connection: Connection | None = None
     closed: bool = False
     frames: list[_Frame] = field(default_factory=list)
     # Observability (only used when the engine has hooks): run number of a retried function, its
@@ -85,34 +132,64 @@ class _Boundary:
     started: float = 0.0
     max_depth: int = 0
 
+    def check_usable(self) -> None:
+        """Refuse to run statements in a block that must roll back (instead of a raw 25P02)."""
+        for frame in self.frames:
+            if frame.failure is not None:
+                raise TransactionError(
+                    f"an earlier statement in this block failed ({_describe(frame.failure)}); no statement "
+                    "can run in it until it ends, and it will roll back. To go on after a failure, catch "
+                    "the error around a nested transaction() block"
+                ) from frame.failure
+            if frame.rollback_requested:
+                raise TransactionError(
+                    "this block is marked for rollback (set_rollback(True)); no statement can run in it "
+                    "until it ends"
+                )
+
     async def session_for(self, engine: AsyncEngine) -> AsyncSession:
         _check_task(self)
+        self.check_usable()
         if self.session is None:
-            self.engine = engine
-            self.hooks = hooks = hooks_of(engine)
-            if hooks is not None:
-                self.started = perf_counter()
-                if hooks.wants_transaction_start:
-                    hooks.transaction_start(TransactionStart(0, self.attempt, hooks.database))
-            self.session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
-            execution_options: dict[str, Any] = {}
-            if self.options.isolation_level is not None:
-                execution_options["isolation_level"] = self.options.isolation_level
-            if self.options.read_only:
-                execution_options["postgresql_readonly"] = True
-            try:
-                # asyncpg applies these when it starts the transaction: no extra round trip.
-                await self.session.connection(execution_options=execution_options or None)
-                for frame in self.frames[1:]:  # blocks entered before the first query
-                    frame.savepoint = await self.session.begin_nested()
-                    self.savepoint_started(frame)
-            except DBAPIError as exc:
-                raise (translate(exc) or exc) from exc
+            await self._open(engine)
+            assert self.session is not None
         elif engine is not self.engine and engine.sync_engine is not getattr(
             self.engine, "sync_engine", None
         ):
             raise TransactionError("one transaction cannot span two engines; open a separate transaction")
         return self.session
+
+    async def _open(self, engine: AsyncEngine) -> None:
+        """Open the connection with the block's options and the savepoints of the blocks entered so
+        far; publish the session only then, so a failed open leaves nothing half-opened behind."""
+        if self.hooks is None:  # the first attempt (a retry after a failed open reports no new start)
+            self.hooks = hooks = hooks_of(engine)
+            if hooks is not None:
+                self.started = perf_counter()
+                if hooks.wants_transaction_start:
+                    hooks.transaction_start(TransactionStart(0, self.attempt, hooks.database))
+        _watch(engine)
+        session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
+        execution_options: dict[str, Any] = {}
+        if self.options.isolation_level is not None:
+            execution_options["isolation_level"] = self.options.isolation_level
+        if self.options.read_only:
+            execution_options["postgresql_readonly"] = True
+        pending = [frame for frame in self.frames[1:] if frame.options.savepoint]
+        try:
+            # asyncpg applies these when it starts the transaction: no extra round trip.
+            connection = await session.connection(execution_options=execution_options or None)
+            savepoints = [await session.begin_nested() for _ in pending]  # blocks entered before
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await session.close()
+            if isinstance(exc, Exception):
+                _raise_translated(exc)
+            raise
+        self.engine, self.session, self.connection = engine, session, connection.sync_connection
+        for frame, savepoint in zip(pending, savepoints, strict=True):
+            frame.savepoint = savepoint
+            self.savepoint_started(frame)
 
     def savepoint_started(self, frame: _Frame) -> None:
         if self.hooks is None:
@@ -123,12 +200,17 @@ class _Boundary:
         if self.hooks.wants_transaction_start:
             self.hooks.transaction_start(TransactionStart(frame.depth, self.attempt, self.hooks.database))
 
-    def ended(self, depth: int, started: float, exc: BaseException | None, failed: bool) -> None:
-        """Report the end of the transaction (depth 0) or a savepoint; `failed`: COMMIT/RELEASE raised."""
+    def ended(
+        self, depth: int, started: float, exc: BaseException | None, failed: bool, rolled_back: bool = False
+    ) -> None:
+        """Report the end of the transaction (depth 0) or a savepoint; `failed`: COMMIT/RELEASE raised;
+        `rolled_back`: no error, but the block was marked for rollback."""
         assert self.hooks is not None
         outcome, sqlstate = _outcome(exc, retry_left=depth == 0 and self.attempt <= self.retries)
         if failed:
             outcome = "failed"
+        elif exc is None and rolled_back:
+            outcome = "rollback"
         self.hooks.transaction(
             TransactionEvent(
                 outcome,
@@ -145,7 +227,7 @@ class _Boundary:
 def _outcome(exc: BaseException | None, *, retry_left: bool) -> tuple[TransactionOutcome, str | None]:
     if exc is None:
         return "commit", None
-    err = translate(exc) if isinstance(exc, DBAPIError | PersistenceError) else None
+    err = translate(exc) if isinstance(exc, Exception) else None
     sqlstate: str | None = getattr(err, "sqlstate", None)
     if sqlstate is None:
         return "rollback", None
@@ -157,13 +239,73 @@ def _outcome(exc: BaseException | None, *, retry_left: bool) -> tuple[Transactio
 @dataclass(eq=False)
 class _Frame:
     boundary: _Boundary
+    options: TransactionOptions
+    parent: _Frame | None = None
     savepoint: AsyncSessionTransaction | None = None
     callbacks: list[tuple[Callback, bool]] = field(default_factory=list)
+    # Why this block must roll back: the error of a failed statement (or of a merged child block).
+    failure: BaseException | None = None
+    rollback_requested: bool = False  # set_rollback(True)
     started: float = 0.0
     depth: int = 0
 
+    @property
+    def owner(self) -> _Frame:
+        """The block whose savepoint (or transaction) holds this block's work: itself, unless it was
+        opened with savepoint=False and merges into its parent."""
+        frame = self
+        while frame.parent is not None and not frame.options.savepoint:
+            frame = frame.parent
+        return frame
+
+    @property
+    def needs_rollback(self) -> bool:
+        return self.failure is not None or self.rollback_requested
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the owning block as needing rollback; the first failure is the one reported."""
+        owner = self.owner
+        if owner.failure is None:
+            owner.failure = error
+
 
 _current: ContextVar[_Frame | None] = ContextVar("persistence_transaction", default=None)
+_watched: weakref.WeakSet[Dialect] = weakref.WeakSet()
+
+
+def _watch(engine: AsyncEngine) -> None:
+    """Have the engine's dialect report failed statements to the block they ran in (once per dialect)."""
+    dialect = engine.sync_engine.dialect
+    if dialect not in _watched:
+        event.listen(engine.sync_engine, "handle_error", _on_database_error)
+        _watched.add(dialect)
+
+
+def _on_database_error(ctx: ExceptionContext) -> BaseException | None:
+    """Mark the block whose connection a statement failed on, whoever ran the statement (a repository,
+    or the caller's own `session.execute` on `current_session()`); a statement refused with 25P02
+    because of an earlier failure becomes the `TransactionError` that `check_usable` raises."""
+    frame = _current.get()
+    if frame is None or ctx.connection is None:
+        return None
+    boundary = frame.boundary
+    if boundary.closed or ctx.connection is not boundary.connection:
+        return None
+    if ctx.sqlalchemy_exception is None and not ctx.is_disconnect:
+        return None  # not a database error (the statement never reached the server)
+    cause: BaseException = ctx.sqlalchemy_exception or ctx.original_exception
+    error = translate(cause) if isinstance(cause, Exception) else None
+    if getattr(error, "sqlstate", None) == _IN_FAILED_TRANSACTION and any(
+        f.failure is not None for f in boundary.frames
+    ):
+        try:
+            boundary.check_usable()
+        except TransactionError as refused:
+            return refused
+    if error is not None and error is not cause:
+        error.__cause__ = cause
+    frame.fail(error or cause)
+    return None
 
 
 def _check_task(boundary: _Boundary) -> None:
@@ -188,6 +330,37 @@ def in_transaction() -> bool:
     """True inside a transaction block of the current task."""
     frame = _active_frame()
     return frame is not None and frame.boundary.task is asyncio.current_task()
+
+
+def _block_for(what: str) -> _Frame:
+    frame = _active_frame()
+    if frame is None:
+        raise TransactionError(f"{what} needs an active transaction block")
+    _check_task(frame.boundary)
+    return frame
+
+
+def set_rollback(rollback: bool) -> None:
+    """Mark the current block to roll back when it ends, without an exception (Django's `set_rollback`).
+
+    `set_rollback(False)` withdraws a mark set by `set_rollback(True)`; it cannot un-mark a block
+    whose statement failed (the server has aborted that work), and raises `TransactionError` there.
+    """
+    owner = _block_for("set_rollback()").owner
+    if rollback:
+        owner.rollback_requested = True
+        return
+    if owner.failure is not None:
+        raise TransactionError(
+            "set_rollback(False) cannot un-mark this block: a statement in it failed and the server has "
+            "aborted its work"
+        ) from owner.failure
+    owner.rollback_requested = False
+
+
+def get_rollback() -> bool:
+    """True when the current block will roll back when it ends (a failed statement or `set_rollback`)."""
+    return _block_for("get_rollback()").owner.needs_rollback
 
 
 @contextlib.asynccontextmanager
@@ -237,8 +410,8 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             )
             raise
         hooks.transaction(TransactionEvent("commit", perf_counter() - started, 1, 0, 0, None, hooks.database))
-    except DBAPIError as exc:
-        raise (translate(exc) or exc) from exc
+    except Exception as exc:
+        _raise_translated(exc)
 
 
 @contextlib.asynccontextmanager
@@ -256,12 +429,15 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
             return
         async with engine.begin() as conn:
             yield conn
-    except DBAPIError as exc:
-        raise (translate(exc) or exc) from exc
+    except Exception as exc:
+        _raise_translated(exc)
 
 
 async def current_session(engine: AsyncEngine) -> AsyncSession:
-    """The session of the current block (opened on `engine` if this is its first use)."""
+    """The session of the current block (opened on `engine` if this is its first use).
+
+    Statements the caller runs on it directly are watched too: one that fails marks the block.
+    """
     frame = _active_frame()
     if frame is None:
         raise TransactionError("current_session() needs an active transaction block")
@@ -288,6 +464,8 @@ def on_commit(callback: Callback, *, robust: bool = False) -> Awaitable[None]:
     result waits for it. With `robust=True` an exception from the callback is logged and the next
     callbacks still run.
     """
+    if not callable(callback):
+        raise TypeError(f"on_commit needs a callable, got {type(callback).__name__}")
     frame = _active_frame()
     if frame is not None:
         _check_task(frame.boundary)
@@ -329,6 +507,21 @@ async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
             await _settle(pending, callback, robust)
 
 
+def _is_async_callable(fn: object) -> bool:
+    """An `async def` function or method, a callable instance whose `__call__` is one, or a
+    `functools.partial` of either."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return (
+        callable(fn)
+        and not inspect.isroutine(fn)
+        and not isinstance(fn, type)
+        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    )
+
+
 class Transaction:
     """One transaction block; an async context manager and a decorator. Build it with `transaction()`."""
 
@@ -353,11 +546,14 @@ class Transaction:
         frame = self._open()
         token = _current.set(frame)
         self._entered.setdefault(asyncio.current_task(), []).append((frame, token))
-        if frame.boundary.session is not None and frame is not frame.boundary.frames[0]:
+        session = frame.boundary.session
+        if session is not None and frame.parent is not None and frame.options.savepoint:
             try:
-                frame.savepoint = await frame.boundary.session.begin_nested()
-            except BaseException:
+                frame.savepoint = await session.begin_nested()
+            except BaseException as exc:
                 self._pop(frame)
+                if isinstance(exc, Exception):
+                    _raise_translated(exc)
                 raise
             frame.boundary.savepoint_started(frame)
         return self
@@ -370,15 +566,21 @@ class Transaction:
         if not self._entered[task]:
             del self._entered[task]
         try:
-            if frame is frame.boundary.frames[0]:
+            if frame.parent is None:
                 await self._close_outermost(frame, exc)
             else:
                 await self._close_nested(frame, exc)
         finally:
             frame.boundary.frames.pop()
             _current.reset(token)
-        if exc is not None and isinstance(exc, DBAPIError):
-            raise (translate(exc) or exc) from exc
+        if isinstance(exc, _DATABASE_ERRORS):
+            error = _translated(exc)
+            if error is exc and isinstance(exc, PendingRollbackError):
+                error = TransactionError(
+                    "the block's session was left unusable by an earlier failed statement"
+                )
+            if error is not exc:
+                raise error from exc
 
     def _open(self) -> _Frame:
         if self.options.retries:
@@ -391,7 +593,7 @@ class Transaction:
             boundary = _Boundary(
                 self.options, asyncio.current_task(), attempt=self._attempt, retries=self._retries
             )
-            frame = _Frame(boundary)
+            frame = _Frame(boundary, self.options)
             boundary.frames.append(frame)
             return frame
         _check_task(parent.boundary)
@@ -407,7 +609,8 @@ class Transaction:
                 f"isolation_level={self.options.isolation_level!r} cannot be set inside a block that runs at "
                 f"{outer.isolation_level or 'the server default'}"
             )
-        frame = _Frame(parent.boundary)
+        parent.boundary.check_usable()
+        frame = _Frame(parent.boundary, self.options, parent)
         parent.boundary.frames.append(frame)
         return frame
 
@@ -418,28 +621,55 @@ class Transaction:
         _current.reset(token)
 
     async def _close_nested(self, frame: _Frame, exc: BaseException | None) -> None:
-        parent = frame.boundary.frames[-2]
+        parent = frame.parent
+        assert parent is not None
+        if not frame.options.savepoint:
+            # Merged into the parent: its work can only be undone with the parent's.
+            if exc is None:
+                parent.callbacks.extend(frame.callbacks)
+            else:
+                frame.fail(exc)
+            return
         observed = frame.boundary.hooks is not None and frame.savepoint is not None
-        if exc is None:
+        if exc is None and not frame.needs_rollback:
             if frame.savepoint is not None:
                 try:
                     await frame.savepoint.commit()
-                except DBAPIError as err:
-                    error = translate(err) or err
+                except Exception as err:
+                    error = _translated(err)
+                    parent.fail(error)  # RELEASE failed: the transaction is aborted or the connection lost
                     if observed:
                         frame.boundary.ended(frame.depth, frame.started, error, failed=True)
+                    if error is err:
+                        raise
                     raise error from err
                 if observed:
                     frame.boundary.ended(frame.depth, frame.started, None, failed=False)
             parent.callbacks.extend(frame.callbacks)
             return
         frame.callbacks.clear()
+        rollback_error: Exception | None = None
         if frame.savepoint is not None:
-            # The original exception matters more than a failed ROLLBACK TO SAVEPOINT (e.g. lost connection).
-            with contextlib.suppress(Exception):
+            try:
                 await frame.savepoint.rollback()
+            except Exception as err:
+                # The enclosing block cannot go on either: its connection is lost or in an unknown state.
+                rollback_error = err
+                parent.fail(_translated(err))
             if observed:
-                frame.boundary.ended(frame.depth, frame.started, exc, failed=False)
+                frame.boundary.ended(
+                    frame.depth, frame.started, exc or frame.failure, failed=False, rolled_back=True
+                )
+        if exc is not None:
+            return  # the original exception matters more than a failed ROLLBACK TO SAVEPOINT
+        if rollback_error is not None:
+            _raise_translated(rollback_error)
+        if frame.failure is not None:
+            raise TransactionError(
+                f"a statement in this block failed ({_describe(frame.failure)}) and the error was caught "
+                "inside the block; its savepoint was rolled back. Catch errors around a nested "
+                "transaction() block instead"
+            ) from frame.failure
 
     async def _close_outermost(self, frame: _Frame, exc: BaseException | None) -> None:
         boundary = frame.boundary
@@ -447,14 +677,21 @@ class Transaction:
         commit_error: BaseException | None = None
         try:
             if session is not None:
-                if exc is None:
+                if exc is None and not frame.needs_rollback:
                     try:
                         await session.commit()
-                    except BaseException as err:
-                        commit_error = (translate(err) or err) if isinstance(err, DBAPIError) else err
+                    except Exception as err:
+                        commit_error = _translated(err)
+                        if commit_error is err and isinstance(err, PendingRollbackError):
+                            commit_error = TransactionError(
+                                "the block's session was left unusable by an earlier failed statement"
+                            )
                         if commit_error is err:
                             raise
                         raise commit_error from err
+                    except BaseException as err:
+                        commit_error = err
+                        raise
                 else:
                     # Detach first: rows the block returned keep their loaded values instead of
                     # being expired (and unreadable once the session is closed).
@@ -468,19 +705,35 @@ class Transaction:
                     await session.close()
             if boundary.hooks is not None:
                 failed = commit_error is not None
-                boundary.ended(0, boundary.started, commit_error if failed else exc, failed=failed)
-        if exc is None:
-            if self._after_commit is not None:
-                self._after_commit.extend(frame.callbacks)
-            else:
-                await _run_callbacks(frame.callbacks)
+                boundary.ended(
+                    0,
+                    boundary.started,
+                    commit_error if failed else exc or frame.failure,
+                    failed=failed,
+                    rolled_back=frame.rollback_requested,
+                )
+        if exc is not None:
+            return
+        if frame.failure is not None:
+            raise TransactionError(
+                f"a statement in this block failed ({_describe(frame.failure)}) and the error was caught "
+                "inside the block; the transaction was rolled back, nothing was committed. Catch errors "
+                "around a nested transaction() block instead"
+            ) from frame.failure
+        if frame.rollback_requested:
+            return
+        if self._after_commit is not None:
+            self._after_commit.extend(frame.callbacks)
+        else:
+            await _run_callbacks(frame.callbacks)
 
     # -- decorator ----------------------------------------------------------------------------------
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"@transaction needs an async function, got {fn!r}")
+        if not _is_async_callable(fn):
+            raise TypeError(f"@transaction needs an async function or callable, got {fn!r}")
         options = self.options
         block_options = dataclasses.replace(options, retries=0)
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -505,9 +758,7 @@ class Transaction:
                         raise
                     attempt += 1
                     delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
-                    log.info(
-                        "transaction retry", function=fn.__qualname__, attempt=attempt, sqlstate=exc.sqlstate
-                    )
+                    log.info("transaction retry", function=name, attempt=attempt, sqlstate=exc.sqlstate)
                     await asyncio.sleep(delay)
                 else:
                     # Committed: callbacks run outside the retry loop, so they never cause a re-run.
@@ -528,6 +779,7 @@ def transaction(
     read_only: bool = False,
     isolation_level: IsolationLevel | None = None,
     retries: int = 0,
+    savepoint: bool = True,
 ) -> Transaction: ...
 
 
@@ -539,10 +791,13 @@ def transaction(
     read_only: bool = False,
     isolation_level: IsolationLevel | None = None,
     retries: int = 0,
+    savepoint: bool = True,
 ) -> Callable[P, Coroutine[Any, Any, R]] | Transaction:
     """A transaction block: `@transaction`, `@transaction(...)`, or `async with transaction(...)`.
 
-    `retries` needs the decorator form: a `with` block's body cannot be run again.
+    `retries` needs the decorator form: a `with` block's body cannot be run again. `savepoint=False`
+    makes a nested block part of its parent (no savepoint; an exception leaving it marks the parent
+    for rollback); it changes nothing for an outermost block.
     """
     if retries < 0:
         raise ValueError("retries must be >= 0")
@@ -554,7 +809,11 @@ def transaction(
         raise ValueError(f"unknown isolation_level {isolation_level!r}")
     block = Transaction(
         TransactionOptions(
-            durable=durable, read_only=read_only, isolation_level=isolation_level, retries=retries
+            durable=durable,
+            read_only=read_only,
+            isolation_level=isolation_level,
+            retries=retries,
+            savepoint=savepoint,
         )
     )
     if fn is not None:
