@@ -59,7 +59,14 @@ from persistence.repositories import (
     VerificationRepository,
 )
 from persistence.repository import Page, Repository
-from persistence.transaction import current_session, in_transaction, on_commit, transaction
+from persistence.transaction import (
+    current_session,
+    get_rollback,
+    in_transaction,
+    on_commit,
+    set_rollback,
+    transaction,
+)
 
 __all__ = [
     "AICallLogger",
@@ -111,6 +118,7 @@ __all__ = [
     "create_database_engine",
     "current_audit",
     "current_session",
+    "get_rollback",
     "grant_reader",
     "in_transaction",
     "ledger_health",
@@ -119,6 +127,7 @@ __all__ = [
     "recent_reports",
     "reconcile",
     "rows_today",
+    "set_rollback",
     "table_size_bytes",
     "transaction",
 ]
