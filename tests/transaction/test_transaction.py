@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
@@ -195,10 +196,14 @@ async def test_on_commit_outside_a_block_runs_now_and_robust_callbacks_do_not_st
     def broken() -> None:
         raise RuntimeError("callback bug")
 
-    async with transaction():
-        await on_commit(broken, robust=True)
-        await on_commit(lambda: seen.append("still runs"))
+    with capture_logs() as logs:
+        async with transaction():
+            await on_commit(broken, robust=True)
+            await on_commit(lambda: seen.append("still runs"))
     assert seen == ["now", "still runs"]
+    [logged] = [entry for entry in logs if entry["event"] == "on_commit callback failed"]
+    assert logged["log_level"] == "error"
+    assert "broken" in logged["callback"]
 
 
 async def test_on_commit_needs_no_await_as_in_django(engine: AsyncEngine) -> None:
