@@ -83,10 +83,23 @@ log = structlog.get_logger("persistence.transaction")
 
 
 def _translated(exc: Exception) -> Exception:
-    """`exc` as a `persistence.errors` type when `translate` knows it; otherwise `exc` itself."""
+    """`exc` as a `persistence.errors` type when `translate` knows it; otherwise `exc` itself, except
+    that SQLAlchemy's `PendingRollbackError` (a session left unusable by a failed flush) never leaves."""
     if isinstance(exc, PersistenceError):
         return exc
-    return translate(exc) or exc
+    error = translate(exc)
+    if error is not None and error is not exc:
+        return error
+    if isinstance(exc, PendingRollbackError):
+        return TransactionError(
+            "an earlier statement in this block failed and SQLAlchemy rolled its work back; no statement "
+            "can run in it until it ends"
+        )
+    return exc
+
+
+def _rolled_back_by_session() -> TransactionError:
+    return TransactionError("a flush failed in this block and SQLAlchemy rolled its work back")
 
 
 def _raise_translated(exc: Exception) -> NoReturn:
@@ -575,10 +588,6 @@ class Transaction:
             _current.reset(token)
         if isinstance(exc, _DATABASE_ERRORS):
             error = _translated(exc)
-            if error is exc and isinstance(exc, PendingRollbackError):
-                error = TransactionError(
-                    "the block's session was left unusable by an earlier failed statement"
-                )
             if error is not exc:
                 raise error from exc
 
@@ -631,6 +640,8 @@ class Transaction:
                 frame.fail(exc)
             return
         observed = frame.boundary.hooks is not None and frame.savepoint is not None
+        if exc is None and frame.savepoint is not None and not frame.savepoint.is_active:
+            frame.fail(_rolled_back_by_session())  # a failed flush: SQLAlchemy rolled the savepoint back
         if exc is None and not frame.needs_rollback:
             if frame.savepoint is not None:
                 try:
@@ -675,6 +686,8 @@ class Transaction:
         boundary = frame.boundary
         session = boundary.session
         commit_error: BaseException | None = None
+        if exc is None and session is not None and not session.is_active:
+            frame.fail(_rolled_back_by_session())  # a failed flush: SQLAlchemy rolled the transaction back
         try:
             if session is not None:
                 if exc is None and not frame.needs_rollback:
@@ -682,10 +695,6 @@ class Transaction:
                         await session.commit()
                     except Exception as err:
                         commit_error = _translated(err)
-                        if commit_error is err and isinstance(err, PendingRollbackError):
-                            commit_error = TransactionError(
-                                "the block's session was left unusable by an earlier failed statement"
-                            )
                         if commit_error is err:
                             raise
                         raise commit_error from err

@@ -218,3 +218,16 @@ async def test_unreachable_server_on_open_is_a_persistence_error(fresh_database:
                 await add_claim(nowhere, "x")
     finally:
         await nowhere.dispose()
+
+
+async def test_flush_failure_caught_inside_a_nested_block(engine: AsyncEngine) -> None:
+    async with transaction():
+        await add_claim(engine, "outer")
+        with pytest.raises(TransactionError, match="savepoint was rolled back"):
+            async with transaction():
+                session = await current_session(engine)
+                session.add(Claim(external_id="outer", content="duplicate"))
+                with pytest.raises(DBAPIError):
+                    await session.flush()  # 23505: SQLAlchemy rolls the savepoint back
+        await add_claim(engine, "after")
+    assert await claims(engine) == {"outer", "after"}
