@@ -17,7 +17,8 @@ Semantics follow Django's `atomic`, with what it lacks:
   `get_rollback()` tells whether it is marked.
 - The block's connection is opened (with `read_only`, `isolation_level` and the savepoints of the
   blocks already entered) before its session is used; if opening fails nothing is kept, so a retry
-  inside the block opens it again with the same guarantees.
+  inside the block opens it again with the same guarantees. The same holds when the connection is
+  lost on the repository call that opened it (nothing was done in the transaction yet).
 - `durable=True` refuses to run inside another block; `read_only` and `isolation_level` apply to
   the outermost block (a nested block may not ask for different ones).
 - `retries=N` (decorator form only) re-runs the whole outermost block on serialization failure
@@ -77,7 +78,12 @@ _BACKOFF_BASE_S = 0.01
 _BACKOFF_CAP_S = 1.0
 # Errors of the database layer: the only ones translated when they leave a block (an OSError or
 # TimeoutError of the caller's own code passes through unchanged).
-_DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DATABASE_ERRORS = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 log = structlog.get_logger("persistence.transaction")
 
@@ -144,6 +150,9 @@ class _Boundary:
     hooks: Hooks | None = None
     started: float = 0.0
     max_depth: int = 0
+    # How many times the session was handed out (scopes, current_session): a connection lost on the
+    # statement that opened it may be forgotten only if nobody else has used the session since.
+    handouts: int = 0
 
     def check_usable(self) -> None:
         """Refuse to run statements in a block that must roll back (instead of a raw 25P02)."""
@@ -170,7 +179,25 @@ class _Boundary:
             self.engine, "sync_engine", None
         ):
             raise TransactionError("one transaction cannot span two engines; open a separate transaction")
+        self.handouts += 1
         return self.session
+
+    async def forget_lost_connection(self, error: BaseException) -> None:
+        """The connection was lost by the call that opened it, before anyone else used the session:
+        nothing was done in this transaction, so drop it (the failure is not the block's); the next
+        statement opens the block again, with its options and savepoints."""
+        session = self.session
+        self.engine = self.session = self.connection = None
+        self.handouts = 0
+        for frame in self.frames:
+            frame.failure = None  # the block was usable when the call began: this was the only failure
+            if frame.savepoint is not None:
+                if self.hooks is not None:
+                    self.ended(frame.depth, frame.started, error, failed=False)
+                frame.savepoint = None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()
 
     async def _open(self, engine: AsyncEngine) -> None:
         """Open the connection with the block's options and the savepoints of the blocks entered so
@@ -377,6 +404,21 @@ def get_rollback() -> bool:
 
 
 @contextlib.asynccontextmanager
+async def _in_block(boundary: _Boundary, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """The block's session for one repository call. If that call opened it and lost the connection
+    before anything else used the session, the block forgets the connection and can be retried."""
+    opening = boundary.session is None
+    session = await boundary.session_for(engine)
+    handouts = boundary.handouts
+    try:
+        yield session
+    except Exception as exc:
+        if opening and boundary.handouts == handouts and getattr(exc, "connection_invalidated", False):
+            await boundary.forget_lost_connection(exc)
+        raise
+
+
+@contextlib.asynccontextmanager
 async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """The session repositories run on: the current block's, or a short transaction of its own.
 
@@ -385,7 +427,8 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     frame = _active_frame()
     try:
         if frame is not None:
-            yield await frame.boundary.session_for(engine)
+            async with _in_block(frame.boundary, engine) as session:
+                yield session
             return
         hooks = hooks_of(engine)
         if hooks is None:
@@ -437,8 +480,8 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
     frame = _active_frame()
     try:
         if frame is not None:
-            session = await frame.boundary.session_for(engine)
-            yield await session.connection()
+            async with _in_block(frame.boundary, engine) as session:
+                yield await session.connection()
             return
         async with engine.begin() as conn:
             yield conn

@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
-from persistence.errors import ConflictError, DatabaseError, PersistenceError, TransactionError
+from persistence.errors import (
+    ConflictError,
+    DatabaseError,
+    PersistenceError,
+    TransactionError,
+    TransientError,
+)
 from persistence.models import Claim
 from persistence.transaction import current_session, on_commit, session_scope, transaction
 
@@ -231,3 +237,59 @@ async def test_flush_failure_caught_inside_a_nested_block(engine: AsyncEngine) -
                     await session.flush()  # 23505: SQLAlchemy rolls the savepoint back
         await add_claim(engine, "after")
     assert await claims(engine) == {"outer", "after"}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def unpinged(fresh_database: DatabaseConfig) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """An admin engine (on `postgres`) and a one-connection engine that does not ping on checkout,
+    so a terminated pooled connection reaches the block's first statement."""
+    admin = build_engine(fresh_database.model_copy(update={"database": "postgres"}))
+    eng = build_engine(
+        fresh_database.model_copy(update={"pool_pre_ping": False, "pool_size": 1, "max_overflow": 0})
+    )
+    yield admin, eng
+    await eng.dispose()
+    await admin.dispose()
+
+
+async def _terminate(admin: AsyncEngine, pid: int) -> None:
+    async with admin.connect() as conn:
+        # With a timeout, pg_terminate_backend returns once the backend has exited.
+        assert await conn.scalar(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with session_scope(engine) as session:
+        return int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
+
+
+async def test_connection_lost_on_the_first_statement_then_retry_keeps_read_only(
+    engine: AsyncEngine, unpinged: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    admin, eng = unpinged
+    await _terminate(admin, await _backend_pid(eng))  # the pool's only connection is now dead
+    with pytest.raises(DatabaseError) as info:
+        async with transaction(read_only=True, isolation_level="SERIALIZABLE"):
+            with pytest.raises(TransientError):
+                await _backend_pid(eng)  # the block's first statement: the connection is gone
+            async with session_scope(eng) as session:  # the retry opens the block again
+                assert await session.scalar(text("SHOW transaction_read_only")) == "on"
+                assert await session.scalar(text("SHOW transaction_isolation")) == "serializable"
+            await add_claim(eng, "written by a read-only block")
+    assert info.value.sqlstate == "25006"
+    assert await claims(engine) == set()
+
+
+async def test_connection_lost_after_work_fails_the_block(
+    engine: AsyncEngine, unpinged: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    admin, eng = unpinged
+    with pytest.raises(TransactionError, match="caught inside the block"):
+        async with transaction():
+            await add_claim(eng, "before")
+            await _terminate(admin, await _backend_pid(eng))
+            with pytest.raises(TransientError):
+                await add_claim(eng, "lost")
+            with pytest.raises(TransactionError, match="an earlier statement in this block failed"):
+                await add_claim(eng, "retried")
+    assert await claims(engine) == set()
