@@ -334,7 +334,9 @@ def _on_database_error(ctx: ExceptionContext) -> BaseException | None:
     if ctx.sqlalchemy_exception is None and not ctx.is_disconnect:
         return None  # not a database error (the statement never reached the server)
     cause: BaseException = ctx.sqlalchemy_exception or ctx.original_exception
-    error = translate(cause) if isinstance(cause, Exception) else None
+    error: PersistenceError | None = None
+    with contextlib.suppress(Exception):  # marking the block must not depend on classifying the error
+        error = translate(cause) if isinstance(cause, Exception) else None
     if getattr(error, "sqlstate", None) == _IN_FAILED_TRANSACTION and any(
         f.failure is not None for f in boundary.frames
     ):

@@ -183,3 +183,15 @@ async def test_decorator_accepts_any_async_callable(engine: AsyncEngine) -> None
     with pytest.raises(TypeError, match="async"):
         transaction(Sync())  # type: ignore[arg-type]
     assert await claims(engine) == {"instance", "partial"}
+
+
+async def test_a_swallowed_failure_is_reported_as_failed_not_commit(
+    recorded: tuple[AsyncEngine, Recorder],
+) -> None:
+    engine, rec = recorded
+    with pytest.raises(TransactionError):
+        async with transaction():
+            await add_claim(engine, "r")
+            with pytest.raises(ConflictError):
+                await add_claim(engine, "r")
+    assert [(t.outcome, t.depth, t.sqlstate) for t in rec.transactions] == [("failed", 0, "23505")]
