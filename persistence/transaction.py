@@ -405,6 +405,18 @@ def get_rollback() -> bool:
     return _block_for("get_rollback()").owner.needs_rollback
 
 
+def _lost_connection(exc: BaseException) -> bool:
+    """SQLAlchemy invalidated the connection (a disconnect), seen through our own translations."""
+    error: BaseException | None = exc
+    for _ in range(8):
+        if error is None:
+            return False
+        if getattr(error, "connection_invalidated", False):
+            return True
+        error = error.__cause__
+    return False
+
+
 @contextlib.asynccontextmanager
 async def _in_block(boundary: _Boundary, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """The block's session for one repository call. If that call opened it and lost the connection
@@ -415,7 +427,7 @@ async def _in_block(boundary: _Boundary, engine: AsyncEngine) -> AsyncIterator[A
     try:
         yield session
     except Exception as exc:
-        if opening and boundary.handouts == handouts and getattr(exc, "connection_invalidated", False):
+        if opening and boundary.handouts == handouts and _lost_connection(exc):
             await boundary.forget_lost_connection(exc)
         raise
 
