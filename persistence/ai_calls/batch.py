@@ -5,18 +5,18 @@ not store: such a call is never accepted), buffered, and written by one backgrou
 `batch_size` calls or `flush_interval` seconds. The buffer is bounded: `log()` waits when it is full
 (backpressure), so memory stays flat when PostgreSQL is slow.
 
-Two kinds of failure, handled apart:
-- An outage (the database cannot be reached or asks to retry: `TransientError`,
-  `DatabaseConnectionError`): the batch goes to the durable spool (`spool.py`: fsync'd JSON lines,
-  each record with its idempotency key). While the spool is not empty the writer probes the database
+Two kinds of failure, handled apart (`_is_refusal`):
+- An outage (anything that would fail every call alike: the database is down or restarting, a lost
+  connection, a wrong password, a read-only standby, a missing grant): the batch goes to the durable
+  spool (`spool.py`: fsync'd JSON lines, each record with its idempotency key). While the spool is not empty the writer probes the database
   with backoff (`retry_interval` doubling up to `max_retry_interval`), with no new traffic needed, and
   replays the spool as soon as it answers, a chunk at a time. Idempotency keys make a replay of an
   already committed batch (a lost COMMIT acknowledgement, a crash mid-replay) a no-op, so every call
   lands exactly once. Without a spool directory, or when the spool itself cannot be written (disk
   full), a failed batch stays at the head of the buffer and is retried with the same backoff.
-- A refusal (anything else: a constraint or trigger, a key reused with another payload, a call with
-  no price): the batch is split in halves until the refused calls are isolated, so every other call
-  is written. A refused call goes to `rejected.jsonl` in the spool directory with its reason; without
+- A refusal (a verdict on a call: a constraint, a trigger's RAISE, a data exception, a key reused
+  with another payload, a call with no price, a value the driver cannot encode): the batch is split
+  in halves until the refused calls are isolated, so every other call is written. A refused call goes to `rejected.jsonl` in the spool directory with its reason; without
   a spool directory it is kept and the next `flush()` or `close()` raises `RejectedCallsError`
   naming it (after the good calls were written).
 
@@ -48,8 +48,8 @@ from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
 from persistence.errors import (
-    DatabaseConnectionError,
     DatabaseError,
+    IntegrityViolation,
     InvalidRequestError,
     PersistenceError,
     TransientError,
@@ -143,18 +143,27 @@ def decode_record(data: Mapping[str, Any]) -> AICallRecord:
     return AICallRecord(**fields)
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Only a failure to reach the database (or its request to retry) is an outage: those calls are
-    kept and retried. Anything else is a verdict on some call of the batch, found by splitting it.
+# SQLSTATE classes that judge the row itself: data exception, integrity constraint violation, WITH
+# CHECK OPTION violation, and errors raised by a function or trigger (RAISE EXCEPTION is P0001).
+_VERDICT_CLASSES = frozenset({"22", "23", "44", "P0"})
 
-    A connection error that will not pass by itself (a wrong password, a bad certificate) is still
-    not the calls' fault: they wait in the spool until the configuration is fixed.
+
+def _is_refusal(exc: BaseException) -> bool:
+    """A verdict on some call of the batch (found by splitting it), as opposed to an outage.
+
+    Verdicts: our own checks (`ValidationError`, no price, a key reused with another payload), a
+    server error of a class that judges the row (`_VERDICT_CLASSES`), and a value the driver could
+    not encode. Everything else would fail every call alike (down, restarting, a lost connection, a
+    wrong password, a read-only standby after a failover, a missing grant): the calls are kept in the
+    spool and retried with backoff until the database, or its configuration, is back.
     """
-    if isinstance(exc, DatabaseConnectionError):
+    if isinstance(exc, IntegrityViolation | InvalidRequestError):  # ValidationError, ConflictError too
         return True
-    if isinstance(exc, PersistenceError):
-        return getattr(exc, "retryable", False) is True
-    return isinstance(exc, OSError | TimeoutError)
+    if isinstance(exc, DatabaseError):
+        return not exc.retryable and (exc.sqlstate or "")[:2] in _VERDICT_CLASSES
+    if isinstance(exc, PersistenceError):  # connection errors, a closed logger
+        return False
+    return not isinstance(exc, OSError | TimeoutError)
 
 
 def _describe(error: BaseException) -> dict[str, Any]:
@@ -289,6 +298,8 @@ class BatchLogger:
         """
         if self._closed is not None:
             return self._closed
+        if self._closing:  # another close() is under way
+            return self.stats
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         # Keep a little of the time for spooling what is left (one fsync'd append).
@@ -448,9 +459,10 @@ class BatchLogger:
         try:
             written = await self.logger.log_batch(batch)
         except Exception as exc:
-            if _is_outage(exc):
+            if not _is_refusal(exc):
                 self._failed(exc, "database unavailable")
                 return await self._keep(batch)
+            self._healthy = True  # the database answered: it judged the batch
             if len(batch) == 1:
                 await self._refuse(batch[0], exc)
                 return []
@@ -534,7 +546,7 @@ class BatchLogger:
                         try:
                             written = await self.logger.log_batch(records)
                         except Exception as exc:
-                            if _is_outage(exc):
+                            if not _is_refusal(exc):
                                 raise  # this chunk stays in its segment for the next replay
                             # One refused call must not hold back the others.
                             if await self._settle(records):

@@ -489,3 +489,44 @@ async def test_a_failed_background_fold_is_logged(fresh_engine: AsyncEngine, tmp
             await asyncio.wait_for(logger.close(), timeout=60)
     assert await count(fresh_engine) == 1  # the call is written; only its fold failed
     assert any(e["event"] == "background rollup fold failed" and e["sqlstate"] == "P0001" for e in logs)
+
+
+async def run_outside_a_transaction(engine: AsyncEngine, *statements: str) -> None:
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        for statement in statements:
+            await raw.execute(statement)
+
+
+@pytest.mark.commits
+async def test_a_failure_that_would_fail_every_call_is_an_outage_not_a_refusal(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # A read-only database (a standby after a failover) refuses every write with 25006: nothing about
+    # the calls is wrong, so none is rejected; they wait in the spool and land once writes are back.
+    alter = "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {}', current_database()); END $$"
+    await run_outside_a_transaction(fresh_engine, alter.format("on"))
+    await fresh_engine.dispose()  # new sessions pick the setting up
+    async with AICallLogger(fresh_engine) as logger:
+        batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.05,
+                              max_retry_interval=0.5)  # fmt: skip
+        for n in range(20):
+            await batcher.log(call(n))
+        await batcher.flush()
+        assert (batcher.stats.spooled, batcher.stats.rejected, batcher.stats.written) == (20, 0, 0)
+        await run_outside_a_transaction(
+            fresh_engine,
+            "SET default_transaction_read_only = off",
+            alter.format("off"),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        started = time.monotonic()
+        while batcher.stats.pending_in_spool:  # replayed by the writer's probe, no new traffic
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 120, "the spool was never replayed"  # a hang guard only
+        stats = await batcher.close()
+    assert (stats.written, stats.rejected, stats.pending_in_spool) == (20, 0, 0)
+    assert await count(fresh_engine) == 20
+    assert not (tmp_path / "rejected.jsonl").exists()
