@@ -48,6 +48,7 @@ from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
 from persistence.errors import (
+    ConflictError,
     DatabaseError,
     IntegrityViolation,
     InvalidRequestError,
@@ -157,7 +158,7 @@ def _is_refusal(exc: BaseException) -> bool:
     wrong password, a read-only standby after a failover, a missing grant): the calls are kept in the
     spool and retried with backoff until the database, or its configuration, is back.
     """
-    if isinstance(exc, IntegrityViolation | InvalidRequestError):  # ValidationError, ConflictError too
+    if isinstance(exc, IntegrityViolation | ConflictError | InvalidRequestError):  # ValidationError too
         return True
     if isinstance(exc, DatabaseError):
         return not exc.retryable and (exc.sqlstate or "")[:2] in _VERDICT_CLASSES

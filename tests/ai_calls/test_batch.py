@@ -20,11 +20,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from persistence import AICallLogger, AICallRecord, BatchLogger
-from persistence.ai_calls.batch import RejectedCallsError, UnwrittenCallsError, decode_record, encode_record
+from persistence.ai_calls.batch import (
+    RejectedCallsError,
+    UnwrittenCallsError,
+    _is_refusal,
+    decode_record,
+    encode_record,
+)
+from persistence.ai_calls.prices import UnpricedCallError
 from persistence.ai_calls.spool import Spool, SpooledRecord
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
-from persistence.errors import DatabaseError, PersistenceError, ValidationError
+from persistence.errors import (
+    ConflictError,
+    DatabaseConnectionError,
+    DatabaseError,
+    PersistenceError,
+    TransientError,
+    ValidationError,
+)
 from persistence.testing import ThrowawayPostgres
 from persistence.testing.database import free_port
 
@@ -530,3 +544,34 @@ async def test_a_failure_that_would_fail_every_call_is_an_outage_not_a_refusal(
     assert (stats.written, stats.rejected, stats.pending_in_spool) == (20, 0, 0)
     assert await count(fresh_engine) == 20
     assert not (tmp_path / "rejected.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "refusal"),
+    [
+        (ConflictError("key reused"), True),
+        (ValidationError("bad value"), True),
+        (UnpricedCallError("no price"), True),
+        (DatabaseError("check", sqlstate="23514"), True),
+        (DatabaseError("raised by a trigger", sqlstate="P0001"), True),
+        (DatabaseError("unsupported unicode escape", sqlstate="22P05"), True),
+        (UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed"), True),
+        (TransientError("connection lost"), False),
+        (TransientError("serialization failure", sqlstate="40001"), False),
+        (
+            DatabaseConnectionError(
+                host="h", port=5432, database="d", user="u", reason="bad password", sqlstate="28P01"
+            ),
+            False,
+        ),
+        (DatabaseError("read-only transaction", sqlstate="25006"), False),
+        (DatabaseError("permission denied", sqlstate="42501"), False),
+        (DatabaseError("relation does not exist", sqlstate="42P01"), False),
+        (DatabaseError("database error: InterfaceError"), False),
+        (PersistenceError("AICallLogger is closed"), False),
+        (ConnectionRefusedError(), False),
+        (TimeoutError(), False),
+    ],
+)
+def test_only_a_verdict_on_a_row_is_a_refusal(error: BaseException, refusal: bool) -> None:
+    assert _is_refusal(error) is refusal
