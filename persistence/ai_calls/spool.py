@@ -236,9 +236,15 @@ def _offset_file(segment: Path) -> Path:
 
 
 def _read_offset(path: Path) -> int:
-    """How far an earlier replay of `path` got (bytes); 0 if none did or the note is unreadable."""
+    """How far an earlier replay of `path` got (bytes); 0 (replay it all again: harmless, keys make it
+    idempotent) if none did, or the note is unreadable or does not point just after a line of `path`."""
     try:
-        return max(0, int(_offset_file(path).read_text() or 0))
+        offset = int(_offset_file(path).read_text() or 0)
+        if offset <= 0:
+            return 0
+        with path.open("rb") as f:
+            f.seek(offset - 1)
+            return offset if f.read(1) == b"\n" else 0
     except (OSError, ValueError):
         return 0
 

@@ -118,6 +118,9 @@ def test_a_replay_resumes_after_the_last_committed_chunk(tmp_path: Path) -> None
         again.close()
         assert [r.key for r in first] == [f"key-{n}" for n in range(4)]
         assert [r.key for r in rest] == [f"key-{n}" for n in range(4, 10)]
+        for wrong in ("999", "5", "x"):  # beyond the end, mid-line, garbage: replay it all again
+            (tmp_path / (segment.name + ".offset")).write_text(wrong)
+            assert spool.pending_count() == 10
         spool.done(segment)
         assert not list(tmp_path.glob("*.offset")) and spool.pending_count() == 0
         # A new segment that reuses the number starts from its beginning, whatever a note said.
