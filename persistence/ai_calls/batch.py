@@ -1,19 +1,29 @@
 """`BatchLogger`: buffered, lossless ledger writes on top of `AICallLogger.log_batch`.
 
-Calls are validated when logged, buffered, and written by one background task every `batch_size`
-calls or `flush_interval` seconds. The buffer is bounded: `log()` waits when it is full
+Calls are validated when logged (`log()` raises `ValidationError` at once for a call PostgreSQL could
+not store: such a call is never accepted), buffered, and written by one background task every
+`batch_size` calls or `flush_interval` seconds. The buffer is bounded: `log()` waits when it is full
 (backpressure), so memory stays flat when PostgreSQL is slow.
 
-When a batch cannot be written because PostgreSQL is down or failing (lost or refused connections,
-`TransientError`), it goes to the durable spool (`spool.py`: fsync'd JSON lines, each record with
-its idempotency key) and is replayed once the database answers again; segments are deleted only
-after their replay committed. Idempotency keys make a replay of an already committed batch (a lost
-COMMIT acknowledgement, a crash mid-replay) a no-op, so every call lands exactly once. Without a
-spool directory, or when the spool itself cannot be written (disk full), a failed batch stays at the
-head of the buffer and is retried (callers then wait). If the writer task ever stops, `log()`,
-`flush()` and `close()` raise instead of waiting for it.
-Nothing is dropped: a batch the database rejects for good (a reused key with another payload) is
-kept in `rejected.jsonl` in the spool directory and counted.
+Two kinds of failure, handled apart (`_is_refusal`):
+- An outage (anything that would fail every call alike: the database is down or restarting, a lost
+  connection, a wrong password, a read-only standby, a missing grant): the batch goes to the durable
+  spool (`spool.py`: fsync'd JSON lines, each record with its idempotency key). While the spool is not empty the writer probes the database
+  with backoff (`retry_interval` doubling up to `max_retry_interval`), with no new traffic needed, and
+  replays the spool as soon as it answers, a chunk at a time. Idempotency keys make a replay of an
+  already committed batch (a lost COMMIT acknowledgement, a crash mid-replay) a no-op, so every call
+  lands exactly once. Without a spool directory, or when the spool itself cannot be written (disk
+  full), a failed batch stays at the head of the buffer and is retried with the same backoff.
+- A refusal (a verdict on a call: a constraint, a trigger's RAISE, a data exception, a key reused
+  with another payload, a call with no price, a value the driver cannot encode): the batch is split
+  in halves until the refused calls are isolated, so every other call is written. A refused call goes to `rejected.jsonl` in the spool directory with its reason; without
+  a spool directory it is kept and the next `flush()` or `close()` raises `RejectedCallsError`
+  naming it (after the good calls were written).
+
+`close(timeout=...)` returns within its timeout and returns `BatchStats`; what it could not write is
+in the spool (`pending_in_spool`), never only in memory; without a spool it raises
+`UnwrittenCallsError` carrying the calls. If the writer task ever stops, `log()`, `flush()` and
+`close()` raise instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -23,8 +33,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -35,14 +46,18 @@ import structlog
 
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord
-from persistence.ai_calls.spool import Spool, SpooledRecord
+from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
 from persistence.errors import (
     ConflictError,
+    DatabaseError,
     IntegrityViolation,
     InvalidRequestError,
     PersistenceError,
     TransientError,
+    ValidationError,
 )
+
+__all__ = ["BatchLogger", "BatchStats", "RejectedCall", "RejectedCallsError", "UnwrittenCallsError"]
 
 log = structlog.get_logger("persistence.ai_calls.batch")
 _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
@@ -50,7 +65,8 @@ _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
 
 @dataclass(frozen=True, slots=True)
 class BatchStats:
-    """Counters: `buffered` now in memory; the rest are totals since the logger started."""
+    """Counters: `buffered` now in memory, `pending_in_spool` now on disk; the rest are totals
+    since the logger started (`set_aside`: spool lines that did not decode, moved to `corrupt-*.jsonl`)."""
 
     buffered: int
     spooled: int
@@ -58,6 +74,44 @@ class BatchStats:
     written: int
     rejected: int
     pending_in_spool: int
+    set_aside: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedCall:
+    """A call the database refused for good, and its error."""
+
+    record: AICallRecord
+    error: BaseException
+
+
+class RejectedCallsError(DatabaseError):
+    """The database refused some calls for good (not an outage); every other call was written.
+
+    Raised by `flush()` / `close()` of a `BatchLogger` without `spool_dir` (with one, the calls are
+    kept in `rejected.jsonl` instead). `rejected` holds each call and its error; the first error is
+    chained as `__cause__`.
+    """
+
+    def __init__(self, rejected: Sequence[RejectedCall]) -> None:
+        self.rejected = list(rejected)
+        shown = ", ".join(
+            f"{r.record.idempotency_key!r} ({type(r.error).__name__}"
+            f"{f' SQLSTATE {code}' if (code := getattr(r.error, 'sqlstate', None)) else ''})"
+            for r in self.rejected[:5]
+        )
+        more = f" and {len(self.rejected) - 5} more" if len(self.rejected) > 5 else ""
+        super().__init__(f"{len(self.rejected)} AI call(s) refused by the database: {shown}{more}")
+
+
+class UnwrittenCallsError(TransientError):
+    """`close()` without `spool_dir` ran out of time (or its writer stopped) with calls unwritten:
+    they are in `calls`, for the caller to keep or retry; nothing else holds them any more."""
+
+    def __init__(self, calls: Sequence[AICallRecord], stats: BatchStats) -> None:
+        self.calls = list(calls)
+        self.stats = stats
+        super().__init__(f"BatchLogger closed with {len(self.calls)} call(s) unwritten (no spool_dir)")
 
 
 def _stable(record: AICallRecord) -> AICallRecord:
@@ -84,19 +138,37 @@ def encode_record(record: AICallRecord) -> dict[str, Any]:
 
 
 def decode_record(data: Mapping[str, Any]) -> AICallRecord:
+    """The record of a spool line; `ValidationError` (or `KeyError`/`TypeError`/`ValueError`) if it is not one."""
     fields = dict(data)
     fields["created_at"] = datetime.fromisoformat(fields["created_at"])
     return AICallRecord(**fields)
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Anything but a verdict on the data itself is worth spooling and retrying later.
+# SQLSTATE classes that judge the row itself: data exception, integrity constraint violation, WITH
+# CHECK OPTION violation, and errors raised by a function or trigger (RAISE EXCEPTION is P0001).
+_VERDICT_CLASSES = frozenset({"22", "23", "44", "P0"})
 
-    Only the database's judgement of a call (a key reused with another payload, a check or type
-    violation, a call we cannot price) is final; every other failure (down, restarting, lost
-    connections, however the driver words them) may pass, so those calls are kept and retried.
+
+def _is_refusal(exc: BaseException) -> bool:
+    """A verdict on some call of the batch (found by splitting it), as opposed to an outage.
+
+    Verdicts: our own checks (`ValidationError`, no price, a key reused with another payload), a
+    server error of a class that judges the row (`_VERDICT_CLASSES`), and a value the driver could
+    not encode. Everything else would fail every call alike (down, restarting, a lost connection, a
+    wrong password, a read-only standby after a failover, a missing grant): the calls are kept in the
+    spool and retried with backoff until the database, or its configuration, is back.
     """
-    return not isinstance(exc, ConflictError | IntegrityViolation | InvalidRequestError)
+    if isinstance(exc, IntegrityViolation | ConflictError | InvalidRequestError):  # ValidationError too
+        return True
+    if isinstance(exc, DatabaseError):
+        return not exc.retryable and (exc.sqlstate or "")[:2] in _VERDICT_CLASSES
+    if isinstance(exc, PersistenceError):  # connection errors, a closed logger
+        return False
+    return not isinstance(exc, OSError | TimeoutError)
+
+
+def _describe(error: BaseException) -> dict[str, Any]:
+    return {"error": type(error).__name__, "sqlstate": getattr(error, "sqlstate", None)}
 
 
 class BatchLogger:
@@ -111,34 +183,68 @@ class BatchLogger:
         max_buffered: int = 10_000,
         spool_dir: Path | str | None = None,
         retry_interval: float = 1.0,
+        max_retry_interval: float = 5.0,
     ) -> None:
-        if batch_size < 1 or flush_interval <= 0 or max_buffered < batch_size or retry_interval <= 0:
+        if (
+            batch_size < 1
+            or flush_interval <= 0
+            or max_buffered < batch_size
+            or retry_interval <= 0
+            or max_retry_interval < retry_interval
+        ):
             raise InvalidRequestError(
-                "batch_size >= 1, flush_interval > 0, max_buffered >= batch_size, retry_interval > 0"
+                "batch_size >= 1, flush_interval > 0, max_buffered >= batch_size, retry_interval > 0, "
+                "max_retry_interval >= retry_interval"
             )
         self.logger = logger
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_buffered = max_buffered
         self.retry_interval = retry_interval
-        self.spool = Spool(spool_dir) if spool_dir is not None else None
+        self.max_retry_interval = max_retry_interval
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self.spool: Spool | None = None  # opened (file I/O, off the event loop) by the first call
+        self._opening = asyncio.Lock()
         self._buffer: deque[AICallRecord] = deque()
         self._changed = asyncio.Condition()
         self._flush_requests = 0
         self._flushes_done = 0
         self._closing = False
-        self._spooled = self._replayed = self._written = self._rejected = 0
-        self._spool_pending = self.spool.pending_count() if self.spool else 0
+        self._closed: BatchStats | None = None
+        self._spooled = self._replayed = self._written = self._rejected = self._set_aside = 0
+        self._spool_pending = 0
+        self._refused: list[RejectedCall] = []  # without a spool: raised by the next flush()/close()
         self._task: asyncio.Task[None] | None = None
-        self._healthy = True  # the last write reached the database: worth replaying the spool
+        self._healthy = True  # the last attempt reached the database
+        self._delay = retry_interval  # the backoff: doubles per failed attempt up to max_retry_interval
+        self._next_try = 0.0  # time.monotonic() before which the spool is not replayed (probed)
 
     # -- public API -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> BatchLogger:
+        await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def open(self) -> None:
+        """Open the spool (in a worker thread: mkdir, lock, count what an earlier run left) and start
+        the writer, which replays that spool at once. `log()` and `flush()` do it when needed."""
+        if self.spool is None and self.spool_dir is not None:
+            async with self._opening:
+                if self.spool is None:
+                    spool = await asyncio.to_thread(Spool, self.spool_dir)
+                    try:
+                        self._spool_pending = await asyncio.to_thread(spool.pending_count)
+                    except BaseException:
+                        spool.close()
+                        raise
+                    self.spool = spool
+        async with self._changed:
+            if self._closing:
+                raise PersistenceError("BatchLogger is closed")
+            self._start()
 
     @property
     def stats(self) -> BatchStats:
@@ -149,15 +255,21 @@ class BatchLogger:
             written=self._written,
             rejected=self._rejected,
             pending_in_spool=self._spool_pending,
+            set_aside=self._set_aside,
         )
 
     async def log(self, call: AICallRecord | Mapping[str, Any]) -> None:
-        """Validate and buffer one call; waits while the buffer is full. Raises `ValidationError` at once."""
+        """Validate and buffer one call; waits while the buffer is full.
+
+        A call PostgreSQL could not store raises `ValidationError` here and is not accepted (it is
+        neither written nor kept in `rejected.jsonl`: the caller has it).
+        """
         record = _stable(AICallRecord.coerce(call))
+        if self._task is None:
+            await self.open()
         async with self._changed:
             if self._closing:
                 raise PersistenceError("BatchLogger is closed")
-            self._start()
             self._raise_if_writer_died()  # a call nobody would write must not be accepted
             while len(self._buffer) >= self.max_buffered:
                 self._raise_if_writer_died()
@@ -167,7 +279,80 @@ class BatchLogger:
                 self._changed.notify_all()
 
     async def flush(self) -> None:
-        """Return once everything logged before the call is written or safely spooled."""
+        """Return once everything logged before the call is written, spooled or refused.
+
+        Without `spool_dir`, calls the database refused since the last flush raise
+        `RejectedCallsError` here (every other call was written).
+        """
+        if self._task is None:
+            await self.open()
+        await self._flushed()
+        self._raise_refused()
+
+    async def close(self, timeout: float | None = None) -> BatchStats:  # noqa: ASYNC109 (a bound on the whole shutdown, spooling included)
+        """Flush, replay the spool if the database answers, stop the writer; returns the final stats.
+
+        With `timeout` (seconds) it returns within it: what is still unwritten then is spooled
+        (`pending_in_spool` says how many calls wait for the next run). Without a spool, such calls
+        raise `UnwrittenCallsError` (they are in its `calls`), and refused calls `RejectedCallsError`.
+        Without `timeout`, and without a spool, it waits until PostgreSQL answers.
+        """
+        if self._closed is not None:
+            return self._closed
+        if self._closing:  # another close() is under way
+            return self.stats
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # Keep a little of the time for spooling what is left (one fsync'd append).
+        soft = None if timeout is None or deadline is None else deadline - min(1.0, timeout / 10)
+        try:
+            async with asyncio.timeout_at(soft):
+                if self._task is None:
+                    await self.open()
+                await self._flushed()
+                async with self._changed:
+                    self._closing = True
+                    self._changed.notify_all()
+                if self._task is not None:
+                    await self._task
+                if self.spool is not None and self._spool_pending:
+                    try:
+                        await self._replay(until_empty=True)
+                    except Exception as exc:
+                        log.warning("spool not replayed at close; it waits for the next run",
+                                    pending=self._spool_pending, **_describe(exc))  # fmt: skip
+        except TimeoutError:
+            log.warning("BatchLogger.close timed out", timeout=timeout, buffered=len(self._buffer))
+        finally:
+            self._closing = True
+            if self._task is not None and not self._task.done():  # timed out, or close() was cancelled
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
+            if self.spool is not None:
+                if self._buffer:  # the writer stopped early: keep what it never wrote
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            await self._spool(list(self._buffer))
+                        self._buffer.clear()
+                    except (Exception, TimeoutError) as exc:
+                        log.error("calls left in memory at close could not be spooled",
+                                  calls=len(self._buffer), **_describe(exc))  # fmt: skip
+                self.spool.close()
+        stats = self._closed = self.stats
+        log.info("BatchLogger closed", **dataclasses.asdict(stats))
+        if self._buffer:
+            raise UnwrittenCallsError(list(self._buffer), stats)
+        self._raise_refused()
+        return stats
+
+    # -- writer ---------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="BatchLogger writer")
+
+    async def _flushed(self) -> None:
         async with self._changed:
             self._start()
             self._flush_requests += 1
@@ -177,41 +362,10 @@ class BatchLogger:
                 self._raise_if_writer_died()
                 await self._changed.wait()
 
-    async def close(self) -> None:
-        """Flush, replay the spool if the database answers, and stop the writer.
-
-        If PostgreSQL is still down, the unwritten calls stay in the spool for the next run.
-        """
-        if self._closing:
-            return
-        try:
-            await self.flush()
-            async with self._changed:
-                self._closing = True
-                self._changed.notify_all()
-            if self._task is not None:
-                await self._task
-            if self.spool is not None:
-                with contextlib.suppress(Exception):
-                    await self._replay()
-        finally:
-            self._closing = True
-            if self._task is not None and not self._task.done():  # close() itself was cancelled
-                self._task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._task
-            if self.spool is not None:
-                if self._buffer:  # the writer stopped early: keep what it never wrote
-                    with contextlib.suppress(Exception):
-                        await self._spool(list(self._buffer))
-                        self._buffer.clear()
-                self.spool.close()
-
-    # -- writer ---------------------------------------------------------------------------------
-
-    def _start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="BatchLogger writer")
+    def _raise_refused(self) -> None:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            raise RejectedCallsError(refused) from refused[0].error
 
     def _raise_if_writer_died(self) -> None:
         """A writer that stopped on a bug must fail its callers, not leave them waiting forever."""
@@ -232,67 +386,105 @@ class BatchLogger:
             async with self._changed:
                 self._changed.notify_all()  # wake waiters, so they see the writer has stopped
 
+    def _replay_due(self) -> bool:
+        return self.spool is not None and self._spool_pending > 0 and time.monotonic() >= self._next_try
+
+    def _wait_time(self) -> float:
+        """Until the next timed flush, or the next probe of the database while the spool is not empty."""
+        if self.spool is not None and self._spool_pending > 0:
+            return max(0.0, min(self.flush_interval, self._next_try - time.monotonic()))
+        return self.flush_interval
+
     async def _loop(self) -> None:
         while True:
             async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(
-                            lambda: (
-                                self._closing
-                                or len(self._buffer) >= self.batch_size
-                                or self._flushes_done < self._flush_requests
-                            )
-                        ),
-                        timeout=self.flush_interval,
-                    )
+                wait = self._wait_time()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._changed.wait_for(
+                                lambda: (
+                                    self._closing
+                                    or len(self._buffer) >= self.batch_size
+                                    or self._flushes_done < self._flush_requests
+                                )
+                            ),
+                            timeout=wait,
+                        )
                 target = self._flush_requests
                 closing = self._closing
             await self._drain()
-            if self.spool is not None and self._spool_pending and self._healthy:
-                with contextlib.suppress(Exception):  # down again: the segments wait for the next try
-                    await self._replay()
+            if self._replay_due():
+                try:
+                    await self._replay(until_empty=False)
+                except Exception as exc:  # down again: the segments wait for the next probe
+                    self._failed(exc, "spool replay failed; retrying")
             async with self._changed:
                 self._flushes_done = max(self._flushes_done, target)
                 self._changed.notify_all()
             if closing:
                 return
 
+    def _succeeded(self) -> None:
+        self._healthy = True
+        self._delay = self.retry_interval
+        self._next_try = 0.0
+
+    def _failed(self, exc: BaseException, message: str) -> float:
+        """Note an outage: the next attempt waits the backoff delay (returned), which then doubles."""
+        self._healthy = False
+        delay = self._delay
+        self._next_try = time.monotonic() + delay
+        self._delay = min(self._delay * 2, self.max_retry_interval)
+        log.warning(message, retry_in=delay, pending_in_spool=self._spool_pending, **_describe(exc))
+        return delay
+
     async def _drain(self) -> None:
-        """Write the buffer batch by batch; a failed batch goes to the spool (or waits and retries)."""
+        """Write the buffer batch by batch; calls that could be neither written, spooled nor refused
+        stay at the head of the buffer and are retried after the backoff delay."""
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
-            try:
-                left = await self._write(batch)
-            except Exception as exc:  # the spool itself failed (disk full, permissions): keep the calls
-                log.error("could not write or spool a batch; it stays buffered", calls=len(batch),
-                          error=type(exc).__name__, detail=str(exc))  # fmt: skip
-                left = batch
+            left = await self._settle(batch)
             async with self._changed:
                 for _ in batch:
                     self._buffer.popleft()
                 self._buffer.extendleft(reversed(left))  # only the unsettled calls, in order
                 self._changed.notify_all()
             if left:
-                await asyncio.sleep(self.retry_interval)
+                await asyncio.sleep(max(self.retry_interval, self._next_try - time.monotonic()))
 
-    async def _write(self, batch: list[AICallRecord]) -> list[AICallRecord]:
-        """Write, spool or reject `batch`; returns the calls that are none of these (retry later)."""
+    async def _settle(self, batch: list[AICallRecord]) -> list[AICallRecord]:
+        """Write `batch`; on an outage spool it, on a refusal split it until the refused calls are
+        isolated. Each call is written, spooled or refused exactly once; returns the calls that are
+        none of these (no spool, or the spool failed), in order."""
         try:
-            self._written += await self.logger.log_batch(batch)
-            self._healthy = True
-            return []
+            written = await self.logger.log_batch(batch)
         except Exception as exc:
-            outage = _is_outage(exc)
-            self._healthy = not outage
-            if not outage:
-                return await self._reject(batch)
-            log.warning(
-                "database unavailable", calls=len(batch), error=type(exc).__name__, spooled=bool(self.spool)
-            )
-            if self.spool is None:
-                return batch
-        await self._spool(batch)
+            if not _is_refusal(exc):
+                self._failed(exc, "database unavailable")
+                return await self._keep(batch)
+            self._healthy = True  # the database answered: it judged the batch
+            if len(batch) == 1:
+                await self._refuse(batch[0], exc)
+                return []
+            middle = len(batch) // 2
+            left = await self._settle(batch[:middle])
+            if not self._healthy:  # down meanwhile: do not knock again for the other half
+                return left + await self._keep(batch[middle:])
+            return left + await self._settle(batch[middle:])
+        self._written += written
+        self._succeeded()
+        return []
+
+    async def _keep(self, batch: list[AICallRecord]) -> list[AICallRecord]:
+        """Spool calls an outage kept from the database; returns them if they could not be spooled."""
+        if self.spool is None:
+            return batch
+        try:
+            await self._spool(batch)
+        except Exception as exc:  # the spool itself failed (disk full, permissions): keep the calls
+            log.error("could not spool a batch; it stays buffered", calls=len(batch), **_describe(exc))
+            return batch
         return []
 
     async def _spool(self, records: list[AICallRecord]) -> None:
@@ -303,70 +495,85 @@ class BatchLogger:
         self._spooled += len(records)
         self._spool_pending += len(records)
 
-    async def _reject(self, batch: list[AICallRecord]) -> list[AICallRecord]:
-        """Settle a batch the database refused, one call at a time, so the good calls still land.
+    async def _refuse(self, record: AICallRecord, error: BaseException) -> None:
+        """A call the database refused for good: kept in `rejected.jsonl` (with a spool), else kept for
+        the next `flush()`/`close()` to raise; logged either way, never retried."""
+        self._rejected += 1
+        if self.spool is None:
+            self._refused.append(RejectedCall(record, error))
+            log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
+                      model=record.model, raised_by="flush", **_describe(error))  # fmt: skip
+            return
+        line = json.dumps({"key": record.idempotency_key, "record": encode_record(record),
+                           "error": type(error).__name__, "sqlstate": getattr(error, "sqlstate", None),
+                           "reason": str(error)})  # fmt: skip
+        path = self.spool.directory / "rejected.jsonl"
+        kept = False
+        try:
+            await asyncio.to_thread(_append_line, path, line)
+            kept = True
+        except OSError:
+            pass
+        # Refused for good: logged in full when it could not be kept in a file, never retried.
+        log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
+                  model=record.model, kept_in=str(path) if kept else None, record=None if kept else line,
+                  **_describe(error))  # fmt: skip
 
-        Each call is written, spooled (an outage meanwhile) or kept aside as refused, exactly once;
-        returns the calls that could be none of these (no spool, or the spool failed).
+    async def _replay(self, *, until_empty: bool) -> None:
+        """Write spooled segments oldest first, a chunk of `batch_size` lines at a time (memory stays
+        bounded whatever the outage length); a segment is deleted once every line of it is settled.
+
+        Raises on an outage (the rest waits for the next probe). Unless `until_empty`, it yields to
+        the writer's buffer as soon as a batch of new calls is waiting.
         """
-        left: list[AICallRecord] = []
-        for record in batch:
-            try:
-                self._written += await self.logger.log_batch([record])
-                continue
-            except Exception as exc:
-                error = exc
-            if _is_outage(error):
-                if self.spool is not None:
-                    try:
-                        await self._spool([record])
-                        continue
-                    except Exception as exc:
-                        log.error("could not spool a call; it stays buffered", error=type(exc).__name__)
-                left.append(record)
-                continue
-            self._rejected += 1
-            line = json.dumps({"key": record.idempotency_key, "record": encode_record(record),
-                               "error": type(error).__name__})  # fmt: skip
-            kept = False
-            if self.spool is not None:
-                try:
-                    await asyncio.to_thread(_append_line, self.spool.directory / "rejected.jsonl", line)
-                    kept = True
-                except OSError:
-                    pass
-            # Refused for good: logged in full when it could not be kept in a file, never retried.
-            log.error(
-                "AI call refused by the database",
-                key=record.idempotency_key,
-                provider=record.provider,
-                model=record.model,
-                error=type(error).__name__,
-                kept_in=str(self.spool.directory / "rejected.jsonl") if kept and self.spool else None,
-                record=None if kept else line,
-            )
-        return left
-
-    async def _replay(self) -> None:
-        """Write spooled segments; each is deleted only after all its records committed."""
         assert self.spool is not None
         spool = self.spool
         for segment in await asyncio.to_thread(spool.rotate):
-            entries = await asyncio.to_thread(spool.read, segment)
-            records = [decode_record(e.record) for e in entries]
-            for start in range(0, len(records), self.batch_size):
-                chunk = records[start : start + self.batch_size]
-                try:
-                    self._written += await self.logger.log_batch(chunk)
-                except Exception as exc:
-                    if _is_outage(exc):
-                        raise  # down again: this segment waits for the next replay
-                    # One refused call must not hold back the others.
-                    if await self._reject(chunk):
-                        raise TransientError("database unavailable during a replay") from exc
+            reader = await asyncio.to_thread(SegmentReader, segment)
+            try:
+                while not reader.exhausted:
+                    entries, corrupt = await asyncio.to_thread(reader.chunk, self.batch_size)
+                    consumed = len(entries) + len(corrupt)
+                    records: list[AICallRecord] = []
+                    for entry in entries:
+                        try:
+                            records.append(decode_record(entry.record))
+                        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                            raw = json.dumps({"key": entry.key, "record": entry.record}, default=str)
+                            corrupt.append(CorruptLine(raw.encode(), f"{type(exc).__name__}: {exc}"))
+                    if corrupt:
+                        await self._set_aside_lines(segment, corrupt)
+                    if records:
+                        try:
+                            written = await self.logger.log_batch(records)
+                        except Exception as exc:
+                            if not _is_refusal(exc):
+                                raise  # this chunk stays in its segment for the next replay
+                            # One refused call must not hold back the others.
+                            if await self._settle(records):
+                                raise TransientError(
+                                    "a refused chunk could not be settled during a replay"
+                                ) from exc
+                        else:
+                            self._written += written
+                            self._succeeded()
+                    await asyncio.to_thread(reader.commit)
+                    self._replayed += len(records)
+                    self._spool_pending = max(0, self._spool_pending - consumed)
+                    if not until_empty and len(self._buffer) >= self.batch_size:
+                        return  # new calls first; the replay resumes from the committed offset
+            finally:
+                await asyncio.to_thread(reader.close)
             await asyncio.to_thread(spool.done, segment)
-            self._replayed += len(records)
-            self._spool_pending = max(0, self._spool_pending - len(records))
+        self._spool_pending = await asyncio.to_thread(spool.pending_count)
+
+    async def _set_aside_lines(self, segment: Path, lines: list[CorruptLine]) -> None:
+        """Move lines that do not decode out of the way, with a log line; they are never retried."""
+        assert self.spool is not None
+        path = await asyncio.to_thread(self.spool.set_aside, segment, lines)
+        self._set_aside += len(lines)
+        log.error("spooled lines that do not decode were set aside", segment=segment.name, lines=len(lines),
+                  kept_in=str(path), reason=lines[0].reason)  # fmt: skip
 
 
 def _append_line(path: Path, line: str) -> None:

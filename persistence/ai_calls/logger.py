@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.advisory import advisory_key
@@ -53,6 +54,8 @@ from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
 
 __all__ = ["AICallLogger", "Stats"]
+
+_log = structlog.get_logger("persistence.ai_calls.logger")
 
 Stats = dict[str, Any]
 
@@ -663,9 +666,13 @@ class AICallLogger:
             self._fold_task = asyncio.get_running_loop().create_task(self._background_fold())
 
     async def _background_fold(self) -> int:
-        with contextlib.suppress(PersistenceError, asyncpg.PostgresError, *_LOST):
+        try:
             return await self.fold_rollups()
-        return 0  # a failed fold loses nothing: the deltas stay for the next one
+        except (PersistenceError, asyncpg.PostgresError, *_LOST) as exc:
+            # A failed fold loses nothing (the deltas stay for the next one), but it must be seen.
+            _log.warning("background rollup fold failed", error=type(exc).__name__,
+                         sqlstate=getattr(exc, "sqlstate", None))  # fmt: skip
+            return 0
 
     async def fold_rollups(self) -> int:
         """Fold pending batches and deltas into the hourly rollups now; returns the calls folded."""

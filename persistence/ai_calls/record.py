@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import Any
 
 from persistence.errors import ValidationError
 from persistence.models.ai_calls import CALL_STATUSES
+from persistence.values import text_problem
 
 __all__ = ["MAX_COST_USD", "AICallRecord", "TokenUsage", "normalise_usage"]
 
@@ -65,6 +67,9 @@ def _text(name: str, value: object, *, required: bool = False) -> str | None:
         raise _fail(f"{name} must be 1 to {limit} characters, got {len(value)}")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise _fail(f"{name} must not contain control characters")
+    problem = text_problem(value)
+    if problem is not None:  # a lone surrogate: COPY would fail mid-batch with a UnicodeEncodeError
+        raise _fail(f"{name} {problem}")
     return value
 
 
@@ -195,14 +200,47 @@ def normalise_usage(provider: str, usage: Mapping[str, Any]) -> TokenUsage:
 
 def _json(value: Mapping[str, Any]) -> str:
     """Canonical JSON: sorted keys, Decimals and datetimes as strings. Keys that are not strings
-    become strings first, so the text (and the payload hash) is the same after a JSON round trip."""
+    become strings first, so the text (and the payload hash) is the same after a JSON round trip.
+
+    `_check_json` runs first: what PostgreSQL's jsonb would refuse (NUL, lone surrogates, NaN and
+    infinities, nesting deeper than `MAX_USAGE_DEPTH`) is a `ValidationError` here, not a failed batch.
+    """
+    _check_json(value)
     try:
         if _has_non_str_keys(value):
             value = json.loads(json.dumps(value, allow_nan=False, default=str))
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=str)  # fmt: skip
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise _fail(f"usage is not JSON-serialisable: {exc}") from None
+
+
+MAX_USAGE_DEPTH = 100
+
+
+def _check_json(value: object) -> None:
+    """Walk `usage` without recursion: every key and string value must be text PostgreSQL stores
+    verbatim, every number finite, the nesting at most `MAX_USAGE_DEPTH` deep."""
+    stack: list[tuple[object, str, int]] = [(value, "usage", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_USAGE_DEPTH:
+            raise _fail(f"usage is nested deeper than {MAX_USAGE_DEPTH} levels")
+        if isinstance(node, str):
+            problem = text_problem(node)
+            if problem is not None:
+                raise _fail(f"{where} {problem}")
+        elif isinstance(node, float | Decimal):
+            if not (math.isfinite(node) if isinstance(node, float) else node.is_finite()):
+                raise _fail(f"{where} must be a finite number (JSON has no NaN or infinity), got {node}")
+        elif isinstance(node, Mapping):
+            for key, item in node.items():
+                shown = key if isinstance(key, str) and len(key) <= 40 else f"{str(key)[:37]}..."
+                if isinstance(key, str) and (problem := text_problem(key)) is not None:
+                    raise _fail(f"a key of {where} {problem}")
+                stack.append((item, f"{where}[{shown!r}]", depth + 1))
+        elif isinstance(node, list | tuple):
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(node))
 
 
 def _has_non_str_keys(value: object) -> bool:

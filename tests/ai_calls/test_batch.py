@@ -5,22 +5,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from persistence import AICallLogger, AICallRecord, BatchLogger
-from persistence.ai_calls.batch import decode_record, encode_record
+from persistence.ai_calls.batch import (
+    RejectedCallsError,
+    UnwrittenCallsError,
+    _is_refusal,
+    decode_record,
+    encode_record,
+)
+from persistence.ai_calls.prices import UnpricedCallError
 from persistence.ai_calls.spool import Spool, SpooledRecord
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
-from persistence.errors import PersistenceError
+from persistence.errors import (
+    ConflictError,
+    DatabaseConnectionError,
+    DatabaseError,
+    PersistenceError,
+    TransientError,
+    ValidationError,
+)
 from persistence.testing import ThrowawayPostgres
 from persistence.testing.database import free_port
 
@@ -107,6 +125,7 @@ async def test_calls_spooled_while_down_land_once_after_a_spool_failure(
 
     async with AICallLogger(fresh_engine) as logger:
         again = BatchLogger(logger, spool_dir=tmp_path)
+        await again.open()  # counts what the first run left (the writer has not run yet)
         assert again.stats.pending_in_spool == 30
         await again.close()
     assert (again.stats.replayed, again.stats.written, again.stats.rejected) == (30, 30, 0)
@@ -197,6 +216,7 @@ async def test_a_refused_call_in_the_spool_does_not_hold_back_the_others(
     async with AICallLogger(fresh_engine) as logger:
         await logger.log_record(call(11))
         batcher = BatchLogger(logger, spool_dir=tmp_path)
+        await batcher.open()
         assert batcher.stats.pending_in_spool == 3
         await batcher.close()
         assert await count(fresh_engine) == 3
@@ -264,3 +284,294 @@ async def test_postgres_crash_mid_write_loses_and_duplicates_nothing(
     assert await count(engine, "SELECT count(DISTINCT request_id) FROM ai_calls") == total
     assert await count(engine, "SELECT count(*) FROM ai_call_keys") == total
     assert not list((tmp_path / "spool").glob("*.replay"))
+
+
+# -- issue 13: no call is ever stuck behind a bad one; recovery needs no new traffic -------------
+
+REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.customer_id = 'poison' THEN
+        RAISE EXCEPTION 'this customer is refused';  -- P0001: neither an outage nor a constraint
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON ai_calls FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+def files(directory: Path, pattern: str) -> list[Path]:
+    return sorted(directory.glob(pattern))
+
+
+async def execute(engine: AsyncEngine, sql: str) -> None:
+    async with engine.begin() as conn:
+        await (await conn.get_raw_connection()).driver_connection.execute(sql)  # type: ignore[union-attr]
+
+
+@pytest.mark.commits
+@pytest.mark.parametrize("spooled", [True, False], ids=["spool_dir", "no_spool_dir"])
+async def test_one_call_the_database_refuses_among_2000_is_isolated_and_the_rest_are_written(
+    fresh_engine: AsyncEngine, tmp_path: Path, spooled: bool
+) -> None:
+    await execute(fresh_engine, REFUSE_POISON)  # real PostgreSQL refuses it; validation cannot know
+    poison = call(1000, customer_id="poison")
+    calls = [call(n) for n in range(1000)] + [poison] + [call(n) for n in range(1001, 2001)]
+    async with AICallLogger(fresh_engine) as logger:
+        batcher = BatchLogger(logger, spool_dir=tmp_path if spooled else None, retry_interval=0.01)
+        for c in calls:
+            await batcher.log(c)
+        if spooled:
+            stats = await asyncio.wait_for(batcher.close(), timeout=120)  # a guard against a hang only
+            kept = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+            assert [(k["key"], k["sqlstate"], k["reason"]) for k in kept] == [
+                (poison.idempotency_key, "P0001", "this customer is refused [SQLSTATE P0001]")
+            ]
+            assert decode_record(kept[0]["record"]) == poison
+        else:
+            with pytest.raises(RejectedCallsError) as refused:
+                await asyncio.wait_for(batcher.close(), timeout=120)
+            [rejected] = refused.value.rejected
+            assert rejected.record == poison
+            assert isinstance(rejected.error, DatabaseError) and rejected.error.sqlstate == "P0001"
+            assert refused.value.__cause__ is rejected.error
+            assert poison.idempotency_key in str(refused.value)
+            stats = batcher.stats
+    assert (stats.written, stats.rejected, stats.buffered, stats.spooled, stats.pending_in_spool) == (
+        2000,
+        1,
+        0,
+        0,
+        0,
+    )
+    assert await count(fresh_engine) == 2000
+    assert await count(fresh_engine, "SELECT count(*) FROM ai_calls WHERE customer_id = 'poison'") == 0
+
+
+@pytest.mark.commits
+@pytest.mark.parametrize("spooled", [True, False], ids=["spool_dir", "no_spool_dir"])
+async def test_a_call_postgres_could_not_store_is_refused_at_log_and_the_2000_others_are_written(
+    fresh_engine: AsyncEngine, tmp_path: Path, spooled: bool
+) -> None:
+    # A lone surrogate used to pass validation and fail inside COPY, taken for an outage for ever.
+    async with AICallLogger(fresh_engine) as logger:
+        batcher = BatchLogger(logger, spool_dir=tmp_path if spooled else None, retry_interval=0.01)
+        for n in range(2000):
+            await batcher.log(call(n))
+            if n == 1000:
+                with pytest.raises(ValidationError, match="customer_id contains a lone surrogate"):
+                    await batcher.log(
+                        {**encode_record(call(n)), "request_id": "bad", "customer_id": "c\udc80"}
+                    )
+        stats = await asyncio.wait_for(batcher.close(), timeout=120)  # a guard against a hang only
+    assert (stats.written, stats.rejected, stats.buffered, stats.pending_in_spool) == (2000, 0, 0, 0)
+    assert await count(fresh_engine) == 2000
+    assert not (tmp_path / "rejected.jsonl").exists()  # the caller got the error; nothing was accepted
+
+
+@pytest.mark.commits
+async def test_after_a_10s_outage_the_spool_replays_by_itself_with_no_new_traffic(
+    crashable: tuple[ThrowawayPostgres, AsyncEngine], tmp_path: Path, record_property: Any
+) -> None:
+    pg, engine = crashable
+    logger = AICallLogger(engine)
+    batcher = BatchLogger(logger, batch_size=50, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.05,
+                          max_retry_interval=1.0)  # fmt: skip
+    restarted = False
+    await asyncio.to_thread(pg.stop_server, "immediate")
+    try:
+        for n in range(300):
+            await batcher.log(call(n))
+        await batcher.flush()  # written or spooled: the server is down, so spooled
+        assert (batcher.stats.spooled, batcher.stats.pending_in_spool, batcher.stats.written) == (300, 300, 0)
+        await asyncio.sleep(10)  # the outage; nobody logs or flushes from here on
+        await asyncio.to_thread(pg.start_server)
+        restarted = True
+        back = time.monotonic()
+        while batcher.stats.pending_in_spool:  # the writer probes with backoff and replays by itself
+            await asyncio.wait_for(asyncio.sleep(0.05), timeout=1)
+            assert time.monotonic() - back < 120, "the spool was never replayed"  # a hang guard only
+        record_property("seconds_from_restart_to_empty_spool", round(time.monotonic() - back, 2))
+        assert await count(engine) == 300
+        assert (batcher.stats.replayed, batcher.stats.written) == (300, 300)
+        assert not files(tmp_path, "*.replay")
+    finally:
+        if not restarted:
+            await asyncio.to_thread(pg.start_server)
+        await batcher.close()
+        await logger.close()
+
+
+@pytest.mark.commits
+async def test_spool_lines_that_do_not_decode_are_set_aside_with_a_log_line(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    good = [call(n) for n in range(5)]
+    with Spool(tmp_path) as spool:
+        spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in good[:2]])
+        with (tmp_path / "spool.jsonl").open("ab") as f:
+            f.write(b"not json at all\n")
+            f.write(b'{"key": "k", "record": {"provider": "openai"}}\n')  # JSON, but no call
+        spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in good[2:]])
+    with capture_logs() as logs:
+        async with AICallLogger(fresh_engine) as logger:
+            batcher = BatchLogger(logger, spool_dir=tmp_path)
+            stats = await asyncio.wait_for(batcher.close(), timeout=60)  # a guard against a hang only
+    assert (stats.written, stats.replayed, stats.set_aside, stats.pending_in_spool) == (5, 5, 2, 0)
+    assert await count(fresh_engine) == 5
+    [aside] = files(tmp_path, "corrupt-*.jsonl")
+    assert aside.read_bytes().splitlines()[0] == b"not json at all"
+    assert len(aside.read_bytes().splitlines()) == 2
+    assert not files(tmp_path, "*.replay")
+    assert any(e["event"] == "spooled lines that do not decode were set aside" for e in logs)
+
+
+@pytest.mark.commits
+async def test_close_returns_within_its_timeout_and_spools_what_it_could_not_write(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # The database answers but never finishes: a transaction holds a lock the writer needs.
+    async with fresh_engine.connect() as blocker:
+        await blocker.execute(text("LOCK TABLE ai_call_keys IN ACCESS EXCLUSIVE MODE"))
+        async with AICallLogger(fresh_engine) as logger:
+            batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path)
+            for n in range(25):
+                await batcher.log(call(n))
+            closing = asyncio.ensure_future(batcher.close(timeout=2))
+            done, _ = await asyncio.wait([closing], timeout=60)  # a guard against a hang only
+            assert done, "close(timeout=2) did not return"
+            stats = closing.result()
+        await blocker.rollback()
+    assert (stats.buffered, stats.written, stats.pending_in_spool) == (0, 0, 25)
+    async with AICallLogger(fresh_engine) as logger:
+        again = await asyncio.wait_for(BatchLogger(logger, spool_dir=tmp_path).close(), timeout=60)
+    assert (again.replayed, again.pending_in_spool) == (25, 0)
+    assert await count(fresh_engine) == 25
+
+
+async def test_close_without_a_spool_hands_back_what_it_could_not_write(tmp_path: Path) -> None:
+    down = unreachable_engine()
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, retry_interval=0.01)
+            calls = [call(n) for n in range(5)]
+            for c in calls:
+                await batcher.log(c)
+            with pytest.raises(UnwrittenCallsError) as unwritten:
+                await asyncio.wait_for(batcher.close(timeout=2), timeout=60)  # the guard: a hang only
+    finally:
+        await down.dispose()
+    assert unwritten.value.calls == calls and unwritten.value.retryable
+    assert isinstance(unwritten.value, PersistenceError)
+
+
+async def test_the_spool_is_opened_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened_in: list[threading.Thread] = []
+    real_init = Spool.__init__
+
+    def recording_init(self: Spool, directory: Path | str) -> None:
+        opened_in.append(threading.current_thread())
+        real_init(self, directory)
+
+    monkeypatch.setattr(Spool, "__init__", recording_init)
+    down = unreachable_engine()
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger, spool_dir=tmp_path / "spool")
+            assert not (tmp_path / "spool").exists()  # constructing does no file I/O
+            await batcher.log(call(0))
+            assert opened_in and opened_in[0] is not threading.main_thread()
+            await batcher.close()
+    finally:
+        await down.dispose()
+
+
+@pytest.mark.commits
+async def test_a_failed_background_fold_is_logged(fresh_engine: AsyncEngine, tmp_path: Path) -> None:
+    await execute(
+        fresh_engine,
+        "CREATE FUNCTION no_fold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'folds are refused'; END $$; "
+        "CREATE TRIGGER no_fold BEFORE INSERT ON ai_call_model_hourly FOR EACH ROW EXECUTE FUNCTION no_fold();",
+    )
+    with capture_logs() as logs:
+        async with AICallLogger(fresh_engine, fold_every=1) as logger:
+            async with BatchLogger(logger, spool_dir=tmp_path) as batcher:
+                await batcher.log(call(0))
+            await asyncio.wait_for(logger.close(), timeout=60)
+    assert await count(fresh_engine) == 1  # the call is written; only its fold failed
+    assert any(e["event"] == "background rollup fold failed" and e["sqlstate"] == "P0001" for e in logs)
+
+
+async def run_outside_a_transaction(engine: AsyncEngine, *statements: str) -> None:
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        for statement in statements:
+            await raw.execute(statement)
+
+
+@pytest.mark.commits
+async def test_a_failure_that_would_fail_every_call_is_an_outage_not_a_refusal(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # A read-only database (a standby after a failover) refuses every write with 25006: nothing about
+    # the calls is wrong, so none is rejected; they wait in the spool and land once writes are back.
+    alter = "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {}', current_database()); END $$"
+    await run_outside_a_transaction(fresh_engine, alter.format("on"))
+    await fresh_engine.dispose()  # new sessions pick the setting up
+    async with AICallLogger(fresh_engine) as logger:
+        batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.05,
+                              max_retry_interval=0.5)  # fmt: skip
+        for n in range(20):
+            await batcher.log(call(n))
+        await batcher.flush()
+        assert (batcher.stats.spooled, batcher.stats.rejected, batcher.stats.written) == (20, 0, 0)
+        await run_outside_a_transaction(
+            fresh_engine,
+            "SET default_transaction_read_only = off",
+            alter.format("off"),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        started = time.monotonic()
+        while batcher.stats.pending_in_spool:  # replayed by the writer's probe, no new traffic
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 120, "the spool was never replayed"  # a hang guard only
+        stats = await batcher.close()
+    assert (stats.written, stats.rejected, stats.pending_in_spool) == (20, 0, 0)
+    assert await count(fresh_engine) == 20
+    assert not (tmp_path / "rejected.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "refusal"),
+    [
+        (ConflictError("key reused"), True),
+        (ValidationError("bad value"), True),
+        (UnpricedCallError("no price"), True),
+        (DatabaseError("check", sqlstate="23514"), True),
+        (DatabaseError("raised by a trigger", sqlstate="P0001"), True),
+        (DatabaseError("unsupported unicode escape", sqlstate="22P05"), True),
+        (UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed"), True),
+        (TransientError("connection lost"), False),
+        (TransientError("serialization failure", sqlstate="40001"), False),
+        (
+            DatabaseConnectionError(
+                host="h", port=5432, database="d", user="u", reason="bad password", sqlstate="28P01"
+            ),
+            False,
+        ),
+        (DatabaseError("read-only transaction", sqlstate="25006"), False),
+        (DatabaseError("permission denied", sqlstate="42501"), False),
+        (DatabaseError("relation does not exist", sqlstate="42P01"), False),
+        (DatabaseError("database error: InterfaceError"), False),
+        (PersistenceError("AICallLogger is closed"), False),
+        (ConnectionRefusedError(), False),
+        (TimeoutError(), False),
+    ],
+)
+def test_only_a_verdict_on_a_row_is_a_refusal(error: BaseException, refusal: bool) -> None:
+    assert _is_refusal(error) is refusal

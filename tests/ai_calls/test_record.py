@@ -43,6 +43,17 @@ BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens":
         ({"status": "ok"}, "status must be one of"),
         ({"latency_ms": -1}, "latency_ms must be between"),
         ({"usage": {"x": float("nan")}}, "JSON"),
+        # What PostgreSQL would refuse mid-COPY (issue 13): refused here, naming the field.
+        ({"customer_id": "cust_\ud800"}, "customer_id contains a lone surrogate"),
+        ({"model": "gpt-\udfff"}, "model contains a lone surrogate"),
+        ({"request_id": "r\udc80"}, "request_id contains a lone surrogate"),
+        ({"usage": {"note": "a\x00b"}}, r"usage\['note'\] contains NUL"),
+        ({"usage": {"a\x00": 1}}, "a key of usage contains NUL"),
+        ({"usage": {"tiers": [{"\ud83d": 1}]}}, r"a key of usage\['tiers'\]\[0\] contains a lone surrogate"),
+        ({"usage": {"list": ["ok", "\udc00"]}}, r"usage\['list'\]\[1\] contains a lone surrogate"),
+        ({"usage": {"x": float("inf")}}, "finite number"),
+        ({"usage": {"x": [Decimal("NaN")]}}, "finite number"),
+        ({"usage": {"x": Decimal("-Infinity")}}, "finite number"),
     ],
 )
 def test_bad_input_is_a_validation_error(overrides: dict[str, Any], message: str) -> None:
@@ -144,3 +155,21 @@ def test_from_usage_keeps_the_raw_usage_and_total_counts_every_token_once() -> N
     record = AICallRecord.from_usage(provider="openai", model="gpt-4o", usage=usage)
     assert record.total_tokens == 1500  # the provider's own total: cached tokens not counted twice
     assert record.usage_json is not None and '"cached_tokens":1024' in record.usage_json
+
+
+def test_deeply_nested_usage_is_a_validation_error_not_a_recursion_error() -> None:
+    usage: dict[str, Any] = {}
+    node = usage
+    for _ in range(100_000):
+        node["n"] = {}
+        node = node["n"]
+    with pytest.raises(ValidationError, match="nested deeper than"):
+        AICallRecord(**{**BASE, "usage": usage})
+
+
+def test_emoji_and_other_valid_text_are_kept_verbatim() -> None:
+    record = AICallRecord(
+        **{**BASE, "customer_id": "cust_\U0001f600\u00e9", "usage": {"\u00e9": "\U0001f600", "n": -0.0}}
+    )
+    assert record.customer_id == "cust_\U0001f600\u00e9"
+    assert record.usage_json == '{"n":-0.0,"\u00e9":"\U0001f600"}'
