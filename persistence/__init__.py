@@ -5,7 +5,13 @@ This module is the public API; everything else may change without notice.
 
 from persistence.ai_calls import AICallLogger, AICallRecord, SyncAICallLogger, UnpricedCallError
 from persistence.ai_calls.access import grant_reader
-from persistence.ai_calls.batch import BatchLogger, BatchStats
+from persistence.ai_calls.batch import (
+    BatchLogger,
+    BatchStats,
+    RejectedCall,
+    RejectedCallsError,
+    UnwrittenCallsError,
+)
 from persistence.ai_calls.monitoring_queries import (
     HourlyCount,
     LedgerHealth,
@@ -98,6 +104,8 @@ __all__ = [
     "ReconciliationConfig",
     "ReconciliationLine",
     "ReconciliationResult",
+    "RejectedCall",
+    "RejectedCallsError",
     "ReportSummary",
     "Repository",
     "ServerStatus",
@@ -107,6 +115,7 @@ __all__ = [
     "TransactionError",
     "TransientError",
     "UnpricedCallError",
+    "UnwrittenCallsError",
     "UsageAmount",
     "UsageLine",
     "UsageSource",
