@@ -71,6 +71,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.repository.base import ModelT, RepositoryBase
 from persistence.repository.filters import Filter, order_clause, order_terms, where_clauses
+from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
 
 MAX_LIMIT = 10_000
@@ -104,6 +105,7 @@ class Reads(RepositoryBase[ModelT]):
             raise NotFoundError(self.model.__name__, _model_info(self.model).coerce_key(id))
         return found
 
+    @retry_read
     async def get_or_none(self, id: Any) -> ModelT | None:
         """The row with primary key `id`, or None. A malformed key raises `InvalidRequestError`."""
         info = _model_info(self.model)
@@ -112,6 +114,7 @@ class Reads(RepositoryBase[ModelT]):
             found = await session.scalar(info.get_stmt, {"key": key}, execution_options=_load_options())
         return cast("ModelT | None", found)
 
+    @retry_read
     async def get_many(self, ids: Sequence[Any]) -> builtins.list[ModelT]:
         """The rows with these primary keys, in the order of `ids`; missing ids are skipped and a
         repeated id is returned once. One `= ANY(:ids)` query per `max_ids_per_query` ids."""
@@ -133,6 +136,7 @@ class Reads(RepositoryBase[ModelT]):
                     found[getattr(row, info.pk_key)] = row
         return [found[key] for key in keys if key in found]
 
+    @retry_read
     async def list(
         self,
         *filters: Filter,
@@ -161,6 +165,7 @@ class Reads(RepositoryBase[ModelT]):
         async with self.session() as session:
             return builtins.list(await session.scalars(stmt, execution_options=_load_options()))
 
+    @retry_read
     async def page(
         self,
         *filters: Filter,
@@ -188,6 +193,7 @@ class Reads(RepositoryBase[ModelT]):
         del rows[limit:]
         return Page(rows, plan.encode(rows[-1]))
 
+    @retry_read
     async def count(self, *filters: Filter, **lookups: Any) -> int:
         """How many rows match."""
         clauses = where_clauses(self.model, filters, lookups)
@@ -195,6 +201,7 @@ class Reads(RepositoryBase[ModelT]):
         async with self.connection() as conn:
             return int(await conn.scalar(stmt) or 0)
 
+    @retry_read
     async def exists(self, *filters: Filter, **lookups: Any) -> bool:
         """Whether any row matches: `SELECT EXISTS (...)`, which stops at the first row."""
         clauses = where_clauses(self.model, filters, lookups)
