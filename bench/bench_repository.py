@@ -1,7 +1,7 @@
 """Repository vs SQLAlchemy Core: every repository operation against the same work written in Core.
 
-    python bench/bench_repository.py            # full run, 30 rounds (~3 min on 2 cores)
-    python bench/bench_repository.py --quick    # short run (~30 s), for a smoke check
+    python bench/bench_repository.py            # full run, 20 rounds (~2-5 min on 2 cores)
+    python bench/bench_repository.py --quick    # short run (~1 min), for a smoke check
     DATABASE_URL=postgresql+asyncpg://... python bench/bench_repository.py   # an existing server
 
 Without DATABASE_URL the script starts its own throwaway PostgreSQL (`ThrowawayPostgres`, fsync off)
@@ -98,6 +98,7 @@ class Op:
     raw: Call | None = None
     note: str = ""
     samples: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
     sends: dict[str, list[str]] = field(default_factory=dict)
 
     def side(self, name: str) -> Call | None:
@@ -568,15 +569,16 @@ async def build_ops(ctx: Sides, per_side: dict[str, int], delete_batch: int) -> 
         return await ctx.report_repo.upsert(report_row(i % 50, i), on=report_conflict)
 
     async def core_upsert_many(i: int) -> object:
-        # One multi-row statement. (`sort_by_parameter_order=True` with an executemany made SQLAlchemy
-        # send it as 1,000 single-row INSERTs: upserts cannot be batched in a guaranteed order.)
+        # An executemany that SQLAlchemy's "insertmanyvalues" sends as ONE multi-row statement. With
+        # `returning(..., sort_by_parameter_order=True)` it may send one INSERT per row instead (it
+        # does for claims: 1,000 statements), and `.values(rows)` recompiles 1,000 rows per call.
         rows = [report_row(1000 + d, i) for d in range(1000)]
-        ins = pg_insert(reports).values(rows)
+        ins = pg_insert(reports)
         stmt = ins.on_conflict_do_update(
             constraint=report_conflict, set_={k: ins.excluded[k] for k in report_set}
         ).returning(reports)
         async with ctx.core.begin() as conn:
-            return (await conn.execute(stmt)).all()
+            return (await conn.execute(stmt, rows)).all()
 
     async def repo_upsert_many(i: int) -> object:
         rows = [report_row(1000 + d, i) for d in range(1000)]
@@ -741,12 +743,12 @@ async def build_ops(ctx: Sides, per_side: dict[str, int], delete_batch: int) -> 
                 ).all()
             }
             # One multi-row upsert statement (see core_upsert_many), then one audit INSERT.
-            ins = pg_insert(claims).values(rows)
+            ins = pg_insert(claims)
             stmt = ins.on_conflict_do_update(
                 constraint=claim_conflict,
                 set_={k: ins.excluded[k] for k in ("content", "claim_type", "source", "metadata")},
             ).returning(claims)
-            new = (await conn.execute(stmt)).all()
+            new = (await conn.execute(stmt, rows)).all()
             audits = []
             for row in new:
                 before = old.get(row.external_id)
@@ -901,7 +903,7 @@ async def build_ops(ctx: Sides, per_side: dict[str, int], delete_batch: int) -> 
             core_upsert_many,
             repo_upsert_many,
             None,
-            "Core: one multi-row statement",
+            "Core: executemany sent as one multi-row statement",
         ),
         Op("add", cl, 20, core_add_audited, repo_add_audited, None, audit_note),
         Op("add_many (1000 rows)", cl, 1, core_add_many_audited, repo_add_many_audited, None, audit_note),
@@ -957,12 +959,13 @@ async def build_ops(ctx: Sides, per_side: dict[str, int], delete_batch: int) -> 
 # -- running ------------------------------------------------------------------------------------------
 
 
-async def sample(fn: Call, inner: int, counter: list[int]) -> float:
-    start = time.perf_counter()
+async def sample(fn: Call, inner: int, counter: list[int]) -> tuple[float, float]:
+    """(wall, client CPU) seconds per call, the mean over `inner` consecutive calls."""
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(inner):
         counter[0] += 1
         await fn(counter[0])
-    return (time.perf_counter() - start) / inner
+    return (time.perf_counter() - start) / inner, (time.process_time() - cpu) / inner
 
 
 async def run(ops: list[Op], rounds: int, warmup: int) -> None:
@@ -975,9 +978,10 @@ async def run(ops: list[Op], rounds: int, warmup: int) -> None:
                 fn = op.side(side)
                 if fn is None:
                     continue
-                elapsed = await sample(fn, op.inner, counter)
+                elapsed, cpu = await sample(fn, op.inner, counter)
                 if number >= warmup:
                     op.samples[side].append(elapsed)
+                    op.cpu[side].append(cpu)
         print(f"round {number + 1}/{warmup + rounds}", file=sys.stderr, flush=True)
 
 
@@ -1023,8 +1027,9 @@ def trips(op: Op, side: str) -> str:
 def table(ops: list[Op]) -> tuple[str, float, str]:
     lines = [
         "| operation | model | Core median µs | repo median µs | repo p90 µs | repo/Core | paired"
-        " | asyncpg median µs | asyncpg/Core | round trips Core / repo / asyncpg | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
+        " | repo CPU - Core CPU µs | asyncpg median µs | asyncpg/Core | round trips Core / repo / asyncpg"
+        " | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
     ]
     worst, worst_name = 0.0, ""
     for op in ops:
@@ -1035,6 +1040,7 @@ def table(ops: list[Op]) -> tuple[str, float, str]:
         if ratio > worst:
             worst, worst_name = ratio, f"{op.name} on {op.model}"
         flag = " ⚠" if ratio > TARGET else ""
+        extra_cpu = (statistics.median(op.cpu["repo"]) - statistics.median(op.cpu["core"])) * 1e6
         raw_cells = (
             f"{fmt(statistics.median(raw))} | {statistics.median(raw) / statistics.median(core):.2f}x"
             if raw
@@ -1042,7 +1048,7 @@ def table(ops: list[Op]) -> tuple[str, float, str]:
         )
         lines.append(
             f"| {op.name} | {op.model} | {fmt(statistics.median(core))} | {fmt(statistics.median(repo))} | "
-            f"{fmt(p90(repo))} | {ratio:.2f}x{flag} | {paired:.2f}x | {raw_cells} | "
+            f"{fmt(p90(repo))} | {ratio:.2f}x{flag} | {paired:.2f}x | {extra_cpu:+,.0f} | {raw_cells} | "
             f"{trips(op, 'core')} / {trips(op, 'repo')} / {trips(op, 'asyncpg')} | {op.note} |"
         )
     return "\n".join(lines), worst, worst_name
@@ -1088,7 +1094,7 @@ async def environment(engine: AsyncEngine) -> str:
 
 
 async def bench(config: DatabaseConfig, args: argparse.Namespace) -> str:
-    rounds, warmup = (6, 2) if args.quick else (args.rounds, 3)
+    rounds, warmup = (5, 2) if args.quick else (args.rounds, 3)
     setup = build_engine(config)
     try:
         await migrations.upgrade(setup)
@@ -1141,8 +1147,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (6 rounds, ~40 s): a smoke check")
-    parser.add_argument("--rounds", type=int, default=30, help="measured rounds (default 30)")
+    parser.add_argument("--quick", action="store_true", help="a short run (5 rounds, ~1 min): a smoke check")
+    parser.add_argument("--rounds", type=int, default=20, help="measured rounds (default 20, ~2-5 min)")
     parser.add_argument("--output", type=Path, help="also write the result (markdown) to this file")
     args = parser.parse_args()
     if os.environ.get("DATABASE_URL"):

@@ -203,6 +203,7 @@ async def test_every_read_method_retries(db_config: DatabaseConfig) -> None:
         lambda: repo.get_many(["00000000-0000-0000-0000-000000000000"]),
         lambda: repo.list(source="nobody", limit=1),
         lambda: repo.page(order_by="external_id", limit=1),
+        lambda: _drain(repo.stream(batch_size=10)),
     ]
     try:
         for read in reads:
@@ -210,6 +211,10 @@ async def test_every_read_method_retries(db_config: DatabaseConfig) -> None:
             await read()
     finally:
         await p.engine.dispose()
+
+
+async def _drain(rows: AsyncIterator[Claim]) -> list[Claim]:
+    return [row async for row in rows]
 
 
 @pytest.mark.commits

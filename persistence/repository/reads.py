@@ -243,8 +243,7 @@ class Reads(RepositoryBase[ModelT]):
         base = self._select(clauses).order_by(*plan.clauses).limit(batch_size)
         stmt = base
         while True:
-            async with self.session() as session:
-                batch = (await session.scalars(stmt, execution_options=_load_options())).all()
+            batch = await self._batch(stmt)
             if len(batch) < batch_size:
                 for item in batch:
                     yield item
@@ -254,6 +253,11 @@ class Reads(RepositoryBase[ModelT]):
             for item in batch:
                 yield item
             stmt = base.where(plan.after(last))
+
+    @retry_read
+    async def _batch(self, stmt: Select[Any]) -> Sequence[ModelT]:
+        async with self.session() as session:
+            return (await session.scalars(stmt, execution_options=_load_options())).all()
 
     def _select(self, clauses: Sequence[Filter]) -> Select[Any]:
         return select(self.model).where(*clauses)
