@@ -1,4 +1,4 @@
-"""Repository vs SQLAlchemy Core: every repository operation against the same work written in Core.
+"""Repository vs SQLAlchemy Core (and raw asyncpg): every repository operation against the same work.
 
     python bench/bench_repository.py            # full run, 20 rounds (~2-5 min on 2 cores)
     python bench/bench_repository.py --quick    # short run (~1 min), for a smoke check
