@@ -291,7 +291,7 @@ class CountingProtocol:
             if name == "prepare":
                 label = "Parse"  # a statement asyncpg had not prepared on this connection yet
             elif name == "bind_execute_many":
-                label = f"{_verb(first)} x N (pipelined executemany)"
+                label = f"{_verb(getattr(first, 'query', first))} x N (pipelined executemany)"
             elif isinstance(first, str):
                 label = _verb(first)
             else:

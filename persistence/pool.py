@@ -91,6 +91,8 @@ class PersistencePool(AsyncAdaptedQueuePool):
                 record._checkin_failed(exc, _fairy_was_created=False)
             raise
         if alive:
+            # Tested just now: QueuePool._do_get may call _do_get again (overflow races); no second ping.
+            record.info[_RETURNED_AT] = monotonic()
             return
         error = DisconnectionError("pooled connection failed its idle ping")
         error.__cause__ = reason
