@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -267,3 +268,11 @@ async def test_hooks_and_idle_ping_compose(db_config: DatabaseConfig) -> None:
         assert [e.kind for e in events if e.kind in ("checkout", "checkin")] == ["checkout", "checkin"]
     finally:
         await engine.dispose()
+
+
+def test_ping_window_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DatabaseConfig(host="db.example").pool_ping_idle_s == 5.0
+    monkeypatch.setenv("DB_POOL_PING_IDLE_S", "0.5")
+    assert DatabaseConfig(host="db.example").pool_ping_idle_s == 0.5
+    with pytest.raises(ValidationError, match="pool_ping_idle_s"):
+        DatabaseConfig(host="db.example", pool_ping_idle_s=-1)
