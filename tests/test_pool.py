@@ -214,6 +214,22 @@ async def test_every_read_method_retries(db_config: DatabaseConfig) -> None:
         await p.engine.dispose()
 
 
+@pytest.mark.commits
+async def test_retried_read_sees_the_same_arguments_even_from_a_generator(
+    fresh_database: DatabaseConfig,
+) -> None:
+    # Arguments are consumed once, before any SQL: the retry re-runs the built statement, so a
+    # generator of `__in` values is not found empty the second time.
+    p = Probe(single(fresh_database, pool_pre_ping=False))
+    repo = ClaimRepository(p.engine)
+    try:
+        stored = await repo.add(external_id="g-1", content="kept", claim_type="fact", source="test")
+        await terminate(fresh_database, await p.pid())
+        assert [c.id for c in await repo.list(external_id__in=(x for x in ["g-1"]))] == [stored.id]
+    finally:
+        await p.engine.dispose()
+
+
 async def _drain(rows: AsyncIterator[Claim]) -> list[Claim]:
     return [row async for row in rows]
 

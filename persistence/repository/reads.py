@@ -44,7 +44,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Generic, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Executable,
     Select,
     UnaryExpression,
     and_,
@@ -105,16 +106,13 @@ class Reads(RepositoryBase[ModelT]):
             raise NotFoundError(self.model.__name__, _model_info(self.model).coerce_key(id))
         return found
 
-    @retry_read
     async def get_or_none(self, id: Any) -> ModelT | None:
         """The row with primary key `id`, or None. A malformed key raises `InvalidRequestError`."""
         info = _model_info(self.model)
         key = info.coerce_key(id)
-        async with self.session() as session:
-            found = await session.scalar(info.get_stmt, {"key": key}, execution_options=_load_options())
-        return cast("ModelT | None", found)
+        found = await self._fetch(info.get_stmt, [{"key": key}])
+        return found[0] if found else None
 
-    @retry_read
     async def get_many(self, ids: Sequence[Any]) -> builtins.list[ModelT]:
         """The rows with these primary keys, in the order of `ids`; missing ids are skipped and a
         repeated id is returned once. One `= ANY(:ids)` query per `max_ids_per_query` ids."""
@@ -124,19 +122,11 @@ class Reads(RepositoryBase[ModelT]):
         keys = builtins.list(dict.fromkeys(info.coerce_key(id_) for id_ in ids))
         if not keys:
             return []
-        found: dict[Any, ModelT] = {}
         step = self.max_ids_per_query
-        options = _load_options()
-        async with self.session() as session:
-            for start in range(0, len(keys), step):
-                rows = await session.scalars(
-                    info.get_many_stmt, {"keys": keys[start : start + step]}, execution_options=options
-                )
-                for row in rows:
-                    found[getattr(row, info.pk_key)] = row
+        chunks = [{"keys": keys[start : start + step]} for start in range(0, len(keys), step)]
+        found = {getattr(row, info.pk_key): row for row in await self._fetch(info.get_many_stmt, chunks)}
         return [found[key] for key in keys if key in found]
 
-    @retry_read
     async def list(
         self,
         *filters: Filter,
@@ -162,10 +152,8 @@ class Reads(RepositoryBase[ModelT]):
             stmt = stmt.limit(limit)
         if offset:
             stmt = stmt.offset(offset)
-        async with self.session() as session:
-            return builtins.list(await session.scalars(stmt, execution_options=_load_options()))
+        return await self._fetch(stmt)
 
-    @retry_read
     async def page(
         self,
         *filters: Filter,
@@ -186,28 +174,23 @@ class Reads(RepositoryBase[ModelT]):
         if after is not None:
             clauses.append(plan.after(plan.decode(after)))
         stmt = self._select(clauses).order_by(*plan.clauses).limit(limit + 1)
-        async with self.session() as session:
-            rows = builtins.list(await session.scalars(stmt, execution_options=_load_options()))
+        rows = await self._fetch(stmt)
         if len(rows) <= limit:
             return Page(rows, None)
         del rows[limit:]
         return Page(rows, plan.encode(rows[-1]))
 
-    @retry_read
     async def count(self, *filters: Filter, **lookups: Any) -> int:
         """How many rows match."""
         clauses = where_clauses(self.model, filters, lookups)
         stmt = select(func.count()).select_from(self.model).where(*clauses)
-        async with self.connection() as conn:
-            return int(await conn.scalar(stmt) or 0)
+        return int(await self._value(stmt) or 0)
 
-    @retry_read
     async def exists(self, *filters: Filter, **lookups: Any) -> bool:
         """Whether any row matches: `SELECT EXISTS (...)`, which stops at the first row."""
         clauses = where_clauses(self.model, filters, lookups)
         stmt = select(select(literal_column("1")).select_from(self.model).where(*clauses).exists())
-        async with self.connection() as conn:
-            return bool(await conn.scalar(stmt))
+        return bool(await self._value(stmt))
 
     def stream(
         self,
@@ -243,7 +226,7 @@ class Reads(RepositoryBase[ModelT]):
         base = self._select(clauses).order_by(*plan.clauses).limit(batch_size)
         stmt = base
         while True:
-            batch = await self._batch(stmt)
+            batch = await self._fetch(stmt)
             if len(batch) < batch_size:
                 for item in batch:
                     yield item
@@ -254,10 +237,24 @@ class Reads(RepositoryBase[ModelT]):
                 yield item
             stmt = base.where(plan.after(last))
 
+    # The reads' only I/O: arguments are checked and statements built before, once, so the one retry
+    # after a lost connection (`retry_read`, outside a block) re-runs exactly the same SQL.
     @retry_read
-    async def _batch(self, stmt: Select[Any]) -> Sequence[ModelT]:
+    async def _fetch(
+        self, stmt: Executable, params: Sequence[Mapping[str, Any]] = ({},)
+    ) -> builtins.list[ModelT]:
+        """The instances `stmt` loads for each parameter set, in one session."""
+        options = _load_options()
+        rows: builtins.list[ModelT] = []
         async with self.session() as session:
-            return (await session.scalars(stmt, execution_options=_load_options())).all()
+            for each in params:
+                rows.extend(await session.scalars(stmt, each, execution_options=options))
+        return rows
+
+    @retry_read
+    async def _value(self, stmt: Executable) -> Any:
+        async with self.connection() as conn:
+            return await conn.scalar(stmt)
 
     def _select(self, clauses: Sequence[Filter]) -> Select[Any]:
         return select(self.model).where(*clauses)
