@@ -7,6 +7,10 @@ outside a `transaction()` block is its own checkout and its own transaction, so 
 a fresh connection is safe and invisible to the caller. Inside a block nothing is retried (the
 block's transaction is gone; the block decides), and writes are never retried (their outcome is
 unknown once the connection is lost).
+
+Decorate only a method that does the I/O on arguments already checked and built (see
+`Reads._fetch`): a retried method must not consume its arguments (a generator would be empty the
+second time).
 """
 
 from __future__ import annotations
