@@ -78,7 +78,7 @@ class PersistencePool(AsyncAdaptedQueuePool):
         connection any more), and a failure to open it is handled there as for any new connection.
         """
         conn = record.dbapi_connection
-        if conn is None:
+        if conn is None or self._replaced_anyway(record):
             return
         reason: BaseException | None = None
         try:
@@ -100,6 +100,11 @@ class PersistencePool(AsyncAdaptedQueuePool):
         # A dead idle connection usually means the server restarted: recycle every older one too,
         # as SQLAlchemy's pre-ping does.
         self._invalidate_time = time()
+
+    def _replaced_anyway(self, record: ConnectionPoolEntry) -> bool:
+        """SQLAlchemy reconnects this record at checkout (pool invalidated since, or recycle due)."""
+        started = record.starttime if isinstance(record, _ConnectionRecord) else time()
+        return self._invalidate_time > started or (-1 < self._recycle < time() - started)
 
     def _stats(self) -> PoolStats:
         # QueuePool.size()/checkedin()/checkedout()/overflow(), inlined: this runs twice per call.

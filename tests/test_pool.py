@@ -183,6 +183,24 @@ async def test_idle_connection_that_died_is_replaced_by_the_ping(db_config: Data
         await p.engine.dispose()
 
 
+async def test_a_failed_ping_replaces_the_older_idle_connections_without_pinging_them(
+    db_config: DatabaseConfig,
+) -> None:
+    p = Probe(db_config.model_copy(update={"pool_size": 2, "max_overflow": 0, "pool_ping_idle_s": 0}))
+    try:
+        async with p.engine.connect() as a, p.engine.connect() as b:  # two pooled connections
+            pids = [int(await c.scalar(text("SELECT pg_backend_pid()")) or 0) for c in (a, b)]
+        for pid in pids:
+            await terminate(db_config, pid)
+        for _ in range(2):
+            assert await ClaimRepository(p.engine).count() >= 0
+        # The first dead connection failed its ping, which marks every older one as replaced: the
+        # second is reconnected without being pinged first.
+        assert p.pings == 1
+    finally:
+        await p.engine.dispose()
+
+
 async def test_read_on_a_connection_terminated_while_idle_succeeds_by_one_retry(
     probe: Probe, db_config: DatabaseConfig
 ) -> None:
