@@ -1,18 +1,26 @@
-"""Repository vs SQLAlchemy Core: every repository operation against the same work written in Core.
+"""Repository vs SQLAlchemy Core (and raw asyncpg): every repository operation against the same work.
 
-    python bench/bench_repository.py            # full run (~2 min on 2 cores)
-    python bench/bench_repository.py --quick    # short run (~30 s), for a smoke check
+    python bench/bench_repository.py            # full run, 20 rounds (~2-5 min on 2 cores)
+    python bench/bench_repository.py --quick    # short run (~1 min), for a smoke check
     DATABASE_URL=postgresql+asyncpg://... python bench/bench_repository.py   # an existing server
 
 Without DATABASE_URL the script starts its own throwaway PostgreSQL (`ThrowawayPostgres`, fsync off)
 and migrates a fresh database; with it, it migrates that database to head and writes rows into it
 (AI calls, claims, reconciliation reports and their audit rows; nothing is cleaned up).
 
-Both sides run on one pooled engine, outside any `transaction()` block: each call is its own short
-transaction, as a service would make it. Core builds its statements per call (idiomatic Core; the
-compiled cache serves both). Rounds interleave Core and repository (the order alternates per round),
-after warm-up rounds; a sample is the mean time of `inner` consecutive calls, and the table reports
-the median and p90 of the samples and the ratio of the medians (repository / Core).
+Three contenders, each on its OWN pool built with its library's defaults (nothing shared, so no
+side pays another's pre-ping): SQLAlchemy Core on `create_async_engine(url)`, the repository on
+`build_engine(config)` (the package's defaults), and raw asyncpg on `asyncpg.create_pool()` for the
+operations that are plain SQL (not the audited writes). Calls run outside any `transaction()`
+block: each is its own short transaction (asyncpg: autocommit), as a service would make it. Core
+builds its statements per call (idiomatic Core). Rounds interleave the sides (the order rotates
+per round), after warm-up rounds; a sample is the mean time of `inner` consecutive calls, and the
+table reports medians, the repository's p90, and the ratio of the medians to Core (the target:
+repository <= 1.5x Core).
+
+Before timing, a counting pass (separate pools, same defaults) logs every request each side sends
+to the server for one steady-state call (asyncpg protocol calls: a prepare, a bind/execute, a
+simple query), so the table lists the round trips per call beside the times.
 
 See bench/README.md for what each operation does on either side.
 """
@@ -23,6 +31,7 @@ import argparse
 import asyncio
 import datetime as dt
 import gc
+import itertools
 import os
 import platform
 import statistics
@@ -37,9 +46,9 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy
-from sqlalchemy import Table, delete, func, insert, select, text, tuple_, update
+from sqlalchemy import Table, delete, event, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from persistence import migrations
 from persistence.config import DatabaseConfig
@@ -48,6 +57,7 @@ from persistence.models import AICall, AuditLog, Claim, ReconciliationReport
 from persistence.repository import Repository
 
 TARGET = 1.5
+COUNTING_CALLS = 3
 UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
 AI_ROWS = 20_000
@@ -75,6 +85,9 @@ class ClaimRepository(Repository[Claim]):
 Call = Callable[[int], Awaitable[object]]
 
 
+SIDES = ("core", "repo", "asyncpg")
+
+
 @dataclass
 class Op:
     name: str
@@ -82,8 +95,14 @@ class Op:
     inner: int
     core: Call
     repo: Call
+    raw: Call | None = None
     note: str = ""
-    samples: dict[str, list[float]] = field(default_factory=lambda: {"core": [], "repo": []})
+    samples: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
+    sends: dict[str, list[str]] = field(default_factory=dict)
+
+    def side(self, name: str) -> Call | None:
+        return {"core": self.core, "repo": self.repo, "asyncpg": self.raw}[name]
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -184,6 +203,126 @@ async def seed(engine: AsyncEngine) -> None:
 
 
 @dataclass
+class Sides:
+    """The contenders, each on its own pool built with its own library's defaults (nothing shared).
+
+    `core`: `create_async_engine(url)` (QueuePool 5 + 10 overflow, no pre-ping); `ours`:
+    `persistence.engine.build_engine(config)` (the package's defaults: pool 20 + 10, a ping only for a
+    connection idle 5 s or more); `pg`: `asyncpg.create_pool(...)` (10 connections; it sends its reset
+    query when a connection is released).
+    """
+
+    core: AsyncEngine
+    ours: AsyncEngine
+    pg: asyncpg.Pool
+    ai_repo: AICallRepository = field(init=False)
+    report_repo: ReportRepository = field(init=False)
+    claim_repo: ClaimRepository = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ai_repo = AICallRepository(self.ours)
+        self.report_repo = ReportRepository(self.ours)
+        self.claim_repo = ClaimRepository(self.ours)
+
+    async def close(self) -> None:
+        await self.core.dispose()
+        await self.ours.dispose()
+        await self.pg.close()
+
+
+def pg_connect_args(config: DatabaseConfig) -> dict[str, Any]:
+    return {
+        "host": config.host,
+        "port": config.port,
+        "database": config.database,
+        "user": config.user,
+        "password": config.password.get_secret_value() if config.password else None,
+    }
+
+
+async def open_sides(config: DatabaseConfig, *, counting: list[str] | None = None) -> Sides:
+    """The three contenders; with `counting`, every request they send is logged there (see RoundTrips)."""
+    core = create_async_engine(config.sqlalchemy_url())
+    ours = build_engine(config)
+    init = None
+    if counting is not None:
+        for engine in (core, ours):
+            event.listen(engine.sync_engine.pool, "connect", counting_listener(counting))
+
+        async def init(conn: asyncpg.Connection) -> None:
+            conn._protocol = CountingProtocol(conn._protocol, counting)  # type: ignore[attr-defined]
+
+    pg = await asyncpg.create_pool(**pg_connect_args(config), init=init)
+    return Sides(core, ours, pg)
+
+
+# -- round trips ----------------------------------------------------------------------------------------
+
+# asyncpg protocol methods that send a request and wait for the server's answer: one round trip each.
+_REQUESTS = frozenset(
+    {
+        "prepare",
+        "bind_execute",
+        "bind_execute_many",
+        "bind",
+        "execute",
+        "query",
+        "copy_in",
+        "copy_out",
+        "close_statement",
+    }
+)
+
+
+class CountingProtocol:
+    """Stands in for an asyncpg connection's protocol; logs each request as its statement's first word."""
+
+    def __init__(self, inner: Any, log: list[str]) -> None:
+        self._inner = inner
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in _REQUESTS:
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            first = args[0] if args else kwargs.get("state")
+            if name == "prepare":
+                label = "Parse"  # a statement asyncpg had not prepared on this connection yet
+            elif name == "bind_execute_many":
+                label = f"{_verb(getattr(first, 'query', first))} x N (pipelined executemany)"
+            elif isinstance(first, str):
+                label = _verb(first)
+            else:
+                label = _verb(getattr(first, "query", name))
+            self._log.append(label)
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def _verb(query: object) -> str:
+    words = str(query).replace(";", " ").split()
+    if not words:
+        return "(empty)"
+    if words[0].upper() == "SELECT" and "pg_advisory_unlock_all()" in str(query):
+        return "RESET (pool release)"
+    return words[0].upper()
+
+
+def counting_listener(log: list[str]) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        driver._protocol = CountingProtocol(driver._protocol, log)
+
+    return on_connect
+
+
+# -- the operations -----------------------------------------------------------------------------------
+
+
+@dataclass
 class Pools:
     """Rows made before timing for the operations that consume one per call (delete, delete_many)."""
 
@@ -193,9 +332,9 @@ class Pools:
     claim_tags: list[str]
 
 
-async def make_pools(engine: AsyncEngine, per_side: dict[str, int], batch: int) -> Pools:
-    ai_repo, claim_repo = AICallRepository(engine), ClaimRepository(engine)
-    n_delete, n_delete_many = per_side["delete"] * 2, per_side["delete_many"] * 2
+async def make_pools(ctx: Sides, per_side: dict[str, int], batch: int) -> Pools:
+    ai_repo, claim_repo = ctx.ai_repo, ctx.claim_repo
+    n_delete, n_delete_many = per_side["delete"] * 3, per_side["delete_many"] * 3
     ai = await ai_repo.add_many(
         [ai_row(i, customer="pool", provider=WRITTEN) for i in range(n_delete)], returning=True
     )
@@ -210,62 +349,81 @@ async def make_pools(engine: AsyncEngine, per_side: dict[str, int], batch: int) 
     await claim_repo.add_many(
         [claim_row(i, claim_type=tag, prefix=tag) for tag in claim_tags for i in range(batch)]
     )
-    async with engine.begin() as conn:
+    async with ctx.ours.begin() as conn:
         await conn.execute(text("ANALYZE"))
     return Pools([a.id for a in ai], [c.id for c in cl], ai_tags, claim_tags)
 
 
-async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch: int) -> list[Op]:
-    ai_repo, report_repo, claim_repo = (
-        AICallRepository(engine),
-        ReportRepository(engine),
-        ClaimRepository(engine),
-    )
-    async with engine.connect() as conn:
+AI_INSERT = (
+    "INSERT INTO ai_calls (provider, model, input_tokens, output_tokens, cost_usd, latency_ms,"
+    " customer_id, organization_id, environment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *"
+)
+REPORT_UPSERT = (
+    "INSERT INTO reconciliation_reports (report_date, source, period_start, period_end, total_calls,"
+    " total_cost_usd, total_tokens, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    " ON CONFLICT ON CONSTRAINT uq_reconciliation_reports_period_start_period_end_source DO UPDATE SET"
+    " total_calls = EXCLUDED.total_calls, total_cost_usd = EXCLUDED.total_cost_usd,"
+    " total_tokens = EXCLUDED.total_tokens, period_start = EXCLUDED.period_start,"
+    " period_end = EXCLUDED.period_end, status = EXCLUDED.status RETURNING *"
+)
+assert tuple(ai_row(0)) == (
+    "provider", "model", "input_tokens", "output_tokens", "cost_usd", "latency_ms",
+    "customer_id", "organization_id", "environment",
+)  # fmt: skip
+assert tuple(report_row(0, 0)) == (
+    "report_date", "source", "period_start", "period_end", "total_calls", "total_cost_usd",
+    "total_tokens", "status",
+)  # fmt: skip
+
+
+async def build_ops(ctx: Sides, per_side: dict[str, int], delete_batch: int) -> list[Op]:
+    async with ctx.core.connect() as conn:
         ids = list((await conn.scalars(select(calls.c.id).order_by(calls.c.id))).all())
     since = T0 + dt.timedelta(days=10)
     get_ids = ids[::97][:200]
     many_ids = ids[1000:1100]
 
     # A cursor in the middle of provider 'anthropic' ordered by -created_at, for page().
-    first = await ai_repo.page(AICall.provider == "anthropic", order_by="-created_at", limit=1000)
+    first = await ctx.ai_repo.page(AICall.provider == "anthropic", order_by="-created_at", limit=1000)
     assert first.next_cursor is not None
     cursor = first.next_cursor
     last = first.items[-1]
     cursor_values = (last.created_at, last.id)
 
     # Rows the update/upsert operations change (fixed ids, alternating values so every audit has changes).
-    claim_targets = await claim_repo.add_many([claim_row(i, prefix="upd") for i in range(50)], returning=True)
-    await claim_repo.add_many([claim_row(i, claim_type="um", prefix="um") for i in range(100)])
+    claim_targets = await ctx.claim_repo.add_many(
+        [claim_row(i, prefix="upd") for i in range(50)], returning=True
+    )
+    await ctx.claim_repo.add_many([claim_row(i, claim_type="um", prefix="um") for i in range(100)])
     update_ai = ids[:50]
-    pools = await make_pools(engine, per_side, delete_batch)
+    pools = await make_pools(ctx, per_side, delete_batch)
 
     def pick(seq: Sequence[Any], i: int) -> Any:
         return seq[i % len(seq)]
 
     # -- reads (AI calls, not audited) --
     async def core_get(i: int) -> object:
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             return (await conn.execute(select(calls).where(calls.c.id == pick(get_ids, i)))).one()
 
     async def repo_get(i: int) -> object:
-        return await ai_repo.get(pick(get_ids, i))
+        return await ctx.ai_repo.get(pick(get_ids, i))
 
     async def core_get_or_none(i: int) -> object:
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             return (await conn.execute(select(calls).where(calls.c.id == pick(get_ids, i)))).one_or_none()
 
     async def repo_get_or_none(i: int) -> object:
-        return await ai_repo.get_or_none(pick(get_ids, i))
+        return await ctx.ai_repo.get_or_none(pick(get_ids, i))
 
     async def core_get_many(i: int) -> object:
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             rows = (await conn.execute(select(calls).where(calls.c.id.in_(many_ids)))).all()
         by_id = {row.id: row for row in rows}
         return [by_id[k] for k in many_ids if k in by_id]
 
     async def repo_get_many(i: int) -> object:
-        return await ai_repo.get_many(many_ids)
+        return await ctx.ai_repo.get_many(many_ids)
 
     async def core_list(i: int) -> object:
         stmt = (
@@ -274,11 +432,11 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             .order_by(calls.c.created_at.desc(), calls.c.id.desc())
             .limit(100)
         )
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             return (await conn.execute(stmt)).all()
 
     async def repo_list(i: int) -> object:
-        return await ai_repo.list(
+        return await ctx.ai_repo.list(
             provider="anthropic", created_at__gte=since, order_by="-created_at", limit=100
         )
 
@@ -292,36 +450,36 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             .order_by(calls.c.created_at.desc(), calls.c.id.desc())
             .limit(101)
         )
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return rows[:100], (rows[99].created_at, rows[99].id) if len(rows) > 100 else None
 
     async def repo_page(i: int) -> object:
-        return await ai_repo.page(
+        return await ctx.ai_repo.page(
             AICall.provider == "anthropic", order_by="-created_at", limit=100, after=cursor
         )
 
     async def core_count(i: int) -> object:
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             return await conn.scalar(
                 select(func.count()).select_from(calls).where(calls.c.provider == "anthropic")
             )
 
     async def repo_count(i: int) -> object:
-        return await ai_repo.count(provider="anthropic")
+        return await ctx.ai_repo.count(provider="anthropic")
 
     async def core_exists(i: int) -> object:
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             return await conn.scalar(
                 select(select(calls.c.id).where(calls.c.customer_id == "cust-7").exists())
             )
 
     async def repo_exists(i: int) -> object:
-        return await ai_repo.exists(customer_id="cust-7")
+        return await ctx.ai_repo.exists(customer_id="cust-7")
 
     async def core_stream(i: int) -> object:
         n = 0
-        async with engine.connect() as conn:
+        async with ctx.core.connect() as conn:
             result = await conn.stream(
                 select(calls)
                 .where(calls.c.provider == "openai")
@@ -334,13 +492,13 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
 
     async def repo_stream(i: int) -> object:
         n = 0
-        async for _row in ai_repo.stream(AICall.provider == "openai", batch_size=1000):
+        async for _row in ctx.ai_repo.stream(AICall.provider == "openai", batch_size=1000):
             n += 1
         return n
 
     # -- writes, not audited (AI calls, reconciliation reports) --
     async def core_add(i: int) -> object:
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (
                 await conn.execute(
                     insert(calls).values(ai_row(i, customer="add", provider=WRITTEN)).returning(calls)
@@ -348,53 +506,53 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             ).one()
 
     async def repo_add(i: int) -> object:
-        return await ai_repo.add(**ai_row(i, customer="add", provider=WRITTEN))
+        return await ctx.ai_repo.add(**ai_row(i, customer="add", provider=WRITTEN))
 
     bulk = [ai_row(i, customer="bulk", provider=WRITTEN) for i in range(1000)]
 
     async def core_add_many(i: int) -> object:
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (await conn.execute(insert(calls), bulk)).rowcount
 
     async def repo_add_many(i: int) -> object:
-        return await ai_repo.add_many(bulk)
+        return await ctx.ai_repo.add_many(bulk)
 
     async def core_update(i: int) -> object:
         stmt = update(calls).where(calls.c.id == pick(update_ai, i)).values(latency_ms=i).returning(calls)
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (await conn.execute(stmt)).one()
 
     async def repo_update(i: int) -> object:
-        return await ai_repo.update(pick(update_ai, i), latency_ms=i)
+        return await ctx.ai_repo.update(pick(update_ai, i), latency_ms=i)
 
     async def core_update_many(i: int) -> object:
         stmt = update(calls).where(calls.c.customer_id == "cust-7").values(latency_ms=i)
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (await conn.execute(stmt)).rowcount
 
     async def repo_update_many(i: int) -> object:
-        return await ai_repo.update_many(customer_id="cust-7", values={"latency_ms": i})
+        return await ctx.ai_repo.update_many(customer_id="cust-7", values={"latency_ms": i})
 
-    ai_core_delete, ai_repo_delete = pools.ai_ids[0::2], pools.ai_ids[1::2]
-    ai_core_tags, ai_repo_tags = pools.ai_tags[0::2], pools.ai_tags[1::2]
+    ai_core_delete, ai_repo_delete, ai_raw_delete = pools.ai_ids[0::3], pools.ai_ids[1::3], pools.ai_ids[2::3]
+    ai_core_tags, ai_repo_tags, ai_raw_tags = pools.ai_tags[0::3], pools.ai_tags[1::3], pools.ai_tags[2::3]
 
     async def core_delete(i: int) -> object:
         stmt = delete(calls).where(calls.c.id == ai_core_delete.pop()).returning(calls.c.id)
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (await conn.execute(stmt)).one()
 
     async def repo_delete(i: int) -> object:
-        await ai_repo.delete(ai_repo_delete.pop())
+        await ctx.ai_repo.delete(ai_repo_delete.pop())
         return None
 
     async def core_delete_many(i: int) -> object:
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (
                 await conn.execute(delete(calls).where(calls.c.customer_id == ai_core_tags.pop()))
             ).rowcount
 
     async def repo_delete_many(i: int) -> object:
-        return await ai_repo.delete_many(customer_id=ai_repo_tags.pop())
+        return await ctx.ai_repo.delete_many(customer_id=ai_repo_tags.pop())
 
     report_conflict = "uq_reconciliation_reports_period_start_period_end_source"
     report_set = ("total_calls", "total_cost_usd", "total_tokens", "period_start", "period_end", "status")
@@ -404,28 +562,31 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
         stmt = ins.on_conflict_do_update(
             constraint=report_conflict, set_={k: ins.excluded[k] for k in report_set}
         ).returning(reports)
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             return (await conn.execute(stmt)).one()
 
     async def repo_upsert(i: int) -> object:
-        return await report_repo.upsert(report_row(i % 50, i), on=report_conflict)
+        return await ctx.report_repo.upsert(report_row(i % 50, i), on=report_conflict)
 
     async def core_upsert_many(i: int) -> object:
+        # An executemany that SQLAlchemy's "insertmanyvalues" sends as ONE multi-row statement. With
+        # `returning(..., sort_by_parameter_order=True)` it may send one INSERT per row instead (it
+        # does for claims: 1,000 statements), and `.values(rows)` recompiles 1,000 rows per call.
         rows = [report_row(1000 + d, i) for d in range(1000)]
         ins = pg_insert(reports)
         stmt = ins.on_conflict_do_update(
             constraint=report_conflict, set_={k: ins.excluded[k] for k in report_set}
-        ).returning(reports, sort_by_parameter_order=True)
-        async with engine.begin() as conn:
+        ).returning(reports)
+        async with ctx.core.begin() as conn:
             return (await conn.execute(stmt, rows)).all()
 
     async def repo_upsert_many(i: int) -> object:
         rows = [report_row(1000 + d, i) for d in range(1000)]
-        return await report_repo.upsert_many(rows, on=report_conflict)
+        return await ctx.report_repo.upsert_many(rows, on=report_conflict)
 
     # -- writes, audited (claims): Core = the write + an INSERT INTO audit_log, one transaction --
     async def core_add_audited(i: int) -> object:
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             row = (
                 await conn.execute(
                     insert(claims).values(as_columns(claim_row(i, prefix="a-core"))).returning(claims)
@@ -435,11 +596,11 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return row
 
     async def repo_add_audited(i: int) -> object:
-        return await claim_repo.add(**claim_row(i, prefix="a-repo"))
+        return await ctx.claim_repo.add(**claim_row(i, prefix="a-repo"))
 
     async def core_add_many_audited(i: int) -> object:
         rows = [as_columns(claim_row(k, prefix=f"am-core-{i}")) for k in range(1000)]
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             new = (await conn.execute(insert(claims).returning(claims), rows)).all()
             await conn.execute(
                 insert(audit_log), [audit_values(row, "insert", row_changes(row)) for row in new]
@@ -447,7 +608,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return len(new)
 
     async def repo_add_many_audited(i: int) -> object:
-        return await claim_repo.add_many([claim_row(k, prefix=f"am-repo-{i}") for k in range(1000)])
+        return await ctx.claim_repo.add_many([claim_row(k, prefix=f"am-repo-{i}") for k in range(1000)])
 
     async def core_update_audited(i: int) -> object:
         target = pick(claim_targets, i).id
@@ -459,7 +620,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             .values(content=content)
             .returning(claims, old.c.content.label("old_content"))
         )
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             row = (await conn.execute(stmt)).one()
             if row.old_content != row.content:
                 changes = {"content": [row.old_content, row.content]}
@@ -467,7 +628,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return row
 
     async def repo_update_audited(i: int) -> object:
-        return await claim_repo.update(pick(claim_targets, i).id, content=f"content {i}")
+        return await ctx.claim_repo.update(pick(claim_targets, i).id, content=f"content {i}")
 
     async def core_update_many_audited(i: int) -> object:
         content = f"bulk content {i}"
@@ -483,7 +644,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             .values(content=content)
             .returning(claims.c.id, claims.c.content, old.c.content.label("old_content"))
         )
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             rows = (await conn.execute(stmt)).all()
             audits = [
                 audit_values(row, "update", {"content": [row.old_content, row.content]})
@@ -495,13 +656,13 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return len(rows)
 
     async def repo_update_many_audited(i: int) -> object:
-        return await claim_repo.update_many(claim_type="um", values={"content": f"bulk content {i}"})
+        return await ctx.claim_repo.update_many(claim_type="um", values={"content": f"bulk content {i}"})
 
-    cl_core_delete, cl_repo_delete = pools.claim_ids[0::2], pools.claim_ids[1::2]
-    cl_core_tags, cl_repo_tags = pools.claim_tags[0::2], pools.claim_tags[1::2]
+    cl_core_delete, cl_repo_delete = pools.claim_ids[0::3], pools.claim_ids[1::3]
+    cl_core_tags, cl_repo_tags = pools.claim_tags[0::3], pools.claim_tags[1::3]
 
     async def core_delete_audited(i: int) -> object:
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             row = (
                 await conn.execute(
                     delete(claims).where(claims.c.id == cl_core_delete.pop()).returning(claims)
@@ -513,11 +674,11 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return row
 
     async def repo_delete_audited(i: int) -> object:
-        await claim_repo.delete(cl_repo_delete.pop())
+        await ctx.claim_repo.delete(cl_repo_delete.pop())
         return None
 
     async def core_delete_many_audited(i: int) -> object:
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             rows = (
                 await conn.execute(
                     delete(claims).where(claims.c.claim_type == cl_core_tags.pop()).returning(claims)
@@ -530,14 +691,14 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return len(rows)
 
     async def repo_delete_many_audited(i: int) -> object:
-        return await claim_repo.delete_many(claim_type=cl_repo_tags.pop())
+        return await ctx.claim_repo.delete_many(claim_type=cl_repo_tags.pop())
 
     claim_conflict = "uq_claims_external_id"
 
     async def core_upsert_audited(i: int) -> object:
         values = claim_row(i % 50, prefix="up")
         values["content"] = f"upserted {i}"
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             old = (
                 await conn.execute(
                     select(claims).where(claims.c.external_id == values["external_id"]).with_for_update()
@@ -558,7 +719,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
     async def repo_upsert_audited(i: int) -> object:
         values = claim_row(i % 50, prefix="up")
         values["content"] = f"upserted {i}"
-        return await claim_repo.upsert(values, on=claim_conflict)
+        return await ctx.claim_repo.upsert(values, on=claim_conflict)
 
     def upsert_rows(i: int) -> list[dict[str, Any]]:
         rows = [claim_row(k, prefix="um1000") for k in range(1000)]
@@ -569,7 +730,7 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
     async def core_upsert_many_audited(i: int) -> object:
         rows = [as_columns(row) for row in upsert_rows(i)]
         keys = [row["external_id"] for row in rows]
-        async with engine.begin() as conn:
+        async with ctx.core.begin() as conn:
             old = {
                 row.external_id: row
                 for row in (
@@ -581,11 +742,12 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
                     )
                 ).all()
             }
+            # One multi-row upsert statement (see core_upsert_many), then one audit INSERT.
             ins = pg_insert(claims)
             stmt = ins.on_conflict_do_update(
                 constraint=claim_conflict,
                 set_={k: ins.excluded[k] for k in ("content", "claim_type", "source", "metadata")},
-            ).returning(claims, sort_by_parameter_order=True)
+            ).returning(claims)
             new = (await conn.execute(stmt, rows)).all()
             audits = []
             for row in new:
@@ -601,38 +763,176 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             return new
 
     async def repo_upsert_many_audited(i: int) -> object:
-        return await claim_repo.upsert_many(upsert_rows(i), on=claim_conflict)
+        return await ctx.claim_repo.upsert_many(upsert_rows(i), on=claim_conflict)
+
+    # -- raw asyncpg: hand-written SQL, one pool acquire per call, autocommit (no BEGIN/COMMIT) --
+    select_page = (
+        "SELECT * FROM ai_calls WHERE provider = $1 AND (created_at, id) < ($2, $3) "
+        "ORDER BY created_at DESC, id DESC LIMIT 101"
+    )
+
+    async def raw_get(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM ai_calls WHERE id = $1", pick(get_ids, i))
+        assert row is not None
+        return row
+
+    async def raw_get_or_none(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchrow("SELECT * FROM ai_calls WHERE id = $1", pick(get_ids, i))
+
+    async def raw_get_many(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            rows = await conn.fetch("SELECT * FROM ai_calls WHERE id = ANY($1::bigint[])", many_ids)
+        by_id = {row["id"]: row for row in rows}
+        return [by_id[k] for k in many_ids if k in by_id]
+
+    async def raw_list(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetch(
+                "SELECT * FROM ai_calls WHERE provider = $1 AND created_at >= $2 "
+                "ORDER BY created_at DESC, id DESC LIMIT 100",
+                "anthropic",
+                since,
+            )
+
+    async def raw_page(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            rows = await conn.fetch(select_page, "anthropic", *cursor_values)
+        return rows[:100], (rows[99]["created_at"], rows[99]["id"]) if len(rows) > 100 else None
+
+    async def raw_count(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchval("SELECT count(*) FROM ai_calls WHERE provider = $1", "anthropic")
+
+    async def raw_exists(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM ai_calls WHERE customer_id = $1)", "cust-7"
+            )
+
+    async def raw_stream(i: int) -> object:
+        n = 0
+        async with ctx.pg.acquire() as conn, conn.transaction():
+            query = "SELECT * FROM ai_calls WHERE provider = $1 ORDER BY id"
+            async for _row in conn.cursor(query, "openai", prefetch=1000):
+                n += 1
+        return n
+
+    async def raw_add(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchrow(AI_INSERT, *ai_row(i, customer="add", provider=WRITTEN).values())
+
+    bulk_records = [tuple(row.values()) for row in bulk]
+
+    async def raw_add_many(i: int) -> object:
+        insert_many = AI_INSERT.removesuffix(" RETURNING *")
+        async with ctx.pg.acquire() as conn, conn.transaction():
+            await conn.executemany(insert_many, bulk_records)
+        return len(bulk_records)
+
+    async def raw_update(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchrow(
+                "UPDATE ai_calls SET latency_ms = $1 WHERE id = $2 RETURNING *", i, pick(update_ai, i)
+            )
+
+    async def raw_update_many(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.execute(
+                "UPDATE ai_calls SET latency_ms = $1 WHERE customer_id = $2", i, "cust-7"
+            )
+
+    async def raw_delete(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchval("DELETE FROM ai_calls WHERE id = $1 RETURNING id", ai_raw_delete.pop())
+
+    async def raw_delete_many(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.execute("DELETE FROM ai_calls WHERE customer_id = $1", ai_raw_tags.pop())
+
+    async def raw_upsert(i: int) -> object:
+        async with ctx.pg.acquire() as conn:
+            return await conn.fetchrow(REPORT_UPSERT, *report_row(i % 50, i).values())
 
     ai, rr, cl = "ai_calls", "reconciliation_reports", "claims (audited)"
     audit_note = "Core: write + INSERT audit_log"
     return [
-        Op("get", ai, 20, core_get, repo_get),
-        Op("get_or_none", ai, 20, core_get_or_none, repo_get_or_none),
-        Op("get_many (100 ids)", ai, 20, core_get_many, repo_get_many),
-        Op("list (2 filters, order, limit 100)", ai, 10, core_list, repo_list),
-        Op("page (keyset, 100 rows)", ai, 10, core_page, repo_page),
-        Op("count", ai, 20, core_count, repo_count),
-        Op("exists", ai, 20, core_exists, repo_exists),
-        Op("stream (4000 rows)", ai, 1, core_stream, repo_stream, "Core: server-side cursor, yield_per"),
-        Op("add", ai, 20, core_add, repo_add),
-        Op("add_many (1000 rows)", ai, 1, core_add_many, repo_add_many, "Core: executemany"),
-        Op("update", ai, 20, core_update, repo_update),
-        Op("update_many (100 rows)", ai, 10, core_update_many, repo_update_many),
-        Op("delete", ai, per_side["delete_inner"], core_delete, repo_delete),
-        Op("delete_many (20 rows)", ai, per_side["delete_many_inner"], core_delete_many, repo_delete_many),
-        Op("upsert", rr, 20, core_upsert, repo_upsert),
-        Op("upsert_many (1000 rows)", rr, 1, core_upsert_many, repo_upsert_many, "Core: executemany"),
-        Op("add", cl, 20, core_add_audited, repo_add_audited, audit_note),
-        Op("add_many (1000 rows)", cl, 1, core_add_many_audited, repo_add_many_audited, audit_note),
-        Op("update", cl, 20, core_update_audited, repo_update_audited, audit_note),
-        Op("update_many (100 rows)", cl, 5, core_update_many_audited, repo_update_many_audited, audit_note),
-        Op("delete", cl, per_side["delete_inner"], core_delete_audited, repo_delete_audited, audit_note),
+        Op("get", ai, 20, core_get, repo_get, raw_get),
+        Op("get_or_none", ai, 20, core_get_or_none, repo_get_or_none, raw_get_or_none),
+        Op("get_many (100 ids)", ai, 20, core_get_many, repo_get_many, raw_get_many),
+        Op("list (2 filters, order, limit 100)", ai, 10, core_list, repo_list, raw_list),
+        Op("page (keyset, 100 rows)", ai, 10, core_page, repo_page, raw_page),
+        Op("count", ai, 20, core_count, repo_count, raw_count),
+        Op("exists", ai, 20, core_exists, repo_exists, raw_exists),
+        Op(
+            "stream (4000 rows)",
+            ai,
+            1,
+            core_stream,
+            repo_stream,
+            raw_stream,
+            "Core and asyncpg: server-side cursor, 1000 rows per fetch",
+        ),
+        Op("add", ai, 20, core_add, repo_add, raw_add),
+        Op(
+            "add_many (1000 rows)",
+            ai,
+            1,
+            core_add_many,
+            repo_add_many,
+            raw_add_many,
+            "Core and asyncpg: executemany",
+        ),
+        Op("update", ai, 20, core_update, repo_update, raw_update),
+        Op("update_many (100 rows)", ai, 10, core_update_many, repo_update_many, raw_update_many),
+        Op("delete", ai, per_side["delete_inner"], core_delete, repo_delete, raw_delete),
+        Op(
+            "delete_many (20 rows)",
+            ai,
+            per_side["delete_many_inner"],
+            core_delete_many,
+            repo_delete_many,
+            raw_delete_many,
+        ),
+        Op("upsert", rr, 20, core_upsert, repo_upsert, raw_upsert),
+        Op(
+            "upsert_many (1000 rows)",
+            rr,
+            1,
+            core_upsert_many,
+            repo_upsert_many,
+            None,
+            "Core: executemany sent as one multi-row statement",
+        ),
+        Op("add", cl, 20, core_add_audited, repo_add_audited, None, audit_note),
+        Op("add_many (1000 rows)", cl, 1, core_add_many_audited, repo_add_many_audited, None, audit_note),
+        Op("update", cl, 20, core_update_audited, repo_update_audited, None, audit_note),
+        Op(
+            "update_many (100 rows)",
+            cl,
+            5,
+            core_update_many_audited,
+            repo_update_many_audited,
+            None,
+            audit_note,
+        ),
+        Op(
+            "delete",
+            cl,
+            per_side["delete_inner"],
+            core_delete_audited,
+            repo_delete_audited,
+            None,
+            audit_note,
+        ),
         Op(
             "delete_many (20 rows)",
             cl,
             per_side["delete_many_inner"],
             core_delete_many_audited,
             repo_delete_many_audited,
+            None,
             audit_note,
         ),
         Op(
@@ -641,7 +941,8 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             20,
             core_upsert_audited,
             repo_upsert_audited,
-            "Core: SELECT FOR UPDATE + upsert + audit",
+            None,
+            "Core: SELECT FOR UPDATE + upsert + audit INSERT",
         ),
         Op(
             "upsert_many (1000 rows)",
@@ -649,7 +950,8 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
             1,
             core_upsert_many_audited,
             repo_upsert_many_audited,
-            "Core: SELECT FOR UPDATE + upsert + audit",
+            None,
+            "Core: SELECT FOR UPDATE + one multi-row upsert + audit INSERT",
         ),
     ]
 
@@ -657,27 +959,55 @@ async def build_ops(engine: AsyncEngine, per_side: dict[str, int], delete_batch:
 # -- running ------------------------------------------------------------------------------------------
 
 
-async def sample(fn: Call, inner: int, counter: list[int]) -> float:
-    start = time.perf_counter()
+async def sample(fn: Call, inner: int, counter: list[int]) -> tuple[float, float]:
+    """(wall, client CPU) seconds per call, the mean over `inner` consecutive calls."""
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(inner):
         counter[0] += 1
         await fn(counter[0])
-    return (time.perf_counter() - start) / inner
+    return (time.perf_counter() - start) / inner, (time.process_time() - cpu) / inner
 
 
 async def run(ops: list[Op], rounds: int, warmup: int) -> None:
     counter = [0]
+    orders = list(itertools.permutations(SIDES))
     for number in range(warmup + rounds):
         for op in ops:
-            sides = [("core", op.core), ("repo", op.repo)]
-            if number % 2:
-                sides.reverse()
             gc.collect()
-            for side, fn in sides:
-                elapsed = await sample(fn, op.inner, counter)
+            for side in orders[number % len(orders)]:
+                fn = op.side(side)
+                if fn is None:
+                    continue
+                elapsed, cpu = await sample(fn, op.inner, counter)
                 if number >= warmup:
                     op.samples[side].append(elapsed)
+                    op.cpu[side].append(cpu)
         print(f"round {number + 1}/{warmup + rounds}", file=sys.stderr, flush=True)
+
+
+async def count_round_trips(ops: list[Op], ctx: Sides, config: DatabaseConfig) -> None:
+    """Fill `op.sends`: the requests one steady-state call of each side sends (the 3rd of 3 calls,
+    so statements are already prepared), on separate counting pools with the same defaults."""
+    log: list[str] = []
+    counting = await open_sides(config, counting=log)
+    saved = (ctx.core, ctx.ours, ctx.pg, ctx.ai_repo, ctx.report_repo, ctx.claim_repo)
+    ctx.core, ctx.ours, ctx.pg = counting.core, counting.ours, counting.pg
+    ctx.ai_repo, ctx.report_repo, ctx.claim_repo = counting.ai_repo, counting.report_repo, counting.claim_repo
+    number = 10_000_000  # call numbers the timed run never reaches (they make unique keys)
+    try:
+        for op in ops:
+            for side in SIDES:
+                fn = op.side(side)
+                if fn is None:
+                    continue
+                for _ in range(COUNTING_CALLS):
+                    number += 1
+                    log.clear()
+                    await fn(number)
+                op.sends[side] = list(log)
+    finally:
+        ctx.core, ctx.ours, ctx.pg, ctx.ai_repo, ctx.report_repo, ctx.claim_repo = saved
+        await counting.close()
 
 
 def p90(values: list[float]) -> float:
@@ -689,26 +1019,51 @@ def fmt(seconds: float) -> str:
     return f"{us:,.0f}" if us >= 100 else f"{us:.1f}"
 
 
+def trips(op: Op, side: str) -> str:
+    sent = op.sends.get(side)
+    return "—" if sent is None else str(len(sent))
+
+
 def table(ops: list[Op]) -> tuple[str, float, str]:
     lines = [
-        "| operation | model | Core median µs | Core p90 µs | repo median µs | repo p90 µs | repo/Core"
-        " | paired | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| operation | model | Core median µs | repo median µs | repo p90 µs | repo/Core | paired"
+        " | repo CPU - Core CPU µs | asyncpg median µs | asyncpg/Core | round trips Core / repo / asyncpg"
+        " | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
     ]
     worst, worst_name = 0.0, ""
     for op in ops:
-        core, repo = op.samples["core"], op.samples["repo"]
+        core, repo, raw = op.samples["core"], op.samples["repo"], op.samples["asyncpg"]
         ratio = statistics.median(repo) / statistics.median(core)
         # The same round's samples ran back to back: their ratio cancels load that drifts between rounds.
         paired = statistics.median(r / c for r, c in zip(repo, core, strict=True))
         if ratio > worst:
             worst, worst_name = ratio, f"{op.name} on {op.model}"
         flag = " ⚠" if ratio > TARGET else ""
+        extra_cpu = (statistics.median(op.cpu["repo"]) - statistics.median(op.cpu["core"])) * 1e6
+        raw_cells = (
+            f"{fmt(statistics.median(raw))} | {statistics.median(raw) / statistics.median(core):.2f}x"
+            if raw
+            else "— | —"
+        )
         lines.append(
-            f"| {op.name} | {op.model} | {fmt(statistics.median(core))} | {fmt(p90(core))} | "
-            f"{fmt(statistics.median(repo))} | {fmt(p90(repo))} | {ratio:.2f}x{flag} | {paired:.2f}x | {op.note} |"
+            f"| {op.name} | {op.model} | {fmt(statistics.median(core))} | {fmt(statistics.median(repo))} | "
+            f"{fmt(p90(repo))} | {ratio:.2f}x{flag} | {paired:.2f}x | {extra_cpu:+,.0f} | {raw_cells} | "
+            f"{trips(op, 'core')} / {trips(op, 'repo')} / {trips(op, 'asyncpg')} | {op.note} |"
         )
     return "\n".join(lines), worst, worst_name
+
+
+def sends_table(ops: list[Op]) -> str:
+    """What one steady-state call of each side sends, request by request."""
+    lines = [
+        "| operation | model | Core sends | repository sends | asyncpg sends |",
+        "|---|---|---|---|---|",
+    ]
+    for op in ops:
+        cells = [" · ".join(op.sends[side]) if side in op.sends else "—" for side in SIDES]
+        lines.append(f"| {op.name} | {op.model} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def load_average() -> str:
@@ -739,28 +1094,34 @@ async def environment(engine: AsyncEngine) -> str:
 
 
 async def bench(config: DatabaseConfig, args: argparse.Namespace) -> str:
-    rounds, warmup = (6, 2) if args.quick else (args.rounds, 3)
-    engine = build_engine(config)
+    rounds, warmup = (5, 2) if args.quick else (args.rounds, 3)
+    setup = build_engine(config)
     try:
-        await migrations.upgrade(engine)
-        await seed(engine)
+        await migrations.upgrade(setup)
+        await seed(setup)
+        env = await environment(setup)
+    finally:
+        await setup.dispose()
+    ctx = await open_sides(config)
+    try:
         delete_inner, delete_many_inner = 20, 5
         per_side = {
-            "delete": (rounds + warmup) * delete_inner,
-            "delete_many": (rounds + warmup) * delete_many_inner,
+            # every timed call of a side, plus the counting pass's calls
+            "delete": (rounds + warmup) * delete_inner + COUNTING_CALLS,
+            "delete_many": (rounds + warmup) * delete_many_inner + COUNTING_CALLS,
             "delete_inner": delete_inner,
             "delete_many_inner": delete_many_inner,
         }
-        ops = await build_ops(engine, per_side, delete_batch=20)
+        ops = await build_ops(ctx, per_side, delete_batch=20)
+        await count_round_trips(ops, ctx, config)
         load_before = load_average()
         started = time.perf_counter()
         await run(ops, rounds, warmup)
         elapsed = time.perf_counter() - started
         load_after = load_average()
         body, worst, worst_name = table(ops)
-        env = await environment(engine)
     finally:
-        await engine.dispose()
+        await ctx.close()
     verdict = (
         f"every operation within {TARGET}x of Core"
         if worst <= TARGET
@@ -768,10 +1129,17 @@ async def bench(config: DatabaseConfig, args: argparse.Namespace) -> str:
     )
     return (
         f"- date: {dt.datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n{env}\n"
-        f"- run: {rounds} rounds after {warmup} warm-up rounds, Core and repository interleaved "
-        f"({elapsed:.0f} s){' (--quick)' if args.quick else ''}; 1-minute load average "
+        f"- contenders, each on its own pool with its library's defaults: Core = `create_async_engine(url)` "
+        f"(QueuePool 5 + 10, no pre-ping); repo = `build_engine(DatabaseConfig)` (pool 20 + 10, ping only "
+        f"after {config.pool_ping_idle_s:g} s idle); asyncpg = `asyncpg.create_pool()` (10 connections, "
+        f"reset query at release, statements in autocommit)\n"
+        f"- run: {rounds} rounds after {warmup} warm-up rounds, the three sides interleaved in rotating "
+        f"order ({elapsed:.0f} s){' (--quick)' if args.quick else ''}; 1-minute load average "
         f"{load_before} before, {load_after} after (above ~1 means other processes shared the CPUs)\n"
-        f"- worst ratio: {worst:.2f}x ({worst_name}); {verdict}\n\n{body}\n"
+        f"- worst ratio: {worst:.2f}x ({worst_name}); {verdict}\n\n{body}\n\n"
+        f"Round trips: requests one steady-state call sends and waits for (asyncpg protocol calls: "
+        f"Parse = preparing a statement not yet cached on that connection; executemany is pipelined, "
+        f"one wait for all rows).\n\n{sends_table(ops)}\n"
     )
 
 
@@ -779,8 +1147,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (6 rounds)")
-    parser.add_argument("--rounds", type=int, default=30, help="measured rounds (default 30)")
+    parser.add_argument("--quick", action="store_true", help="a short run (5 rounds, ~1 min): a smoke check")
+    parser.add_argument("--rounds", type=int, default=20, help="measured rounds (default 20, ~2-5 min)")
     parser.add_argument("--output", type=Path, help="also write the result (markdown) to this file")
     args = parser.parse_args()
     if os.environ.get("DATABASE_URL"):

@@ -21,8 +21,9 @@ from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
 from persistence.errors import DatabaseConnectionError
 from persistence.observe.hooks import Hook, Hooks
-from persistence.observe.instrument import instrument, pool_class
+from persistence.observe.instrument import instrument
 from persistence.observe.logging import SlowQueryLog
+from persistence.pool import pool_class
 
 HooksArg = Hooks | Iterable[Hook] | None
 
@@ -96,18 +97,16 @@ def _create(config: DatabaseConfig, *, pooled: bool, fanout: Hooks | None) -> As
             connect_args=connect_args,
             json_serializer=json_dumps,
         )
-    extra: dict[str, Any] = {}
-    if fanout is not None:
-        extra["poolclass"] = pool_class(fanout, config.database)
+    ping_idle_s = config.pool_ping_idle_s if config.pool_pre_ping else None
     return create_async_engine(
         config.sqlalchemy_url(),
         json_serializer=json_dumps,
-        **extra,
+        poolclass=pool_class(ping_idle_s=ping_idle_s, hooks=fanout, database=config.database),
         pool_size=config.pool_size,
         max_overflow=config.max_overflow,
         pool_timeout=config.pool_timeout,
         pool_recycle=config.pool_recycle,
-        pool_pre_ping=config.pool_pre_ping,
+        pool_pre_ping=False,  # PersistencePool pings idle connections itself (persistence/pool.py)
         echo=config.echo,
         connect_args=connect_args,
     )

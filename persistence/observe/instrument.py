@@ -1,60 +1,24 @@
-"""Wire `Hooks` into one engine: SQLAlchemy cursor events for queries, a pool subclass and pool events.
+"""Wire `Hooks` into one engine: wrapped dialect methods for queries, and pool events.
 
-Only engines built with hooks get any of this (see `engine.build_engine(hooks=...)`).
+Only engines built with hooks get any of this (see `engine.build_engine(hooks=...)`). Checkout
+timing lives in the engine's pool class (`persistence.pool.PersistencePool`), which every pooled
+engine has, with or without hooks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 
 from persistence.errors import translate
 from persistence.observe.hooks import Hooks, PoolEvent, PoolEventKind, PoolStats, QueryEvent, register
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import describe
-
-
-class InstrumentedQueuePool(AsyncAdaptedQueuePool):
-    """The async queue pool, timing each checkout and reporting pool numbers after checkout and checkin.
-
-    `pool_class()` makes one subclass per engine that carries its hooks, so `dispose()` (which
-    recreates the pool from its class) keeps them.
-    """
-
-    persistence_hooks: ClassVar[Hooks]
-    persistence_database: ClassVar[str | None]
-
-    def connect(self) -> PoolProxiedConnection:
-        started = perf_counter()
-        conn = super().connect()
-        wait = perf_counter() - started
-        self.persistence_hooks.pool(PoolEvent("checkout", self._stats(), wait, self.persistence_database))
-        return conn
-
-    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        super()._do_return_conn(record)
-        self.persistence_hooks.pool(PoolEvent("checkin", self._stats(), None, self.persistence_database))
-
-    def _stats(self) -> PoolStats:
-        # QueuePool.size()/checkedin()/checkedout()/overflow(), inlined: this runs twice per call.
-        queue = self._pool
-        size = queue.maxsize
-        idle = queue.qsize()
-        overflow = self._overflow
-        return PoolStats(size, size - idle + overflow, idle, overflow if overflow > 0 else 0)
-
-
-def pool_class(hooks: Hooks, database: str | None) -> type[InstrumentedQueuePool]:
-    return type(
-        "InstrumentedQueuePool",
-        (InstrumentedQueuePool,),
-        {"persistence_hooks": hooks, "persistence_database": database},
-    )
 
 
 def pool_stats(pool: Pool) -> PoolStats:

@@ -44,7 +44,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Generic, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Executable,
     Select,
     UnaryExpression,
     and_,
@@ -71,6 +72,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.repository.base import ModelT, RepositoryBase
 from persistence.repository.filters import Filter, order_clause, order_terms, where_clauses
+from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
 
 MAX_LIMIT = 10_000
@@ -108,9 +110,8 @@ class Reads(RepositoryBase[ModelT]):
         """The row with primary key `id`, or None. A malformed key raises `InvalidRequestError`."""
         info = _model_info(self.model)
         key = info.coerce_key(id)
-        async with self.session() as session:
-            found = await session.scalar(info.get_stmt, {"key": key}, execution_options=_load_options())
-        return cast("ModelT | None", found)
+        found = await self._fetch(info.get_stmt, [{"key": key}])
+        return found[0] if found else None
 
     async def get_many(self, ids: Sequence[Any]) -> builtins.list[ModelT]:
         """The rows with these primary keys, in the order of `ids`; missing ids are skipped and a
@@ -121,16 +122,9 @@ class Reads(RepositoryBase[ModelT]):
         keys = builtins.list(dict.fromkeys(info.coerce_key(id_) for id_ in ids))
         if not keys:
             return []
-        found: dict[Any, ModelT] = {}
         step = self.max_ids_per_query
-        options = _load_options()
-        async with self.session() as session:
-            for start in range(0, len(keys), step):
-                rows = await session.scalars(
-                    info.get_many_stmt, {"keys": keys[start : start + step]}, execution_options=options
-                )
-                for row in rows:
-                    found[getattr(row, info.pk_key)] = row
+        chunks = [{"keys": keys[start : start + step]} for start in range(0, len(keys), step)]
+        found = {getattr(row, info.pk_key): row for row in await self._fetch(info.get_many_stmt, chunks)}
         return [found[key] for key in keys if key in found]
 
     async def list(
@@ -158,8 +152,7 @@ class Reads(RepositoryBase[ModelT]):
             stmt = stmt.limit(limit)
         if offset:
             stmt = stmt.offset(offset)
-        async with self.session() as session:
-            return builtins.list(await session.scalars(stmt, execution_options=_load_options()))
+        return await self._fetch(stmt)
 
     async def page(
         self,
@@ -181,8 +174,7 @@ class Reads(RepositoryBase[ModelT]):
         if after is not None:
             clauses.append(plan.after(plan.decode(after)))
         stmt = self._select(clauses).order_by(*plan.clauses).limit(limit + 1)
-        async with self.session() as session:
-            rows = builtins.list(await session.scalars(stmt, execution_options=_load_options()))
+        rows = await self._fetch(stmt)
         if len(rows) <= limit:
             return Page(rows, None)
         del rows[limit:]
@@ -192,15 +184,13 @@ class Reads(RepositoryBase[ModelT]):
         """How many rows match."""
         clauses = where_clauses(self.model, filters, lookups)
         stmt = select(func.count()).select_from(self.model).where(*clauses)
-        async with self.connection() as conn:
-            return int(await conn.scalar(stmt) or 0)
+        return int(await self._value(stmt) or 0)
 
     async def exists(self, *filters: Filter, **lookups: Any) -> bool:
         """Whether any row matches: `SELECT EXISTS (...)`, which stops at the first row."""
         clauses = where_clauses(self.model, filters, lookups)
         stmt = select(select(literal_column("1")).select_from(self.model).where(*clauses).exists())
-        async with self.connection() as conn:
-            return bool(await conn.scalar(stmt))
+        return bool(await self._value(stmt))
 
     def stream(
         self,
@@ -236,8 +226,7 @@ class Reads(RepositoryBase[ModelT]):
         base = self._select(clauses).order_by(*plan.clauses).limit(batch_size)
         stmt = base
         while True:
-            async with self.session() as session:
-                batch = (await session.scalars(stmt, execution_options=_load_options())).all()
+            batch = await self._fetch(stmt)
             if len(batch) < batch_size:
                 for item in batch:
                     yield item
@@ -247,6 +236,25 @@ class Reads(RepositoryBase[ModelT]):
             for item in batch:
                 yield item
             stmt = base.where(plan.after(last))
+
+    # The reads' only I/O: arguments are checked and statements built before, once, so the one retry
+    # after a lost connection (`retry_read`, outside a block) re-runs exactly the same SQL.
+    @retry_read
+    async def _fetch(
+        self, stmt: Executable, params: Sequence[Mapping[str, Any]] = ({},)
+    ) -> builtins.list[ModelT]:
+        """The instances `stmt` loads for each parameter set, in one session."""
+        options = _load_options()
+        rows: builtins.list[ModelT] = []
+        async with self.session() as session:
+            for each in params:
+                rows.extend(await session.scalars(stmt, each, execution_options=options))
+        return rows
+
+    @retry_read
+    async def _value(self, stmt: Executable) -> Any:
+        async with self.connection() as conn:
+            return await conn.scalar(stmt)
 
     def _select(self, clauses: Sequence[Filter]) -> Select[Any]:
         return select(self.model).where(*clauses)

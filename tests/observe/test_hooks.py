@@ -8,7 +8,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
 from structlog.testing import capture_logs
 
 from persistence import ClaimRepository, VerificationRepository, current_session, transaction
@@ -16,6 +15,7 @@ from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.errors import IntegrityViolation
 from persistence.observe import BaseHook, Hooks, QueryEvent, correlation
+from persistence.pool import PersistencePool
 from tests.observe.recorder import Recorder
 
 
@@ -232,7 +232,8 @@ async def test_an_engine_without_hooks_has_no_listeners(db_config: DatabaseConfi
     try:
         assert not engine.sync_engine._has_events
         assert not engine.sync_engine.dispatch.before_cursor_execute
-        assert type(engine.pool) is AsyncAdaptedQueuePool
+        assert isinstance(engine.pool, PersistencePool)
+        assert engine.pool.persistence_hooks is None  # no checkout timing without hooks
     finally:
         await engine.dispose()
 
