@@ -465,3 +465,14 @@ def text_key(value: object) -> object:
     """A key that is stored as text: a UUID as its canonical string, anything else as given (so the
     column's check refuses what is not text, instead of storing `str(None)`)."""
     return str(value) if isinstance(value, uuid.UUID) else value
+
+
+def describe(value: object) -> str:
+    """A short, safe description of an argument for an error message: the repr of a short str,
+    int or None, else only its type (a repr may be huge, recurse without end, or run user code)."""
+    if value is None or (isinstance(value, bool | int) and abs(int(value)) < 10**20):
+        return repr(value)
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a {type(value).__name__}"

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import InstrumentedAttribute
 
 from persistence.errors import InvalidRequestError
-from persistence.repository.coerce import check_value, refuse
+from persistence.repository.coerce import check_value, describe, refuse
 
 Filter = ColumnElement[bool]
 
@@ -70,7 +70,7 @@ def field_key(model: type[Any], name: object) -> str:
         if alias is not None:
             return alias
     known = ", ".join(sorted(mapper.column_attrs.keys()))
-    raise InvalidRequestError(f"{model.__name__} has no field {name!r}; fields: {known}")
+    raise InvalidRequestError(f"{model.__name__} has no field {describe(name)}; fields: {known}")
 
 
 _ALIASES: dict[type[Any], dict[str, str]] = {}

@@ -80,7 +80,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from persistence.audit import audit_cte, audit_entity, audit_params, is_append_only
 from persistence.errors import InvalidRequestError, NotFoundError, TransientError
 from persistence.repository.base import ModelT, RepositoryBase
-from persistence.repository.coerce import check_columns, check_value, refuse
+from persistence.repository.coerce import check_columns, check_value, describe, refuse
 from persistence.repository.filters import Filter, aliases, column, where_clauses
 
 CHUNK_ROWS = 10_000
@@ -287,7 +287,7 @@ class Writes(RepositoryBase[ModelT]):
         self._check_mutable(info, "upsert")
         fields = _fields(info, _mapping(values, "values"))
         keys = tuple(fields)
-        plan = _upsert_plan(info, keys, on, _update_fields(info, update), False)
+        plan = _upsert_plan(info, keys, _target_name(on), _update_fields(info, update), False)
         fields = dict(zip(keys, _checked(info, fields), strict=True))
         _check_key_values(plan, [fields])
         params = dict(zip(plan.names, fields.values(), strict=True))
@@ -312,7 +312,7 @@ class Writes(RepositoryBase[ModelT]):
         if not given_rows:
             return []
         keys = _field_keys(info, given)
-        plan = _upsert_plan(info, keys, on, _update_fields(info, update), True)
+        plan = _upsert_plan(info, keys, _target_name(on), _update_fields(info, update), True)
         arrays = check_columns(info.name, _columns_of(info, keys), given_rows, given)
         batch: builtins.list[Mapping[str, Any]] = [
             dict(zip(keys, row, strict=True)) for row in zip(*arrays, strict=True)
@@ -483,7 +483,7 @@ def _key_coercer(entity: str, pk: Column[Any]) -> Callable[[Any], Any]:
         return lambda key: key
 
     def refuse(key: Any, kind: str) -> InvalidRequestError:
-        return InvalidRequestError(f"{entity} keys are {kind}, got {type(key).__name__} {str(key)[:60]!r}")
+        return InvalidRequestError(f"{entity} keys are {kind}, got {describe(key)}")
 
     if python_type is uuid.UUID:
 
@@ -578,6 +578,12 @@ def _rows(
     return batch, tuple(first)
 
 
+def _target_name(on: object) -> str:
+    if not isinstance(on, str):
+        raise InvalidRequestError(f"on takes the name of a unique constraint or index, got {describe(on)}")
+    return on
+
+
 def _mapping(values: object, argument: str) -> Mapping[str, Any]:
     if not isinstance(values, Mapping):
         raise refuse(argument, f"expects a mapping of field names to values, got {type(values).__name__}")
@@ -599,7 +605,10 @@ def _fields(info: _Info, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _field_keys(info: _Info, given: tuple[Any, ...]) -> tuple[Any, ...]:
-    keys = tuple(info.aliases.get(name, name) if isinstance(name, str) else name for name in given)
+    for name in given:
+        if not isinstance(name, str):
+            raise InvalidRequestError(f"field names are strings, got {describe(name)}")
+    keys = tuple(info.aliases.get(name, name) for name in given)
     if len(set(keys)) != len(keys):
         raise InvalidRequestError(f"a field of {info.name} is given twice (by its name and its alias)")
     return keys

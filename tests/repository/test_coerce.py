@@ -124,7 +124,8 @@ async def test_lossless_conversions_are_stored_as_the_value_they_denote(engine: 
     stored = await Verifications(engine).add(
         **verification(processing_time_ms="12", confidence=Decimal("0.1"), evidence=("a", 1))
     )
-    assert (stored.processing_time_ms, stored.confidence, stored.evidence) == (12, 0.1, ["a", 1])
+    read: tuple[Any, ...] = (stored.processing_time_ms, stored.confidence, stored.evidence)
+    assert read == (12, 0.1, ["a", 1])
     again = await Verifications(engine).update(stored.id, processing_time_ms=5.0, confidence="0.25")
     assert (again.processing_time_ms, again.confidence) == (5, 0.25)
     claim = await Claims(engine).add(external_id="e", content="c")
@@ -174,18 +175,19 @@ async def test_json_values_are_plain_json_or_refused(engine: AsyncEngine, statem
     for _ in range(MAX_JSON_DEPTH):
         nested = {"k": nested}
     stored = await repo.add(**verification(result=nested, evidence=[-0.0, 2**70, "é"]))
-    assert (stored.result, stored.evidence) == (nested, [0.0, 2**70, "é"])
+    read: tuple[Any, ...] = (stored.result, stored.evidence)
+    assert read == (nested, [0.0, 2**70, "é"])
 
 
 async def test_naive_datetimes_are_refused(engine: AsyncEngine, statements: list[str]) -> None:
     repo = Health(engine)
     beat = {"service_name": "api", "instance_id": "i", "status": "healthy"}
-    await refused(
-        lambda: repo.add(**beat, last_heartbeat=datetime(2024, 5, 1, 12)), "last_heartbeat", "naive"
-    )
+    naive_noon = datetime(2024, 5, 1, 12)  # noqa: DTZ001
+    await refused(lambda: repo.add(**beat, last_heartbeat=naive_noon), "last_heartbeat", "naive")
     await refused(lambda: repo.add(**beat, last_heartbeat="2024-05-01T12:00:00"), "last_heartbeat", "naive")
     await refused(lambda: repo.add(**beat, last_heartbeat=NOW.date()), "last_heartbeat", "datetime")
-    await refused(lambda: repo.list(last_heartbeat__lt=datetime(2024, 5, 1)), "last_heartbeat__lt", "naive")
+    naive = datetime(2024, 5, 1)  # noqa: DTZ001
+    await refused(lambda: repo.list(last_heartbeat__lt=naive), "last_heartbeat__lt", "naive")
     assert statements == []
     eastern = datetime(2024, 5, 1, 8, tzinfo=timezone(timedelta(hours=-4)))
     assert (await repo.add(**beat, last_heartbeat=eastern)).last_heartbeat == NOW
@@ -296,16 +298,15 @@ async def test_domain_methods_refuse_wrong_types_naming_the_argument(
     training = TrainingDataRepository(engine)
     await refused(lambda: training.add_examples([["framework", "f"]]), "rows", "mapping")  # type: ignore[list-item]
     await refused(lambda: training.mark_used_in_batch(5, "b"), "ids", "list")  # type: ignore[arg-type]
-    await refused(lambda: training.mark_used_in_batch(["x"], "b"), "id__in", "UUID")
+    not_ids: Any = ["x"]
+    await refused(lambda: training.mark_used_in_batch(not_ids, "b"), "id__in", "UUID")
     health = ServiceHealthRepository(engine)
     await refused(lambda: health.heartbeat("api", "i", metadata=[("k", 1)]), "metadata", "mapping")  # type: ignore[arg-type]
     await refused(lambda: health.stale_instances(5), "older_than", "timedelta")  # type: ignore[arg-type]
-    await refused(lambda: Verifications(engine).add_many(5), "rows", "sequence")  # type: ignore[arg-type]
-    await refused(
-        lambda: Verifications(engine).update_many(values=[("framework", "x")], framework="f"),
-        "values",
-        "mapping",
-    )  # type: ignore[arg-type]
+    five: Any = 5
+    pairs: Any = [("framework", "x")]
+    await refused(lambda: Verifications(engine).add_many(five), "rows", "sequence")
+    await refused(lambda: Verifications(engine).update_many(values=pairs, framework="f"), "values", "mapping")
     await refused(lambda: Health(engine).upsert({}, on="pk_service_health", update=5), "update", "list")  # type: ignore[arg-type]
     assert statements == []
 
