@@ -11,6 +11,7 @@ so the counts can be quoted: `stored`/`answered` (a write kept the value / a fil
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from collections import Counter
@@ -55,6 +56,7 @@ from persistence.repository import Repository
 pytestmark = pytest.mark.commits
 
 OUTCOMES: Counter[tuple[str, str]] = Counter()
+OTHER: Counter[str] = Counter()
 _serial = itertools.count()
 
 PROPERTY_SETTINGS = settings(
@@ -78,17 +80,33 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     targets = sorted({target for target, _ in OUTCOMES})
     lines = ["property outcomes (target: stored-or-answered / ValidationError / other PersistenceError):"]
-    totals: Counter[str] = Counter()
+    groups: dict[str, Counter[str]] = {}
     for target in targets:
-        row = {kind: OUTCOMES[(target, kind)] for kind in ("ok", "ValidationError", "other")}
-        totals.update(row)
+        row = Counter({kind: OUTCOMES[(target, kind)] for kind in ("ok", "ValidationError", "other")})
+        group = (
+            "ledger log_call"
+            if target.startswith("log_call")
+            else "generic filters"
+            if "(filter)" in target
+            else "generic writes"
+            if "." in target
+            else "domain methods"
+        )
+        groups.setdefault(group, Counter()).update(row)
+        groups.setdefault("total", Counter()).update(row)
         lines.append(f"  {target:42} {row['ok']:5} / {row['ValidationError']:5} / {row['other']:5}")
-    lines.append(f"  {'total':42} {totals['ok']:5} / {totals['ValidationError']:5} / {totals['other']:5}")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    for group, row in groups.items():
+        lines.append(f"  {'= ' + group:42} {row['ok']:5} / {row['ValidationError']:5} / {row['other']:5}")
+    lines.append(
+        "  other PersistenceErrors by class: " + ", ".join(f"{k}: {v}" for k, v in OTHER.most_common())
+    )
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        for line in lines:
+            if reporter is not None:
+                reporter.write_line(line)
+            else:
+                print(line)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -247,6 +265,7 @@ def record(target: str, error: BaseException | None) -> None:
         OUTCOMES[(target, "ValidationError")] += 1
     else:
         OUTCOMES[(target, "other")] += 1
+        OTHER[type(error).__name__] += 1
 
 
 async def outcome(target: str, call: Callable[[], Awaitable[Any]]) -> tuple[Any, BaseException | None]:
