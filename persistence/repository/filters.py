@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import JSON, Column, ColumnElement, UnaryExpression, all_, any_, bindparam, inspect
+from sqlalchemy import JSON, Column, ColumnElement, UnaryExpression, all_, any_, bindparam, inspect, literal
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -124,13 +124,24 @@ def lookup(model: type[Any], key: str, value: Any) -> ColumnElement[bool]:
     if op in ("eq", "ne") and value is None:
         return _LOOKUPS[op](col, value)
     table_column = _table_column(model, col.key)
+    bind = _json_bind(col) if isinstance(col.type, JSON) else None
     if op in ("in", "not_in"):
         if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
             raise refuse(f"{entity}.{key}", f"needs a list of values, got {type(value).__name__}")
         value = [check_value(entity, key, table_column, item, filtering=True) for item in value]
+        if bind is not None:
+            value = [bind(item) for item in value]
     else:
         value = check_value(entity, key, table_column, value, filtering=True)
+        if bind is not None:
+            value = bind(value)
     return _LOOKUPS[op](col, value)
+
+
+def _json_bind(col: InstrumentedAttribute[Any]) -> Callable[[Any], Any]:
+    """A JSON value bound as the column's JSON type: a bare `"x"` or `1` would otherwise be bound as
+    varchar/integer, and `jsonb = varchar` does not exist."""
+    return lambda value: literal(value, col.type)
 
 
 def _table_column(model: type[Any], key: str) -> Column[Any]:

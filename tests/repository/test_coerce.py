@@ -316,3 +316,14 @@ async def test_every_refusal_is_a_persistence_error(engine: AsyncEngine) -> None
     with pytest.raises(PersistenceError) as info:
         await Verifications(engine).add(**verification(result=object()))
     assert not isinstance(info.value, TypeError | RecursionError)
+
+
+async def test_json_filters_bind_scalars_as_json(engine: AsyncEngine) -> None:
+    repo = Verifications(engine)
+    await repo.add_many([verification(result="yes"), verification(result=1), verification(result={"a": 1})])
+    assert [v.result for v in await repo.list(result="yes")] == ["yes"]
+    assert await repo.count(result=1) == 1
+    assert await repo.count(result__in=["yes", 1]) == 2
+    assert await repo.count(result__ne="yes") == 2
+    assert await repo.count(result__contains="yes") == 1
+    assert await repo.count(result__gt=0) == 2  # jsonb ordering: an object sorts above numbers
