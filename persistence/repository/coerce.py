@@ -10,7 +10,8 @@ Accepted, because nothing is lost (the value bound is the converted one):
   an int, a float (by its shortest repr, `0.1` is `Decimal("0.1")`) or a Decimal; a float column takes
   an int or a Decimal whose value the float keeps exactly (by shortest repr: `Decimal("0.1")` is fine);
 - `timestamptz`: an ISO-8601 string with an offset; `date`: an ISO date string; `UUID`: a UUID string;
-- JSON: tuples as arrays and any `Mapping` as an object (read back as list and dict);
+- JSON: tuples as arrays and any `Mapping` as an object (read back as list and dict); `...` (the
+  placeholder in seed 003's examples) as the string `"..."`;
 - text: a `str` subclass is stored as plain `str`.
 
 Refused: anything else that is not the column's Python type (no `str()` of objects, no bool as a
@@ -412,6 +413,8 @@ def _json(value: Any, depth: int) -> Any:
         raise _Refused(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, list | tuple):
         return [_json(element, depth + 1) for element in value]
+    if value is Ellipsis:  # the `[...]` placeholders of seed 003's examples, stored as "..."
+        return "..."
     if isinstance(value, Mapping):
         result: dict[str, Any] = {}
         for key, element in value.items():
