@@ -321,7 +321,8 @@ async def test_every_refusal_is_a_persistence_error(engine: AsyncEngine) -> None
 async def test_json_filters_bind_scalars_as_json(engine: AsyncEngine) -> None:
     repo = Verifications(engine)
     await repo.add_many([verification(result="yes"), verification(result=1), verification(result={"a": 1})])
-    assert [v.result for v in await repo.list(result="yes")] == ["yes"]
+    found: list[Any] = [v.result for v in await repo.list(result="yes")]
+    assert found == ["yes"]
     assert await repo.count(result=1) == 1
     assert await repo.count(result__in=["yes", 1]) == 2
     assert await repo.count(result__ne="yes") == 2
