@@ -164,7 +164,17 @@ def _type_check(type_: TypeEngine[Any], filtering: bool) -> Check:
 
 
 def _text_check(length: int | None) -> Check:
+    limit = length if length is not None else -1
+
     def check(value: Any) -> Any:
+        # Fast path (most values): plain ASCII text without NUL, within the length.
+        if (
+            type(value) is str
+            and value.isascii()
+            and "\x00" not in value
+            and (limit < 0 or len(value) <= limit)
+        ):
+            return value
         if not isinstance(value, str):
             raise _Refused(f"expects text (str), got {_kind(value)}")
         if type(value) is not str:
@@ -209,6 +219,8 @@ def _int_check(name: str) -> Check:
     bound = _INT_RANGES[name]
 
     def check(value: Any) -> Any:
+        if type(value) is int and -bound <= value < bound:
+            return value
         if isinstance(value, bool):
             raise _Refused(f"expects an integer, got {_kind(value)}")
         if isinstance(value, numbers.Integral):
@@ -241,6 +253,8 @@ def _float_check(single: bool) -> Check:
     kind = "real" if single else "double precision"
 
     def check(value: Any) -> Any:
+        if type(value) is float and not single and math.isfinite(value):
+            return value
         if isinstance(value, bool):
             raise _Refused(f"expects a number, got {_kind(value)}")
         if isinstance(value, float):
@@ -277,7 +291,15 @@ def _float_check(single: bool) -> Check:
 
 
 def _numeric_check(precision: int | None, scale: int | None) -> Check:
+    fast_scale = _NUMERIC_SCALE if scale is None else scale
+    fast_int = _NUMERIC_INT_DIGITS if precision is None else precision - (scale or 0)
+
     def check(value: Any) -> Any:
+        if type(value) is Decimal and value.is_finite():
+            exponent = value.as_tuple().exponent
+            # No more decimal places than the scale, no more integer digits than precision - scale.
+            if isinstance(exponent, int) and exponent >= -fast_scale and value.adjusted() < fast_int:
+                return value
         if isinstance(value, bool):
             raise _Refused(f"expects a number, got {_kind(value)}")
         if isinstance(value, Decimal):
@@ -319,6 +341,8 @@ def _numeric_check(precision: int | None, scale: int | None) -> Check:
 
 def _datetime_check(aware: bool) -> Check:
     def check(value: Any) -> Any:
+        if type(value) is datetime and aware and value.tzinfo is not None and value.utcoffset() is not None:
+            return value
         if isinstance(value, str):
             if len(value) > _MAX_TIME_CHARS:
                 raise _Refused("not an ISO-8601 timestamp")
@@ -391,6 +415,25 @@ def _json_value(value: Any) -> Any:
 
 def _json(value: Any, depth: int) -> Any:
     """A plain JSON structure equal to `value` that reads back equal, or `_Refused`."""
+    kind = type(value)
+    # Fast paths (exact types, the common case): the general checks below handle the rest.
+    if kind is str:
+        if value.isascii() and "\x00" not in value:
+            return value
+    elif kind is int:
+        if -(2**63) <= value < 2**63:
+            return value
+    elif kind is dict and depth < MAX_JSON_DEPTH:
+        result: dict[str, Any] = {}
+        for key, element in value.items():
+            if type(key) is not str or not key.isascii() or "\x00" in key:
+                return _json_general(value, depth)
+            result[key] = _json(element, depth + 1)
+        return result
+    return _json_general(value, depth)
+
+
+def _json_general(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
