@@ -198,7 +198,7 @@ def _enum_check(type_: sqltypes.Enum) -> Check:
             return value
         if isinstance(value, Enum) or not isinstance(value, str) or value not in allowed:
             raise _Refused(f"not one of the column's values ({', '.join(sorted(allowed))})")
-        return enum_class[value] if enum_class is not None else value
+        return value
 
     return check
 
