@@ -49,7 +49,17 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from persistence.errors import ValidationError
 from persistence.values import text_problem
 
-__all__ = ["MAX_JSON_DEPTH", "Check", "check_value", "checker", "refuse"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "Check",
+    "check_columns",
+    "check_value",
+    "checker",
+    "describe",
+    "mapping_argument",
+    "refuse",
+    "text_key",
+]
 
 MAX_JSON_DEPTH = 100
 """Deepest nesting of arrays and objects accepted in a JSON value (deeper is a ValidationError)."""
