@@ -326,14 +326,15 @@ def _numeric_check(precision: int | None, scale: int | None) -> Check:
             raise _Refused(f"expects a number (Decimal), got {_kind(value)}")
         if not number.is_finite():
             raise _Refused("not a finite number")
-        _, digits, exponent = number.as_tuple()
-        assert isinstance(exponent, int)
+        sign, digits, given_exponent = number.as_tuple()
+        assert isinstance(given_exponent, int)
+        exponent = given_exponent
         significant = len(digits)
         while significant > 1 and digits[significant - 1] == 0:  # trailing zeros are not lost
             significant -= 1
             exponent += 1
-        if significant == 1 and digits[0] == 0:
-            exponent = 0
+        if significant == 1 and digits[0] == 0:  # zero: no digits anywhere
+            return Decimal(0)
         decimals = max(0, -exponent)
         int_digits = max(0, significant + exponent)
         max_scale = _NUMERIC_SCALE if scale is None else scale
@@ -344,6 +345,8 @@ def _numeric_check(precision: int | None, scale: int | None) -> Check:
         max_int = _NUMERIC_INT_DIGITS if precision is None else precision - (scale or 0)
         if int_digits > max_int:
             raise _Refused(f"has {int_digits} digits before the decimal point; the column holds {max_int}")
+        if given_exponent < -max_scale:  # only zeros beyond the scale: the same number without them
+            return Decimal((sign, digits[:significant], exponent))
         return number
 
     return check

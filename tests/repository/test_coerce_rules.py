@@ -49,6 +49,8 @@ def check(name: str, value: Any, *, filtering: bool = False) -> Any:
         ("amount", Decimal("1.500000000"), Decimal("1.500000000")),  # trailing zeros lose nothing
         ("amount", "1e-6", Decimal("0.000001")),
         ("amount", -0.0, Decimal("-0.0")),
+        ("amount", Decimal("0E-99999"), Decimal(0)),  # zero, whatever its exponent
+        ("amount", Decimal("2." + "0" * 20000), Decimal(2)),
     ],
 )
 def test_accepted(name: str, value: Any, expected: Any) -> None:
