@@ -101,9 +101,14 @@ def check_value(entity: str, field: str, col: Column[Any], value: Any, *, filter
 
 
 @functools.lru_cache(maxsize=4096)
+def _column_type_check(col: Column[Any], filtering: bool) -> Check:
+    return _type_check(col.type, filtering)
+
+
+@functools.lru_cache(maxsize=4096)
 def checker(col: Column[Any], filtering: bool) -> Check:
     """The check of one column (built once): None handling, then the type's check."""
-    check = _type_check(col.type, filtering)
+    check = _column_type_check(col, filtering)
     if filtering:
 
         def filter_check(value: Any) -> Any:
@@ -494,11 +499,19 @@ def check_columns(
     or `ValidationError` naming the row number, field and reason."""
     arrays: list[list[Any]] = []
     for (field, col), key in zip(fields, keys, strict=True):
-        check = checker(col, False)
+        # One call per value (the type's check); None is handled inline, the whole column at once.
+        check = _column_type_check(col, False)
+        column = [row[key] for row in rows]
         try:
-            arrays.append([check(row[key]) for row in rows])
+            if col.nullable:
+                arrays.append([value if value is None else check(value) for value in column])
+            elif any(value is None for value in column):
+                raise _Refused("None for a NOT NULL column")
+            else:
+                arrays.append([check(value) for value in column])
         except _Refused as exc:
-            number = next(i for i, row in enumerate(rows) if _refused(check, row[key]))
+            full = checker(col, False)
+            number = next(i for i, value in enumerate(column) if _refused(full, value))
             raise refuse(
                 f"row {number}: {entity}.{field}", exc.reason, table=col.table.name, column=col.name
             ) from None
