@@ -28,6 +28,7 @@ from persistence.repositories import (
 )
 from persistence.repository import Repository
 from persistence.repository.coerce import MAX_JSON_DEPTH
+from persistence.transaction import transaction
 
 pytestmark = pytest.mark.commits
 
@@ -328,3 +329,14 @@ async def test_json_filters_bind_scalars_as_json(engine: AsyncEngine) -> None:
     assert await repo.count(result__ne="yes") == 2
     assert await repo.count(result__contains="yes") == 1
     assert await repo.count(result__gt=0) == 2  # jsonb ordering: an object sorts above numbers
+
+
+async def test_a_refused_value_leaves_the_enclosing_block_usable(engine: AsyncEngine) -> None:
+    """Nothing was sent, so no statement failed: the block goes on and commits its other writes."""
+    repo = Verifications(engine)
+    async with transaction():
+        await repo.add(**verification(claim_id="kept"))
+        with pytest.raises(ValidationError):
+            await repo.add(**verification(processing_time_ms=0.1))
+        await repo.add(**verification(claim_id="also kept"))
+    assert sorted(v.claim_id for v in await repo.list()) == ["also kept", "kept"]
