@@ -15,6 +15,8 @@ def text_problem(value: str) -> str | None:
     """Why PostgreSQL would refuse `value` as text, or None if it can store it verbatim."""
     if "\x00" in value:
         return "contains NUL (U+0000), which PostgreSQL text cannot store"
+    if value.isascii():  # the common case: no surrogate possible, no encoding needed
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:

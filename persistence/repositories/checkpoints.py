@@ -10,6 +10,8 @@ from sqlalchemy import select
 from persistence.errors import NotFoundError
 from persistence.models import ModelCheckpoint
 from persistence.repository import Repository
+from persistence.repository.coerce import mapping_argument
+from persistence.repository.filters import lookup
 from persistence.transaction import transaction
 
 
@@ -31,9 +33,11 @@ class CheckpointRepository(Repository[ModelCheckpoint]):
             model_name=model_name,
             version=version,
             checkpoint_path=checkpoint_path,
-            metrics=dict(metrics),
+            metrics=mapping_argument(metrics, "metrics"),
             framework=framework,
-            training_config=dict(training_config) if training_config is not None else None,
+            training_config=(
+                mapping_argument(training_config, "training_config") if training_config is not None else None
+            ),
         )
 
     async def activate(self, model_name: str, version: str) -> ModelCheckpoint:
@@ -46,7 +50,8 @@ class CheckpointRepository(Repository[ModelCheckpoint]):
             async with self.session() as session:
                 target = await session.scalar(
                     select(ModelCheckpoint).where(
-                        ModelCheckpoint.model_name == model_name, ModelCheckpoint.version == version
+                        lookup(ModelCheckpoint, "model_name", model_name),
+                        lookup(ModelCheckpoint, "version", version),
                     )
                 )
                 if target is None:
@@ -72,8 +77,8 @@ class CheckpointRepository(Repository[ModelCheckpoint]):
 
     async def get_active(self, model_name: str, framework: str | None = None) -> ModelCheckpoint | None:
         found = await self.list(
-            ModelCheckpoint.framework.is_not_distinct_from(framework),
             model_name=model_name,
+            framework=framework,  # None: the checkpoints without a framework (IS NULL)
             is_active=True,
             limit=1,
         )

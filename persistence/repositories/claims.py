@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from persistence.errors import NotFoundError
+from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.models import Claim
 from persistence.repository import Repository
+from persistence.repository.coerce import mapping_argument
 
 
 class ClaimRepository(Repository[Claim]):
@@ -42,8 +43,13 @@ def _claim_values(claim: Claim | Mapping[str, Any] | None, fields: Mapping[str, 
             if getattr(claim, key, None) is not None
         }
     else:
-        values = dict(claim)
-    if "metadata" in values:  # the seed's column name, accepted for convenience
-        values["metadata_"] = values.pop("metadata")
-    values.update(fields)
+        values = _named(mapping_argument(claim, "claim"))
+    values.update(_named(fields))  # keywords win over the claim's own values
     return values
+
+
+def _named(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`metadata` (seed 003's column name) as the attribute `metadata_`; both at once is an error."""
+    if "metadata" in values and "metadata_" in values:
+        raise InvalidRequestError("Claim.metadata_ is given twice (also as 'metadata')")
+    return {("metadata_" if key == "metadata" else key): value for key, value in values.items()}

@@ -8,6 +8,7 @@ from typing import Any
 
 from persistence.models import ConsensusDecision
 from persistence.repository import Repository
+from persistence.repository.coerce import mapping_argument, refuse, text_key
 
 _ONE_PER_CLAIM = "uq_consensus_decisions_claim_id"
 
@@ -28,14 +29,20 @@ class ConsensusRepository(Repository[ConsensusDecision]):
     ) -> ConsensusDecision:
         """Record the claim's decision. A second decision for the same claim raises `ConflictError`
         (naming `uq_consensus_decisions_claim_id`) unless `replace=True`, which overwrites it atomically."""
+        frameworks: object
+        if isinstance(participating_frameworks, Mapping):
+            frameworks = dict(participating_frameworks)
+        elif isinstance(participating_frameworks, list | tuple):
+            frameworks = list(participating_frameworks)
+        else:  # a str would become a list of its characters
+            raise refuse(
+                "participating_frameworks",
+                f"expects a list of framework names or a mapping, got {type(participating_frameworks).__name__}",
+            )
         values: dict[str, Any] = {
-            "claim_id": str(claim_id),
-            "consensus_result": dict(consensus_result),
-            "participating_frameworks": (
-                dict(participating_frameworks)
-                if isinstance(participating_frameworks, Mapping)
-                else list(participating_frameworks)
-            ),
+            "claim_id": text_key(claim_id),
+            "consensus_result": mapping_argument(consensus_result, "consensus_result"),
+            "participating_frameworks": frameworks,
             "consensus_type": consensus_type,
             "consensus_confidence": consensus_confidence,
             "decision_time_ms": decision_time_ms,
@@ -45,5 +52,5 @@ class ConsensusRepository(Repository[ConsensusDecision]):
         return await self.add(**values)
 
     async def get_for_claim(self, claim_id: str | uuid.UUID) -> ConsensusDecision | None:
-        found = await self.list(claim_id=str(claim_id), limit=1)
+        found = await self.list(claim_id=text_key(claim_id), limit=1)
         return found[0] if found else None

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from persistence.errors import InvalidRequestError
 from persistence.models import ServiceHealth
 from persistence.models.service_health import SERVICE_STATUSES
 from persistence.repository import Repository
+from persistence.repository.coerce import mapping_argument, refuse
 
 _ONE_PER_INSTANCE = "uq_service_health_service_name_instance_id"
 
@@ -26,8 +26,8 @@ class ServiceHealthRepository(Repository[ServiceHealth]):
         metadata: Mapping[str, Any] | None = None,
     ) -> ServiceHealth:
         """Record that the instance is alive (one atomic upsert; concurrent beats never duplicate)."""
-        if status not in SERVICE_STATUSES:
-            raise InvalidRequestError(f"unknown status {status!r}; one of {', '.join(SERVICE_STATUSES)}")
+        if not isinstance(status, str) or status not in SERVICE_STATUSES:
+            raise refuse("status", f"unknown status; one of {', '.join(SERVICE_STATUSES)}")
         values: dict[str, Any] = {
             "service_name": service_name,
             "instance_id": instance_id,
@@ -35,15 +35,15 @@ class ServiceHealthRepository(Repository[ServiceHealth]):
             "last_heartbeat": datetime.now(UTC),
         }
         if metadata is not None:
-            values["metadata_"] = dict(metadata)
+            values["metadata_"] = mapping_argument(metadata, "metadata")
         return await self.upsert(values, on=_ONE_PER_INSTANCE)
 
     async def stale_instances(
         self, older_than: timedelta, *, service_name: str | None = None
     ) -> list[ServiceHealth]:
         """Instances whose last heartbeat is older than `older_than`, stalest first."""
-        if older_than <= timedelta(0):
-            raise InvalidRequestError("older_than must be a positive duration")
+        if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+            raise refuse("older_than", "must be a positive timedelta")
         lookups: dict[str, Any] = {"service_name": service_name} if service_name is not None else {}
         return await self.list(
             ServiceHealth.last_heartbeat < datetime.now(UTC) - older_than,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from persistence.models import TrainingData
 from persistence.repository import Repository
+from persistence.repository.coerce import refuse
 
 
 class TrainingDataRepository(Repository[TrainingData]):
@@ -15,11 +16,7 @@ class TrainingDataRepository(Repository[TrainingData]):
 
     async def add_examples(self, examples: Sequence[Mapping[str, Any]]) -> int:
         """Bulk insert (one statement per chunk, audited); returns how many were added."""
-        rows = [
-            {("metadata_" if key == "metadata" else key): value for key, value in ex.items()}
-            for ex in examples
-        ]
-        return await self.add_many(rows)
+        return await self.add_many(examples)  # `metadata` is accepted for `metadata_` by every write
 
     async def unused_for_framework(self, framework: str, *, limit: int = 1000) -> list[TrainingData]:
         """The oldest examples of `framework` not yet used in training (served by a partial index)."""
@@ -32,10 +29,13 @@ class TrainingDataRepository(Repository[TrainingData]):
 
         Returns how many were marked, so a caller can tell if another trainer took some first.
         """
+        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+            raise refuse("ids", f"expects a list of TrainingData ids, got {type(ids).__name__}")
+        ids = list(ids)
         if not ids:
             return 0
         return await self.update_many(
-            TrainingData.id.in_(list(ids)),
-            TrainingData.used_in_training.is_(False),
+            id__in=ids,
+            used_in_training=False,
             values={"used_in_training": True, "training_batch_id": batch_id},
         )

@@ -9,6 +9,7 @@ from typing import Any
 from persistence.models import Claim, VerificationResult
 from persistence.repositories.claims import ClaimRepository
 from persistence.repository import Repository
+from persistence.repository.coerce import mapping_argument, text_key
 
 
 class VerificationRepository(Repository[VerificationResult]):
@@ -27,18 +28,18 @@ class VerificationRepository(Repository[VerificationResult]):
     ) -> VerificationResult:
         """Record a verdict. `claim_id` is the claim's external id, or its UUID (stored as text)."""
         return await self.add(
-            claim_id=str(claim_id),
+            claim_id=text_key(claim_id),
             framework=framework,
-            result=dict(result),
+            result=mapping_argument(result, "result"),
             confidence=confidence,
-            evidence=dict(evidence) if evidence is not None else None,
+            evidence=mapping_argument(evidence, "evidence") if evidence is not None else None,
             processing_time_ms=processing_time_ms,
             model_version=model_version,
         )
 
     async def get_by_claim_id(self, claim_id: str | uuid.UUID) -> list[VerificationResult]:
         """Every verdict on one claim, oldest first."""
-        return await self.list(claim_id=str(claim_id), order_by="created_at")
+        return await self.list(claim_id=text_key(claim_id), order_by="created_at")
 
     async def get_recent_verifications(
         self, limit: int = 100, *, framework: str | None = None

@@ -2,8 +2,9 @@
 
 Two ways to filter, both typed: SQLAlchemy expressions (`VerificationResult.confidence >= 0.9`), or
 Django-style keyword lookups for names that arrive as data (`confidence__gte=0.9`). A name that is not
-a mapped column of the model raises `InvalidRequestError` and never reaches SQL; values are always
-bound parameters.
+a mapped column of the model (or the database name of one: `metadata` for `metadata_`) raises
+`InvalidRequestError` and never reaches SQL; values are checked against the column's type
+(`persistence.repository.coerce`: `ValidationError` naming the lookup) and always bound parameters.
 
 Lookups: `field` / `field__eq`, `__ne`, `__lt`, `__lte`, `__gt`, `__gte`, `__in`, `__not_in`,
 `__isnull` (True/False), `__contains` (JSONB `@>`). `__ne`, `__in` and `__not_in` follow SQL: a row
@@ -16,13 +17,14 @@ prepared statement whatever the list length, and no limit of 32767 parameters pe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, ColumnElement, UnaryExpression, all_, any_, bindparam, inspect
+from sqlalchemy import JSON, Column, ColumnElement, UnaryExpression, all_, any_, bindparam, inspect, literal
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import InstrumentedAttribute
 
 from persistence.errors import InvalidRequestError
+from persistence.repository.coerce import check_value, describe, refuse
 
 Filter = ColumnElement[bool]
 
@@ -57,18 +59,54 @@ _LOOKUPS: dict[str, Callable[[InstrumentedAttribute[Any], Any], ColumnElement[bo
 }
 
 
-def column(model: type[Any], name: str) -> InstrumentedAttribute[Any]:
-    """The mapped column attribute `name` of `model`, or `InvalidRequestError`."""
+def field_key(model: type[Any], name: object) -> str:
+    """The attribute key of field `name`: an attribute name, or a column's database name where the
+    attribute has another name (seed 003's `metadata` for `metadata_`); else `InvalidRequestError`."""
     mapper = inspect(model)
-    if not isinstance(name, str) or name not in mapper.column_attrs:
-        known = ", ".join(sorted(mapper.column_attrs.keys()))
-        raise InvalidRequestError(f"{model.__name__} has no field {name!r}; fields: {known}")
-    attr: InstrumentedAttribute[Any] = getattr(model, name)
+    if isinstance(name, str):
+        if name in mapper.column_attrs:
+            return name
+        alias = aliases(model).get(name)
+        if alias is not None:
+            return alias
+    known = ", ".join(sorted(mapper.column_attrs.keys()))
+    raise InvalidRequestError(f"{model.__name__} has no field {describe(name)}; fields: {known}")
+
+
+_ALIASES: dict[type[Any], dict[str, str]] = {}
+
+
+def aliases(model: type[Any]) -> dict[str, str]:
+    """Database column names that differ from their attribute's name (`metadata` -> `metadata_`)."""
+    found = _ALIASES.get(model)
+    if found is None:
+        found = _ALIASES[model] = _build_aliases(model)
+    return found
+
+
+def _build_aliases(model: type[Any]) -> dict[str, str]:
+    mapper = inspect(model)
+    aliases: dict[str, str] = {}
+    for prop in mapper.column_attrs:
+        [col] = prop.columns[:1]
+        name = getattr(col, "name", None)
+        if isinstance(name, str) and name != prop.key and name not in mapper.column_attrs:
+            aliases[name] = prop.key
+    return aliases
+
+
+def column(model: type[Any], name: str) -> InstrumentedAttribute[Any]:
+    """The mapped column attribute `name` (or its alias) of `model`, or `InvalidRequestError`."""
+    attr: InstrumentedAttribute[Any] = getattr(model, field_key(model, name))
     return attr
 
 
 def lookup(model: type[Any], key: str, value: Any) -> ColumnElement[bool]:
-    """One keyword lookup (`confidence__gte=0.9`) as a SQL expression with a bound value."""
+    """One keyword lookup (`confidence__gte=0.9`) as a SQL expression with a checked, bound value.
+
+    The value is checked against the column's type (`persistence.repository.coerce`, filter rules):
+    a value of the wrong type is a `ValidationError` naming the lookup, before any SQL.
+    """
     # Split at the last `__`, so a field whose name ends in `_` works (`metadata___contains`).
     name, sep, op = key.rpartition("__")
     if not sep:
@@ -76,13 +114,39 @@ def lookup(model: type[Any], key: str, value: Any) -> ColumnElement[bool]:
     if op not in _LOOKUPS:
         raise InvalidRequestError(f"unknown lookup {op!r} in {key!r}; lookups: {', '.join(_LOOKUPS)}")
     col = column(model, name)
-    if op in ("in", "not_in") and (isinstance(value, str | bytes) or not isinstance(value, Iterable)):
-        raise InvalidRequestError(f"{key!r} needs a list of values, got {type(value).__name__}")
-    if op == "isnull" and not isinstance(value, bool):
-        raise InvalidRequestError(f"{key!r} needs True or False")
+    entity = model.__name__
     if op == "contains" and not isinstance(col.type, JSONB):
         raise InvalidRequestError(f"{key!r}: __contains works on JSONB fields only")
+    if op == "isnull":
+        if not isinstance(value, bool):
+            raise refuse(f"{entity}.{key}", f"needs True or False, got {type(value).__name__}")
+        return _LOOKUPS[op](col, value)
+    if op in ("eq", "ne") and value is None:
+        return _LOOKUPS[op](col, value)
+    table_column = _table_column(model, col.key)
+    bind = _json_bind(col) if isinstance(col.type, JSON) else None
+    if op in ("in", "not_in"):
+        if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+            raise refuse(f"{entity}.{key}", f"needs a list of values, got {type(value).__name__}")
+        value = [check_value(entity, key, table_column, item, filtering=True) for item in value]
+        if bind is not None:
+            value = [bind(item) for item in value]
+    else:
+        value = check_value(entity, key, table_column, value, filtering=True)
+        if bind is not None:
+            value = bind(value)
     return _LOOKUPS[op](col, value)
+
+
+def _json_bind(col: InstrumentedAttribute[Any]) -> Callable[[Any], Any]:
+    """A JSON value bound as the column's JSON type: a bare `"x"` or `1` would otherwise be bound as
+    varchar/integer, and `jsonb = varchar` does not exist."""
+    return lambda value: literal(value, col.type)
+
+
+def _table_column(model: type[Any], key: str) -> Column[Any]:
+    [col] = inspect(model).column_attrs[key].columns[:1]
+    return cast("Column[Any]", col)
 
 
 def where_clauses(model: type[Any], filters: Sequence[Filter], lookups: Mapping[str, Any]) -> list[Filter]:
@@ -109,9 +173,9 @@ def order_terms(
         descending = raw.startswith("-")
         name = raw[1:] if raw[:1] in ("-", "+") else raw
         col = column(model, name)
-        if name in seen:
+        if col.key in seen:
             raise InvalidRequestError(f"order_by names {name!r} twice")
-        seen.add(name)
+        seen.add(col.key)
         terms.append((col, descending))
     return terms
 

@@ -71,6 +71,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.repository.base import ModelT, RepositoryBase
+from persistence.repository.coerce import describe
 from persistence.repository.filters import Filter, order_clause, order_terms, where_clauses
 from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
@@ -143,7 +144,7 @@ class Reads(RepositoryBase[ModelT]):
         if limit is not None:
             _check_count(limit, "limit")
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _MAX_OFFSET:
-            raise InvalidRequestError(f"offset must be an integer >= 0, got {offset!r}")
+            raise InvalidRequestError(f"offset must be an integer >= 0, got {_short(offset)}")
         clauses = where_clauses(self.model, filters, lookups)
         stmt = self._select(clauses)
         if order_by:
@@ -287,8 +288,7 @@ def _order_key(order_by: object) -> tuple[str, ...]:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return describe(value)
 
 
 # -- per-model statements and keys ----------------------------------------------------------------------

@@ -26,7 +26,9 @@ Models that are not audited get the same statements without the audit CTE (and w
 Semantics:
 
 - Field names are checked against the model before any SQL is built (`InvalidRequestError`, nothing is
-  written); values are always bound parameters, stored verbatim. The primary key cannot be updated and
+  written); a column's database name works too (`metadata` for `metadata_`). Values are checked
+  against the column's type first (`persistence.repository.coerce`: what is stored is exactly what
+  was given, or a `ValidationError` naming the field and reason) and always bound parameters. The primary key cannot be updated and
   database-computed columns cannot be written.
 - `None` stores SQL NULL, also in JSONB columns (not the JSON value `null`).
 - Results are ORM instances of the model, loaded fresh (`populate_existing`).
@@ -78,7 +80,8 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from persistence.audit import audit_cte, audit_entity, audit_params, is_append_only
 from persistence.errors import InvalidRequestError, NotFoundError, TransientError
 from persistence.repository.base import ModelT, RepositoryBase
-from persistence.repository.filters import Filter, column, where_clauses
+from persistence.repository.coerce import check_columns, check_value, describe, refuse
+from persistence.repository.filters import Filter, aliases, column, where_clauses
 
 CHUNK_ROWS = 10_000
 """Bulk writes send at most this many rows per statement (all statements of a call share one transaction)."""
@@ -105,10 +108,11 @@ class Writes(RepositoryBase[ModelT]):
         instance is not modified or added to a session; the returned object is a new instance.
         """
         info = _info(self.model)
+        fields = _fields(info, values)
         if obj is not None:
-            values = {**_instance_values(info, obj), **values}
-        plan = _insert_plan(info, tuple(values))
-        params = dict(zip(plan.names, values.values(), strict=True))
+            fields = {**_instance_values(info, obj), **fields}
+        plan = _insert_plan(info, tuple(fields))
+        params = dict(zip(plan.names, _checked(info, fields), strict=True))
         _fill_defaults(plan, params)
         if plan.audited:
             params.update(audit_params())
@@ -138,14 +142,18 @@ class Writes(RepositoryBase[ModelT]):
         guaranteed order). All chunks share one transaction: a failing row inserts nothing.
         """
         info = _info(self.model)
-        batch, keys = _rows(rows)
+        batch, given = _rows(rows)
         if not batch:
             return [] if returning else 0
+        keys = _field_keys(info, given)
         plan = _bulk_insert_plan(info, keys, returning)
-        chunks = [
-            _column_arrays(plan, keys, batch[start : start + self.chunk_rows])
-            for start in range(0, len(batch), self.chunk_rows)
-        ]
+        arrays = check_columns(info.name, _columns_of(info, keys), batch, given)
+        chunks = []
+        for start in range(0, len(batch), self.chunk_rows):
+            end = min(start + self.chunk_rows, len(batch))
+            params = {name: array[start:end] for name, array in zip(plan.names, arrays, strict=True)}
+            _fill_defaults(plan, params, end - start)
+            chunks.append(params)
         if plan.audited:
             audit = audit_params()
             for params in chunks:
@@ -176,8 +184,9 @@ class Writes(RepositoryBase[ModelT]):
         if not values:
             raise InvalidRequestError(f"update() of {info.name} needs at least one field to set")
         key = info.coerce_key(id)
-        plan = _update_plan(info, tuple(values))
-        params = dict(zip(plan.names, values.values(), strict=True))
+        fields = _fields(info, values)
+        plan = _update_plan(info, tuple(fields))
+        params = dict(zip(plan.names, _checked(info, fields), strict=True))
         params["_id"] = key
         _fill_defaults(plan, params)
         if plan.audited:
@@ -195,15 +204,17 @@ class Writes(RepositoryBase[ModelT]):
         """
         info = _info(self.model)
         self._check_mutable(info, "update_many")
-        if not values:
+        fields = _fields(info, _mapping(values, "values"))
+        if not fields:
             raise InvalidRequestError(f"update_many() of {info.name} needs at least one field to set")
         clauses = _required_filters(info, "update_many", filters, lookups)
-        columns = _writable(info, values, update=True)
+        columns = _writable(info, fields, update=True)
         sets: dict[Column[Any], Any] = {
-            col: literal(value, _bind_type(col)) for col, value in zip(columns, values.values(), strict=True)
+            col: literal(value, _bind_type(col))
+            for col, value in zip(columns, _checked(info, fields), strict=True)
         }
         defaults: _Defaults = []
-        sets.update(_onupdate_sets(info, values, defaults))
+        sets.update(_onupdate_sets(info, fields, defaults))
         params: dict[str, Any] = {name: make() for name, make in defaults}
         table = info.table
         stmt: Executable
@@ -274,10 +285,12 @@ class Writes(RepositoryBase[ModelT]):
         """
         info = _info(self.model)
         self._check_mutable(info, "upsert")
-        keys = tuple(values)
-        plan = _upsert_plan(info, keys, on, _update_fields(update), False)
-        _check_key_values(plan, [values])
-        params = dict(zip(plan.names, values.values(), strict=True))
+        fields = _fields(info, _mapping(values, "values"))
+        keys = tuple(fields)
+        plan = _upsert_plan(info, keys, _target_name(on), _update_fields(info, update), False)
+        fields = dict(zip(keys, _checked(info, fields), strict=True))
+        _check_key_values(plan, [fields])
+        params = dict(zip(plan.names, fields.values(), strict=True))
         _fill_defaults(plan, params)
         if plan.audited:
             params.update(audit_params())
@@ -295,10 +308,15 @@ class Writes(RepositoryBase[ModelT]):
         statement per `chunk_rows` rows; returns the stored rows in the order of `rows`."""
         info = _info(self.model)
         self._check_mutable(info, "upsert_many")
-        batch, keys = _rows(rows)
-        if not batch:
+        given_rows, given = _rows(rows)
+        if not given_rows:
             return []
-        plan = _upsert_plan(info, keys, on, _update_fields(update), True)
+        keys = _field_keys(info, given)
+        plan = _upsert_plan(info, keys, _target_name(on), _update_fields(info, update), True)
+        arrays = check_columns(info.name, _columns_of(info, keys), given_rows, given)
+        batch: builtins.list[Mapping[str, Any]] = [
+            dict(zip(keys, row, strict=True)) for row in zip(*arrays, strict=True)
+        ]
         _check_key_values(plan, batch)
         stored: builtins.list[ModelT | None] = [None] * len(batch)
         async with self.session() as session:
@@ -368,6 +386,7 @@ class _Info:
     audited: bool
     append_only: bool
     coerce_key: Callable[[Any], Any]
+    aliases: dict[str, str]  # database column name -> attribute key, where they differ
 
 
 _INFOS: dict[type[Any], _Info] = {}
@@ -440,6 +459,7 @@ def _build_info(model: type[Any]) -> _Info:
         audited=audit_entity(model) is not None,
         append_only=is_append_only(model),
         coerce_key=_key_coercer(model.__name__, pk),
+        aliases=aliases(model),
     )
 
 
@@ -463,7 +483,7 @@ def _key_coercer(entity: str, pk: Column[Any]) -> Callable[[Any], Any]:
         return lambda key: key
 
     def refuse(key: Any, kind: str) -> InvalidRequestError:
-        return InvalidRequestError(f"{entity} keys are {kind}, got {type(key).__name__} {str(key)[:60]!r}")
+        return InvalidRequestError(f"{entity} keys are {kind}, got {describe(key)}")
 
     if python_type is uuid.UUID:
 
@@ -538,19 +558,19 @@ def _instance_values(info: _Info, obj: Any) -> dict[str, Any]:
 def _rows(
     rows: Iterable[Mapping[str, Any]],
 ) -> tuple[builtins.list[Mapping[str, Any]], tuple[str, ...]]:
-    if isinstance(rows, Mapping | str | bytes):
-        raise InvalidRequestError(f"expected a sequence of rows (mappings), got {type(rows).__name__}")
+    if isinstance(rows, Mapping | str | bytes) or not isinstance(rows, Iterable):
+        raise refuse("rows", f"expected a sequence of rows (mappings), got {type(rows).__name__}")
     batch = builtins.list(rows)
     if not batch:
         return batch, ()
     first = batch[0]
     if not isinstance(first, Mapping):
-        raise InvalidRequestError(
-            f"rows must be mappings of field names to values, got {type(first).__name__}"
-        )
+        raise refuse("rows", f"rows must be mappings of field names to values, got {type(first).__name__}")
     expected = first.keys()
     for number, row in enumerate(batch):
-        if not isinstance(row, Mapping) or row.keys() != expected:
+        if not isinstance(row, Mapping):
+            raise refuse("rows", f"row {number} is a {type(row).__name__}, not a mapping")
+        if row.keys() != expected:
             raise InvalidRequestError(
                 f"row {number} sets other fields than row 0 ({', '.join(sorted(map(str, expected)))}); "
                 "every row of one call must set the same fields"
@@ -558,12 +578,57 @@ def _rows(
     return batch, tuple(first)
 
 
-def _update_fields(update: Sequence[str] | None) -> tuple[str, ...] | None:
+def _target_name(on: object) -> str:
+    if not isinstance(on, str):
+        raise InvalidRequestError(f"on takes the name of a unique constraint or index, got {describe(on)}")
+    return on
+
+
+def _mapping(values: object, argument: str) -> Mapping[str, Any]:
+    if not isinstance(values, Mapping):
+        raise refuse(argument, f"expects a mapping of field names to values, got {type(values).__name__}")
+    return values
+
+
+def _fields(info: _Info, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` keyed by attribute names: a column's database name (`metadata`) becomes its
+    attribute's (`metadata_`). Unknown names are left for `_writable` to refuse."""
+    if not info.aliases:
+        return dict(values)
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        key = info.aliases.get(name, name) if isinstance(name, str) else name
+        if key in fields:
+            raise InvalidRequestError(f"{info.name}.{key} is given twice (also as {name!r})")
+        fields[key] = value
+    return fields
+
+
+def _field_keys(info: _Info, given: tuple[Any, ...]) -> tuple[Any, ...]:
+    for name in given:
+        if not isinstance(name, str):
+            raise InvalidRequestError(f"field names are strings, got {describe(name)}")
+    keys = tuple(info.aliases.get(name, name) for name in given)
+    if len(set(keys)) != len(keys):
+        raise InvalidRequestError(f"a field of {info.name} is given twice (by its name and its alias)")
+    return keys
+
+
+def _columns_of(info: _Info, keys: tuple[str, ...]) -> tuple[tuple[str, Column[Any]], ...]:
+    return tuple((key, info.columns[key]) for key in keys)
+
+
+def _checked(info: _Info, fields: Mapping[str, Any]) -> builtins.list[Any]:
+    """The values of `fields` (names already checked) as they will be bound, or `ValidationError`."""
+    return [check_value(info.name, key, info.columns[key], value) for key, value in fields.items()]
+
+
+def _update_fields(info: _Info, update: Sequence[str] | None) -> tuple[str, ...] | None:
     if update is None:
         return None
-    if isinstance(update, str):
-        raise InvalidRequestError("update takes a list of field names, not a string")
-    return tuple(update)
+    if isinstance(update, str | bytes | Mapping) or not isinstance(update, Iterable):
+        raise refuse("update", f"takes a list of field names, got {type(update).__name__}")
+    return _field_keys(info, tuple(update))
 
 
 def _check_key_values(plan: _Plan, rows: Sequence[Mapping[str, Any]]) -> None:

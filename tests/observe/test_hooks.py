@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from persistence import ClaimRepository, VerificationRepository, current_session, transaction
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
-from persistence.errors import IntegrityViolation
+from persistence.errors import ConflictError, IntegrityViolation
 from persistence.observe import BaseHook, Hooks, QueryEvent, correlation
 from persistence.pool import PersistencePool
 from tests.observe.recorder import Recorder
@@ -166,9 +166,9 @@ async def test_calls_outside_a_block_are_one_transaction_each(
     await claims.get(claim.id)
     assert [(t.outcome, t.depth) for t in rec.transactions] == [("commit", 0), ("commit", 0)]
     rec.clear()
-    with pytest.raises(IntegrityViolation):
-        await claims.add(external_id=None, content="x")
-    assert [(t.outcome, t.sqlstate) for t in rec.transactions] == [("failed", "23502")]
+    with pytest.raises(ConflictError):  # refused by the server (a NULL is refused before any SQL)
+        await claims.add(external_id="solo", content="x")
+    assert [(t.outcome, t.sqlstate) for t in rec.transactions] == [("failed", "23505")]
 
 
 class Exploding(BaseHook):
