@@ -318,10 +318,11 @@ def lost_error(exc: BaseException, where: Endpoint) -> ConnectionLostError:
     sqlstate: str | None = server.sqlstate if server is not None else None  # type: ignore[attr-defined]
     if sqlstate == "57P01":
         reason = "terminated by the server (administrator command or shutdown)"
-    elif sqlstate is not None:
-        reason = f"{type(server).__name__}"
+    elif sqlstate == "57P02":
+        reason = "the server is restarting after a crash"
     else:
-        reason = f"the connection broke ({type(exc).__name__})"
+        culprit = server if server is not None else exc
+        reason = f"the connection was closed (by the server or the network) mid-operation ({type(culprit).__name__})"
     return ConnectionLostError(
         host=where.host,
         port=where.port,

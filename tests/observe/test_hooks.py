@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from persistence import ClaimRepository, VerificationRepository, current_session, transaction
 from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
+from persistence.engine import _TranslatingPool, build_engine
 from persistence.errors import IntegrityViolation
 from persistence.observe import BaseHook, Hooks, QueryEvent, correlation
 from tests.observe.recorder import Recorder
@@ -232,7 +232,8 @@ async def test_an_engine_without_hooks_has_no_listeners(db_config: DatabaseConfi
     try:
         assert not engine.sync_engine._has_events
         assert not engine.sync_engine.dispatch.before_cursor_execute
-        assert type(engine.pool) is AsyncAdaptedQueuePool
+        # Only the always-on error-translating pool (engine.py), no instrumented one.
+        assert type(engine.pool).__mro__[1:3] == (_TranslatingPool, AsyncAdaptedQueuePool)
     finally:
         await engine.dispose()
 
