@@ -349,7 +349,11 @@ async def test_every_leased_connection_terminated_during_a_call(fresh_engine: As
 
     async with AICallLogger(fresh_engine, connections=2) as log:
         await asyncio.gather(*(log.log_call(**call(i)) for i in range(4)))
-        slow = asyncio.create_task(log._run(_fetch, "SELECT pg_sleep(0.5), 1 AS one"))
+
+        async def sleep_on_the_ledger() -> Any:
+            return await log._run(_fetch, "SELECT pg_sleep(0.5), 1 AS one")
+
+        slow = asyncio.create_task(sleep_on_the_ledger())
         for _ in range(500):
             sleeping = await scalar(
                 fresh_engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%'"
