@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import (
@@ -26,7 +27,7 @@ from persistence import (
     transaction,
 )
 from persistence.engine import build_engine
-from persistence.errors import ConnectionLostError, PoolExhaustedError, ServerUnavailableError
+from persistence.errors import ConnectionLostError, PoolExhaustedError, ServerUnavailableError, translate
 from persistence.testing import ThrowawayPostgres
 from tests.ai_calls.conftest import call
 
@@ -309,4 +310,28 @@ async def test_a_stopped_server_fails_every_repository_and_ledger_call_with_a_re
         assert (await ledger.get_stats(*period))["total_calls"] == 3
     finally:
         await ledger.close()
+        await engine.dispose()
+
+
+@pytest.mark.commits
+async def test_a_transaction_used_after_its_connection_was_lost_is_transient(
+    fresh_database: DatabaseConfig, admin: AsyncEngine
+) -> None:
+    config = fresh_database.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_pre_ping": False})
+    engine = build_engine(config)
+    try:
+        async with engine.connect() as conn:
+            await conn.begin()
+            await conn.execute(text("SELECT 1"))
+            await terminate_others(admin)
+            await asyncio.sleep(0.05)
+            with pytest.raises(ConnectionLostError):
+                await conn.execute(text("SELECT 1"))
+            with pytest.raises(PendingRollbackError) as info:  # SQLAlchemy's: the block must roll back first
+                await conn.execute(text("SELECT 1"))
+            err = translate(info.value)
+            assert isinstance(err, TransientError) and err.retryable
+            await conn.rollback()
+        await _select_one(engine)
+    finally:
         await engine.dispose()
