@@ -239,6 +239,7 @@ class AICallLogger:
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None
         self._closed = False
+        self._discarding: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -271,6 +272,7 @@ class AICallLogger:
                     await lease.conn.invalidate()  # never back to the pool as healthy
                 await lease.conn.close()
         self._wake(None)
+        await asyncio.gather(*self._discarding, return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -360,7 +362,9 @@ class AICallLogger:
 
     def _discard(self, lease: _Lease) -> None:
         self._leased -= 1
-        asyncio.get_running_loop().create_task(self._invalidate(lease))
+        task = asyncio.get_running_loop().create_task(self._invalidate(lease))
+        self._discarding.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._discarding.discard)
         self._wake(None)
 
     @staticmethod
