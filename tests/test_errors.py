@@ -263,6 +263,8 @@ def own_server() -> Iterator[ThrowawayPostgres]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stoppable(own_server: ThrowawayPostgres) -> AsyncIterator[DatabaseConfig]:
+    if not own_server.server.status().running:  # a failed test may have left it stopped
+        own_server.start_server()
     await own_server.create_migrated_template()
     name = own_server.clone()
     try:
@@ -272,10 +274,11 @@ async def stoppable(own_server: ThrowawayPostgres) -> AsyncIterator[DatabaseConf
             own_server.drop(name)
 
 
+@pytest.mark.parametrize("pre_ping", [False, True])
 async def test_a_stopped_server_fails_every_repository_and_ledger_call_with_a_retryable_error(
-    own_server: ThrowawayPostgres, stoppable: DatabaseConfig
+    own_server: ThrowawayPostgres, stoppable: DatabaseConfig, pre_ping: bool
 ) -> None:
-    engine = build_engine(stoppable)
+    engine = build_engine(stoppable.model_copy(update={"pool_pre_ping": pre_ping}))
     claims = ClaimRepository(engine)
     ledger = AICallLogger(engine, connections=2)
     period = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 12, 31, tzinfo=UTC))
@@ -333,5 +336,30 @@ async def test_a_transaction_used_after_its_connection_was_lost_is_transient(
             assert isinstance(err, TransientError) and err.retryable
             await conn.rollback()
         await _select_one(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.commits
+@pytest.mark.parametrize("ending", ["commit", "rollback", "savepoint"])
+async def test_a_connection_lost_before_commit_rollback_or_savepoint_is_typed(
+    fresh_database: DatabaseConfig, admin: AsyncEngine, ending: str
+) -> None:
+    config = fresh_database.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_pre_ping": False})
+    engine = build_engine(config)
+    try:
+        async with engine.connect() as conn:
+            await conn.begin()
+            await conn.execute(text("INSERT INTO claims (external_id, content) VALUES ('lost', 'x')"))
+            await terminate_others(admin)
+            await asyncio.sleep(0.05)
+            with pytest.raises(ConnectionLostError) as info:
+                if ending == "savepoint":
+                    await conn.begin_nested()
+                else:
+                    await getattr(conn, ending)()
+            assert_names_server(info.value, config)
+        async with engine.connect() as conn:  # the pool hands out a working connection, not the broken one
+            assert await conn.scalar(text("SELECT count(*) FROM claims")) == 0
     finally:
         await engine.dispose()
