@@ -216,6 +216,8 @@ _CONNECT_SQLSTATES: dict[str, tuple[str, bool]] = {
     "57P03": ("the server is starting up or shutting down", True),
     "57P01": ("the server is shutting down", True),
 }
+# Connect-time meaning of SQLSTATEs that mean something else on an open connection.
+_CONNECT_ONLY_SQLSTATES = {"42501": ("permission denied to connect to this database", False)}
 # SQLSTATEs that end an open connection: terminated by an administrator, crash, lost link.
 _LOST_SQLSTATES = frozenset({"57P01", "57P02"})
 # asyncpg client-side errors that are usage or configuration mistakes, not a broken connection.
@@ -250,9 +252,15 @@ def _is_lost(err: BaseException) -> bool:
     """A failure of the connection itself (by type), not of the statement that was running on it."""
     if isinstance(err, asyncpg.InterfaceError):
         return not isinstance(err, _NOT_LOST)  # ConnectionDoesNotExistError, "connection is closed"
-    return isinstance(err, ConnectionError | BrokenPipeError) or (
-        isinstance(err, OSError) and not isinstance(err, FileNotFoundError | socket.gaierror | TimeoutError)
+    return isinstance(err, ConnectionError) or (
+        _socket_error(err) and not isinstance(err, FileNotFoundError | socket.gaierror | TimeoutError)
     )
+
+
+def _socket_error(err: BaseException) -> bool:
+    """An OS error of a socket: it names no file (`open()` and friends set `filename`), so a
+    `FileNotFoundError` or `PermissionError` from the caller's own code is never taken for one."""
+    return isinstance(err, OSError) and err.filename is None
 
 
 def connect_error(
@@ -266,7 +274,7 @@ def connect_error(
     for err in chain:
         code = getattr(err, "sqlstate", None)
         if isinstance(code, str) and code:
-            reason, retryable = _CONNECT_SQLSTATES.get(
+            reason, retryable = (_CONNECT_SQLSTATES | _CONNECT_ONLY_SQLSTATES).get(
                 code, (f"the server refused the connection ({type(err).__name__})", code.startswith("08"))
             )
             sqlstate = code
@@ -388,7 +396,8 @@ def translate(exc: BaseException, where: Endpoint | None = None) -> PersistenceE
         )
     chain = causes(exc)
     if any(
-        isinstance(e, socket.gaierror | ConnectionRefusedError | FileNotFoundError | ssl.SSLError)
+        isinstance(e, socket.gaierror | ConnectionRefusedError | ssl.SSLError)
+        or (isinstance(e, FileNotFoundError) and _socket_error(e))
         for e in chain
     ):
         return connect_error(exc, where)

@@ -363,3 +363,12 @@ async def test_a_connection_lost_before_commit_rollback_or_savepoint_is_typed(
             assert await conn.scalar(text("SELECT count(*) FROM claims")) == 0
     finally:
         await engine.dispose()
+
+
+def test_the_callers_own_file_errors_are_not_taken_for_connection_failures(tmp_path: Any) -> None:
+    # A block's own code may fail on a file; that must not become a retryable "server unavailable".
+    with pytest.raises(FileNotFoundError) as missing:
+        (tmp_path / "missing.csv").read_text()
+    with pytest.raises(IsADirectoryError) as directory:
+        open(tmp_path).close()
+    assert translate(missing.value) is None and translate(directory.value) is None
