@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -37,6 +37,9 @@ _ALIAS_TO_NAME = {alias: name for name, alias in _ALIASES.items()}
 _CONNECTION_FIELDS = frozenset({"url", "host", "port", "database", "user", "password"})
 _URL_QUERY_FIELDS = {
     "sslmode": "ssl_mode",
+    "sslrootcert": "ssl_root_cert",
+    "sslcert": "ssl_cert",
+    "sslkey": "ssl_key",
     "host": "host",
     "port": "port",
     "application_name": "application_name",
@@ -103,6 +106,22 @@ class DatabaseConfig(BaseSettings):
     )
     application_name: str = Field(default="persistence", max_length=63)
     ssl_mode: SSLMode | None = Field(default=None, description="libpq sslmode; None uses asyncpg's default.")
+    ssl_root_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ssl_root_cert", "DB_SSL_ROOT_CERT"),
+        description="CA certificate(s) that sign the server's certificate (libpq sslrootcert; 'system' "
+        "for the system store). Makes `require` verify the chain.",
+    )
+    ssl_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ssl_cert", "DB_SSL_CERT"),
+        description="Client certificate (libpq sslcert).",
+    )
+    ssl_key: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ssl_key", "DB_SSL_KEY"),
+        description="Client certificate's private key (libpq sslkey).",
+    )
     echo: bool = Field(default=False, description="Log every SQL statement (SQLAlchemy echo).")
     slow_query_ms: float | None = Field(
         default=None,
@@ -132,6 +151,9 @@ class DatabaseConfig(BaseSettings):
             statement_timeout_ms: int | None = None,
             application_name: str = "persistence",
             ssl_mode: SSLMode | None = None,
+            ssl_root_cert: Path | str | None = None,
+            ssl_cert: Path | str | None = None,
+            ssl_key: Path | str | None = None,
             echo: bool = False,
             slow_query_ms: float | None = None,
         ) -> None: ...
@@ -157,8 +179,25 @@ class DatabaseConfig(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _fill_from_url(cls, data: Any) -> Any:
-        """URL parts fill unset fields also when the model is built with `model_validate`."""
-        return _expand_url(data) if isinstance(data, dict) else data
+        """URL parts fill unset fields also when the model is built with `model_validate`.
+
+        The URL is wrapped in `SecretStr` first and a bad one is reported by `_check_url`, so no
+        validation error (`str()`, `repr()`, `.errors()` input or ctx) can carry its password.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = {key: _hidden(key, value) for key, value in data.items()}
+        try:
+            return _expand_url(data)
+        except ValueError:
+            return data
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_url(value.get_secret_value())
+        return value
 
     @property
     def is_configured(self) -> bool:
@@ -203,6 +242,22 @@ class DatabaseConfig(BaseSettings):
             return cls()
         except ValidationError as exc:
             raise configuration_error(exc) from None
+
+
+class _Unreadable:
+    """Stands in for a secret of the wrong type, so a validation error cannot echo it."""
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+def _hidden(key: str, value: Any) -> Any:
+    """A URL or password as `SecretStr` (any other type of password as an opaque placeholder)."""
+    if key in ("url", "DATABASE_URL") and isinstance(value, str):
+        return SecretStr(value)
+    if key == "password" and value is not None and not isinstance(value, str | SecretStr):
+        return _Unreadable()
+    return value
 
 
 def configuration_error(exc: ValidationError) -> ConfigurationError:

@@ -4,39 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import ssl
 from collections.abc import Iterable
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import event, text
+from sqlalchemy.engine import Dialect, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
-from persistence.errors import DatabaseConnectionError
+from persistence.errors import (
+    ConfigurationError,
+    DatabaseConnectionError,
+    Endpoint,
+    PersistenceError,
+    connect_error,
+    is_connection_failure,
+    lost_error,
+)
 from persistence.observe.hooks import Hook, Hooks
 from persistence.observe.instrument import instrument
 from persistence.observe.logging import SlowQueryLog
 from persistence.pool import pool_class
 
 HooksArg = Hooks | Iterable[Hook] | None
-
-# SQLSTATE -> (reason, retryable). Classes 08 (connection) and 57P0x (shutdown/startup) may heal.
-_SQLSTATE_REASONS: dict[str, tuple[str, bool]] = {
-    "28P01": ("password authentication failed (wrong user or password)", False),
-    "28000": ("the server rejected this user (check pg_hba.conf and the role)", False),
-    "3D000": ("the database does not exist", False),
-    "42501": ("permission denied to connect to this database", False),
-    "53300": ("the server has too many connections", True),
-    "57P03": ("the server is starting up or shutting down", True),
-    "57P01": ("the server is shutting down", True),
-}
 
 
 async def create_database_engine(
@@ -70,9 +68,55 @@ def build_engine(config: DatabaseConfig, *, pooled: bool = True, hooks: HooksArg
     """
     fanout = _hooks(config, hooks)
     engine = _create(config, pooled=pooled, fanout=fanout)
+    _translate_errors(engine.sync_engine, config)
     if fanout is not None:
         instrument(engine.sync_engine, fanout)
     return engine
+
+
+def endpoint(config: DatabaseConfig) -> Endpoint:
+    """Host, port, database and user of `config`, for error messages (no password)."""
+    return Endpoint(config.host, config.port, config.database, config.user)
+
+
+def _translate_errors(engine: Engine, config: DatabaseConfig) -> None:
+    """Make the engine raise our errors for connection failures, at connect and on open connections.
+
+    A failed connect is translated where the driver is called (`do_connect`): SQLAlchemy only
+    passes DBAPI errors to `handle_error` there, and asyncpg raises plain OS errors. A broken open
+    connection (statement, commit, rollback, savepoint) is translated in `handle_error`, which also
+    marks it as a disconnect so SQLAlchemy invalidates it instead of returning it to the pool.
+    Statement errors are left to `errors.translate` at the package's boundaries.
+    """
+    where = endpoint(config)
+    timeout = config.connect_timeout
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Dialect, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            raise connect_error(exc, where, timeout=timeout) from exc
+
+    @event.listens_for(engine, "handle_error")
+    def on_error(ctx: ExceptionContext) -> BaseException | None:
+        exc = ctx.original_exception
+        if ctx.is_pre_ping or not isinstance(exc, Exception) or isinstance(exc, PersistenceError):
+            return None  # a failed pre-ping is handled by the pool: it reconnects
+        if not (ctx.is_disconnect or is_connection_failure(exc) or _driver_closed(ctx)):
+            return None
+        ctx.is_disconnect = True  # discard this connection; never back to the pool as healthy
+        return lost_error(exc, where)
+
+
+def _driver_closed(ctx: ExceptionContext) -> bool:
+    """True when the asyncpg connection under the failed statement is closed (e.g. an
+    `InternalClientError` raised after the server terminated the connection)."""
+    conn = ctx.connection
+    raw = getattr(conn, "_dbapi_connection", None) if conn is not None else None
+    driver = getattr(raw, "driver_connection", None)
+    closed = getattr(driver, "is_closed", None)
+    return bool(closed()) if callable(closed) else False
 
 
 def _hooks(config: DatabaseConfig, hooks: HooksArg) -> Hooks | None:
@@ -87,8 +131,9 @@ def _create(config: DatabaseConfig, *, pooled: bool, fanout: Hooks | None) -> As
     if config.statement_timeout_ms is not None:
         server_settings["statement_timeout"] = str(config.statement_timeout_ms)
     connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": config.connect_timeout}
-    if config.ssl_mode is not None:
-        connect_args["ssl"] = config.ssl_mode
+    tls = ssl_context(config)
+    if tls is not None:
+        connect_args["ssl"] = tls
     if not pooled:
         return create_async_engine(
             config.sqlalchemy_url(),
@@ -96,12 +141,16 @@ def _create(config: DatabaseConfig, *, pooled: bool, fanout: Hooks | None) -> As
             echo=config.echo,
             connect_args=connect_args,
             json_serializer=json_dumps,
+            hide_parameters=True,
         )
     ping_idle_s = config.pool_ping_idle_s if config.pool_pre_ping else None
     return create_async_engine(
         config.sqlalchemy_url(),
         json_serializer=json_dumps,
-        poolclass=pool_class(ping_idle_s=ping_idle_s, hooks=fanout, database=config.database),
+        poolclass=pool_class(
+            ping_idle_s=ping_idle_s, hooks=fanout, database=config.database, endpoint=endpoint(config)
+        ),
+        hide_parameters=True,
         pool_size=config.pool_size,
         max_overflow=config.max_overflow,
         pool_timeout=config.pool_timeout,
@@ -146,71 +195,66 @@ def _embedded_config(config: DatabaseConfig) -> DatabaseConfig:
 
 
 async def verify_connection(engine: AsyncEngine, config: DatabaseConfig) -> None:
-    """Open one connection and run `SELECT 1`, translating failures into `DatabaseConnectionError`."""
+    """Open one connection and run `SELECT 1`; failures are `DatabaseConnectionError`s (retryable
+    ones are also `TransientError`s: `ServerUnavailableError`, `ConnectionLostError`)."""
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except (DBAPIError, OSError, TimeoutError) as exc:
-        reason, sqlstate, retryable = _explain(exc, config)
-        raise DatabaseConnectionError(
-            host=config.host,
-            port=config.port,
-            database=config.database,
-            user=config.user,
-            reason=_scrub(reason, config),
-            sqlstate=sqlstate,
-            retryable=retryable,
-        ) from exc
+    except DatabaseConnectionError:
+        raise
+    except Exception as exc:
+        raise connect_error(exc, endpoint(config), timeout=config.connect_timeout) from exc
 
 
-def _explain(exc: BaseException, config: DatabaseConfig) -> tuple[str, str | None, bool]:
-    """(reason, sqlstate, retryable) for a failed first connection, from SQLSTATE or the OS error."""
-    for err in _causes(exc):
-        sqlstate = getattr(err, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate:
-            reason, retryable = _SQLSTATE_REASONS.get(
-                sqlstate,
-                (f"the server refused the connection ({type(err).__name__})", sqlstate.startswith("08")),
+def ssl_context(config: DatabaseConfig) -> ssl.SSLContext | str | None:
+    """What asyncpg gets as `ssl`: our own context for require/verify-ca/verify-full (libpq
+    semantics, certificate files from the config, never from asyncpg's environment lookups),
+    the mode string for disable/allow/prefer, None for asyncpg's default."""
+    mode = config.ssl_mode
+    files = (config.ssl_root_cert, config.ssl_cert, config.ssl_key)
+    if mode == "disable" or (
+        mode not in ("require", "verify-ca", "verify-full") and all(f is None for f in files)
+    ):
+        return mode
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    root = config.ssl_root_cert
+    verify = mode in ("verify-ca", "verify-full")
+    if root is None and verify:
+        default = Path.home() / ".postgresql" / "root.crt"
+        if not default.is_file():
+            raise ConfigurationError(
+                f"sslmode={mode} needs a root certificate: set ssl_root_cert (DATABASE_URL sslrootcert=...); "
+                f"the default {default} does not exist"
             )
-            return reason, sqlstate, retryable
-    for err in _causes(exc):
-        if isinstance(err, socket.gaierror):
-            return f"cannot resolve host name {config.host!r}", None, True
-        if isinstance(err, ConnectionRefusedError):
-            return (
-                "connection refused (is the server running and accepting connections on this address?)",
-                None,
-                True,
+        root = default
+    if root is not None:
+        if str(root) == "system":
+            context.load_default_certs()
+        else:
+            _load(
+                lambda: context.load_verify_locations(cafile=str(root)), "ssl_root_cert (sslrootcert)", root
             )
-        if isinstance(err, TimeoutError):
-            return f"timed out after {config.connect_timeout:g}s", None, True
-        if isinstance(err, FileNotFoundError):
-            return "no server socket at this path (is the server running?)", None, True
-        if isinstance(err, OSError):
-            return f"network error: {err.strerror or err or type(err).__name__}", None, True
-    if isinstance(exc, InterfaceError | OperationalError):
-        return "the connection was closed by the server", None, True
-    return f"{type(exc).__name__}", None, False
+        context.verify_mode = ssl.CERT_REQUIRED  # libpq: a root certificate makes `require` verify the chain
+        context.check_hostname = mode == "verify-full"
+    if config.ssl_cert is not None:
+        cert, key = config.ssl_cert, config.ssl_key
+        _load(
+            lambda: context.load_cert_chain(str(cert), str(key) if key is not None else None),
+            "ssl_cert/ssl_key (sslcert/sslkey)",
+            cert,
+        )
+    elif config.ssl_key is not None:
+        raise ConfigurationError("ssl_key (sslkey) is set without ssl_cert (sslcert)")
+    return context
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """exc, its SQLAlchemy `.orig`, and their __cause__/__context__ chains, without repeats."""
-    seen: list[BaseException] = []
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        err = stack.pop(0)
-        if err is None or any(err is s for s in seen):
-            continue
-        seen.append(err)
-        orig = getattr(err, "orig", None)
-        stack.extend([orig if isinstance(orig, BaseException) else None, err.__cause__, err.__context__])
-        if isinstance(err, BaseExceptionGroup):
-            stack.extend(err.exceptions)
-    return seen
-
-
-def _scrub(message: str, config: DatabaseConfig) -> str:
-    if config.password is None:
-        return message
-    secret = config.password.get_secret_value()
-    return message.replace(secret, "***") if len(secret) >= 4 else message
+def _load(load: Any, setting: str, path: Path | str) -> None:
+    """Run a certificate load, reporting a missing or unreadable file as a configuration error."""
+    try:
+        load()
+    except FileNotFoundError:
+        raise ConfigurationError(f"{setting}: file {str(path)!r} does not exist") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"{setting}: cannot load {str(path)!r}: {type(exc).__name__}") from exc

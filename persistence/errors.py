@@ -7,8 +7,13 @@ driver exception is always chained (`raise ... from exc`).
 
 from __future__ import annotations
 
+import socket
+import ssl
+from dataclasses import dataclass
+
 import asyncpg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 
 class PersistenceError(Exception):
@@ -17,41 +22,6 @@ class PersistenceError(Exception):
 
 class ConfigurationError(PersistenceError, ValueError):
     """Settings are missing or contradict each other."""
-
-
-class DatabaseConnectionError(PersistenceError):
-    """The server could not be reached, or refused the connection.
-
-    `reason` is a short human explanation; `sqlstate` is set when the server answered with one
-    (28P01 wrong password, 3D000 unknown database, ...). `retryable` is True when trying again later
-    may succeed (refused, timed out, server starting) and False when it cannot (bad credentials).
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str | None,
-        port: int,
-        database: str | None,
-        user: str | None,
-        reason: str,
-        sqlstate: str | None = None,
-        retryable: bool = False,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.database = database
-        self.user = user
-        self.reason = reason
-        self.sqlstate = sqlstate
-        self.retryable = retryable
-        shown_host = host or "<default host>"
-        if ":" in shown_host:
-            shown_host = f"[{shown_host}]"  # IPv6
-        where = f"{shown_host}:{port}/{database or ''}"
-        who = f" as user {user!r}" if user else ""
-        code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
-        super().__init__(f"cannot connect to PostgreSQL at {where}{who}: {reason}{code}")
 
 
 class EmbeddedServerError(PersistenceError):
@@ -116,6 +86,92 @@ class TransientError(DatabaseError):
     retryable = True
 
 
+class DatabaseConnectionError(DatabaseError):
+    """The server could not be reached, refused the connection, or the connection broke.
+
+    `reason` is a short human explanation; `sqlstate` is set when the server answered with one
+    (28P01 wrong password, 3D000 unknown database, ...). `retryable` is True when trying again later
+    may succeed (refused, timed out, server starting) and False when it cannot (bad credentials, a
+    TLS certificate that does not verify). Retryable ones are also `TransientError`s
+    (`ServerUnavailableError`, `ConnectionLostError`), so `except TransientError` catches them too.
+    """
+
+    _action = "cannot connect to"
+
+    def __init__(
+        self,
+        *,
+        host: str | None,
+        port: int | None,
+        database: str | None,
+        user: str | None,
+        reason: str,
+        sqlstate: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.database = database
+        self.user = user
+        self.reason = reason
+        self.retryable = type(self).retryable if retryable is None else retryable
+        who = f" as user {user!r}" if user else ""
+        code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
+        super().__init__(
+            f"{self._action} PostgreSQL{_where(host, port, database)}{who}: {reason}{code}", sqlstate=sqlstate
+        )
+
+
+class ServerUnavailableError(TransientError, DatabaseConnectionError):
+    """No connection could be opened, for a reason that may pass: refused, no socket, DNS failure,
+    connect timeout, server starting up or shutting down, too many connections."""
+
+
+class ConnectionLostError(TransientError, DatabaseConnectionError):
+    """An open connection broke (terminated by an administrator, server restarted, network reset).
+
+    The connection is discarded; whether the interrupted statement ran is unknown."""
+
+    _action = "lost the connection to"
+
+
+class PoolExhaustedError(TransientError):
+    """No pooled connection became free within `pool_timeout`: every one of `pool_size` +
+    `max_overflow` connections was in use. Raise the pool limits or hold connections for less time."""
+
+    def __init__(
+        self,
+        *,
+        host: str | None,
+        port: int | None,
+        database: str | None,
+        pool_size: int,
+        max_overflow: int,
+        pool_timeout: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.database = database
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.pool_timeout = pool_timeout
+        super().__init__(
+            f"connection pool exhausted for PostgreSQL{_where(host, port, database)}: all "
+            f"{pool_size + max(max_overflow, 0)} connections (pool_size={pool_size}, "
+            f"max_overflow={max_overflow}) stayed in use for pool_timeout={pool_timeout:g}s"
+        )
+
+
+def _where(host: str | None, port: int | None, database: str | None) -> str:
+    """` at host:port/database`, or "" when nothing is known (never a password: none is passed)."""
+    if host is None and port is None and database is None:
+        return ""
+    shown = host or "<default host>"
+    if ":" in shown:
+        shown = f"[{shown}]"  # IPv6
+    return f" at {shown}:{port if port is not None else ''}/{database or ''}"
+
+
 # SQLSTATE -> error class. Classes are matched by exact code first, then by two-letter class.
 _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
     "23505": ConflictError,
@@ -141,32 +197,190 @@ _BY_CLASS: dict[str, type[DatabaseError]] = {
 }
 
 
-def _server_error(exc: BaseException) -> BaseException | None:
-    """The driver's server-error object (it carries `sqlstate`) somewhere in the chain, if any."""
-    seen: set[int] = set()
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a connection goes, for error messages: never holds the password."""
+
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    user: str | None = None
+
+
+# SQLSTATEs a server sends while refusing a new connection: (reason, retryable).
+_CONNECT_SQLSTATES: dict[str, tuple[str, bool]] = {
+    "28P01": ("password authentication failed (wrong user or password)", False),
+    "28000": ("the server rejected this user (check pg_hba.conf and the role)", False),
+    "3D000": ("the database does not exist", False),
+    "53300": ("the server has too many connections", True),
+    "57P03": ("the server is starting up or shutting down", True),
+    "57P01": ("the server is shutting down", True),
+}
+# Connect-time meaning of SQLSTATEs that mean something else on an open connection.
+_CONNECT_ONLY_SQLSTATES = {"42501": ("permission denied to connect to this database", False)}
+# SQLSTATEs that end an open connection: terminated by an administrator, crash, lost link.
+_LOST_SQLSTATES = frozenset({"57P01", "57P02"})
+# asyncpg client-side errors that are usage or configuration mistakes, not a broken connection.
+_NOT_LOST = (asyncpg.ClientConfigurationError, asyncpg.UnsupportedClientFeatureError, asyncpg.DataError)
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """exc, its SQLAlchemy `.orig`, and their __cause__/__context__ chains (and group members), once each."""
+    seen: list[BaseException] = []
     stack: list[BaseException | None] = [exc]
     while stack:
-        err = stack.pop()
-        if err is None or id(err) in seen:
+        err = stack.pop(0)
+        if err is None or any(err is s for s in seen):
             continue
-        seen.add(id(err))
-        if isinstance(getattr(err, "sqlstate", None), str) and hasattr(err, "constraint_name"):
-            return err
+        seen.append(err)
         orig = getattr(err, "orig", None)
         stack.extend([orig if isinstance(orig, BaseException) else None, err.__cause__, err.__context__])
+        if isinstance(err, BaseExceptionGroup):
+            stack.extend(err.exceptions)
+    return seen
+
+
+def _server_error(exc: BaseException) -> BaseException | None:
+    """The driver's server-error object (it carries `sqlstate`) somewhere in the chain, if any."""
+    for err in causes(exc):
+        if isinstance(getattr(err, "sqlstate", None), str) and hasattr(err, "constraint_name"):
+            return err
     return None
 
 
-def translate(exc: BaseException) -> PersistenceError | None:
-    """Our error for a driver/SQLAlchemy exception, classified by SQLSTATE; None if it is not one.
+def _is_lost(err: BaseException) -> bool:
+    """A failure of the connection itself (by type), not of the statement that was running on it."""
+    if isinstance(err, asyncpg.InterfaceError):
+        return not isinstance(err, _NOT_LOST)  # ConnectionDoesNotExistError, "connection is closed"
+    return isinstance(err, ConnectionError) or (
+        _socket_error(err) and not isinstance(err, FileNotFoundError | socket.gaierror | TimeoutError)
+    )
 
-    The caller raises the result `from exc`, so the original stays chained.
+
+def _socket_error(err: BaseException) -> bool:
+    """An OS error of a socket: it names no file (`open()` and friends set `filename`), so a
+    `FileNotFoundError` or `PermissionError` from the caller's own code is never taken for one."""
+    return isinstance(err, OSError) and err.filename is None
+
+
+def connect_error(
+    exc: BaseException, where: Endpoint, *, timeout: float | None = None
+) -> DatabaseConnectionError:
+    """Our error for a connection that could not be opened, from SQLSTATE, TLS or OS error type."""
+    chain = causes(exc)
+    reason: str | None = None
+    sqlstate: str | None = None
+    retryable = True
+    for err in chain:
+        code = getattr(err, "sqlstate", None)
+        if isinstance(code, str) and code:
+            reason, retryable = (_CONNECT_SQLSTATES | _CONNECT_ONLY_SQLSTATES).get(
+                code, (f"the server refused the connection ({type(err).__name__})", code.startswith("08"))
+            )
+            sqlstate = code
+            break
+    if reason is None:
+        reason, retryable = _connect_reason(chain, where, timeout)
+    cls = ServerUnavailableError if retryable else DatabaseConnectionError
+    return cls(
+        host=where.host,
+        port=where.port,
+        database=where.database,
+        user=where.user,
+        reason=reason,
+        sqlstate=sqlstate,
+        retryable=retryable,
+    )
+
+
+def _connect_reason(chain: list[BaseException], where: Endpoint, timeout: float | None) -> tuple[str, bool]:
+    for err in chain:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            what = err.verify_message or err.reason or "certificate verification failed"
+            return f"TLS certificate verification failed: {what}", False
+        if isinstance(err, ssl.SSLError):
+            return f"TLS handshake failed: {err.reason or type(err).__name__}", False
+    for err in chain:
+        if isinstance(err, socket.gaierror):
+            return f"cannot resolve host name {where.host!r}", True
+        if isinstance(err, ConnectionRefusedError):
+            return (
+                "connection refused (is the server running and accepting connections on this address?)",
+                True,
+            )
+        if isinstance(err, TimeoutError):
+            after = f" after {timeout:g}s" if timeout is not None else ""
+            return f"timed out{after}", True
+        if isinstance(err, FileNotFoundError):
+            return "no server socket at this path (is the server running?)", True
+        if _is_lost(err) or isinstance(err, asyncpg.InternalClientError):
+            return f"the connection was closed while opening it ({type(err).__name__})", True
+        if isinstance(err, OSError):
+            return f"network error: {err.strerror or type(err).__name__}", True
+    return f"{type(chain[0]).__name__}", False
+
+
+def lost_error(exc: BaseException, where: Endpoint) -> ConnectionLostError:
+    """Our error for an open connection that broke (the caller discards it)."""
+    server = _server_error(exc)
+    sqlstate: str | None = server.sqlstate if server is not None else None  # type: ignore[attr-defined]
+    if sqlstate == "57P01":
+        reason = "terminated by the server (administrator command or shutdown)"
+    elif sqlstate == "57P02":
+        reason = "the server is restarting after a crash"
+    else:
+        culprit = server if server is not None else exc
+        reason = f"the connection was closed (by the server or the network) mid-operation ({type(culprit).__name__})"
+    return ConnectionLostError(
+        host=where.host,
+        port=where.port,
+        database=where.database,
+        user=where.user,
+        reason=reason,
+        sqlstate=sqlstate,
+    )
+
+
+def is_connection_failure(exc: BaseException, *, invalidated: bool = False) -> bool:
+    """True when `exc` means the connection it happened on is unusable and must be discarded."""
+    if invalidated or getattr(exc, "connection_invalidated", False) or isinstance(exc, ConnectionLostError):
+        return True
+    if isinstance(exc, PersistenceError):
+        return False
+    server = _server_error(exc)
+    if server is not None:
+        code = server.sqlstate  # type: ignore[attr-defined]
+        return code in _LOST_SQLSTATES or code.startswith("08")
+    return any(_is_lost(err) for err in causes(exc))
+
+
+def translate(exc: BaseException, where: Endpoint | None = None) -> PersistenceError | None:
+    """Our error for a driver/SQLAlchemy exception, classified by SQLSTATE or type; None if it is not one.
+
+    `where` names the server in connection errors (the engine's own translation knows it; this
+    function alone does not). The caller raises the result `from exc`, so the original stays chained.
     """
     if isinstance(exc, PersistenceError):
         return exc
+    where = where or Endpoint()
+    if isinstance(exc, SATimeoutError):
+        return TransientError(
+            "connection pool exhausted: no connection became free within pool_timeout "
+            "(raise pool_size, max_overflow or pool_timeout)"
+        )
+    if isinstance(exc, PendingRollbackError):
+        if any(getattr(e, "connection_invalidated", False) for e in causes(exc)):
+            return lost_error(exc, where)
+        return TransientError(
+            "the transaction was rolled back after an earlier error; roll back and retry the whole unit of work"
+        )
     server = _server_error(exc)
     if server is not None:
         sqlstate: str = server.sqlstate  # type: ignore[attr-defined]
+        if sqlstate in _LOST_SQLSTATES or sqlstate.startswith("08"):
+            return lost_error(exc, where)
+        if sqlstate in _CONNECT_SQLSTATES:
+            return connect_error(exc, where)
         cls = _BY_SQLSTATE.get(sqlstate) or _BY_CLASS.get(sqlstate[:2]) or DatabaseError
         constraint = getattr(server, "constraint_name", None)
         column = getattr(server, "column_name", None)
@@ -180,16 +394,18 @@ def translate(exc: BaseException) -> PersistenceError | None:
             table=table,
             column=column,
         )
-    if getattr(exc, "connection_invalidated", False) or isinstance(
-        exc, ConnectionError | OSError | TimeoutError
+    chain = causes(exc)
+    if any(
+        isinstance(e, socket.gaierror | ConnectionRefusedError | ssl.SSLError)
+        or (isinstance(e, FileNotFoundError) and _socket_error(e))
+        for e in chain
     ):
-        return TransientError(f"connection lost or timed out: {type(exc).__name__}")
+        return connect_error(exc, where)
+    if is_connection_failure(exc):
+        return lost_error(exc, where)
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return TransientError(f"timed out ({type(exc).__name__})")
     if isinstance(exc, DBAPIError):
-        chain = [exc, exc.orig, getattr(exc.orig, "__cause__", None)]
-        if any(
-            isinstance(err, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError) for err in chain
-        ):
-            return TransientError("the connection was closed")
         return DatabaseError(f"database error: {type(exc.orig or exc).__name__}")
     return None
 

@@ -20,9 +20,11 @@ from typing import ClassVar
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.pool.base import _ConnectionRecord
 
+from persistence.errors import Endpoint, PoolExhaustedError
 from persistence.observe.hooks import Hooks, PoolEvent, PoolStats
 
 _RETURNED_AT = "persistence_returned_at"
@@ -43,6 +45,8 @@ class PersistencePool(AsyncAdaptedQueuePool):
     """Ping a connection idle at least this long before handing it out; 0 pings every reuse, None never."""
     persistence_hooks: ClassVar[Hooks | None] = None
     persistence_database: ClassVar[str | None] = None
+    persistence_endpoint: ClassVar[Endpoint] = Endpoint()
+    """Where the pool connects (no password), for `PoolExhaustedError`."""
 
     def connect(self) -> PoolProxiedConnection:
         hooks = self.persistence_hooks
@@ -55,7 +59,19 @@ class PersistencePool(AsyncAdaptedQueuePool):
         return conn
 
     def _do_get(self) -> ConnectionPoolEntry:
-        record = super()._do_get()
+        try:
+            record = super()._do_get()
+        except PoolTimeoutError as exc:
+            # SQLAlchemy's bare TimeoutError says neither where nor which limits: ours names both.
+            where = self.persistence_endpoint
+            raise PoolExhaustedError(
+                host=where.host,
+                port=where.port,
+                database=where.database,
+                pool_size=self._pool.maxsize,
+                max_overflow=self._max_overflow,
+                pool_timeout=self._timeout,
+            ) from exc
         window = self.ping_idle_s
         if window is not None:
             returned = record.info.get(_RETURNED_AT)
@@ -116,13 +132,22 @@ class PersistencePool(AsyncAdaptedQueuePool):
 
 
 def pool_class(
-    *, ping_idle_s: float | None, hooks: Hooks | None = None, database: str | None = None
+    *,
+    ping_idle_s: float | None,
+    hooks: Hooks | None = None,
+    database: str | None = None,
+    endpoint: Endpoint | None = None,
 ) -> type[PersistencePool]:
     """A `PersistencePool` subclass for one engine."""
     return type(
         "PersistencePool",
         (PersistencePool,),
-        {"ping_idle_s": ping_idle_s, "persistence_hooks": hooks, "persistence_database": database},
+        {
+            "ping_idle_s": ping_idle_s,
+            "persistence_hooks": hooks,
+            "persistence_database": database,
+            "persistence_endpoint": endpoint or Endpoint(database=database),
+        },
     )
 
 

@@ -23,6 +23,9 @@ ENV_VARS = (
     "DB_PASSWORD",
     "DB_POOL_SIZE",
     "DB_SSL_MODE",
+    "DB_SSL_ROOT_CERT",
+    "DB_SSL_CERT",
+    "DB_SSL_KEY",
     "DB_STATEMENT_TIMEOUT_MS",
 )
 
@@ -233,3 +236,51 @@ def test_cli_reports_bad_settings_without_traceback_or_secret(tmp_path: Path) ->
         assert out.returncode != 0
         assert "pw-in-url-123" not in out.stdout + out.stderr
         assert "invalid database settings" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"url": "postgresql://u:pw-in-url-123@h:54x/db"},
+        {"url": "mysql://u:pw-in-url-123@h/db"},
+        {"url": "postgresql://u:pw-in-url-123@h/db?options=-cfoo%3Dbar"},
+        {"host": "h", "password": 12345678},  # a password of the wrong type is hidden too
+    ],
+)
+def test_validation_errors_carry_no_password_anywhere(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError) as info:
+        DatabaseConfig(**fields)  # type: ignore[arg-type]
+    err = info.value
+    for shown in (str(err), repr(err), repr(err.errors()), err.json()):
+        assert "pw-in-url-123" not in shown and "12345678" not in shown, shown
+    for detail in err.errors():
+        assert "pw-in-url-123" not in repr(detail.get("input")) and "pw-in-url-123" not in repr(
+            detail.get("ctx")
+        )
+
+
+def test_bad_url_in_the_environment_keeps_its_password_out_of_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw-in-url-123@h:54x/db")
+    with pytest.raises(ValidationError) as info:
+        DatabaseConfig()
+    assert "pw-in-url-123" not in repr(info.value.errors())
+    assert [e["loc"] for e in info.value.errors()] == [("url",)]  # names the setting that is wrong
+    with pytest.raises(ConfigurationError, match=r"url: .*not a valid URL") as wrapped:
+        DatabaseConfig.from_environment()
+    assert "pw-in-url-123" not in str(wrapped.value) and "pw-in-url-123" not in repr(wrapped.value)
+
+
+def test_tls_files_from_fields_url_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = DatabaseConfig(
+        host="h", ssl_mode="verify-full", ssl_root_cert="/ca.crt", ssl_cert="/c.crt", ssl_key="/c.key"
+    )
+    assert (config.ssl_root_cert, config.ssl_cert, config.ssl_key) == (
+        Path("/ca.crt"),
+        Path("/c.crt"),
+        Path("/c.key"),
+    )
+    from_url = DatabaseConfig(url="postgresql://u@h/db?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem")
+    assert (from_url.ssl_mode, from_url.ssl_root_cert) == ("verify-ca", Path("/etc/ca.pem"))
+    monkeypatch.setenv("DB_SSL_ROOT_CERT", "/env/ca.pem")
+    monkeypatch.setenv("DB_SSL_MODE", "verify-full")
+    assert DatabaseConfig(host="h").ssl_root_cert == Path("/env/ca.pem")

@@ -12,10 +12,11 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence import DatabaseConfig, DatabaseConnectionError, create_database_engine
+from persistence.engine import build_engine
 from persistence.models import VerificationResult
 from persistence.testing import ThrowawayPostgres
 
@@ -170,3 +171,19 @@ async def test_jsonb_refuses_nan(session: AsyncSession) -> None:
     session.add(VerificationResult(claim_id="c", framework="f", confidence=0.5, result={"x": float("nan")}))
     with pytest.raises(StatementError):
         await session.flush()
+
+
+async def test_bound_parameters_never_reach_exception_text(db_config: DatabaseConfig) -> None:
+    secret = "parameter-value-that-must-not-be-logged"
+    engine = build_engine(db_config)
+    insert = text("INSERT INTO claims (external_id, content) VALUES (:external_id, :content)")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(insert, {"external_id": "dup-1", "content": secret})
+            with pytest.raises(DBAPIError) as info:
+                await conn.execute(insert, {"external_id": "dup-1", "content": secret})
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+    assert "SQL parameters hidden due to hide_parameters=True" in str(info.value)
+    assert secret not in str(info.value) and secret not in repr(info.value)

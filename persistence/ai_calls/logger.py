@@ -43,10 +43,14 @@ from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floo
 from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, RECORD_PENDING, fold_rollups_raw, id_runs
 from persistence.errors import (
     ConflictError,
+    Endpoint,
     InvalidRequestError,
     PersistenceError,
     TransientError,
     ValidationError,
+    connect_error,
+    is_connection_failure,
+    lost_error,
     translate,
 )
 from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
@@ -146,8 +150,7 @@ SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, s
  ORDER BY provider
 """  # noqa: S608 (constant SQL only)
 
-# Connection-level failures: the statement may or may not have run; retrying with the same
-# idempotency key is safe.
+# Connection-level failures (of the background fold, which runs through `_run` and gets our errors).
 _LOST = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
@@ -156,6 +159,21 @@ _LOST = (
     ConnectionError,
     OSError,
 )
+
+
+def _lost(exc: BaseException, raw: asyncpg.Connection) -> bool:
+    """A connection-level failure: the statement may or may not have run, the connection is done
+    for, and retrying on another one with the same idempotency key is safe. asyncpg raises
+    `InternalClientError` on a connection the server terminated while it sat idle."""
+    return isinstance(exc, Exception) and (
+        raw.is_closed() or is_connection_failure(exc) or isinstance(exc, asyncpg.InternalClientError)
+    )
+
+
+def _unhealthy(exc: BaseException, raw: asyncpg.Connection) -> bool:
+    """Whether a connection that raised `exc` must be discarded rather than reused: anything but
+    the server's verdict on a statement (or our own validation) may have left it in an unknown state."""
+    return _lost(exc, raw) or not isinstance(exc, asyncpg.PostgresError | PersistenceError)
 
 
 # What each unit of work reports to hooks: operation, main table and statement, as the engine's
@@ -212,10 +230,19 @@ class AICallLogger:
         # Hooks are attached when the engine is built, so this is fixed for the logger's life.
         self._hooks = hooks_of(engine)
         self._database = engine.url.database
+        url = engine.url
+        socket_dir = url.query.get("host")
+        self._where = Endpoint(
+            url.host or (socket_dir if isinstance(socket_dir, str) else None),
+            url.port,
+            url.database,
+            url.username,
+        )
         self._sequence: str | None = None
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None
         self._closed = False
+        self._discarding: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -244,8 +271,11 @@ class AICallLogger:
         self._leased -= len(idle)
         for lease in idle:
             with contextlib.suppress(Exception):
+                if lease.raw.is_closed():
+                    await lease.conn.invalidate()  # never back to the pool as healthy
                 await lease.conn.close()
         self._wake(None)
+        await asyncio.gather(*self._discarding, return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -255,7 +285,13 @@ class AICallLogger:
         try:
             yield lease.raw
         except BaseException as exc:
-            broken = isinstance(exc, _LOST) or lease.raw.is_closed()
+            broken = _unhealthy(exc, lease.raw)
+            if broken:
+                self._drop_closed_idle()
+            if isinstance(exc, Exception) and not isinstance(exc, PersistenceError):
+                err = lost_error(exc, self._where) if _lost(exc, lease.raw) else translate(exc, self._where)
+                if err is not None:
+                    raise err from exc
             raise
         finally:
             await self._release(lease, broken=broken)
@@ -265,8 +301,8 @@ class AICallLogger:
         while True:
             if self._closed:
                 raise PersistenceError("AICallLogger is closed")
-            if self._idle:
-                return self._idle.pop()
+            if (lease := self._take_idle()) is not None:
+                return lease
             if self._leased < self.max_connections:
                 break
             waiter: asyncio.Future[_Lease | None] = asyncio.get_running_loop().create_future()
@@ -294,7 +330,7 @@ class AICallLogger:
             self._leased -= 1
             self._wake(None)
             if isinstance(exc, Exception) and not isinstance(exc, PersistenceError):
-                raise _connect_error(exc) from exc
+                raise connect_error(exc, self._where) from exc
             raise
         assert isinstance(raw, asyncpg.Connection)
         return _Lease(conn, raw)
@@ -312,16 +348,42 @@ class AICallLogger:
         if not self._wake(lease):
             self._idle.append(lease)
 
+    def _take_idle(self) -> _Lease | None:
+        """An idle lease whose connection is still open; closed ones are discarded on the way."""
+        while self._idle and not self._closed:
+            lease = self._idle.pop()
+            if not lease.raw.is_closed():
+                return lease
+            self._discard(lease)
+        return None
+
+    def _drop_closed_idle(self) -> None:
+        """After a connection failure, discard every idle lease the server has closed too."""
+        for lease in [lease for lease in self._idle if lease.raw.is_closed()]:
+            self._idle.remove(lease)
+            self._discard(lease)
+
+    def _discard(self, lease: _Lease) -> None:
+        self._leased -= 1
+        task = asyncio.get_running_loop().create_task(self._invalidate(lease))
+        self._discarding.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._discarding.discard)
+        self._wake(None)
+
+    @staticmethod
+    async def _invalidate(lease: _Lease) -> None:
+        with contextlib.suppress(Exception):
+            await lease.conn.invalidate()
+        with contextlib.suppress(Exception):
+            await lease.conn.close()
+
     async def _release(self, lease: _Lease, *, broken: bool) -> None:
-        if not (broken or self._closed or lease.raw.is_in_transaction()):
+        if not (broken or self._closed or lease.raw.is_closed() or lease.raw.is_in_transaction()):
             self._put_back(lease)
             return
         self._leased -= 1
         try:
-            with contextlib.suppress(Exception):
-                await lease.conn.invalidate()
-            with contextlib.suppress(Exception):
-                await lease.conn.close()
+            await self._invalidate(lease)
         finally:
             self._wake(None)
 
@@ -377,19 +439,21 @@ class AICallLogger:
 
     async def _attempts(self, work: Any, *args: Any) -> Any:
         for attempt in (1, 2):
-            lease = self._idle.pop() if self._idle and not self._closed else await self._acquire()
+            lease = self._take_idle() or await self._acquire()
             try:
                 result = await work(lease.raw, *args)
             except BaseException as exc:
-                await self._release(lease, broken=isinstance(exc, _LOST) or lease.raw.is_closed())
+                lost = _lost(exc, lease.raw)
+                await self._release(lease, broken=_unhealthy(exc, lease.raw))
                 if isinstance(exc, PersistenceError):
                     raise
-                if isinstance(exc, _LOST):
+                if lost:
+                    self._drop_closed_idle()  # terminated together, most likely: don't retry on them
                     if attempt == 2:
-                        raise TransientError(f"connection lost while logging: {type(exc).__name__}") from exc
+                        raise lost_error(exc, self._where) from exc
                     continue
-                if isinstance(exc, asyncpg.PostgresError):
-                    err = translate(exc)
+                if isinstance(exc, Exception):
+                    err = translate(exc, self._where)
                     if err is not None:
                         raise err from exc
                 raise
@@ -717,15 +781,6 @@ class AICallLogger:
 
 async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
     return await raw.fetch(sql, *args)
-
-
-def _connect_error(exc: Exception) -> PersistenceError:
-    """Our error for a failed checkout: classified by SQLSTATE when the server sent one (a wrong
-    password stays a wrong password), otherwise the server is down or restarting: transient."""
-    err = translate(exc)
-    if err is not None and getattr(err, "sqlstate", None) is not None:
-        return err
-    return TransientError(f"could not get a connection: {type(exc).__name__}")
 
 
 def _key_conflict(keys: Sequence[str]) -> ConflictError:

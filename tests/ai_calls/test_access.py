@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence import (
     ConfigurationError,
     DatabaseConfig,
+    DatabaseConnectionError,
     DatabaseError,
     InvalidRequestError,
     grant_reader,
@@ -83,10 +84,10 @@ async def test_reader_can_select_and_cannot_write(
     await grant_reader(fresh_engine, "another-reader-pw-51")
     stale = build_engine(reader_config(migrated, fresh_database.database, PASSWORD.get_secret_value(), role))
     try:
-        with pytest.raises(DBAPIError) as failed:
+        with pytest.raises(DatabaseConnectionError) as failed:
             async with stale.connect():
                 pass
-        assert sqlstate(failed.value) == "28P01"  # invalid_password
+        assert failed.value.sqlstate == "28P01" and not failed.value.retryable  # invalid_password
         assert "reader-pw" not in str(failed.value)
     finally:
         await stale.dispose()

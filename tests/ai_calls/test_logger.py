@@ -320,3 +320,50 @@ async def test_batches_draw_their_ids_under_the_id_lock(
         assert await scalar(fresh_engine, waiting) == 1 and not batch.done()
         await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _IDS_LOCK})
         assert await batch == 10
+
+
+async def _terminate_others(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.05)
+
+
+async def test_every_leased_connection_terminated_between_calls(fresh_engine: AsyncEngine) -> None:
+    async with AICallLogger(fresh_engine, connections=3) as log:
+        await asyncio.gather(*(log.log_call(**call(i)) for i in range(6)))  # three leases, all idle now
+        await _terminate_others(fresh_engine)
+        # Dead idle leases are discarded, not retried one after the other until the retry budget is gone.
+        assert await log.log_call(**call(10)) > 0
+        assert await log.log_batch([call(11), call(12)]) == 2
+        assert (await log.get_stats(T0, T0 + timedelta(hours=1)))["total_calls"] == 9
+        assert log._idle and not any(lease.raw.is_closed() for lease in log._idle)
+
+
+async def test_every_leased_connection_terminated_during_a_call(fresh_engine: AsyncEngine) -> None:
+    from persistence.ai_calls.logger import _fetch
+
+    async with AICallLogger(fresh_engine, connections=2) as log:
+        await asyncio.gather(*(log.log_call(**call(i)) for i in range(4)))
+
+        async def sleep_on_the_ledger() -> Any:
+            return await log._run(_fetch, "SELECT pg_sleep(0.5), 1 AS one")
+
+        slow = asyncio.create_task(sleep_on_the_ledger())
+        for _ in range(500):
+            sleeping = await scalar(
+                fresh_engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%'"
+            )
+            if sleeping:
+                break
+            await asyncio.sleep(0.01)
+        await _terminate_others(fresh_engine)
+        rows = await slow  # retried once on a fresh connection
+        assert rows[0]["one"] == 1
+        assert await log.log_call(**call(10)) > 0
+        assert not any(lease.raw.is_closed() for lease in log._idle)
+    assert (await counts(fresh_engine))[0] == 5
