@@ -369,10 +369,14 @@ def translate(exc: BaseException, where: Endpoint | None = None) -> PersistenceE
             "(raise pool_size, max_overflow or pool_timeout)"
         )
     if isinstance(exc, PendingRollbackError):
-        if any(getattr(e, "connection_invalidated", False) for e in causes(exc)):
+        # 8s2b is SQLAlchemy's code for "Can't reconnect until invalid transaction is rolled back":
+        # the connection under the transaction was lost (the engine already discarded it).
+        if exc.code == "8s2b" or any(getattr(e, "connection_invalidated", False) for e in causes(exc)):
             return lost_error(exc, where)
-        return TransientError(
-            "the transaction was rolled back after an earlier error; roll back and retry the whole unit of work"
+        # Not an outage: an earlier failure in this unit of work was swallowed. Retrying would not help.
+        return TransactionError(
+            "an earlier statement in this block failed and SQLAlchemy rolled its work back; no statement "
+            "can run in it until it ends"
         )
     server = _server_error(exc)
     if server is not None:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.pool.base import _ConnectionRecord
 
-from persistence.errors import Endpoint, PoolExhaustedError
+from persistence.errors import ConnectionLostError, Endpoint, PoolExhaustedError
 from persistence.observe.hooks import Hooks, PoolEvent, PoolStats
 
 _RETURNED_AT = "persistence_returned_at"
@@ -171,7 +171,7 @@ def lost_connection(exc: BaseException) -> bool:
                 return True
             orig = err.orig
             stack.append(orig if isinstance(orig, BaseException) else None)
-        if isinstance(err, asyncpg.ConnectionDoesNotExistError):
+        if isinstance(err, asyncpg.ConnectionDoesNotExistError | ConnectionLostError):
             return True
         if getattr(err, "sqlstate", None) in _CLOSING_SQLSTATES:
             return True

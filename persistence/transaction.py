@@ -57,7 +57,13 @@ from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import PendingRollbackError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 
-from persistence.errors import PersistenceError, TransactionError, TransientError, translate
+from persistence.errors import (
+    ConnectionLostError,
+    PersistenceError,
+    TransactionError,
+    TransientError,
+    translate,
+)
 from persistence.observe.hooks import (
     Hooks,
     TransactionEvent,
@@ -411,7 +417,7 @@ def _lost_connection(exc: BaseException) -> bool:
     for _ in range(8):
         if error is None:
             return False
-        if getattr(error, "connection_invalidated", False):
+        if getattr(error, "connection_invalidated", False) or isinstance(error, ConnectionLostError):
             return True
         error = error.__cause__
     return False

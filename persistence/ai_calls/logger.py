@@ -439,7 +439,8 @@ class AICallLogger:
 
     async def _attempts(self, work: Any, *args: Any) -> Any:
         for attempt in (1, 2):
-            lease = self._take_idle() or await self._acquire()
+            # The retry after a lost connection skips idle leases: they were most likely cut together.
+            lease = (self._take_idle() if attempt == 1 else None) or await self._acquire()
             try:
                 result = await work(lease.raw, *args)
             except BaseException as exc:
