@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -432,3 +433,74 @@ async def test_audit_log_is_not_audited_and_is_append_only(engine: AsyncEngine) 
             await attempt
     rows = await audit_rows(engine)
     assert [(r.entity_type, r.action) for r in rows] == [("note", "comment"), ("note", "comment")]
+
+
+# -- cost: whole column values, never a row or a JSON document taken apart ------------------------------------
+
+
+def document(keys: int, **extra: Any) -> dict[str, Any]:
+    return {**{f"k{i}": i for i in range(keys)}, **extra}
+
+
+@commits
+async def test_a_large_json_column_is_recorded_as_one_whole_value(engine: AsyncEngine) -> None:
+    repo = Verifications(engine)
+    # nulls inside a stored document are values too: they stay, at any depth
+    old = document(20_000, empty=None, nested={"x": None, "list": [None, 1]})
+    new = {**old, "k0": -1, "added": {"y": None}}
+    del new["k1"]
+    added = await repo.add(**verification(evidence=old))
+    await repo.update(added.id, evidence=new)
+    [insert, update] = await audit_rows(engine)
+    assert insert.changes["evidence"] == [None, old]
+    assert update.changes == {"evidence": [old, new]}
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+@commits
+async def test_the_audit_statement_compares_columns_without_expanding_rows_or_json(
+    engine: AsyncEngine,
+) -> None:
+    """The plan of every audited write (EXPLAIN VERBOSE of the statement actually sent, with its
+    parameters) has no set-returning jsonb function (`jsonb_each`) and no aggregate
+    (`jsonb_object_agg`): building the diff is one expression per row, linear in the row's size."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:
+        sent.append((args[2], args[3]))
+
+    repo, health = Verifications(engine), Health(engine)
+    big = document(20_000)
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        added = await repo.add(**verification(evidence=big))
+        await repo.add_many([verification(claim_id="bulk", evidence=big)])
+        await repo.update(added.id, evidence={**big, "k0": -1})
+        await repo.update_many(claim_id="bulk", values={"evidence": {"small": True}})
+        await health.upsert(heartbeat(metadata_=big), on=HEALTH_KEY)
+        await health.upsert_many(
+            [heartbeat(metadata_={"k": 1}), heartbeat("i-2", metadata_=None)], on=HEALTH_KEY
+        )
+        await repo.delete(added.id)
+        await repo.delete_many(claim_id="bulk")
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    audited = [(sql, params) for sql, params in sent if "INSERT INTO audit_log" in sql]
+    assert len(audited) == 8
+    async with engine.connect() as conn:
+        for sql, params in audited:
+            plan = (await conn.exec_driver_sql("EXPLAIN (VERBOSE, FORMAT JSON) " + sql, params)).scalar_one()
+            nodes = list(_plan_nodes(plan[0]["Plan"]))
+            scans = [json.dumps(node) for node in nodes if node["Node Type"] == "Function Scan"]
+            # the bulk paths send their rows as arrays: `unnest` is the only set-returning function
+            assert all("unnest(" in scan and "jsonb_each" not in scan for scan in scans), scans[0][:300]
+            aggregates = [node["Output"] for node in nodes if node["Node Type"] == "Aggregate"]
+            assert all(output == ["count(*)"] for output in aggregates), aggregates  # the bulk paths' count
+            outputs = " ".join(" ".join(node.get("Output", [])) for node in nodes)
+            assert "jsonb_build_object" in outputs
+            assert "jsonb_object_agg" not in outputs and "jsonb_each" not in outputs
