@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import event, text, true
+from sqlalchemy import Column, Integer, MetaData, Table, event, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import DeclarativeBase
 
+import persistence.audit as audit_module
 from persistence.audit import (
     AuditActor,
     audit_context,
@@ -504,3 +506,43 @@ async def test_the_audit_statement_compares_columns_without_expanding_rows_or_js
             outputs = " ".join(" ".join(node.get("Output", [])) for node in nodes)
             assert "jsonb_build_object" in outputs
             assert "jsonb_object_agg" not in outputs and "jsonb_each" not in outputs
+
+
+class _WideBase(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Wide(_WideBase):
+    """60 columns: more than one `jsonb_build_object` call can take (100 arguments, 2 per column)."""
+
+    __table__ = Table(
+        "audit_test_wide",
+        _WideBase.metadata,
+        Column("id", Integer, primary_key=True),
+        *[Column(f"c{i}", Integer) for i in range(60)],
+    )
+
+
+class WideRows(Repository[Wide]):  # type: ignore[type-var]  # kept out of the package's Base metadata
+    model = Wide
+
+
+@commits
+async def test_a_table_with_more_columns_than_one_json_call_takes(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry: dict[type[Any], str] = audit_module._ENTITY_TYPES
+    model: type[Any] = Wide
+    monkeypatch.setitem(registry, model, "wide")  # register_audited, undone after the test
+    async with engine.begin() as conn:
+        await conn.run_sync(_WideBase.metadata.create_all)
+    repo = WideRows(engine)
+    await repo.add(id=1, **{f"c{i}": i for i in range(0, 60, 2)})
+    await repo.update(1, c0=-1, c59=59)
+    await repo.delete(1)
+    [insert, update, delete] = await audit_rows(engine)
+    assert insert.changes == {"id": [None, 1], **{f"c{i}": [None, i] for i in range(0, 60, 2)}}
+    assert update.changes == {"c0": [0, -1], "c59": [None, 59]}
+    assert delete.changes == {"id": [1, None], "c0": [-1, None], "c59": [59, None]} | {
+        f"c{i}": [i, None] for i in range(2, 60, 2)
+    }
