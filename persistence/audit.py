@@ -50,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import array as postgresql_array
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import NamedFromClause
 
@@ -192,6 +193,15 @@ def _has_value(value: ColumnElement[Any], column: Column[Any]) -> ColumnElement[
     return present
 
 
+def _pair(column: Column[Any], old: ColumnElement[Any], new: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`[old, new]`. As an SQL array, `jsonb_build_object` renders the two values straight into the
+    object it builds (one pass over a large value); `jsonb_build_array` would build a JSON array first
+    and copy it into the object again. An array column's two values would make a 2-D array instead."""
+    if isinstance(column.type, sqltypes.ARRAY):
+        return func.jsonb_build_array(old, new, type_=JSONB)
+    return postgresql_array([old, new], type_=column.type)
+
+
 def _changes(
     columns: list[Column[Any]],
     differs: Callable[[Column[Any]], ColumnElement[bool]],
@@ -220,7 +230,7 @@ def _inserted_changes(table: Table, n: NamedFromClause) -> ColumnElement[Any]:
     return _changes(
         _audited_columns(table),
         lambda c: _has_value(n.c[c.key], c),
-        lambda c: func.jsonb_build_array(null(), n.c[c.key], type_=JSONB),
+        lambda c: _pair(c, null(), n.c[c.key]),
     )
 
 
@@ -229,7 +239,7 @@ def _deleted_changes(table: Table, o: NamedFromClause) -> ColumnElement[Any]:
     return _changes(
         _audited_columns(table),
         lambda c: _has_value(o.c[c.key], c),
-        lambda c: func.jsonb_build_array(o.c[c.key], null(), type_=JSONB),
+        lambda c: _pair(c, o.c[c.key], null()),
     )
 
 
@@ -240,7 +250,7 @@ def _updated_changes(table: Table, n: NamedFromClause, o: NamedFromClause) -> Co
     changes = _changes(
         _audited_columns(table, ignored),
         lambda c: o.c[c.key].is_distinct_from(n.c[c.key]),
-        lambda c: func.jsonb_build_array(o.c[c.key], n.c[c.key], type_=JSONB),
+        lambda c: _pair(c, o.c[c.key], n.c[c.key]),
     )
     return func.nullif(changes, literal_column("'{}'::jsonb", JSONB), type_=JSONB)
 
