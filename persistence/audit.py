@@ -17,6 +17,11 @@ not the attribute `metadata_`), with values as PostgreSQL's `to_jsonb` renders t
   itself on update (`onupdate`, e.g. `updated_at`). An update that changes no value writes no audit row;
 - delete: `[old, null]` for every column the deleted row had a value in.
 
+Each column is compared (`IS DISTINCT FROM`) and recorded as one whole value: a changed JSON column
+is stored as its whole old and new document, never diffed key by key, so building the record costs a
+small constant factor of writing the row, whatever the size of its documents (bench/bench_audit.py).
+`created_at` is the time of the write (`clock_timestamp()`).
+
 `audit_context` is a plain `with` block (sync or async code), backed by a context variable: nested blocks
 inherit the outer actor and metadata (an inner `user_id` wins, metadata merges), and concurrent asyncio
 tasks never see each other's actor.
