@@ -190,11 +190,18 @@ def _audited_columns(table: Table, ignored: Collection[str] = ()) -> list[Column
     return [c for c in table.columns if isinstance(c, Column) and c.name not in ignored]
 
 
+def _comparable(value: ColumnElement[Any], column: Column[Any]) -> ColumnElement[Any]:
+    """The value as compared: `json` (text) has no equality operator, so it is compared as `jsonb`."""
+    if isinstance(column.type, sqltypes.JSON) and not isinstance(column.type, JSONB):
+        return cast(value, JSONB)
+    return value
+
+
 def _has_value(value: ColumnElement[Any], column: Column[Any]) -> ColumnElement[bool]:
     """Not SQL NULL (nor JSON `null` in a JSON column): such columns are left out of an insert or a delete."""
     present = value.is_not(None)
-    if isinstance(column.type, JSONB):
-        return and_(present, value != literal_column("'null'::jsonb", JSONB))
+    if isinstance(column.type, sqltypes.JSON):
+        return and_(present, _comparable(value, column) != literal_column("'null'::jsonb", JSONB))
     return present
 
 
@@ -254,7 +261,7 @@ def _updated_changes(table: Table, n: NamedFromClause, o: NamedFromClause) -> Co
     ignored = {c.name for c in table.columns if isinstance(c, Column) and c.onupdate is not None}
     changes = _changes(
         _audited_columns(table, ignored),
-        lambda c: o.c[c.key].is_distinct_from(n.c[c.key]),
+        lambda c: _comparable(o.c[c.key], c).is_distinct_from(_comparable(n.c[c.key], c)),
         lambda c: _pair(c, o.c[c.key], n.c[c.key]),
     )
     return func.nullif(changes, literal_column("'{}'::jsonb", JSONB), type_=JSONB)

@@ -14,6 +14,7 @@ import pytest_asyncio
 from sqlalchemy import Column, Integer, MetaData, Table, event, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql import sqltypes
 
 import persistence.audit as audit_module
 from persistence.audit import (
@@ -520,6 +521,7 @@ class Wide(_WideBase):
         _WideBase.metadata,
         Column("id", Integer, primary_key=True),
         *[Column(f"c{i}", Integer) for i in range(60)],
+        Column("doc", sqltypes.JSON),  # `json`, which has no equality operator (compared as jsonb)
     )
 
 
@@ -537,12 +539,19 @@ async def test_a_table_with_more_columns_than_one_json_call_takes(
     async with engine.begin() as conn:
         await conn.run_sync(_WideBase.metadata.create_all)
     repo = WideRows(engine)
-    await repo.add(id=1, **{f"c{i}": i for i in range(0, 60, 2)})
-    await repo.update(1, c0=-1, c59=59)
+    await repo.add(id=1, doc={"a": [1, None]}, **{f"c{i}": i for i in range(0, 60, 2)})
+    await repo.update(1, c0=-1, c59=59, doc={"a": [1, None]})
+    await repo.update(1, doc={"a": 2})
     await repo.delete(1)
-    [insert, update, delete] = await audit_rows(engine)
-    assert insert.changes == {"id": [None, 1], **{f"c{i}": [None, i] for i in range(0, 60, 2)}}
-    assert update.changes == {"c0": [0, -1], "c59": [None, 59]}
-    assert delete.changes == {"id": [1, None], "c0": [-1, None], "c59": [59, None]} | {
-        f"c{i}": [i, None] for i in range(2, 60, 2)
+    [insert, update, update_doc, delete] = await audit_rows(engine)
+    assert insert.changes == {"id": [None, 1], "doc": [None, {"a": [1, None]}]} | {
+        f"c{i}": [None, i] for i in range(0, 60, 2)
     }
+    assert update.changes == {"c0": [0, -1], "c59": [None, 59]}
+    assert update_doc.changes == {"doc": [{"a": [1, None]}, {"a": 2}]}
+    assert delete.changes == {
+        "id": [1, None],
+        "c0": [-1, None],
+        "c59": [59, None],
+        "doc": [{"a": 2}, None],
+    } | {f"c{i}": [i, None] for i in range(2, 60, 2)}
