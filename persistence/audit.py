@@ -17,6 +17,11 @@ not the attribute `metadata_`), with values as PostgreSQL's `to_jsonb` renders t
   itself on update (`onupdate`, e.g. `updated_at`). An update that changes no value writes no audit row;
 - delete: `[old, null]` for every column the deleted row had a value in.
 
+Each column is compared (`IS DISTINCT FROM`) and recorded as one whole value: a changed JSON column
+is stored as its whole old and new document, never diffed key by key, so building the record costs a
+small constant factor of writing the row, whatever the size of its documents (bench/bench_audit.py).
+`created_at` is the time of the write (`clock_timestamp()`).
+
 `audit_context` is a plain `with` block (sync or async code), backed by a context variable: nested blocks
 inherit the outer actor and metadata (an inner `user_id` wins, metadata merges), and concurrent asyncio
 tasks never see each other's actor.
@@ -24,7 +29,7 @@ tasks never see each other's actor.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
@@ -37,6 +42,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
     case,
     cast,
@@ -44,10 +50,14 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import array as postgresql_array
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from persistence.models import (
     AuditLog,
@@ -152,7 +162,7 @@ AUDIT_USER_PARAM = "_audit_user"
 AUDIT_METADATA_PARAM = "_audit_metadata"
 
 _AUDIT_COLUMNS = ["entity_type", "entity_id", "action", "user_id", "changes", "metadata"]
-# Aliases of the new and the old row, which the `changes` SQL below refers to.
+# Aliases of the new and the old row.
 _NEW, _OLD = "n", "o"
 
 
@@ -162,38 +172,99 @@ def audit_params() -> dict[str, Any]:
     return {AUDIT_USER_PARAM: actor.user_id, AUDIT_METADATA_PARAM: dict(actor.metadata) or None}
 
 
-# The changes of one row as `{column: [old, new]}`, from the whole-row JSON of the new row (alias `n`)
-# and/or the old row (alias `o`). Plain constants: no caller text ever reaches this SQL.
-_INSERTED_SQL = (
-    "(SELECT jsonb_object_agg(e.key, jsonb_build_array(NULL, e.value)) "
-    "FROM jsonb_each(to_jsonb(n)) AS e WHERE e.value <> 'null'::jsonb)"
-)
-_DELETED_SQL = (
-    "(SELECT jsonb_object_agg(e.key, jsonb_build_array(e.value, NULL)) "
-    "FROM jsonb_each(to_jsonb(o)) AS e WHERE e.value <> 'null'::jsonb)"
-)
-_UPDATED_SQL = (
-    "(SELECT jsonb_object_agg(e.key, jsonb_build_array(p.value, e.value)) "
-    "FROM jsonb_each(to_jsonb(n)) AS e JOIN jsonb_each(to_jsonb(o)) AS p ON p.key = e.key "
-    "WHERE e.value IS DISTINCT FROM p.value)"
-)
+# The changes of one row as `{column: [old, new]}`, built column by column from the new row (alias `n`)
+# and/or the old row (alias `o`): each column is compared and rendered as one whole value (a JSON
+# document is one value, never taken apart key by key), so the cost is linear in the size of the row.
+# `jsonb_object_agg` is not used: on PostgreSQL 15 its cost grows with the square of the size of the
+# values it aggregates (a 400k-key document took 14 s); `jsonb_build_object` and `jsonb - text[]` are
+# single passes. Column names are rendered as SQL string constants: they come from the table
+# definition, never from a caller.
+_MAX_PAIRS = 50  # jsonb_build_object takes at most 100 arguments
 
 
-def _inserted_changes() -> ColumnElement[Any]:
-    return literal_column(_INSERTED_SQL, JSONB)
+def _name(column: Column[Any]) -> ColumnElement[str]:
+    return literal_column("'" + column.name.replace("'", "''") + "'", Text)
 
 
-def _deleted_changes() -> ColumnElement[Any]:
-    return literal_column(_DELETED_SQL, JSONB)
+def _audited_columns(table: Table, ignored: Collection[str] = ()) -> list[Column[Any]]:
+    return [c for c in table.columns if isinstance(c, Column) and c.name not in ignored]
 
 
-def _updated_changes(ignored: list[str]) -> ColumnElement[Any]:
-    """Changed columns only; NULL when nothing changed (ignoring columns the table maintains itself)."""
-    changes = literal_column(_UPDATED_SQL, JSONB)
-    if not ignored:
-        return changes
-    remaining: ColumnElement[Any] = changes.op("-")(literal(ignored, ARRAY(Text())))
-    return func.nullif(remaining, literal_column("'{}'::jsonb"), type_=JSONB)
+def _comparable(value: ColumnElement[Any], column: Column[Any]) -> ColumnElement[Any]:
+    """The value as compared: `json` (text) has no equality operator, so it is compared as `jsonb`."""
+    if isinstance(column.type, sqltypes.JSON) and not isinstance(column.type, JSONB):
+        return cast(value, JSONB)
+    return value
+
+
+def _has_value(value: ColumnElement[Any], column: Column[Any]) -> ColumnElement[bool]:
+    """Not SQL NULL (nor JSON `null` in a JSON column): such columns are left out of an insert or a delete."""
+    present = value.is_not(None)
+    if isinstance(column.type, sqltypes.JSON):
+        return and_(present, _comparable(value, column) != literal_column("'null'::jsonb", JSONB))
+    return present
+
+
+def _pair(column: Column[Any], old: ColumnElement[Any], new: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`[old, new]`. As an SQL array, `jsonb_build_object` renders the two values straight into the
+    object it builds (one pass over a large value); `jsonb_build_array` would build a JSON array first
+    and copy it into the object again. An array column's two values would make a 2-D array instead."""
+    if isinstance(column.type, sqltypes.ARRAY):
+        return func.jsonb_build_array(old, new, type_=JSONB)
+    return postgresql_array([old, new], type_=column.type)
+
+
+def _changes(
+    columns: list[Column[Any]],
+    differs: Callable[[Column[Any]], ColumnElement[bool]],
+    entry: Callable[[Column[Any]], ColumnElement[Any]],
+) -> ColumnElement[Any]:
+    """`{name: entry}` for every column where `differs`, `{}` when none does.
+
+    Unchanged columns are first built as JSON null (costs nothing) and then removed by name in one
+    pass (`- text[]`, which removes top-level keys only: a null inside a stored document stays).
+    """
+    parts: list[ColumnElement[Any]] = []
+    for start in range(0, len(columns), _MAX_PAIRS):
+        pairs: list[ColumnElement[Any]] = []
+        for column in columns[start : start + _MAX_PAIRS]:
+            pairs += [_name(column), case((differs(column), entry(column)))]
+        parts.append(func.jsonb_build_object(*pairs, type_=JSONB))
+    built = parts[0]
+    for part in parts[1:]:
+        built = built.op("||", return_type=JSONB)(part)
+    unchanged = postgresql_array([case((differs(column), null()), else_=_name(column)) for column in columns])
+    return built.op("-", return_type=JSONB)(func.array_remove(unchanged, null(), type_=ARRAY(Text())))
+
+
+def _inserted_changes(table: Table, n: NamedFromClause) -> ColumnElement[Any]:
+    """`[null, new]` for every column the new row has a value in."""
+    return _changes(
+        _audited_columns(table),
+        lambda c: _has_value(n.c[c.key], c),
+        lambda c: _pair(c, null(), n.c[c.key]),
+    )
+
+
+def _deleted_changes(table: Table, o: NamedFromClause) -> ColumnElement[Any]:
+    """`[old, null]` for every column the old row had a value in."""
+    return _changes(
+        _audited_columns(table),
+        lambda c: _has_value(o.c[c.key], c),
+        lambda c: _pair(c, o.c[c.key], null()),
+    )
+
+
+def _updated_changes(table: Table, n: NamedFromClause, o: NamedFromClause) -> ColumnElement[Any]:
+    """`[old, new]` for changed columns only; NULL when nothing changed (ignoring columns the table
+    maintains itself on update, such as `updated_at`)."""
+    ignored = {c.name for c in table.columns if isinstance(c, Column) and c.onupdate is not None}
+    changes = _changes(
+        _audited_columns(table, ignored),
+        lambda c: _comparable(o.c[c.key], c).is_distinct_from(_comparable(n.c[c.key], c)),
+        lambda c: _pair(c, o.c[c.key], n.c[c.key]),
+    )
+    return func.nullif(changes, literal_column("'{}'::jsonb", JSONB), type_=JSONB)
 
 
 def audit_cte(
@@ -213,7 +284,7 @@ def audit_cte(
     entity_type = audit_entity(model)
     if entity_type is None:
         raise ValueError(f"{model.__name__} is not audited")
-    table = model.__table__
+    table = cast_type(Table, model.__table__)
     [pk_column] = table.primary_key.columns
     pk = pk_column.name
     user = bindparam(AUDIT_USER_PARAM, type_=String(), required=True)
@@ -222,16 +293,25 @@ def audit_cte(
     if new is not None and old is None:
         n = new.alias(_NEW)
         rows = select(
-            entity, cast(n.c[pk], Text), literal("insert", String()), user, _inserted_changes(), metadata
+            entity,
+            cast(n.c[pk], Text),
+            literal("insert", String()),
+            user,
+            _inserted_changes(table, n),
+            metadata,
         ).select_from(n)
     elif new is None and old is not None:
         o = old.alias(_OLD)
         rows = select(
-            entity, cast(o.c[pk], Text), literal("delete", String()), user, _deleted_changes(), metadata
+            entity,
+            cast(o.c[pk], Text),
+            literal("delete", String()),
+            user,
+            _deleted_changes(table, o),
+            metadata,
         ).select_from(o)
     elif new is not None and old is not None:
         n, o = new.alias(_NEW), old.alias(_OLD)
-        ignored = [c.name for c in table.columns if isinstance(c, Column) and c.onupdate is not None]
         entity_id = cast(n.c[pk], Text).label("entity_id")
         if upsert:
             inserted = o.c[pk].is_(None)
@@ -241,7 +321,9 @@ def audit_cte(
                     case((inserted, literal("insert", String())), else_=literal("update", String())).label(
                         "action"
                     ),
-                    case((inserted, _inserted_changes()), else_=_updated_changes(ignored)).label("changes"),
+                    case((inserted, _inserted_changes(table, n)), else_=_updated_changes(table, n, o)).label(
+                        "changes"
+                    ),
                 )
                 .select_from(n.outerjoin(o, o.c[pk] == n.c[pk]))
                 .offset(0)  # a fence: a flattened "d" would compute every row's changes twice
@@ -252,7 +334,7 @@ def audit_cte(
                 select(
                     entity_id,
                     literal("update", String()).label("action"),
-                    _updated_changes(ignored).label("changes"),
+                    _updated_changes(table, n, o).label("changes"),
                 )
                 .select_from(n.join(o, o.c[pk] == n.c[pk]))
                 .offset(0)  # a fence: a flattened "d" would compute every row's changes twice

@@ -27,6 +27,14 @@ SMOKE_RUNS = [
         ["--stats-rows", "2000", "--rounds", "1", "--batch", "100"],
         ["| bulk ingest", "| log_call p50 latency", "| 8 concurrent loggers", "| get_stats over a month"],
     ),
+    (
+        "bench_audit.py",
+        ["--sizes", "1000", "--rounds", "1", "--warmup", "0"],
+        [
+            "| verification_results.evidence (no index) | 1,000 | update |",
+            "| claims.metadata (GIN index) | 1,000 | insert |",
+        ],
+    ),
 ]
 
 
