@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass
 
 import asyncpg
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
@@ -205,6 +206,13 @@ class Endpoint:
     port: int | None = None
     database: str | None = None
     user: str | None = None
+
+    @classmethod
+    def of_url(cls, url: URL) -> Endpoint:
+        """The endpoint of an engine's URL (a unix-socket directory comes as the `host` query key)."""
+        socket_dir = url.query.get("host")
+        host = url.host or (socket_dir if isinstance(socket_dir, str) else None)
+        return cls(host, url.port, url.database, url.username)
 
 
 # SQLSTATEs a server sends while refusing a new connection: (reason, retryable).

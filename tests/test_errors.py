@@ -372,3 +372,27 @@ def test_the_callers_own_file_errors_are_not_taken_for_connection_failures(tmp_p
     with pytest.raises(IsADirectoryError) as directory:
         open(tmp_path).close()
     assert translate(missing.value) is None and translate(directory.value) is None
+
+
+@pytest.mark.commits
+async def test_rollup_maintenance_on_a_terminated_connection_is_typed_and_discards_it(
+    fresh_database: DatabaseConfig, admin: AsyncEngine
+) -> None:
+    from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
+
+    config = fresh_database.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_pre_ping": False})
+    engine = build_engine(config)
+    try:
+        for run in (
+            fold_rollups,
+            lambda e: rebuild_rollups(e, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)),
+        ):
+            await fill_pool(engine, 1)
+            assert await terminate_others(admin) == 1
+            await asyncio.sleep(0.05)
+            with pytest.raises(ConnectionLostError) as info:
+                await run(engine)
+            assert_names_server(info.value, config)
+            await assert_pool_healthy(engine, 1)  # the dead connection was not put back
+    finally:
+        await engine.dispose()

@@ -230,14 +230,7 @@ class AICallLogger:
         # Hooks are attached when the engine is built, so this is fixed for the logger's life.
         self._hooks = hooks_of(engine)
         self._database = engine.url.database
-        url = engine.url
-        socket_dir = url.query.get("host")
-        self._where = Endpoint(
-            url.host or (socket_dir if isinstance(socket_dir, str) else None),
-            url.port,
-            url.database,
-            url.username,
-        )
+        self._where = Endpoint.of_url(engine.url)
         self._sequence: str | None = None
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None

@@ -6,16 +6,20 @@ Both take advisory locks so folds and rebuilds never interleave; writers never w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.advisory import advisory_key
 from persistence.ai_calls.record import _utc, hour_ceil, hour_floor
-from persistence.errors import ValidationError, translate
+from persistence.errors import Endpoint, ValidationError, is_connection_failure, translate
 from persistence.models.rollups import DIMENSIONS, MEASURES
+
+T = TypeVar("T")
 
 __all__ = [
     "PENDING_ROWS",
@@ -169,23 +173,31 @@ async def rebuild_rollups_raw(
     return lo, hi
 
 
+async def _on_raw(engine: AsyncEngine, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`work` on the raw asyncpg connection of one pooled connection of `engine`, with our errors.
+
+    A connection that failed under it is invalidated, so the pool never hands it out again.
+    """
+    async with engine.connect() as conn:
+        try:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(raw, asyncpg.Connection)
+            return await work(raw)
+        except Exception as exc:
+            if is_connection_failure(exc):
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+            err = translate(exc, Endpoint.of_url(engine.url))
+            if err is None or err is exc:
+                raise
+            raise err from exc
+
+
 async def fold_rollups(engine: AsyncEngine) -> int:
     """`fold_rollups_raw` on a connection of `engine`."""
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert isinstance(raw, asyncpg.Connection)
-        try:
-            return await fold_rollups_raw(raw)
-        except asyncpg.PostgresError as exc:
-            raise (translate(exc) or exc) from exc
+    return await _on_raw(engine, fold_rollups_raw)
 
 
 async def rebuild_rollups(engine: AsyncEngine, start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """`rebuild_rollups_raw` on a connection of `engine`; returns the hour-aligned window rebuilt."""
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert isinstance(raw, asyncpg.Connection)
-        try:
-            return await rebuild_rollups_raw(raw, start, end)
-        except asyncpg.PostgresError as exc:
-            raise (translate(exc) or exc) from exc
+    return await _on_raw(engine, lambda raw: rebuild_rollups_raw(raw, start, end))
