@@ -277,6 +277,11 @@ async def test_ingest_keeps_the_committed_batches_when_one_fails_and_a_rerun_com
         await logger.ingest(calls, batch_size=0)
 
 
+class _BadStr:
+    def __str__(self) -> str:
+        return "bad\ud800"
+
+
 @pytest.mark.parametrize(
     ("method", "kwargs", "name"),
     [
@@ -292,6 +297,12 @@ async def test_ingest_keeps_the_committed_batches_when_one_fails_and_a_rerun_com
         ("get_stats", {"start_date": None, "end_date": T0}, "start_date"),
         ("get_stats", {"start_date": T0, "end_date": "tomorrow"}, "end_date"),
         ("get_stats", {"start_date": T0, "end_date": datetime.max.replace(tzinfo=UTC)}, "end_date"),
+        # A usage value that is not JSON is refused, never stored as its str() (nor a raw UnicodeEncodeError).
+        ("log_batch", {"calls": [call(1, usage={"x": _BadStr()})]}, r"usage\['x'\] is a _BadStr"),
+        ("log_batch", {"calls": [call(1, usage={"x": {1, 2}})]}, r"usage\['x'\] is a set"),
+        ("log_call", {**call(1, usage={"x": {1, 2}})}, r"usage\['x'\] is a set"),
+        ("log_call", {**call(1, cost_usd=Decimal("1e-7"))}, "cost_usd has more than 6 decimal places"),
+        ("log_call", {**call(1, created_at=datetime.max.replace(tzinfo=UTC))}, "created_at is out of range"),
     ],
 )
 async def test_wrong_typed_arguments_are_validation_errors_naming_them(
