@@ -13,7 +13,8 @@ Two kinds of failure, handled apart (`_is_refusal`):
   replays the spool as soon as it answers, a chunk at a time. Idempotency keys make a replay of an
   already committed batch (a lost COMMIT acknowledgement, a crash mid-replay) a no-op, so every call
   lands exactly once. Without a spool directory, or when the spool itself cannot be written (disk
-  full), a failed batch stays at the head of the buffer and is retried with the same backoff.
+  full), a failed batch stays at the head of the buffer and is retried with the same backoff. A
+  record that cannot be encoded as a spool line is set aside alone (`rejected.jsonl`, logged).
 - A refusal (a verdict on a call: a constraint, a trigger's RAISE, a data exception, a key reused
   with another payload, a call with no price, a value the driver cannot encode): the batch is split
   in halves until the refused calls are isolated, so every other call is written. A refused call goes to `rejected.jsonl` in the spool directory with its reason; without

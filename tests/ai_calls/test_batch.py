@@ -483,6 +483,28 @@ async def test_a_call_that_cannot_be_spooled_is_set_aside_and_does_not_block_the
     assert spooled == [c.idempotency_key for c in good]
 
 
+async def test_unwritten_calls_error_says_the_spool_failed_when_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: Spool, entries: list[SpooledRecord]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "append", disk_full)
+    down = unreachable_engine()
+    calls = [call(n) for n in range(3)]
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.01)
+            for c in calls:
+                await batcher.log(c)
+            with pytest.raises(UnwrittenCallsError, match="the spool could not be written") as unwritten:
+                await asyncio.wait_for(batcher.close(timeout=3), timeout=60)  # the guard: a hang only
+    finally:
+        await down.dispose()
+    assert "no spool_dir" not in str(unwritten.value)
+    assert unwritten.value.calls == calls
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
