@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import sqltypes
 
 from persistence.ai_calls import AICallLogger
+from persistence.ai_calls.batch import BatchLogger
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.errors import PersistenceError, ValidationError
@@ -86,6 +88,8 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
         group = (
             "ledger log_call"
             if target.startswith("log_call")
+            else "ledger log_batch / BatchLogger"
+            if target.startswith(("log_batch", "BatchLogger"))
             else "generic filters"
             if "(filter)" in target
             else "generic writes"
@@ -610,6 +614,82 @@ LEDGER_ARGS = (
     "provider", "model", "input_tokens", "output_tokens", "cost_usd", "latency_ms", "customer_id",
     "organization_id", "product_id", "environment", "request_id", "trace_id", "usage", "status", "created_at",
 )  # fmt: skip
+LEDGER_DRAWN = LEDGER_ARGS + ("usage", "cost_usd", "created_at") * 2  # the converted ones, more often
+MICRO = Decimal("0.000001")
+
+
+def ledger_values(argument: str) -> st.SearchStrategy[Any]:
+    """`anything` half the time, values of the argument's own kind the other half (so that some
+    cases are stored; `st.one_of` would flatten `anything`'s branches and drown them)."""
+    own: st.SearchStrategy[Any]
+    if argument == "usage":
+        keys = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8)
+        plain = st.recursive(
+            st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                      st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20)),
+            lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
+            max_leaves=8,
+        )  # fmt: skip
+        own = st.one_of(
+            st.dictionaries(keys, plain, max_size=4), st.dictionaries(keys, json_values, max_size=3)
+        )
+    elif argument == "cost_usd":
+        own = st.one_of(
+            st.floats(0, 9999),
+            st.decimals(0, 9999, places=6),
+            st.decimals(0, 1, places=7),  # one place too many: refused, never rounded
+        )
+    elif argument == "created_at":
+        edge = [timezone(timedelta(hours=14)), timezone(timedelta(hours=-14))]  # datetime.min/max overflow
+        own = st.datetimes(timezones=st.sampled_from([UTC, *edge]))
+    else:
+        return anything
+    return st.booleans().flatmap(lambda mine: own if mine else anything)
+
+
+def ledger_call(argument: str, value: Any) -> dict[str, Any]:
+    """A valid call with `argument` replaced by `value`; its `trace_id` (else its `request_id`) finds it."""
+    n = next(_serial)
+    return {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "cost_usd": Decimal("0.01"),
+        "request_id": f"r{n}",
+        "trace_id": f"t{n}",
+        argument: value,
+    }
+
+
+def ledger_expected(argument: str, value: Any) -> Any:
+    """What the ledger documents it stores for `value`: a float cost at its shortest repr, rounded
+    half-up to 6 places (seed 000's `Decimal(str(cost))`); everything else verbatim (an exact cost
+    with more than 6 places is refused)."""
+    if argument == "cost_usd" and isinstance(value, float):
+        return Decimal(repr(value)).quantize(MICRO, rounding=ROUND_HALF_UP)
+    return value
+
+
+async def check_ledger_row(
+    engine: AsyncEngine, target: str, argument: str, value: Any, call: Mapping[str, Any]
+) -> None:
+    """The one row of `call` holds `value` as given (under `ledger_expected`)."""
+    if argument in ("status", "provider"):
+        return  # normalised by design (provider lower-cased): see the ai_calls tests
+    marker, where = (
+        ("request_id", call["request_id"]) if argument == "trace_id" else ("trace_id", call["trace_id"])
+    )
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(text(f"SELECT {argument} FROM ai_calls WHERE {marker} = :m"), {"m": where})
+        ).all()
+    assert len(rows) == 1, f"{target}: {len(rows)} rows for one call"
+    stored = rows[0][0]
+    if argument == "usage" and isinstance(stored, str):
+        stored = json.loads(stored)
+    expected = ledger_expected(argument, value)
+    assert same(expected, stored), f"{target}: stored as something else ({type(stored).__name__})"
 
 
 @settings(PROPERTY_SETTINGS, max_examples=150)
@@ -617,27 +697,62 @@ LEDGER_ARGS = (
 async def test_ledger_log_call_stores_verbatim_or_raises_typed(
     engine: AsyncEngine, data: st.DataObject
 ) -> None:
-    argument = data.draw(st.sampled_from(LEDGER_ARGS), label="argument")
-    value = data.draw(anything, label="value")
-    kwargs: dict[str, Any] = {
-        "provider": "openai",
-        "model": "gpt-4o",
-        "input_tokens": 1,
-        "output_tokens": 1,
-        "cost_usd": Decimal("0.01"),
-        "request_id": f"r{next(_serial)}",
-        argument: value,
-    }
+    argument = data.draw(st.sampled_from(LEDGER_DRAWN), label="argument")
+    value = data.draw(ledger_values(argument), label="value")
+    kwargs = ledger_call(argument, value)
     before = await counts(engine, "ai_calls")
     async with AICallLogger(engine, fold_every=None) as logger:
-        call_id, error = await outcome(f"log_call({argument})", lambda: logger.log_call(**kwargs))
+        _, error = await outcome(f"log_call({argument})", lambda: logger.log_call(**kwargs))
     if error is not None:
         assert await counts(engine, "ai_calls") == before, (
             f"log_call({argument}): refused, but rows were written"
         )
         return
-    if argument in ("usage", "created_at", "status", "provider"):
-        return  # normalised by the ledger by design (usage parsed, provider lower-cased): see ai_calls tests
-    async with engine.connect() as conn:
-        stored = await conn.scalar(text(f"SELECT {argument} FROM ai_calls WHERE id = :id"), {"id": call_id})
-    assert same(value, stored), f"log_call({argument}): stored as something else ({type(stored).__name__})"
+    await check_ledger_row(engine, f"log_call({argument})", argument, value, kwargs)
+
+
+@settings(PROPERTY_SETTINGS, max_examples=60)
+@given(data=st.data())
+async def test_ledger_log_batch_stores_verbatim_or_raises_typed(
+    engine: AsyncEngine, data: st.DataObject
+) -> None:
+    argument = data.draw(st.sampled_from(LEDGER_DRAWN), label="argument")
+    value = data.draw(ledger_values(argument), label="value")
+    kwargs = ledger_call(argument, value)
+    target = f"log_batch({argument})"
+    before = await counts(engine, "ai_calls")
+    async with AICallLogger(engine, fold_every=None) as logger:
+        written, error = await outcome(target, lambda: logger.log_batch([kwargs]))
+    if error is not None:
+        assert await counts(engine, "ai_calls") == before, f"{target}: refused, but rows were written"
+        return
+    assert written == 1, f"{target}: {written} new rows for one call"
+    await check_ledger_row(engine, target, argument, value, kwargs)
+
+
+@settings(PROPERTY_SETTINGS, max_examples=60)
+@given(data=st.data())
+async def test_batch_logger_log_stores_verbatim_or_raises_typed(
+    engine: AsyncEngine, data: st.DataObject
+) -> None:
+    argument = data.draw(st.sampled_from(LEDGER_DRAWN), label="argument")
+    value = data.draw(ledger_values(argument), label="value")
+    kwargs = ledger_call(argument, value)
+    target = f"BatchLogger.log({argument})"
+    before = await counts(engine, "ai_calls")
+    async with AICallLogger(engine, fold_every=None) as logger:
+        batcher = BatchLogger(logger, flush_interval=3600)  # no spool: a refusal is raised by flush()
+
+        async def log_and_flush() -> None:
+            try:
+                await batcher.log(kwargs)
+                await batcher.flush()
+            finally:
+                with contextlib.suppress(PersistenceError):
+                    await batcher.close(timeout=30)
+
+        _, error = await outcome(target, log_and_flush)
+    if error is not None:
+        assert await counts(engine, "ai_calls") == before, f"{target}: refused, but rows were written"
+        return
+    await check_ledger_row(engine, target, argument, value, kwargs)

@@ -13,7 +13,8 @@ Two kinds of failure, handled apart (`_is_refusal`):
   replays the spool as soon as it answers, a chunk at a time. Idempotency keys make a replay of an
   already committed batch (a lost COMMIT acknowledgement, a crash mid-replay) a no-op, so every call
   lands exactly once. Without a spool directory, or when the spool itself cannot be written (disk
-  full), a failed batch stays at the head of the buffer and is retried with the same backoff.
+  full), a failed batch stays at the head of the buffer and is retried with the same backoff. A
+  record that cannot be encoded as a spool line is set aside alone (`rejected.jsonl`, logged).
 - A refusal (a verdict on a call: a constraint, a trigger's RAISE, a data exception, a key reused
   with another payload, a call with no price, a value the driver cannot encode): the batch is split
   in halves until the refused calls are isolated, so every other call is written. A refused call goes to `rejected.jsonl` in the spool directory with its reason; without
@@ -45,7 +46,7 @@ from typing import Any
 import structlog
 
 from persistence.ai_calls.logger import AICallLogger
-from persistence.ai_calls.record import AICallRecord
+from persistence.ai_calls.record import AICallRecord, positive_int, positive_seconds
 from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
 from persistence.errors import (
     ConflictError,
@@ -105,13 +106,16 @@ class RejectedCallsError(DatabaseError):
 
 
 class UnwrittenCallsError(TransientError):
-    """`close()` without `spool_dir` ran out of time (or its writer stopped) with calls unwritten:
-    they are in `calls`, for the caller to keep or retry; nothing else holds them any more."""
+    """`close()` ran out of time (or its writer stopped) with calls unwritten and no spool to keep them
+    (no `spool_dir`, or the spool could not be written, e.g. disk full; the message says which): they
+    are in `calls`, for the caller to keep or retry; nothing else holds them any more."""
 
-    def __init__(self, calls: Sequence[AICallRecord], stats: BatchStats) -> None:
+    def __init__(
+        self, calls: Sequence[AICallRecord], stats: BatchStats, reason: str = "no spool_dir"
+    ) -> None:
         self.calls = list(calls)
         self.stats = stats
-        super().__init__(f"BatchLogger closed with {len(self.calls)} call(s) unwritten (no spool_dir)")
+        super().__init__(f"BatchLogger closed with {len(self.calls)} call(s) unwritten ({reason})")
 
 
 def _stable(record: AICallRecord) -> AICallRecord:
@@ -185,16 +189,20 @@ class BatchLogger:
         retry_interval: float = 1.0,
         max_retry_interval: float = 5.0,
     ) -> None:
-        if (
-            batch_size < 1
-            or flush_interval <= 0
-            or max_buffered < batch_size
-            or retry_interval <= 0
-            or max_retry_interval < retry_interval
-        ):
-            raise InvalidRequestError(
-                "batch_size >= 1, flush_interval > 0, max_buffered >= batch_size, retry_interval > 0, "
-                "max_retry_interval >= retry_interval"
+        if not isinstance(logger, AICallLogger):
+            raise ValidationError(f"logger must be an AICallLogger, got {type(logger).__name__}")
+        batch_size = positive_int("batch_size", batch_size)
+        flush_interval = positive_seconds("flush_interval", flush_interval)
+        max_buffered = positive_int("max_buffered", max_buffered)
+        retry_interval = positive_seconds("retry_interval", retry_interval)
+        max_retry_interval = positive_seconds("max_retry_interval", max_retry_interval)
+        if spool_dir is not None and not isinstance(spool_dir, str | os.PathLike):
+            raise ValidationError(f"spool_dir must be a str, a path or None, got {type(spool_dir).__name__}")
+        if max_buffered < batch_size:
+            raise ValidationError(f"max_buffered ({max_buffered}) must be at least batch_size ({batch_size})")
+        if max_retry_interval < retry_interval:
+            raise ValidationError(
+                f"max_retry_interval ({max_retry_interval}) must be at least retry_interval ({retry_interval})"
             )
         self.logger = logger
         self.batch_size = batch_size
@@ -297,6 +305,8 @@ class BatchLogger:
         raise `UnwrittenCallsError` (they are in its `calls`), and refused calls `RejectedCallsError`.
         Without `timeout`, and without a spool, it waits until PostgreSQL answers.
         """
+        if timeout is not None:
+            timeout = positive_seconds("timeout", timeout)
         if self._closed is not None:
             return self._closed
         if self._closing:  # another close() is under way
@@ -342,7 +352,8 @@ class BatchLogger:
         stats = self._closed = self.stats
         log.info("BatchLogger closed", **dataclasses.asdict(stats))
         if self._buffer:
-            raise UnwrittenCallsError(list(self._buffer), stats)
+            reason = "no spool_dir" if self.spool is None else "the spool could not be written"
+            raise UnwrittenCallsError(list(self._buffer), stats, reason)
         self._raise_refused()
         return stats
 
@@ -488,12 +499,29 @@ class BatchLogger:
         return []
 
     async def _spool(self, records: list[AICallRecord]) -> None:
-        """Append `records` to the durable spool (fsync'd when this returns) and count them."""
+        """Append `records` to the durable spool (fsync'd when this returns) and count them.
+
+        A record that cannot be encoded as a spool line is refused on its own (`rejected.jsonl`, with
+        a log line), so it never holds back the others; a failure of the spool itself (disk full)
+        raises and the caller keeps the whole batch.
+        """
         assert self.spool is not None
-        entries = [SpooledRecord(r.idempotency_key, encode_record(r)) for r in records]
+        entries: list[SpooledRecord] = []
+        for record in records:
+            try:
+                entry = SpooledRecord(record.idempotency_key, encode_record(record))
+                json.dumps({"key": entry.key, "record": entry.record}, ensure_ascii=False,
+                           allow_nan=False).encode()  # fmt: skip
+            except Exception as exc:  # this record only: set it aside, spool the rest
+                log.error(
+                    "AI call could not be spooled; set aside", key=record.idempotency_key, **_describe(exc)
+                )
+                await self._refuse(record, exc)
+                continue
+            entries.append(entry)
         await asyncio.to_thread(self.spool.append, entries)
-        self._spooled += len(records)
-        self._spool_pending += len(records)
+        self._spooled += len(entries)
+        self._spool_pending += len(entries)
 
     async def _refuse(self, record: AICallRecord, error: BaseException) -> None:
         """A call the database refused for good: kept in `rejected.jsonl` (with a spool), else kept for
@@ -504,9 +532,14 @@ class BatchLogger:
             log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
                       model=record.model, raised_by="flush", **_describe(error))  # fmt: skip
             return
-        line = json.dumps({"key": record.idempotency_key, "record": encode_record(record),
+        try:
+            encoded: Any = encode_record(record)
+        except Exception:  # a record that does not even encode: keep what can be shown of it
+            encoded = repr(record)
+        # ASCII escapes and repr() of anything else: this line always serialises (a lone surrogate too).
+        line = json.dumps({"key": record.idempotency_key, "record": encoded,
                            "error": type(error).__name__, "sqlstate": getattr(error, "sqlstate", None),
-                           "reason": str(error)})  # fmt: skip
+                           "reason": str(error)}, default=repr)  # fmt: skip
         path = self.spool.directory / "rejected.jsonl"
         kept = False
         try:
@@ -538,9 +571,13 @@ class BatchLogger:
                     for entry in entries:
                         try:
                             records.append(decode_record(entry.record))
-                        except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                            raw = json.dumps({"key": entry.key, "record": entry.record}, default=str)
-                            corrupt.append(CorruptLine(raw.encode(), f"{type(exc).__name__}: {exc}"))
+                        except Exception as exc:  # whatever the reason, this line only
+                            try:
+                                raw = json.dumps({"key": entry.key, "record": entry.record}, default=repr)
+                            except Exception:
+                                raw = repr(entry)
+                            corrupt.append(CorruptLine(raw.encode(errors="backslashreplace"),
+                                                       f"{type(exc).__name__}: {str(exc)[:200]}"))  # fmt: skip
                     if corrupt:
                         await self._set_aside_lines(segment, corrupt)
                     if records:

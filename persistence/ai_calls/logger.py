@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
@@ -39,12 +40,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.advisory import advisory_key
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
-from persistence.ai_calls.record import AICallRecord, _utc, hour_ceil, hour_floor
+from persistence.ai_calls.record import (
+    AICallRecord,
+    _utc,
+    hour_ceil,
+    hour_floor,
+    positive_int,
+    positive_seconds,
+)
 from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, RECORD_PENDING, fold_rollups_raw, id_runs
 from persistence.errors import (
     ConflictError,
     Endpoint,
-    InvalidRequestError,
     PersistenceError,
     TransientError,
     ValidationError,
@@ -214,10 +221,21 @@ class AICallLogger:
         fold_every: int | None = 50_000,
         fold_interval: float = 60.0,
     ) -> None:
-        if connections < 1:
-            raise ValueError("connections must be >= 1")
-        if (fold_every is not None and fold_every < 0) or fold_interval <= 0:
-            raise ValueError("fold_every must be >= 0 (or None: no automatic folds), fold_interval > 0")
+        if not isinstance(engine, AsyncEngine):
+            raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
+        connections = positive_int("connections", connections)
+        if (
+            isinstance(price_ttl, bool)
+            or not isinstance(price_ttl, int | float)
+            or not 0 <= price_ttl < math.inf
+        ):
+            raise ValidationError(f"price_ttl must be a finite number of seconds >= 0, got {price_ttl!r}")
+        if fold_every is not None and (isinstance(fold_every, bool) or not isinstance(fold_every, int)
+                                       or fold_every < 0):  # fmt: skip
+            raise ValidationError(
+                f"fold_every must be an int >= 0 or None (no automatic folds), got {fold_every!r}"
+            )
+        fold_interval = positive_seconds("fold_interval", fold_interval)
         self.engine = engine
         self.max_connections = connections
         self.prices = PriceBook(ttl=price_ttl)
@@ -578,7 +596,7 @@ class AICallLogger:
         All-or-nothing: a bad call raises `ValidationError` before anything is written, and a key
         reused for a different call raises `ConflictError` and writes nothing.
         """
-        records = _unique([AICallRecord.coerce(call) for call in calls])
+        records = _unique([AICallRecord.coerce(call) for call in _iterable_of_calls(calls)])
         if not records:
             return 0
         written: int = await self._run(self._log_many, records)
@@ -599,8 +617,9 @@ class AICallLogger:
         the batches already committed stay, and the error is raised once the batches in flight
         have ended. Keys make a re-run of the same load add only what is missing.
         """
-        if batch_size < 1 or concurrency < 1:
-            raise InvalidRequestError("batch_size and concurrency must be >= 1")
+        batch_size = positive_int("batch_size", batch_size)
+        concurrency = positive_int("concurrency", concurrency)
+        calls = _iterable_of_calls(calls)
         written = 0
         running: set[asyncio.Task[int]] = set()
         failed: list[BaseException] = []
@@ -775,6 +794,13 @@ class AICallLogger:
 
 async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
     return await raw.fetch(sql, *args)
+
+
+def _iterable_of_calls(calls: object) -> Iterable[AICallRecord | Mapping[str, Any]]:
+    """`calls` of `log_batch`/`ingest`: an iterable of calls, not one call, a string or None."""
+    if isinstance(calls, str | bytes | Mapping | AICallRecord) or not isinstance(calls, Iterable):
+        raise ValidationError(f"calls must be an iterable of AI calls, got {type(calls).__name__}")
+    return calls
 
 
 def _key_conflict(keys: Sequence[str]) -> ConflictError:

@@ -74,11 +74,12 @@ def _text(name: str, value: object, *, required: bool = False) -> str | None:
 
 
 def money(value: object, name: str = "cost_usd") -> Decimal | None:
-    """A cost as an exact Decimal rounded half-up to the ledger's 6 places.
+    """A cost as an exact Decimal with the ledger's 6 places (NUMERIC(10, 6)).
 
-    A float (seed 000's callers pass them) is taken at its shortest repr, as the seed does with
-    `Decimal(str(cost))`: 0.1 + 0.2 becomes 0.300000, not the binary value's 55 digits. From here
-    on money is Decimal only.
+    An exact input (Decimal, int, str) with more than 6 decimal places is a `ValidationError`: the
+    ledger would round it (lossy). A float (seed 000's callers pass them) is taken at its shortest
+    repr, as the seed does with `Decimal(str(cost))`, and rounded half-up to 6 places: 0.1 + 0.2
+    becomes 0.300000, not the binary value's 55 digits. From here on money is Decimal only.
     """
     if value is None:
         return None
@@ -104,7 +105,33 @@ def money(value: object, name: str = "cost_usd") -> Decimal | None:
         raise _fail(f"{name} must not be negative, got {amount}")
     if amount > MAX_COST_USD or amount.quantize(MICRO, rounding=ROUND_HALF_UP) > MAX_COST_USD:
         raise _fail(f"{name} must be at most {MAX_COST_USD}, got {amount}")
-    return amount.quantize(MICRO, rounding=ROUND_HALF_UP)
+    rounded = amount.quantize(MICRO, rounding=ROUND_HALF_UP)
+    if not isinstance(value, float) and rounded != amount:
+        raise _fail(f"{name} has more than 6 decimal places ({amount}); the ledger would round it (lossy)")
+    return rounded
+
+
+def positive_int(name: str, value: object) -> int:
+    """A public method's count argument (a batch size, a concurrency): a positive int, else
+    `ValidationError` naming it (not a TypeError later, nor a float silently accepted)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValidationError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """A duration argument: a finite positive number of seconds (NaN would freeze a timed loop)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValidationError(f"{name} must be a finite number of seconds above 0, got {value!r}")
+    return float(value)
+
+
+_UTC_MIN = datetime.min.replace(tzinfo=UTC)
+_UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
 
 def _utc(name: str, value: object) -> datetime:
@@ -112,7 +139,14 @@ def _utc(name: str, value: object) -> datetime:
         raise _fail(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise _fail(f"{name} must be timezone-aware (naive datetimes are ambiguous), got {value!r}")
-    return value.astimezone(UTC)
+    try:
+        at = value.astimezone(UTC)
+    except OverflowError:  # its UTC equivalent is before year 1 or after year 9999
+        raise _fail(f"{name} is out of range (its UTC time is outside years 1-9999), got {value!r}") from None
+    if at in (_UTC_MIN, _UTC_MAX):
+        # asyncpg sends these as -infinity / infinity, which read back as something else
+        raise _fail(f"{name} is out of range (datetime.min/max are infinities in PostgreSQL), got {value!r}")
+    return at
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,56 +233,64 @@ def normalise_usage(provider: str, usage: Mapping[str, Any]) -> TokenUsage:
 
 
 def _json(value: Mapping[str, Any]) -> str:
-    """Canonical JSON: sorted keys, Decimals and datetimes as strings. Keys that are not strings
-    become strings first, so the text (and the payload hash) is the same after a JSON round trip.
+    """Canonical JSON of `usage` (sorted keys, no spaces), from `_plain`'s checked copy.
 
-    `_check_json` runs first: what PostgreSQL's jsonb would refuse (NUL, lone surrogates, NaN and
-    infinities, nesting deeper than `MAX_USAGE_DEPTH`) is a `ValidationError` here, not a failed batch.
+    Only JSON-native values are accepted (what reads back equal from jsonb): a dict with str keys,
+    a list or tuple (read back as a list), str, int, finite float, bool, None. Anything else (a
+    Decimal, a datetime, a set, an object with its own `__str__`, a non-str key) is a
+    `ValidationError` naming where it is: converting it to text would store something else.
     """
-    _check_json(value)
+    plain = _plain(value, "usage", 0)
     try:
-        if _has_non_str_keys(value):
-            value = json.loads(json.dumps(value, allow_nan=False, default=str))
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=str)  # fmt: skip
-    except (TypeError, ValueError, RecursionError) as exc:
+        return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:  # not expected after _plain: still typed
         raise _fail(f"usage is not JSON-serialisable: {exc}") from None
 
 
 MAX_USAGE_DEPTH = 100
+_JSON_INT_BITS = 14000  # jsonb holds it; Python's int/str conversion limit stops near 4300 digits
 
 
-def _check_json(value: object) -> None:
-    """Walk `usage` without recursion: every key and string value must be text PostgreSQL stores
-    verbatim, every number finite, the nesting at most `MAX_USAGE_DEPTH` deep."""
-    stack: list[tuple[object, str, int]] = [(value, "usage", 0)]
-    while stack:
-        node, where, depth = stack.pop()
-        if depth > MAX_USAGE_DEPTH:
-            raise _fail(f"usage is nested deeper than {MAX_USAGE_DEPTH} levels")
-        if isinstance(node, str):
-            problem = text_problem(node)
-            if problem is not None:
-                raise _fail(f"{where} {problem}")
-        elif isinstance(node, float | Decimal):
-            if not (math.isfinite(node) if isinstance(node, float) else node.is_finite()):
-                raise _fail(f"{where} must be a finite number (JSON has no NaN or infinity), got {node}")
-        elif isinstance(node, Mapping):
-            for key, item in node.items():
-                shown = key if isinstance(key, str) and len(key) <= 40 else f"{str(key)[:37]}..."
-                if isinstance(key, str) and (problem := text_problem(key)) is not None:
-                    raise _fail(f"a key of {where} {problem}")
-                stack.append((item, f"{where}[{shown!r}]", depth + 1))
-        elif isinstance(node, list | tuple):
-            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(node))
-
-
-def _has_non_str_keys(value: object) -> bool:
-    if isinstance(value, Mapping):
-        return any(not isinstance(k, str) or _has_non_str_keys(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_non_str_keys(v) for v in value)
-    return False
+def _plain(node: object, where: str, depth: int) -> Any:
+    """A plain-JSON copy of `node` (exact builtin types), or `ValidationError` naming `where`:
+    every key and string is text PostgreSQL stores verbatim, every number finite and read back equal,
+    the nesting at most `MAX_USAGE_DEPTH` deep."""
+    if node is None or isinstance(node, bool):
+        return node
+    if isinstance(node, str):
+        problem = text_problem(node)
+        if problem is not None:
+            raise _fail(f"{where} {problem}")
+        return str.__str__(node)
+    if isinstance(node, int):
+        if node.bit_length() > _JSON_INT_BITS:
+            raise _fail(f"{where} is an integer too large to store")
+        return int.__index__(node)
+    if isinstance(node, float):
+        value = float.__float__(node)
+        if not math.isfinite(value):
+            raise _fail(f"{where} must be a finite number (JSON has no NaN or infinity), got {value}")
+        if abs(value) >= 2**53 and value.is_integer() and Decimal(repr(value)) != Decimal(value):
+            raise _fail(f"{where} is a float this large that would not read back equal; pass an int")
+        return value
+    if depth >= MAX_USAGE_DEPTH:
+        raise _fail(f"usage is nested deeper than {MAX_USAGE_DEPTH} levels")
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in node.items():
+            if not isinstance(key, str):
+                raise _fail(f"a key of {where} must be a str, got {type(key).__name__}")
+            if (problem := text_problem(key)) is not None:
+                raise _fail(f"a key of {where} {problem}")
+            shown = key if len(key) <= 40 else f"{key[:37]}..."
+            out[str.__str__(key)] = _plain(item, f"{where}[{shown!r}]", depth + 1)
+        return out
+    if isinstance(node, list | tuple):
+        return [_plain(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(node)]
+    raise _fail(
+        f"{where} is a {type(node).__name__}, not a JSON value (usage takes dict with str keys, list, "
+        "str, int, finite float, bool, None)"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

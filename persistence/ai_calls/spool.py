@@ -54,7 +54,8 @@ class CorruptLine:
 
 
 def decode_line(line: bytes) -> SpooledRecord:
-    """One spool line; `ValueError`, `KeyError` or `TypeError` when it is not a spooled record."""
+    """One spool line; raises (`ValueError`, `KeyError`, `TypeError`, `RecursionError`, ...) when it
+    is not a spooled record."""
     item = json.loads(line)
     record = item["record"]
     if not isinstance(record, Mapping):
@@ -160,7 +161,7 @@ class Spool:
             for line in _complete_lines(f):
                 try:
                     out.append(decode_line(line))
-                except (ValueError, KeyError, TypeError) as exc:
+                except Exception as exc:  # RecursionError on a deeply nested line too
                     raise SpoolError(
                         f"spool segment {segment.name} has a corrupt line: {type(exc).__name__}"
                     ) from None
@@ -287,8 +288,8 @@ class SegmentReader:
                 continue
             try:
                 records.append(decode_line(line[:-1]))
-            except (ValueError, KeyError, TypeError) as exc:
-                corrupt.append(CorruptLine(line[:-1], f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # anything (RecursionError on deep nesting too): this line only
+                corrupt.append(CorruptLine(line[:-1], f"{type(exc).__name__}: {str(exc)[:200]}"))
         return records, corrupt
 
     def commit(self) -> None:

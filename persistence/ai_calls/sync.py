@@ -17,8 +17,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
 
-from persistence.ai_calls.logger import AICallLogger, Stats
-from persistence.ai_calls.record import AICallRecord
+from persistence.ai_calls.logger import AICallLogger, Stats, _iterable_of_calls
+from persistence.ai_calls.record import AICallRecord, positive_int, positive_seconds
 from persistence.config import DatabaseConfig
 from persistence.errors import PersistenceError, TransientError
 
@@ -51,7 +51,9 @@ class SyncAICallLogger:
         connections: int = 4,
         timeout: float | None = 60.0,
     ) -> None:
-        self.timeout = timeout
+        # Checked before the loop thread starts: a wrong argument is a ValidationError naming it.
+        connections = positive_int("connections", connections)
+        self.timeout = None if timeout is None else positive_seconds("timeout", timeout)
         config = _config(db_config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -134,7 +136,7 @@ class SyncAICallLogger:
     def log_batch(self, calls: Iterable[AICallRecord | Mapping[str, Any]]) -> int:
         """`AICallLogger.log_batch`, blocking: the number of new rows."""
         self._check()
-        return self._call(self._logger.log_batch(list(calls)))
+        return self._call(self._logger.log_batch(list(_iterable_of_calls(calls))))
 
     def ingest(
         self,
@@ -147,7 +149,9 @@ class SyncAICallLogger:
 
         `calls` is read into a list first, in the calling thread."""
         self._check()
-        load = self._logger.ingest(list(calls), batch_size=batch_size, concurrency=concurrency)
+        load = self._logger.ingest(
+            list(_iterable_of_calls(calls)), batch_size=batch_size, concurrency=concurrency
+        )
         return self._call(load, timed=False)
 
     def get_stats(self, start_date: datetime, end_date: datetime) -> Stats:

@@ -70,10 +70,11 @@ def test_spool_encoding_round_trips() -> None:
     assert again == record
 
 
-def test_spool_encoding_keeps_usage_that_is_not_plain_json() -> None:
-    # AICallRecord accepts any usage it can serialise (Decimals, datetimes as strings); the spool
-    # must too, and the decoded call must keep its idempotency payload.
-    record = call(2, usage={"cost": Decimal("1.5"), "at": T0, "n": 3, "by_tier": {2: 1, 10: 2}})
+def test_spool_encoding_keeps_usage_with_every_json_type() -> None:
+    # The decoded call must keep its idempotency payload (tuples are read back as lists).
+    record = call(
+        2, usage={"cost": 1.5, "at": "x", "n": 3, "by_tier": {"2": [1, None, True]}, "t": (1, -0.0)}
+    )
     line = json.dumps(encode_record(record))
     again = decode_record(json.loads(line))
     assert (again.idempotency_key, again.payload_hash) == (record.idempotency_key, record.payload_hash)
@@ -110,7 +111,7 @@ async def test_calls_spooled_while_down_land_once_after_a_spool_failure(
 
     monkeypatch.setattr(Spool, "append", append_failing_once)
     down = unreachable_engine()
-    calls = [call(n, usage={"cost": Decimal("0.5")}) for n in range(30)]
+    calls = [call(n, usage={"cost": 0.5}) for n in range(30)]
     try:
         async with AICallLogger(down) as logger:
             batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path,
@@ -424,6 +425,128 @@ async def test_spool_lines_that_do_not_decode_are_set_aside_with_a_log_line(
     assert len(aside.read_bytes().splitlines()) == 2
     assert not files(tmp_path, "*.replay")
     assert any(e["event"] == "spooled lines that do not decode were set aside" for e in logs)
+
+
+@pytest.mark.commits
+async def test_a_spool_line_nested_too_deep_is_set_aside_and_the_others_written(
+    fresh_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    good = [call(n) for n in range(4)]
+    with Spool(tmp_path) as spool:
+        spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in good[:2]])
+        with (tmp_path / "spool.jsonl").open("ab") as f:
+            f.write(b"[" * 200_000 + b"\n")  # json.loads: RecursionError
+        spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in good[2:]])
+    with capture_logs() as logs:
+        async with AICallLogger(fresh_engine) as logger:
+            batcher = BatchLogger(logger, spool_dir=tmp_path)
+            stats = await asyncio.wait_for(batcher.close(), timeout=60)  # a guard against a hang only
+    assert (stats.written, stats.replayed, stats.set_aside, stats.pending_in_spool) == (4, 4, 1, 0)
+    assert await count(fresh_engine) == 4
+    [aside] = files(tmp_path, "corrupt-*.jsonl")
+    assert aside.read_bytes() == b"[" * 200_000 + b"\n"
+    assert not files(tmp_path, "*.replay")
+    assert any(e["event"] == "spooled lines that do not decode were set aside" for e in logs)
+
+
+def forged(n: int, **fields: object) -> AICallRecord:
+    """A record carrying a value validation would refuse (set after it): how the batch logger copes
+    with a record it cannot spool, whatever the reason."""
+    record = call(n)
+    for name, value in fields.items():
+        object.__setattr__(record, name, value)
+    return record
+
+
+async def test_a_call_that_cannot_be_spooled_is_set_aside_and_does_not_block_the_others(
+    tmp_path: Path,
+) -> None:
+    down = unreachable_engine()
+    bad = forged(0, customer_id="bad\ud800")  # the spool line cannot be encoded as UTF-8
+    good = [call(n) for n in range(1, 25)]
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path,
+                                  retry_interval=0.01)  # fmt: skip
+            for c in [bad, *good]:
+                await batcher.log(c)
+            with capture_logs() as logs:
+                await asyncio.wait_for(batcher.flush(), timeout=60)  # a guard against a hang only
+            stats = await asyncio.wait_for(batcher.close(timeout=3), timeout=60)
+    finally:
+        await down.dispose()
+    assert (stats.buffered, stats.spooled, stats.rejected, stats.pending_in_spool) == (0, 24, 1, 24)
+    [rejected] = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["key"] == bad.idempotency_key and rejected["error"] == "UnicodeEncodeError"
+    assert any(e["event"] == "AI call could not be spooled; set aside" for e in logs)
+    spooled = [r.key for seg in Spool(tmp_path).rotate() for r in Spool.read(seg)]
+    assert spooled == [c.idempotency_key for c in good]
+
+
+async def test_unwritten_calls_error_says_the_spool_failed_when_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: Spool, entries: list[SpooledRecord]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "append", disk_full)
+    down = unreachable_engine()
+    calls = [call(n) for n in range(3)]
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.01)
+            for c in calls:
+                await batcher.log(c)
+            with pytest.raises(UnwrittenCallsError, match="the spool could not be written") as unwritten:
+                await asyncio.wait_for(batcher.close(timeout=3), timeout=60)  # the guard: a hang only
+    finally:
+        await down.dispose()
+    assert "no spool_dir" not in str(unwritten.value)
+    assert unwritten.value.calls == calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"flush_interval": float("nan")}, "flush_interval"),
+        ({"flush_interval": float("inf")}, "flush_interval"),
+        ({"flush_interval": "5"}, "flush_interval"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"retry_interval": float("nan")}, "retry_interval"),
+        ({"max_retry_interval": float("nan")}, "max_retry_interval"),
+        ({"max_retry_interval": 0.5, "retry_interval": 1.0}, "max_retry_interval"),
+        ({"batch_size": 1.5}, "batch_size"),
+        ({"batch_size": "10"}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_buffered": None}, "max_buffered"),
+        ({"max_buffered": 5, "batch_size": 10}, "max_buffered"),
+        ({"spool_dir": 42}, "spool_dir"),
+    ],
+)
+async def test_constructor_arguments_are_validated(kwargs: dict[str, Any], name: str) -> None:
+    down = unreachable_engine()
+    try:
+        async with AICallLogger(down) as logger:
+            with pytest.raises(ValidationError, match=name):
+                BatchLogger(logger, **kwargs)
+            with pytest.raises(ValidationError, match="logger"):
+                BatchLogger(None)  # type: ignore[arg-type]
+    finally:
+        await down.dispose()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1, 0, "3", float("inf")])
+async def test_close_timeout_is_validated(bad: Any) -> None:
+    down = unreachable_engine()
+    try:
+        async with AICallLogger(down) as logger:
+            batcher = BatchLogger(logger)
+            with pytest.raises(ValidationError, match="timeout"):
+                await batcher.close(timeout=bad)
+            await batcher.close(timeout=3)
+    finally:
+        await down.dispose()
 
 
 @pytest.mark.commits

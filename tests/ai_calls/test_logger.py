@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
-from persistence.errors import ConflictError, InvalidRequestError, TransientError, ValidationError
+from persistence.errors import ConflictError, TransientError, ValidationError
 from tests.ai_calls.conftest import T0, call, counts, scalar
 
 pytestmark = pytest.mark.commits
@@ -273,8 +273,65 @@ async def test_ingest_keeps_the_committed_batches_when_one_fails_and_a_rerun_com
     assert (await counts(fresh_engine))[0] == 750  # the three batches before the bad one
     assert "ingest: 750 new rows of other batches were committed" in failure.value.__notes__[0]
     assert await logger.ingest(calls, batch_size=250) == 250
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(ValidationError, match="batch_size"):
         await logger.ingest(calls, batch_size=0)
+
+
+class _BadStr:
+    def __str__(self) -> str:
+        return "bad\ud800"
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "name"),
+    [
+        ("log_batch", {"calls": None}, "calls"),
+        ("log_batch", {"calls": 5}, "calls"),
+        ("log_batch", {"calls": "abc"}, "calls"),
+        ("log_batch", {"calls": {"provider": "openai"}}, "calls"),
+        ("ingest", {"calls": None}, "calls"),
+        ("ingest", {"calls": [], "batch_size": "x"}, "batch_size"),
+        ("ingest", {"calls": [], "batch_size": 1.5}, "batch_size"),
+        ("ingest", {"calls": [], "batch_size": True}, "batch_size"),
+        ("ingest", {"calls": [], "concurrency": None}, "concurrency"),
+        ("get_stats", {"start_date": None, "end_date": T0}, "start_date"),
+        ("get_stats", {"start_date": T0, "end_date": "tomorrow"}, "end_date"),
+        ("get_stats", {"start_date": T0, "end_date": datetime.max.replace(tzinfo=UTC)}, "end_date"),
+        # A usage value that is not JSON is refused, never stored as its str() (nor a raw UnicodeEncodeError).
+        ("log_batch", {"calls": [call(1, usage={"x": _BadStr()})]}, r"usage\['x'\] is a _BadStr"),
+        ("log_batch", {"calls": [call(1, usage={"x": {1, 2}})]}, r"usage\['x'\] is a set"),
+        ("log_call", {**call(1, usage={"x": {1, 2}})}, r"usage\['x'\] is a set"),
+        ("log_call", {**call(1, cost_usd=Decimal("1e-7"))}, "cost_usd has more than 6 decimal places"),
+        ("log_call", {**call(1, created_at=datetime.max.replace(tzinfo=UTC))}, "created_at is out of range"),
+    ],
+)
+async def test_wrong_typed_arguments_are_validation_errors_naming_them(
+    fresh_engine: AsyncEngine, logger: AICallLogger, method: str, kwargs: dict[str, Any], name: str
+) -> None:
+    before = await counts(fresh_engine)
+    with pytest.raises(ValidationError, match=name):
+        await getattr(logger, method)(**kwargs)
+    assert await counts(fresh_engine) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"connections": 0}, "connections"),
+        ({"connections": "4"}, "connections"),
+        ({"connections": 2.5}, "connections"),
+        ({"fold_interval": float("nan")}, "fold_interval"),
+        ({"fold_every": 1.5}, "fold_every"),
+        ({"price_ttl": float("nan")}, "price_ttl"),
+    ],
+)
+def test_constructor_arguments_are_validation_errors(
+    fresh_engine: AsyncEngine, kwargs: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValidationError, match=name):
+        AICallLogger(fresh_engine, **kwargs)
+    with pytest.raises(ValidationError, match="engine"):
+        AICallLogger(None)  # type: ignore[arg-type]
 
 
 async def test_concurrent_batches_each_get_one_contiguous_id_range(fresh_engine: AsyncEngine) -> None:

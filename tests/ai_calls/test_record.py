@@ -14,6 +14,13 @@ from persistence.errors import ValidationError
 BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 5}
 
 
+class _BadStr:
+    """Its str() is text PostgreSQL cannot store: it must never be stored as its str()."""
+
+    def __str__(self) -> str:
+        return "bad\ud800"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -52,8 +59,26 @@ BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens":
         ({"usage": {"tiers": [{"\ud83d": 1}]}}, r"a key of usage\['tiers'\]\[0\] contains a lone surrogate"),
         ({"usage": {"list": ["ok", "\udc00"]}}, r"usage\['list'\]\[1\] contains a lone surrogate"),
         ({"usage": {"x": float("inf")}}, "finite number"),
-        ({"usage": {"x": [Decimal("NaN")]}}, "finite number"),
-        ({"usage": {"x": Decimal("-Infinity")}}, "finite number"),
+        ({"usage": {"x": [Decimal("NaN")]}}, r"usage\['x'\]\[0\] is a Decimal, not a JSON value"),
+        ({"usage": {"x": Decimal("-Infinity")}}, "is a Decimal, not a JSON value"),
+        # Only JSON-native values (issue 13 review): nothing is turned into its str() unchecked.
+        ({"usage": {"x": {1, 2}}}, r"usage\['x'\] is a set, not a JSON value"),
+        ({"usage": {"x": _BadStr()}}, r"usage\['x'\] is a _BadStr, not a JSON value"),
+        ({"usage": {"cost": Decimal("1.5")}}, "is a Decimal, not a JSON value"),
+        ({"usage": {"at": datetime(2026, 1, 1, tzinfo=UTC)}}, "is a datetime, not a JSON value"),
+        ({"usage": {"by_tier": {2: 1}}}, r"a key of usage\['by_tier'\] must be a str, got int"),
+        ({"usage": {"big": float(2**60)}}, "would not read back equal"),
+        ({"cost_usd": Decimal("1e-7")}, "cost_usd has more than 6 decimal places"),
+        ({"cost_usd": Decimal("0.1234567")}, "cost_usd has more than 6 decimal places"),
+        ({"cost_usd": "0.0000015"}, "cost_usd has more than 6 decimal places"),
+        ({"created_at": datetime.max.replace(tzinfo=UTC)}, "created_at is out of range"),
+        ({"created_at": datetime.min.replace(tzinfo=UTC)}, "created_at is out of range"),
+        ({"created_at": datetime(1, 1, 1, 14, 0, tzinfo=timezone(timedelta(hours=14)))}, "out of range"),
+        ({"created_at": datetime(1, 1, 1, 13, 0, tzinfo=timezone(timedelta(hours=14)))}, "out of range"),
+        (
+            {"created_at": datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-14)))},
+            "out of range",
+        ),
     ],
 )
 def test_bad_input_is_a_validation_error(overrides: dict[str, Any], message: str) -> None:
@@ -63,9 +88,11 @@ def test_bad_input_is_a_validation_error(overrides: dict[str, Any], message: str
 
 def test_values_are_normalised() -> None:
     at = datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
-    record = AICallRecord(**{**BASE, "provider": "OpenAI", "cost_usd": "0.0000015", "created_at": at})
+    record = AICallRecord(**{**BASE, "provider": "OpenAI", "cost_usd": 0.0000015, "created_at": at})
     assert record.provider == "openai"
-    assert record.cost_usd == Decimal("0.000002")  # half-up to the ledger's 6 places
+    assert record.cost_usd == Decimal("0.000002")  # a float: its repr, half-up to the ledger's 6 places
+    assert AICallRecord(**{**BASE, "cost_usd": "0.1234560"}).cost_usd == Decimal("0.123456")  # exact
+    assert AICallRecord(**{**BASE, "cost_usd": 1234 * 0.000003}).cost_usd == Decimal("0.003702")
     assert record.created_at == at and record.created_at.tzinfo is UTC
     assert record.hour == datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert record.total_tokens == 15

@@ -146,3 +146,19 @@ def test_lines_that_do_not_decode_are_handed_out_apart_and_set_aside(tmp_path: P
         kept = spool.set_aside(segment, corrupt)
         assert kept.name == "corrupt-000000000001.jsonl"
         assert kept.read_bytes() == b"\x00garbage\n[1, 2]\n"
+
+
+def test_a_line_nested_too_deep_to_decode_is_handed_out_apart(tmp_path: Path) -> None:
+    # json.loads raises RecursionError on it: that line is corrupt, not an outage of the whole segment.
+    with Spool(tmp_path) as spool:
+        spool.append([rec(1)])
+        with (tmp_path / ACTIVE).open("ab") as f:
+            f.write(b"[" * 200_000 + b"\n")
+        spool.append([rec(2)])
+        [segment] = spool.rotate()
+        reader = SegmentReader(segment)
+        records, corrupt = reader.chunk(10)
+        reader.close()
+        assert [r.key for r in records] == ["key-1", "key-2"]
+        assert [c.raw for c in corrupt] == [b"[" * 200_000]
+        assert corrupt[0].reason.startswith("RecursionError")

@@ -183,3 +183,19 @@ async def test_a_call_past_the_timeout_is_cancelled_and_raises_transient(
         assert await asyncio.to_thread(log_call) == first
     finally:
         await asyncio.to_thread(pg_logger.close)
+
+
+def test_wrong_typed_arguments_are_validation_errors(
+    migrated: ThrowawayPostgres, fresh_database: DatabaseConfig
+) -> None:
+    with pytest.raises(ValidationError, match="connections"):
+        SyncAICallLogger(fresh_database, connections="4")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="timeout"):
+        SyncAICallLogger(fresh_database, timeout=float("nan"))
+    with SyncAICallLogger(fresh_database) as log:
+        with pytest.raises(ValidationError, match="calls"):
+            log.log_batch(None)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="batch_size"):
+            log.ingest([], batch_size="x")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="batch_size"):
+            log.ingest([], batch_size=1.5)  # type: ignore[arg-type]
