@@ -29,6 +29,8 @@ class ConsensusRepository(Repository[ConsensusDecision]):
     ) -> ConsensusDecision:
         """Record the claim's decision. A second decision for the same claim raises `ConflictError`
         (naming `uq_consensus_decisions_claim_id`) unless `replace=True`, which overwrites it atomically."""
+        if not isinstance(replace, bool):  # "no" would be truthy and overwrite the decision
+            raise refuse("replace", f"expects a bool, got {type(replace).__name__}")
         frameworks: object
         if isinstance(participating_frameworks, Mapping):
             frameworks = dict(participating_frameworks)

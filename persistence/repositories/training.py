@@ -16,6 +16,8 @@ class TrainingDataRepository(Repository[TrainingData]):
 
     async def add_examples(self, examples: Sequence[Mapping[str, Any]]) -> int:
         """Bulk insert (one statement per chunk, audited); returns how many were added."""
+        if isinstance(examples, Mapping | str | bytes) or not isinstance(examples, Iterable):
+            raise refuse("examples", f"expects a list of mappings, got {type(examples).__name__}")
         return await self.add_many(examples)  # `metadata` is accepted for `metadata_` by every write
 
     async def unused_for_framework(self, framework: str, *, limit: int = 1000) -> list[TrainingData]:

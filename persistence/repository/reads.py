@@ -147,8 +147,9 @@ class Reads(RepositoryBase[ModelT]):
             raise InvalidRequestError(f"offset must be an integer >= 0, got {_short(offset)}")
         clauses = where_clauses(self.model, filters, lookups)
         stmt = self._select(clauses)
-        if order_by:
-            stmt = stmt.order_by(*_sort_plan(self.model, _order_key(order_by)).clauses)
+        order = _order_key(order_by)
+        if order:
+            stmt = stmt.order_by(*_sort_plan(self.model, order).clauses)
         if limit is not None:
             stmt = stmt.limit(limit)
         if offset:
@@ -279,10 +280,14 @@ def _check_count(value: object, name: str) -> None:
 
 
 def _order_key(order_by: object) -> tuple[str, ...]:
-    """`order_by` as a hashable tuple of strings (the cache key of its plan)."""
-    if isinstance(order_by, str):
+    """`order_by` as a hashable tuple of non-empty strings (the cache key of its plan)."""
+    if isinstance(order_by, str) and order_by.lstrip("-"):
         return (order_by,)
-    if isinstance(order_by, Sequence) and all(isinstance(name, str) for name in order_by):
+    if (
+        isinstance(order_by, Sequence)
+        and not isinstance(order_by, str)
+        and all(isinstance(name, str) and name.lstrip("-") for name in order_by)
+    ):
         return tuple(order_by)
     raise InvalidRequestError(f"order_by takes a field name or a sequence of them, got {_short(order_by)}")
 
@@ -506,7 +511,7 @@ class _SortPlan:
     def decode(self, cursor: object) -> builtins.list[Any]:
         """The sort values in `cursor`, typed like their columns, or `InvalidRequestError`."""
         invalid = InvalidRequestError(
-            f"invalid cursor for this {self.entity} page (tampered, truncated, or from another order_by)"
+            f"after: invalid cursor for this {self.entity} page (tampered, truncated, or from another order_by)"
         )
         if not isinstance(cursor, str) or not cursor or len(cursor) > _MAX_CURSOR_CHARS:
             raise invalid

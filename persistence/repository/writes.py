@@ -141,6 +141,8 @@ class Writes(RepositoryBase[ModelT]):
         Returns the number of rows inserted, or with `returning=True` the inserted rows (in no
         guaranteed order). All chunks share one transaction: a failing row inserts nothing.
         """
+        if not isinstance(returning, bool):
+            raise refuse("returning", f"expects a bool, got {type(returning).__name__}")
         info = _info(self.model)
         batch, given = _rows(rows)
         if not batch:
