@@ -8,7 +8,7 @@ from typing import Any
 
 from persistence.models import TrainingData
 from persistence.repository import Repository
-from persistence.repository.coerce import refuse
+from persistence.repository.coerce import refuse, required
 
 
 class TrainingDataRepository(Repository[TrainingData]):
@@ -23,7 +23,10 @@ class TrainingDataRepository(Repository[TrainingData]):
     async def unused_for_framework(self, framework: str, *, limit: int = 1000) -> list[TrainingData]:
         """The oldest examples of `framework` not yet used in training (served by a partial index)."""
         return await self.list(
-            framework=framework, used_in_training=False, order_by="created_at", limit=limit
+            framework=required(framework, "framework"),
+            used_in_training=False,
+            order_by="created_at",
+            limit=limit,
         )
 
     async def mark_used_in_batch(self, ids: Sequence[uuid.UUID], batch_id: str) -> int:
@@ -33,6 +36,7 @@ class TrainingDataRepository(Repository[TrainingData]):
         """
         if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
             raise refuse("ids", f"expects a list of TrainingData ids, got {type(ids).__name__}")
+        required(batch_id, "batch_id")
         ids = list(ids)
         if not ids:
             return 0

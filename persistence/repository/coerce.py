@@ -59,6 +59,7 @@ __all__ = [
     "describe",
     "mapping_argument",
     "refuse",
+    "required",
     "text_key",
 ]
 
@@ -555,6 +556,14 @@ def mapping_argument(value: object, argument: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise refuse(argument, f"expects a mapping, got {_kind(value)}")
     return dict(value)
+
+
+def required(value: object, argument: str) -> object:
+    """A lookup argument that must be given: None would silently become `IS NULL` and match nothing
+    (or, for a write, set NULL), so it is a `ValidationError` naming the argument."""
+    if value is None:
+        raise refuse(argument, "must not be None")
+    return value
 
 
 def text_key(value: object) -> object:

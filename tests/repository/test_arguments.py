@@ -6,6 +6,7 @@ naming that argument before any SQL is sent, so nothing is written."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -85,6 +86,22 @@ CASES: list[tuple[str, Call]] = [
     ("update", lambda e: Claims(e).upsert_many([ROW], on="uq_claims_external_id", update=5)),
     ("rows", lambda e: Claims(e).upsert_many(ROW, on="uq_claims_external_id")),
     ("Claim", lambda e: Claims(e).add(5)),
+    # None for a key that must be given would become IS NULL (a silent empty result) or set NULL.
+    ("entity_id", lambda e: AuditLogRepository(e).for_entity("claims", None)),
+    ("entity_type", lambda e: AuditLogRepository(e).for_entity(None, "x")),
+    ("claim_id", lambda e: ConsensusRepository(e).get_for_claim(None)),
+    ("claim_id", lambda e: VerificationRepository(e).get_by_claim_id(None)),
+    ("external_id", lambda e: ClaimRepository(e).get_by_external_id(None)),
+    ("version", lambda e: CheckpointRepository(e).activate("m", None)),
+    ("model_name", lambda e: CheckpointRepository(e).get_active(None)),
+    ("framework", lambda e: TrainingDataRepository(e).unused_for_framework(None)),
+    ("batch_id", lambda e: TrainingDataRepository(e).mark_used_in_batch([uuid.uuid4()], None)),
+    # Wrong types of those keys are refused by the column's check.
+    ("model_name", lambda e: CheckpointRepository(e).activate(5, "1")),
+    ("training_batch_id", lambda e: TrainingDataRepository(e).mark_used_in_batch([uuid.uuid4()], 5)),
+    ("id__in", lambda e: TrainingDataRepository(e).mark_used_in_batch(["x"], "b")),
+    ("filters", lambda e: Claims(e).list("external_id = 'x'")),
+    ("filters", lambda e: Claims(e).delete_many(None)),
     ("limit", lambda e: AuditLogRepository(e).recent(limit=0)),
     ("limit", lambda e: AuditLogRepository(e).recent(limit="100")),
     ("metrics", lambda e: CheckpointRepository(e).register(**CHECKPOINT, metrics=[1])),
