@@ -57,6 +57,7 @@ __all__ = [
     "check_value",
     "checker",
     "describe",
+    "integer_bound",
     "mapping_argument",
     "refuse",
     "required",
@@ -564,6 +565,17 @@ def required(value: object, argument: str) -> object:
     if value is None:
         raise refuse(argument, "must not be None")
     return value
+
+
+def integer_bound(type_: TypeEngine[Any]) -> int:
+    """Integer keys of this column type lie in `-bound .. bound - 1` (int2/int4/int8)."""
+    if isinstance(type_, TypeDecorator):
+        type_ = type_.impl_instance
+    if isinstance(type_, sqltypes.SmallInteger):
+        return _INT_RANGES["smallint"]
+    if isinstance(type_, sqltypes.BigInteger):
+        return _INT_RANGES["bigint"]
+    return _INT_RANGES["integer"]
 
 
 def text_key(value: object) -> object:

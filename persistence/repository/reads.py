@@ -71,7 +71,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.repository.base import ModelT, RepositoryBase
-from persistence.repository.coerce import describe
+from persistence.repository.coerce import describe, integer_bound
 from persistence.repository.filters import Filter, order_clause, order_terms, where_clauses
 from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
@@ -347,15 +347,18 @@ def _key_coercer(entity: str, pk: InstrumentedAttribute[Any]) -> Callable[[Any],
                     return uuid.UUID(key)
                 except ValueError:
                     pass
-            raise InvalidRequestError(f"{entity} keys are UUIDs, got {_short(key)}")
+            raise InvalidRequestError(f"id: {entity} keys are UUIDs, got {_short(key)}")
 
         return as_uuid
     if python_type is int:
+        bound = integer_bound(pk.type)
 
         def as_int(key: Any) -> Any:
             if isinstance(key, int) and not isinstance(key, bool):
-                return key
-            raise InvalidRequestError(f"{entity} keys are integers, got {_short(key)}")
+                if -bound <= key < bound:
+                    return key
+                raise InvalidRequestError(f"id: out of range for {entity} keys ({-bound} .. {bound - 1})")
+            raise InvalidRequestError(f"id: {entity} keys are integers, got {_short(key)}")
 
         return as_int
     return lambda key: key

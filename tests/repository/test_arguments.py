@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.errors import PersistenceError
-from persistence.models import Claim
+from persistence.models import Claim, ReconciliationReport
 from persistence.repositories import (
     AuditLogRepository,
     CheckpointRepository,
@@ -36,6 +36,10 @@ pytestmark = pytest.mark.commits
 
 class Claims(Repository[Claim]):
     model = Claim
+
+
+class Reports(Repository[ReconciliationReport]):
+    model = ReconciliationReport
 
 
 ROW = {"external_id": "e-1", "content": "text"}
@@ -102,6 +106,13 @@ CASES: list[tuple[str, Call]] = [
     ("id__in", lambda e: TrainingDataRepository(e).mark_used_in_batch(["x"], "b")),
     ("filters", lambda e: Claims(e).list("external_id = 'x'")),
     ("filters", lambda e: Claims(e).delete_many(None)),
+    # Primary keys: malformed or out of the column's integer range (was a bare 22000 DataError).
+    ("id", lambda e: Claims(e).get("nope")),
+    ("id", lambda e: Claims(e).delete(1.5)),
+    ("id", lambda e: Reports(e).get(2**40)),
+    ("id", lambda e: Reports(e).get_many([2**70])),
+    ("id", lambda e: Reports(e).delete(-(2**31) - 1)),
+    ("id", lambda e: Reports(e).update(2**63, status="PASS")),
     ("limit", lambda e: AuditLogRepository(e).recent(limit=0)),
     ("limit", lambda e: AuditLogRepository(e).recent(limit="100")),
     ("metrics", lambda e: CheckpointRepository(e).register(**CHECKPOINT, metrics=[1])),
