@@ -285,7 +285,7 @@ def _order_key(order_by: object) -> tuple[str, ...]:
         return (order_by,)
     if (
         isinstance(order_by, Sequence)
-        and not isinstance(order_by, str)
+        and not isinstance(order_by, str | bytes | bytearray)
         and all(isinstance(name, str) and name.lstrip("-") for name in order_by)
     ):
         return tuple(order_by)

@@ -70,6 +70,7 @@ CASES: list[tuple[str, Call]] = [
     ("order_by", lambda e: Claims(e).list(order_by=[""])),
     ("order_by", lambda e: Claims(e).list(order_by="-")),
     ("order_by", lambda e: Claims(e).list(order_by=5)),
+    ("order_by", lambda e: Claims(e).list(order_by=b"")),
     ("order_by", lambda e: Claims(e).list(order_by=[5])),
     ("order_by", lambda e: Claims(e).page(order_by="")),
     ("limit", lambda e: Claims(e).page(limit="50")),
