@@ -51,6 +51,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Generic, cast
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Executable,
     Select,
@@ -69,9 +70,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import InstrumentedAttribute
 
-from persistence.errors import InvalidRequestError, NotFoundError
+from persistence.errors import InvalidRequestError, NotFoundError, ValidationError
 from persistence.repository.base import ModelT, RepositoryBase
-from persistence.repository.coerce import describe, integer_bound
+from persistence.repository.coerce import check_value, describe, integer_bound
 from persistence.repository.filters import Filter, order_clause, order_terms, where_clauses
 from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
@@ -446,6 +447,7 @@ class _SortKey:
     descending: bool
     nullable: bool
     codec: _Codec | None
+    column: Column[Any]
 
     def beyond(self, value: Any) -> ColumnElement[bool] | None:
         """Rows strictly after `value` in this key's order (NULL sorts above every value); None: none."""
@@ -536,7 +538,11 @@ class _SortPlan:
                         raise invalid
                     decoded.append(None)
                 else:
-                    decoded.append(cast("_Codec", key.codec).decode(value))
+                    # Also within the column's range (a crafted int4 key beyond it, datetime.max).
+                    typed = cast("_Codec", key.codec).decode(value)
+                    decoded.append(check_value(self.entity, key.key, key.column, typed, filtering=True))
+        except ValidationError as exc:
+            raise invalid from exc
         except InvalidRequestError:
             raise
         except (ValueError, TypeError, InvalidOperation, binascii.Error, RecursionError) as exc:
@@ -570,14 +576,15 @@ def _build_sort_plan(model: type[Any], order_by: tuple[str, ...]) -> _SortPlan:
     keys: list[_SortKey] = []
     for attr, descending in order_terms(model, order_by):
         [col] = mapper.column_attrs[attr.key].columns
-        keys.append(_SortKey(attr, attr.key, descending, bool(col.nullable), _codec_for(attr)))
+        keys.append(_SortKey(attr, attr.key, descending, bool(col.nullable), _codec_for(attr), col))
         if attr.key == info.pk_key:
             break
     else:
         # The tiebreaker follows the last key's direction: `-created_at` stays one direction, so the
         # keyset condition is a row-value comparison that an index on created_at can serve.
         descending = keys[-1].descending if keys else False
-        keys.append(_SortKey(info.pk, info.pk_key, descending, False, _codec_for(info.pk)))
+        [pk_column] = mapper.primary_key
+        keys.append(_SortKey(info.pk, info.pk_key, descending, False, _codec_for(info.pk), pk_column))
     normalized = ",".join(("-" if key.descending else "") + key.key for key in keys)
     signature = hashlib.blake2b(f"{mapper.local_table.name}|{normalized}".encode(), digest_size=6).hexdigest()
     return _SortPlan(
