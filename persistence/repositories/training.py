@@ -34,7 +34,7 @@ class TrainingDataRepository(Repository[TrainingData]):
 
         Returns how many were marked, so a caller can tell if another trainer took some first.
         """
-        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Iterable):
             raise refuse("ids", f"expects a list of TrainingData ids, got {type(ids).__name__}")
         required(batch_id, "batch_id")
         ids = list(ids)

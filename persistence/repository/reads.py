@@ -118,7 +118,7 @@ class Reads(RepositoryBase[ModelT]):
     async def get_many(self, ids: Sequence[Any]) -> builtins.list[ModelT]:
         """The rows with these primary keys, in the order of `ids`; missing ids are skipped and a
         repeated id is returned once. One `= ANY(:ids)` query per `max_ids_per_query` ids."""
-        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Iterable):
             raise InvalidRequestError(f"get_many takes a sequence of ids, got {_short(ids)}")
         info = _model_info(self.model)
         keys = builtins.list(dict.fromkeys(info.coerce_key(id_) for id_ in ids))

@@ -59,6 +59,8 @@ CASES: list[tuple[str, Call]] = [
     ("engine", lambda e: ClaimRepository("postgresql://")),
     ("ids", lambda e: Claims(e).get_many("abc")),
     ("ids", lambda e: Claims(e).get_many(5)),
+    ("ids", lambda e: Claims(e).get_many({uuid.uuid4(): 1})),
+    ("ids", lambda e: TrainingDataRepository(e).mark_used_in_batch({uuid.uuid4(): 1}, "b")),
     ("limit", lambda e: Claims(e).list(limit="5")),
     ("limit", lambda e: Claims(e).list(limit=1.5)),
     ("limit", lambda e: Claims(e).list(limit=True)),
