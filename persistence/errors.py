@@ -80,6 +80,11 @@ class ValidationError(IntegrityViolation):
     """A value the column cannot hold: too long (22001), out of range (22003), malformed (22P02 ...)."""
 
 
+class ArgumentTypeError(ValidationError, TypeError):
+    """A public function's argument has the wrong type: a `ValidationError` naming the argument that
+    is also a `TypeError`, so `except TypeError` callers keep working."""
+
+
 class TransientError(DatabaseError):
     """Trying again may succeed: serialization failure (40001), deadlock (40P01), lost connection
     (08xxx), cancelled by a timeout (57014), lock not available (55P03), server shutting down (57P0x)."""

@@ -58,7 +58,9 @@ from sqlalchemy.exc import PendingRollbackError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 
 from persistence.errors import (
+    ArgumentTypeError,
     ConnectionLostError,
+    InvalidRequestError,
     PersistenceError,
     TransactionError,
     TransientError,
@@ -394,6 +396,8 @@ def set_rollback(rollback: bool) -> None:
     `set_rollback(False)` withdraws a mark set by `set_rollback(True)`; it cannot un-mark a block
     whose statement failed (the server has aborted that work), and raises `TransactionError` there.
     """
+    if not isinstance(rollback, bool):
+        raise ArgumentTypeError(f"set_rollback(): rollback expects a bool, got {type(rollback).__name__}")
     owner = _block_for("set_rollback()").owner
     if rollback:
         owner.rollback_requested = True
@@ -541,7 +545,9 @@ def on_commit(callback: Callback, *, robust: bool = False) -> Awaitable[None]:
     callbacks still run.
     """
     if not callable(callback):
-        raise TypeError(f"on_commit needs a callable, got {type(callback).__name__}")
+        raise ArgumentTypeError(f"on_commit needs a callable, got {type(callback).__name__}")
+    if not isinstance(robust, bool):
+        raise ArgumentTypeError(f"on_commit(): robust expects a bool, got {type(robust).__name__}")
     frame = _active_frame()
     if frame is not None:
         _check_task(frame.boundary)
@@ -802,7 +808,9 @@ class Transaction:
     # -- decorator ----------------------------------------------------------------------------------
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         if not _is_async_callable(fn):
-            raise TypeError(f"@transaction needs an async function or callable, got {fn!r}")
+            raise ArgumentTypeError(
+                f"@transaction needs an async function or callable, got {type(fn).__name__}"
+            )
         options = self.options
         block_options = dataclasses.replace(options, retries=0)
         name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
@@ -840,6 +848,33 @@ class Transaction:
         return wrapper
 
 
+_ISOLATION_LEVELS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+_MAX_RETRIES = 1000
+
+
+def _check_options(
+    durable: object, read_only: object, isolation_level: object, retries: object, savepoint: object
+) -> None:
+    """Wrong types are `ArgumentTypeError` (a `ValidationError` and a `TypeError`), wrong values
+    `InvalidRequestError` (a `ValueError`); each names the argument. A truthy non-bool is refused:
+    `read_only="no"` would otherwise mean read-only."""
+    for name, flag in (("durable", durable), ("read_only", read_only), ("savepoint", savepoint)):
+        if not isinstance(flag, bool):
+            raise ArgumentTypeError(f"transaction(): {name} expects a bool, got {type(flag).__name__}")
+    if not isinstance(retries, int) or isinstance(retries, bool):
+        raise ArgumentTypeError(f"transaction(): retries expects an int, got {type(retries).__name__}")
+    if not 0 <= retries <= _MAX_RETRIES:
+        raise InvalidRequestError(f"transaction(): retries must be from 0 to {_MAX_RETRIES}, got {retries}")
+    if isolation_level is not None and not isinstance(isolation_level, str):
+        raise ArgumentTypeError(
+            f"transaction(): isolation_level expects a str, got {type(isolation_level).__name__}"
+        )
+    if isolation_level is not None and isolation_level not in _ISOLATION_LEVELS:
+        raise InvalidRequestError(
+            f"transaction(): unknown isolation_level (one of {', '.join(_ISOLATION_LEVELS)}; upper case)"
+        )
+
+
 @overload
 def transaction(fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
 
@@ -871,14 +906,7 @@ def transaction(
     makes a nested block part of its parent (no savepoint; an exception leaving it marks the parent
     for rollback); it changes nothing for an outermost block.
     """
-    if retries < 0:
-        raise ValueError("retries must be >= 0")
-    if isolation_level is not None and isolation_level not in (
-        "READ COMMITTED",
-        "REPEATABLE READ",
-        "SERIALIZABLE",
-    ):
-        raise ValueError(f"unknown isolation_level {isolation_level!r}")
+    _check_options(durable, read_only, isolation_level, retries, savepoint)
     block = Transaction(
         TransactionOptions(
             durable=durable,

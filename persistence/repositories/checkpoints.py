@@ -10,7 +10,7 @@ from sqlalchemy import select
 from persistence.errors import NotFoundError
 from persistence.models import ModelCheckpoint
 from persistence.repository import Repository
-from persistence.repository.coerce import mapping_argument
+from persistence.repository.coerce import mapping_argument, required
 from persistence.repository.filters import lookup
 from persistence.transaction import transaction
 
@@ -46,6 +46,8 @@ class CheckpointRepository(Repository[ModelCheckpoint]):
         Locks the model/framework's rows in id order first, so concurrent activations queue up
         instead of racing (and never deadlock); the partial unique index backs this up.
         """
+        required(model_name, "model_name")
+        required(version, "version")
         async with transaction():
             async with self.session() as session:
                 target = await session.scalar(
@@ -77,7 +79,7 @@ class CheckpointRepository(Repository[ModelCheckpoint]):
 
     async def get_active(self, model_name: str, framework: str | None = None) -> ModelCheckpoint | None:
         found = await self.list(
-            model_name=model_name,
+            model_name=required(model_name, "model_name"),
             framework=framework,  # None: the checkpoints without a framework (IS NULL)
             is_active=True,
             limit=1,

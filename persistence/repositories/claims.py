@@ -8,7 +8,7 @@ from typing import Any
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.models import Claim
 from persistence.repository import Repository
-from persistence.repository.coerce import mapping_argument
+from persistence.repository.coerce import mapping_argument, required
 
 
 class ClaimRepository(Repository[Claim]):
@@ -23,7 +23,7 @@ class ClaimRepository(Repository[Claim]):
         return await self.add(**values)
 
     async def get_by_external_id(self, external_id: str) -> Claim:
-        found = await self.list(external_id=external_id, limit=1)
+        found = await self.list(external_id=required(external_id, "external_id"), limit=1)
         if not found:
             raise NotFoundError("Claim", external_id)
         return found[0]

@@ -8,7 +8,7 @@ from typing import Any
 
 from persistence.models import ConsensusDecision
 from persistence.repository import Repository
-from persistence.repository.coerce import mapping_argument, refuse, text_key
+from persistence.repository.coerce import mapping_argument, refuse, required, text_key
 
 _ONE_PER_CLAIM = "uq_consensus_decisions_claim_id"
 
@@ -29,6 +29,8 @@ class ConsensusRepository(Repository[ConsensusDecision]):
     ) -> ConsensusDecision:
         """Record the claim's decision. A second decision for the same claim raises `ConflictError`
         (naming `uq_consensus_decisions_claim_id`) unless `replace=True`, which overwrites it atomically."""
+        if not isinstance(replace, bool):  # "no" would be truthy and overwrite the decision
+            raise refuse("replace", f"expects a bool, got {type(replace).__name__}")
         frameworks: object
         if isinstance(participating_frameworks, Mapping):
             frameworks = dict(participating_frameworks)
@@ -52,5 +54,5 @@ class ConsensusRepository(Repository[ConsensusDecision]):
         return await self.add(**values)
 
     async def get_for_claim(self, claim_id: str | uuid.UUID) -> ConsensusDecision | None:
-        found = await self.list(claim_id=text_key(claim_id), limit=1)
+        found = await self.list(claim_id=text_key(required(claim_id, "claim_id")), limit=1)
         return found[0] if found else None

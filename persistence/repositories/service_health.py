@@ -44,9 +44,13 @@ class ServiceHealthRepository(Repository[ServiceHealth]):
         """Instances whose last heartbeat is older than `older_than`, stalest first."""
         if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
             raise refuse("older_than", "must be a positive timedelta")
+        try:
+            cutoff = datetime.now(UTC) - older_than
+        except OverflowError:  # before year 1: no heartbeat can be that old
+            raise refuse("older_than", "out of range (reaches before year 1)") from None
         lookups: dict[str, Any] = {"service_name": service_name} if service_name is not None else {}
         return await self.list(
-            ServiceHealth.last_heartbeat < datetime.now(UTC) - older_than,
+            ServiceHealth.last_heartbeat < cutoff,
             order_by="last_heartbeat",
             **lookups,
         )

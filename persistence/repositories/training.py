@@ -8,7 +8,7 @@ from typing import Any
 
 from persistence.models import TrainingData
 from persistence.repository import Repository
-from persistence.repository.coerce import refuse
+from persistence.repository.coerce import refuse, required
 
 
 class TrainingDataRepository(Repository[TrainingData]):
@@ -16,12 +16,17 @@ class TrainingDataRepository(Repository[TrainingData]):
 
     async def add_examples(self, examples: Sequence[Mapping[str, Any]]) -> int:
         """Bulk insert (one statement per chunk, audited); returns how many were added."""
+        if isinstance(examples, Mapping | str | bytes) or not isinstance(examples, Iterable):
+            raise refuse("examples", f"expects a list of mappings, got {type(examples).__name__}")
         return await self.add_many(examples)  # `metadata` is accepted for `metadata_` by every write
 
     async def unused_for_framework(self, framework: str, *, limit: int = 1000) -> list[TrainingData]:
         """The oldest examples of `framework` not yet used in training (served by a partial index)."""
         return await self.list(
-            framework=framework, used_in_training=False, order_by="created_at", limit=limit
+            framework=required(framework, "framework"),
+            used_in_training=False,
+            order_by="created_at",
+            limit=limit,
         )
 
     async def mark_used_in_batch(self, ids: Sequence[uuid.UUID], batch_id: str) -> int:
@@ -29,8 +34,9 @@ class TrainingDataRepository(Repository[TrainingData]):
 
         Returns how many were marked, so a caller can tell if another trainer took some first.
         """
-        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Iterable):
             raise refuse("ids", f"expects a list of TrainingData ids, got {type(ids).__name__}")
+        required(batch_id, "batch_id")
         ids = list(ids)
         if not ids:
             return 0

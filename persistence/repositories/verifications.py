@@ -9,7 +9,7 @@ from typing import Any
 from persistence.models import Claim, VerificationResult
 from persistence.repositories.claims import ClaimRepository
 from persistence.repository import Repository
-from persistence.repository.coerce import mapping_argument, text_key
+from persistence.repository.coerce import mapping_argument, required, text_key
 
 
 class VerificationRepository(Repository[VerificationResult]):
@@ -39,7 +39,7 @@ class VerificationRepository(Repository[VerificationResult]):
 
     async def get_by_claim_id(self, claim_id: str | uuid.UUID) -> list[VerificationResult]:
         """Every verdict on one claim, oldest first."""
-        return await self.list(claim_id=text_key(claim_id), order_by="created_at")
+        return await self.list(claim_id=text_key(required(claim_id, "claim_id")), order_by="created_at")
 
     async def get_recent_verifications(
         self, limit: int = 100, *, framework: str | None = None

@@ -10,6 +10,7 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from persistence.errors import ArgumentTypeError
 from persistence.models import Base
 from persistence.transaction import connection_scope, session_scope
 
@@ -28,6 +29,10 @@ class RepositoryBase(Generic[ModelT]):
     def __init__(self, engine: AsyncEngine) -> None:
         if not hasattr(type(self), "model"):
             raise TypeError(f"{type(self).__name__} must set the class attribute `model`")
+        if not isinstance(engine, AsyncEngine):  # else a confusing AttributeError at the first call
+            raise ArgumentTypeError(
+                f"{type(self).__name__}(engine): engine expects an AsyncEngine, got {type(engine).__name__}"
+            )
         self.engine = engine
 
     @contextlib.asynccontextmanager

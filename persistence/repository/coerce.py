@@ -19,8 +19,9 @@ number), None for a NOT NULL column, a float with a fraction or an out-of-range 
 column (int2/int4/int8), NaN and infinities, a Decimal with more decimal places than the column's scale
 (PostgreSQL would round it) or more digits than its precision, text longer than `varchar(n)`
 (PostgreSQL would silently cut trailing spaces), NUL or lone surrogates in text, a naive datetime for a
-`timestamptz` column (it would be read in the client's local zone), a `str` for an array column, and for
-JSON columns: non-JSON values (sets, datetimes, Decimals, objects), non-string keys, NaN, text that
+`timestamptz` column (it would be read in the client's local zone), `datetime.max`/`min`,
+`date.max`/`min` and any aware datetime at or beyond them in UTC (asyncpg would store them as
+'infinity'), a `str` for an array column, and for JSON columns: non-JSON values (sets, datetimes, Decimals, objects), non-string keys, NaN, text that
 PostgreSQL cannot store, floats that would not read back equal, and nesting deeper than
 `MAX_JSON_DEPTH`.
 
@@ -37,7 +38,7 @@ import re
 import struct
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -56,8 +57,10 @@ __all__ = [
     "check_value",
     "checker",
     "describe",
+    "integer_bound",
     "mapping_argument",
     "refuse",
+    "required",
     "text_key",
 ]
 
@@ -357,9 +360,21 @@ def _numeric_check(precision: int | None, scale: int | None) -> Check:
     return check
 
 
+# asyncpg sends these as PostgreSQL's 'infinity' / '-infinity' (and reads those back naive): refused.
+_DATETIME_MAX_UTC = datetime.max.replace(tzinfo=UTC)
+_DATETIME_MIN_UTC = datetime.min.replace(tzinfo=UTC)
+_OUT_OF_RANGE = "out of range (the driver would store this bound as ±infinity)"
+
+
 def _datetime_check(aware: bool) -> Check:
     def check(value: Any) -> Any:
-        if type(value) is datetime and aware and value.tzinfo is not None and value.utcoffset() is not None:
+        if (
+            type(value) is datetime
+            and aware
+            and value.tzinfo is not None
+            and value.utcoffset() is not None
+            and _DATETIME_MIN_UTC < value < _DATETIME_MAX_UTC
+        ):
             return value
         if isinstance(value, str):
             if len(value) > _MAX_TIME_CHARS:
@@ -375,6 +390,15 @@ def _datetime_check(aware: bool) -> Check:
             raise _Refused("a naive datetime is ambiguous; give a tz-aware one (e.g. tzinfo=UTC)")
         if not aware and has_zone:
             raise _Refused("the column has no time zone; give a naive datetime")
+        if aware:
+            try:
+                utc = value.astimezone(UTC)
+            except OverflowError:  # its UTC time is outside year 1 .. 9999
+                raise _Refused(_OUT_OF_RANGE) from None
+            if not _DATETIME_MIN_UTC < utc < _DATETIME_MAX_UTC:
+                raise _Refused(_OUT_OF_RANGE)
+        elif not _DATETIME_MIN_UTC < value.replace(tzinfo=UTC) < _DATETIME_MAX_UTC:  # naive bounds
+            raise _Refused(_OUT_OF_RANGE)
         return value
 
     return check
@@ -390,6 +414,8 @@ def _date_check(value: Any) -> Any:
             raise _Refused("not an ISO-8601 date") from None
     if not isinstance(value, date) or isinstance(value, datetime):
         raise _Refused(f"expects a date, got {_kind(value)}")
+    if not date.min < value < date.max:
+        raise _Refused(_OUT_OF_RANGE)
     return value
 
 
@@ -531,6 +557,25 @@ def mapping_argument(value: object, argument: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise refuse(argument, f"expects a mapping, got {_kind(value)}")
     return dict(value)
+
+
+def required(value: object, argument: str) -> object:
+    """A lookup argument that must be given: None would silently become `IS NULL` and match nothing
+    (or, for a write, set NULL), so it is a `ValidationError` naming the argument."""
+    if value is None:
+        raise refuse(argument, "must not be None")
+    return value
+
+
+def integer_bound(type_: TypeEngine[Any]) -> int:
+    """Integer keys of this column type lie in `-bound .. bound - 1` (int2/int4/int8)."""
+    if isinstance(type_, TypeDecorator):
+        type_ = type_.impl_instance
+    if isinstance(type_, sqltypes.SmallInteger):
+        return _INT_RANGES["smallint"]
+    if isinstance(type_, sqltypes.BigInteger):
+        return _INT_RANGES["bigint"]
+    return _INT_RANGES["integer"]
 
 
 def text_key(value: object) -> object:

@@ -51,6 +51,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Generic, cast
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Executable,
     Select,
@@ -69,9 +70,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import InstrumentedAttribute
 
-from persistence.errors import InvalidRequestError, NotFoundError
+from persistence.errors import InvalidRequestError, NotFoundError, ValidationError
 from persistence.repository.base import ModelT, RepositoryBase
-from persistence.repository.coerce import describe
+from persistence.repository.coerce import check_value, describe, integer_bound
 from persistence.repository.filters import Filter, order_clause, order_terms, where_clauses
 from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
@@ -117,7 +118,7 @@ class Reads(RepositoryBase[ModelT]):
     async def get_many(self, ids: Sequence[Any]) -> builtins.list[ModelT]:
         """The rows with these primary keys, in the order of `ids`; missing ids are skipped and a
         repeated id is returned once. One `= ANY(:ids)` query per `max_ids_per_query` ids."""
-        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Iterable):
             raise InvalidRequestError(f"get_many takes a sequence of ids, got {_short(ids)}")
         info = _model_info(self.model)
         keys = builtins.list(dict.fromkeys(info.coerce_key(id_) for id_ in ids))
@@ -147,8 +148,9 @@ class Reads(RepositoryBase[ModelT]):
             raise InvalidRequestError(f"offset must be an integer >= 0, got {_short(offset)}")
         clauses = where_clauses(self.model, filters, lookups)
         stmt = self._select(clauses)
-        if order_by:
-            stmt = stmt.order_by(*_sort_plan(self.model, _order_key(order_by)).clauses)
+        order = _order_key(order_by)
+        if order:
+            stmt = stmt.order_by(*_sort_plan(self.model, order).clauses)
         if limit is not None:
             stmt = stmt.limit(limit)
         if offset:
@@ -279,10 +281,14 @@ def _check_count(value: object, name: str) -> None:
 
 
 def _order_key(order_by: object) -> tuple[str, ...]:
-    """`order_by` as a hashable tuple of strings (the cache key of its plan)."""
-    if isinstance(order_by, str):
+    """`order_by` as a hashable tuple of non-empty strings (the cache key of its plan)."""
+    if isinstance(order_by, str) and order_by.lstrip("-"):
         return (order_by,)
-    if isinstance(order_by, Sequence) and all(isinstance(name, str) for name in order_by):
+    if (
+        isinstance(order_by, Sequence)
+        and not isinstance(order_by, str | bytes | bytearray)
+        and all(isinstance(name, str) and name.lstrip("-") for name in order_by)
+    ):
         return tuple(order_by)
     raise InvalidRequestError(f"order_by takes a field name or a sequence of them, got {_short(order_by)}")
 
@@ -342,15 +348,18 @@ def _key_coercer(entity: str, pk: InstrumentedAttribute[Any]) -> Callable[[Any],
                     return uuid.UUID(key)
                 except ValueError:
                     pass
-            raise InvalidRequestError(f"{entity} keys are UUIDs, got {_short(key)}")
+            raise InvalidRequestError(f"id: {entity} keys are UUIDs, got {_short(key)}")
 
         return as_uuid
     if python_type is int:
+        bound = integer_bound(pk.type)
 
         def as_int(key: Any) -> Any:
             if isinstance(key, int) and not isinstance(key, bool):
-                return key
-            raise InvalidRequestError(f"{entity} keys are integers, got {_short(key)}")
+                if -bound <= key < bound:
+                    return key
+                raise InvalidRequestError(f"id: out of range for {entity} keys ({-bound} .. {bound - 1})")
+            raise InvalidRequestError(f"id: {entity} keys are integers, got {_short(key)}")
 
         return as_int
     return lambda key: key
@@ -438,6 +447,7 @@ class _SortKey:
     descending: bool
     nullable: bool
     codec: _Codec | None
+    column: Column[Any]
 
     def beyond(self, value: Any) -> ColumnElement[bool] | None:
         """Rows strictly after `value` in this key's order (NULL sorts above every value); None: none."""
@@ -506,7 +516,7 @@ class _SortPlan:
     def decode(self, cursor: object) -> builtins.list[Any]:
         """The sort values in `cursor`, typed like their columns, or `InvalidRequestError`."""
         invalid = InvalidRequestError(
-            f"invalid cursor for this {self.entity} page (tampered, truncated, or from another order_by)"
+            f"after: invalid cursor for this {self.entity} page (tampered, truncated, or from another order_by)"
         )
         if not isinstance(cursor, str) or not cursor or len(cursor) > _MAX_CURSOR_CHARS:
             raise invalid
@@ -528,7 +538,11 @@ class _SortPlan:
                         raise invalid
                     decoded.append(None)
                 else:
-                    decoded.append(cast("_Codec", key.codec).decode(value))
+                    # Also within the column's range (a crafted int4 key beyond it, datetime.max).
+                    typed = cast("_Codec", key.codec).decode(value)
+                    decoded.append(check_value(self.entity, key.key, key.column, typed, filtering=True))
+        except ValidationError as exc:
+            raise invalid from exc
         except InvalidRequestError:
             raise
         except (ValueError, TypeError, InvalidOperation, binascii.Error, RecursionError) as exc:
@@ -562,14 +576,15 @@ def _build_sort_plan(model: type[Any], order_by: tuple[str, ...]) -> _SortPlan:
     keys: list[_SortKey] = []
     for attr, descending in order_terms(model, order_by):
         [col] = mapper.column_attrs[attr.key].columns
-        keys.append(_SortKey(attr, attr.key, descending, bool(col.nullable), _codec_for(attr)))
+        keys.append(_SortKey(attr, attr.key, descending, bool(col.nullable), _codec_for(attr), col))
         if attr.key == info.pk_key:
             break
     else:
         # The tiebreaker follows the last key's direction: `-created_at` stays one direction, so the
         # keyset condition is a row-value comparison that an index on created_at can serve.
         descending = keys[-1].descending if keys else False
-        keys.append(_SortKey(info.pk, info.pk_key, descending, False, _codec_for(info.pk)))
+        [pk_column] = mapper.primary_key
+        keys.append(_SortKey(info.pk, info.pk_key, descending, False, _codec_for(info.pk), pk_column))
     normalized = ",".join(("-" if key.descending else "") + key.key for key in keys)
     signature = hashlib.blake2b(f"{mapper.local_table.name}|{normalized}".encode(), digest_size=6).hexdigest()
     return _SortPlan(

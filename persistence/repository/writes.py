@@ -80,7 +80,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from persistence.audit import audit_cte, audit_entity, audit_params, is_append_only
 from persistence.errors import InvalidRequestError, NotFoundError, TransientError
 from persistence.repository.base import ModelT, RepositoryBase
-from persistence.repository.coerce import check_columns, check_value, describe, refuse
+from persistence.repository.coerce import check_columns, check_value, describe, integer_bound, refuse
 from persistence.repository.filters import Filter, aliases, column, where_clauses
 
 CHUNK_ROWS = 10_000
@@ -141,6 +141,8 @@ class Writes(RepositoryBase[ModelT]):
         Returns the number of rows inserted, or with `returning=True` the inserted rows (in no
         guaranteed order). All chunks share one transaction: a failing row inserts nothing.
         """
+        if not isinstance(returning, bool):
+            raise refuse("returning", f"expects a bool, got {type(returning).__name__}")
         info = _info(self.model)
         batch, given = _rows(rows)
         if not batch:
@@ -483,7 +485,7 @@ def _key_coercer(entity: str, pk: Column[Any]) -> Callable[[Any], Any]:
         return lambda key: key
 
     def refuse(key: Any, kind: str) -> InvalidRequestError:
-        return InvalidRequestError(f"{entity} keys are {kind}, got {describe(key)}")
+        return InvalidRequestError(f"id: {entity} keys are {kind}, got {describe(key)}")
 
     if python_type is uuid.UUID:
 
@@ -499,10 +501,13 @@ def _key_coercer(entity: str, pk: Column[Any]) -> Callable[[Any], Any]:
 
         return as_uuid
     if python_type is int:
+        bound = integer_bound(pk.type)
 
         def as_int(key: Any) -> Any:
             if isinstance(key, int) and not isinstance(key, bool):
-                return key
+                if -bound <= key < bound:
+                    return key
+                raise InvalidRequestError(f"id: out of range for {entity} keys ({-bound} .. {bound - 1})")
             raise refuse(key, "integers")
 
         return as_int

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
@@ -17,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.errors import InvalidRequestError, PersistenceError, ValidationError
-from persistence.models import AICall, Claim, ServiceHealth, TrainingData, VerificationResult
+from persistence.models import (
+    AICall,
+    Claim,
+    ReconciliationReport,
+    ServiceHealth,
+    TrainingData,
+    VerificationResult,
+)
 from persistence.repositories import (
     CheckpointRepository,
     ClaimRepository,
@@ -192,6 +200,49 @@ async def test_naive_datetimes_are_refused(engine: AsyncEngine, statements: list
     assert statements == []
     eastern = datetime(2024, 5, 1, 8, tzinfo=timezone(timedelta(hours=-4)))
     assert (await repo.add(**beat, last_heartbeat=eastern)).last_heartbeat == NOW
+
+
+class Reports(Repository[ReconciliationReport]):
+    model = ReconciliationReport
+
+
+async def test_datetimes_and_dates_the_driver_would_store_as_infinity_are_refused(
+    engine: AsyncEngine, statements: list[str]
+) -> None:
+    """asyncpg sends datetime.max/min (also an aware value equal to them in UTC) and date.max/min as
+    'infinity', read back naive or as another value: each is refused, in writes and in filters."""
+    repo = Health(engine)
+    beat = {"service_name": "api", "instance_id": "i", "status": "healthy"}
+    plus14 = timezone(timedelta(hours=14))
+    bounds = [
+        datetime.max.replace(tzinfo=UTC),
+        datetime.min.replace(tzinfo=UTC),
+        datetime(1, 1, 1, 14, 0, tzinfo=plus14),  # datetime.min in UTC
+        datetime(1, 1, 1, 13, 0, tzinfo=plus14),  # before datetime.min in UTC (astimezone overflows)
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-2))),  # beyond datetime.max in UTC
+        "9999-12-31T23:59:59.999999+00:00",
+    ]
+    for value in bounds:
+        await refused(partial(repo.add, **beat, last_heartbeat=value), "last_heartbeat", "out of range")
+        await refused(partial(repo.list, last_heartbeat__lt=value), "last_heartbeat__lt", "out of range")
+    report = {
+        "period_start": NOW,
+        "period_end": NOW + timedelta(days=1),
+        "total_calls": 0,
+        "total_cost_usd": Decimal(0),
+        "total_tokens": 0,
+    }
+    for day in (date.max, date.min, "9999-12-31"):
+        await refused(partial(Reports(engine).add, **report, report_date=day), "report_date", "out of range")
+        await refused(
+            partial(Reports(engine).count, report_date__gte=day), "report_date__gte", "out of range"
+        )
+    assert statements == []
+    assert await count(engine, "service_health") == 0
+    almost = datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=UTC)
+    assert (await repo.add(**beat, last_heartbeat=almost)).last_heartbeat == almost
+    stored = await Reports(engine).add(**report, report_date=date(9999, 12, 30))
+    assert stored.report_date == date(9999, 12, 30)
 
 
 # -- filters ----------------------------------------------------------------------------------------------
