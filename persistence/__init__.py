@@ -41,6 +41,7 @@ from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationCon
 from persistence.embedded import EmbeddedServer, ServerStatus
 from persistence.engine import create_database_engine
 from persistence.errors import (
+    ArgumentTypeError,
     ConfigurationError,
     ConflictError,
     ConnectionLostError,
@@ -80,6 +81,7 @@ from persistence.transaction import (
 __all__ = [
     "AICallLogger",
     "AICallRecord",
+    "ArgumentTypeError",
     "AuditLogRepository",
     "BatchLogger",
     "BatchStats",

@@ -4,7 +4,7 @@ value stored verbatim (read back equal, under the documented lossless conversion
 surrogates, up to 1 MB), numbers (NaN, inf, -0.0, 2**63, huge Decimals), wrong types, naive datetimes
 and non-JSON values.
 
-Outcomes are counted per target and printed at the end of the module (terminal summary; also with -s),
+Outcomes are counted per target and printed at the end of the module (group totals; per target with -v),
 so the counts can be quoted: `stored`/`answered` (a write kept the value / a filter ran), `ValidationError`,
 `other PersistenceError` (e.g. a check constraint or a unique key, refused by the server).
 """
@@ -98,7 +98,8 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
         )
         groups.setdefault(group, Counter()).update(row)
         groups.setdefault("total", Counter()).update(row)
-        lines.append(f"  {target:42} {row['ok']:5} / {row['ValidationError']:5} / {row['other']:5}")
+        if request.config.get_verbosity() > 0:  # per target with -v; the group totals always
+            lines.append(f"  {target:42} {row['ok']:5} / {row['ValidationError']:5} / {row['other']:5}")
     for group, row in groups.items():
         lines.append(f"  {'= ' + group:42} {row['ok']:5} / {row['ValidationError']:5} / {row['other']:5}")
     lines.append(
