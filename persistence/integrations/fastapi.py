@@ -286,7 +286,7 @@ def list_params(
     *,
     filters: FilterSpec | None = None,
     order: Sequence[str] = (),
-    default_limit: int = 50,
+    default_limit: int | None = None,
     max_limit: int = 100,
     extra: Collection[str] = (),
 ) -> Callable[[Request], Awaitable[ListQuery[ModelT]]]:
@@ -296,9 +296,12 @@ def list_params(
     `__not_in` take comma-separated values, `__isnull` true/false); values are checked and converted
     by the column's type (`confidence__gte=0.5` becomes a Decimal). `order_by` must be one of `order`
     (each entry a field or comma-separated fields, `-` for descending; the first is the default).
+    `limit` defaults to `default_limit` (50 or `max_limit` if smaller).
     `extra` names the endpoint's own query parameters; any other parameter is a 422 problem.
     Mistakes in the arguments themselves raise `InvalidRequestError` when the app is built.
     """
+    if default_limit is None:
+        default_limit = min(50, max_limit)
     if not 1 <= default_limit <= max_limit <= MAX_LIMIT:
         raise InvalidRequestError(f"list_params: need 1 <= default_limit <= max_limit <= {MAX_LIMIT}")
     allowed = _allowed_filters(model, filters or {})
