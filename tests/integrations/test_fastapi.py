@@ -8,27 +8,29 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from persistence import ClaimRepository, DatabaseConfig
+from persistence import ClaimRepository, DatabaseConfig, InvalidRequestError
 from persistence.engine import build_engine
 from persistence.integrations.fastapi import (
     ENGINE_STATE,
     EngineDep,
     ListQuery,
+    QueryParameterError,
     ReadOnlyTransactionDep,
     TransactionDep,
     install_exception_handlers,
     lifespan,
     list_params,
 )
-from persistence.models import Claim
+from persistence.models import AICall, Claim, TrainingData
 
 pytestmark = pytest.mark.commits
 
@@ -240,6 +242,46 @@ async def test_filter_values_are_coerced_to_column_types(client: httpx.AsyncClie
         params={"created_at__gte": "2026-01-01T00:00:00+00:00", "claim_type": "a", "external_id__in": "x,y"},
     )
     assert response.json() == {"created_at__gte": "datetime", "claim_type": "str", "external_id__in": "list"}
+
+
+def _request(query: str) -> Request:
+    return Request(
+        {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": query.encode()}
+    )
+
+
+async def test_list_params_types_numbers_bools_and_isnull_by_column() -> None:
+    calls = list_params(AICall, filters={"cost_usd": ["gte", "in"], "latency_ms": ["lt", "isnull"]})
+    examples = list_params(TrainingData, filters={"validity": ..., "confidence": ["gte"]})
+    query = await calls(
+        _request("cost_usd__gte=0.5&cost_usd__in=1,2.25&latency_ms__lt=300&latency_ms__isnull=false")
+    )
+    assert query.lookups == {
+        "cost_usd__gte": Decimal("0.5"),
+        "cost_usd__in": [Decimal(1), Decimal("2.25")],
+        "latency_ms__lt": 300,
+        "latency_ms__isnull": False,
+    }
+    assert type(query.lookups["cost_usd__gte"]) is Decimal and type(query.lookups["latency_ms__lt"]) is int
+    query = await examples(_request("validity=true&confidence__gte=0.9"))
+    assert query.lookups == {"validity": True, "confidence__gte": 0.9}
+    for bad in ("cost_usd__gte=1e", "cost_usd__in=1,,2", "latency_ms__lt=1.5", "latency_ms__isnull=maybe"):
+        with pytest.raises(QueryParameterError) as caught:
+            await calls(_request(bad))
+        assert caught.value.parameter == bad.split("=")[0]
+    with pytest.raises(QueryParameterError, match="given more than once"):
+        await examples(_request("validity=true&validity=false"))
+
+
+def test_list_params_refuses_unknown_fields_operators_and_orders_when_built() -> None:
+    with pytest.raises(InvalidRequestError, match="no field"):
+        list_params(Claim, filters={"nope": ...})
+    with pytest.raises(InvalidRequestError, match="unknown operator"):
+        list_params(Claim, filters={"content": ["like"]})
+    with pytest.raises(InvalidRequestError, match="no field"):
+        list_params(Claim, order=["-nope"])
+    with pytest.raises(InvalidRequestError, match="used twice"):
+        list_params(Claim, filters={"claim_type": ...}, extra=["claim_type"])
 
 
 @pytest.mark.parametrize(
