@@ -263,8 +263,8 @@ async def test_list_params_types_numbers_bools_and_isnull_by_column() -> None:
         "latency_ms__isnull": False,
     }
     assert type(query.lookups["cost_usd__gte"]) is Decimal and type(query.lookups["latency_ms__lt"]) is int
-    query = await examples(_request("validity=true&confidence__gte=0.9"))
-    assert query.lookups == {"validity": True, "confidence__gte": 0.9}
+    example_query = await examples(_request("validity=true&confidence__gte=0.9"))
+    assert example_query.lookups == {"validity": True, "confidence__gte": 0.9}
     for bad in ("cost_usd__gte=1e", "cost_usd__in=1,,2", "latency_ms__lt=1.5", "latency_ms__isnull=maybe"):
         with pytest.raises(QueryParameterError) as caught:
             await calls(_request(bad))
