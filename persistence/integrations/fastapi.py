@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.config import DatabaseConfig
 from persistence.engine import HooksArg, create_database_engine
 from persistence.errors import (
+    ConfigurationError,
     ConflictError,
     DatabaseConnectionError,
     IntegrityViolation,
@@ -99,10 +100,10 @@ def lifespan(
 
 
 def get_engine(request: Request) -> AsyncEngine:
-    """Dependency: the engine the lifespan built (a `TransactionError` if the lifespan is not running)."""
+    """Dependency: the engine the lifespan built (a `ConfigurationError` if the lifespan is not running)."""
     engine = getattr(request.app.state, ENGINE_STATE, None)
     if not isinstance(engine, AsyncEngine):
-        raise TransactionError(
+        raise ConfigurationError(
             "no engine on app.state: pass persistence's lifespan() to FastAPI(lifespan=...)"
         )
     return engine
