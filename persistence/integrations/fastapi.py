@@ -26,10 +26,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from inspect import Parameter, Signature
 from types import EllipsisType
 from typing import Annotated, Any, Generic
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Boolean, Column, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -319,7 +320,7 @@ def list_params(
         )
     known = sorted(allowed)
 
-    async def dependency(request: Request) -> ListQuery[ModelT]:
+    def parse(request: Request) -> ListQuery[ModelT]:
         params = request.query_params
         lookups: dict[str, object] = {}
         for name in params:
@@ -345,7 +346,36 @@ def list_params(
         limit = _limit(params.get("limit"), default_limit, max_limit)
         return ListQuery(model, lookups, order_by, limit, params.get("after"))
 
-    return dependency
+    return _ListDependency(parse, _signature(allowed, list(orders), max_limit))
+
+
+class _ListDependency(Generic[ModelT]):
+    """The dependency `list_params` returns. Its signature lists the query parameters, so they show
+    in the OpenAPI schema; their values are read (and checked) from the request itself, so that a
+    bad or unknown one is our 422 problem."""
+
+    def __init__(self, parse: Callable[[Request], ListQuery[ModelT]], signature: Signature) -> None:
+        self._parse = parse
+        self.__signature__ = signature
+
+    async def __call__(self, request: Request, **_: object) -> ListQuery[ModelT]:
+        return self._parse(request)
+
+
+def _signature(allowed: Mapping[str, _Allowed], orders: Sequence[str], max_limit: int) -> Signature:
+    def query(name: str, alias: str, description: str) -> Parameter:
+        annotation = Annotated[str | None, Query(alias=alias, description=description)]
+        return Parameter(name, Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+    params = [Parameter("request", Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
+    for n, (name, spec) in enumerate(sorted(allowed.items())):
+        how = {"in": "comma-separated values", "not_in": "comma-separated values", "isnull": "true or false"}
+        params.append(query(f"filter_{n}", name, f"{spec.key} {spec.op}: {how.get(spec.op, 'a value')}"))
+    if orders:
+        params.append(query("order_by", "order_by", f"one of: {' | '.join(orders)} (default {orders[0]})"))
+    params.append(query("limit", "limit", f"rows per page, 1 to {max_limit}"))
+    params.append(query("after", "after", "the next_cursor of the previous page"))
+    return Signature(params)
 
 
 def _allowed_filters(model: type[Any], filters: FilterSpec) -> dict[str, _Allowed]:

@@ -273,6 +273,20 @@ async def test_list_params_types_numbers_bools_and_isnull_by_column() -> None:
         await examples(_request("validity=true&validity=false"))
 
 
+def test_list_parameters_show_in_the_openapi_schema(db_config: DatabaseConfig) -> None:
+    schema = make_app(db_config).openapi()
+    names = {param["name"] for param in schema["paths"]["/claims"]["get"]["parameters"]}
+    assert names == {
+        "claim_type",
+        "created_at__gte",
+        "created_at__lt",
+        "external_id__in",
+        "order_by",
+        "limit",
+        "after",
+    }
+
+
 def test_list_params_refuses_unknown_fields_operators_and_orders_when_built() -> None:
     with pytest.raises(InvalidRequestError, match="no field"):
         list_params(Claim, filters={"nope": ...})
