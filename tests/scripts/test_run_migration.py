@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -189,3 +191,42 @@ def test_unreachable_database_is_one_line_without_the_password() -> None:
         assert out.returncode == 1
         assert one_line_error(out).startswith("error: cannot connect to PostgreSQL at 127.0.0.1:1/none")
         assert "topsecret-pw" not in out.stdout + out.stderr
+
+
+def rollback_at_a_terminal(url: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """`rollback` with a pseudo-terminal as stdin (stdout/stderr captured), typing `answer`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DB_")}
+    env["DATABASE_URL"] = url
+    main, child = pty.openpty()
+    try:
+        os.write(main, answer.encode() + b"\n")  # buffered by the terminal until input() reads it
+        return subprocess.run(
+            [sys.executable, SCRIPT, "rollback"],
+            cwd=ROOT,
+            env=env,
+            stdin=child,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        os.close(child)
+        os.close(main)
+
+
+@pytest.mark.commits
+async def test_rollback_at_a_terminal_asks_and_only_yes_rolls_back(empty: Empty) -> None:
+    assert run_script(empty.url, "run", "--revision", "0002").returncode == 0
+
+    declined = await asyncio.to_thread(rollback_at_a_terminal, empty.url, "n")
+    assert declined.returncode == 1, declined.stderr
+    assert "its downgrade removes:\n" in declined.stdout and "  - table vendor_prices\n" in declined.stdout
+    assert declined.stdout.endswith("roll back 0002? [y/N] ")
+    assert declined.stderr == "rollback cancelled; nothing changed\n"
+    assert await empty.revisions() == ["0002"]
+
+    accepted = await asyncio.to_thread(rollback_at_a_terminal, empty.url, "y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.endswith("schema rolled back 0002 -> 0001\n")
+    assert await empty.revisions() == ["0001"]
