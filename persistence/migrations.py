@@ -350,6 +350,8 @@ async def _locked(
             return await conn.run_sync(run)
     except PersistenceError:
         raise
+    except AlembicError as exc:  # an unknown --revision, a revision the database is at but we lack
+        raise InvalidRequestError(f"alembic: {exc}") from exc
     except DBAPIError as exc:
         translated = translate(exc)
         if translated is None:

@@ -126,6 +126,11 @@ async def test_status_before_and_after_a_run(empty: Empty) -> None:
     assert "0003  default vendor prices" in before.stdout
     assert before.stderr == ""
 
+    unknown = run_script(empty.url, "run", "--revision", "nope")
+    assert unknown.returncode == 1
+    assert one_line_error(unknown).startswith("error: alembic: ")
+    assert await empty.revisions() == []
+
     assert run_script(empty.url, "run", "--revision", "0004").returncode == 0
     partly = run_script(empty.url, "status")
     assert partly.returncode == 3
