@@ -167,6 +167,7 @@ async def test_rollback_says_what_it_drops_goes_one_back_and_run_returns_to_head
     again = run_script(empty.url, "run")
     assert again.returncode == 0
     assert again.stdout == f"schema migrated 0004 -> {HEAD}\n"
+    assert again.stderr == back.stderr == ""  # nothing but the command's own output
     assert await empty.revisions() == [HEAD]
 
 
