@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig, configuration_error
 from persistence.embedded import EmbeddedServer
 from persistence.errors import ConfigurationError, PersistenceError
+from persistence.migrate_cli import DESCRIPTION as MIGRATE_DESCRIPTION
+from persistence.migrate_cli import add_migrate_arguments, migrate_command
 
 if TYPE_CHECKING:
     from persistence.ai_calls.reconciliation import ReconciliationResult
@@ -48,23 +50,6 @@ def _server_command(args: argparse.Namespace) -> int:
         return 0 if server.status().running else 3
     elif args.action == "url":
         print(server.url(database))
-    return 0
-
-
-async def _migrate(revision: str) -> int:
-    from persistence import migrations
-    from persistence.engine import create_database_engine
-
-    config = DatabaseConfig()
-    engine = await create_database_engine(config)
-    try:
-        before, after = await migrations.upgrade(engine, revision)
-    finally:
-        await engine.dispose()
-    if before == after:
-        print(f"schema already at {after or 'base'}")
-    else:
-        print(f"schema migrated {before or 'base'} -> {after}")
     return 0
 
 
@@ -329,8 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--database", help="database name (default: PERSISTENCE_DATABASE or 'persistence')")
 
-    migrate = sub.add_parser("migrate", help="apply migrations (alembic upgrade) to the configured database")
-    migrate.add_argument("--revision", default="head", help="target revision (default %(default)s)")
+    migrate = sub.add_parser(
+        "migrate",
+        help="migrations of the configured database: run (default; under an advisory lock), status, rollback",
+        description=MIGRATE_DESCRIPTION,
+    )
+    add_migrate_arguments(migrate)
 
     health = sub.add_parser(
         "health",
@@ -589,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "server":
             return _server_command(args)
         if args.command == "migrate":
-            return asyncio.run(_migrate(args.revision))
+            return asyncio.run(migrate_command(args))
         if args.command == "seed":
             return asyncio.run(_seed(args))
         if args.command == "health":

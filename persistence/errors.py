@@ -92,6 +92,11 @@ class TransientError(DatabaseError):
     retryable = True
 
 
+class MigrationLockTimeout(TransientError):
+    """A migration could not take a lock in time: another migrator held the migration lock past the
+    wait, or a table its DDL alters stayed locked past `lock_timeout` (55P03). Nothing was applied."""
+
+
 class DatabaseConnectionError(DatabaseError):
     """The server could not be reached, refused the connection, or the connection broke.
 

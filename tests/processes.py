@@ -18,9 +18,11 @@ def run_python(
     strip: tuple[str, ...] = ("DB_",),
     extra: Mapping[str, str] | None = None,
     timeout: float = 120,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`python <argv>` against `database_url`; variables starting with `strip` are dropped from
-    the environment first, so the developer's own settings cannot leak into the run."""
+    the environment first, so the developer's own settings cannot leak into the run. `stdin`, when
+    given, is piped in (so the child's stdin is not a terminal)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(strip)}
     env["DATABASE_URL"] = database_url
     env.update(extra or {})
@@ -31,5 +33,6 @@ def run_python(
         capture_output=True,
         text=True,
         timeout=timeout,
+        input=stdin,
         check=False,
     )

@@ -154,3 +154,17 @@ async def test_migrations_build_exactly_what_the_models_declare(
     from_migrations = pg.server.psql(CATALOG_QUERY, database=TEST_DB).splitlines()
     assert len(from_models) > 100
     assert from_models == from_migrations
+
+
+def test_seed_data_of_0003_is_idempotent(pg: ThrowawayPostgres, empty_db: str) -> None:
+    """Running 0003's upgrade again (stamped back, or prices already loaded by hand) inserts nothing
+    and fails on nothing: a price in force for the model is kept."""
+    database = empty_db.split("@/", 1)[1].split("?", 1)[0]
+    count = "SELECT count(*) FROM vendor_prices;"
+    assert alembic(empty_db, "upgrade", "0003").returncode == 0
+    loaded = int(pg.server.psql(count, database=database))
+    assert loaded > 10
+    assert alembic(empty_db, "stamp", "0002").returncode == 0
+    rerun = alembic(empty_db, "upgrade", "0003")
+    assert rerun.returncode == 0, rerun.stderr
+    assert int(pg.server.psql(count, database=database)) == loaded

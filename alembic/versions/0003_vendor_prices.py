@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
@@ -76,23 +77,51 @@ _prices = sa.table(
 
 
 def upgrade() -> None:
-    op.bulk_insert(
-        _prices,
-        [
-            {
-                "provider": provider,
-                "model": model,
-                "tenant_id": "",
-                "input_per_mtok": Decimal(i),
-                "output_per_mtok": Decimal(o),
-                "cache_read_per_mtok": Decimal(cr),
-                "cache_write_per_mtok": Decimal(cw),
-                "reasoning_per_mtok": Decimal(r),
-                "effective_from": FROM,
-                "source": SOURCE,
-            }
-            for provider, model, i, o, cr, cw, r in PRICES
-        ],
+    # Idempotent: a row is inserted only where no price of that (provider, model, global tenant) is in
+    # force from FROM on already (a rerun, or prices loaded by hand), so a rerun inserts nothing and
+    # never trips the overlap trigger; ON CONFLICT covers a concurrent writer of the same key.
+    buckets = [
+        "input_per_mtok",
+        "output_per_mtok",
+        "cache_read_per_mtok",
+        "cache_write_per_mtok",
+        "reasoning_per_mtok",
+    ]
+    rows = sa.values(
+        sa.column("provider", sa.String()),
+        sa.column("model", sa.String()),
+        *(sa.column(b, sa.Numeric()) for b in buckets),
+        name="v",
+        literal_binds=True,
+    ).data([(p, m, *(Decimal(x) for x in prices)) for p, m, *prices in PRICES])
+    tz = sa.DateTime(timezone=True)
+    effective_from = sa.cast(sa.literal(FROM, tz), tz)
+    tenant = sa.cast(sa.literal(""), sa.String())
+    existing = sa.table(
+        "vendor_prices",
+        sa.column("provider", sa.String()),
+        sa.column("model", sa.String()),
+        sa.column("tenant_id", sa.String()),
+        sa.column("effective_to", tz),
+    ).alias("p")
+    in_force = sa.exists().where(
+        existing.c.provider == rows.c.provider,
+        existing.c.model == rows.c.model,
+        existing.c.tenant_id == tenant,
+        sa.or_(existing.c.effective_to.is_(None), existing.c.effective_to > effective_from),
+    )
+    chosen = sa.select(
+        rows.c.provider,
+        rows.c.model,
+        tenant,
+        *(rows.c[b] for b in buckets),
+        effective_from,
+        sa.cast(sa.literal(SOURCE), sa.String()),
+    ).where(~in_force)
+    op.execute(
+        postgresql.insert(_prices)
+        .from_select(["provider", "model", "tenant_id", *buckets, "effective_from", "source"], chosen)
+        .on_conflict_do_nothing(index_elements=["provider", "model", "tenant_id", "effective_from"])
     )
 
 
