@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 import structlog
 from sqlalchemy import text
-from structlog.testing import capture_logs
 
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.observe import configure_logging, correlation
+from tests.logs import capture_logs
+
+
+def unconfigure_logging() -> None:
+    """Undo `configure_logging` so later tests see the library's defaults again."""
+    structlog.reset_defaults()
+    ours = logging.getLogger("persistence")
+    for handler in [h for h in ours.handlers if not isinstance(h, logging.NullHandler)]:
+        ours.removeHandler(handler)
+    ours.setLevel(logging.NOTSET)
+    ours.propagate = True
+
 
 SECRET = "sk-live-4f9a1c7e2b8d"  # a bound parameter that must never reach a log line
 SLOW = text("SELECT pg_sleep(:seconds), :token AS token")
@@ -68,7 +80,7 @@ async def test_json_logging_renders_the_slow_query_with_correlation_ids(db_confi
                 await conn.execute(SLOW, {"seconds": 0.05, "token": SECRET})
     finally:
         await engine.dispose()
-        structlog.reset_defaults()
+        unconfigure_logging()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["event"] for line in lines] == ["slow query"]
     [line] = lines
