@@ -22,6 +22,7 @@ from persistence.migrate_cli import add_migrate_arguments, migrate_command
 if TYPE_CHECKING:
     from persistence.ai_calls.reconciliation import ReconciliationResult
     from persistence.ai_calls.sources import UsageSource
+    from persistence.observe.health import HealthReport
 
 
 def _print_status(server: EmbeddedServer, database: str, out: TextIO) -> None:
@@ -54,17 +55,29 @@ def _server_command(args: argparse.Namespace) -> int:
 
 
 async def _health(args: argparse.Namespace) -> int:
-    import json
     from datetime import timedelta
 
     from persistence.engine import create_database_engine
-    from persistence.observe.health import health
+    from persistence.observe.health import health, not_checked
     from persistence.repositories import ServiceHealthRepository
 
     config = DatabaseConfig()
-    engine = await create_database_engine(config, check=False)  # the report says why it cannot connect
     stale_error: str | None = None
     stale: list[dict[str, object]] = []
+    if not config.is_configured:  # the embedded server: check it if it runs, never start it
+        embedded = EmbeddedConfig()
+        server = EmbeddedServer.from_config(embedded)
+        database = config.database or embedded.database
+        config = server.database_config(database, base=config)
+        if not server.status().running:
+            stopped = "embedded PostgreSQL is stopped (`persistence server start` starts it)"
+            return _print_health(
+                args, "the embedded local PostgreSQL", not_checked(stopped, database=database), [], None
+            )
+        where = f"the embedded local PostgreSQL ({server.data_dir})"
+    else:
+        where = config.describe()
+    engine = await create_database_engine(config, check=False)  # the report says why it cannot connect
     try:
         report = await health(engine, timeout=args.timeout)
         if report.connected and report.schema.state == "at head":
@@ -86,7 +99,17 @@ async def _health(args: argparse.Namespace) -> int:
                 stale_error = f"{type(exc).__name__}: {exc}"
     finally:
         await engine.dispose()
-    where = config.describe() if config.is_configured else "the embedded local PostgreSQL"
+    return _print_health(args, where, report, stale, stale_error)
+
+
+def _print_health(
+    args: argparse.Namespace,
+    where: str,
+    report: HealthReport,
+    stale: list[dict[str, object]],
+    stale_error: str | None,
+) -> int:
+
     if args.json:
         out = {"database": where, **report.as_dict(), "stale_after_s": args.stale_after, "stale": stale}
         if stale_error is not None:

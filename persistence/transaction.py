@@ -51,7 +51,6 @@ from time import perf_counter
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 import asyncpg
-import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import PendingRollbackError, SQLAlchemyError
@@ -73,6 +72,7 @@ from persistence.observe.hooks import (
     TransactionStart,
     hooks_of,
 )
+from persistence.observe.loggers import get_logger
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -93,7 +93,7 @@ _DATABASE_ERRORS = (
     asyncpg.InternalClientError,
 )
 
-log = structlog.get_logger("persistence.transaction")
+log = get_logger("persistence.transaction")
 
 
 def _translated(exc: Exception) -> Exception:

@@ -43,8 +43,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord, positive_int, positive_seconds
 from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
@@ -57,10 +55,11 @@ from persistence.errors import (
     TransientError,
     ValidationError,
 )
+from persistence.observe.loggers import get_logger
 
 __all__ = ["BatchLogger", "BatchStats", "RejectedCall", "RejectedCallsError", "UnwrittenCallsError"]
 
-log = structlog.get_logger("persistence.ai_calls.batch")
+log = get_logger("persistence.ai_calls.batch")
 _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
 
 

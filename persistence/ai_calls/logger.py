@@ -35,7 +35,6 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.advisory import advisory_key
@@ -61,12 +60,13 @@ from persistence.errors import (
     translate,
 )
 from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
+from persistence.observe.loggers import get_logger
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
 
 __all__ = ["AICallLogger", "Stats"]
 
-_log = structlog.get_logger("persistence.ai_calls.logger")
+_log = get_logger("persistence.ai_calls.logger")
 
 Stats = dict[str, Any]
 

@@ -53,6 +53,13 @@ class HealthReport:
         return asdict(self)
 
 
+def not_checked(error: str, *, database: str | None = None) -> HealthReport:
+    """The unhealthy report for a database we chose not to reach (`persistence health` finding the
+    embedded server stopped: a health check reports, it does not start a server)."""
+    unknown = SchemaStatus("unknown", None, migrations.head_revision(), None)
+    return HealthReport(False, False, None, None, database, None, unknown, error)
+
+
 async def health(engine: AsyncEngine, *, timeout: float = 5.0) -> HealthReport:  # noqa: ASYNC109 (a deadline for the whole check)
     """Check the database behind `engine` within `timeout` seconds (one pooled connection, two queries)."""
     head = migrations.head_revision()

@@ -15,11 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-log = structlog.get_logger("persistence.observe")
+from persistence.observe.loggers import get_logger
+
+log = get_logger("persistence.observe")
 
 PoolEventKind = Literal["checkout", "checkin", "connect", "invalidate", "close"]
 TransactionOutcome = Literal["commit", "rollback", "retried", "failed"]

@@ -19,15 +19,14 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-import structlog
-
+from persistence.observe.loggers import get_logger
 from persistence.pool import lost_connection
 from persistence.transaction import _active_frame
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-log = structlog.get_logger("persistence.repository")
+log = get_logger("persistence.repository")
 
 
 def retry_read(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:

@@ -17,7 +17,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from structlog.testing import capture_logs
 
 from persistence import AICallLogger, AICallRecord, BatchLogger
 from persistence.ai_calls.batch import (
@@ -41,6 +40,7 @@ from persistence.errors import (
 )
 from persistence.testing import ThrowawayPostgres
 from persistence.testing.database import free_port
+from tests.logs import capture_logs
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence import ServiceHealthRepository, migrations
+from persistence import ServiceHealthRepository, cli, migrations
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.observe.health import health
@@ -88,3 +90,43 @@ def test_health_command_exits_non_zero_when_the_database_is_unreachable() -> Non
     assert out.returncode == 1, out.stdout + out.stderr
     assert "UNHEALTHY" in out.stdout and "refused" in out.stdout.lower()
     assert "pw-secret-9" not in out.stdout + out.stderr
+
+
+def embedded_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path, port: int = 5432) -> None:
+    """The environment of a developer with no DATABASE_URL: `persistence` means the embedded server."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in [n for n in os.environ if n.startswith(("DB_", "DATABASE_URL", "PERSISTENCE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PERSISTENCE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("PERSISTENCE_PORT", str(port))
+
+
+def test_health_reports_a_stopped_embedded_server_instead_of_starting_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "postgres"
+    embedded_only(monkeypatch, tmp_path, data_dir)
+    assert cli.main(["health"]) == 1
+    out = capsys.readouterr().out
+    assert "database : the embedded local PostgreSQL" in out
+    assert "UNHEALTHY (embedded PostgreSQL is stopped" in out
+    assert not data_dir.exists() or not any(data_dir.iterdir())  # nothing was initialised or started
+
+    assert cli.main(["health", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["healthy"], report["connected"]) == (False, False)
+    assert report["error"].startswith("embedded PostgreSQL is stopped")
+
+
+def test_health_checks_a_running_embedded_server(
+    pg: ThrowawayPostgres,
+    db_config: DatabaseConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    embedded_only(monkeypatch, tmp_path, pg.server.data_dir, pg.port)
+    monkeypatch.setenv("PERSISTENCE_DATABASE", db_config.database or "")
+    assert cli.main(["health"]) == 0
+    out = capsys.readouterr().out
+    assert "status   : healthy" in out and "schema   : at head" in out

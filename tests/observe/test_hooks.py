@@ -8,7 +8,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from structlog.testing import capture_logs
 
 from persistence import ClaimRepository, VerificationRepository, current_session, transaction
 from persistence.config import DatabaseConfig
@@ -16,6 +15,7 @@ from persistence.engine import build_engine
 from persistence.errors import ConflictError, IntegrityViolation
 from persistence.observe import BaseHook, Hooks, QueryEvent, correlation
 from persistence.pool import PersistencePool
+from tests.logs import capture_logs
 from tests.observe.recorder import Recorder
 
 

@@ -11,12 +11,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from structlog.testing import capture_logs
 
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.errors import ConflictError, DatabaseError, TransactionError, TransientError
 from persistence.transaction import current_session, in_transaction, on_commit, session_scope, transaction
+from tests.logs import capture_logs
 
 pytestmark = pytest.mark.commits
 
