@@ -38,7 +38,6 @@ import asyncio
 import datetime as dt
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,8 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import sqlalchemy
+from benchenv import environment, load_average
 from sqlalchemy import Table, delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -224,33 +222,6 @@ async def run(bench: Bench, cases: list[Case], rounds: int, warmup: int) -> None
                 if number >= warmup:
                     case.samples[side].append(elapsed)
         print(f"round {number + 1}/{warmup + rounds}", file=sys.stderr, flush=True)
-
-
-def load_average() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-async def environment(engine: AsyncEngine) -> str:
-    async with engine.connect() as conn:
-        server = await conn.scalar(text("SHOW server_version"))
-    return (
-        f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}\n"
-        f"- versions: Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
-        f"asyncpg {asyncpg.__version__}, PostgreSQL {server}"
-    )
 
 
 def fmt(seconds: float) -> str:

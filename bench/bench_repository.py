@@ -33,7 +33,6 @@ import datetime as dt
 import gc
 import itertools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import sqlalchemy
+from benchenv import environment, load_average
 from sqlalchemy import Table, delete, event, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -1064,33 +1063,6 @@ def sends_table(ops: list[Op]) -> str:
         cells = [" · ".join(op.sends[side]) if side in op.sends else "—" for side in SIDES]
         lines.append(f"| {op.name} | {op.model} | {' | '.join(cells)} |")
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-async def environment(engine: AsyncEngine) -> str:
-    async with engine.connect() as conn:
-        server = await conn.scalar(text("SHOW server_version"))
-    return (
-        f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}\n"
-        f"- versions: Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
-        f"asyncpg {asyncpg.__version__}, PostgreSQL {server}"
-    )
 
 
 async def bench(config: DatabaseConfig, args: argparse.Namespace) -> str:
