@@ -7,9 +7,12 @@ driver exception is always chained (`raise ... from exc`).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 from sqlalchemy.engine import URL
@@ -430,6 +433,23 @@ def translate(exc: BaseException, where: Endpoint | None = None) -> PersistenceE
     if isinstance(exc, DBAPIError):
         return DatabaseError(f"database error: {type(exc.orig or exc).__name__}")
     return None
+
+
+def raise_translated(exc: BaseException, where: Endpoint | None = None) -> NoReturn:
+    """Raise our error for `exc`, chained to it; `exc` itself when `translate` does not know it."""
+    error = translate(exc, where)
+    if error is None or error is exc:
+        raise exc
+    raise error from exc
+
+
+@contextlib.contextmanager
+def translated(where: Endpoint | None = None) -> Iterator[None]:
+    """`with translated(where):` around driver calls: what escapes is ours (see `raise_translated`)."""
+    try:
+        yield
+    except Exception as exc:
+        raise_translated(exc, where)
 
 
 class UsageSourceError(PersistenceError):

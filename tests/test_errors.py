@@ -27,7 +27,14 @@ from persistence import (
     transaction,
 )
 from persistence.engine import build_engine
-from persistence.errors import ConnectionLostError, PoolExhaustedError, ServerUnavailableError, translate
+from persistence.errors import (
+    ConnectionLostError,
+    PoolExhaustedError,
+    ServerUnavailableError,
+    raise_translated,
+    translate,
+    translated,
+)
 from persistence.testing import ThrowawayPostgres
 from tests.ai_calls.conftest import call
 
@@ -396,3 +403,20 @@ async def test_rollup_maintenance_on_a_terminated_connection_is_typed_and_discar
             await assert_pool_healthy(engine, 1)  # the dead connection was not put back
     finally:
         await engine.dispose()
+
+
+async def test_translated_raises_ours_chained_and_leaves_unknown_errors_alone(connection: Any) -> None:
+    from persistence.errors import ConflictError
+
+    await connection.execute(text("CREATE TEMP TABLE t_translated (k int PRIMARY KEY)"))
+    await connection.execute(text("INSERT INTO t_translated VALUES (1)"))
+    with pytest.raises(ConflictError) as caught:
+        async with connection.begin_nested():
+            with translated():
+                await connection.execute(text("INSERT INTO t_translated VALUES (1)"))
+    assert caught.value.__cause__ is not None
+    assert caught.value.constraint == "t_translated_pkey"
+    with pytest.raises(KeyError), translated():
+        raise KeyError("not a database error")
+    with pytest.raises(ValueError, match="unknown"):
+        raise_translated(ValueError("unknown"))
