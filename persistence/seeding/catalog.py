@@ -1,0 +1,327 @@
+"""The domain catalog shared by seeding and `persistence.testing.factories`: frameworks, claim types,
+services, AI models with their list prices and traffic shape, consensus, realistic claim sentences.
+
+The list prices are not typed here: they are read from revision 0003, whose seed data load the
+`vendor_prices` table (see `_list_prices`), so a seeded call costs what the ledger would compute.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from alembic.script import ScriptDirectory
+
+from persistence.errors import ConfigurationError
+from persistence.migrations import alembic_config
+
+__all__ = [
+    "CLAIM_TYPES",
+    "CLAIM_TYPE_WEIGHTS",
+    "FRAMEWORKS",
+    "MODEL_CATALOG",
+    "PRICES_REVISION",
+    "SERVICES",
+    "ModelSpec",
+    "Verdict",
+    "call_cost",
+    "checkpoint_version",
+    "claim_sentence",
+    "claim_text",
+    "decide_consensus",
+    "model_spec",
+    "raw_usage",
+]
+
+_MICRO = Decimal("0.000001")
+_MILLION = Decimal(1_000_000)
+
+FRAMEWORKS: tuple[str, ...] = ("empirical", "logical", "statistical", "consensus_ai", "source_credibility")
+CLAIM_TYPES: tuple[str, ...] = ("scientific", "medical", "financial", "political", "historical")
+CLAIM_TYPE_WEIGHTS = (30, 26, 20, 14, 10)
+SERVICES: tuple[str, ...] = ("api-gateway", "verifier", "consensus-engine", "trainer")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An AI model with its list prices (USD per million tokens) and traffic shape."""
+
+    provider: str
+    model: str
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    traffic_weight: int
+    median_input: int
+    median_output: int
+    base_latency_ms: int
+    ms_per_output_token: Decimal
+    # Cache prices as revision 0003 loads them (USD per million tokens).
+    cache_read_per_mtok: Decimal = Decimal(0)
+    cache_write_per_mtok: Decimal = Decimal(0)
+
+
+# The revision whose seed data are the list prices of `vendor_prices`.
+PRICES_REVISION = "0003"
+
+
+def _list_prices() -> dict[tuple[str, str], tuple[Decimal, Decimal, Decimal, Decimal]]:
+    """(provider, model) -> input, output, cache-read, cache-write price, read from revision 0003.
+
+    Why the migration is the source and not the other way round: a revision must keep meaning what it
+    meant when it ran, whatever the package's code becomes later, so it imports nothing from the
+    package and owns its data (`PRICES`). The catalog reads that data through Alembic's own loader
+    instead of retyping it. A later revision that changes these prices must move `PRICES_REVISION`
+    (tests/seeding/test_catalog.py compares the catalog with the migrated `vendor_prices`).
+    """
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(PRICES_REVISION)
+    if script is None:
+        raise ConfigurationError(f"migration {PRICES_REVISION} (the vendor prices) is missing")
+    prices: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal, Decimal]] = {}
+    for provider, model, inp, out, cache_read, cache_write, _reasoning in script.module.PRICES:
+        prices[(provider, model)] = (Decimal(inp), Decimal(out), Decimal(cache_read), Decimal(cache_write))
+    return prices
+
+
+# The models seeded calls use and their traffic: provider, model, share of calls (weight), median
+# input and output tokens, base latency (ms), ms per output token.
+_TRAFFIC: tuple[tuple[str, str, int, int, int, int, Decimal], ...] = (
+    ("openai", "gpt-4o", 18, 1400, 380, 420, Decimal("12")),
+    ("openai", "gpt-4o-mini", 30, 900, 260, 280, Decimal("7")),
+    ("anthropic", "claude-sonnet-4-20250514", 16, 1800, 450, 650, Decimal("14")),
+    ("anthropic", "claude-3-5-haiku-20241022", 12, 1000, 300, 350, Decimal("8")),
+    ("google", "gemini-1.5-pro", 8, 2200, 420, 700, Decimal("13")),
+    ("google", "gemini-1.5-flash", 10, 1200, 240, 260, Decimal("5")),
+    ("cohere", "command-r-plus", 6, 1600, 350, 600, Decimal("15")),
+)
+
+
+def _catalog() -> tuple[ModelSpec, ...]:
+    prices = _list_prices()
+    specs = []
+    for provider, model, weight, median_in, median_out, latency, ms_per_token in _TRAFFIC:
+        try:
+            inp, out, cache_read, cache_write = prices[(provider, model)]
+        except KeyError:
+            raise ConfigurationError(
+                f"migration {PRICES_REVISION} has no price for {provider}/{model}, a model the seed data use"
+            ) from None
+        specs.append(
+            ModelSpec(
+                provider,
+                model,
+                input_per_mtok=inp,
+                output_per_mtok=out,
+                traffic_weight=weight,
+                median_input=median_in,
+                median_output=median_out,
+                base_latency_ms=latency,
+                ms_per_output_token=ms_per_token,
+                cache_read_per_mtok=cache_read,
+                cache_write_per_mtok=cache_write,
+            )
+        )
+    return tuple(specs)
+
+
+MODEL_CATALOG: tuple[ModelSpec, ...] = _catalog()
+_MODELS_BY_NAME = {spec.model: spec for spec in MODEL_CATALOG}
+
+
+def model_spec(model: str) -> ModelSpec:
+    """The catalog entry for `model`; ValueError names the known models when it is missing."""
+    try:
+        return _MODELS_BY_NAME[model]
+    except KeyError:
+        known = ", ".join(sorted(_MODELS_BY_NAME))
+        raise ValueError(f"unknown model {model!r} (known: {known})") from None
+
+
+def call_cost(
+    model: str, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+) -> Decimal:
+    """List-price cost of one call, exact in Decimal and rounded half-up to the ledger's 6 places."""
+    spec = model_spec(model)
+    cost = (
+        Decimal(input_tokens) * spec.input_per_mtok
+        + Decimal(output_tokens) * spec.output_per_mtok
+        + Decimal(cache_read_tokens) * spec.cache_read_per_mtok
+        + Decimal(cache_write_tokens) * spec.cache_write_per_mtok
+    ) / _MILLION
+    return cost.quantize(_MICRO, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The consensus over a set of framework verdicts."""
+
+    valid: bool
+    confidence: float
+    consensus_type: str
+    votes_for: int
+    votes_against: int
+
+
+def decide_consensus(votes: Sequence[tuple[bool, float]]) -> Verdict:
+    """Majority of `valid` votes (a tie goes to the side with more total confidence); confidence is the mean."""
+    if not votes:
+        raise ValueError("a consensus needs at least one verdict")
+    votes_for = sum(1 for valid, _ in votes if valid)
+    votes_against = len(votes) - votes_for
+    if votes_for != votes_against:
+        valid = votes_for > votes_against
+        consensus_type = "unanimous" if votes_for == 0 or votes_against == 0 else "majority"
+    else:
+        weight_for = sum(conf for ok, conf in votes if ok)
+        weight_against = sum(conf for ok, conf in votes if not ok)
+        valid = weight_for >= weight_against
+        consensus_type = "weighted"
+    return Verdict(
+        valid=valid,
+        confidence=statistics.fmean(conf for _, conf in votes),
+        consensus_type=consensus_type,
+        votes_for=votes_for,
+        votes_against=votes_against,
+    )
+
+
+_COUNTRIES = (
+    "Germany",
+    "Brazil",
+    "Japan",
+    "Canada",
+    "India",
+    "Kenya",
+    "Australia",
+    "France",
+    "Mexico",
+    "Norway",
+)
+_COMPANIES = (
+    "Nvidia",
+    "Tesla",
+    "Unilever",
+    "Siemens",
+    "Toyota",
+    "Shopify",
+    "Infosys",
+    "Novo Nordisk",
+    "Airbus",
+)
+_MONTHS = ("January", "March", "April", "June", "September", "October", "November")
+
+_TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
+    "scientific": (
+        ("climate", "Global average sea level rose by {n} centimetres between {y0} and {y1}."),
+        ("climate", "Arctic sea ice extent in September {y1} was the {ordinal} lowest on record."),
+        ("environment", "Microplastics were found in {pct}% of tap water samples tested in {country}."),
+        ("biodiversity", "Wild bee populations in {country} declined by {pct}% over the last decade."),
+        ("energy", "Solar power generated more electricity than coal in {country} during {month} {y1}."),
+        (
+            "space",
+            "The James Webb Space Telescope detected carbon dioxide in the atmosphere of an exoplanet.",
+        ),
+        ("physics", "Lightning never strikes the same place twice."),
+    ),
+    "medical": (
+        ("nutrition", "Drinking {small} cups of coffee a day lowers the risk of type 2 diabetes by {pct}%."),
+        ("supplements", "Vitamin C supplements shorten the common cold by {small} days on average."),
+        (
+            "vaccines",
+            "The updated flu vaccine is {pct}% effective at preventing hospitalisation in adults over 65.",
+        ),
+        (
+            "sleep",
+            "Adults who sleep less than {small} hours a night are {pct}% more likely to develop heart disease.",
+        ),
+        ("public-health", "Smoking rates among teenagers in {country} fell by {pct}% since {y0}."),
+        ("myths", "Humans only use ten percent of their brains."),
+        ("exercise", "Walking {k} steps a day cuts all-cause mortality by {pct}% compared with 4,000 steps."),
+    ),
+    "financial": (
+        ("earnings", "{company} reported quarterly revenue of ${bn} billion, up {pct}% year over year."),
+        ("markets", "{company} shares fell {pct}% in a single trading day in {month} {y1}."),
+        ("inflation", "Inflation in {country} fell to {rate}% in {month} {y1}, the lowest level since {y0}."),
+        (
+            "monetary-policy",
+            "The central bank of {country} raised interest rates by {bp} basis points in {month} {y1}.",
+        ),
+        ("employment", "Unemployment in {country} reached {rate}% in {month} {y1}."),
+        ("crypto", "Bitcoin's market capitalisation exceeded that of silver in {y1}."),
+    ),
+    "political": (
+        ("elections", "Voter turnout in {country}'s {y1} general election reached {pct}%."),
+        ("legislation", "{country}'s parliament passed the climate bill with {votes} votes in favour."),
+        ("defence", "{country} raised defence spending to {rate}% of GDP in {y1}."),
+        ("immigration", "Net migration to {country} doubled between {y0} and {y1}."),
+        ("budget", "{country}'s government spent more on debt interest than on education in {y1}."),
+    ),
+    "historical": (
+        ("ancient", "The Great Wall of China is visible from low Earth orbit with the naked eye."),
+        ("modern", "The Berlin Wall fell on 9 November 1989."),
+        ("exploration", "Christopher Columbus set out to prove that the Earth was round."),
+        (
+            "science-history",
+            "Marie Curie was the first person to win Nobel Prizes in two different sciences.",
+        ),
+        ("myths", "Napoleon Bonaparte was unusually short for a Frenchman of his time."),
+        ("founding", "{country} adopted its current constitution in {y0}."),
+    ),
+}
+
+
+def claim_text(rng: random.Random, claim_type: str) -> tuple[str, str]:
+    """A claim of `claim_type` and its topic."""
+    topic, template = rng.choice(_TEMPLATES[claim_type])
+    y1 = rng.randint(2015, 2025)
+    slots = {
+        "n": rng.randint(3, 25),
+        "pct": rng.randint(4, 78),
+        "small": rng.randint(2, 6),
+        "k": rng.choice(("7,000", "8,000", "10,000", "12,000")),
+        "y0": rng.randint(1950, y1 - 1),
+        "y1": y1,
+        "ordinal": rng.choice(("second", "third", "fourth", "fifth")),
+        "country": rng.choice(_COUNTRIES),
+        "company": rng.choice(_COMPANIES),
+        "month": rng.choice(_MONTHS),
+        "bn": f"{rng.randint(5, 140)}.{rng.randint(0, 9)}",
+        "rate": f"{rng.randint(1, 9)}.{rng.randint(0, 9)}",
+        "bp": rng.choice((25, 50, 75)),
+        "votes": rng.randint(180, 420),
+    }
+    return template.format(**slots), topic
+
+
+def claim_sentence(rng: random.Random, claim_type: str | None = None) -> str:
+    """A checkable, real-looking claim of `claim_type` (random type when None)."""
+    kind = claim_type if claim_type is not None else rng.choices(CLAIM_TYPES, weights=CLAIM_TYPE_WEIGHTS)[0]
+    if kind not in _TEMPLATES:
+        raise ValueError(f"unknown claim type {kind!r} (known: {', '.join(CLAIM_TYPES)})")
+    return claim_text(rng, kind)[0]
+
+
+def checkpoint_version(version_index: int, framework: str) -> str:
+    """Semantic version of the `version_index`-th checkpoint; the framework makes it unique per model."""
+    return f"1.{version_index}.0+{framework}"
+
+
+def raw_usage(
+    provider: str, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int
+) -> dict[str, Any]:
+    """The usage object the provider's SDK returns for these disjoint buckets (what callers store)."""
+    if provider == "openai":
+        prompt = input_tokens + cache_read
+        return {"prompt_tokens": prompt, "completion_tokens": output_tokens, "total_tokens": prompt + output_tokens,
+                "prompt_tokens_details": {"cached_tokens": cache_read}}  # fmt: skip
+    if provider == "anthropic":
+        return {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                "cache_read_input_tokens": cache_read, "cache_creation_input_tokens": cache_write}  # fmt: skip
+    if provider == "google":
+        prompt = input_tokens + cache_read
+        return {"promptTokenCount": prompt, "candidatesTokenCount": output_tokens,
+                "cachedContentTokenCount": cache_read, "totalTokenCount": prompt + output_tokens}  # fmt: skip
+    return {"billed_units": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
