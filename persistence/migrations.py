@@ -27,6 +27,7 @@ from persistence.errors import (
     InvalidRequestError,
     MigrationLockTimeout,
     PersistenceError,
+    raise_translated,
     translate,
 )
 
@@ -353,10 +354,7 @@ async def _locked(
     except AlembicError as exc:  # an unknown --revision, a revision the database is at but we lack
         raise InvalidRequestError(f"alembic: {exc}") from exc
     except DBAPIError as exc:
-        translated = translate(exc)
-        if translated is None:
-            raise
-        raise translated from exc
+        raise_translated(exc)
 
 
 async def upgrade_locked(

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.errors import ConfigurationError, InvalidRequestError, translate
+from persistence.errors import ConfigurationError, InvalidRequestError, raise_translated
 
 READER_ROLE = "reconciliation_reader"
 READER_TABLES = ("ai_calls", "reconciliation_reports")
@@ -125,7 +125,4 @@ async def grant_reader(
                     role=role,
                 )
     except Exception as exc:
-        error = translate(exc)
-        if error is None:
-            raise
-        raise error from exc
+        raise_translated(exc)

@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Executable, Table, func, literal, select, tex
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.sources import check_period
-from persistence.errors import InvalidRequestError, translate
+from persistence.errors import InvalidRequestError, raise_translated
 from persistence.models import AICall, ReconciliationReport
 
 _AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
@@ -51,10 +51,7 @@ async def _fetch(engine: AsyncEngine, stmt: Executable) -> list[tuple[Any, ...]]
         async with engine.connect() as conn:
             return [tuple(row) for row in await conn.execute(stmt)]
     except Exception as exc:
-        error = translate(exc)
-        if error is None:
-            raise
-        raise error from exc
+        raise_translated(exc)
 
 
 async def rows_today(engine: AsyncEngine, *, now: datetime | None = None) -> int:

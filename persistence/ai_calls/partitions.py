@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.rollups import FOLD, ROLLUP_LOCK
-from persistence.errors import ValidationError, translate
+from persistence.errors import ValidationError, raise_translated
 
 __all__ = ["PartitionReport", "add_months", "maintain_partitions", "partition_months"]
 
@@ -83,7 +83,7 @@ async def _step(
             result = await conn.execute(text(sql), params)
             return result.rowcount if result.returns_rows is False else 0
     except DBAPIError as exc:
-        raise (translate(exc) or exc) from exc
+        raise_translated(exc)
 
 
 # The keys of calls whose rows are gone. Not every key older than the month: older calls may still

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.sources import UsageAmount, UsageSource, VendorUsage, check_period
-from persistence.errors import InvalidRequestError, translate
+from persistence.errors import InvalidRequestError, raise_translated
 from persistence.models import AICall, ReconciliationReport
 
 Status = Literal["PASS", "FAIL"]
@@ -221,10 +221,7 @@ class Reconciler:
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(stmt)).all()
         except Exception as exc:
-            error = translate(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_translated(exc)
         return {
             (str(p), str(m), d): _Ours(int(n), Decimal(cost), int(tokens))
             for p, m, d, n, cost, tokens in rows
@@ -285,10 +282,7 @@ class Reconciler:
             async with self.engine.begin() as conn:
                 report_id, generated_at = (await conn.execute(stmt)).one()
         except Exception as exc:
-            error = translate(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_translated(exc)
         return ReconciliationResult(
             id=int(report_id),
             source=self.source.name,

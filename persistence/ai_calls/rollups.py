@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.advisory import advisory_key
 from persistence.ai_calls.record import _utc, hour_ceil, hour_floor
-from persistence.errors import Endpoint, ValidationError, is_connection_failure, translate
+from persistence.errors import Endpoint, ValidationError, is_connection_failure, raise_translated
 from persistence.models.rollups import DIMENSIONS, MEASURES
 
 T = TypeVar("T")
@@ -187,10 +187,7 @@ async def _on_raw(engine: AsyncEngine, work: Callable[[asyncpg.Connection], Awai
             if is_connection_failure(exc):
                 with contextlib.suppress(Exception):
                     await conn.invalidate()
-            err = translate(exc, Endpoint.of_url(engine.url))
-            if err is None or err is exc:
-                raise
-            raise err from exc
+            raise_translated(exc, Endpoint.of_url(engine.url))
 
 
 async def fold_rollups(engine: AsyncEngine) -> int:
