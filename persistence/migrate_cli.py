@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from persistence.config import DatabaseConfig
+from persistence.cli_common import command_engine, run_script
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -90,15 +90,13 @@ def _label(revision: str | None) -> str:
 
 async def migrate_command(args: argparse.Namespace) -> int:
     from persistence import migrations
-    from persistence.engine import create_database_engine
 
     if args.action == "rollback" and not args.yes and not sys.stdin.isatty():
         print(
             "error: rollback asks for confirmation and stdin is not a terminal; pass --yes", file=sys.stderr
         )
         return 2
-    engine = await create_database_engine(DatabaseConfig())
-    try:
+    async with command_engine() as engine:
         if args.action == "status":
             status = await migrations.migration_status(engine)
             print(f"current: {_label(status.current)}")
@@ -124,8 +122,6 @@ async def migrate_command(args: argparse.Namespace) -> int:
                 print(f"schema migrated {_label(before)} -> {after}")
             return 0
         return await _rollback(engine, args)
-    finally:
-        await engine.dispose()
 
 
 async def _rollback(engine: AsyncEngine, args: argparse.Namespace) -> int:
@@ -165,11 +161,9 @@ async def _rollback(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of scripts/run_migration.py: `persistence migrate` with its own program name."""
-    from persistence.cli import _run_script
-
     parser = argparse.ArgumentParser(prog="run_migration.py", description=DESCRIPTION)
     add_migrate_arguments(parser)
-    return _run_script(
+    return run_script(
         migrate_command(parser.parse_args(argv)),
         "interrupted; the migration transaction was rolled back",
     )

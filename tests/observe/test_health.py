@@ -110,6 +110,7 @@ def test_health_reports_a_stopped_embedded_server_instead_of_starting_it(
     out = capsys.readouterr().out
     assert "database : the embedded local PostgreSQL" in out
     assert "UNHEALTHY (embedded PostgreSQL is stopped" in out
+    assert "schema   : unknown (code head " in out and "None" not in out
     assert not data_dir.exists() or not any(data_dir.iterdir())  # nothing was initialised or started
 
     assert cli.main(["health", "--json"]) == 1
