@@ -5,7 +5,7 @@ not store: such a call is never accepted), buffered, and written by one backgrou
 `batch_size` calls or `flush_interval` seconds. The buffer is bounded: `log()` waits when it is full
 (backpressure), so memory stays flat when PostgreSQL is slow.
 
-Two kinds of failure, handled apart (`_is_refusal`):
+Two kinds of failure, handled apart (`batch_outcomes.is_refusal`):
 - An outage (anything that would fail every call alike: the database is down or restarting, a lost
   connection, a wrong password, a read-only standby, a missing grant): the batch goes to the durable
   spool (`spool.py`: fsync'd JSON lines, each record with its idempotency key). While the spool is not empty the writer probes the database
@@ -36,21 +36,25 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from persistence.ai_calls.batch_outcomes import (
+    BatchStats,
+    RejectedCall,
+    RejectedCallsError,
+    UnwrittenCallsError,
+    decode_record,
+    describe_error,
+    encode_record,
+    is_refusal,
+    stable,
+)
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.record import AICallRecord, positive_int, positive_seconds
 from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
 from persistence.errors import (
-    ConflictError,
-    DatabaseError,
-    IntegrityViolation,
-    InvalidRequestError,
     PersistenceError,
     TransientError,
     ValidationError,
@@ -60,118 +64,6 @@ from persistence.observe.loggers import get_logger
 __all__ = ["BatchLogger", "BatchStats", "RejectedCall", "RejectedCallsError", "UnwrittenCallsError"]
 
 log = get_logger("persistence.ai_calls.batch")
-_FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchStats:
-    """Counters: `buffered` now in memory, `pending_in_spool` now on disk; the rest are totals
-    since the logger started (`set_aside`: spool lines that did not decode, moved to `corrupt-*.jsonl`)."""
-
-    buffered: int
-    spooled: int
-    replayed: int
-    written: int
-    rejected: int
-    pending_in_spool: int
-    set_aside: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedCall:
-    """A call the database refused for good, and its error."""
-
-    record: AICallRecord
-    error: BaseException
-
-
-class RejectedCallsError(DatabaseError):
-    """The database refused some calls for good (not an outage); every other call was written.
-
-    Raised by `flush()` / `close()` of a `BatchLogger` without `spool_dir` (with one, the calls are
-    kept in `rejected.jsonl` instead). `rejected` holds each call and its error; the first error is
-    chained as `__cause__`.
-    """
-
-    def __init__(self, rejected: Sequence[RejectedCall]) -> None:
-        self.rejected = list(rejected)
-        shown = ", ".join(
-            f"{r.record.idempotency_key!r} ({type(r.error).__name__}"
-            f"{f' SQLSTATE {code}' if (code := getattr(r.error, 'sqlstate', None)) else ''})"
-            for r in self.rejected[:5]
-        )
-        more = f" and {len(self.rejected) - 5} more" if len(self.rejected) > 5 else ""
-        super().__init__(f"{len(self.rejected)} AI call(s) refused by the database: {shown}{more}")
-
-
-class UnwrittenCallsError(TransientError):
-    """`close()` ran out of time (or its writer stopped) with calls unwritten and no spool to keep them
-    (no `spool_dir`, or the spool could not be written, e.g. disk full; the message says which): they
-    are in `calls`, for the caller to keep or retry; nothing else holds them any more."""
-
-    def __init__(
-        self, calls: Sequence[AICallRecord], stats: BatchStats, reason: str = "no spool_dir"
-    ) -> None:
-        self.calls = list(calls)
-        self.stats = stats
-        super().__init__(f"BatchLogger closed with {len(self.calls)} call(s) unwritten ({reason})")
-
-
-def _stable(record: AICallRecord) -> AICallRecord:
-    """Pin a generated event id into the record, so a spooled copy keeps the same idempotency key."""
-    if record.request_id is None and record.event_id is None:
-        return dataclasses.replace(record, event_id=record.idempotency_key.removeprefix("event:"))
-    return record
-
-
-def encode_record(record: AICallRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in _FIELDS:
-        value = getattr(record, name)
-        if isinstance(value, Decimal):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        elif name == "usage" and value is not None:
-            # The record's own canonical JSON (Decimals and datetimes as strings): it always
-            # serialises, and decodes to a usage that hashes to the same idempotency payload.
-            value = json.loads(record.usage_json or "null")
-        out[name] = value
-    return out
-
-
-def decode_record(data: Mapping[str, Any]) -> AICallRecord:
-    """The record of a spool line; `ValidationError` (or `KeyError`/`TypeError`/`ValueError`) if it is not one."""
-    fields = dict(data)
-    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
-    return AICallRecord(**fields)
-
-
-# SQLSTATE classes that judge the row itself: data exception, integrity constraint violation, WITH
-# CHECK OPTION violation, and errors raised by a function or trigger (RAISE EXCEPTION is P0001).
-_VERDICT_CLASSES = frozenset({"22", "23", "44", "P0"})
-
-
-def _is_refusal(exc: BaseException) -> bool:
-    """A verdict on some call of the batch (found by splitting it), as opposed to an outage.
-
-    Verdicts: our own checks (`ValidationError`, no price, a key reused with another payload), a
-    server error of a class that judges the row (`_VERDICT_CLASSES`), and a value the driver could
-    not encode. Everything else would fail every call alike (down, restarting, a lost connection, a
-    wrong password, a read-only standby after a failover, a missing grant): the calls are kept in the
-    spool and retried with backoff until the database, or its configuration, is back.
-    """
-    if isinstance(exc, IntegrityViolation | ConflictError | InvalidRequestError):  # ValidationError too
-        return True
-    if isinstance(exc, DatabaseError):
-        return not exc.retryable and (exc.sqlstate or "")[:2] in _VERDICT_CLASSES
-    if isinstance(exc, PersistenceError):  # connection errors, a closed logger
-        return False
-    return not isinstance(exc, OSError | TimeoutError)
-
-
-def _describe(error: BaseException) -> dict[str, Any]:
-    return {"error": type(error).__name__, "sqlstate": getattr(error, "sqlstate", None)}
 
 
 class BatchLogger:
@@ -271,7 +163,7 @@ class BatchLogger:
         A call PostgreSQL could not store raises `ValidationError` here and is not accepted (it is
         neither written nor kept in `rejected.jsonl`: the caller has it).
         """
-        record = _stable(AICallRecord.coerce(call))
+        record = stable(AICallRecord.coerce(call))
         if self._task is None:
             await self.open()
         async with self._changed:
@@ -329,7 +221,7 @@ class BatchLogger:
                         await self._replay(until_empty=True)
                     except Exception as exc:
                         log.warning("spool not replayed at close; it waits for the next run",
-                                    pending=self._spool_pending, **_describe(exc))  # fmt: skip
+                                    pending=self._spool_pending, **describe_error(exc))  # fmt: skip
         except TimeoutError:
             log.warning("BatchLogger.close timed out", timeout=timeout, buffered=len(self._buffer))
         finally:
@@ -346,7 +238,7 @@ class BatchLogger:
                         self._buffer.clear()
                     except (Exception, TimeoutError) as exc:
                         log.error("calls left in memory at close could not be spooled",
-                                  calls=len(self._buffer), **_describe(exc))  # fmt: skip
+                                  calls=len(self._buffer), **describe_error(exc))  # fmt: skip
                 self.spool.close()
         stats = self._closed = self.stats
         log.info("BatchLogger closed", **dataclasses.asdict(stats))
@@ -446,7 +338,7 @@ class BatchLogger:
         delay = self._delay
         self._next_try = time.monotonic() + delay
         self._delay = min(self._delay * 2, self.max_retry_interval)
-        log.warning(message, retry_in=delay, pending_in_spool=self._spool_pending, **_describe(exc))
+        log.warning(message, retry_in=delay, pending_in_spool=self._spool_pending, **describe_error(exc))
         return delay
 
     async def _drain(self) -> None:
@@ -470,7 +362,7 @@ class BatchLogger:
         try:
             written = await self.logger.log_batch(batch)
         except Exception as exc:
-            if not _is_refusal(exc):
+            if not is_refusal(exc):
                 self._failed(exc, "database unavailable")
                 return await self._keep(batch)
             self._healthy = True  # the database answered: it judged the batch
@@ -493,7 +385,7 @@ class BatchLogger:
         try:
             await self._spool(batch)
         except Exception as exc:  # the spool itself failed (disk full, permissions): keep the calls
-            log.error("could not spool a batch; it stays buffered", calls=len(batch), **_describe(exc))
+            log.error("could not spool a batch; it stays buffered", calls=len(batch), **describe_error(exc))
             return batch
         return []
 
@@ -513,7 +405,9 @@ class BatchLogger:
                            allow_nan=False).encode()  # fmt: skip
             except Exception as exc:  # this record only: set it aside, spool the rest
                 log.error(
-                    "AI call could not be spooled; set aside", key=record.idempotency_key, **_describe(exc)
+                    "AI call could not be spooled; set aside",
+                    key=record.idempotency_key,
+                    **describe_error(exc),
                 )
                 await self._refuse(record, exc)
                 continue
@@ -529,7 +423,7 @@ class BatchLogger:
         if self.spool is None:
             self._refused.append(RejectedCall(record, error))
             log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
-                      model=record.model, raised_by="flush", **_describe(error))  # fmt: skip
+                      model=record.model, raised_by="flush", **describe_error(error))  # fmt: skip
             return
         try:
             encoded: Any = encode_record(record)
@@ -549,7 +443,7 @@ class BatchLogger:
         # Refused for good: logged in full when it could not be kept in a file, never retried.
         log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
                   model=record.model, kept_in=str(path) if kept else None, record=None if kept else line,
-                  **_describe(error))  # fmt: skip
+                  **describe_error(error))  # fmt: skip
 
     async def _replay(self, *, until_empty: bool) -> None:
         """Write spooled segments oldest first, a chunk of `batch_size` lines at a time (memory stays
@@ -583,7 +477,7 @@ class BatchLogger:
                         try:
                             written = await self.logger.log_batch(records)
                         except Exception as exc:
-                            if not _is_refusal(exc):
+                            if not is_refusal(exc):
                                 raise  # this chunk stays in its segment for the next replay
                             # One refused call must not hold back the others.
                             if await self._settle(records):

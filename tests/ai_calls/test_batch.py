@@ -19,13 +19,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import AICallLogger, AICallRecord, BatchLogger
-from persistence.ai_calls.batch import (
-    RejectedCallsError,
-    UnwrittenCallsError,
-    _is_refusal,
-    decode_record,
-    encode_record,
-)
+from persistence.ai_calls.batch import RejectedCallsError, UnwrittenCallsError
+from persistence.ai_calls.batch_outcomes import decode_record, encode_record
+from persistence.ai_calls.batch_outcomes import is_refusal as _is_refusal
 from persistence.ai_calls.prices import UnpricedCallError
 from persistence.ai_calls.spool import Spool, SpooledRecord
 from persistence.config import DatabaseConfig
