@@ -25,6 +25,7 @@ from persistence.repository.base import ModelT, RepositoryBase
 from persistence.repository.coerce import describe
 from persistence.repository.filters import Filter, where_clauses
 from persistence.repository.keyset import SortPlan, sort_plan
+from persistence.repository.loading import Load, load_options
 from persistence.repository.meta import model_info
 from persistence.repository.retry import retry_read
 from persistence.transaction import in_transaction
@@ -49,32 +50,40 @@ class Reads(RepositoryBase[ModelT]):
     max_ids_per_query: ClassVar[int] = 10_000
     """`get_many` sends at most this many ids per `= ANY(:ids)` query (all in one transaction)."""
 
-    async def get(self, id: Any) -> ModelT:
-        """The row with primary key `id`, or `NotFoundError(entity, key)`."""
-        found = await self.get_or_none(id)
+    async def get(self, id: Any, *, load: Load = ()) -> ModelT:
+        """The row with primary key `id`, or `NotFoundError(entity, key)`.
+
+        `load` names relationships to load with the row (`load=("training_examples",)`); every other
+        relationship raises when touched (`persistence.repository.loading`). So for every read."""
+        found = await self.get_or_none(id, load=load)
         if found is None:
             raise NotFoundError(self.model.__name__, model_info(self.model).coerce_key(id))
         return found
 
-    async def get_or_none(self, id: Any) -> ModelT | None:
+    async def get_or_none(self, id: Any, *, load: Load = ()) -> ModelT | None:
         """The row with primary key `id`, or None. A malformed key raises `InvalidRequestError`."""
         info = model_info(self.model)
         key = info.coerce_key(id)
-        found = await self._fetch(info.get_stmt, [{"key": key}])
+        stmt = info.get_stmt.options(*load_options(self.model, load))
+        found = await self._fetch(stmt, [{"key": key}])
         return found[0] if found else None
 
-    async def get_many(self, ids: Sequence[Any]) -> builtins.list[ModelT]:
+    async def get_many(self, ids: Sequence[Any], *, load: Load = ()) -> builtins.list[ModelT]:
         """The rows with these primary keys, in the order of `ids`; missing ids are skipped and a
         repeated id is returned once. One `= ANY(:ids)` query per `max_ids_per_query` ids."""
         if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Iterable):
             raise InvalidRequestError(f"get_many takes a sequence of ids, got {_short(ids)}")
         info = model_info(self.model)
+        options = load_options(self.model, load)
         keys = builtins.list(dict.fromkeys(info.coerce_key(id_) for id_ in ids))
         if not keys:
             return []
         step = self.max_ids_per_query
         chunks = [{"keys": keys[start : start + step]} for start in range(0, len(keys), step)]
-        found = {getattr(row, info.pk_key): row for row in await self._fetch(info.get_many_stmt, chunks)}
+        found = {
+            getattr(row, info.pk_key): row
+            for row in await self._fetch(info.get_many_stmt.options(*options), chunks)
+        }
         return [found[key] for key in keys if key in found]
 
     async def list(
@@ -83,6 +92,7 @@ class Reads(RepositoryBase[ModelT]):
         order_by: str | Sequence[str] = (),
         limit: int | None = None,
         offset: int = 0,
+        load: Load = (),
         **lookups: Any,
     ) -> builtins.list[ModelT]:
         """Rows matching every filter and lookup (`confidence__gte=0.9`, `claim_id__in=[...]`).
@@ -95,7 +105,7 @@ class Reads(RepositoryBase[ModelT]):
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _MAX_OFFSET:
             raise InvalidRequestError(f"offset must be an integer >= 0, got {_short(offset)}")
         clauses = where_clauses(self.model, filters, lookups)
-        stmt = self._select(clauses)
+        stmt = self._select(clauses, load)
         order = _order_key(order_by)
         if order:
             stmt = stmt.order_by(*sort_plan(self.model, order).clauses)
@@ -111,6 +121,7 @@ class Reads(RepositoryBase[ModelT]):
         order_by: str | Sequence[str] = (),
         limit: int = 50,
         after: str | None = None,
+        load: Load = (),
         **lookups: Any,
     ) -> Page[ModelT]:
         """One keyset page of at most `limit` rows after the cursor `after` (None: the first page).
@@ -124,7 +135,7 @@ class Reads(RepositoryBase[ModelT]):
         clauses = where_clauses(self.model, filters, lookups)
         if after is not None:
             clauses.append(plan.after(plan.decode(after)))
-        stmt = self._select(clauses).order_by(*plan.clauses).limit(limit + 1)
+        stmt = self._select(clauses, load).order_by(*plan.clauses).limit(limit + 1)
         rows = await self._fetch(stmt)
         if len(rows) <= limit:
             return Page(rows, None)
@@ -148,6 +159,7 @@ class Reads(RepositoryBase[ModelT]):
         *filters: Filter,
         order_by: str | Sequence[str] = (),
         batch_size: int = 1000,
+        load: Load = (),
         **lookups: Any,
     ) -> AsyncGenerator[ModelT, None]:
         """Every matching row, in order, fetched `batch_size` rows per query: `async for row in repo.stream()`.
@@ -169,12 +181,12 @@ class Reads(RepositoryBase[ModelT]):
         _check_count(batch_size, "batch_size")
         plan = sort_plan(self.model, _order_key(order_by))
         clauses = where_clauses(self.model, filters, lookups)
-        return self._stream(clauses, plan, batch_size)
+        base = self._select(clauses, load).order_by(*plan.clauses).limit(batch_size)
+        return self._stream(base, plan, batch_size)
 
     async def _stream(
-        self, clauses: builtins.list[Filter], plan: SortPlan, batch_size: int
+        self, base: Select[Any], plan: SortPlan, batch_size: int
     ) -> AsyncGenerator[ModelT, None]:
-        base = self._select(clauses).order_by(*plan.clauses).limit(batch_size)
         stmt = base
         while True:
             batch = await self._fetch(stmt)
@@ -207,8 +219,8 @@ class Reads(RepositoryBase[ModelT]):
         async with self.connection() as conn:
             return await conn.scalar(stmt)
 
-    def _select(self, clauses: Sequence[Filter]) -> Select[Any]:
-        return select(self.model).where(*clauses)
+    def _select(self, clauses: Sequence[Filter], load: Load) -> Select[Any]:
+        return select(self.model).where(*clauses).options(*load_options(self.model, load))
 
 
 _REFRESH: dict[str, Any] = {"populate_existing": True}
