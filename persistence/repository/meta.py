@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, raiseload
 from sqlalchemy.sql.schema import ColumnDefault
 
 from persistence.audit import audit_entity, is_append_only
@@ -76,7 +76,7 @@ class ModelInfo:
     append_only: bool
     coerce_key: Callable[[Any], Any]
     aliases: dict[str, str]  # database column name -> attribute key, where they differ
-    get_stmt: Select[Any]  # prebuilt, so SQLAlchemy's compiled cache is hit cheaply
+    get_stmt: Select[Any]  # prebuilt (relationships raising), so SQLAlchemy's compiled cache is hit cheaply
     get_many_stmt: Select[Any]
 
 
@@ -114,7 +114,7 @@ def _build(model: type[Any]) -> ModelInfo:
             update_defaults[key] = _default_of(cast(ColumnDefault, col.onupdate))
     pk_key = key_of[pk]
     pk_attr: InstrumentedAttribute[Any] = getattr(model, pk_key)
-    loaded = select(model)
+    loaded = select(model).options(raiseload("*"))  # see `persistence.repository.loading`
     return ModelInfo(
         model=model,
         name=model.__name__,

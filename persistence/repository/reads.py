@@ -64,8 +64,7 @@ class Reads(RepositoryBase[ModelT]):
         """The row with primary key `id`, or None. A malformed key raises `InvalidRequestError`."""
         info = model_info(self.model)
         key = info.coerce_key(id)
-        stmt = info.get_stmt.options(*load_options(self.model, load))
-        found = await self._fetch(stmt, [{"key": key}])
+        found = await self._fetch(_loading(info.get_stmt, self.model, load), [{"key": key}])
         return found[0] if found else None
 
     async def get_many(self, ids: Sequence[Any], *, load: Load = ()) -> builtins.list[ModelT]:
@@ -74,16 +73,13 @@ class Reads(RepositoryBase[ModelT]):
         if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Iterable):
             raise InvalidRequestError(f"get_many takes a sequence of ids, got {_short(ids)}")
         info = model_info(self.model)
-        options = load_options(self.model, load)
+        stmt = _loading(info.get_many_stmt, self.model, load)
         keys = builtins.list(dict.fromkeys(info.coerce_key(id_) for id_ in ids))
         if not keys:
             return []
         step = self.max_ids_per_query
         chunks = [{"keys": keys[start : start + step]} for start in range(0, len(keys), step)]
-        found = {
-            getattr(row, info.pk_key): row
-            for row in await self._fetch(info.get_many_stmt.options(*options), chunks)
-        }
+        found = {getattr(row, info.pk_key): row for row in await self._fetch(stmt, chunks)}
         return [found[key] for key in keys if key in found]
 
     async def list(
@@ -221,6 +217,11 @@ class Reads(RepositoryBase[ModelT]):
 
     def _select(self, clauses: Sequence[Filter], load: Load) -> Select[Any]:
         return select(self.model).where(*clauses).options(*load_options(self.model, load))
+
+
+def _loading(prebuilt: Select[Any], model: type[Any], load: Load) -> Select[Any]:
+    """A prebuilt get statement (every relationship raising) with the relationships `load` asks for."""
+    return prebuilt if isinstance(load, tuple) and not load else prebuilt.options(*load_options(model, load))
 
 
 _REFRESH: dict[str, Any] = {"populate_existing": True}

@@ -18,7 +18,7 @@ from sqlalchemy import CTE, Column, ColumnElement, and_, bindparam, func, litera
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, raiseload
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -65,7 +65,8 @@ def _array_param(name: str, col: Column[Any]) -> ColumnElement[Any]:
 
 
 def _returning_models(info: ModelInfo, new: CTE) -> Any:
-    return select(aliased(info.model, new)).execution_options(populate_existing=True)
+    # Relationships of a written row are not loaded: touching one raises (as on reads without `load=`).
+    return select(aliased(info.model, new)).options(raiseload("*")).execution_options(populate_existing=True)
 
 
 def _insert_values(info: ModelInfo, keys: tuple[str, ...]) -> tuple[dict[Column[Any], Any], Defaults]:
@@ -295,6 +296,7 @@ def upsert_plan(
         stmt: Any = (
             select(entity, source_cte.c.ord)
             .join_from(entity, source_cte, and_(*match))
+            .options(raiseload("*"))
             .execution_options(populate_existing=True)
         )
     else:

@@ -140,3 +140,18 @@ async def test_unknown_relationships_are_refused_before_any_sql(
     with pytest.raises(InvalidRequestError, match="relationships: training_examples"):
         await claims.get_or_none("00000000-0000-0000-0000-000000000000", load="nope")
     assert statements == []
+
+
+async def test_rows_returned_by_writes_raise_on_relationships_too(
+    engine: AsyncEngine, block: Callable[[], Any]
+) -> None:
+    claims = Claims(engine)
+    async with block():
+        added = await claims.add(external_id="w1", content="x")
+        updated = await claims.update(added.id, content="y")
+        upserted = await claims.upsert({"external_id": "w1", "content": "z"}, on="uq_claims_external_id")
+        [many] = await claims.upsert_many([{"external_id": "w2", "content": "z"}], on="uq_claims_external_id")
+        [returned] = await claims.add_many([{"external_id": "w3", "content": "z"}], returning=True)
+        for row in (added, updated, upserted, many, returned):
+            with pytest.raises(sqlalchemy.exc.InvalidRequestError, match=NOT_LOADED):
+                _ = row.training_examples
