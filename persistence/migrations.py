@@ -83,9 +83,10 @@ def _service_config(path: Path) -> Config:
             raise ConfigurationError(f"{path}: the [alembic] section sets no script_location")
         given = [str(Path(script_dir) / "versions")]
     ours = (script_location() / "versions").resolve()
-    locations = [
-        str(loc) for loc in given if _resolved(loc) != ours
-    ]  # ours once, last, wherever it was listed
+    # `persistence:_alembic/versions` (where the wheel ships ours) names ours even in a checkout.
+    also_ours = {ours, (_PACKAGE_DIR / "_alembic" / "versions").resolve()}
+    # Resolved ("package:dir" resources too), so they can be joined with the os separator; ours once, last.
+    locations = [str(_resolved(loc)) for loc in given if _resolved(loc) not in also_ours]
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", os.pathsep.join([*locations, str(ours)]).replace("%", "%%"))
     return config

@@ -17,17 +17,20 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy.exc
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import migrations
 from persistence.engine import build_engine
+from persistence.errors import ConfigurationError
 from persistence.migrations import head_revision, script_location
 from persistence.testing import ThrowawayPostgres
 from tests.processes import ROOT, run_python
 
 ALEMBIC = [sys.executable, "-m", "alembic"]
 HEAD = head_revision() or "none"
+VERSIONS = (script_location() / "versions").resolve()
 
 ENV_PY = """
 import uuid
@@ -254,3 +257,28 @@ def test_the_pytest_plugin_migrates_its_template_with_the_service_config(service
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "locations",
+    [
+        "",  # none given: the service's script_location/versions
+        "path_separator = space\nversion_locations = %(here)s/migrations/versions persistence:_alembic/versions\n",
+        f"path_separator = os\nversion_locations = %(here)s/migrations/versions{os.pathsep}{VERSIONS}\n",
+    ],
+)
+def test_the_service_config_holds_its_revisions_and_ours_once(service: Path, locations: str) -> None:
+    ini = service.parent / "other.ini"
+    ini.write_text(f"[alembic]\nscript_location = %(here)s/migrations\n{locations}")
+    config = migrations.alembic_config(service=ini)
+    scripts = ScriptDirectory.from_config(config)
+    assert set(scripts.get_heads()) == {HEAD, "s001"}
+    assert [Path(p) for p in scripts.version_locations] == [
+        service.parent / "migrations" / "versions",
+        VERSIONS,
+    ]
+
+
+def test_a_missing_service_config_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no Alembic config file"):
+        migrations.alembic_config(service=tmp_path / "nope.ini")
