@@ -142,9 +142,10 @@ def _state(connection: Connection, service: ServiceConfig | None) -> str | None:
     return ", ".join(sorted(_stamped(connection))) or None
 
 
-def current_of(connection: Connection) -> str | None:
-    """The package's revision stamped in the connection's database (None: never migrated)."""
-    return _current(connection)
+def current_of(connection: Connection, service: ServiceConfig | None = None) -> str | None:
+    """The package's revision stamped in the connection's database (None: never migrated); pass the
+    `service` config when a service's branch shares the database (its newest revision may stand for ours)."""
+    return _current(connection, service)
 
 
 async def current_revision(engine: AsyncEngine, *, service: ServiceConfig | None = None) -> str | None:

@@ -25,6 +25,7 @@ from persistence import migrations
 from persistence.engine import build_engine
 from persistence.errors import ConfigurationError
 from persistence.migrations import head_revision, script_location
+from persistence.observe.health import health
 from persistence.testing import ThrowawayPostgres
 from tests.processes import ROOT, run_python
 
@@ -157,6 +158,8 @@ async def test_one_upgrade_runs_ours_then_the_services_and_rollback_steps_back_i
     status = await migrations.migration_status(empty.engine, service=service)
     assert status.up_to_date and status.pending == ()
     assert set(status.heads) == {HEAD, "s001"} and status.stamped == ("s001",)
+    report = await health(empty.engine, service=service)
+    assert report.healthy and report.schema.current == HEAD, report
     # The service's foreign key reaches our table.
     with pytest.raises(sqlalchemy.exc.IntegrityError, match="fk_service_notes_claim_id_claims"):
         async with empty.engine.begin() as conn:
