@@ -70,6 +70,13 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
         help="run/rollback: seconds to wait for another migrator to finish (default %(default)s)",
     )
     parser.add_argument("--yes", "-y", action="store_true", help="rollback: do not ask for confirmation")
+    parser.add_argument(
+        "--alembic-config",
+        metavar="INI",
+        default=None,
+        help="a service's alembic.ini: its own revisions run beside ours (ours first); "
+        "rollback steps back the service's branch first",
+    )
 
 
 def _waiting(wait: float) -> WaitCallback:
@@ -98,9 +105,13 @@ async def migrate_command(args: argparse.Namespace) -> int:
         return 2
     async with command_engine() as engine:
         if args.action == "status":
-            status = await migrations.migration_status(engine)
+            service = args.alembic_config
+            status = await migrations.migration_status(engine, service=service)
             print(f"current: {_label(status.current)}")
             print(f"head:    {_label(status.head)}")
+            if service is not None:
+                print(f"stamped: {', '.join(status.stamped) or 'nothing'}")
+                print(f"heads:   {', '.join(status.heads)}")
             if status.up_to_date:
                 print("up to date")
                 return UP_TO_DATE
@@ -115,6 +126,7 @@ async def migrate_command(args: argparse.Namespace) -> int:
                 lock_timeout=args.lock_timeout,
                 wait=args.wait,
                 on_wait=_waiting(args.wait),
+                service=args.alembic_config,
             )
             if before == after:
                 print(f"schema already at {_label(after)}: nothing to do")
@@ -127,7 +139,10 @@ async def migrate_command(args: argparse.Namespace) -> int:
 async def _rollback(engine: AsyncEngine, args: argparse.Namespace) -> int:
     from persistence import migrations
 
-    plan = migrations.rollback_plan(await migrations.current_revision(engine))
+    service = args.alembic_config
+    plan = migrations.rollback_plan(
+        await migrations.rollback_candidate(engine, service=service), service=service
+    )
     revision = plan.revision
     print(f"rollback {revision.id} -> {_label(revision.down_revision)}: undoes '{revision.message}'")
     if plan.drops:
@@ -154,6 +169,7 @@ async def _rollback(engine: AsyncEngine, args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         wait=args.wait,
         on_wait=_waiting(args.wait),
+        service=service,
     )
     print(f"schema rolled back {_label(before)} -> {_label(after)}")
     return 0

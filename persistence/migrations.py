@@ -1,12 +1,22 @@
 """Run the Alembic migrations from code: plain upgrade/downgrade (the seeding script, the test template)
-and the safe runs of `scripts/run_migration.py` / `persistence migrate` (advisory lock, lock_timeout)."""
+and the safe runs of `scripts/run_migration.py` / `persistence migrate` (advisory lock, lock_timeout).
+
+Service migrations beside ours
+------------------------------
+A service keeps its own revisions in its own directory, as a separate branch of the same revision
+graph and the same `alembic_version` table (Alembic's "multiple bases"). Its first revision has
+`down_revision = None`, a branch label, and `depends_on` naming our revision it needs (our head when
+it was written), so our revisions always run first; its env.py is `persistence.migration_env`'s
+`run_migrations(ServiceBase.metadata)`. Every function here takes `service=` (the path of the
+service's alembic.ini): its `version_locations` get ours added, "head" means every branch's head, and
+a rollback steps back the service's branch first. With the `alembic` command, list both locations in
+the ini and run `alembic upgrade heads` (plural: one command, every branch, in dependency order).
+"""
 
 from __future__ import annotations
 
-import ast
-import inspect
-import re
-import textwrap
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +25,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError as AlembicError
+from alembic.util.pyfiles import coerce_resource_to_filename
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,6 +41,7 @@ from persistence.errors import (
     raise_translated,
     translate,
 )
+from persistence.migration_drops import drops_of
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -42,48 +54,145 @@ def script_location() -> Path:
     raise ConfigurationError("cannot find the Alembic migrations (alembic/env.py) next to the package")
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(script_location()))
+ServiceConfig = str | os.PathLike[str]
+"""The path of a service's alembic.ini (see the module docstring)."""
+
+
+def alembic_config(connection: Connection | None = None, *, service: ServiceConfig | None = None) -> Config:
+    """Our migrations; with `service`, the service's alembic.ini with our revisions added to its
+    `version_locations` (after its own), so both branches form one graph."""
+    if service is None:
+        config = Config()
+        config.set_main_option("script_location", str(script_location()))
+    else:
+        config = _service_config(Path(service))
     config.attributes["configure_logging"] = False
     if connection is not None:
         config.attributes["connection"] = connection
     return config
 
 
+def _service_config(path: Path) -> Config:
+    if not path.is_file():
+        raise ConfigurationError(f"no Alembic config file at {path}")
+    config = Config(str(path))
+    given = config.get_version_locations_list()
+    if not given:
+        script_dir = config.get_alembic_option("script_location")
+        if not script_dir:
+            raise ConfigurationError(f"{path}: the [alembic] section sets no script_location")
+        given = [str(Path(script_dir) / "versions")]
+    ours = (script_location() / "versions").resolve()
+    # `persistence:_alembic/versions` (where the wheel ships ours) names ours even in a checkout.
+    also_ours = {ours, (_PACKAGE_DIR / "_alembic" / "versions").resolve()}
+    # Resolved ("package:dir" resources too), so they can be joined with the os separator; ours once, last.
+    locations = [str(_resolved(loc)) for loc in given if _resolved(loc) not in also_ours]
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join([*locations, str(ours)]).replace("%", "%%"))
+    return config
+
+
+def _resolved(location: str) -> Path:
+    try:
+        return Path(coerce_resource_to_filename(location)).resolve()
+    except (ModuleNotFoundError, ValueError, OSError):
+        return Path(location)
+
+
 def head_revision() -> str | None:
+    """The head of the package's own migrations."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+@functools.cache
+def _package_revisions() -> tuple[str, ...]:
+    """The package's revision ids, newest first (it has one linear branch)."""
+    return tuple(script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions())
 
 
-def current_of(connection: Connection) -> str | None:
-    """The revision stamped in the connection's database (None: never migrated)."""
-    return _current(connection)
+def _stamped(connection: Connection) -> tuple[str, ...]:
+    """The rows of `alembic_version`: one head per applied branch (none: never migrated)."""
+    return tuple(MigrationContext.configure(connection).get_current_heads())
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
+def _package_current(stamped: tuple[str, ...], scripts: ScriptDirectory | None) -> str | None:
+    """Our revision in a database whose version rows may also hold a service's branch. A service
+    revision that `depends_on` our newest stands in for it there, so that one is found through the
+    service's graph (`scripts`)."""
+    ours = _package_revisions()
+    for revision in ours:
+        if revision in stamped:
+            return revision
+    if not stamped:
+        return None
+    if scripts is None:
+        return stamped[0]  # a revision this package does not know: reported as such by the callers
+    applied = {script.revision for script in scripts.iterate_revisions(stamped, "base")}
+    return next((revision for revision in ours if revision in applied), None)
+
+
+def _current(connection: Connection, service: ServiceConfig | None = None) -> str | None:
+    return _package_current(_stamped(connection), _scripts(service) if service is not None else None)
+
+
+def _state(connection: Connection, service: ServiceConfig | None) -> str | None:
+    """What a run reports as before/after: our revision; with a service, every branch's row."""
+    if service is None:
+        return _current(connection)
+    return ", ".join(sorted(_stamped(connection))) or None
+
+
+def current_of(connection: Connection, service: ServiceConfig | None = None) -> str | None:
+    """The package's revision stamped in the connection's database (None: never migrated); pass the
+    `service` config when a service's branch shares the database (its newest revision may stand for ours)."""
+    return _current(connection, service)
+
+
+async def current_revision(engine: AsyncEngine, *, service: ServiceConfig | None = None) -> str | None:
+    """The package's revision in the engine's database (`service`: resolved through its branch too)."""
     async with engine.connect() as conn:
-        return await conn.run_sync(_current)
+        return await conn.run_sync(_current, service)
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
-    """Migrate the engine's database to `revision` in one transaction; returns (before, after)."""
+async def current_heads(engine: AsyncEngine) -> tuple[str, ...]:
+    """Every branch's revision stamped in the engine's database (ours, and a service's if any)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_stamped)
+
+
+def _destination(config: Config, revision: str) -> str:
+    """ "head" means every branch's head when a service's branch is there ("heads" to Alembic)."""
+    if revision == "head" and len(ScriptDirectory.from_config(config).get_heads()) > 1:
+        return "heads"
+    return revision
+
+
+def _upgrade(connection: Connection, revision: str, service: ServiceConfig | None) -> None:
+    config = alembic_config(connection, service=service)
+    command.upgrade(config, _destination(config, revision))
+
+
+async def upgrade(
+    engine: AsyncEngine, revision: str = "head", *, service: ServiceConfig | None = None
+) -> tuple[str | None, str | None]:
+    """Migrate the engine's database to `revision` in one transaction; returns (before, after):
+    our revision, or with `service` (whose branch is migrated too; "head": both, ours first) the
+    `alembic_version` rows, comma separated."""
 
     def run(connection: Connection) -> tuple[str | None, str | None]:
-        before = _current(connection)
-        command.upgrade(alembic_config(connection), revision)
-        return before, _current(connection)
+        before = _state(connection, service)
+        _upgrade(connection, revision, service)
+        return before, _state(connection, service)
 
     async with engine.begin() as conn:
         return await conn.run_sync(run)
 
 
-async def downgrade(engine: AsyncEngine, revision: str) -> None:
+async def downgrade(engine: AsyncEngine, revision: str, *, service: ServiceConfig | None = None) -> None:
+    """`revision` as Alembic takes it: "-1", "base", "<branch label>@base", "<revision>@-1", ..."""
+
     def run(connection: Connection) -> None:
-        command.downgrade(alembic_config(connection), revision)
+        command.downgrade(alembic_config(connection, service=service), revision)
 
     async with engine.begin() as conn:
         await conn.run_sync(run)
@@ -114,13 +223,18 @@ class RevisionInfo:
 
 @dataclass(frozen=True, slots=True)
 class MigrationStatus:
+    """`current`/`head`: the package's revisions. With a service's branch, `stamped` holds the rows
+    of `alembic_version` and `heads` every branch's head; `pending` covers every branch."""
+
     current: str | None
     head: str | None
     pending: tuple[RevisionInfo, ...]  # oldest first
+    heads: tuple[str, ...] = ()
+    stamped: tuple[str, ...] = ()
 
     @property
     def up_to_date(self) -> bool:
-        return self.current == self.head
+        return self.current == self.head and not self.pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +245,8 @@ class RollbackPlan:
     drops: tuple[str, ...]  # e.g. "op.drop_table('x')" / "DROP TABLE x", read from the downgrade's source
 
 
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
+def _scripts(service: ServiceConfig | None = None) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(service=service))
 
 
 def _info(script: Script) -> RevisionInfo:
@@ -168,107 +282,40 @@ def pending_revisions(current: str | None) -> tuple[RevisionInfo, ...]:
     return tuple(_info(s) for s in reversed(list(scripts.iterate_revisions(head, current or "base"))))
 
 
-async def migration_status(engine: AsyncEngine) -> MigrationStatus:
-    current = await current_revision(engine)
-    return MigrationStatus(current=current, head=head_revision(), pending=pending_revisions(current))
+async def migration_status(engine: AsyncEngine, *, service: ServiceConfig | None = None) -> MigrationStatus:
+    if service is None:
+        current = await current_revision(engine)
+        return MigrationStatus(current=current, head=head_revision(), pending=pending_revisions(current))
+    scripts = _scripts(service)
+    stamped = await current_heads(engine)
+    for revision in stamped:
+        _script(scripts, revision)  # an unknown revision is a ConfigurationError naming it
+    applied = {script.revision for script in scripts.iterate_revisions(stamped, "base")} if stamped else set()
+    in_order = reversed(list(scripts.iterate_revisions("heads", "base")))
+    return MigrationStatus(
+        current=_package_current(stamped, scripts),
+        head=head_revision(),
+        pending=tuple(_info(script) for script in in_order if script.revision not in applied),
+        heads=tuple(scripts.get_heads()),
+        stamped=stamped,
+    )
 
 
-_DROP_SQL = re.compile(
-    r"\b(?:DROP\s+(?:TABLE|COLUMN|INDEX|FUNCTION|TRIGGER|CONSTRAINT|TYPE)|DELETE\s+FROM)\s+(?:IF\s+EXISTS\s+)?\w+",
-    re.I,
-)
-_Bindings = dict[str, tuple[str, ...]]
+async def rollback_candidate(engine: AsyncEngine, *, service: ServiceConfig | None = None) -> str | None:
+    """The revision `rollback` undoes: the service's branch head when it has one applied, else ours."""
+    if service is None:
+        return await current_revision(engine)
+    stamped = await current_heads(engine)
+    theirs = [revision for revision in stamped if revision not in _package_revisions()]
+    return theirs[0] if theirs else await current_revision(engine, service=service)
 
 
-def _values(node: ast.expr, module: object, bound: _Bindings) -> tuple[str, ...]:
-    """The string(s) an argument stands for: a literal, `op.f(literal)`, a module constant, or a
-    loop variable over a literal tuple; ("?",) when the source does not say."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return (node.value,)
-    if isinstance(node, ast.Call) and node.args and getattr(node.func, "attr", None) == "f":
-        return _values(node.args[0], module, bound)
-    if isinstance(node, ast.Name):
-        if node.id in bound:
-            return bound[node.id]
-        value = getattr(module, node.id, None)
-        if isinstance(value, str):
-            return (value,)
-    return ("?",)
-
-
-def _loop_bindings(loop: ast.For) -> _Bindings:
-    """`for name in ("a", "b")` / `for name, x in (("a", ...), ...)`: name -> the literal values."""
-    target = loop.target.elts[0] if isinstance(loop.target, ast.Tuple) else loop.target
-    if not isinstance(target, ast.Name) or not isinstance(loop.iter, ast.Tuple):
-        return {}
-    items = [
-        e.elts[0] if isinstance(loop.target, ast.Tuple) and isinstance(e, ast.Tuple) else e
-        for e in loop.iter.elts
-    ]
-    if not all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in items):
-        return {}
-    return {target.id: tuple(str(e.value) for e in items if isinstance(e, ast.Constant))}
-
-
-def _sql_drops(sql: str) -> list[str]:
-    """ "DROP TABLE x" -> "table x", "DELETE FROM t" -> "rows of t"."""
-    out = []
-    for match in _DROP_SQL.finditer(sql):
-        words = [w for w in match.group(0).split() if w.upper() not in {"IF", "EXISTS"}]
-        kind = "rows of" if words[0].upper() == "DELETE" else words[1].lower()
-        out.append(f"{kind} {words[-1]}")
-    return out
-
-
-def _drops_of(script: Script) -> tuple[str, ...]:
-    """What the revision's downgrade() removes, as far as its source shows it (best effort): the
-    `op.drop_*` calls with their literal arguments and the DROP/DELETE statements in its SQL."""
-    module = script.module
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(module.downgrade)))
-    except (AttributeError, OSError, TypeError, SyntaxError):
-        return ()
-    found: list[str] = []
-
-    def visit(node: ast.AST, bound: _Bindings) -> None:
-        if isinstance(node, ast.For):
-            bound = {**bound, **_loop_bindings(node)}
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            name = node.func.attr
-            if (
-                name.startswith("drop_")
-                and isinstance(node.func.value, ast.Name)
-                and node.func.value.id == "op"
-            ):
-                what = name.removeprefix("drop_")
-                args = [_values(a, module, bound) for a in node.args[:2]]
-                if what == "column" and len(args) == 2:
-                    found.extend(f"column {t}.{c}" for t in args[0] for c in args[1])
-                elif args:
-                    found.extend(f"{what} {v}" for v in args[0])
-            elif name == "delete":
-                found.append("rows it inserted (see its description)")
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            found.extend(_sql_drops(node.value))
-        if isinstance(node, ast.JoinedStr):
-            literal = "".join(
-                v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
-            )
-            found.extend(_sql_drops(literal))
-            return
-        for child in ast.iter_child_nodes(node):
-            visit(child, bound)
-
-    visit(tree, {})
-    return tuple(dict.fromkeys(found))
-
-
-def rollback_plan(current: str | None) -> RollbackPlan:
+def rollback_plan(current: str | None, *, service: ServiceConfig | None = None) -> RollbackPlan:
     """What one step back from `current` undoes; `InvalidRequestError` on an empty database."""
     if current is None:
         raise InvalidRequestError("nothing to roll back: the database has no migrations applied")
-    script = _script(_scripts(), current)
-    return RollbackPlan(revision=_info(script), drops=_drops_of(script))
+    script = _script(_scripts(service), current)
+    return RollbackPlan(revision=_info(script), drops=drops_of(script))
 
 
 WaitCallback = Callable[[int | None], None]
@@ -324,6 +371,7 @@ async def _locked(
     lock_timeout: float,
     wait: float,
     on_wait: WaitCallback | None,
+    service: ServiceConfig | None = None,
 ) -> tuple[str | None, str | None]:
     """Run `step` in one transaction holding the migration lock, DDL under `lock_timeout`."""
     if lock_timeout <= 0 or wait <= 0:
@@ -332,7 +380,7 @@ async def _locked(
     def run(connection: Connection) -> tuple[str | None, str | None]:
         _take_migration_lock(connection, wait, on_wait)
         _set_lock_timeout(connection, lock_timeout)
-        before = _current(connection)
+        before = _state(connection, service)
         try:
             step(connection)
         except DBAPIError as exc:
@@ -344,7 +392,7 @@ async def _locked(
                     sqlstate=LOCK_NOT_AVAILABLE,
                 ) from exc
             raise
-        return before, _current(connection)
+        return before, _state(connection, service)
 
     try:
         async with engine.begin() as conn:
@@ -364,6 +412,7 @@ async def upgrade_locked(
     lock_timeout: float = 5.0,
     wait: float = 600.0,
     on_wait: WaitCallback | None = None,
+    service: ServiceConfig | None = None,
 ) -> tuple[str | None, str | None]:
     """Upgrade to `revision` holding the migration lock; returns (before, after) as read under it.
 
@@ -371,10 +420,11 @@ async def upgrade_locked(
     nothing to do. Raises `MigrationLockTimeout` when either lock is not had in time."""
     return await _locked(
         engine,
-        lambda c: command.upgrade(alembic_config(c), revision),
+        lambda c: _upgrade(c, revision, service),
         lock_timeout=lock_timeout,
         wait=wait,
         on_wait=on_wait,
+        service=service,
     )
 
 
@@ -385,17 +435,25 @@ async def rollback_one(
     lock_timeout: float = 5.0,
     wait: float = 600.0,
     on_wait: WaitCallback | None = None,
+    service: ServiceConfig | None = None,
 ) -> tuple[str | None, str | None]:
-    """Downgrade one revision from `expected` (the revision the caller showed and had confirmed).
+    """Downgrade one revision from `expected` (the revision the caller showed and had confirmed;
+    with `service`, a service revision from `rollback_candidate` steps back that branch only).
 
     Refuses (`InvalidRequestError`, nothing done) if the database moved on in the meantime."""
 
     def step(connection: Connection) -> None:
-        current = _current(connection)
+        if service is None:
+            current = _current(connection)
+            target = "-1"
+        else:
+            stamped = _stamped(connection)
+            current = expected if expected in stamped else _current(connection, service)
+            target = f"{expected}@-1"  # this branch only ("-1" is ambiguous with two heads)
         if current != expected:
             raise InvalidRequestError(
                 f"the database is now at {current or 'base'}, not {expected}; nothing was rolled back"
             )
-        command.downgrade(alembic_config(connection), "-1")
+        command.downgrade(alembic_config(connection, service=service), target)
 
-    return await _locked(engine, step, lock_timeout=lock_timeout, wait=wait, on_wait=on_wait)
+    return await _locked(engine, step, lock_timeout=lock_timeout, wait=wait, on_wait=on_wait, service=service)

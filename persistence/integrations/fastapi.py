@@ -259,7 +259,7 @@ class ListQuery(Generic[ModelT]):
         """`repository.page(...)` with these parameters; `next_cursor` goes back as `?after=`."""
         self._check(repository)
         return await repository.page(
-            order_by=self.order_by, limit=self.limit, after=self.after, **self.lookups
+            order_by=self.order_by, limit=self.limit, after=self.after, load=(), **self.lookups
         )
 
     async def list(self, repository: Reads[ModelT]) -> list[ModelT]:
@@ -267,7 +267,9 @@ class ListQuery(Generic[ModelT]):
         self._check(repository)
         if self.after is not None:
             raise QueryParameterError("after", "after: this endpoint does not page by cursor")
-        return await repository.list(order_by=self.order_by, limit=self.limit, offset=0, **self.lookups)
+        return await repository.list(
+            order_by=self.order_by, limit=self.limit, offset=0, load=(), **self.lookups
+        )
 
     def _check(self, repository: Reads[ModelT]) -> None:
         if repository.model is not self.model:

@@ -60,8 +60,14 @@ def not_checked(error: str, *, database: str | None = None) -> HealthReport:
     return HealthReport(False, False, None, None, database, None, unknown, error)
 
 
-async def health(engine: AsyncEngine, *, timeout: float = 5.0) -> HealthReport:  # noqa: ASYNC109 (a deadline for the whole check)
-    """Check the database behind `engine` within `timeout` seconds (one pooled connection, two queries)."""
+async def health(
+    engine: AsyncEngine,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 (a deadline for the whole check)
+    service: migrations.ServiceConfig | None = None,
+) -> HealthReport:
+    """Check the database behind `engine` within `timeout` seconds (one pooled connection, two queries).
+    `service`: a service's alembic.ini, when its own branch of revisions shares the database."""
     head = migrations.head_revision()
     pool = None if isinstance(engine.pool, NullPool) else pool_stats(engine.pool)
     unknown = SchemaStatus("unknown", None, head, None)
@@ -73,7 +79,7 @@ async def health(engine: AsyncEngine, *, timeout: float = 5.0) -> HealthReport: 
             row = (
                 await conn.execute(text("SELECT current_setting('server_version'), current_database()"))
             ).one()
-            current = await conn.run_sync(migrations.current_of)
+            current = await conn.run_sync(migrations.current_of, service)
     except TimeoutError:
         return HealthReport(
             False, False, None, None, engine.url.database, pool, unknown, f"timed out after {timeout:g}s"

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sqlalchemy import inspect
+from sqlalchemy import FromClause, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import Mapper
 
 from persistence.errors import ArgumentTypeError
-from persistence.models import Base
 from persistence.transaction import connection_scope, session_scope
 
-ModelT = TypeVar("ModelT", bound=Base)
+
+class MappedModel(Protocol):
+    """Any ORM-mapped class: ours (`persistence.models.Base`) or a service's on its own
+    `DeclarativeBase` (or `DeclarativeBaseNoMeta`, `MappedAsDataclass`), so `Repository[MyModel]`
+    type-checks for both. A class that is not mapped is rejected by mypy here and at runtime by
+    `RepositoryBase.__init__`."""
+
+    __mapper__: ClassVar[Mapper[Any]]
+    __table__: ClassVar[FromClause]
+
+
+ModelT = TypeVar("ModelT", bound=MappedModel)
 
 
 class RepositoryBase(Generic[ModelT]):
@@ -29,6 +39,8 @@ class RepositoryBase(Generic[ModelT]):
     def __init__(self, engine: AsyncEngine) -> None:
         if not hasattr(type(self), "model"):
             raise TypeError(f"{type(self).__name__} must set the class attribute `model`")
+        if not isinstance(inspect(type(self).model, raiseerr=False), Mapper):
+            raise TypeError(f"{type(self).__name__}.model must be a mapped class, got {type(self).model!r}")
         if not isinstance(engine, AsyncEngine):  # else a confusing AttributeError at the first call
             raise ArgumentTypeError(
                 f"{type(self).__name__}(engine): engine expects an AsyncEngine, got {type(engine).__name__}"
@@ -45,12 +57,3 @@ class RepositoryBase(Generic[ModelT]):
         """For statements that load no model instances: skips the ORM session outside a block."""
         async with connection_scope(self.engine) as conn:
             yield conn
-
-    @property
-    def _pk(self) -> InstrumentedAttribute[Any]:
-        """The single-column primary key (every table of the package has one)."""
-        [pk] = inspect(self.model).primary_key
-        attr: InstrumentedAttribute[Any] = getattr(
-            self.model, inspect(self.model).get_property_by_column(pk).key
-        )
-        return attr

@@ -105,13 +105,14 @@ class ThrowawayPostgres:
         }
         return DatabaseConfig.model_validate(fields)
 
-    async def create_migrated_template(self) -> None:
-        """Create the template database and migrate it to head (once per session)."""
+    async def create_migrated_template(self, alembic_config: migrations.ServiceConfig | None = None) -> None:
+        """Create the template database and migrate it to head (once per session); `alembic_config`:
+        a service's alembic.ini, whose revisions run too (`persistence.migrations`)."""
         self.server.drop_database(TEMPLATE_DB)
         self.server.ensure_database(TEMPLATE_DB)
         engine = build_engine(self.config(TEMPLATE_DB), pooled=False)
         try:
-            await migrations.upgrade(engine)
+            await migrations.upgrade(engine, service=alembic_config)
         finally:
             await engine.dispose()
         # Nobody may stay connected to a template while it is cloned.

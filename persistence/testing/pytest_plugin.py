@@ -21,6 +21,14 @@ from persistence.engine import build_engine
 from persistence.testing.database import TEST_DB, ThrowawayPostgres
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "persistence_alembic_config",
+        "a service's alembic.ini (relative to the rootdir): the test template gets its revisions beside ours",
+        default="",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "commits: the test commits for real and gets its own database cloned from the template"
@@ -50,8 +58,9 @@ def pg() -> Iterator[ThrowawayPostgres]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def migrated(pg: ThrowawayPostgres) -> ThrowawayPostgres:
-    await pg.create_migrated_template()
+async def migrated(pg: ThrowawayPostgres, pytestconfig: pytest.Config) -> ThrowawayPostgres:
+    service = str(pytestconfig.getini("persistence_alembic_config") or "")
+    await pg.create_migrated_template(pytestconfig.rootpath / service if service else None)
     pg.clone(TEST_DB)
     return pg
 

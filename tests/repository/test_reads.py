@@ -24,7 +24,9 @@ from persistence.engine import build_engine
 from persistence.errors import InvalidRequestError, NotFoundError, ValidationError
 from persistence.models import AICall, Claim, VerificationResult
 from persistence.repository import Page, Repository
-from persistence.repository.reads import MAX_LIMIT, _checksum, _sort_plan
+from persistence.repository.keyset import checksum as _checksum
+from persistence.repository.keyset import sort_plan as _sort_plan
+from persistence.repository.reads import MAX_LIMIT
 from persistence.transaction import session_scope, transaction
 
 pytestmark = pytest.mark.commits
