@@ -69,7 +69,7 @@ from persistence.repositories import (
     TrainingDataRepository,
     VerificationRepository,
 )
-from persistence.repository import Page, Repository
+from persistence.repository import Load, MappedModel, Page, Repository
 from persistence.transaction import (
     current_session,
     get_rollback,
@@ -104,6 +104,8 @@ __all__ = [
     "IntegrityViolation",
     "InvalidRequestError",
     "LedgerHealth",
+    "Load",
+    "MappedModel",
     "MigrationLockTimeout",
     "NotFoundError",
     "Page",
