@@ -35,7 +35,7 @@ from persistence.errors import ValidationError
 from persistence.models.ai_calls import CALL_STATUSES
 from persistence.values import text_problem
 
-__all__ = ["MAX_COST_USD", "AICallRecord", "TokenUsage", "normalise_usage"]
+__all__ = ["MAX_COST_USD", "AICallRecord"]
 
 MICRO = Decimal("0.000001")
 MAX_COST_USD = Decimal("9999.999999")  # NUMERIC(10, 6), the seed's column

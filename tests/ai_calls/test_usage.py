@@ -100,7 +100,9 @@ def gemini_response(**usage: Any) -> genai.GenerateContentResponse:
         "thoughts_token_count": 1_200,
         "tool_use_prompt_token_count": 300,
         "total_token_count": 42_200,
-        "prompt_tokens_details": [genai.ModalityTokenCount(modality=genai.MediaModality.TEXT, token_count=40_000)],
+        "prompt_tokens_details": [
+            genai.ModalityTokenCount(modality=genai.MediaModality.TEXT, token_count=40_000)
+        ],
         "traffic_type": genai.TrafficType.ON_DEMAND,
         **usage,
     }
@@ -218,9 +220,11 @@ def test_counts_that_disagree_with_the_usage_are_refused() -> None:
     assert "output_tokens given 2500, usage says 700" in str(info.value)
     # A bucket given beside a usage that derives the others is checked too.
     with pytest.raises(UsageMismatchError, match="cache_read_tokens given 1, usage says 8000"):
-        AICallRecord.coerce({"provider": "openai", "model": "m", "usage": chat_completion().usage, "cache_read_tokens": 1})
+        AICallRecord.coerce(
+            {"provider": "openai", "model": "m", "usage": chat_completion().usage, "cache_read_tokens": 1}
+        )
     # Counts that agree are accepted, and so is a usage that states no counts (free-form JSON).
-    agreed = AICallRecord(provider="anthropic", model="m", usage=message.usage, **_buckets(CLAUDE))
+    agreed = _record("anthropic", message.usage, CLAUDE)
     assert agreed.total_tokens == 1_200 + 2_500 + 30_000 + 6_000
     AICallRecord(provider="openai", model="m", input_tokens=1, output_tokens=1, usage={"note": "x"})
 
@@ -228,14 +232,30 @@ def test_counts_that_disagree_with_the_usage_are_refused() -> None:
 def test_the_sdk_object_is_stored_as_its_json_dump() -> None:
     usage = gemini_response().usage_metadata
     assert usage is not None
-    record = AICallRecord(provider="google", model="gemini-usage", usage=usage, **_buckets(GEMINI))
-    same = AICallRecord.from_usage(provider="google", model="gemini-usage", usage=usage.model_dump(mode="json"))
+    record = _record("google", usage, GEMINI)
+    same = AICallRecord.from_usage(
+        provider="google", model="gemini-usage", usage=usage.model_dump(mode="json")
+    )
     assert record.usage == usage.model_dump(mode="json")
     assert record.usage_json == same.usage_json and record.payload_hash == same.payload_hash
 
 
 def _buckets(usage: TokenUsage) -> dict[str, int]:
     return {name: getattr(usage, name) for name in TokenUsage.__dataclass_fields__}
+
+
+def _record(provider: str, usage: Any, b: TokenUsage) -> AICallRecord:
+    return AICallRecord(
+        provider=provider,
+        model="gemini-usage",
+        usage=usage,
+        input_tokens=b.input_tokens,
+        output_tokens=b.output_tokens,
+        cache_read_tokens=b.cache_read_tokens,
+        cache_write_tokens=b.cache_write_tokens,
+        reasoning_tokens=b.reasoning_tokens,
+        cache_write_1h_tokens=b.cache_write_1h_tokens,
+    )
 
 
 # USD per million tokens: input, output, cache_read, cache_write, reasoning, cache_write_1h.
@@ -253,9 +273,14 @@ async def test_sdk_responses_are_logged_bucket_by_bucket_and_priced_to_the_micro
     names = ("input", "output", "cache_read", "cache_write", "reasoning", "cache_write_1h")
     async with fresh_engine.begin() as conn:
         for (provider, model), figures in PRICES.items():
-            row = {f"{n}_per_mtok": None if f is None else Decimal(f) for n, f in zip(names, figures, strict=True)}
+            price = {
+                f"{n}_per_mtok": None if f is None else Decimal(f)
+                for n, f in zip(names, figures, strict=True)
+            }
             await conn.execute(
-                insert(VendorPrice).values(provider=provider, model=model, effective_from=AT - timedelta(days=30), **row)
+                insert(VendorPrice).values(
+                    provider=provider, model=model, effective_from=AT - timedelta(days=30), **price
+                )
             )
     chat, resp, claude, gemini = chat_completion(), response(), claude_message(), gemini_response()
     async with AICallLogger(fresh_engine) as log:
@@ -299,17 +324,21 @@ async def test_sdk_responses_are_logged_bucket_by_bucket_and_priced_to_the_micro
                          row.reasoning_tokens, row.cache_write_1h_tokens)  # fmt: skip
         assert got == buckets, request_id
         assert row.total_tokens == sum(_buckets(buckets).values())
-        assert (row.cost_usd, row.computed_cost_usd, row.cost_source) == (Decimal(cost), Decimal(computed), "computed")
+        assert (row.cost_usd, row.computed_cost_usd, row.cost_source) == (
+            Decimal(cost),
+            Decimal(computed),
+            "computed",
+        )
     assert rows[claude.id].usage == claude.usage.model_dump(mode="json")
     # The rollups (folded when the logger closed) and get_stats agree with the ledger, bucket by bucket.
     assert stats["total_tokens"] == sum(r.total_tokens for r in rows.values())
     assert stats["total_cost_usd"] == Decimal("0.123797")
     sums = "sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(total_tokens), sum(cost_usd)"
     async with fresh_engine.connect() as conn:
-        raw = (await conn.execute(text(f"SELECT {sums} FROM ai_calls"))).one()  # noqa: S608
-        folded = (await conn.execute(text(f"SELECT {sums} FROM ai_call_model_hourly"))).one()  # noqa: S608
+        raw = (await conn.execute(text(f"SELECT {sums} FROM ai_calls"))).one()
+        folded = (await conn.execute(text(f"SELECT {sums} FROM ai_call_model_hourly"))).one()
     assert tuple(raw) == tuple(folded) == (3_000 + 1_024 + 2_000, 4_000, raw[2], Decimal("0.123797"))
     await rebuild_rollups(fresh_engine, AT - timedelta(hours=1), AT + timedelta(hours=1))
     async with fresh_engine.connect() as conn:
-        rebuilt = (await conn.execute(text(f"SELECT {sums} FROM ai_call_usage_hourly"))).one()  # noqa: S608
+        rebuilt = (await conn.execute(text(f"SELECT {sums} FROM ai_call_usage_hourly"))).one()
     assert tuple(rebuilt) == tuple(raw)
