@@ -293,6 +293,17 @@ async def test_sdk_responses_are_logged_bucket_by_bucket_and_priced_to_the_micro
              "request_id": gemini.response_id, "created_at": AT},
         ]) == 2  # fmt: skip
         stats = await log.get_stats(AT - timedelta(hours=1), AT + timedelta(hours=1))
+        # Seed 000's counts (output includes thinking) beside the usage: refused, nothing written.
+        with pytest.raises(UsageMismatchError):
+            await log.log_call(
+                "anthropic",
+                claude.model,
+                input_tokens=claude.usage.input_tokens,
+                output_tokens=claude.usage.output_tokens,
+                usage=claude.usage,
+                request_id="msg_usage_2",
+                created_at=AT,
+            )
     async with fresh_engine.connect() as conn:
         rows = {
             r.request_id: r
@@ -329,6 +340,7 @@ async def test_sdk_responses_are_logged_bucket_by_bucket_and_priced_to_the_micro
             Decimal(computed),
             "computed",
         )
+    assert len(rows) == 4
     assert rows[claude.id].usage == claude.usage.model_dump(mode="json")
     # The rollups (folded when the logger closed) and get_stats agree with the ledger, bucket by bucket.
     assert stats["total_tokens"] == sum(r.total_tokens for r in rows.values())
