@@ -6,13 +6,16 @@
 with camelCase keys for Gemini). Nothing here imports an SDK: a pydantic model is read through
 `model_dump(mode="json")`.
 
-The buckets never overlap (field notes 4), whatever a provider counts inside what:
+The buckets never overlap (field notes 4), whatever a provider counts inside what
+(input / cache_read / cache_write / cache_write_1h / output / reasoning):
 
-| provider  | input (uncached)            | cache_read    | cache_write (5 min)   | cache_write_1h | output            | reasoning |
-|-----------|-----------------------------|---------------|-----------------------|----------------|-------------------|-----------|
-| openai    | prompt - cached - cache_write | cached_tokens | cache_write_tokens  | 0              | completion - reasoning | reasoning_tokens |
-| anthropic | input_tokens                | cache_read_input_tokens | ephemeral_5m | ephemeral_1h  | output - thinking | thinking_tokens |
-| google    | prompt - cached + tool_use_prompt | cached_content | 0                | 0              | candidates        | thoughts  |
+- openai: prompt - cached - cache_write / `cached_tokens` / `cache_write_tokens` (every retention:
+  OpenAI publishes one cache-write price per model) / 0 / completion - reasoning / `reasoning_tokens`.
+- anthropic: `input_tokens` / `cache_read_input_tokens` / `ephemeral_5m_input_tokens` /
+  `ephemeral_1h_input_tokens` / output - thinking / `thinking_tokens`. A streaming
+  `MessageDeltaUsage` without `input_tokens` is refused: log the final message's usage.
+- google: prompt - cached + tool-use prompt / `cached_content_token_count` / 0 / 0 /
+  `candidates_token_count` / `thoughts_token_count`.
 
 A normaliser never guesses. A field it does not know that carries a count (a number other than 0,
 a non-empty object or list), a billed bucket it cannot price apart (audio tokens), parts that do
