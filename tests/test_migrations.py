@@ -168,3 +168,44 @@ def test_seed_data_of_0003_is_idempotent(pg: ThrowawayPostgres, empty_db: str) -
     rerun = alembic(empty_db, "upgrade", "0003")
     assert rerun.returncode == 0, rerun.stderr
     assert int(pg.server.psql(count, database=database)) == loaded
+
+
+def test_0007_prices_one_hour_writes_and_its_downgrade_keeps_every_token(
+    pg: ThrowawayPostgres, empty_db: str
+) -> None:
+    database = empty_db.split("@/", 1)[1].split("?", 1)[0]
+    assert alembic(empty_db, "upgrade", "0006").returncode == 0
+    pg.server.psql(
+        "INSERT INTO vendor_prices (provider, model, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
+        "cache_write_per_mtok, reasoning_per_mtok, effective_from) VALUES "
+        "('anthropic', 'claude-by-hand', 4, 20, 0.4, 5, 20, '2026-01-01Z'), "
+        "('openai', 'gpt-by-hand', 1, 4, 0.1, 1, 4, '2026-01-01Z'); "
+        "INSERT INTO ai_calls (id, created_at, provider, model, input_tokens, output_tokens, cache_write_tokens, "
+        "cost_usd) VALUES (1, '2026-01-01 10:05Z', 'anthropic', 'claude-by-hand', 10, 5, 7, 0.25);",
+        database=database,
+    )
+    up = alembic(empty_db, "upgrade", "0007")
+    assert up.returncode == 0, up.stderr
+    prices = pg.server.psql(
+        "SELECT model, coalesce(cache_write_1h_per_mtok::text, 'NULL') FROM vendor_prices "
+        "WHERE model LIKE '%by-hand' ORDER BY model;",
+        database=database,
+    )
+    assert prices.split() == ["claude-by-hand|8.000000", "gpt-by-hand|NULL"]
+    pg.server.psql(
+        "INSERT INTO ai_calls (id, created_at, provider, model, input_tokens, output_tokens, cache_write_tokens, "
+        "cache_write_1h_tokens, cost_usd) VALUES (2, '2026-01-01 10:10Z', 'anthropic', 'claude-by-hand', 10, 5, 7, "
+        "4000, 0.25); INSERT INTO ai_call_usage_deltas (hour, provider, model, calls, error_calls, input_tokens, "
+        "output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, total_tokens, "
+        "cost_usd, latency_ms_sum, latency_count) "
+        "VALUES ('2026-01-01 10:00Z', 'anthropic', 'claude-by-hand', 1, 0, 10, 5, 0, 7, 4000, 0, 4022, 0.25, 0, 0);",
+        database=database,
+    )
+    totals = "SELECT id, cache_write_tokens, total_tokens FROM ai_calls ORDER BY id;"
+    assert pg.server.psql(totals, database=database).split() == ["1|7|22", "2|7|4022"]
+    down = alembic(empty_db, "downgrade", "0006")
+    assert down.returncode == 0, down.stderr
+    # The 1-hour writes are folded into cache_write_tokens: no token is lost, no total changes.
+    assert pg.server.psql(totals, database=database).split() == ["1|7|22", "2|4007|4022"]
+    deltas = "SELECT cache_write_tokens, total_tokens FROM ai_call_usage_deltas;"
+    assert pg.server.psql(deltas, database=database).split() == ["4007|4022"]

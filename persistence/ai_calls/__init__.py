@@ -3,9 +3,10 @@ reconciliation against the metering vendor, read-only access and monitoring (the
 
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.prices import Price, PriceBook, UnpricedCallError
-from persistence.ai_calls.record import AICallRecord, TokenUsage, normalise_usage
+from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
 from persistence.ai_calls.sync import SyncAICallLogger
+from persistence.ai_calls.usage import TokenUsage, UsageMismatchError, UsageShapeError, normalise_usage
 
 __all__ = [
     "AICallLogger",
@@ -15,6 +16,8 @@ __all__ = [
     "SyncAICallLogger",
     "TokenUsage",
     "UnpricedCallError",
+    "UsageMismatchError",
+    "UsageShapeError",
     "fold_rollups",
     "normalise_usage",
     "rebuild_rollups",

@@ -74,16 +74,18 @@ _CALL_COLUMNS = (
     "id", "created_at", "provider", "model", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "reasoning_tokens", "usage", "cost_usd", "computed_cost_usd", "cost_source",
     "price_id", "latency_ms", "status", "error_class", "customer_id", "organization_id", "product_id",
-    "environment", "request_id", "trace_id",
+    "environment", "request_id", "trace_id", "cache_write_1h_tokens",
 )  # fmt: skip
 _KEY_COLUMNS = ("idempotency_key", "call_id", "call_created_at", "payload_hash")
 _DELTA_COLUMNS = (
     "hour", "provider", "model", "organization_id", "customer_id", "product_id", "environment",
     "calls", "error_calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "total_tokens", "cost_usd", "computed_cost_usd", "latency_ms_sum", "latency_count",
+    "cache_write_1h_tokens",
 )  # fmt: skip
 
-# $1 key, $2 hash, $3.. the row (without id), then $25 hour, $26 error_calls, $27 total_tokens.
+# $1 key, $2 hash, $3.. the row (without id), then $25 hour, $26 error_calls, $27 total_tokens,
+# $28 cache_write_1h_tokens.
 LOG_CALL = """
 WITH existing AS (
     SELECT call_id, payload_hash FROM ai_call_keys WHERE idempotency_key = $1
@@ -91,9 +93,10 @@ WITH existing AS (
     INSERT INTO ai_calls (created_at, provider, model, input_tokens, output_tokens, cache_read_tokens,
                           cache_write_tokens, reasoning_tokens, usage, cost_usd, computed_cost_usd,
                           cost_source, price_id, latency_ms, status, error_class, customer_id,
-                          organization_id, product_id, environment, request_id, trace_id)
+                          organization_id, product_id, environment, request_id, trace_id,
+                          cache_write_1h_tokens)
     SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-           $23, $24
+           $23, $24, $28
      WHERE NOT EXISTS (SELECT 1 FROM existing)
     RETURNING id
 ), k AS (
@@ -104,9 +107,9 @@ WITH existing AS (
                                       environment, calls, error_calls, input_tokens, output_tokens,
                                       cache_read_tokens, cache_write_tokens, reasoning_tokens,
                                       total_tokens, cost_usd, computed_cost_usd, latency_ms_sum,
-                                      latency_count)
+                                      latency_count, cache_write_1h_tokens)
     SELECT $25, $4, $5, $20, $19, $21, $22, 1, $26, $6, $7, $8, $9, $10, $27, $12, $13,
-           coalesce($16, 0), ($16 IS NOT NULL)::int
+           coalesce($16, 0), ($16 IS NOT NULL)::int, $28
       FROM ins
 )
 SELECT id, true AS new, true AS same FROM ins
@@ -572,6 +575,7 @@ class AICallLogger:
             q[0], q[1], q[2], q[3], r.latency_ms,
             r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
+            r.cache_write_1h_tokens,
         )  # fmt: skip
         for _ in range(3):
             try:
@@ -830,7 +834,7 @@ def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Quote])
             i, r.created_at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
             r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3], r.latency_ms,
             r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
-            r.request_id, r.trace_id,
+            r.request_id, r.trace_id, r.cache_write_1h_tokens,
         )  # fmt: skip
 
 

@@ -34,7 +34,8 @@ _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{2}-\d{4}|\d{3}|latest)$")
 Quote = tuple[Decimal, Decimal | None, str, int | None]
 LOAD_PRICES = (
     "SELECT id, provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
-    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to FROM vendor_prices "
+    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok "
+    "FROM vendor_prices "
     "ORDER BY provider, model, tenant_id, effective_from"
 )
 
@@ -54,9 +55,12 @@ class Price:
     reasoning_per_mtok: Decimal
     effective_from: datetime
     effective_to: datetime | None
+    # Anthropic's 1-hour cache writes; None: this row prices none (a call with some is unpriced by it).
+    cache_write_1h_per_mtok: Decimal | None = None
     # The five per-Mtok prices as integers of 1e-6 USD (None if one has more than 6 places), so a
     # cost is exact integer arithmetic in units of 1e-12 USD: no Decimal per bucket on the hot path.
     micros: tuple[int, int, int, int, int] | None = field(init=False, repr=False, compare=False)
+    micros_1h: int | None = field(init=False, repr=False, compare=False)  # None: no (or a >6-place) price
 
     def __post_init__(self) -> None:
         scaled = []
@@ -66,18 +70,28 @@ class Price:
             scaled.append(int(micro) if micro == micro.to_integral_value() else None)
         ints = tuple(x for x in scaled if x is not None)
         object.__setattr__(self, "micros", ints if len(ints) == 5 else None)
+        long = (
+            None if self.cache_write_1h_per_mtok is None else Decimal(self.cache_write_1h_per_mtok).scaleb(6)
+        )
+        object.__setattr__(
+            self, "micros_1h", int(long) if long is not None and long == long.to_integral_value() else None
+        )
 
     def covers(self, at: datetime) -> bool:
         return self.effective_from <= at and (self.effective_to is None or at < self.effective_to)
 
     def cost(self, record: AICallRecord) -> Decimal:
         """The exact cost (12 decimal places at most: per-Mtok prices have 6)."""
+        long = self.cache_write_1h_per_mtok
+        if record.cache_write_1h_tokens and long is None:
+            raise ValidationError(f"price {self.id} has no 1-hour cache-write price")
         return (
             record.input_tokens * self.input_per_mtok
             + record.output_tokens * self.output_per_mtok
             + record.cache_read_tokens * self.cache_read_per_mtok
             + record.cache_write_tokens * self.cache_write_per_mtok
             + record.reasoning_tokens * self.reasoning_per_mtok
+            + (record.cache_write_1h_tokens * long if long is not None else 0)
         ) / _MILLION
 
 
@@ -177,10 +191,13 @@ class PriceBook:
                 self._memo.clear()
             memo = self._memo[key] = self._window(record.provider, record.model, record.organization_id, at)
         found = memo[2]
+        if found is not None and record.cache_write_1h_tokens and found.cache_write_1h_per_mtok is None:
+            found = None  # the row in force has no 1-hour write price: never priced at the 5-minute rate
         if found is None:
             return None if record.cost_usd is None else (record.cost_usd, None, "provided", None)
         m = found.micros
-        if m is None:  # a price with more than 6 places (not from vendor_prices' NUMERIC(14, 6))
+        # A price with more than 6 places (not from vendor_prices' NUMERIC(14, 6)): Decimal arithmetic.
+        if m is None or (record.cache_write_1h_tokens and found.micros_1h is None):
             exact = found.cost(record)
             if record.cost_usd is not None:
                 return record.cost_usd, exact, "provided", found.id
@@ -192,6 +209,8 @@ class PriceBook:
             + record.cache_write_tokens * m[3]
             + record.reasoning_tokens * m[4]
         )  # 1e-12 USD
+        if record.cache_write_1h_tokens and found.micros_1h is not None:
+            pico += record.cache_write_1h_tokens * found.micros_1h
         computed = Decimal(pico).scaleb(-12)
         if record.cost_usd is not None:
             return record.cost_usd, computed, "provided", found.id

@@ -2,9 +2,10 @@
 
 Everything is checked in Python before any SQL runs, so bad input raises `ValidationError` and
 writes nothing. Token buckets are disjoint (field notes 4): `input_tokens` is uncached input,
-`cache_read_tokens` / `cache_write_tokens` are cached input, `output_tokens` excludes
-`reasoning_tokens`. Providers disagree on whether "input" includes cache reads, so use
-`normalise_usage` on a raw usage object rather than copying its numbers by hand.
+`cache_read_tokens` / `cache_write_tokens` (5-minute) / `cache_write_1h_tokens` are cached input,
+`output_tokens` excludes `reasoning_tokens`. Providers disagree on whether "input" includes cache
+reads, so pass the raw usage (`usage=response.usage`) and let `usage.normalise_usage` split it
+rather than copying its numbers by hand; counts passed with it must agree with it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import BaseModel
+
+from persistence.ai_calls.usage import (
+    BUCKETS,
+    TokenUsage,
+    UsageMismatchError,
+    check_usage,
+    normalise_usage,
+    usage_mapping,
+)
 from persistence.errors import ValidationError
 from persistence.models.ai_calls import CALL_STATUSES
 from persistence.values import text_problem
 
-__all__ = ["MAX_COST_USD", "AICallRecord", "TokenUsage", "normalise_usage"]
+__all__ = ["MAX_COST_USD", "AICallRecord"]
 
 MICRO = Decimal("0.000001")
 MAX_COST_USD = Decimal("9999.999999")  # NUMERIC(10, 6), the seed's column
@@ -149,89 +160,6 @@ def _utc(name: str, value: object) -> datetime:
     return at
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """Disjoint token buckets of one call."""
-
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-
-
-def _get(usage: Mapping[str, Any], *path: str) -> int:
-    node: Any = usage
-    for key in path:
-        if not isinstance(node, Mapping) or node.get(key) is None:
-            return 0
-        node = node[key]
-    return _count(".".join(path), node)
-
-
-def _first(usage: Mapping[str, Any], *names: str) -> int:
-    for name in names:
-        if usage.get(name) is not None:
-            return _count(name, usage[name])
-    return 0
-
-
-def normalise_usage(provider: str, usage: Mapping[str, Any]) -> TokenUsage:
-    """Disjoint buckets from a provider's raw usage object (a dict as the SDKs return it).
-
-    - openai (Chat Completions or Responses): prompt/input tokens include `cached_tokens` and
-      completion/output tokens include `reasoning_tokens`; both are split out.
-    - anthropic: `input_tokens` already excludes `cache_read_input_tokens` and
-      `cache_creation_input_tokens`; thinking is inside `output_tokens` (not broken out).
-    - google (Gemini `usageMetadata`, camel or snake case): the prompt count includes cached content;
-      thoughts are counted apart from candidates.
-    - cohere: `billed_units`.
-    """
-    if not isinstance(usage, Mapping):
-        raise _fail(f"usage must be a mapping, got {type(usage).__name__}")
-    p = provider.lower()
-    if p in ("openai", "azure", "azure_openai"):
-        prompt = _first(usage, "prompt_tokens", "input_tokens")
-        completion = _first(usage, "completion_tokens", "output_tokens")
-        cached = _get(usage, "prompt_tokens_details", "cached_tokens") or _get(
-            usage, "input_tokens_details", "cached_tokens"
-        )
-        reasoning = _get(usage, "completion_tokens_details", "reasoning_tokens") or _get(
-            usage, "output_tokens_details", "reasoning_tokens"
-        )
-        if cached > prompt or reasoning > completion:
-            raise _fail(f"inconsistent openai usage (cached or reasoning above the total): {dict(usage)}")
-        return TokenUsage(prompt - cached, completion - reasoning, cached, 0, reasoning)
-    if p == "anthropic":
-        return TokenUsage(
-            _first(usage, "input_tokens"),
-            _first(usage, "output_tokens"),
-            _first(usage, "cache_read_input_tokens"),
-            _first(usage, "cache_creation_input_tokens"),
-            0,
-        )
-    if p in ("google", "gemini", "vertex_ai"):
-        prompt = _first(usage, "promptTokenCount", "prompt_token_count")
-        cached = _first(usage, "cachedContentTokenCount", "cached_content_token_count")
-        if cached > prompt:
-            raise _fail(f"inconsistent google usage (cached above the prompt): {dict(usage)}")
-        return TokenUsage(
-            prompt - cached,
-            _first(usage, "candidatesTokenCount", "candidates_token_count"),
-            cached,
-            0,
-            _first(usage, "thoughtsTokenCount", "thoughts_token_count"),
-        )
-    if p == "cohere":
-        billed = usage.get("billed_units", usage)
-        if not isinstance(billed, Mapping):
-            raise _fail("cohere usage.billed_units must be a mapping")
-        return TokenUsage(_first(billed, "input_tokens"), _first(billed, "output_tokens"))
-    if "input_tokens" in usage or "output_tokens" in usage:
-        return TokenUsage(_first(usage, "input_tokens"), _first(usage, "output_tokens"))
-    raise _fail(f"no usage normaliser for provider {provider!r}; pass the token counts explicitly")
-
-
 def _json(value: Mapping[str, Any]) -> str:
     """Canonical JSON of `usage` (sorted keys, no spaces), from `_plain`'s checked copy.
 
@@ -309,6 +237,7 @@ class AICallRecord:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     cost_usd: Decimal | None = None  # a Decimal after validation (int, str and float accepted)
     latency_ms: int | None = None
     status: str = "success"
@@ -319,7 +248,7 @@ class AICallRecord:
     environment: str | None = None
     request_id: str | None = None
     trace_id: str | None = None
-    usage: Mapping[str, Any] | None = None
+    usage: Mapping[str, Any] | BaseModel | None = None  # an SDK object is kept as its model_dump(mode="json")
     event_id: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Derived, filled by __post_init__.
@@ -340,8 +269,7 @@ class AICallRecord:
             )
         set_(self, "provider", provider.lower())
         _text("model", self.model, required=True)
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                     "reasoning_tokens"):  # fmt: skip
+        for name in BUCKETS:
             _count(name, getattr(self, name))
         if self.total_tokens > 2**63 - 1:
             raise _fail("total_tokens out of range")
@@ -355,9 +283,11 @@ class AICallRecord:
             _text(name, getattr(self, name))
         set_(self, "created_at", _utc("created_at", self.created_at))
         if self.usage is not None:
-            if not isinstance(self.usage, Mapping):
-                raise _fail(f"usage must be a mapping, got {type(self.usage).__name__}")
-            set_(self, "usage_json", _json(self.usage))
+            usage = usage_mapping(self.usage)
+            set_(self, "usage", usage)
+            set_(self, "usage_json", _json(usage))
+            if not (isinstance(usage, _Derived) and usage.provider == self.provider):
+                check_usage(self.provider, usage, TokenUsage(*(getattr(self, b) for b in BUCKETS)))
         if self.request_id is not None:
             key = f"{self.provider}:{self.request_id}"
         else:
@@ -367,21 +297,21 @@ class AICallRecord:
 
     @classmethod
     def from_usage(
-        cls, *, provider: str, model: str, usage: Mapping[str, Any], **fields: Any
+        cls, *, provider: str, model: str, usage: Mapping[str, Any] | BaseModel, **fields: Any
     ) -> AICallRecord:
-        """A record whose token buckets come from the provider's raw usage object (kept as JSONB)."""
-        buckets = normalise_usage(provider, usage)
-        return cls(
-            provider=provider,
-            model=model,
-            usage=usage,
-            input_tokens=buckets.input_tokens,
-            output_tokens=buckets.output_tokens,
-            cache_read_tokens=buckets.cache_read_tokens,
-            cache_write_tokens=buckets.cache_write_tokens,
-            reasoning_tokens=buckets.reasoning_tokens,
-            **fields,
-        )
+        """A record whose token buckets come from the provider's raw usage object (kept as JSONB):
+        `AICallRecord.from_usage(provider="openai", model=..., usage=response.usage)`. Bucket counts
+        also given in `fields` must agree with it (`UsageMismatchError`)."""
+        if not isinstance(provider, str):
+            raise _fail(f"provider must be a str, got {type(provider).__name__}")
+        plain = usage_mapping(usage)
+        buckets = normalise_usage(provider, plain)
+        given = {b: _count(b, value) for b in BUCKETS if (value := fields.pop(b, None)) is not None}
+        differ = {b: (n, getattr(buckets, b)) for b, n in given.items() if n != getattr(buckets, b)}
+        if differ:
+            raise UsageMismatchError(provider.lower(), differ)
+        fields.update({b: getattr(buckets, b) for b in BUCKETS})
+        return cls(provider=provider, model=model, usage=_Derived(provider.lower(), plain), **fields)
 
     @classmethod
     def coerce(cls, value: AICallRecord | Mapping[str, Any]) -> AICallRecord:
@@ -412,6 +342,7 @@ class AICallRecord:
             + self.output_tokens
             + self.cache_read_tokens
             + self.cache_write_tokens
+            + self.cache_write_1h_tokens
             + self.reasoning_tokens
         )
 
@@ -429,7 +360,19 @@ class AICallRecord:
             self.error_class, self.customer_id, self.organization_id, self.product_id, self.environment,
             self.request_id, self.trace_id, self.usage_json,
         ]  # fmt: skip
+        if self.cache_write_1h_tokens:  # appended only when used: earlier calls keep their hashes
+            content.append(["cache_write_1h_tokens", self.cache_write_1h_tokens])
         return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).digest()
+
+
+class _Derived(dict[str, Any]):
+    """A usage whose buckets `from_usage` just derived from it: the record need not check them again."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self, provider: str, usage: Mapping[str, Any]) -> None:
+        super().__init__(usage)
+        self.provider = provider
 
 
 _INIT_FIELDS = {

@@ -36,8 +36,9 @@ COST_SOURCES = ("provided", "computed")
 class AICall(Base):
     """One provider call. Partitioned by month on `created_at`, so the key is (id, created_at).
 
-    Token buckets are disjoint (field notes 4): `input_tokens` is uncached input only, cache reads and
-    writes and reasoning tokens have their own columns, and `total_tokens` adds all five. The
+    Token buckets are disjoint (field notes 4): `input_tokens` is uncached input only, cache reads,
+    5-minute and 1-hour cache writes and reasoning tokens have their own columns, and `total_tokens`
+    adds all six. The
     provider's raw usage object is kept in `usage`. `cost_usd` is what the ledger counts (the
     caller's figure when given, else ours); `computed_cost_usd` is always ours, at full precision,
     from the price row `price_id`, so the two can be compared.
@@ -56,10 +57,13 @@ class AICall(Base):
     cache_read_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cache_write_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     reasoning_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Anthropic's 1-hour cache writes (revision 0007); `cache_write_tokens` holds the 5-minute ones.
+    cache_write_1h_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     total_tokens: Mapped[int] = mapped_column(
         BigInteger,
         Computed(
-            "input_tokens + output_tokens + cache_read_tokens + cache_write_tokens + reasoning_tokens",
+            "input_tokens + output_tokens + cache_read_tokens + cache_write_tokens + reasoning_tokens"
+            " + cache_write_1h_tokens",
             persisted=True,
         ),
     )
@@ -91,6 +95,7 @@ class AICall(Base):
             "cache_read_tokens >= 0 AND cache_write_tokens >= 0 AND reasoning_tokens >= 0",
             name="token_buckets_non_negative",
         ),
+        CheckConstraint("cache_write_1h_tokens >= 0", name="cache_write_1h_tokens_non_negative"),
         CheckConstraint("cost_usd >= 0", name="cost_non_negative"),
         CheckConstraint("computed_cost_usd >= 0", name="computed_cost_non_negative"),
         CheckConstraint(

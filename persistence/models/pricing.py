@@ -32,6 +32,9 @@ class VendorPrice(Base):
     cache_read_per_mtok: Mapped[Decimal] = mapped_column(Numeric(14, 6))
     cache_write_per_mtok: Mapped[Decimal] = mapped_column(Numeric(14, 6))
     reasoning_per_mtok: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    # Anthropic's 1-hour cache writes (revision 0007). NULL: this row prices none, so a call with
+    # some is unpriced by it rather than priced at the 5-minute rate.
+    cache_write_1h_per_mtok: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
     effective_from: Mapped[datetime]
     effective_to: Mapped[datetime | None]
     source: Mapped[str | None] = mapped_column(String(200))
@@ -42,6 +45,7 @@ class VendorPrice(Base):
             " AND ".join(f"{bucket}_per_mtok >= 0" for bucket in PRICE_BUCKETS), name="prices_non_negative"
         ),
         CheckConstraint("effective_to IS NULL OR effective_to > effective_from", name="period_ordered"),
+        CheckConstraint("cache_write_1h_per_mtok >= 0", name="cache_write_1h_price_non_negative"),
     )
 
 

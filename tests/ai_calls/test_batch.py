@@ -61,7 +61,7 @@ async def count(engine: AsyncEngine, sql: str = "SELECT count(*) FROM ai_calls")
 
 
 def test_spool_encoding_round_trips() -> None:
-    record = call(1, usage={"prompt_tokens": 5}, request_id=None, event_id="e-1")
+    record = call(1, usage={"prompt_tokens": 101, "completion_tokens": 20}, request_id=None, event_id="e-1")
     again = decode_record(json.loads(json.dumps(encode_record(record))))
     assert again == record
 

@@ -193,3 +193,53 @@ def test_a_snapshot_of_a_priced_model_gets_its_price() -> None:
     assert price_id("openai", "gpt-4o-audio-preview") is None
     assert price_id("openai", "gpt-4") is None
     assert price_id("anthropic", "gpt-4o-2024-08-06") is None
+
+
+def test_one_hour_cache_writes_are_priced_at_their_own_rate_or_not_at_all() -> None:
+    """Never at the 5-minute rate: a row without a 1-hour price does not price a call that has some."""
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    d = Decimal
+    rows = [
+        (1, "anthropic", "claude-a", "", d("3"), d("15"), d("0.3"), d("3.75"), d("15"), at, None, d("6")),
+        (2, "anthropic", "claude-b", "", d("3"), d("15"), d("0.3"), d("3.75"), d("15"), at, None, None),
+        (
+            3,
+            "anthropic",
+            "claude-c",
+            "",
+            d("3"),
+            d("15"),
+            d("0.3"),
+            d("3.75"),
+            d("15"),
+            at,
+            None,
+            d("6.0000001"),
+        ),
+    ]
+    book = PriceBook(rows)
+
+    def record(model: str, **kw: object) -> AICallRecord:
+        fields: dict[str, object] = {"provider": "anthropic", "model": model, "input_tokens": 100,
+                                     "output_tokens": 10, "cache_write_tokens": 2_000, "created_at": at}  # fmt: skip
+        return AICallRecord(**{**fields, **kw})  # type: ignore[arg-type]
+
+    # 100*3 + 10*15 + 2000*3.75 + 4000*6 = 31950 per million (the 5-minute rate would give 23950)
+    assert book.quote(record("claude-a", cache_write_1h_tokens=4_000)) == (
+        d("0.031950"),
+        d("0.03195"),
+        "computed",
+        1,
+    )
+    assert book.quote(record("claude-b", cache_write_1h_tokens=4_000)) is None
+    given = record("claude-b", cache_write_1h_tokens=4_000, cost_usd=d("0.5"))
+    assert book.quote(given) == (d("0.500000"), None, "provided", None)
+    assert book.quote(record("claude-b")) == (d("0.007950"), d("0.00795"), "computed", 2)  # no 1-hour writes
+    # A 1-hour price with more than 6 places goes through the exact Decimal path.
+    exact = d("0.0319500004")
+    assert book.quote(record("claude-c", cache_write_1h_tokens=4_000)) == (
+        d("0.031950"),
+        exact,
+        "computed",
+        3,
+    )

@@ -153,8 +153,13 @@ def test_openai_usage_splits_cached_and_reasoning_tokens() -> None:
         "output_tokens_details": {"reasoning_tokens": 5},
     }
     assert normalise_usage("openai", responses) == TokenUsage(50, 15, 0, 0, 5)
-    with pytest.raises(ValidationError, match="inconsistent"):
-        normalise_usage("openai", {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 6}})
+    with pytest.raises(
+        ValidationError, match=r"prompt_tokens_details\.cached_tokens.* is above prompt_tokens"
+    ):
+        normalise_usage(
+            "openai",
+            {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 6}},
+        )
 
 
 def test_anthropic_google_cohere_usage() -> None:
