@@ -3,7 +3,14 @@
 This module is the public API; everything else may change without notice.
 """
 
-from persistence.ai_calls import AICallLogger, AICallRecord, SyncAICallLogger, UnpricedCallError
+from persistence.ai_calls import (
+    AICallLogger,
+    AICallRecord,
+    SyncAICallLogger,
+    UnpricedCallError,
+    UsageMismatchError,
+    UsageShapeError,
+)
 from persistence.ai_calls.access import grant_reader
 from persistence.ai_calls.batch import (
     BatchLogger,
@@ -130,6 +137,8 @@ __all__ = [
     "UnwrittenCallsError",
     "UsageAmount",
     "UsageLine",
+    "UsageMismatchError",
+    "UsageShapeError",
     "UsageSource",
     "UsageSourceError",
     "ValidationError",
