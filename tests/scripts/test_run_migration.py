@@ -122,7 +122,7 @@ async def test_status_before_and_after_a_run(empty: Empty) -> None:
     assert before.returncode == 3, before.stderr
     lines = before.stdout.splitlines()
     assert lines[:3] == ["current: base (empty)", f"head:    {HEAD}", "pending: 6"]
-    assert [line.split()[0] for line in lines[3:]] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert [line.split()[0] for line in lines[3:]] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     assert "0003  default vendor prices" in before.stdout
     assert before.stderr == ""
 
