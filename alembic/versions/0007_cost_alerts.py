@@ -38,7 +38,9 @@ def upgrade() -> None:
         sa.Column("thresholds", postgresql.ARRAY(sa.Numeric(precision=20, scale=6)), nullable=False),
         sa.Column("budget_usd", sa.Numeric(precision=20, scale=6), nullable=True),
         sa.Column(
-            "channels", postgresql.ARRAY(sa.String(length=100)), server_default=sa.text("'{default}'"),
+            "channels",
+            postgresql.ARRAY(sa.String(length=100)),
+            server_default=sa.text("'{default}'"),
             nullable=False,
         ),
         sa.Column("enabled", sa.Boolean(), server_default=sa.text("true"), nullable=False),
