@@ -166,13 +166,13 @@ class CallableSink:
 
 _CLAIM = """
 UPDATE cost_alerts_log o
-   SET attempt = o.attempt + 1, claimed_until = now() + make_interval(secs => $2)
+   SET attempt = o.attempt + 1, claimed_until = now() + make_interval(secs => $2::float8)
  WHERE o.id IN (
     SELECT id FROM cost_alerts_log
      WHERE kind = 'outbox' AND status = 'pending' AND next_attempt_at <= now()
        AND (claimed_until IS NULL OR claimed_until <= now()) AND channel = ANY($1::varchar[])
      ORDER BY next_attempt_at
-     LIMIT $3
+     LIMIT $3::int
        FOR UPDATE SKIP LOCKED)
 RETURNING o.id, o.firing_id, o.channel, o.attempt, o.idempotency_key, o.payload::text
 """
@@ -180,13 +180,15 @@ RETURNING o.id, o.firing_id, o.channel, o.attempt, o.idempotency_key, o.payload:
 _RECORD = """
 WITH o AS (
     UPDATE cost_alerts_log
-       SET status = $3, claimed_until = NULL, next_attempt_at = now() + make_interval(secs => $4),
-           delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
-     WHERE id = $1 AND kind = 'outbox' AND attempt = $2 AND status = 'pending'
+       SET status = $3::varchar, claimed_until = NULL,
+           next_attempt_at = now() + make_interval(secs => $4::float8),
+           delivered_at = CASE WHEN $3::varchar = 'delivered' THEN now() END
+     WHERE id = $1::bigint AND kind = 'outbox' AND attempt = $2::int AND status = 'pending'
 )
 INSERT INTO cost_alerts_log (kind, firing_id, parent_id, channel, status, attempt, response_status, error,
                              duration_ms)
-SELECT 'attempt', firing_id, id, channel, $5, $2, $6, $7, $8 FROM cost_alerts_log WHERE id = $1
+SELECT 'attempt', firing_id, id, channel, $5::varchar, $2::int, $6::int, $7::varchar, $8::int
+  FROM cost_alerts_log WHERE id = $1::bigint
 ON CONFLICT (parent_id, attempt) WHERE kind = 'attempt' DO NOTHING
 """
 
