@@ -233,7 +233,12 @@ _COLUMN: dict[str, str | None] = {
 def _spend_sql(scope: str) -> str:
     """Per window ($1 keys, $2 scope values, $3/$4 window start/end, $5/$6 its whole UTC hours):
     rollups + unfolded deltas + pending batches' rows for the whole hours, the ledger for the partial
-    hours at the edges. One statement, so a concurrent fold cannot make a row count twice or never."""
+    hours at the edges. One statement, so a concurrent fold cannot make a row count twice or never.
+
+    Rollups and edges are read per window (index range scans on the hour / time); the deltas and
+    pending rows, which only the next fold empties, are joined to all windows at once, so many rules
+    cost one pass over them rather than one each.
+    """
     column = _COLUMN[scope]
 
     def match(alias: str) -> str:
@@ -244,20 +249,27 @@ def _spend_sql(scope: str) -> str:
         "ai_call_usage_hourly" if scope in ("organization", "customer", "product") else "ai_call_model_hourly"
     )
     return f"""
+WITH r AS MATERIALIZED (
+    SELECT * FROM unnest($1::int[], $2::varchar[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                         $6::timestamptz[]) AS r(k, v, ws, we, h0, h1)
+), unfolded AS (
+    SELECT r.k, d.cost_usd FROM r JOIN ai_call_usage_deltas d ON {match("d")} AND d.hour >= r.h0 AND d.hour < r.h1
+    UNION ALL
+    SELECT r.k, c.cost_usd FROM r JOIN (SELECT c.* FROM ai_call_pending_batches {PENDING_ROWS}) c
+        ON {match("c")} AND c.created_at >= r.h0 AND c.created_at < r.h1
+), recent AS (
+    SELECT k, sum(cost_usd) AS cost FROM unfolded GROUP BY k
+)
 SELECT r.k,
        coalesce((SELECT sum(h.cost_usd) FROM {rollup} h
                   WHERE {match("h")} AND h.hour >= r.h0 AND h.hour < r.h1), 0)
-     + coalesce((SELECT sum(d.cost_usd) FROM ai_call_usage_deltas d
-                  WHERE {match("d")} AND d.hour >= r.h0 AND d.hour < r.h1), 0)
-     + coalesce((SELECT sum(c.cost_usd) FROM ai_call_pending_batches {PENDING_ROWS}
-                  WHERE {match("c")} AND c.created_at >= r.h0 AND c.created_at < r.h1), 0)
+     + coalesce((SELECT recent.cost FROM recent WHERE recent.k = r.k), 0)
      + CASE WHEN r.ws < r.h0 OR r.h1 < r.we THEN
          coalesce((SELECT sum(c.cost_usd) FROM ai_calls c
                     WHERE {match("c")} AND ((c.created_at >= r.ws AND c.created_at < r.h0)
                                           OR (c.created_at >= r.h1 AND c.created_at < r.we))), 0)
        ELSE 0 END
-  FROM unnest($1::int[], $2::varchar[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-              $6::timestamptz[]) AS r(k, v, ws, we, h0, h1)
+  FROM r
 """  # noqa: S608 (constant SQL only)
 
 

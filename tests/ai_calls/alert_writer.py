@@ -1,6 +1,7 @@
 """A writer process for the cross-process alert test: `python -m tests.ai_calls.alert_writer TAG N
 WEBHOOK_URL GO_FILE` logs N calls of $1 concurrently (after GO_FILE appears) through a logger with
-an alert evaluator and a dispatcher of its own, as one replica of an application would."""
+an alert evaluator and a dispatcher of its own, as one replica of an application would; each
+writer also evaluates on demand after its call."""
 
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ async def main(tag: str, n: int, url: str, go: Path) -> None:
         Path(f"{go}.{tag}.ready").touch()  # noqa: ASYNC240 - a barrier between processes
         while not go.exists():  # noqa: ASYNC110, ASYNC240
             await asyncio.sleep(0.01)
-        await asyncio.gather(
-            *(
-                log.log_call("openai", "gpt-4o", 100, 10, cost_usd=Decimal(1), organization_id="acme",
-                             request_id=f"{tag}-{i}", created_at=AT)
-                for i in range(n)
-            )
-        )  # fmt: skip
+
+        async def writer(i: int) -> None:
+            await log.log_call("openai", "gpt-4o", 100, 10, cost_usd=Decimal(1), organization_id="acme",
+                               request_id=f"{tag}-{i}", created_at=AT)  # fmt: skip
+            # Besides the logger's own evaluation: every writer evaluates too, so dozens of
+            # evaluations in two processes race for the same crossing.
+            await evaluator.evaluate(AT)
+
+        await asyncio.gather(*(writer(i) for i in range(n)))
     await evaluator.close()
     await dispatcher.close()
     await engine.dispose()

@@ -10,13 +10,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls import AICallLogger
 from persistence.ai_calls.alert_delivery import AlertDispatcher, AlertNotification, WebhookSink
-from persistence.ai_calls.alerts import AlertEvaluator, AlertWindow, CostAlertRule
+from persistence.ai_calls.alerts import _FIRE, AlertEvaluator, AlertWindow, CostAlertRule
 from persistence.config import DatabaseConfig
 from persistence.errors import ValidationError
 from persistence.testing import ThrowawayPostgres
@@ -52,6 +53,18 @@ async def log(
     for _ in range(n):
         await logger.log_call("openai", "gpt-4o", 100, 10, cost_usd=Decimal(cost), organization_id=org,
                               created_at=at, **extra)  # fmt: skip
+
+
+async def wait_until_blocked(watcher: asyncpg.Connection, pid: int) -> None:
+    """Until the server says backend `pid` waits for a lock (a deterministic interleaving)."""
+    for _ in range(1000):
+        if (
+            await watcher.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+            == "Lock"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"backend {pid} never waited for a lock")
 
 
 # -- windows (no database) ---------------------------------------------------------------------------
@@ -138,6 +151,30 @@ async def test_a_threshold_fires_once_however_many_evaluations_race(fresh_engine
         outbox[0][3]["spend_usd"] == "12.000000"
         and outbox[0][3]["window_start"] == "2026-03-10T00:00:00.000000Z"
     )
+
+
+@pytest.mark.commits
+async def test_an_evaluation_that_loses_the_race_waits_for_the_winner_and_fires_nothing(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """The decisive interleaving, made deterministic: the second firing statement starts while the
+    first one's insert is not committed yet, so a check-then-insert (NOT EXISTS alone) would see no
+    firing and fire again. The unique key makes it wait for the first and then insert nothing."""
+    saved = await AlertEvaluator(fresh_engine).save_rule(rule())
+    window = saved.window_at(T0)
+    args = ([saved.id], [window.start], [window.end], [Decimal(10)], [Decimal(10)], [Decimal(12)])
+    async with fresh_engine.connect() as first, fresh_engine.connect() as second:
+        a = (await first.get_raw_connection()).driver_connection
+        b = (await second.get_raw_connection()).driver_connection
+        assert isinstance(a, asyncpg.Connection) and isinstance(b, asyncpg.Connection)
+        pid = b.get_server_pid()
+        async with a.transaction():
+            assert len(await a.fetch(_FIRE, *args)) == 1
+            losing = asyncio.create_task(b.fetch(_FIRE, *args))
+            await wait_until_blocked(a, pid)
+        assert await losing == []
+    assert await rows(fresh_engine, "SELECT count(*) FROM cost_alert_firings") == [(1,)]
+    assert await rows(fresh_engine, "SELECT count(*) FROM cost_alerts_log") == [(1,)]
 
 
 @pytest.mark.commits
