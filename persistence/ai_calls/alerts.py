@@ -535,8 +535,12 @@ def _touched_windows(
     for rule in rules:
         by_key.setdefault((rule.scope, rule.scope_value), []).append(rule)
     work: dict[tuple[int | None, datetime], _Work] = {}
+    seen: set[tuple[int | None, datetime]] = set()  # most touches share their hour: one window each
 
     def add(rule: CostAlertRule, hour: datetime) -> None:
+        if (rule.id, hour) in seen:
+            return
+        seen.add((rule.id, hour))
         window = rule.window_at(hour)
         work.setdefault((rule.id, window.start), (rule, window))
 
