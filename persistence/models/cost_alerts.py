@@ -27,7 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from persistence.models.base import JSON, Base, Timestamps
 
@@ -96,6 +96,8 @@ class CostAlertFiring(Base):
     spend_usd: Mapped[Decimal] = mapped_column(Numeric(20, 6))
     fired_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
+    alert: Mapped[CostAlert] = relationship(lazy="raise")
+
     __table_args__ = (
         UniqueConstraint("alert_id", "window_start", "threshold"),
         CheckConstraint("window_end > window_start", name="window_ordered"),
@@ -129,6 +131,8 @@ class CostAlertLog(Base):
     error: Mapped[str | None] = mapped_column(String(500))
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+    firing: Mapped[CostAlertFiring] = relationship(lazy="raise")
 
     __table_args__ = (
         CheckConstraint(_in("kind", LOG_KINDS), name="kind_known"),
