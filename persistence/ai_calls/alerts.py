@@ -230,50 +230,67 @@ _COLUMN: dict[str, str | None] = {
 }
 
 
-def _spend_sql(scope: str) -> str:
-    """Per window ($1 keys, $2 scope values, $3/$4 window start/end, $5/$6 its whole UTC hours):
-    rollups + unfolded deltas + pending batches' rows for the whole hours, the ledger for the partial
-    hours at the edges. One statement, so a concurrent fold cannot make a row count twice or never.
+def _per_scope(template: str) -> str:
+    """A CASE over the rule's scope, `template` filled with each scope's filter on alias `x`."""
+    branches = []
+    for scope, column in _COLUMN.items():
+        match = "true" if column is None else f"x.{column} = r.v"
+        # provider/model/all need no per-customer detail: the model rollup is a few rows per hour.
+        rollup = "ai_call_model_hourly" if column in (None, "provider", "model") else "ai_call_usage_hourly"
+        branches.append(f"WHEN '{scope}' THEN " + template.format(match=match, rollup=rollup))
+    return "CASE r.scope " + " ".join(branches) + " END"
 
-    Rollups and edges are read per window (index range scans on the hour / time); the deltas and
-    pending rows, which only the next fold empties, are joined to all windows at once, so many rules
-    cost one pass over them rather than one each.
-    """
+
+def _recent_branch(scope: str) -> str:
     column = _COLUMN[scope]
-
-    def match(alias: str) -> str:
-        return "true" if column is None else f"{alias}.{column} = r.v"
-
-    # provider/model/all need no per-customer detail: the model rollup is a few rows per hour.
-    rollup = (
-        "ai_call_usage_hourly" if scope in ("organization", "customer", "product") else "ai_call_model_hourly"
+    match = "" if column is None else f" AND u.{column} = r.v"
+    return (
+        f"SELECT r.k, u.cost FROM r JOIN u ON r.scope = '{scope}'{match} AND u.hour >= r.h0 AND u.hour < r.h1"  # noqa: S608
     )
-    return f"""
+
+
+# The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
+# whole UTC hours) in ONE statement, so one snapshot: a concurrent fold cannot make usage count twice
+# or never. Whole hours come from the rollups (an index range per window) plus the usage no fold has
+# reached yet (deltas and pending batches' ledger rows), which is read and aggregated ONCE per
+# evaluation and joined to every window; partial hours at the edges (zones such as Asia/Kolkata)
+# come from the ledger. Built from constant names only.
+_SPEND = f"""
 WITH r AS MATERIALIZED (
-    SELECT * FROM unnest($1::int[], $2::varchar[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-                         $6::timestamptz[]) AS r(k, v, ws, we, h0, h1)
-), unfolded AS (
-    SELECT r.k, d.cost_usd FROM r JOIN ai_call_usage_deltas d ON {match("d")} AND d.hour >= r.h0 AND d.hour < r.h1
-    UNION ALL
-    SELECT r.k, c.cost_usd FROM r JOIN (SELECT c.* FROM ai_call_pending_batches {PENDING_ROWS}) c
-        ON {match("c")} AND c.created_at >= r.h0 AND c.created_at < r.h1
+    SELECT * FROM unnest($1::int[], $2::varchar[], $3::varchar[], $4::timestamptz[], $5::timestamptz[],
+                         $6::timestamptz[], $7::timestamptz[]) AS r(k, scope, v, ws, we, h0, h1)
+), span AS (
+    SELECT min(h0) AS lo, max(h1) AS hi FROM r
+), u AS MATERIALIZED (
+    SELECT hour, provider, model, organization_id, customer_id, product_id, sum(cost_usd) AS cost
+      FROM (
+        SELECT d.hour, d.provider, d.model, d.organization_id, d.customer_id, d.product_id, d.cost_usd
+          FROM ai_call_usage_deltas d, span WHERE d.hour >= span.lo AND d.hour < span.hi
+        UNION ALL
+        SELECT date_trunc('hour', c.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.provider, c.model,
+               c.organization_id, c.customer_id, c.product_id, c.cost_usd
+          FROM span, ai_call_pending_batches {PENDING_ROWS}
+         WHERE c.created_at >= span.lo AND c.created_at < span.hi
+      ) unfolded
+     GROUP BY 1, 2, 3, 4, 5, 6
 ), recent AS (
-    SELECT k, sum(cost_usd) AS cost FROM unfolded GROUP BY k
+    {" UNION ALL ".join(_recent_branch(scope) for scope in _SCOPES)}
+), recent_sums AS (
+    SELECT k, sum(cost) AS cost FROM recent GROUP BY k
 )
 SELECT r.k,
-       coalesce((SELECT sum(h.cost_usd) FROM {rollup} h
-                  WHERE {match("h")} AND h.hour >= r.h0 AND h.hour < r.h1), 0)
-     + coalesce((SELECT recent.cost FROM recent WHERE recent.k = r.k), 0)
-     + CASE WHEN r.ws < r.h0 OR r.h1 < r.we THEN
-         coalesce((SELECT sum(c.cost_usd) FROM ai_calls c
-                    WHERE {match("c")} AND ((c.created_at >= r.ws AND c.created_at < r.h0)
-                                          OR (c.created_at >= r.h1 AND c.created_at < r.we))), 0)
-       ELSE 0 END
+       coalesce({
+    _per_scope("(SELECT sum(x.cost_usd) FROM {rollup} x WHERE {match} AND x.hour >= r.h0 AND x.hour < r.h1)")
+}, 0)
+     + coalesce((SELECT s.cost FROM recent_sums s WHERE s.k = r.k), 0)
+     + CASE WHEN r.ws < r.h0 OR r.h1 < r.we THEN coalesce({
+    _per_scope(
+        "(SELECT sum(x.cost_usd) FROM ai_calls x WHERE {match} AND ((x.created_at >= r.ws AND x.created_at < r.h0)"
+        " OR (x.created_at >= r.h1 AND x.created_at < r.we)))"
+    )
+}, 0) ELSE 0 END
   FROM r
 """  # noqa: S608 (constant SQL only)
-
-
-_SPEND = {scope: _spend_sql(scope) for scope in _SCOPES}
 
 
 def _utc_text(column: str) -> str:
@@ -418,22 +435,18 @@ class AlertEvaluator:
             return []
 
         async def run(raw: asyncpg.Connection) -> list[asyncpg.Record]:
-            spend: dict[int, Decimal] = {}
-            for scope in _SCOPES:
-                keys = [k for k, (rule, _) in enumerate(work) if rule.scope == scope]
-                if not keys:
-                    continue
-                windows = [work[k][1] for k in keys]
-                rows = await raw.fetch(
-                    _SPEND[scope],
-                    keys,
-                    [work[k][0].scope_value for k in keys],
-                    [w.start for w in windows],
-                    [w.end for w in windows],
-                    [hour_ceil(w.start) for w in windows],
-                    [hour_floor(w.end) for w in windows],
-                )
-                spend.update((row[0], Decimal(row[1])) for row in rows)
+            windows = [window for _, window in work]
+            rows = await raw.fetch(
+                _SPEND,
+                list(range(len(work))),
+                [rule.scope for rule, _ in work],
+                [rule.scope_value for rule, _ in work],
+                [w.start for w in windows],
+                [w.end for w in windows],
+                [hour_ceil(w.start) for w in windows],
+                [hour_floor(w.end) for w in windows],
+            )
+            spend = {row[0]: Decimal(row[1]) for row in rows}
             crossed = [
                 (rule.id, window.start, window.end, t, rule.threshold_usd(t).quantize(_MICRO, ROUND_HALF_UP),
                  spend[k])
