@@ -381,6 +381,7 @@ class AlertEvaluator:
         self._touched: set[_Touch] = set()
         self._batch_hours: set[datetime] = set()
         self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
         self._closed = False
 
     async def __aenter__(self) -> AlertEvaluator:
@@ -499,26 +500,28 @@ class AlertEvaluator:
     async def _background(self) -> None:
         try:
             while self._touched or self._batch_hours:
-                if self.interval:
-                    await asyncio.sleep(self.interval)
-                await self._evaluate_touched()
+                await asyncio.sleep(max(self.interval, self._retry_at - time.monotonic()))
+                if not await self._evaluate_touched():
+                    break  # the next logged call schedules a retry (no busy loop while the DB is down)
         finally:
             self._task = None
 
-    async def _evaluate_touched(self) -> None:
+    async def _evaluate_touched(self) -> bool:
+        """Evaluate the windows touched so far; False (logged, and kept for later) on failure."""
         touched, self._touched = self._touched, set()
         hours, self._batch_hours = self._batch_hours, set()
         try:
             rules = await self._cached_rules()
             await self._evaluate(_touched_windows(rules, touched, hours))
         except (PersistenceError, asyncpg.PostgresError, OSError) as exc:
-            # Nothing is lost: the same windows are evaluated again at the next tick.
+            # Nothing is lost: a later evaluation of the same windows sees the same totals.
             self._touched |= touched
             self._batch_hours |= hours
+            self._retry_at = time.monotonic() + max(self.interval, 1.0)
             _log.warning("cost alert evaluation failed", error=type(exc).__name__,
                          sqlstate=getattr(exc, "sqlstate", None))  # fmt: skip
-            if not self._closed:
-                await asyncio.sleep(max(self.interval, 1.0))
+            return False
+        return True
 
     async def _cached_rules(self) -> list[CostAlertRule]:
         if self._rules is None or time.monotonic() - self._rules_at >= self.rules_ttl:
@@ -526,13 +529,15 @@ class AlertEvaluator:
             self._rules = [rule for rule in await self.rules() if rule.enabled]
         return self._rules
 
-    async def flush(self) -> None:
-        """Evaluate now whatever logged calls are still waiting for an evaluation."""
+    async def flush(self) -> bool:
+        """Evaluate now whatever logged calls are still waiting for an evaluation; False when that
+        failed (logged; the windows stay pending for the next evaluation)."""
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
         if self._touched or self._batch_hours:
-            await self._evaluate_touched()
+            return await self._evaluate_touched()
+        return True
 
     async def close(self) -> None:
         """Finish the pending evaluation (the logger's calls are committed: their alerts are due)."""

@@ -4,6 +4,7 @@ outbox delivered to a webhook on 127.0.0.1 with retries, every attempt in `cost_
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from persistence.ai_calls import AICallLogger
 from persistence.ai_calls.alert_delivery import AlertDispatcher, AlertNotification, WebhookSink
 from persistence.ai_calls.alerts import _FIRE, AlertEvaluator, AlertWindow, CostAlertRule
 from persistence.config import DatabaseConfig
+from persistence.engine import build_engine
 from persistence.errors import ValidationError
 from persistence.testing import ThrowawayPostgres
 from tests.ai_calls.webhook_receiver import webhook_receiver
@@ -290,6 +292,26 @@ async def test_logging_calls_evaluates_the_windows_they_touch(fresh_engine: Asyn
         ("5.000000", "2026-03-10T00:00:00.000000Z"),
         ("5.000000", "2026-03-11T00:00:00.000000Z"),
     ]
+
+
+@pytest.mark.commits
+async def test_an_evaluator_that_cannot_reach_the_database_never_fails_logging(
+    fresh_database: DatabaseConfig, fresh_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    await AlertEvaluator(fresh_engine).save_rule(rule())
+    unreachable = build_engine(fresh_database.model_copy(update={"database": "no_such_database"}))
+    broken = AlertEvaluator(unreachable, interval=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="persistence.ai_calls.alerts"):
+            async with AICallLogger(fresh_engine, alerts=broken) as logger:
+                await log(logger, "11", T0)  # committed and returned: the alert path is off the hot path
+            assert await broken.flush() is False  # returns, does not retry forever
+            await broken.close()
+    finally:
+        await unreachable.dispose()
+    assert "cost alert evaluation failed" in caplog.text
+    # Nothing was lost: the crossing is still there for the next evaluation to fire.
+    assert [f.spend_usd for f in await AlertEvaluator(fresh_engine).evaluate(T0)] == [Decimal(11)]
 
 
 @pytest.mark.commits
