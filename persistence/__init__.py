@@ -12,6 +12,15 @@ from persistence.ai_calls import (
     UsageShapeError,
 )
 from persistence.ai_calls.access import grant_reader
+from persistence.ai_calls.alert_delivery import (
+    AlertDispatcher,
+    AlertNotification,
+    AlertSink,
+    CallableSink,
+    DeliveryResult,
+    WebhookSink,
+)
+from persistence.ai_calls.alerts import AlertEvaluator, AlertFiring, AlertWindow, CostAlertRule
 from persistence.ai_calls.batch import (
     BatchLogger,
     BatchStats,
@@ -89,19 +98,28 @@ from persistence.transaction import (
 __all__ = [
     "AICallLogger",
     "AICallRecord",
+    "AlertDispatcher",
+    "AlertEvaluator",
+    "AlertFiring",
+    "AlertNotification",
+    "AlertSink",
+    "AlertWindow",
     "ArgumentTypeError",
     "AuditLogRepository",
     "BatchLogger",
     "BatchStats",
+    "CallableSink",
     "CheckpointRepository",
     "ClaimRepository",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLostError",
     "ConsensusRepository",
+    "CostAlertRule",
     "DatabaseConfig",
     "DatabaseConnectionError",
     "DatabaseError",
+    "DeliveryResult",
     "EmbeddedConfig",
     "EmbeddedServer",
     "EmbeddedServerError",
@@ -144,6 +162,7 @@ __all__ = [
     "ValidationError",
     "VendorUsage",
     "VerificationRepository",
+    "WebhookSink",
     "audit_context",
     "create_database_engine",
     "current_audit",

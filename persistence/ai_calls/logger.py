@@ -32,7 +32,7 @@ from decimal import Decimal
 from itertools import compress
 from time import perf_counter
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -64,7 +64,7 @@ from persistence.observe.loggers import get_logger
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
 
-__all__ = ["AICallLogger", "Stats"]
+__all__ = ["AICallLogger", "CallObserver", "Stats"]
 
 _log = get_logger("persistence.ai_calls.logger")
 
@@ -160,6 +160,16 @@ SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, s
  ORDER BY provider
 """  # noqa: S608 (constant SQL only)
 
+
+class CallObserver(Protocol):
+    """Told about calls after they committed (`AlertEvaluator` is one); runs on the hot path, so
+    it must only take note (no I/O, no awaiting)."""
+
+    def call_logged(self, record: AICallRecord) -> None: ...
+
+    def batch_logged(self, records: Sequence[AICallRecord]) -> None: ...
+
+
 # Connection-level failures (of the background fold, which runs through `_run` and gets our errors).
 _LOST = (
     asyncpg.ConnectionDoesNotExistError,
@@ -223,6 +233,7 @@ class AICallLogger:
         price_ttl: float = 60.0,
         fold_every: int | None = 50_000,
         fold_interval: float = 60.0,
+        alerts: CallObserver | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
@@ -244,6 +255,8 @@ class AICallLogger:
         self.prices = PriceBook(ttl=price_ttl)
         self.fold_every = fold_every
         self.fold_interval = fold_interval
+        # Told about every committed call (e.g. `AlertEvaluator`); must not do I/O in the call.
+        self.alerts = alerts
         self._folded_at = time.monotonic()
         self._idle: list[_Lease] = []
         self._leased = 0
@@ -559,6 +572,8 @@ class AICallLogger:
         """`log_call` for a ready-made record."""
         call_id: int = await self._run(self._log_one, record)
         self._count_written(1)
+        if self.alerts is not None:
+            self.alerts.call_logged(record)
         return call_id
 
     async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord) -> int:
@@ -605,6 +620,8 @@ class AICallLogger:
             return 0
         written: int = await self._run(self._log_many, records)
         self._count_written(written)
+        if self.alerts is not None and written:
+            self.alerts.batch_logged(records)
         return written
 
     async def ingest(

@@ -6,6 +6,7 @@ from persistence.models.base import Base
 from persistence.models.checkpoints import ModelCheckpoint
 from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
+from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
 from persistence.models.pricing import VendorPrice
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import (
@@ -29,6 +30,9 @@ __all__ = [
     "Base",
     "Claim",
     "ConsensusDecision",
+    "CostAlert",
+    "CostAlertFiring",
+    "CostAlertLog",
     "ModelCheckpoint",
     "ReconciliationReport",
     "ServiceHealth",

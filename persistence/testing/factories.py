@@ -32,6 +32,9 @@ from persistence.models import (
     Base,
     Claim,
     ConsensusDecision,
+    CostAlert,
+    CostAlertFiring,
+    CostAlertLog,
     ModelCheckpoint,
     ReconciliationReport,
     ServiceHealth,
@@ -66,6 +69,9 @@ __all__ = [
     "AuditLogFactory",
     "ClaimFactory",
     "ConsensusDecisionFactory",
+    "CostAlertFactory",
+    "CostAlertFiringFactory",
+    "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
@@ -559,3 +565,56 @@ class AICallUsageHourlyFactory(_RollupMeasures):
 class AICallUsageDeltaFactory(AICallUsageHourlyFactory):
     class Meta:
         model = AICallUsageDelta
+
+
+class CostAlertFactory(factory.Factory[CostAlert]):
+    """An alert rule: one organization's daily spend, two amount thresholds."""
+
+    class Meta:
+        model = CostAlert
+
+    name = factory.Sequence(lambda n: f"alert-{n:04d}")
+    scope = "organization"
+    scope_value = "acme-corp"
+    period = "daily"
+    time_zone = "UTC"
+    threshold_kind = "amount"
+    thresholds = factory.LazyFunction(lambda: [Decimal(50), Decimal(100)])
+    budget_usd = None
+    channels = factory.LazyFunction(lambda: ["default"])
+    enabled = True
+
+
+class CostAlertFiringFactory(factory.Factory[CostAlertFiring]):
+    """Today's (UTC) first threshold of a new rule, crossed."""
+
+    class Meta:
+        model = CostAlertFiring
+
+    alert: factory.SubFactory[Any, CostAlert] = factory.SubFactory(CostAlertFactory)
+    window_start = factory.LazyFunction(lambda: _now().replace(hour=0, minute=0, second=0, microsecond=0))
+    window_end: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.window_start + timedelta(days=1)
+    )
+    threshold = Decimal(50)
+    threshold_usd: factory.SelfAttribute[Any, Decimal] = factory.SelfAttribute("threshold")
+    spend_usd: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(
+        lambda o: o.threshold + Decimal("1.25")
+    )
+    fired_at = factory.LazyFunction(_now)
+
+
+class CostAlertLogFactory(factory.Factory[CostAlertLog]):
+    """A notification waiting in the outbox for its first delivery attempt."""
+
+    class Meta:
+        model = CostAlertLog
+
+    firing: factory.SubFactory[Any, CostAlertFiring] = factory.SubFactory(CostAlertFiringFactory)
+    kind = "outbox"
+    channel = "default"
+    status = "pending"
+    attempt = 0
+    idempotency_key = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    payload = factory.LazyFunction(lambda: {"event": "cost_alert.threshold_crossed"})
+    next_attempt_at = factory.LazyFunction(_now)

@@ -28,6 +28,11 @@ SMOKE_RUNS = [
         ["| bulk ingest", "| log_call p50 latency", "| 8 concurrent loggers", "| get_stats over a month"],
     ),
     (
+        "bench_alerts.py",
+        ["--rounds", "1", "--calls", "20", "--batch", "100", "--batches", "1", "--rules", "6"],
+        ["| log_call p50 latency, ms |", "| log_batch (100 rows), rows/s |"],
+    ),
+    (
         "bench_audit.py",
         ["--sizes", "1000", "--rounds", "1", "--warmup", "0"],
         [

@@ -25,6 +25,9 @@ from persistence.testing import (
     AuditLogFactory,
     ClaimFactory,
     ConsensusDecisionFactory,
+    CostAlertFactory,
+    CostAlertFiringFactory,
+    CostAlertLogFactory,
     ModelCheckpointFactory,
     ReconciliationReportFactory,
     ServiceHealthFactory,
@@ -51,6 +54,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     AICallUsageHourlyFactory,
     AICallModelHourlyFactory,
     AICallPendingBatchFactory,
+    CostAlertFactory,
+    CostAlertFiringFactory,
+    CostAlertLogFactory,
 ]
 
 
