@@ -63,6 +63,7 @@ __all__ = [
     "QueryParameterError",
     "ReadOnlyTransactionDep",
     "TransactionDep",
+    "engine_of",
     "get_engine",
     "in_read_only_transaction",
     "in_transaction",
@@ -80,34 +81,50 @@ ENGINE_STATE = "persistence_engine"
 
 # -- engine ---------------------------------------------------------------------------------------------
 def lifespan(
-    config: DatabaseConfig | None = None, *, check: bool = True, hooks: HooksArg = None
+    config: DatabaseConfig | None = None,
+    *,
+    check: bool = True,
+    hooks: HooksArg = None,
+    engine: AsyncEngine | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """A lifespan for `FastAPI(lifespan=...)`: builds the engine on startup (`create_database_engine`:
     settings from `config` or the environment; `check=False` starts even when the database is down)
-    and disposes it on shutdown. To combine it with your own, `async with lifespan(...)(app):` in yours.
+    and disposes it on shutdown. Given an `engine` (a test's, or one the service shares), it uses that
+    one and leaves it open: who built it disposes it. To combine it with your own,
+    `async with lifespan(...)(app):` in yours.
     """
+    if engine is not None and config is not None:
+        raise ConfigurationError("lifespan(): pass either config or engine, not both")
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        engine = await create_database_engine(config, check=check, hooks=hooks)
-        setattr(app.state, ENGINE_STATE, engine)
+        owned = engine is None
+        current = await create_database_engine(config, check=check, hooks=hooks) if engine is None else engine
+        setattr(app.state, ENGINE_STATE, current)
         try:
             yield
         finally:
             delattr(app.state, ENGINE_STATE)
-            await engine.dispose()
+            if owned:
+                await current.dispose()
 
     return run
 
 
-def get_engine(request: Request) -> AsyncEngine:
-    """Dependency: the engine the lifespan built (a `ConfigurationError` if the lifespan is not running)."""
-    engine = getattr(request.app.state, ENGINE_STATE, None)
+def engine_of(app: FastAPI) -> AsyncEngine:
+    """The engine the lifespan put on `app` (a `ConfigurationError` if the lifespan is not running):
+    for code outside a request, such as a background task or a startup hook of your own."""
+    engine = getattr(app.state, ENGINE_STATE, None)
     if not isinstance(engine, AsyncEngine):
         raise ConfigurationError(
             "no engine on app.state: pass persistence's lifespan() to FastAPI(lifespan=...)"
         )
     return engine
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    """Dependency: the engine the lifespan built (a `ConfigurationError` if the lifespan is not running)."""
+    return engine_of(request.app)
 
 
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]

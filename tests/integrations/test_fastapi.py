@@ -344,3 +344,26 @@ async def test_unreachable_database_is_503_with_retry_after() -> None:
 def test_importing_persistence_does_not_import_fastapi() -> None:
     code = "import sys, persistence, persistence.integrations; assert 'fastapi' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_lifespan_given_an_engine_uses_it_and_leaves_it_open(fresh_database: DatabaseConfig) -> None:
+    from persistence.errors import ConfigurationError
+    from persistence.integrations.fastapi import engine_of
+
+    engine = build_engine(fresh_database)
+    try:
+        app = FastAPI(lifespan=lifespan(engine=engine))
+        with pytest.raises(ConfigurationError, match="lifespan"):
+            engine_of(app)
+        pool = engine.sync_engine.pool
+        async with app.router.lifespan_context(app):
+            assert engine_of(app) is engine
+        with pytest.raises(ConfigurationError, match="lifespan"):
+            engine_of(app)
+        assert (
+            engine.sync_engine.pool is pool
+        )  # not disposed (that replaces the pool): who built it disposes it
+        with pytest.raises(ConfigurationError, match="either config or engine"):
+            lifespan(fresh_database, engine=engine)
+    finally:
+        await engine.dispose()
