@@ -39,6 +39,7 @@ def run_migrations(target_metadata: MetaData | Sequence[MetaData]) -> None:
         and config.file_config.has_section("loggers")  # an ini without logging sections configures none
     ):
         fileConfig(config.config_file_name, disable_existing_loggers=False)
+    _head_means_every_head()
     metadatas = list(target_metadata) if isinstance(target_metadata, Sequence) else [target_metadata]
     ours = any(metadata is Base.metadata for metadata in metadatas)
     skipped = set() if ours else set(Base.metadata.tables)
@@ -54,6 +55,26 @@ def run_migrations(target_metadata: MetaData | Sequence[MetaData]) -> None:
         _run_sync(connection, metadatas, skipped)
     else:
         asyncio.run(_run_async(metadatas, skipped))
+
+
+def _head_means_every_head() -> None:
+    """`alembic upgrade head` in a service (its branch beside ours: two heads) upgrades every branch,
+    as `upgrade heads` would, instead of Alembic's "multiple heads" refusal: one command deploys both.
+
+    Alembic has no public hook for this, so it adjusts the running command's own options, and only
+    when it recognises them (the `upgrade` command's function, destination "head", several heads);
+    anything else, and every other command, runs untouched.
+    """
+    env = getattr(context, "_proxy", None)
+    options = getattr(env, "context_opts", None)
+    script = getattr(env, "script", None)
+    if not isinstance(options, dict) or script is None or options.get("destination_rev") != "head":
+        return
+    upgrade = options.get("fn")
+    if getattr(upgrade, "__qualname__", "") != "upgrade.<locals>.upgrade" or len(script.get_heads()) < 2:
+        return
+    options["destination_rev"] = "heads"
+    options["fn"] = lambda rev, _context: script._upgrade_revs("heads", rev)
 
 
 def _partitions(connection: Connection) -> set[str]:
