@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.pool import PoolProxiedConnection
 
 from persistence.errors import TransactionError
 
@@ -133,11 +134,11 @@ class _LentConnection(AsyncConnection):
     """What `PinnedEngine.connect()` gives: the pinned connection, its transaction a savepoint.
 
     commit() releases the savepoint and opens the next one, rollback() rolls back to it, close()
-    rolls back what was not committed (as closing a real connection does) and leaves the pinned
-    connection open. Execution options set on it are undone at close; transaction options are ignored.
+    rolls back what was not committed (as closing a real connection does; unless the driver connection
+    was used directly, see `get_raw_connection`) and leaves the pinned connection open. Execution options set on it are undone at close; transaction options are ignored.
     """
 
-    __slots__ = ("_done", "_options", "_pin", "_root")
+    __slots__ = ("_done", "_options", "_pin", "_raw_used", "_root")
 
     def __init__(self, async_engine: PinnedEngine) -> None:
         super().__init__(async_engine)
@@ -145,6 +146,7 @@ class _LentConnection(AsyncConnection):
         self._root: AsyncTransaction | None = None
         self._options: Any = None
         self._done = False
+        self._raw_used = False
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
         if self.sync_connection is not None or self._done:
@@ -179,6 +181,13 @@ class _LentConnection(AsyncConnection):
             await root.rollback()
         self._root = await AsyncTransaction(self, nested=True).start()
 
+    async def get_raw_connection(self) -> PoolProxiedConnection:
+        """The driver connection: what code runs on it directly (asyncpg transactions, COPY, autocommit
+        statements) commits on a real connection whatever SQLAlchemy's transaction does, so close()
+        keeps it (releases the savepoint) instead of rolling it back."""
+        self._raw_used = True
+        return await super().get_raw_connection()
+
     async def invalidate(self, exception: BaseException | None = None) -> None:
         """The pinned connection outlives the test's scopes: roll back to the savepoint instead."""
         await self.rollback()
@@ -201,6 +210,13 @@ class _LentConnection(AsyncConnection):
         try:
             root, self._root = self._root, None
             if root is not None and root.is_active:
+                if self._raw_used:
+                    try:
+                        await root.commit()
+                        return
+                    except Exception:  # the savepoint is aborted: nothing in it can be kept
+                        if not root.is_active:
+                            raise
                 await root.rollback()
         finally:
             sync._execution_options = self._options

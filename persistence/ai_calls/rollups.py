@@ -166,7 +166,9 @@ async def rebuild_rollups_raw(
         raise ValidationError("invalid window: end must be after start")
     await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
     try:
-        async with raw.transaction(isolation="repeatable_read"):
+        # Already in a transaction only on a test's pinned connection: a savepoint keeps its isolation.
+        isolation = None if raw.is_in_transaction() else "repeatable_read"
+        async with raw.transaction(isolation=isolation):
             await _rebuild_window(raw, lo, hi)
     finally:
         await raw.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
