@@ -167,8 +167,8 @@ async def rebuild_rollups_raw(
     await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
     try:
         # Already in a transaction only on a test's pinned connection: a savepoint keeps its isolation.
-        isolation = None if raw.is_in_transaction() else "repeatable_read"
-        async with raw.transaction(isolation=isolation):
+        nested = raw.is_in_transaction()
+        async with raw.transaction(isolation=None if nested else "repeatable_read"):
             await _rebuild_window(raw, lo, hi)
     finally:
         await raw.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
