@@ -208,3 +208,22 @@ async def test_commits_marker_makes_engine_commit_for_real(
         assert await committed_count(other, sql) == 1
     finally:
         await other.dispose()
+
+
+async def test_session_and_connection_fixtures_share_the_engines_transaction(
+    engine: AsyncEngine, session: AsyncSession
+) -> None:
+    session.add(Claim(external_id=f"{PROBE}-session", content="x"))
+    await session.flush()
+    assert await ClaimRepository(engine).count(external_id=f"{PROBE}-session") == 1
+
+
+async def test_a_failure_on_a_connection_lent_inside_a_block_is_not_the_blocks(engine: AsyncEngine) -> None:
+    claims = ClaimRepository(engine)
+    async with transaction():
+        await claims.create_claim(external_id=f"{PROBE}-block", content="x")
+        with pytest.raises(DBAPIError):
+            async with engine.connect() as conn:  # a connection of its own in production
+                await conn.execute(text("SELECT 1 / 0"))
+        await claims.create_claim(external_id=f"{PROBE}-after", content="x")  # the block goes on
+    assert await claims.count(external_id__in=[f"{PROBE}-block", f"{PROBE}-after"]) == 2
