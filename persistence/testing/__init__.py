@@ -20,6 +20,7 @@ from persistence.testing.factories import (
     TrainingDataFactory,
     VendorPriceFactory,
     VerificationResultFactory,
+    bind_engine,
     create,
     create_batch,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "TrainingDataFactory",
     "VendorPriceFactory",
     "VerificationResultFactory",
+    "bind_engine",
     "create",
     "create_batch",
 ]

@@ -1,4 +1,4 @@
-"""Shared helpers of the ledger tests: the logger commits for real, so tests use `engine`."""
+"""Shared helpers of the ledger tests: the logger runs on the plugin's `engine` (leases are savepoints)."""
 
 from __future__ import annotations
 
