@@ -54,6 +54,7 @@ async def test_claims_create_find_and_search(engine: AsyncEngine) -> None:
     assert info.value.constraint == "uq_claims_external_id"
 
 
+@pytest.mark.commits
 async def test_verifications_seed_methods(engine: AsyncEngine) -> None:
     repo = VerificationRepository(engine)
     claim_uuid = uuid.uuid4()
