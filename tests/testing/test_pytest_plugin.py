@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from decimal import Decimal
 
 import pytest
@@ -10,7 +11,15 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from persistence import AICallLogger, ClaimRepository, ConflictError, PersistenceError, audit_context
+from persistence import (
+    AICallLogger,
+    ClaimRepository,
+    ConflictError,
+    PersistenceError,
+    TransactionError,
+    audit_context,
+    pinning,
+)
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.models import Claim
@@ -227,3 +236,15 @@ async def test_a_failure_on_a_connection_lent_inside_a_block_is_not_the_blocks(e
                 await conn.execute(text("SELECT 1 / 0"))
         await claims.create_claim(external_id=f"{PROBE}-after", content="x")  # the block goes on
     assert await claims.count(external_id__in=[f"{PROBE}-block", f"{PROBE}-after"]) == 2
+
+
+async def test_waiting_for_a_task_that_holds_the_connection_is_a_clear_error(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pinning, "WAIT_LIMIT_S", 0.2)
+    claims = ClaimRepository(engine)
+    async with transaction():
+        await claims.count()  # the block holds the test's one connection until it ends
+        independent = asyncio.create_task(claims.count(), context=contextvars.Context())
+        with pytest.raises(TransactionError, match=r"pytest\.mark\.commits"):
+            await independent  # it waits for the block, which waits for it
