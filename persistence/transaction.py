@@ -73,6 +73,7 @@ from persistence.observe.hooks import (
     hooks_of,
 )
 from persistence.observe.loggers import get_logger
+from persistence.pinning import Pin, pin_of
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -161,6 +162,8 @@ class _Boundary:
     # How many times the session was handed out (scopes, current_session): a connection lost on the
     # statement that opened it may be forgotten only if nobody else has used the session since.
     handouts: int = 0
+    # The test's pinned connection the block runs on as a savepoint (held until the block ends).
+    pin: Pin | None = None
 
     def check_usable(self) -> None:
         """Refuse to run statements in a block that must roll back (instead of a raw 25P02)."""
@@ -197,6 +200,7 @@ class _Boundary:
         session = self.session
         self.engine = self.session = self.connection = None
         self.handouts = 0
+        self.unpin()
         for frame in self.frames:
             frame.failure = None  # the block was usable when the call began: this was the only failure
             if frame.savepoint is not None:
@@ -217,20 +221,30 @@ class _Boundary:
                 if hooks.wants_transaction_start:
                     hooks.transaction_start(TransactionStart(0, self.attempt, hooks.database))
         _watch(engine)
-        session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
         execution_options: dict[str, Any] = {}
-        if self.options.isolation_level is not None:
-            execution_options["isolation_level"] = self.options.isolation_level
-        if self.options.read_only:
-            execution_options["postgresql_readonly"] = True
+        pin = pin_of(engine)
+        if pin is None:
+            session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
+            if self.options.isolation_level is not None:
+                execution_options["isolation_level"] = self.options.isolation_level
+            if self.options.read_only:
+                execution_options["postgresql_readonly"] = True
+        else:
+            session = _pinned_session(pin)
+            await pin.acquire(self)
+            self.pin = pin
         pending = [frame for frame in self.frames[1:] if frame.options.savepoint]
         try:
             # asyncpg applies these when it starts the transaction: no extra round trip.
             connection = await session.connection(execution_options=execution_options or None)
+            if pin is not None and self.options.read_only:
+                # Inside the test's transaction: read-only from here (undone when the block rolls back).
+                await connection.exec_driver_sql("SET LOCAL transaction_read_only = on")
             savepoints = [await session.begin_nested() for _ in pending]  # blocks entered before
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await session.close()
+            self.unpin()
             if isinstance(exc, Exception):
                 _raise_translated(exc)
             raise
@@ -238,6 +252,11 @@ class _Boundary:
         for frame, savepoint in zip(pending, savepoints, strict=True):
             frame.savepoint = savepoint
             self.savepoint_started(frame)
+
+    def unpin(self) -> None:
+        if self.pin is not None:
+            self.pin.release(self)
+            self.pin = None
 
     def savepoint_started(self, frame: _Frame) -> None:
         if self.hooks is None:
@@ -270,6 +289,12 @@ class _Boundary:
                 self.hooks.database,
             )
         )
+
+
+def _read_only_pinned(boundary: _Boundary) -> bool:
+    """A read-only block on a test's pinned connection ends by rolling back its savepoint: that is
+    what undoes its `SET LOCAL transaction_read_only` (it wrote nothing to keep)."""
+    return boundary.pin is not None and boundary.options.read_only
 
 
 def _outcome(exc: BaseException | None, *, retry_left: bool) -> tuple[TransactionOutcome, str | None]:
@@ -339,6 +364,8 @@ def _on_database_error(ctx: ExceptionContext) -> BaseException | None:
     boundary = frame.boundary
     if boundary.closed or ctx.connection is not boundary.connection:
         return None
+    if boundary.pin is not None and boundary.pin.innermost is not boundary:
+        return None  # a connection lent inside the block (its own savepoint), not the block's statement
     if ctx.sqlalchemy_exception is None and not ctx.is_disconnect:
         return None  # not a database error (the statement never reached the server)
     cause: BaseException = ctx.sqlalchemy_exception or ctx.original_exception
@@ -442,6 +469,13 @@ async def _in_block(boundary: _Boundary, engine: AsyncEngine) -> AsyncIterator[A
         raise
 
 
+def _pinned_session(pin: Pin) -> AsyncSession:
+    """A session on the test's pinned connection: its transaction is a savepoint there."""
+    return AsyncSession(
+        bind=pin.connection, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
+    )
+
+
 @contextlib.asynccontextmanager
 async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """The session repositories run on: the current block's, or a short transaction of its own.
@@ -452,6 +486,12 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     try:
         if frame is not None:
             async with _in_block(frame.boundary, engine) as session:
+                yield session
+            return
+        pin = pin_of(engine)
+        if pin is not None:
+            owner = object()
+            async with pin.hold(owner), _pinned_session(pin) as session, session.begin():
                 yield session
             return
         hooks = hooks_of(engine)
@@ -506,6 +546,12 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         if frame is not None:
             async with _in_block(frame.boundary, engine) as session:
                 yield await session.connection()
+            return
+        pin = pin_of(engine)
+        if pin is not None:
+            owner = object()
+            async with pin.hold(owner) as conn, conn.begin_nested():
+                yield conn
             return
         async with engine.begin() as conn:
             yield conn
@@ -759,7 +805,7 @@ class Transaction:
             frame.fail(_rolled_back_by_session())  # a failed flush: SQLAlchemy rolled the transaction back
         try:
             if session is not None:
-                if exc is None and not frame.needs_rollback:
+                if exc is None and not frame.needs_rollback and not _read_only_pinned(boundary):
                     try:
                         await session.commit()
                     except Exception as err:
@@ -781,6 +827,7 @@ class Transaction:
             if session is not None:
                 with contextlib.suppress(Exception):
                     await session.close()
+            boundary.unpin()
             if boundary.hooks is not None:
                 failed = commit_error is not None
                 boundary.ended(

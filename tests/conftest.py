@@ -1,3 +1,3 @@
 """Shared fixtures: the package's own pytest plugin gives a throwaway, migrated PostgreSQL."""
 
-pytest_plugins = ["persistence.testing.pytest_plugin"]
+pytest_plugins = ["persistence.testing.pytest_plugin", "pytester"]

@@ -16,14 +16,13 @@ import itertools
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Column, inspect, text
@@ -32,8 +31,6 @@ from sqlalchemy.sql import sqltypes
 
 from persistence.ai_calls import AICallLogger
 from persistence.ai_calls.batch import BatchLogger
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import PersistenceError, ValidationError
 from persistence.models import (
     AICall,
@@ -54,8 +51,6 @@ from persistence.repositories import (
     VerificationRepository,
 )
 from persistence.repository import Repository
-
-pytestmark = pytest.mark.commits
 
 OUTCOMES: Counter[tuple[str, str]] = Counter()
 OTHER: Counter[str] = Counter()
@@ -112,13 +107,6 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
                 reporter.write_line(line)
             else:
                 print(line)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
 
 
 # -- generated values ---------------------------------------------------------------------------------------

@@ -11,12 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls import normalise_usage
-from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.models import Base, Claim, ModelCheckpoint
 from persistence.seeding import (
@@ -39,13 +37,10 @@ LARGER = dataclasses.replace(SMALL, claims=30, ai_calls=450)
 MODEL_FRAMEWORK_PAIRS = 9
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def seed_engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    engine = build_engine(fresh_database)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+@pytest.fixture
+def seed_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The plugin's engine: rolled back after the test, or a private database under `commits`."""
+    return engine
 
 
 @contextlib.asynccontextmanager
@@ -146,7 +141,6 @@ def test_the_largest_plan_is_accepted() -> None:
     )
 
 
-@pytest.mark.commits
 async def test_first_run_fills_every_table(seed_engine: AsyncEngine) -> None:
     report = await seed_database(seed_engine, SMALL)
 
@@ -167,7 +161,6 @@ async def test_first_run_fills_every_table(seed_engine: AsyncEngine) -> None:
     assert after["reconciliation_reports"] == 2
 
 
-@pytest.mark.commits
 async def test_a_short_window_ending_on_a_sunday_still_fills_every_table(seed_engine: AsyncEngine) -> None:
     plan = SeedPlan(claims=3, ai_calls=40, days=3, as_of=datetime(2026, 11, 1, tzinfo=UTC))
     report = await seed_database(seed_engine, plan)
@@ -175,7 +168,6 @@ async def test_a_short_window_ending_on_a_sunday_still_fills_every_table(seed_en
     assert report.after["reconciliation_reports"] == 1
 
 
-@pytest.mark.commits
 async def test_default_plan_seeds(seed_engine: AsyncEngine) -> None:
     report = await seed_database(seed_engine)
     assert report.after["claims"] == 200
@@ -185,7 +177,6 @@ async def test_default_plan_seeds(seed_engine: AsyncEngine) -> None:
     assert report.after["reconciliation_reports"] >= 4
 
 
-@pytest.mark.commits
 async def test_second_run_inserts_and_changes_nothing(seed_engine: AsyncEngine) -> None:
     first = await seed_database(seed_engine, SMALL)
     data = await checksums(seed_engine)
@@ -265,7 +256,6 @@ def clock(at: datetime) -> Callable[[], datetime]:
     return lambda: at
 
 
-@pytest.mark.commits
 async def test_seed_run_record(seed_engine: AsyncEngine) -> None:
     run_at = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
     report = await seed_database(seed_engine, SMALL, now=clock(run_at))
@@ -295,7 +285,6 @@ async def test_seed_run_record(seed_engine: AsyncEngine) -> None:
     }
 
 
-@pytest.mark.commits
 async def test_a_later_day_without_as_of_inserts_nothing(seed_engine: AsyncEngine) -> None:
     today = SeedPlan(claims=20, ai_calls=300, days=10)  # as_of: "today"
     first = await seed_database(seed_engine, today, now=clock(datetime(2026, 11, 20, 23, 59, tzinfo=UTC)))
@@ -316,7 +305,6 @@ async def test_a_later_day_without_as_of_inserts_nothing(seed_engine: AsyncEngin
     ]
 
 
-@pytest.mark.commits
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -343,7 +331,6 @@ async def test_another_seed_or_as_of_is_refused_and_writes_nothing(
     assert await checksums(seed_engine) == data
 
 
-@pytest.mark.commits
 async def test_reset_reseeds_with_another_seed(seed_engine: AsyncEngine, migrated: ThrowawayPostgres) -> None:
     await seed_database(seed_engine, SMALL)
     other = dataclasses.replace(SMALL, seed=99, as_of=None)
@@ -362,7 +349,6 @@ async def test_reset_reseeds_with_another_seed(seed_engine: AsyncEngine, migrate
         await seed_database(seed_engine, SMALL)
 
 
-@pytest.mark.commits
 async def test_seeded_rows_without_a_record_are_refused(seed_engine: AsyncEngine) -> None:
     await seed_database(seed_engine, SMALL)
     async with seed_engine.begin() as conn:
@@ -379,7 +365,6 @@ async def test_seeded_rows_without_a_record_are_refused(seed_engine: AsyncEngine
     }
 
 
-@pytest.mark.commits
 async def test_reset_refuses_to_empty_a_table_that_references_ours(seed_engine: AsyncEngine) -> None:
     await seed_database(seed_engine, SMALL)
     async with seed_engine.begin() as conn:
@@ -402,7 +387,6 @@ async def test_reset_refuses_to_empty_a_table_that_references_ours(seed_engine: 
     assert await checksums(seed_engine) == data
 
 
-@pytest.mark.commits
 async def test_exactly_one_active_checkpoint_per_model_and_framework(seed_engine: AsyncEngine) -> None:
     # A live checkpoint the seeder did not write: seeding must keep it the only active one.
     async with seed_engine.begin() as conn:
@@ -431,7 +415,6 @@ async def test_exactly_one_active_checkpoint_per_model_and_framework(seed_engine
     assert hotfix == [(True,)]
 
 
-@pytest.mark.commits
 async def test_related_rows_are_consistent(seed_engine: AsyncEngine) -> None:
     await seed_database(seed_engine, SMALL)
 
@@ -523,13 +506,11 @@ async def assert_reports_match_ledger(engine: AsyncEngine) -> None:
         assert variance <= 1
 
 
-@pytest.mark.commits
 async def test_reconciliation_reports_match_the_ledger(seed_engine: AsyncEngine) -> None:
     await seed_database(seed_engine, SMALL)
     await assert_reports_match_ledger(seed_engine)
 
 
-@pytest.mark.commits
 async def test_ai_calls_are_priced_attributed_and_shaped(seed_engine: AsyncEngine) -> None:
     await seed_database(seed_engine, SMALL)
     calls = await rows(
@@ -573,7 +554,6 @@ async def test_ai_calls_are_priced_attributed_and_shaped(seed_engine: AsyncEngin
     assert night < afternoon
 
 
-@pytest.mark.commits
 async def test_progress_is_reported_per_batch_with_increasing_done(seed_engine: AsyncEngine) -> None:
     calls: list[tuple[str, int, int]] = []
     await seed_database(
@@ -592,7 +572,6 @@ async def test_progress_is_reported_per_batch_with_increasing_done(seed_engine: 
     assert [done for t, done, _ in calls if t == "ai_calls"] == [1000, 2000, 2500]
 
 
-@pytest.mark.commits
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -619,7 +598,6 @@ async def test_invalid_plan_raises_and_writes_nothing(
     assert await table_counts(seed_engine) == dict.fromkeys(SEEDED_TABLES, 0)
 
 
-@pytest.mark.commits
 async def test_failure_midway_leaves_nothing_behind(seed_engine: AsyncEngine) -> None:
     def explode_in_ledger(table: str, done: int, total: int) -> None:
         if table == "ai_calls":

@@ -1,8 +1,9 @@
 """`AICallLogger`: seed 000's blocking logger, async, on raw asyncpg under the SQLAlchemy pool.
 
 The hot path pays no ORM cost. The logger leases up to `connections` connections from the
-engine's pool for its lifetime (a checkout per call would pay the pool's pre-ping round trip)
-and talks to them through asyncpg directly, with statements asyncpg prepares once per connection.
+engine's pool for its lifetime (`leases.py`: a checkout per call would pay the pool's pre-ping
+round trip) and talks to them through asyncpg directly, with statements asyncpg prepares once per
+connection.
 
 - `log_call` is ONE statement in autocommit (one round trip): a CTE inserts the ledger row, its
   idempotency key and its rollup delta, or, when the key exists, returns the original id. It
@@ -25,8 +26,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from itertools import compress
@@ -35,9 +35,10 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.advisory import advisory_key
+from persistence.ai_calls.leases import Leases, _Lease
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import (
     AICallRecord,
@@ -54,9 +55,6 @@ from persistence.errors import (
     PersistenceError,
     TransientError,
     ValidationError,
-    connect_error,
-    is_connection_failure,
-    lost_error,
     translate,
 )
 from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
@@ -181,21 +179,6 @@ _LOST = (
 )
 
 
-def _lost(exc: BaseException, raw: asyncpg.Connection) -> bool:
-    """A connection-level failure: the statement may or may not have run, the connection is done
-    for, and retrying on another one with the same idempotency key is safe. asyncpg raises
-    `InternalClientError` on a connection the server terminated while it sat idle."""
-    return isinstance(exc, Exception) and (
-        raw.is_closed() or is_connection_failure(exc) or isinstance(exc, asyncpg.InternalClientError)
-    )
-
-
-def _unhealthy(exc: BaseException, raw: asyncpg.Connection) -> bool:
-    """Whether a connection that raised `exc` must be discarded rather than reused: anything but
-    the server's verdict on a statement (or our own validation) may have left it in an unknown state."""
-    return _lost(exc, raw) or not isinstance(exc, asyncpg.PostgresError | PersistenceError)
-
-
 # What each unit of work reports to hooks: operation, main table and statement, as the engine's
 # instrumented statements would (log_batch is reported as its COPY into the ledger).
 _UNKNOWN = StatementInfo("UNKNOWN", None, "")
@@ -210,16 +193,6 @@ _INFOS = {
     "fold_rollups_raw": describe(FOLD),
     "work": describe(LOAD_PRICES),  # reload_prices
 }
-
-
-class _Lease:
-    """One pooled SQLAlchemy connection held by the logger, and its asyncpg connection."""
-
-    __slots__ = ("conn", "raw")
-
-    def __init__(self, conn: AsyncConnection, raw: asyncpg.Connection) -> None:
-        self.conn = conn
-        self.raw = raw
 
 
 class AICallLogger:
@@ -258,18 +231,14 @@ class AICallLogger:
         # Told about every committed call (e.g. `AlertEvaluator`); must not do I/O in the call.
         self.alerts = alerts
         self._folded_at = time.monotonic()
-        self._idle: list[_Lease] = []
-        self._leased = 0
-        self._waiters: deque[asyncio.Future[_Lease | None]] = deque()
         # Hooks are attached when the engine is built, so this is fixed for the logger's life.
         self._hooks = hooks_of(engine)
         self._database = engine.url.database
         self._where = Endpoint.of_url(engine.url)
+        self._leases = Leases(engine, connections, self._where)
         self._sequence: str | None = None
         self._since_fold = 0
         self._fold_task: asyncio.Task[int] | None = None
-        self._closed = False
-        self._discarding: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -290,129 +259,18 @@ class AICallLogger:
         if self._fold_task is not None:
             with contextlib.suppress(Exception):
                 await self._fold_task
-        if self.fold_every is not None and self._since_fold and not self._closed:
+        if self.fold_every is not None and self._since_fold and not self._leases.closed:
             self._since_fold = 0
             await self._background_fold()
-        self._closed = True
-        idle, self._idle = self._idle, []
-        self._leased -= len(idle)
-        for lease in idle:
-            with contextlib.suppress(Exception):
-                if lease.raw.is_closed():
-                    await lease.conn.invalidate()  # never back to the pool as healthy
-                await lease.conn.close()
-        self._wake(None)
-        await asyncio.gather(*self._discarding, return_exceptions=True)
+        await self._leases.close()
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
         """A leased connection for a block (tests and maintenance; the hot paths use `_run`)."""
-        lease = await self._acquire()
-        broken = False
-        try:
-            yield lease.raw
-        except BaseException as exc:
-            broken = _unhealthy(exc, lease.raw)
-            if broken:
-                self._drop_closed_idle()
-            if isinstance(exc, Exception) and not isinstance(exc, PersistenceError):
-                err = lost_error(exc, self._where) if _lost(exc, lease.raw) else translate(exc, self._where)
-                if err is not None:
-                    raise err from exc
-            raise
-        finally:
-            await self._release(lease, broken=broken)
+        return self._leases.connection()
 
-    async def _acquire(self) -> _Lease:
-        """An idle lease (no await when one is idle), else a new one, else wait for a release."""
-        while True:
-            if self._closed:
-                raise PersistenceError("AICallLogger is closed")
-            if (lease := self._take_idle()) is not None:
-                return lease
-            if self._leased < self.max_connections:
-                break
-            waiter: asyncio.Future[_Lease | None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                handed = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled() and (lease := waiter.result()) is not None:
-                    self._put_back(lease)  # handed over just as we were cancelled
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
-                raise
-            if handed is not None:
-                return handed
-        self._leased += 1
-        try:
-            conn = await self.engine.connect()
-            try:
-                raw = (await conn.get_raw_connection()).driver_connection
-            except BaseException:
-                await conn.close()
-                raise
-        except BaseException as exc:
-            self._leased -= 1
-            self._wake(None)
-            if isinstance(exc, Exception) and not isinstance(exc, PersistenceError):
-                raise connect_error(exc, self._where) from exc
-            raise
-        assert isinstance(raw, asyncpg.Connection)
-        return _Lease(conn, raw)
-
-    def _wake(self, lease: _Lease | None) -> bool:
-        """Hand `lease` (or, with None, a free slot) to the first waiter; False if none waits."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(lease)
-                return True
-        return False
-
-    def _put_back(self, lease: _Lease) -> None:
-        if not self._wake(lease):
-            self._idle.append(lease)
-
-    def _take_idle(self) -> _Lease | None:
-        """An idle lease whose connection is still open; closed ones are discarded on the way."""
-        while self._idle and not self._closed:
-            lease = self._idle.pop()
-            if not lease.raw.is_closed():
-                return lease
-            self._discard(lease)
-        return None
-
-    def _drop_closed_idle(self) -> None:
-        """After a connection failure, discard every idle lease the server has closed too."""
-        for lease in [lease for lease in self._idle if lease.raw.is_closed()]:
-            self._idle.remove(lease)
-            self._discard(lease)
-
-    def _discard(self, lease: _Lease) -> None:
-        self._leased -= 1
-        task = asyncio.get_running_loop().create_task(self._invalidate(lease))
-        self._discarding.add(task)  # a strong reference until it is done
-        task.add_done_callback(self._discarding.discard)
-        self._wake(None)
-
-    @staticmethod
-    async def _invalidate(lease: _Lease) -> None:
-        with contextlib.suppress(Exception):
-            await lease.conn.invalidate()
-        with contextlib.suppress(Exception):
-            await lease.conn.close()
-
-    async def _release(self, lease: _Lease, *, broken: bool) -> None:
-        if not (broken or self._closed or lease.raw.is_closed() or lease.raw.is_in_transaction()):
-            self._put_back(lease)
-            return
-        self._leased -= 1
-        try:
-            await self._invalidate(lease)
-        finally:
-            self._wake(None)
+    @property
+    def _idle(self) -> list[_Lease]:
+        return self._leases.idle
 
     def _run(self, work: Any, *args: Any) -> Awaitable[Any]:
         """`work(raw_connection, *args)` with our error types; one retry on a lost connection.
@@ -421,14 +279,14 @@ class AICallLogger:
         the engine's instrumented dialect); without hooks this is one attribute test and no extra frame.
         """
         if self._hooks is None:
-            return self._attempts(work, *args)
+            return self._leases.attempts(work, *args)
         return self._observed(self._hooks, work, *args)
 
     async def _observed(self, hooks: Hooks, work: Any, *args: Any) -> Any:
         info = _INFOS.get(work.__name__, _UNKNOWN)
         started = perf_counter()
         try:
-            result = await self._attempts(work, *args)
+            result = await self._leases.attempts(work, *args)
         except BaseException as exc:
             err = exc if isinstance(exc, PersistenceError) else translate(exc)
             hooks.query(
@@ -463,34 +321,6 @@ class AICallLogger:
             trace_id=trace_id.get(),
             request_id=request_id.get(),
         )
-
-    async def _attempts(self, work: Any, *args: Any) -> Any:
-        for attempt in (1, 2):
-            # The retry after a lost connection skips idle leases: they were most likely cut together.
-            lease = (self._take_idle() if attempt == 1 else None) or await self._acquire()
-            try:
-                result = await work(lease.raw, *args)
-            except BaseException as exc:
-                lost = _lost(exc, lease.raw)
-                await self._release(lease, broken=_unhealthy(exc, lease.raw))
-                if isinstance(exc, PersistenceError):
-                    raise
-                if lost:
-                    self._drop_closed_idle()  # terminated together, most likely: don't retry on them
-                    if attempt == 2:
-                        raise lost_error(exc, self._where) from exc
-                    continue
-                if isinstance(exc, Exception):
-                    err = translate(exc, self._where)
-                    if err is not None:
-                        raise err from exc
-                raise
-            if self._closed or lease.raw.is_in_transaction():
-                await self._release(lease, broken=False)
-            else:
-                self._put_back(lease)
-            return result
-        raise AssertionError("unreachable")
 
     # -- prices ---------------------------------------------------------------------------------
 

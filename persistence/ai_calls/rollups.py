@@ -167,7 +167,9 @@ async def rebuild_rollups_raw(
         raise ValidationError("invalid window: end must be after start")
     await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
     try:
-        async with raw.transaction(isolation="repeatable_read"):
+        # Already in a transaction only on a test's pinned connection: a savepoint keeps its isolation.
+        nested = raw.is_in_transaction()
+        async with raw.transaction(isolation=None if nested else "repeatable_read"):
             await _rebuild_window(raw, lo, hi)
     finally:
         await raw.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)

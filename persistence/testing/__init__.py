@@ -23,6 +23,7 @@ from persistence.testing.factories import (
     TrainingDataFactory,
     VendorPriceFactory,
     VerificationResultFactory,
+    bind_engine,
     create,
     create_batch,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "TrainingDataFactory",
     "VendorPriceFactory",
     "VerificationResultFactory",
+    "bind_engine",
     "create",
     "create_batch",
 ]

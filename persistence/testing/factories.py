@@ -1,8 +1,9 @@
 """factory-boy factories for every table, plus `create`/`create_batch` to persist them in async tests.
 
 Factories use the build strategy (objects in memory); an `AsyncSession` cannot be driven by
-factory-boy's synchronous create strategy, so `await create(session, ClaimFactory, ...)` adds and
-flushes instead. Random values come from factory-boy's generator (and the Faker it seeds), so
+factory-boy's synchronous create strategy, so `await create(ClaimFactory, ...)` saves through the
+test's engine (the pytest plugin binds it), and `await create(session, ClaimFactory, ...)` adds to
+`session` and flushes. Random values come from factory-boy's generator (and the Faker it seeds), so
 `factory.random.reseed_random(n)` reproduces them. Not what follows the wall clock (created_at,
 last_heartbeat, report_date, training_batch_id, ...), nor Sequence counters (external_id, version,
 instance_id, ...), which count on across a process's tests: pass those explicitly when a test needs
@@ -13,14 +14,19 @@ from __future__ import annotations
 
 # Over 500 lines on purpose: one short factory per table (15 of them), a catalogue read by table, not a
 # knot of concepts; splitting it would scatter what a test author looks up in one place.
+
+import contextlib
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import factory
 import factory.random
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from persistence.errors import TransactionError
 from persistence.models import (
     AICall,
     AICallKey,
@@ -55,9 +61,7 @@ from persistence.seeding import (
     model_spec,
     raw_usage,
 )
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+from persistence.transaction import session_scope
 
 __all__ = [
     "AICallFactory",
@@ -78,6 +82,7 @@ __all__ = [
     "TrainingDataFactory",
     "VendorPriceFactory",
     "VerificationResultFactory",
+    "bind_engine",
     "create",
     "create_batch",
 ]
@@ -85,24 +90,112 @@ __all__ = [
 ModelT = TypeVar("ModelT", bound=Base)
 
 
+_engines: list[AsyncEngine] = []
+
+
+@contextlib.contextmanager
+def bind_engine(engine: AsyncEngine) -> Iterator[AsyncEngine]:
+    """Make `engine` the one `create(Factory, ...)` uses without a session (the pytest plugin's
+    `engine` fixture binds the test's engine for the test's duration)."""
+    _engines.append(engine)
+    try:
+        yield engine
+    finally:
+        _engines.remove(engine)
+
+
+def _bound_engine() -> AsyncEngine:
+    if not _engines:
+        raise TransactionError(
+            "create(Factory, ...) without a session needs the test's engine: use the pytest plugin's "
+            "`engine` fixture (or bind_engine(engine)), or pass a session first"
+        )
+    return _engines[-1]
+
+
+async def _persist(session: AsyncSession | None, objs: list[ModelT]) -> None:
+    if session is not None:
+        session.add_all(objs)
+        await session.flush()
+        return
+    # The current transaction() block's session, or a short transaction of its own (a savepoint
+    # under the isolating fixture).
+    async with session_scope(_bound_engine()) as scoped:
+        scoped.add_all(objs)
+        await scoped.flush()
+
+
+@overload
+async def create(factory_class: type[factory.Factory[ModelT]], /, **overrides: Any) -> ModelT: ...
+
+
+@overload
 async def create(
     session: AsyncSession, factory_class: type[factory.Factory[ModelT]], /, **overrides: Any
+) -> ModelT: ...
+
+
+async def create(
+    first: AsyncSession | type[factory.Factory[ModelT]],
+    factory_class: type[factory.Factory[ModelT]] | None = None,
+    /,
+    **overrides: Any,
 ) -> ModelT:
-    """Build one object with `overrides`, add it (and its sub-factory objects) and flush."""
-    obj = factory_class.build(**overrides)
-    session.add(obj)
-    await session.flush()
+    """Build one object with `overrides`, add it (and its sub-factory objects) and flush.
+
+    `create(Factory, ...)` saves it through the test's engine (in the current `transaction()` block
+    if there is one); `create(session, Factory, ...)` adds it to `session`.
+    """
+    session, cls = _split(first, factory_class)
+    obj = cls.build(**overrides)
+    await _persist(session, [obj])
     return obj
 
 
+@overload
+async def create_batch(
+    factory_class: type[factory.Factory[ModelT]], size: int, /, **overrides: Any
+) -> list[ModelT]: ...
+
+
+@overload
 async def create_batch(
     session: AsyncSession, factory_class: type[factory.Factory[ModelT]], size: int, /, **overrides: Any
+) -> list[ModelT]: ...
+
+
+async def create_batch(
+    first: AsyncSession | type[factory.Factory[ModelT]],
+    second: type[factory.Factory[ModelT]] | int,
+    size: int | None = None,
+    /,
+    **overrides: Any,
 ) -> list[ModelT]:
-    """Build `size` objects with the same `overrides`, add them and flush once."""
-    objs = factory_class.build_batch(size, **overrides)
-    session.add_all(objs)
-    await session.flush()
+    """Build `size` objects with the same `overrides`, add them and flush once (with or without a
+    session first, as `create`)."""
+    if isinstance(second, int):
+        session, cls = _split(first, None)
+        count = second
+    else:
+        session, cls = _split(first, second)
+        if size is None:
+            raise TypeError("create_batch(session, Factory, size, ...) needs a size")
+        count = size
+    objs = cls.build_batch(count, **overrides)
+    await _persist(session, objs)
     return objs
+
+
+def _split(
+    first: AsyncSession | type[factory.Factory[ModelT]], second: type[factory.Factory[ModelT]] | None
+) -> tuple[AsyncSession | None, type[factory.Factory[ModelT]]]:
+    if isinstance(first, type):
+        if second is not None:
+            raise TypeError("create(Factory, ...) takes the factory first and no second factory")
+        return None, first
+    if second is None:
+        raise TypeError("create(session, Factory, ...) needs a factory after the session")
+    return first, second
 
 
 def _rand() -> Any:

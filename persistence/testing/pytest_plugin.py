@@ -1,16 +1,24 @@
 """pytest fixtures: a real PostgreSQL per test session, each test isolated in a rolled-back transaction.
 
+Load it with `pytest_plugins = ["persistence.testing.pytest_plugin"]` in the root conftest.py; it
+configures pytest-asyncio itself (see `pytest_configure`).
+
 - `pg`: the session's `ThrowawayPostgres` (started once, schema migrated once into a template).
-- `engine`: a pooled `AsyncEngine` on the shared test database.
-- `connection` / `session`: one outer transaction per test, rolled back at the end; code under test
-  may commit and roll back freely, because the session turns those into savepoints.
-- `@pytest.mark.commits` + `fresh_database`: a private database cloned from the template, for tests
-  that need real commits (other connections must see the data); dropped after the test.
+- `engine`: an `AsyncEngine` for one test. Everything done through it (repositories, `transaction()`
+  blocks, which become savepoints, `on_commit` callbacks, the audit, the AI-call ledger,
+  `engine.connect()` / `engine.begin()`) runs on one connection inside the test's outer
+  transaction, rolled back when the test ends (`persistence.pinning`).
+- `connection` / `session`: that same connection and outer transaction (the session turns commits
+  and rollbacks into savepoints).
+- `@pytest.mark.commits`: `engine` is instead a real pooled engine on a private database cloned from
+  the template (other connections see the data; `fresh_database` gives its settings, `fresh_engine`
+  is the same engine), dropped after the test.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -18,7 +26,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
+from persistence.pinning import Pin, PinnedEngine, pin_of
 from persistence.testing.database import TEST_DB, ThrowawayPostgres
+from persistence.testing.factories import bind_engine
+
+# What the fixtures need from pytest-asyncio: the session-scoped engine's connections belong to the
+# session's event loop, so tests and fixtures must run on it too.
+_ASYNCIO_SETTINGS = {
+    "asyncio_mode": "auto",
+    "asyncio_default_fixture_loop_scope": "session",
+    "asyncio_default_test_loop_scope": "session",
+}
+_SET_THESE = (
+    "persistence's pytest plugin needs pytest-asyncio configured with asyncio_mode = auto, "
+    'asyncio_default_fixture_loop_scope = "session" and asyncio_default_test_loop_scope = "session"'
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,10 +51,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "commits: the test commits for real and gets its own database cloned from the template"
+        "markers",
+        "commits: the test commits for real and gets its own database cloned from the migrated template",
     )
+    _configure_asyncio(config)
+
+
+def _configure_asyncio(config: pytest.Config) -> None:
+    """Fill in the pytest-asyncio settings the user left unset (before pytest-asyncio reads them);
+    refuse, in one sentence, settings that would run tests on another loop than the engine's."""
+    configured: Any = getattr(config, "_inicfg", None)
+    cache: Any = getattr(config, "_inicache", None)
+    if not isinstance(configured, dict) or not isinstance(cache, dict):  # a future pytest: ask the user
+        if any(config.getini(name) != value for name, value in _ASYNCIO_SETTINGS.items()):
+            raise pytest.UsageError(f"{_SET_THESE} (this pytest version cannot be configured by a plugin).")
+        return
+    for name, value in _ASYNCIO_SETTINGS.items():
+        if name == "asyncio_mode" and config.getoption("asyncio_mode", None) is not None:
+            given = config.getoption("asyncio_mode")
+        elif name in configured:
+            given = config.getini(name)
+        else:
+            cache[name] = value
+            continue
+        if name != "asyncio_mode" and given != value:
+            raise pytest.UsageError(f"{_SET_THESE}; {name} is set to {given!r}.")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,7 +117,8 @@ def db_config(migrated: ThrowawayPostgres) -> DatabaseConfig:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def engine(db_config: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
+async def shared_engine(db_config: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
+    """The session's pooled engine on the shared test database; `engine` pins one of its connections."""
     eng = build_engine(db_config)
     try:
         yield eng
@@ -79,8 +126,57 @@ async def engine(db_config: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
+@pytest.fixture
+def fresh_database(request: pytest.FixtureRequest, migrated: ThrowawayPostgres) -> Iterator[DatabaseConfig]:
+    """Settings of the test's private database (tests marked `@pytest.mark.commits`)."""
+    if request.node.get_closest_marker("commits") is None:
+        raise pytest.UsageError("fresh_database is for tests marked @pytest.mark.commits")
+    name = migrated.clone()
+    try:
+        yield migrated.config(name)
+    finally:
+        migrated.drop(name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(request: pytest.FixtureRequest, shared_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The test's engine: isolating (one connection, rolled back at the end), or real under `commits`."""
+    if request.node.get_closest_marker("commits") is not None:
+        real = build_engine(request.getfixturevalue("fresh_database"))
+        try:
+            with bind_engine(real):
+                yield real
+        finally:
+            await real.dispose()
+        return
+    async with shared_engine.connect() as conn:
+        outer = await conn.begin()
+        try:
+            # SQLAlchemy's asyncpg adapter begins on the first statement: begin now, so that asyncpg's
+            # own transaction() blocks (the ledger's) nest as savepoints inside this transaction.
+            await conn.exec_driver_sql("SELECT 1")
+            pinned = PinnedEngine(shared_engine.sync_engine, Pin(conn))
+            with bind_engine(pinned):
+                yield pinned
+        finally:
+            if outer.is_active:
+                await outer.rollback()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh_engine(fresh_database: DatabaseConfig, engine: AsyncEngine) -> AsyncEngine:
+    """The same engine as `engine` in a `@pytest.mark.commits` test (kept for older tests)."""
+    return engine
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """The connection of the test's outer transaction (under `commits`: one on the private database,
+    in a transaction rolled back at the end)."""
+    pin = pin_of(engine)
+    if pin is not None:
+        yield pin.connection
+        return
     async with engine.connect() as conn:
         outer = await conn.begin()
         try:
@@ -96,26 +192,3 @@ async def session(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
         bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
     ) as sess:
         yield sess
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fresh_database(
-    request: pytest.FixtureRequest, migrated: ThrowawayPostgres
-) -> AsyncIterator[DatabaseConfig]:
-    if request.node.get_closest_marker("commits") is None:
-        raise pytest.UsageError("fresh_database is for tests marked @pytest.mark.commits")
-    name = migrated.clone()
-    try:
-        yield migrated.config(name)
-    finally:
-        migrated.drop(name)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fresh_engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    """A pooled engine on the test's private database (tests marked `@pytest.mark.commits`)."""
-    eng = build_engine(fresh_database)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()

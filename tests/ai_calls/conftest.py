@@ -1,4 +1,4 @@
-"""Shared helpers of the ledger tests: the logger commits for real, so tests use `fresh_engine`."""
+"""Shared helpers of the ledger tests: the logger runs on the plugin's `engine` (leases are savepoints)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def logger(fresh_engine: AsyncEngine) -> AsyncIterator[AICallLogger]:
-    async with AICallLogger(fresh_engine) as log:
+async def logger(engine: AsyncEngine) -> AsyncIterator[AICallLogger]:
+    async with AICallLogger(engine) as log:
         yield log
 
 

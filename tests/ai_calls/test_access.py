@@ -43,12 +43,12 @@ def reader_config(pg: ThrowawayPostgres, database: str, password: str, role: str
 
 @pytest.mark.commits
 async def test_reader_can_select_and_cannot_write(
-    migrated: ThrowawayPostgres, fresh_database: DatabaseConfig, fresh_engine: AsyncEngine
+    migrated: ThrowawayPostgres, fresh_database: DatabaseConfig, engine: AsyncEngine
 ) -> None:
-    await insert_rows(fresh_engine, make_rows()[:20])
+    await insert_rows(engine, make_rows()[:20])
     role = "reconciliation_reader"
-    await grant_reader(fresh_engine, PASSWORD)
-    await grant_reader(fresh_engine, PASSWORD)  # idempotent
+    await grant_reader(engine, PASSWORD)
+    await grant_reader(engine, PASSWORD)  # idempotent
     assert fresh_database.database is not None
     reader = build_engine(reader_config(migrated, fresh_database.database, PASSWORD.get_secret_value(), role))
     try:
@@ -77,11 +77,11 @@ async def test_reader_can_select_and_cannot_write(
             assert sqlstate(info.value) in ("25006", "42501")  # read-only transaction / no CREATE
     finally:
         await reader.dispose()
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM ai_calls"))).scalar_one() == 20
 
     # A new password replaces the old one.
-    await grant_reader(fresh_engine, "another-reader-pw-51")
+    await grant_reader(engine, "another-reader-pw-51")
     stale = build_engine(reader_config(migrated, fresh_database.database, PASSWORD.get_secret_value(), role))
     try:
         with pytest.raises(DatabaseConnectionError) as failed:

@@ -92,9 +92,8 @@ def unreachable_engine() -> AsyncEngine:
     )
 
 
-@pytest.mark.commits
 async def test_calls_spooled_while_down_land_once_after_a_spool_failure(
-    fresh_engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_append = Spool.append
     failures: list[int] = []
@@ -120,14 +119,14 @@ async def test_calls_spooled_while_down_land_once_after_a_spool_failure(
     assert failures == [10]  # the first spool write failed; that batch was kept and spooled later
     assert (batcher.stats.spooled, batcher.stats.buffered, batcher.stats.written) == (30, 0, 0)
 
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         again = BatchLogger(logger, spool_dir=tmp_path)
         await again.open()  # counts what the first run left (the writer has not run yet)
         assert again.stats.pending_in_spool == 30
         await again.close()
     assert (again.stats.replayed, again.stats.written, again.stats.rejected) == (30, 30, 0)
-    assert await count(fresh_engine) == 30
-    assert await count(fresh_engine, "SELECT count(*) FROM ai_calls WHERE usage->>'cost' = '0.5'") == 30
+    assert await count(engine) == 30
+    assert await count(engine, "SELECT count(*) FROM ai_calls WHERE usage->>'cost' = '0.5'") == 30
 
 
 async def test_a_stopped_writer_fails_its_callers_and_close_spools_what_it_left(tmp_path: Path) -> None:
@@ -150,12 +149,11 @@ async def test_a_stopped_writer_fails_its_callers_and_close_spools_what_it_left(
         assert [r.key for r in spool.read(tmp_path / "spool.jsonl")] == [call(0).idempotency_key]
 
 
-@pytest.mark.commits
 async def test_a_refused_call_is_settled_once_even_when_it_cannot_be_kept_in_a_file(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     (tmp_path / "rejected.jsonl").mkdir()  # so the file cannot be written
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         await logger.log_record(call(1))
         batcher = BatchLogger(
             logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.01
@@ -164,59 +162,56 @@ async def test_a_refused_call_is_settled_once_even_when_it_cannot_be_kept_in_a_f
             await batcher.log(c)
         await asyncio.wait_for(batcher.close(), timeout=30)
     assert (batcher.stats.written, batcher.stats.rejected, batcher.stats.buffered) == (2, 1, 0)
-    assert await count(fresh_engine) == 3
+    assert await count(engine) == 3
 
 
-@pytest.mark.commits
-async def test_batches_flush_and_close_drain(fresh_engine: AsyncEngine, tmp_path: Path) -> None:
-    async with AICallLogger(fresh_engine) as logger:
+async def test_batches_flush_and_close_drain(engine: AsyncEngine, tmp_path: Path) -> None:
+    async with AICallLogger(engine) as logger:
         batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, max_buffered=20, spool_dir=tmp_path)
         for n in range(25):
             await batcher.log(call(n))
         await batcher.flush()
-        assert await count(fresh_engine) == 25
+        assert await count(engine) == 25
         anonymous = call(99, request_id=None)  # no request id: the batcher pins the generated key
         await batcher.log(anonymous)
         await batcher.log(call(3))  # a retry of a logged call: no second row
         await batcher.close()
-        assert await count(fresh_engine) == 26
+        assert await count(engine) == 26
         assert batcher.stats.written == 26 and batcher.stats.buffered == 0 and batcher.stats.spooled == 0
 
 
-@pytest.mark.commits
 async def test_a_call_the_database_refuses_is_kept_aside_and_the_rest_land(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         await logger.log_record(call(1))
         batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path)
         await batcher.log(call(0))
         await batcher.log(call(1, input_tokens=999))  # key batch-1 reused for another call
         await batcher.log(call(2))
         await batcher.close()
-        assert await count(fresh_engine) == 3
+        assert await count(engine) == 3
         stats = batcher.stats
         assert (stats.written, stats.rejected, stats.spooled) == (2, 1, 0)
         kept = (tmp_path / "rejected.jsonl").read_text()
         assert '"key": "openai:batch-1"' in kept and '"ConflictError"' in kept
 
 
-@pytest.mark.commits
 async def test_a_refused_call_in_the_spool_does_not_hold_back_the_others(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     # Spooled during an outage, before the database could judge them; one turns out to be refused.
     spool = Spool(tmp_path)
     spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in
                   (call(10), call(11, input_tokens=999), call(12))])  # fmt: skip
     spool.close()
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         await logger.log_record(call(11))
         batcher = BatchLogger(logger, spool_dir=tmp_path)
         await batcher.open()
         assert batcher.stats.pending_in_spool == 3
         await batcher.close()
-        assert await count(fresh_engine) == 3
+        assert await count(engine) == 3
         stats = batcher.stats
         assert (stats.written, stats.rejected, stats.pending_in_spool) == (2, 1, 0)
         assert '"key": "openai:batch-11"' in (tmp_path / "rejected.jsonl").read_text()
@@ -239,7 +234,6 @@ async def crashable() -> AsyncIterator[tuple[ThrowawayPostgres, AsyncEngine]]:
         pg.stop()
 
 
-@pytest.mark.commits
 async def test_postgres_crash_mid_write_loses_and_duplicates_nothing(
     crashable: tuple[ThrowawayPostgres, AsyncEngine], tmp_path: Path
 ) -> None:
@@ -306,15 +300,14 @@ async def execute(engine: AsyncEngine, sql: str) -> None:
         await (await conn.get_raw_connection()).driver_connection.execute(sql)  # type: ignore[union-attr]
 
 
-@pytest.mark.commits
 @pytest.mark.parametrize("spooled", [True, False], ids=["spool_dir", "no_spool_dir"])
 async def test_one_call_the_database_refuses_among_2000_is_isolated_and_the_rest_are_written(
-    fresh_engine: AsyncEngine, tmp_path: Path, spooled: bool
+    engine: AsyncEngine, tmp_path: Path, spooled: bool
 ) -> None:
-    await execute(fresh_engine, REFUSE_POISON)  # real PostgreSQL refuses it; validation cannot know
+    await execute(engine, REFUSE_POISON)  # real PostgreSQL refuses it; validation cannot know
     poison = call(1000, customer_id="poison")
     calls = [call(n) for n in range(1000)] + [poison] + [call(n) for n in range(1001, 2001)]
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         batcher = BatchLogger(logger, spool_dir=tmp_path if spooled else None, retry_interval=0.01)
         for c in calls:
             await batcher.log(c)
@@ -341,17 +334,16 @@ async def test_one_call_the_database_refuses_among_2000_is_isolated_and_the_rest
         0,
         0,
     )
-    assert await count(fresh_engine) == 2000
-    assert await count(fresh_engine, "SELECT count(*) FROM ai_calls WHERE customer_id = 'poison'") == 0
+    assert await count(engine) == 2000
+    assert await count(engine, "SELECT count(*) FROM ai_calls WHERE customer_id = 'poison'") == 0
 
 
-@pytest.mark.commits
 @pytest.mark.parametrize("spooled", [True, False], ids=["spool_dir", "no_spool_dir"])
 async def test_a_call_postgres_could_not_store_is_refused_at_log_and_the_2000_others_are_written(
-    fresh_engine: AsyncEngine, tmp_path: Path, spooled: bool
+    engine: AsyncEngine, tmp_path: Path, spooled: bool
 ) -> None:
     # A lone surrogate used to pass validation and fail inside COPY, taken for an outage for ever.
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         batcher = BatchLogger(logger, spool_dir=tmp_path if spooled else None, retry_interval=0.01)
         for n in range(2000):
             await batcher.log(call(n))
@@ -362,11 +354,10 @@ async def test_a_call_postgres_could_not_store_is_refused_at_log_and_the_2000_ot
                     )
         stats = await asyncio.wait_for(batcher.close(), timeout=120)  # a guard against a hang only
     assert (stats.written, stats.rejected, stats.buffered, stats.pending_in_spool) == (2000, 0, 0, 0)
-    assert await count(fresh_engine) == 2000
+    assert await count(engine) == 2000
     assert not (tmp_path / "rejected.jsonl").exists()  # the caller got the error; nothing was accepted
 
 
-@pytest.mark.commits
 async def test_after_a_10s_outage_the_spool_replays_by_itself_with_no_new_traffic(
     crashable: tuple[ThrowawayPostgres, AsyncEngine], tmp_path: Path, record_property: Any
 ) -> None:
@@ -399,9 +390,8 @@ async def test_after_a_10s_outage_the_spool_replays_by_itself_with_no_new_traffi
         await logger.close()
 
 
-@pytest.mark.commits
 async def test_spool_lines_that_do_not_decode_are_set_aside_with_a_log_line(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     good = [call(n) for n in range(5)]
     with Spool(tmp_path) as spool:
@@ -411,11 +401,11 @@ async def test_spool_lines_that_do_not_decode_are_set_aside_with_a_log_line(
             f.write(b'{"key": "k", "record": {"provider": "openai"}}\n')  # JSON, but no call
         spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in good[2:]])
     with capture_logs() as logs:
-        async with AICallLogger(fresh_engine) as logger:
+        async with AICallLogger(engine) as logger:
             batcher = BatchLogger(logger, spool_dir=tmp_path)
             stats = await asyncio.wait_for(batcher.close(), timeout=60)  # a guard against a hang only
     assert (stats.written, stats.replayed, stats.set_aside, stats.pending_in_spool) == (5, 5, 2, 0)
-    assert await count(fresh_engine) == 5
+    assert await count(engine) == 5
     [aside] = files(tmp_path, "corrupt-*.jsonl")
     assert aside.read_bytes().splitlines()[0] == b"not json at all"
     assert len(aside.read_bytes().splitlines()) == 2
@@ -423,9 +413,8 @@ async def test_spool_lines_that_do_not_decode_are_set_aside_with_a_log_line(
     assert any(e["event"] == "spooled lines that do not decode were set aside" for e in logs)
 
 
-@pytest.mark.commits
 async def test_a_spool_line_nested_too_deep_is_set_aside_and_the_others_written(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     good = [call(n) for n in range(4)]
     with Spool(tmp_path) as spool:
@@ -434,11 +423,11 @@ async def test_a_spool_line_nested_too_deep_is_set_aside_and_the_others_written(
             f.write(b"[" * 200_000 + b"\n")  # json.loads: RecursionError
         spool.append([SpooledRecord(r.idempotency_key, encode_record(r)) for r in good[2:]])
     with capture_logs() as logs:
-        async with AICallLogger(fresh_engine) as logger:
+        async with AICallLogger(engine) as logger:
             batcher = BatchLogger(logger, spool_dir=tmp_path)
             stats = await asyncio.wait_for(batcher.close(), timeout=60)  # a guard against a hang only
     assert (stats.written, stats.replayed, stats.set_aside, stats.pending_in_spool) == (4, 4, 1, 0)
-    assert await count(fresh_engine) == 4
+    assert await count(engine) == 4
     [aside] = files(tmp_path, "corrupt-*.jsonl")
     assert aside.read_bytes() == b"[" * 200_000 + b"\n"
     assert not files(tmp_path, "*.replay")
@@ -545,14 +534,13 @@ async def test_close_timeout_is_validated(bad: Any) -> None:
         await down.dispose()
 
 
-@pytest.mark.commits
 async def test_close_returns_within_its_timeout_and_spools_what_it_could_not_write(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     # The database answers but never finishes: a transaction holds a lock the writer needs.
-    async with fresh_engine.connect() as blocker:
+    async with engine.connect() as blocker:
         await blocker.execute(text("LOCK TABLE ai_call_keys IN ACCESS EXCLUSIVE MODE"))
-        async with AICallLogger(fresh_engine) as logger:
+        async with AICallLogger(engine) as logger:
             batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path)
             for n in range(25):
                 await batcher.log(call(n))
@@ -562,10 +550,10 @@ async def test_close_returns_within_its_timeout_and_spools_what_it_could_not_wri
             stats = closing.result()
         await blocker.rollback()
     assert (stats.buffered, stats.written, stats.pending_in_spool) == (0, 0, 25)
-    async with AICallLogger(fresh_engine) as logger:
+    async with AICallLogger(engine) as logger:
         again = await asyncio.wait_for(BatchLogger(logger, spool_dir=tmp_path).close(), timeout=60)
     assert (again.replayed, again.pending_in_spool) == (25, 0)
-    assert await count(fresh_engine) == 25
+    assert await count(engine) == 25
 
 
 async def test_close_without_a_spool_hands_back_what_it_could_not_write(tmp_path: Path) -> None:
@@ -607,20 +595,19 @@ async def test_the_spool_is_opened_off_the_event_loop(
         await down.dispose()
 
 
-@pytest.mark.commits
-async def test_a_failed_background_fold_is_logged(fresh_engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_a_failed_background_fold_is_logged(engine: AsyncEngine, tmp_path: Path) -> None:
     await execute(
-        fresh_engine,
+        engine,
         "CREATE FUNCTION no_fold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "RAISE EXCEPTION 'folds are refused'; END $$; "
         "CREATE TRIGGER no_fold BEFORE INSERT ON ai_call_model_hourly FOR EACH ROW EXECUTE FUNCTION no_fold();",
     )
     with capture_logs() as logs:
-        async with AICallLogger(fresh_engine, fold_every=1) as logger:
+        async with AICallLogger(engine, fold_every=1) as logger:
             async with BatchLogger(logger, spool_dir=tmp_path) as batcher:
                 await batcher.log(call(0))
             await asyncio.wait_for(logger.close(), timeout=60)
-    assert await count(fresh_engine) == 1  # the call is written; only its fold failed
+    assert await count(engine) == 1  # the call is written; only its fold failed
     assert any(e["event"] == "background rollup fold failed" and e["sqlstate"] == "P0001" for e in logs)
 
 
@@ -634,14 +621,14 @@ async def run_outside_a_transaction(engine: AsyncEngine, *statements: str) -> No
 
 @pytest.mark.commits
 async def test_a_failure_that_would_fail_every_call_is_an_outage_not_a_refusal(
-    fresh_engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path
 ) -> None:
     # A read-only database (a standby after a failover) refuses every write with 25006: nothing about
     # the calls is wrong, so none is rejected; they wait in the spool and land once writes are back.
     alter = "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {}', current_database()); END $$"
-    await run_outside_a_transaction(fresh_engine, alter.format("on"))
-    await fresh_engine.dispose()  # new sessions pick the setting up
-    async with AICallLogger(fresh_engine) as logger:
+    await run_outside_a_transaction(engine, alter.format("on"))
+    await engine.dispose()  # new sessions pick the setting up
+    async with AICallLogger(engine) as logger:
         batcher = BatchLogger(logger, batch_size=10, flush_interval=3600, spool_dir=tmp_path, retry_interval=0.05,
                               max_retry_interval=0.5)  # fmt: skip
         for n in range(20):
@@ -649,7 +636,7 @@ async def test_a_failure_that_would_fail_every_call_is_an_outage_not_a_refusal(
         await batcher.flush()
         assert (batcher.stats.spooled, batcher.stats.rejected, batcher.stats.written) == (20, 0, 0)
         await run_outside_a_transaction(
-            fresh_engine,
+            engine,
             "SET default_transaction_read_only = off",
             alter.format("off"),
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -661,7 +648,7 @@ async def test_a_failure_that_would_fail_every_call_is_an_outage_not_a_refusal(
             assert time.monotonic() - started < 120, "the spool was never replayed"  # a hang guard only
         stats = await batcher.close()
     assert (stats.written, stats.rejected, stats.pending_in_spool) == (20, 0, 0)
-    assert await count(fresh_engine) == 20
+    assert await count(engine) == 20
     assert not (tmp_path / "rejected.jsonl").exists()
 
 

@@ -15,11 +15,9 @@ from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
 from persistence.errors import ConflictError, TransientError, ValidationError
 from tests.ai_calls.conftest import T0, call, counts, scalar
 
-pytestmark = pytest.mark.commits
-
 
 async def test_log_call_returns_the_committed_id_and_reads_back(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     call_id = await logger.log_call(
         provider="anthropic",
@@ -39,7 +37,7 @@ async def test_log_call_returns_the_committed_id_and_reads_back(
         created_at=T0,
     )
     # Another connection sees it: the row was committed before log_call returned.
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         row = (
             (await conn.execute(text("SELECT * FROM ai_calls WHERE id = :id"), {"id": call_id}))
             .mappings()
@@ -58,26 +56,26 @@ async def test_log_call_returns_the_committed_id_and_reads_back(
     assert row["created_at"] == T0 and row["status"] == "success"
     assert (row["customer_id"], row["request_id"], row["trace_id"]) == ("cust_001", "msg_01XYZ", "trace-1")
     assert key["idempotency_key"] == "anthropic:msg_01XYZ" and key["call_id"] == call_id
-    assert await counts(fresh_engine) == (1, 1, 1)
+    assert await counts(engine) == (1, 1, 1)
 
 
 async def test_a_retry_returns_the_same_id_and_adds_nothing(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     first = await logger.log_call(**call(1))
     again = await logger.log_call(**{**call(1), "created_at": T0 + timedelta(seconds=3)})
     assert again == first
-    assert await counts(fresh_engine) == (1, 1, 1)
+    assert await counts(engine) == (1, 1, 1)
 
 
 async def test_the_same_key_with_another_payload_is_a_conflict(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     await logger.log_call(**call(1))
     with pytest.raises(ConflictError, match="msg_000001") as info:
         await logger.log_call(**{**call(1), "output_tokens": 999})
     assert info.value.constraint == "pk_ai_call_keys"
-    assert await counts(fresh_engine) == (1, 1, 1)
+    assert await counts(engine) == (1, 1, 1)
 
 
 @pytest.mark.parametrize(
@@ -92,78 +90,70 @@ async def test_the_same_key_with_another_payload_is_a_conflict(
     ],
 )
 async def test_bad_input_raises_a_typed_error_and_writes_nothing(
-    fresh_engine: AsyncEngine, logger: AICallLogger, overrides: dict[str, Any]
+    engine: AsyncEngine, logger: AICallLogger, overrides: dict[str, Any]
 ) -> None:
     with pytest.raises(ValidationError):
         await logger.log_call(**call(1, **overrides))
     with pytest.raises(ValidationError):
         await logger.log_batch([call(2), call(3, **overrides)])
-    assert await counts(fresh_engine) == (0, 0, 0)
+    assert await counts(engine) == (0, 0, 0)
 
 
-async def test_log_batch_twice_adds_the_rows_once(fresh_engine: AsyncEngine, logger: AICallLogger) -> None:
+async def test_log_batch_twice_adds_the_rows_once(engine: AsyncEngine, logger: AICallLogger) -> None:
     calls = [call(i) for i in range(500)]
     assert await logger.log_batch(calls) == 500
     assert await logger.log_batch(calls) == 0
     more = [call(i) for i in range(400, 700)]  # 100 already logged, 200 new
     assert await logger.log_batch(more) == 200
-    assert await counts(fresh_engine) == (700, 700, 2)  # one pending id range per batch that wrote rows
-    total = await scalar(fresh_engine, "SELECT sum(cost_usd) FROM ai_calls")
+    assert await counts(engine) == (700, 700, 2)  # one pending id range per batch that wrote rows
+    total = await scalar(engine, "SELECT sum(cost_usd) FROM ai_calls")
     assert total == sum((c["cost_usd"] for c in (call(i) for i in range(700))), Decimal(0))
     # Ids come from the ledger's identity and match the keys.
     assert (
         await scalar(
-            fresh_engine,
+            engine,
             "SELECT count(*) FROM ai_calls c JOIN ai_call_keys k ON k.call_id = c.id AND k.call_created_at = c.created_at",
         )
         == 700
     )
 
 
-async def test_log_batch_repeats_inside_a_batch_count_once(
-    fresh_engine: AsyncEngine, logger: AICallLogger
-) -> None:
+async def test_log_batch_repeats_inside_a_batch_count_once(engine: AsyncEngine, logger: AICallLogger) -> None:
     assert await logger.log_batch([call(1), call(2), call(1)]) == 2
     with pytest.raises(ConflictError):
         await logger.log_batch([call(3), {**call(3), "input_tokens": 1}])
-    assert await counts(fresh_engine) == (2, 2, 1)
+    assert await counts(engine) == (2, 2, 1)
 
 
 async def test_a_batch_reusing_a_key_for_another_call_writes_nothing(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     await logger.log_batch([call(1)])
     with pytest.raises(ConflictError, match="msg_000001"):
         await logger.log_batch([call(5), {**call(1), "latency_ms": 1}, call(6)])
-    assert await counts(fresh_engine) == (1, 1, 1)
+    assert await counts(engine) == (1, 1, 1)
 
 
-async def test_log_batch_takes_records_and_an_empty_batch(
-    logger: AICallLogger, fresh_engine: AsyncEngine
-) -> None:
+async def test_log_batch_takes_records_and_an_empty_batch(logger: AICallLogger, engine: AsyncEngine) -> None:
     assert await logger.log_batch([]) == 0
     records = [AICallRecord.coerce(call(i)) for i in range(3)]
     assert await logger.log_batch(records) == 3
     assert await logger.log_call(**call(0)) == await scalar(
-        fresh_engine, "SELECT call_id FROM ai_call_keys WHERE idempotency_key = 'anthropic:msg_000000'"
+        engine, "SELECT call_id FROM ai_call_keys WHERE idempotency_key = 'anthropic:msg_000000'"
     )
 
 
-async def test_calls_without_a_key_are_distinct_calls(
-    fresh_engine: AsyncEngine, logger: AICallLogger
-) -> None:
+async def test_calls_without_a_key_are_distinct_calls(engine: AsyncEngine, logger: AICallLogger) -> None:
     one = await logger.log_call(**call(1, request_id=None))
     two = await logger.log_call(**call(1, request_id=None))
     assert one != two
     e1 = await logger.log_call(**call(1, request_id=None, event_id="evt-9"))
     assert await logger.log_call(**call(1, request_id=None, event_id="evt-9")) == e1
-    assert (await counts(fresh_engine))[0] == 3
+    assert (await counts(engine))[0] == 3
 
 
-async def test_cost_is_computed_from_the_price_in_force(
-    fresh_engine: AsyncEngine, logger: AICallLogger
-) -> None:
-    async with fresh_engine.begin() as conn:
+async def test_cost_is_computed_from_the_price_in_force(engine: AsyncEngine, logger: AICallLogger) -> None:
+    async with engine.begin() as conn:
         await conn.execute(text("DELETE FROM vendor_prices WHERE provider = 'acme-ai'"))
         await conn.execute(
             text(
@@ -192,7 +182,7 @@ async def test_cost_is_computed_from_the_price_in_force(
     mar = await logger.log_call(**base, request_id="mar", created_at=T0)
     vip = await logger.log_call(**base, request_id="vip", organization_id="vip-org", created_at=T0)
     given = await logger.log_call(**base, request_id="given", cost_usd=Decimal("0.5"), created_at=T0)
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         rows = {
             r.id: r
             for r in await conn.execute(
@@ -213,13 +203,14 @@ async def test_cost_is_computed_from_the_price_in_force(
         await logger.log_call(provider="acme-ai", model="m2", input_tokens=1, output_tokens=1)
     with pytest.raises(UnpricedCallError):  # before the first price
         await logger.log_call(**base, created_at=T0.replace(year=2025))
-    assert (await counts(fresh_engine))[0] == 4
+    assert (await counts(engine))[0] == 4
 
 
+@pytest.mark.commits
 async def test_concurrent_loggers_lose_nothing_and_share_one_key(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
-    async with AICallLogger(fresh_engine, connections=8) as many:
+    async with AICallLogger(engine, connections=8) as many:
 
         async def worker(w: int) -> list[int]:
             ids = []
@@ -232,14 +223,15 @@ async def test_concurrent_loggers_lose_nothing_and_share_one_key(
         same = await asyncio.gather(*(many.log_call(**call(99_999)) for _ in range(8)))
     assert len({i for ids in results for i in ids}) == 400
     assert len(set(same)) == 1
-    assert (await counts(fresh_engine))[:2] == (801, 801)
+    assert (await counts(engine))[:2] == (801, 801)
 
 
+@pytest.mark.commits
 async def test_a_lost_connection_is_replaced_and_the_call_retried(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     await logger.log_call(**call(1))
-    async with fresh_engine.begin() as conn:
+    async with engine.begin() as conn:
         await conn.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -249,28 +241,30 @@ async def test_a_lost_connection_is_replaced_and_the_call_retried(
     await asyncio.sleep(0.05)
     assert await logger.log_call(**call(2)) > 0
     assert await logger.log_batch([call(3), call(4)]) == 2
-    assert (await counts(fresh_engine))[0] == 4
+    assert (await counts(engine))[0] == 4
 
 
+@pytest.mark.commits
 async def test_ingest_loads_in_concurrent_batches_and_a_rerun_adds_nothing(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     calls = [call(i) for i in range(2300)]
     assert await logger.ingest(iter(calls), batch_size=500, concurrency=2) == 2300
-    assert await counts(fresh_engine) == (2300, 2300, 5)  # one pending id range per batch
+    assert await counts(engine) == (2300, 2300, 5)  # one pending id range per batch
     assert await logger.ingest(calls, batch_size=700, concurrency=3) == 0
-    total = await scalar(fresh_engine, "SELECT sum(cost_usd) FROM ai_calls")
+    total = await scalar(engine, "SELECT sum(cost_usd) FROM ai_calls")
     assert total == sum((c["cost_usd"] for c in calls), Decimal(0))
 
 
+@pytest.mark.commits
 async def test_ingest_keeps_the_committed_batches_when_one_fails_and_a_rerun_completes_it(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     calls = [call(i) for i in range(1000)]
     bad = [*calls[:750], {**calls[750], "input_tokens": -1}, *calls[751:]]
     with pytest.raises(ValidationError, match="input_tokens") as failure:
         await logger.ingest(bad, batch_size=250, concurrency=2)
-    assert (await counts(fresh_engine))[0] == 750  # the three batches before the bad one
+    assert (await counts(engine))[0] == 750  # the three batches before the bad one
     assert "ingest: 750 new rows of other batches were committed" in failure.value.__notes__[0]
     assert await logger.ingest(calls, batch_size=250) == 250
     with pytest.raises(ValidationError, match="batch_size"):
@@ -306,12 +300,12 @@ class _BadStr:
     ],
 )
 async def test_wrong_typed_arguments_are_validation_errors_naming_them(
-    fresh_engine: AsyncEngine, logger: AICallLogger, method: str, kwargs: dict[str, Any], name: str
+    engine: AsyncEngine, logger: AICallLogger, method: str, kwargs: dict[str, Any], name: str
 ) -> None:
-    before = await counts(fresh_engine)
+    before = await counts(engine)
     with pytest.raises(ValidationError, match=name):
         await getattr(logger, method)(**kwargs)
-    assert await counts(fresh_engine) == before
+    assert await counts(engine) == before
 
 
 @pytest.mark.parametrize(
@@ -326,55 +320,56 @@ async def test_wrong_typed_arguments_are_validation_errors_naming_them(
     ],
 )
 def test_constructor_arguments_are_validation_errors(
-    fresh_engine: AsyncEngine, kwargs: dict[str, Any], name: str
+    engine: AsyncEngine, kwargs: dict[str, Any], name: str
 ) -> None:
     with pytest.raises(ValidationError, match=name):
-        AICallLogger(fresh_engine, **kwargs)
+        AICallLogger(engine, **kwargs)
     with pytest.raises(ValidationError, match="engine"):
         AICallLogger(None)  # type: ignore[arg-type]
 
 
-async def test_concurrent_batches_each_get_one_contiguous_id_range(fresh_engine: AsyncEngine) -> None:
+@pytest.mark.commits
+async def test_concurrent_batches_each_get_one_contiguous_id_range(engine: AsyncEngine) -> None:
     # Ids are drawn under a lock, so batches racing each other still record one pending range each
     # (interleaved nextval calls would otherwise split them into many).
     batches = [[call(b * 2000 + i) for i in range(2000)] for b in range(8)]
-    async with AICallLogger(fresh_engine, connections=8, fold_every=None) as log:
+    async with AICallLogger(engine, connections=8, fold_every=None) as log:
         await asyncio.gather(*(log.log_batch(b) for b in batches))
-    assert await counts(fresh_engine) == (16000, 16000, 8)
+    assert await counts(engine) == (16000, 16000, 8)
 
 
+@pytest.mark.commits
 async def test_a_cancelled_ingest_leaves_whole_batches_and_the_logger_usable(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     calls = [call(i) for i in range(4000)]
     load = asyncio.create_task(logger.ingest(calls, batch_size=200, concurrency=2))
     for _ in range(2000):  # until a first batch committed
-        if (await counts(fresh_engine))[0]:
+        if (await counts(engine))[0]:
             break
         await asyncio.sleep(0.005)
     load.cancel()
     with pytest.raises(asyncio.CancelledError):
         await load
-    rows = (await counts(fresh_engine))[0]
+    rows = (await counts(engine))[0]
     assert rows % 200 == 0 and 0 < rows < 4000  # whole batches only
     assert await logger.ingest(calls, batch_size=200) == 4000 - rows
-    assert await counts(fresh_engine) == (4000, 4000, (await counts(fresh_engine))[2])
+    assert await counts(engine) == (4000, 4000, (await counts(engine))[2])
 
 
-async def test_batches_draw_their_ids_under_the_id_lock(
-    fresh_engine: AsyncEngine, logger: AICallLogger
-) -> None:
+@pytest.mark.commits
+async def test_batches_draw_their_ids_under_the_id_lock(engine: AsyncEngine, logger: AICallLogger) -> None:
     from persistence.ai_calls.logger import _IDS_LOCK
 
-    async with fresh_engine.connect() as holder:
+    async with engine.connect() as holder:
         await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _IDS_LOCK})
         batch = asyncio.create_task(logger.log_batch([call(i) for i in range(10)]))
         waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
         for _ in range(2000):
-            if await scalar(fresh_engine, waiting) == 1:
+            if await scalar(engine, waiting) == 1:
                 break
             await asyncio.sleep(0.005)
-        assert await scalar(fresh_engine, waiting) == 1 and not batch.done()
+        assert await scalar(engine, waiting) == 1 and not batch.done()
         await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _IDS_LOCK})
         assert await batch == 10
 
@@ -390,10 +385,11 @@ async def _terminate_others(engine: AsyncEngine) -> None:
     await asyncio.sleep(0.05)
 
 
-async def test_every_leased_connection_terminated_between_calls(fresh_engine: AsyncEngine) -> None:
-    async with AICallLogger(fresh_engine, connections=3) as log:
+@pytest.mark.commits
+async def test_every_leased_connection_terminated_between_calls(engine: AsyncEngine) -> None:
+    async with AICallLogger(engine, connections=3) as log:
         await asyncio.gather(*(log.log_call(**call(i)) for i in range(6)))  # three leases, all idle now
-        await _terminate_others(fresh_engine)
+        await _terminate_others(engine)
         # Dead idle leases are discarded, not retried one after the other until the retry budget is gone.
         assert await log.log_call(**call(10)) > 0
         assert await log.log_batch([call(11), call(12)]) == 2
@@ -401,10 +397,11 @@ async def test_every_leased_connection_terminated_between_calls(fresh_engine: As
         assert log._idle and not any(lease.raw.is_closed() for lease in log._idle)
 
 
-async def test_every_leased_connection_terminated_during_a_call(fresh_engine: AsyncEngine) -> None:
+@pytest.mark.commits
+async def test_every_leased_connection_terminated_during_a_call(engine: AsyncEngine) -> None:
     from persistence.ai_calls.logger import _fetch
 
-    async with AICallLogger(fresh_engine, connections=2) as log:
+    async with AICallLogger(engine, connections=2) as log:
         await asyncio.gather(*(log.log_call(**call(i)) for i in range(4)))
 
         async def sleep_on_the_ledger() -> Any:
@@ -413,12 +410,12 @@ async def test_every_leased_connection_terminated_during_a_call(fresh_engine: As
         slow = asyncio.create_task(sleep_on_the_ledger())
         for _ in range(500):
             sleeping = await scalar(
-                fresh_engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%'"
+                engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%'"
             )
             if sleeping:
                 break
             await asyncio.sleep(0.01)
-        await _terminate_others(fresh_engine)
+        await _terminate_others(engine)
         # Retried once on a fresh connection, unless that one was cut too: then a retryable error.
         outcome = (await asyncio.gather(slow, return_exceptions=True))[0]
         if isinstance(outcome, BaseException):
@@ -427,4 +424,4 @@ async def test_every_leased_connection_terminated_during_a_call(fresh_engine: As
             assert outcome[0]["one"] == 1
         assert await log.log_call(**call(10)) > 0
         assert not any(lease.raw.is_closed() for lease in log._idle)
-    assert (await counts(fresh_engine))[0] == 5
+    assert (await counts(engine))[0] == 5

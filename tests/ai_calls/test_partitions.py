@@ -47,8 +47,7 @@ async def test_rows_go_to_their_month_or_the_default(connection: AsyncConnection
     assert rows[far] == "ai_calls_default"
 
 
-@pytest.mark.commits
-async def test_maintenance_creates_moves_drops_and_dry_runs(fresh_engine: AsyncEngine) -> None:
+async def test_maintenance_creates_moves_drops_and_dry_runs(engine: AsyncEngine) -> None:
     # Far in the future, so the months the migration made (around today) do not interfere.
     today = date(2099, 1, 15)
     times = [
@@ -57,24 +56,24 @@ async def test_maintenance_creates_moves_drops_and_dry_runs(fresh_engine: AsyncE
         datetime(2099, 2, 2, tzinfo=UTC),
         datetime(2098, 8, 15, tzinfo=UTC),  # no month is ever made for it: stays in the default
     ]
-    async with AICallLogger(fresh_engine) as log:
+    async with AICallLogger(engine) as log:
         for i, at in enumerate(times):
             await log.log_call(provider="openai", model="gpt-4o", input_tokens=10, output_tokens=5,
                                cost_usd=Decimal("0.01"), request_id=f"r{i}", created_at=at)  # fmt: skip
         await log.fold_rollups()
-    before = await partition_months(fresh_engine)
-    dry = await maintain_partitions(fresh_engine, ahead=2, retention_months=3, dry_run=True, today=today)
+    before = await partition_months(engine)
+    dry = await maintain_partitions(engine, ahead=2, retention_months=3, dry_run=True, today=today)
     assert dry.created == [date(2099, 1, 1), date(2099, 2, 1), date(2099, 3, 1)]
     assert dry.dropped == [m for m in before[0] if m < date(2098, 10, 1)]
-    assert await partition_months(fresh_engine) == before  # nothing changed
+    assert await partition_months(engine) == before  # nothing changed
 
-    await maintain_partitions(fresh_engine, ahead=2, today=today)
-    await maintain_partitions(fresh_engine, ahead=0, today=date(2098, 9, 10))
-    months, default = await partition_months(fresh_engine)
+    await maintain_partitions(engine, ahead=2, today=today)
+    await maintain_partitions(engine, ahead=0, today=date(2098, 9, 10))
+    months, default = await partition_months(engine)
     assert {date(2098, 9, 1), date(2099, 1, 1), date(2099, 2, 1), date(2099, 3, 1)} <= set(months) and default
 
     async def where() -> dict[str, str]:
-        async with fresh_engine.connect() as conn:
+        async with engine.connect() as conn:
             rows = await conn.execute(text("SELECT request_id, tableoid::regclass::text FROM ai_calls"))
             return {str(r): str(t) for r, t in rows}
 
@@ -85,26 +84,25 @@ async def test_maintenance_creates_moves_drops_and_dry_runs(fresh_engine: AsyncE
 
     # Retention: months that ended before 2098-10 go, with their calls' keys; the rollups stay. The
     # older call still in the default partition keeps its row and its key.
-    dropped = await maintain_partitions(fresh_engine, ahead=0, retention_months=3, today=today)
+    dropped = await maintain_partitions(engine, ahead=0, retention_months=3, today=today)
     assert date(2098, 9, 1) in dropped.dropped and dropped.keys_deleted == 1
     assert await where() == {"r1": "ai_calls_default", "r2": "ai_calls_p2099_02", "r3": "ai_calls_default"}
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         keys = (await conn.execute(text("SELECT count(*) FROM ai_call_keys"))).scalar()
         rolled = (await conn.execute(text("SELECT sum(calls) FROM ai_call_model_hourly"))).scalar()
     assert keys == 3 and rolled == 4
 
 
-@pytest.mark.commits
-async def test_dropping_a_month_folds_its_pending_batches_first(fresh_engine: AsyncEngine) -> None:
-    await maintain_partitions(fresh_engine, ahead=0, today=date(2097, 3, 1))
+async def test_dropping_a_month_folds_its_pending_batches_first(engine: AsyncEngine) -> None:
+    await maintain_partitions(engine, ahead=0, today=date(2097, 3, 1))
     at = datetime(2097, 3, 9, 10, 30, tzinfo=UTC)
     calls = [{"provider": "openai", "model": "gpt-4o", "input_tokens": 10 + i, "output_tokens": 5,
               "cost_usd": Decimal("0.01"), "request_id": f"old-{i}", "created_at": at} for i in range(40)]  # fmt: skip
-    async with AICallLogger(fresh_engine, fold_every=None) as log:
+    async with AICallLogger(engine, fold_every=None) as log:
         assert await log.log_batch(calls) == 40  # pending: not in the rollups yet
-    report = await maintain_partitions(fresh_engine, ahead=0, retention_months=2, today=date(2097, 7, 1))
+    report = await maintain_partitions(engine, ahead=0, retention_months=2, today=date(2097, 7, 1))
     assert date(2097, 3, 1) in report.dropped
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         left = (
             await conn.execute(text("SELECT count(*) FROM ai_calls WHERE created_at = :t"), {"t": at})
         ).scalar()
@@ -119,14 +117,14 @@ async def test_dropping_a_month_folds_its_pending_batches_first(fresh_engine: As
 
 
 @pytest.mark.commits
-async def test_ddl_gives_up_after_lock_timeout(fresh_engine: AsyncEngine) -> None:
-    await maintain_partitions(fresh_engine, ahead=0, today=date(2024, 1, 1))
-    async with fresh_engine.connect() as holder:
+async def test_ddl_gives_up_after_lock_timeout(engine: AsyncEngine) -> None:
+    await maintain_partitions(engine, ahead=0, today=date(2024, 1, 1))
+    async with engine.connect() as holder:
         await holder.execute(text("SELECT count(*) FROM ai_calls"))  # holds ACCESS SHARE until rollback
         with pytest.raises(TransientError) as info:
             await asyncio.wait_for(
                 maintain_partitions(
-                    fresh_engine, ahead=0, retention_months=1, lock_timeout_ms=100, today=date(2026, 1, 1)
+                    engine, ahead=0, retention_months=1, lock_timeout_ms=100, today=date(2026, 1, 1)
                 ),
                 timeout=30,
             )
@@ -162,7 +160,7 @@ async def partition_months_of(pg: ThrowawayPostgres, config: DatabaseConfig) -> 
 
 @pytest.mark.commits
 async def test_cli_rollups_fold_reports_the_calls_folded(
-    migrated: ThrowawayPostgres, fresh_database: DatabaseConfig, fresh_engine: AsyncEngine,
+    migrated: ThrowawayPostgres, fresh_database: DatabaseConfig, engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     assert fresh_database.database is not None
@@ -171,7 +169,7 @@ async def test_cli_rollups_fold_reports_the_calls_folded(
         monkeypatch.delenv(name, raising=False)
     calls = [{"provider": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1,
               "cost_usd": Decimal("0.01"), "request_id": f"cli-{i}"} for i in range(7)]  # fmt: skip
-    async with AICallLogger(fresh_engine, fold_every=None) as log:
+    async with AICallLogger(engine, fold_every=None) as log:
         await log.log_batch(calls)
     assert await asyncio.to_thread(cli.main, ["rollups", "fold"]) == 0
     assert await asyncio.to_thread(cli.main, ["rollups", "fold"]) == 0

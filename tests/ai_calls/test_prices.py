@@ -75,9 +75,8 @@ async def test_overlapping_periods_are_a_conflict(connection: AsyncConnection) -
     assert n == 3
 
 
-@pytest.mark.commits
-async def test_log_call_without_a_cost_uses_the_default_price(fresh_engine: AsyncEngine) -> None:
-    async with AICallLogger(fresh_engine) as log:
+async def test_log_call_without_a_cost_uses_the_default_price(engine: AsyncEngine) -> None:
+    async with AICallLogger(engine) as log:
         call_id = await log.log_call(
             provider="openai",
             model="gpt-4o",
@@ -90,7 +89,7 @@ async def test_log_call_without_a_cost_uses_the_default_price(fresh_engine: Asyn
             request_id="chatcmpl-1",
             created_at=datetime(2026, 2, 1, tzinfo=UTC),
         )
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         row = (
             (await conn.execute(text("SELECT * FROM ai_calls WHERE id = :i"), {"i": call_id}))
             .mappings()

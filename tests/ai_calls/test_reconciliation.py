@@ -31,13 +31,12 @@ def http_source(vendor: FakeVendor, **kw: object) -> HttpUsageSource:
     return HttpUsageSource(vendor.url, API_KEY, backoff=0, **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.commits
 async def test_pass_at_1pct_fail_at_3pct_report_saved_and_replaced(
-    fresh_engine: AsyncEngine, vendor: FakeVendor
+    engine: AsyncEngine, vendor: FakeVendor
 ) -> None:
-    seeded = await seed_ledger(fresh_engine)
+    seeded = await seed_ledger(engine)
     alerts: list[ReconciliationResult] = []
-    reconciler = Reconciler(fresh_engine, http_source(vendor), alert=alerts.append)
+    reconciler = Reconciler(engine, http_source(vendor), alert=alerts.append)
 
     vendor.usage = vendor_payload(seeded, short_pct=1)
     passed = await reconciler.reconcile(START, END)
@@ -58,14 +57,14 @@ async def test_pass_at_1pct_fail_at_3pct_report_saved_and_replaced(
     row = (
         "SELECT id, status, variance_pct, total_cost_usd, revenium_calls, source FROM reconciliation_reports"
     )
-    assert await scalar(fresh_engine, sql) == 1
+    assert await scalar(engine, sql) == 1
     raw_sum = await scalar(
-        fresh_engine,
+        engine,
         "SELECT sum(cost_usd) FROM ai_calls WHERE created_at >= :s AND created_at < :e",
         s=START,
         e=END,
     )
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         from sqlalchemy import text
 
         saved = (await conn.execute(text(row))).one()
@@ -78,10 +77,10 @@ async def test_pass_at_1pct_fail_at_3pct_report_saved_and_replaced(
     assert {line.status for line in failed.lines} == {"amount_mismatch"}
     assert alerts == [failed]  # called once, on FAIL only
     assert failed.id == passed.id  # the same report, replaced
-    assert await scalar(fresh_engine, sql) == 1
-    assert await scalar(fresh_engine, "SELECT status FROM reconciliation_reports") == "FAIL"
-    assert await scalar(fresh_engine, "SELECT variance_pct FROM reconciliation_reports") == Decimal("3.0000")
-    lines = await scalar(fresh_engine, "SELECT lines FROM reconciliation_reports")
+    assert await scalar(engine, sql) == 1
+    assert await scalar(engine, "SELECT status FROM reconciliation_reports") == "FAIL"
+    assert await scalar(engine, "SELECT variance_pct FROM reconciliation_reports") == Decimal("3.0000")
+    lines = await scalar(engine, "SELECT lines FROM reconciliation_reports")
     assert [(line["level"], line["provider"], line["status"]) for line in lines] == [
         ("total", None, "amount_mismatch"),
         ("provider", "anthropic", "amount_mismatch"),
@@ -89,25 +88,22 @@ async def test_pass_at_1pct_fail_at_3pct_report_saved_and_replaced(
     ]
 
 
-@pytest.mark.commits
-async def test_async_alert_hook_and_one_report_per_source(
-    fresh_engine: AsyncEngine, vendor: FakeVendor
-) -> None:
-    seeded = await seed_ledger(fresh_engine)
+async def test_async_alert_hook_and_one_report_per_source(engine: AsyncEngine, vendor: FakeVendor) -> None:
+    seeded = await seed_ledger(engine)
     vendor.usage = vendor_payload(seeded, short_pct=3)
     called: list[str] = []
 
     async def alert(result: ReconciliationResult) -> None:
         called.append(result.source)
 
-    first = await reconcile(fresh_engine, http_source(vendor, name="vendor-a"), START, END, alert=alert)
-    second = await reconcile(fresh_engine, http_source(vendor, name="vendor-b"), START, END, alert=alert)
+    first = await reconcile(engine, http_source(vendor, name="vendor-a"), START, END, alert=alert)
+    second = await reconcile(engine, http_source(vendor, name="vendor-b"), START, END, alert=alert)
     assert called == ["vendor-a", "vendor-b"]
     assert first.id != second.id
-    assert await scalar(fresh_engine, "SELECT count(*) FROM reconciliation_reports") == 2
+    assert await scalar(engine, "SELECT count(*) FROM reconciliation_reports") == 2
     # A looser gate passes the same numbers, and replaces vendor-a's report.
     third = await reconcile(
-        fresh_engine,
+        engine,
         http_source(vendor, name="vendor-a"),
         START,
         END,
@@ -117,13 +113,12 @@ async def test_async_alert_hook_and_one_report_per_source(
     assert third.status == "PASS" and third.id == first.id
     assert called == ["vendor-a", "vendor-b"]
     assert await scalar(
-        fresh_engine, "SELECT threshold_pct FROM reconciliation_reports WHERE id = :i", i=first.id
+        engine, "SELECT threshold_pct FROM reconciliation_reports WHERE id = :i", i=first.id
     ) == (Decimal("3.500"))
 
 
-@pytest.mark.commits
-async def test_model_day_lines_are_classified(fresh_engine: AsyncEngine, vendor: FakeVendor) -> None:
-    seeded = await seed_ledger(fresh_engine)
+async def test_model_day_lines_are_classified(engine: AsyncEngine, vendor: FakeVendor) -> None:
+    seeded = await seed_ledger(engine)
     body = vendor_payload(seeded, short_pct=0, lines=True)
     lines = body["lines"]
     dropped = lines.pop(0)  # a line we have and the vendor does not: ours_only
@@ -136,7 +131,7 @@ async def test_model_day_lines_are_classified(fresh_engine: AsyncEngine, vendor:
     body["total_cost"] = sum((line["cost"] for line in lines), Decimal(0))
     vendor.usage = body
 
-    result = await reconcile(fresh_engine, http_source(vendor), START, END)
+    result = await reconcile(engine, http_source(vendor), START, END)
     day_lines = {
         (line.provider, line.model, line.day): line for line in result.lines if line.level == "model_day"
     }
@@ -220,24 +215,22 @@ async def test_vendor_amounts_stay_exact_and_malformed_reports_are_rejected(vend
             await http_source(vendor).fetch(START, END)
 
 
-@pytest.mark.commits
-async def test_bad_input_writes_nothing(fresh_engine: AsyncEngine, vendor: FakeVendor) -> None:
+async def test_bad_input_writes_nothing(engine: AsyncEngine, vendor: FakeVendor) -> None:
     vendor.usage = {"total_transactions": 0, "total_cost": 0}
     naive = datetime(2026, 11, 1)  # noqa: DTZ001
     with pytest.raises(InvalidRequestError, match="timezone-aware"):
-        await reconcile(fresh_engine, http_source(vendor), naive, END)
+        await reconcile(engine, http_source(vendor), naive, END)
     with pytest.raises(InvalidRequestError, match="empty"):
-        await reconcile(fresh_engine, http_source(vendor), END, START)
+        await reconcile(engine, http_source(vendor), END, START)
     for threshold in ("-1", "NaN", "abc"):
         with pytest.raises(InvalidRequestError):
-            Reconciler(fresh_engine, http_source(vendor), threshold_pct=threshold)
+            Reconciler(engine, http_source(vendor), threshold_pct=threshold)
     assert vendor.requests == []
-    assert await scalar(fresh_engine, "SELECT count(*) FROM reconciliation_reports") == 0
+    assert await scalar(engine, "SELECT count(*) FROM reconciliation_reports") == 0
 
 
-@pytest.mark.commits
-async def test_empty_period_on_both_sides_passes(fresh_engine: AsyncEngine, vendor: FakeVendor) -> None:
+async def test_empty_period_on_both_sides_passes(engine: AsyncEngine, vendor: FakeVendor) -> None:
     vendor.usage = {"total_transactions": 0, "total_cost": 0, "by_provider": {}}
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    result = await reconcile(fresh_engine, http_source(vendor), start, start + timedelta(days=7))
+    result = await reconcile(engine, http_source(vendor), start, start + timedelta(days=7))
     assert result.status == "PASS" and result.coverage_pct == 100 and result.variance_pct == 0

@@ -107,9 +107,8 @@ async def test_bad_files(tmp_path: Path) -> None:
         await FileUsageSource(broken).fetch(START, END)
 
 
-@pytest.mark.commits
-async def test_reconcile_against_csv_and_json_exports(fresh_engine: AsyncEngine, tmp_path: Path) -> None:
-    seeded = await seed_ledger(fresh_engine)
+async def test_reconcile_against_csv_and_json_exports(engine: AsyncEngine, tmp_path: Path) -> None:
+    seeded = await seed_ledger(engine)
     body = vendor_payload(seeded, short_pct=0, lines=True)
     csv_path = tmp_path / "export.csv"
     csv_path.write_text(
@@ -118,12 +117,12 @@ async def test_reconcile_against_csv_and_json_exports(fresh_engine: AsyncEngine,
             f"{x['provider']},{x['model']},{x['date']},{x['calls']},{x['cost']}\n" for x in body["lines"]
         )
     )
-    result = await reconcile(fresh_engine, FileUsageSource(csv_path), START, END)
+    result = await reconcile(engine, FileUsageSource(csv_path), START, END)
     assert result.status == "PASS" and result.coverage_pct == 100
     assert {line.status for line in result.lines} == {"matched"}
     assert result.vendor_cost_usd == seeded.cost
 
     json_path = tmp_path / "export.json"
     json_path.write_text(dumps(vendor_payload(seeded, short_pct=3)))
-    failed = await reconcile(fresh_engine, FileUsageSource(json_path), START, END)
+    failed = await reconcile(engine, FileUsageSource(json_path), START, END)
     assert failed.status == "FAIL" and failed.id != result.id

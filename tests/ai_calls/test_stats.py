@@ -16,8 +16,6 @@ from persistence.ai_calls import AICallLogger, fold_rollups, rebuild_rollups
 from persistence.errors import ValidationError
 from tests.ai_calls.conftest import T0, call, counts, scalar
 
-pytestmark = pytest.mark.commits
-
 PROVIDERS = {"openai": "gpt-4o", "anthropic": "claude-sonnet-4-20250514", "google": "gemini-1.5-pro"}
 
 
@@ -84,9 +82,7 @@ WINDOWS = [
 ]
 
 
-async def test_get_stats_equals_a_raw_scan_to_the_cent(
-    fresh_engine: AsyncEngine, logger: AICallLogger
-) -> None:
+async def test_get_stats_equals_a_raw_scan_to_the_cent(engine: AsyncEngine, logger: AICallLogger) -> None:
     calls = random_calls(3000, seed=1)
     for chunk in range(0, 2000, 500):
         assert await logger.log_batch(calls[chunk : chunk + 500]) == 500
@@ -96,7 +92,7 @@ async def test_get_stats_equals_a_raw_scan_to_the_cent(
     await logger.log_batch(calls[2200:])
     for start, end in WINDOWS:
         stats = await logger.get_stats(start, end)
-        assert stats == await raw_stats(fresh_engine, start, end), (start, end)
+        assert stats == await raw_stats(engine, start, end), (start, end)
         assert isinstance(stats["total_cost_usd"], Decimal)
         assert all(isinstance(p["cost"], Decimal) for p in stats["by_provider"].values())
     whole = await logger.get_stats(*WINDOWS[0])
@@ -181,11 +177,12 @@ async def rollup_mismatches(engine: AsyncEngine) -> tuple[int, int, int]:
     return int(a), int(b), int(groups)
 
 
+@pytest.mark.commits
 async def test_rollups_stay_exact_under_concurrent_writers_and_folds(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     calls = random_calls(2400, seed=2)
-    async with AICallLogger(fresh_engine, connections=8, fold_every=None) as many:
+    async with AICallLogger(engine, connections=8, fold_every=None) as many:
 
         async def writer(w: int) -> None:
             mine = calls[w * 300 : (w + 1) * 300]
@@ -196,23 +193,23 @@ async def test_rollups_stay_exact_under_concurrent_writers_and_folds(
 
         async def folder() -> None:
             for _ in range(10):
-                await fold_rollups(fresh_engine)
+                await fold_rollups(engine)
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(writer(w) for w in range(8)), folder())
-    a, b, groups = await rollup_mismatches(fresh_engine)
+    a, b, groups = await rollup_mismatches(engine)
     assert (a, b) == (0, 0) and groups > 100
-    await fold_rollups(fresh_engine)
-    assert await rollup_mismatches(fresh_engine) == (0, 0, groups)
+    await fold_rollups(engine)
+    assert await rollup_mismatches(engine) == (0, 0, groups)
 
 
 async def test_rebuild_repairs_a_window_and_leaves_the_rest(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     await logger.log_batch(random_calls(1500, seed=3))
     await logger.fold_rollups()
     # Rows written behind the logger's back (plain SQL) are not in the rollups until a rebuild.
-    async with fresh_engine.begin() as conn:
+    async with engine.begin() as conn:
         await conn.execute(
             text(
                 "INSERT INTO ai_calls (created_at, provider, model, input_tokens, output_tokens, cost_usd) "
@@ -222,73 +219,71 @@ async def test_rebuild_repairs_a_window_and_leaves_the_rest(
         )
         await conn.execute(text("UPDATE ai_call_model_hourly SET calls = calls + 1 WHERE hour = :h"),
                            {"h": T0 + timedelta(hours=2)})  # fmt: skip
-    assert (await rollup_mismatches(fresh_engine))[:2] != (0, 0)
-    lo, hi = await rebuild_rollups(
-        fresh_engine, T0 + timedelta(hours=1, minutes=30), T0 + timedelta(hours=31)
-    )
+    assert (await rollup_mismatches(engine))[:2] != (0, 0)
+    lo, hi = await rebuild_rollups(engine, T0 + timedelta(hours=1, minutes=30), T0 + timedelta(hours=31))
     assert (lo, hi) == (T0 + timedelta(hours=1), T0 + timedelta(hours=31))
-    assert (await rollup_mismatches(fresh_engine))[:2] == (0, 0)
+    assert (await rollup_mismatches(engine))[:2] == (0, 0)
     whole = (T0, T0 + timedelta(days=3))
-    assert await logger.get_stats(*whole) == await raw_stats(fresh_engine, *whole)
+    assert await logger.get_stats(*whole) == await raw_stats(engine, *whole)
     with pytest.raises(ValidationError):
-        await rebuild_rollups(fresh_engine, T0, T0)
+        await rebuild_rollups(engine, T0, T0)
 
 
-async def test_migration_rolls_up_rows_that_existed_before_it(fresh_engine: AsyncEngine) -> None:
+async def test_migration_rolls_up_rows_that_existed_before_it(engine: AsyncEngine) -> None:
     # Seeded and migrated rows are rebuilt into the rollups; the template database has none, so the
     # check is that an empty ledger has empty rollups, and a rebuild of everything changes nothing.
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM ai_call_usage_hourly"))).scalar() == 0
-    await rebuild_rollups(fresh_engine, datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
-    assert await rollup_mismatches(fresh_engine) == (0, 0, 0)
+    await rebuild_rollups(engine, datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
+    assert await rollup_mismatches(engine) == (0, 0, 0)
 
 
 async def test_batches_are_pending_until_a_fold_and_a_rebuild_never_counts_them_twice(
-    fresh_engine: AsyncEngine, logger: AICallLogger
+    engine: AsyncEngine, logger: AICallLogger
 ) -> None:
     calls = random_calls(1200, seed=4)
     await logger.log_batch(calls[:600])
     await logger.log_batch(calls[600:])
     pending = "SELECT count(*) FROM ai_call_pending_batches"
-    async with fresh_engine.connect() as conn:
+    async with engine.connect() as conn:
         assert (await conn.execute(text(pending))).scalar() == 2
         assert (await conn.execute(text("SELECT count(*) FROM ai_call_usage_hourly"))).scalar() == 0
     whole = (T0, T0 + timedelta(days=3))
-    assert await logger.get_stats(*whole) == await raw_stats(fresh_engine, *whole)
+    assert await logger.get_stats(*whole) == await raw_stats(engine, *whole)
     # A rebuild of part of the period folds the pending batches first: the window is recomputed from
     # the ledger, the rest stays as deltas, and nothing is left for a later fold to count again.
-    await rebuild_rollups(fresh_engine, T0 + timedelta(hours=10), T0 + timedelta(hours=40))
-    async with fresh_engine.connect() as conn:
+    await rebuild_rollups(engine, T0 + timedelta(hours=10), T0 + timedelta(hours=40))
+    async with engine.connect() as conn:
         assert (await conn.execute(text(pending))).scalar() == 0
     assert await logger.fold_rollups() > 0
-    mismatched, mismatched_models, groups = await rollup_mismatches(fresh_engine)
+    mismatched, mismatched_models, groups = await rollup_mismatches(engine)
     assert (mismatched, mismatched_models) == (0, 0) and groups > 100
-    assert await logger.get_stats(*whole) == await raw_stats(fresh_engine, *whole)
+    assert await logger.get_stats(*whole) == await raw_stats(engine, *whole)
     assert await logger.fold_rollups() == 0
 
 
-async def test_a_logger_folds_on_close_and_after_fold_interval(fresh_engine: AsyncEngine) -> None:
+async def test_a_logger_folds_on_close_and_after_fold_interval(engine: AsyncEngine) -> None:
     # Far below fold_every: a short-lived logger (a script, the sync facade) still leaves no work.
-    async with AICallLogger(fresh_engine) as log:
+    async with AICallLogger(engine) as log:
         await log.log_call(**call(1))
         assert await log.log_batch([call(i) for i in range(2, 12)]) == 10
-        assert (await counts(fresh_engine))[2] > 0  # a delta row and a pending batch
-    assert await counts(fresh_engine) == (11, 11, 0)
-    assert await scalar(fresh_engine, "SELECT sum(calls) FROM ai_call_model_hourly") == 11
+        assert (await counts(engine))[2] > 0  # a delta row and a pending batch
+    assert await counts(engine) == (11, 11, 0)
+    assert await scalar(engine, "SELECT sum(calls) FROM ai_call_model_hourly") == 11
 
     # A long-lived one folds once fold_interval has passed since its last fold, at its next write.
-    async with AICallLogger(fresh_engine, fold_interval=0.2) as log:
+    async with AICallLogger(engine, fold_interval=0.2) as log:
         await log.log_call(**call(20))
         await asyncio.sleep(0.3)
         await log.log_call(**call(21))
         for _ in range(100):
-            if (await counts(fresh_engine))[2] == 0:
+            if (await counts(engine))[2] == 0:
                 break
             await asyncio.sleep(0.05)
-        assert await counts(fresh_engine) == (13, 13, 0)  # folded while the logger is still open
+        assert await counts(engine) == (13, 13, 0)  # folded while the logger is still open
 
 
-async def test_fold_every_none_leaves_folding_to_the_caller(fresh_engine: AsyncEngine) -> None:
-    async with AICallLogger(fresh_engine, fold_every=None) as log:
+async def test_fold_every_none_leaves_folding_to_the_caller(engine: AsyncEngine) -> None:
+    async with AICallLogger(engine, fold_every=None) as log:
         await log.log_call(**call(1))
-    assert await counts(fresh_engine) == (1, 1, 1)
+    assert await counts(engine) == (1, 1, 1)

@@ -1,16 +1,15 @@
-"""Automatic audit of repository writes, against a real server (each test commits into its own database)."""
+"""Automatic audit of repository writes, against a real server (each test rolled back by the plugin's `engine`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import Column, Integer, MetaData, Table, event, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase
@@ -25,8 +24,6 @@ from persistence.audit import (
     is_append_only,
     register_audited,
 )
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import InvalidRequestError
 from persistence.models import (
     AICall,
@@ -66,11 +63,7 @@ class Boom(Exception):
     pass
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 
 @pytest.fixture
@@ -79,7 +72,8 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(*args: Any) -> None:
-        seen.append(args[2])
+        if not args[2].startswith(_SAVEPOINT_STATEMENTS):  # the isolating fixture's, not the code's
+            seen.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     yield seen
@@ -194,10 +188,7 @@ async def test_concurrent_tasks_never_mix_actors() -> None:
 
 # -- audit rows of each write --------------------------------------------------------------------------------
 
-commits = pytest.mark.commits
 
-
-@commits
 async def test_insert_writes_an_audit_row_with_the_new_values(engine: AsyncEngine) -> None:
     with audit_context(user_id="alice", request_id="r-1"):
         claim = await Claims(engine).add(external_id="e1", content="text", metadata_={"topic": "x"})
@@ -215,7 +206,6 @@ async def test_insert_writes_an_audit_row_with_the_new_values(engine: AsyncEngin
     }
 
 
-@commits
 async def test_update_records_only_changed_fields_and_the_nested_actor(engine: AsyncEngine) -> None:
     repo = Verifications(engine)
     added = await repo.add(**verification(model_version="v1"))
@@ -229,7 +219,6 @@ async def test_update_records_only_changed_fields_and_the_nested_actor(engine: A
     assert update.changes == {"confidence": [0.9, 0.5], "model_version": ["v1", None]}
 
 
-@commits
 async def test_a_write_that_changes_nothing_records_no_audit_row(engine: AsyncEngine) -> None:
     repo = Verifications(engine)
     added = await repo.add(**verification())
@@ -242,7 +231,6 @@ async def test_a_write_that_changes_nothing_records_no_audit_row(engine: AsyncEn
     assert [row.action for row in await audit_rows(engine)] == ["insert", "insert"]
 
 
-@commits
 async def test_delete_records_the_old_values(engine: AsyncEngine) -> None:
     repo = Health(engine)
     stored = await repo.add(**heartbeat())
@@ -261,7 +249,6 @@ async def test_delete_records_the_old_values(engine: AsyncEngine) -> None:
     }
 
 
-@commits
 async def test_upsert_records_insert_then_update(engine: AsyncEngine) -> None:
     repo = Health(engine)
     first = await repo.upsert(heartbeat(), on=HEALTH_KEY)
@@ -276,7 +263,6 @@ async def test_upsert_records_insert_then_update(engine: AsyncEngine) -> None:
 # -- bulk paths: every row audited, in the same single statement ---------------------------------------------
 
 
-@commits
 async def test_bulk_paths_audit_every_row_in_one_statement(
     engine: AsyncEngine, statements: list[str]
 ) -> None:
@@ -317,7 +303,6 @@ async def test_bulk_paths_audit_every_row_in_one_statement(
     assert sorted(r.action for r in health) == ["insert", "insert", "insert", "update"]
 
 
-@commits
 async def test_add_many_returning_audits_too(engine: AsyncEngine) -> None:
     stored = await Claims(engine).add_many(
         [{"external_id": f"e{i}", "content": "c"} for i in range(3)], returning=True
@@ -329,7 +314,6 @@ async def test_add_many_returning_audits_too(engine: AsyncEngine) -> None:
 # -- transactions -------------------------------------------------------------------------------------------
 
 
-@commits
 async def test_a_rolled_back_transaction_removes_rows_and_their_audit(engine: AsyncEngine) -> None:
     repo = Claims(engine)
     with pytest.raises(Boom):
@@ -343,7 +327,6 @@ async def test_a_rolled_back_transaction_removes_rows_and_their_audit(engine: As
     assert await audit_rows(engine) == []
 
 
-@commits
 async def test_a_savepoint_rollback_removes_only_its_audit_rows(engine: AsyncEngine) -> None:
     repo = Claims(engine)
     async with transaction():
@@ -360,7 +343,6 @@ async def test_a_savepoint_rollback_removes_only_its_audit_rows(engine: AsyncEng
     assert await table_count(engine, "claims") == 1
 
 
-@commits
 async def test_concurrent_writers_with_different_actors_do_not_mix(engine: AsyncEngine) -> None:
     repo = Claims(engine)
 
@@ -383,7 +365,6 @@ async def test_concurrent_writers_with_different_actors_do_not_mix(engine: Async
         assert (row.user_id, row.metadata) == (f"user-{n}", {"n": n})
 
 
-@commits
 async def test_concurrent_upserts_audit_a_consistent_chain_of_changes(engine: AsyncEngine) -> None:
     """50 concurrent upserts of one key: one insert, then 49 updates whose old values are exactly the
     values the previous writer left (the statement locks and reads the row it updates)."""
@@ -415,7 +396,6 @@ async def test_concurrent_upserts_audit_a_consistent_chain_of_changes(engine: As
 # -- AuditLog itself ----------------------------------------------------------------------------------------
 
 
-@commits
 async def test_audit_log_is_not_audited_and_is_append_only(engine: AsyncEngine) -> None:
     logs = AuditLogs(engine)
     entry = await logs.add(entity_type="note", entity_id="1", action="comment", changes={"a": [1, 2]})
@@ -445,7 +425,6 @@ def document(keys: int, **extra: Any) -> dict[str, Any]:
     return {**{f"k{i}": i for i in range(keys)}, **extra}
 
 
-@commits
 async def test_a_large_json_column_is_recorded_as_one_whole_value(engine: AsyncEngine) -> None:
     repo = Verifications(engine)
     # nulls inside a stored document are values too: they stay, at any depth
@@ -465,7 +444,6 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
-@commits
 async def test_the_audit_statement_compares_columns_without_expanding_rows_or_json(
     engine: AsyncEngine,
 ) -> None:
@@ -529,7 +507,6 @@ class WideRows(Repository[Wide]):  # type: ignore[type-var]  # kept out of the p
     model = Wide
 
 
-@commits
 async def test_a_table_with_more_columns_than_one_json_call_takes(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -557,7 +534,6 @@ async def test_a_table_with_more_columns_than_one_json_call_takes(
     } | {f"c{i}": [i, None] for i in range(2, 60, 2)}
 
 
-@commits
 async def test_audit_changes_are_compressed_with_lz4(engine: AsyncEngine) -> None:
     """Revision 0006: the whole old and new documents an update records are compressed with LZ4, not
     pglz (which cost most of the server time of an audited 400k-key update)."""

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.testing import ThrowawayPostgres
 
 BASIC_CONFIGURATION = """
@@ -145,11 +141,10 @@ async def process_verification(repo, claim, results):
 """
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def example_engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    engine = build_engine(fresh_database)
-    yield engine
-    await engine.dispose()
+@pytest.fixture
+def example_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The plugin's engine: rolled back after the test, or a private database under `commits`."""
+    return engine
 
 
 async def table_count(engine: AsyncEngine, table: str) -> int:
@@ -157,7 +152,6 @@ async def table_count(engine: AsyncEngine, table: str) -> int:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 
-@pytest.mark.commits
 async def test_repository_pattern_example(example_engine: AsyncEngine) -> None:
     scope = await run_example(REPOSITORY_PATTERN, 5432, engine=example_engine)
     result = scope["result"]
@@ -168,7 +162,6 @@ async def test_repository_pattern_example(example_engine: AsyncEngine) -> None:
     assert await table_count(example_engine, "audit_log") == 1  # the insert was audited
 
 
-@pytest.mark.commits
 async def test_transaction_management_example_commits(example_engine: AsyncEngine) -> None:
     from persistence import VerificationRepository
 
@@ -186,7 +179,6 @@ async def test_transaction_management_example_commits(example_engine: AsyncEngin
     assert await table_count(example_engine, "verification_results") == 2
 
 
-@pytest.mark.commits
 async def test_transaction_management_example_rolls_everything_back(example_engine: AsyncEngine) -> None:
     from persistence import VerificationRepository
     from persistence.errors import IntegrityViolation

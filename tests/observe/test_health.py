@@ -21,19 +21,19 @@ from tests.processes import run_python
 
 
 @pytest.mark.commits
-async def test_health_at_head_then_behind_head_after_downgrade(fresh_engine: AsyncEngine) -> None:
-    report = await health(fresh_engine)
+async def test_health_at_head_then_behind_head_after_downgrade(engine: AsyncEngine) -> None:
+    report = await health(engine)
     assert report.healthy and report.connected and report.error is None
     assert report.schema.state == "at head"
     assert report.schema.current == report.schema.head == migrations.head_revision()
     assert report.latency_ms is not None and report.latency_ms > 0
     assert report.server_version is not None and report.server_version[0].isdigit()
-    assert report.database == fresh_engine.url.database
+    assert report.database == engine.url.database
     assert report.pool is not None and report.pool.size == 5 and report.pool.in_use == 0
 
-    await migrations.downgrade(fresh_engine, "-1")
+    await migrations.downgrade(engine, "-1")
 
-    behind = await health(fresh_engine)
+    behind = await health(engine)
     assert behind.connected and not behind.healthy
     assert behind.schema.state == "behind head"
     assert behind.schema.behind == 1
@@ -59,9 +59,9 @@ def run_health(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.commits
 async def test_health_command_lists_stale_instances_and_fails_when_behind_head(
-    pg: ThrowawayPostgres, fresh_database: DatabaseConfig, fresh_engine: AsyncEngine
+    pg: ThrowawayPostgres, fresh_database: DatabaseConfig, engine: AsyncEngine
 ) -> None:
-    services = ServiceHealthRepository(fresh_engine)
+    services = ServiceHealthRepository(engine)
     await services.heartbeat("verifier", "alive-1")
     stale = await services.heartbeat("consensus", "gone-7")
     await services.update(stale.id, last_heartbeat=datetime.now(UTC) - timedelta(hours=2))
@@ -78,7 +78,7 @@ async def test_health_command_lists_stale_instances_and_fails_when_behind_head(
     assert [s["instance_id"] for s in as_json["stale"]] == ["gone-7"]
     assert as_json["pool"]["size"] == 20  # DatabaseConfig default
 
-    await migrations.downgrade(fresh_engine, "-1")
+    await migrations.downgrade(engine, "-1")
     behind = run_health(url)
     assert behind.returncode == 1
     assert "UNHEALTHY (schema behind head)" in behind.stdout
@@ -119,6 +119,7 @@ def test_health_reports_a_stopped_embedded_server_instead_of_starting_it(
     assert report["error"].startswith("embedded PostgreSQL is stopped")
 
 
+@pytest.mark.commits
 def test_health_checks_a_running_embedded_server(
     pg: ThrowawayPostgres,
     db_config: DatabaseConfig,

@@ -27,16 +27,14 @@ from persistence import (
     transaction,
 )
 
-pytestmark = pytest.mark.commits
-
 
 async def scalar(engine: AsyncEngine, sql: str) -> object:
     async with engine.connect() as conn:
         return await conn.scalar(text(sql))
 
 
-async def test_claims_create_find_and_search(fresh_engine: AsyncEngine) -> None:
-    repo = ClaimRepository(fresh_engine)
+async def test_claims_create_find_and_search(engine: AsyncEngine) -> None:
+    repo = ClaimRepository(engine)
     made = await repo.create_claim(
         {
             "external_id": "c-1",
@@ -56,8 +54,9 @@ async def test_claims_create_find_and_search(fresh_engine: AsyncEngine) -> None:
     assert info.value.constraint == "uq_claims_external_id"
 
 
-async def test_verifications_seed_methods(fresh_engine: AsyncEngine) -> None:
-    repo = VerificationRepository(fresh_engine)
+@pytest.mark.commits
+async def test_verifications_seed_methods(engine: AsyncEngine) -> None:
+    repo = VerificationRepository(engine)
     claim_uuid = uuid.uuid4()
     first = await repo.create_verification(
         claim_id="claim-123", framework="empirical", result={"valid": True}, confidence=0.95
@@ -76,8 +75,8 @@ async def test_verifications_seed_methods(fresh_engine: AsyncEngine) -> None:
     assert {v.framework for v in await repo.get_recent_verifications(framework="logical")} == {"logical"}
 
 
-async def test_bad_input_gives_typed_errors_and_writes_nothing(fresh_engine: AsyncEngine) -> None:
-    repo = VerificationRepository(fresh_engine)
+async def test_bad_input_gives_typed_errors_and_writes_nothing(engine: AsyncEngine) -> None:
+    repo = VerificationRepository(engine)
     with pytest.raises(InvalidRequestError, match="no field 'colour'"):
         await repo.list(colour="red")
     with pytest.raises(IntegrityViolation) as check:
@@ -86,17 +85,17 @@ async def test_bad_input_gives_typed_errors_and_writes_nothing(fresh_engine: Asy
     with pytest.raises(ValidationError) as too_long:
         await repo.create_verification(claim_id="x" * 300, framework="f", result={}, confidence=0.5)
     assert too_long.value.column == "claim_id" and "at most 255" in str(too_long.value)
-    assert await scalar(fresh_engine, "SELECT count(*) FROM verification_results") == 0
-    assert await scalar(fresh_engine, "SELECT count(*) FROM audit_log") == 0
+    assert await scalar(engine, "SELECT count(*) FROM verification_results") == 0
+    assert await scalar(engine, "SELECT count(*) FROM audit_log") == 0
 
     evil = "claim'); DROP TABLE claims; --"
     stored = await repo.create_verification(claim_id=evil, framework="f", result={"q": evil}, confidence=0.5)
     assert (await repo.get_by_claim_id(evil))[0].id == stored.id
-    assert await scalar(fresh_engine, "SELECT count(*) FROM claims") == 0  # the table is still there
+    assert await scalar(engine, "SELECT count(*) FROM claims") == 0  # the table is still there
 
 
-async def test_consensus_one_per_claim_or_explicit_replace(fresh_engine: AsyncEngine) -> None:
-    repo = ConsensusRepository(fresh_engine)
+async def test_consensus_one_per_claim_or_explicit_replace(engine: AsyncEngine) -> None:
+    repo = ConsensusRepository(engine)
     decision = {
         "consensus_result": {"valid": True},
         "participating_frameworks": ["empirical", "logical"],
@@ -121,8 +120,8 @@ async def test_consensus_one_per_claim_or_explicit_replace(fresh_engine: AsyncEn
     assert await repo.get_for_claim("c-2") is None
 
 
-async def test_checkpoints_register_activate_switches_atomically(fresh_engine: AsyncEngine) -> None:
-    repo = CheckpointRepository(fresh_engine)
+async def test_checkpoints_register_activate_switches_atomically(engine: AsyncEngine) -> None:
+    repo = CheckpointRepository(engine)
     for version in ("1", "2"):
         await repo.register(
             model_name="verifier",
@@ -151,20 +150,20 @@ async def test_checkpoints_register_activate_switches_atomically(fresh_engine: A
         await repo.activate("verifier", "404")
 
 
-async def test_fifty_concurrent_activations_leave_exactly_one_active(fresh_engine: AsyncEngine) -> None:
-    repo = CheckpointRepository(fresh_engine)
+async def test_fifty_concurrent_activations_leave_exactly_one_active(engine: AsyncEngine) -> None:
+    repo = CheckpointRepository(engine)
     for v in range(10):
         await repo.register(
             model_name="m", version=str(v), checkpoint_path=f"p{v}", metrics={}, framework=None
         )
     await asyncio.gather(*(repo.activate("m", str(i % 10)) for i in range(50)))
-    assert await scalar(fresh_engine, "SELECT count(*) FROM model_checkpoints WHERE is_active") == 1
+    assert await scalar(engine, "SELECT count(*) FROM model_checkpoints WHERE is_active") == 1
 
 
-async def test_training_data_flow(fresh_engine: AsyncEngine) -> None:
-    claims = ClaimRepository(fresh_engine)
+async def test_training_data_flow(engine: AsyncEngine) -> None:
+    claims = ClaimRepository(engine)
     claim = await claims.create_claim(external_id="c", content="text")
-    repo = TrainingDataRepository(fresh_engine)
+    repo = TrainingDataRepository(engine)
     added = await repo.add_examples(
         [
             {
@@ -187,12 +186,12 @@ async def test_training_data_flow(fresh_engine: AsyncEngine) -> None:
     assert await repo.mark_used_in_batch([], "b") == 0
 
 
-async def test_service_heartbeats_upsert_and_stale_instances(fresh_engine: AsyncEngine) -> None:
-    repo = ServiceHealthRepository(fresh_engine)
+async def test_service_heartbeats_upsert_and_stale_instances(engine: AsyncEngine) -> None:
+    repo = ServiceHealthRepository(engine)
     await asyncio.gather(*(repo.heartbeat("api", "i-1") for _ in range(50)))
     await repo.heartbeat("api", "i-2", status="degraded", metadata={"load": 0.9})
-    assert await scalar(fresh_engine, "SELECT count(*) FROM service_health") == 2
-    async with fresh_engine.begin() as conn:
+    assert await scalar(engine, "SELECT count(*) FROM service_health") == 2
+    async with engine.begin() as conn:
         await conn.execute(
             text(
                 "UPDATE service_health SET last_heartbeat = now() - interval '10 minutes' "
@@ -207,13 +206,13 @@ async def test_service_heartbeats_upsert_and_stale_instances(fresh_engine: Async
         await repo.stale_instances(timedelta(0))
 
 
-async def test_audit_log_history_and_append_only(fresh_engine: AsyncEngine) -> None:
-    claims = ClaimRepository(fresh_engine)
+async def test_audit_log_history_and_append_only(engine: AsyncEngine) -> None:
+    claims = ClaimRepository(engine)
     with audit_context(user_id="alice", request_id="r-1"):
         async with transaction():
             claim = await claims.create_claim(external_id="c", content="v1")
             await claims.update(claim.id, content="v2")
-    audit = AuditLogRepository(fresh_engine)
+    audit = AuditLogRepository(engine)
     history = await audit.for_entity("claim", claim.id)
     assert [h.action for h in history] == ["insert", "update"]
     assert history[1].changes == {"content": ["v1", "v2"]}

@@ -7,17 +7,14 @@ naming that argument before any SQL is sent, so nothing is written."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import PersistenceError
 from persistence.models import Claim, ReconciliationReport
 from persistence.repositories import (
@@ -30,8 +27,6 @@ from persistence.repositories import (
     VerificationRepository,
 )
 from persistence.repository import Repository
-
-pytestmark = pytest.mark.commits
 
 
 class Claims(Repository[Claim]):
@@ -158,11 +153,7 @@ CASES: list[tuple[str, Call]] = [
 ]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 
 @pytest.fixture
@@ -171,7 +162,8 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(*args: Any) -> None:
-        seen.append(args[2])
+        if not args[2].startswith(_SAVEPOINT_STATEMENTS):  # the isolating fixture's, not the code's
+            seen.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     yield seen

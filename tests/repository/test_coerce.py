@@ -1,22 +1,19 @@
 """Values checked against their column's type before any SQL: stored exactly as given, or a
-`ValidationError` naming field and reason with nothing sent (each test commits into its own database)."""
+`ValidationError` naming field and reason with nothing sent (each test rolled back by the plugin's `engine`)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import InvalidRequestError, PersistenceError, ValidationError
 from persistence.models import (
     AICall,
@@ -37,8 +34,6 @@ from persistence.repositories import (
 from persistence.repository import Repository
 from persistence.repository.coerce import MAX_JSON_DEPTH
 from persistence.transaction import transaction
-
-pytestmark = pytest.mark.commits
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -63,11 +58,7 @@ class Calls(Repository[AICall]):
     model = AICall
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 
 @pytest.fixture
@@ -76,7 +67,8 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(*args: Any) -> None:
-        seen.append(args[2])
+        if not args[2].startswith(_SAVEPOINT_STATEMENTS):  # the isolating fixture's, not the code's
+            seen.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     yield seen

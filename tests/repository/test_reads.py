@@ -1,4 +1,4 @@
-"""The read side of `Repository`, against a real server (each test commits into its own database)."""
+"""The read side of `Repository`, against a real server (each test rolled back by the plugin's `engine`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ import functools
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import event, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import InvalidRequestError, NotFoundError, ValidationError
 from persistence.models import AICall, Claim, VerificationResult
 from persistence.repository import Page, Repository
@@ -28,8 +25,6 @@ from persistence.repository.keyset import checksum as _checksum
 from persistence.repository.keyset import sort_plan as _sort_plan
 from persistence.repository.reads import MAX_LIMIT
 from persistence.transaction import session_scope, transaction
-
-pytestmark = pytest.mark.commits
 
 BASE_TIME = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 INJECTION = "x'; DROP TABLE claims; --"
@@ -47,16 +42,12 @@ class Boom(Exception):
     pass
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
-
-
 @pytest.fixture
 def repo(engine: AsyncEngine) -> Verifications:
     return Verifications(engine)
+
+
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 
 @pytest.fixture
@@ -65,7 +56,8 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(*args: Any) -> None:
-        seen.append(args[2])
+        if not args[2].startswith(_SAVEPOINT_STATEMENTS):  # the isolating fixture's, not the code's
+            seen.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     yield seen
@@ -602,6 +594,7 @@ async def test_stream_yields_every_row_in_order_in_batches(
     assert by_key == sorted(r["id"] for r in rows if r["framework"] == "beta")
 
 
+@pytest.mark.commits
 async def test_stream_stopped_early_holds_no_connection(engine: AsyncEngine, repo: Verifications) -> None:
     await insert_rows(engine, many_rows(300))
     assert checked_out(engine) == 0
@@ -623,6 +616,7 @@ async def test_stream_stopped_early_holds_no_connection(engine: AsyncEngine, rep
     assert checked_out(engine) == 0
 
 
+@pytest.mark.commits
 async def test_stream_inside_a_block_sees_its_writes_and_releases_with_it(
     engine: AsyncEngine, repo: Verifications
 ) -> None:
@@ -644,6 +638,7 @@ async def test_stream_inside_a_block_sees_its_writes_and_releases_with_it(
 # -- inside a transaction block ------------------------------------------------------------------------
 
 
+@pytest.mark.commits
 async def test_reads_in_a_block_see_its_uncommitted_writes_and_fresh_values(
     engine: AsyncEngine, repo: Verifications
 ) -> None:

@@ -1,21 +1,18 @@
-"""The write side of `Repository`, against a real server (each test commits into its own database)."""
+"""The write side of `Repository`, against a real server (each test rolled back by the plugin's `engine`)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import event, func, select, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import (
     ConflictError,
     IntegrityViolation,
@@ -26,8 +23,6 @@ from persistence.errors import (
 from persistence.models import AICall, Claim, ModelCheckpoint, ServiceHealth, TrainingData, VerificationResult
 from persistence.repository import Repository
 from persistence.transaction import transaction
-
-pytestmark = pytest.mark.commits
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 INJECTION = "x'); DROP TABLE claims; -- $1 :p0 %(p0)s"
@@ -57,11 +52,7 @@ class Calls(Repository[AICall]):
     model = AICall
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 
 @pytest.fixture
@@ -70,7 +61,8 @@ def statements(engine: AsyncEngine) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(*args: Any) -> None:
-        seen.append(args[2])
+        if not args[2].startswith(_SAVEPOINT_STATEMENTS):  # the isolating fixture's, not the code's
+            seen.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     yield seen
@@ -280,6 +272,7 @@ async def test_add_many_returning_and_edge_cases(engine: AsyncEngine) -> None:
 # -- update ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.commits
 async def test_update_is_partial_and_one_statement(engine: AsyncEngine, statements: list[str]) -> None:
     repo = Verifications(engine)
     added = await repo.add(**verification())
@@ -598,6 +591,7 @@ class Boom(Exception):
     pass
 
 
+@pytest.mark.commits
 async def test_counts_and_bulk_writes_join_the_block_and_its_savepoints(engine: AsyncEngine) -> None:
     """count/exists/delete/delete_many/update_many/add_many run on the block's connection, not a
     session of their own: they see the block's writes, and roll back with the block or savepoint."""

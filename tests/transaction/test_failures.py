@@ -1,7 +1,7 @@
 """A block whose statement failed can never succeed; a failed open leaves nothing half-opened.
 
 Only the API that existed before needs_rollback is used here, so each test runs (and fails) on the
-old code too. Real commits, real server: each test gets its own database.
+old code too. Real server; tests that need real commits or a second connection are marked `commits`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,6 @@ from persistence.errors import (
 )
 from persistence.models import Claim
 from persistence.transaction import current_session, on_commit, session_scope, transaction
-
-pytestmark = pytest.mark.commits
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    yield eng
-    await eng.dispose()
 
 
 async def add_claim(engine: AsyncEngine, external_id: str) -> None:
@@ -182,6 +173,7 @@ async def refusing(fresh_database: DatabaseConfig) -> AsyncIterator[tuple[AsyncE
         await admin.dispose()
 
 
+@pytest.mark.commits
 async def test_failed_open_then_retry_keeps_read_only_and_isolation(
     engine: AsyncEngine, refusing: tuple[AsyncEngine, AsyncEngine, str]
 ) -> None:
@@ -199,6 +191,7 @@ async def test_failed_open_then_retry_keeps_read_only_and_isolation(
     assert await claims(engine) == set()
 
 
+@pytest.mark.commits
 async def test_failed_open_then_retry_still_creates_the_entered_savepoints(
     engine: AsyncEngine, refusing: tuple[AsyncEngine, AsyncEngine, str]
 ) -> None:
@@ -215,6 +208,7 @@ async def test_failed_open_then_retry_still_creates_the_entered_savepoints(
     assert await claims(engine) == {"outer"}
 
 
+@pytest.mark.commits
 async def test_unreachable_server_on_open_is_a_persistence_error(fresh_database: DatabaseConfig) -> None:
     """Nothing listens there: the raw OS error must not leave the block's open."""
     nowhere = build_engine(fresh_database.model_copy(update={"port": 1}))
@@ -263,6 +257,7 @@ async def _backend_pid(engine: AsyncEngine) -> int:
         return int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
 
 
+@pytest.mark.commits
 async def test_connection_lost_on_the_first_statement_then_retry_keeps_read_only(
     engine: AsyncEngine, unpinged: tuple[AsyncEngine, AsyncEngine]
 ) -> None:
@@ -280,6 +275,7 @@ async def test_connection_lost_on_the_first_statement_then_retry_keeps_read_only
     assert await claims(engine) == set()
 
 
+@pytest.mark.commits
 async def test_connection_lost_after_work_fails_the_block(
     engine: AsyncEngine, unpinged: tuple[AsyncEngine, AsyncEngine]
 ) -> None:

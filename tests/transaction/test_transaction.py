@@ -1,10 +1,10 @@
-"""Every transaction rule, against a real server with real commits (each test gets its own database)."""
+"""Every transaction rule, against a real server (savepoints under the isolating `engine`; real commits where marked)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -18,17 +18,14 @@ from persistence.errors import ConflictError, DatabaseError, TransactionError, T
 from persistence.transaction import current_session, in_transaction, on_commit, session_scope, transaction
 from tests.logs import capture_logs
 
-pytestmark = pytest.mark.commits
-
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def engine(fresh_database: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
-    eng = build_engine(fresh_database)
-    async with eng.begin() as conn:
+async def engine(engine: AsyncEngine) -> AsyncEngine:
+    """The plugin's engine, with a `counters` table (rolled back with the test, or in its own database)."""
+    async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE counters (id int PRIMARY KEY, v int NOT NULL)"))
         await conn.execute(text("INSERT INTO counters VALUES (1, 0), (2, 0)"))
-    yield eng
-    await eng.dispose()
+    return engine
 
 
 async def add_claim(engine: AsyncEngine, external_id: str) -> None:
@@ -48,6 +45,7 @@ class Boom(Exception):
     pass
 
 
+@pytest.mark.commits
 async def test_outermost_block_commits_everything_together(engine: AsyncEngine) -> None:
     async with transaction():
         await add_claim(engine, "a")
@@ -146,6 +144,7 @@ async def test_nested_block_cannot_change_read_only_or_isolation(engine: AsyncEn
                 pass
 
 
+@pytest.mark.commits
 async def test_isolation_level_is_applied(engine: AsyncEngine) -> None:
     async with transaction(isolation_level="SERIALIZABLE"):
         session = await current_session(engine)
@@ -244,6 +243,7 @@ async def counter(engine: AsyncEngine, row: int) -> int:
         return int(await conn.scalar(text("SELECT v FROM counters WHERE id = :id"), {"id": row}) or 0)
 
 
+@pytest.mark.commits
 async def test_retries_recover_from_a_real_serialization_failure(engine: AsyncEngine) -> None:
     attempts = 0
 
@@ -262,6 +262,7 @@ async def test_retries_recover_from_a_real_serialization_failure(engine: AsyncEn
     assert await counter(engine, 1) == 101
 
 
+@pytest.mark.commits
 async def test_retries_recover_from_a_real_deadlock(engine: AsyncEngine) -> None:
     """Two blocks lock rows 1 and 2 in opposite orders; PostgreSQL aborts one (40P01), it re-runs."""
     holding = {1: asyncio.Event(), 2: asyncio.Event()}
@@ -284,6 +285,7 @@ async def test_retries_recover_from_a_real_deadlock(engine: AsyncEngine) -> None
     assert await counter(engine, 1) == 2 and await counter(engine, 2) == 2
 
 
+@pytest.mark.commits
 async def test_retries_give_up_after_n_with_transient_error(engine: AsyncEngine) -> None:
     attempts = 0
 
@@ -304,6 +306,7 @@ async def test_retries_give_up_after_n_with_transient_error(engine: AsyncEngine)
     assert await counter(engine, 1) == 300  # only the concurrent transactions committed
 
 
+@pytest.mark.commits
 async def test_write_skew_between_two_serializable_blocks_is_retried(engine: AsyncEngine) -> None:
     both_read = asyncio.Barrier(2)
     attempts = {1: 0, 2: 0}
@@ -349,6 +352,7 @@ async def test_nested_block_is_never_retried_alone_and_other_errors_never(engine
     assert calls["conflict"] == 1
 
 
+@pytest.mark.commits
 async def test_child_task_cannot_use_the_parents_block(engine: AsyncEngine) -> None:
     async with transaction():
         await add_claim(engine, "parent")
@@ -371,6 +375,7 @@ async def test_concurrent_tasks_outside_blocks_each_get_their_own_transaction(en
     assert len(await claims(engine)) == 20
 
 
+@pytest.mark.commits
 async def test_misuse_is_a_clear_error(engine: AsyncEngine, fresh_database: DatabaseConfig) -> None:
     with pytest.raises(TransactionError, match="decorator form"):
         async with transaction(retries=2):

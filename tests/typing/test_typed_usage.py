@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import assert_type
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import (
@@ -20,8 +19,6 @@ from persistence import (
     transaction,
 )
 from persistence.models import AuditLog, Claim, ModelCheckpoint, VerificationResult
-
-pytestmark = pytest.mark.commits
 
 
 class Verifications(Repository[VerificationResult]):
@@ -37,9 +34,9 @@ async def create_pair(
     return a, b
 
 
-async def test_inferred_types(fresh_engine: AsyncEngine) -> None:
-    repo = VerificationRepository(fresh_engine)
-    generic = Verifications(fresh_engine)
+async def test_inferred_types(engine: AsyncEngine) -> None:
+    repo = VerificationRepository(engine)
+    generic = Verifications(engine)
 
     made = await repo.create_verification(claim_id="c", framework="f", result={"valid": True}, confidence=0.9)
     assert_type(made, VerificationResult)
@@ -66,16 +63,16 @@ async def test_inferred_types(fresh_engine: AsyncEngine) -> None:
     pair = await create_pair(repo, "tx")  # @transaction keeps the signature and the return type
     assert_type(pair, tuple[VerificationResult, VerificationResult])
 
-    claim = await ClaimRepository(fresh_engine).create_claim(external_id="e", content="x")
+    claim = await ClaimRepository(engine).create_claim(external_id="e", content="x")
     assert_type(claim, Claim)
-    checkpoint = await CheckpointRepository(fresh_engine).register(
+    checkpoint = await CheckpointRepository(engine).register(
         model_name="m", version="1", checkpoint_path="p", metrics={}
     )
-    assert_type(await CheckpointRepository(fresh_engine).activate("m", "1"), ModelCheckpoint)
+    assert_type(await CheckpointRepository(engine).activate("m", "1"), ModelCheckpoint)
     assert_type(checkpoint, ModelCheckpoint)
-    assert_type(await AuditLogRepository(fresh_engine).recent(), list[AuditLog])
+    assert_type(await AuditLogRepository(engine).recent(), list[AuditLog])
 
-    claims = ClaimRepository(fresh_engine)
+    claims = ClaimRepository(engine)
     assert_type(await claims.add_many([{"external_id": "m1", "content": "x"}]), int)
     many = await claims.add_many([{"external_id": "m2", "content": "x"}], returning=True)
     assert_type(many, list[Claim])
