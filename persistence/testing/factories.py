@@ -10,10 +10,10 @@ instance_id, ...), which count on across a process's tests: pass those explicitl
 fixed values.
 """
 
-from __future__ import annotations
-
 # Over 500 lines on purpose: one short factory per table (15 of them), a catalogue read by table, not a
 # knot of concepts; splitting it would scatter what a test author looks up in one place.
+
+from __future__ import annotations
 
 import contextlib
 import uuid
