@@ -58,7 +58,7 @@ async def test_inferred_types(engine: AsyncEngine) -> None:
     stream = generic.stream(order_by="created_at")
     assert_type(stream, AsyncGenerator[VerificationResult, None])
     streamed = [v.id async for v in stream]
-    assert streamed[0] == made.id
+    assert made.id in streamed  # created_at ties: now() is one instant in the test's transaction
 
     pair = await create_pair(repo, "tx")  # @transaction keeps the signature and the return type
     assert_type(pair, tuple[VerificationResult, VerificationResult])
