@@ -71,8 +71,8 @@ async def test_list_filters_orders_and_pages_by_keyset_cursor(
     source = unique("https://example.test/feed")
     repo = ClaimRepository(engine)
     for _ in range(7):
-        await repo.add(ClaimFactory(source=source, claim_type="medical"))  # complete, unsaved
-    await repo.add(ClaimFactory(source=source, claim_type="financial"))
+        await repo.add(ClaimFactory.build(source=source, claim_type="medical"))  # complete, unsaved
+    await repo.add(ClaimFactory.build(source=source, claim_type="financial"))
     stored = await repo.list(source=source, claim_type="medical")
     expected = [str(c.id) for c in sorted(stored, key=lambda c: (c.created_at, c.id))]
 
@@ -110,7 +110,7 @@ async def test_a_filter_the_endpoint_does_not_allow_is_a_422_naming_it(client: h
 async def test_verifications_are_published_after_the_commit(
     client: httpx.AsyncClient, engine: AsyncEngine, outbox: Outbox
 ) -> None:
-    claim = await ClaimRepository(engine).add(ClaimFactory())
+    claim = await ClaimRepository(engine).add(ClaimFactory.build())
     verdicts = [
         {"framework": "empirical", "valid": True, "confidence": 0.9},
         {"framework": "logical", "valid": False, "confidence": 0.6},
@@ -125,7 +125,7 @@ async def test_verifications_are_published_after_the_commit(
 async def test_a_refused_verdict_rolls_back_all_of_them_and_publishes_nothing(
     client: httpx.AsyncClient, engine: AsyncEngine, outbox: Outbox
 ) -> None:
-    claim = await ClaimRepository(engine).add(ClaimFactory())
+    claim = await ClaimRepository(engine).add(ClaimFactory.build())
     verdicts = [
         {"framework": "empirical", "valid": True, "confidence": 0.9},  # stored, then rolled back
         {"framework": "logical", "valid": True, "confidence": 1.5},  # refused by the CHECK

@@ -37,14 +37,14 @@ async def test_submit_in_a_callers_transaction_is_undone_with_it(
 
 
 async def test_verify_a_factory_claim(service: ClaimService, outbox: Outbox) -> None:
-    claim = await create(ClaimFactory, claim_type="legal")  # saved on the test's engine
+    claim = await create(ClaimFactory, claim_type="medical")  # saved on the test's engine
     rows = await service.verify(str(claim.id), [Verdict("empirical", True, 0.8)])
     assert [(r.claim_id, r.framework) for r in rows] == [(str(claim.id), "empirical")]
     assert outbox.published == [Event("claim.verified", f"{claim.id}:{rows[0].id}")]
 
 
 async def test_verify_is_all_or_nothing(service: ClaimService, engine: AsyncEngine, outbox: Outbox) -> None:
-    claim = await ClaimRepository(engine).add(ClaimFactory())
+    claim = await ClaimRepository(engine).add(ClaimFactory.build())
     with pytest.raises(IntegrityViolation):
         await service.verify(str(claim.id), [Verdict("empirical", True, 0.8), Verdict("logical", True, -1)])
     assert await service.verifications.count(claim_id=str(claim.id)) == 0
