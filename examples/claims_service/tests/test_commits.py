@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from claims_service.api import create_app
 from claims_service.events import Event, Outbox
 from helpers import unique
 
@@ -24,3 +25,17 @@ async def test_a_created_claim_is_committed_before_its_event(
     finally:
         await other.dispose()
     assert str(claim.id) == response.json()["id"]
+
+
+@pytest.mark.commits
+async def test_the_app_as_deployed_builds_its_engine_from_settings(fresh_database: DatabaseConfig) -> None:
+    # No engine passed: persistence's lifespan() builds one from the settings and disposes it at shutdown.
+    app = create_app(config=fresh_database)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://claims.test") as client:
+            created = await client.post("/claims", json={"external_id": unique("c"), "content": "x"})
+            assert created.status_code == 201, created.text
+            got = await client.get(f"/claims/{created.json()['id']}")
+    assert got.status_code == 200
+    assert got.json()["external_id"] == created.json()["external_id"]
