@@ -48,5 +48,6 @@ async def test_b_does_not_see_the_claim_of_test_a(
     listed = await client.get("/claims", params={"external_id": MARKER})
     assert listed.json() == {"items": [], "next": None}
     assert not await ClaimRepository(engine).exists(external_id=MARKER)
+    assert await AICalls(engine).count(request_id=f"classify:{MARKER}") == 0
     assert not await ClaimRepository(outside).exists(external_id=MARKER)
     assert await AICalls(outside).count(request_id=f"classify:{MARKER}") == 0  # nor the ledger's row
