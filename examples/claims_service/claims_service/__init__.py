@@ -1,0 +1,1 @@
+"""A sample claims service on `persistence`: FastAPI app, service layer, repositories, the AI-call ledger."""
