@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated
 
@@ -25,10 +25,10 @@ from claims_service.events import Outbox
 from claims_service.service import ClaimService, Verdict
 from persistence import AICallLogger, DatabaseConfig
 from persistence.integrations.fastapi import (
-    ENGINE_STATE,
     ListQuery,
     ReadOnlyTransactionDep,
     TransactionDep,
+    engine_of,
     install_exception_handlers,
     lifespan,
     list_params,
@@ -127,19 +127,14 @@ def create_app(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            if engine is None:
-                await stack.enter_async_context(lifespan(config)(app))
-            else:  # an engine owned by the caller: shared, not disposed here
-                setattr(app.state, ENGINE_STATE, engine)
-                stack.callback(delattr, app.state, ENGINE_STATE)
-            running = getattr(app.state, ENGINE_STATE)
-            if not isinstance(running, AsyncEngine):
-                raise RuntimeError("persistence's lifespan did not provide an engine")
-            ledger = await stack.enter_async_context(AICallLogger(running))
-            setattr(app.state, SERVICE_STATE, ClaimService(running, ledger, classify, events))
-            stack.callback(delattr, app.state, SERVICE_STATE)
-            yield
+        # With `engine` (the caller's, e.g. a test's): used and left open; else built and disposed.
+        database = lifespan(engine=engine) if engine is not None else lifespan(config)
+        async with database(app), AICallLogger(engine_of(app)) as ledger:
+            setattr(app.state, SERVICE_STATE, ClaimService(engine_of(app), ledger, classify, events))
+            try:
+                yield
+            finally:
+                delattr(app.state, SERVICE_STATE)
 
     app = FastAPI(title="claims", lifespan=run)
     install_exception_handlers(app)
