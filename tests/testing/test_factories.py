@@ -207,3 +207,19 @@ def test_reseeding_makes_factories_reproducible() -> None:
         ]
 
     assert snapshot() == snapshot()
+
+
+async def test_a_factory_call_builds_a_typed_complete_instance_for_any_claim_type(engine: Any) -> None:
+    from typing import assert_type
+
+    from persistence import ClaimRepository
+    from persistence.testing.factories import ClaimFactory, create
+
+    claim = ClaimFactory(claim_type="legal")  # a type the seed catalogue does not know
+    assert_type(claim, Claim)
+    assert isinstance(claim, Claim)
+    assert claim.claim_type == "legal" and "legal" in claim.content
+    stored = await ClaimRepository(engine).add(claim)
+    assert (stored.claim_type, stored.content) == ("legal", claim.content)
+    saved = await create(ClaimFactory, claim_type="legal")
+    assert (await ClaimRepository(engine).get(saved.id)).claim_type == "legal"
