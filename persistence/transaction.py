@@ -48,12 +48,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
-from sqlalchemy.exc import PendingRollbackError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 
 from persistence.errors import (
@@ -63,6 +63,7 @@ from persistence.errors import (
     PersistenceError,
     TransactionError,
     TransientError,
+    raise_translated,
     translate,
 )
 from persistence.observe.hooks import (
@@ -98,30 +99,13 @@ log = get_logger("persistence.transaction")
 
 
 def _translated(exc: Exception) -> Exception:
-    """`exc` as a `persistence.errors` type when `translate` knows it; otherwise `exc` itself, except
-    that SQLAlchemy's `PendingRollbackError` (a session left unusable by a failed flush) never leaves."""
-    if isinstance(exc, PersistenceError):
-        return exc
-    error = translate(exc)
-    if error is not None and error is not exc:
-        return error
-    if isinstance(exc, PendingRollbackError):
-        return TransactionError(
-            "an earlier statement in this block failed and SQLAlchemy rolled its work back; no statement "
-            "can run in it until it ends"
-        )
-    return exc
+    """`exc` as a `persistence.errors` type when `translate` knows it (a `PendingRollbackError` always
+    is: a session left unusable never leaves this module as such); otherwise `exc` itself."""
+    return translate(exc) or exc
 
 
 def _rolled_back_by_session() -> TransactionError:
     return TransactionError("a flush failed in this block and SQLAlchemy rolled its work back")
-
-
-def _raise_translated(exc: Exception) -> NoReturn:
-    error = _translated(exc)
-    if error is exc:
-        raise exc
-    raise error from exc
 
 
 def _describe(error: BaseException) -> str:
@@ -246,7 +230,7 @@ class _Boundary:
                 await session.close()
             self.unpin()
             if isinstance(exc, Exception):
-                _raise_translated(exc)
+                raise_translated(exc)
             raise
         self.engine, self.session, self.connection = engine, session, connection.sync_connection
         for frame, savepoint in zip(pending, savepoints, strict=True):
@@ -531,7 +515,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             raise
         hooks.transaction(TransactionEvent("commit", perf_counter() - started, 1, 0, 0, None, hooks.database))
     except Exception as exc:
-        _raise_translated(exc)
+        raise_translated(exc)
 
 
 @contextlib.asynccontextmanager
@@ -556,7 +540,7 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         async with engine.begin() as conn:
             yield conn
     except Exception as exc:
-        _raise_translated(exc)
+        raise_translated(exc)
 
 
 async def current_session(engine: AsyncEngine) -> AsyncSession:
@@ -681,7 +665,7 @@ class Transaction:
             except BaseException as exc:
                 self._pop(frame)
                 if isinstance(exc, Exception):
-                    _raise_translated(exc)
+                    raise_translated(exc)
                 raise
             frame.boundary.savepoint_started(frame)
         return self
@@ -789,7 +773,7 @@ class Transaction:
         if exc is not None:
             return  # the original exception matters more than a failed ROLLBACK TO SAVEPOINT
         if rollback_error is not None:
-            _raise_translated(rollback_error)
+            raise_translated(rollback_error)
         if frame.failure is not None:
             raise TransactionError(
                 f"a statement in this block failed ({_describe(frame.failure)}) and the error was caught "

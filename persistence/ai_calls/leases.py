@@ -29,7 +29,7 @@ from persistence.errors import (
     connect_error,
     is_connection_failure,
     lost_error,
-    translate,
+    raise_translated,
 )
 from persistence.pinning import Pin, pin_of
 
@@ -101,12 +101,7 @@ class Leases:
                 async with raw.transaction():
                     yield raw
             except Exception as exc:
-                if isinstance(exc, PersistenceError):
-                    raise
-                err = translate(exc, self._where)
-                if err is None:
-                    raise
-                raise err from exc
+                raise_translated(exc, self._where)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -124,9 +119,9 @@ class Leases:
             if broken:
                 self._drop_closed_idle()
             if isinstance(exc, Exception) and not isinstance(exc, PersistenceError):
-                err = lost_error(exc, self._where) if _lost(exc, lease.raw) else translate(exc, self._where)
-                if err is not None:
-                    raise err from exc
+                if _lost(exc, lease.raw):
+                    raise lost_error(exc, self._where) from exc
+                raise_translated(exc, self._where)
             raise
         finally:
             await self._release(lease, broken=broken)
@@ -243,9 +238,7 @@ class Leases:
                         raise lost_error(exc, self._where) from exc
                     continue
                 if isinstance(exc, Exception):
-                    err = translate(exc, self._where)
-                    if err is not None:
-                        raise err from exc
+                    raise_translated(exc, self._where)
                 raise
             if self.closed or lease.raw.is_in_transaction():
                 await self._release(lease, broken=False)
