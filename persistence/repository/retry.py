@@ -19,9 +19,9 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+from persistence.blocks import _active_frame
 from persistence.observe.loggers import get_logger
 from persistence.pool import lost_connection
-from persistence.transaction import _active_frame
 
 P = ParamSpec("P")
 R = TypeVar("R")
