@@ -17,6 +17,9 @@
   concurrent writers share one evaluation instead of each reading the window's total. A failed
   evaluation is logged and retried at the next tick; nothing is lost, because a later evaluation
   sees the same total (thresholds are compared with the window's total, not with an increment).
+
+Over 500 lines on purpose: rules, windows and their evaluation are one concept (what fires when);
+delivery is apart, in `alert_delivery.py`.
 """
 
 from __future__ import annotations

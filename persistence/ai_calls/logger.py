@@ -18,6 +18,9 @@ connection.
   and the partial hours at the edges from the ledger: exactly what a raw scan returns.
 
 A lost connection is replaced and the call retried once: the idempotency key makes that safe.
+
+Over 500 lines on purpose: one class, whose write paths, folds and stats share its leases, price book
+and fold state; its SQL is in `ledger_sql.py` and its connection leases in `leases.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from itertools import compress
@@ -37,8 +40,20 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.advisory import advisory_key
 from persistence.ai_calls.leases import Leases, _Lease
+from persistence.ai_calls.ledger_sql import (
+    _CALL_COLUMNS,
+    _IDS_LOCK,
+    _INSERT_KEYS,
+    _KEY_COLUMNS,
+    _KEY_HASHES,
+    _NEXT_IDS,
+    _SEQUENCE,
+    _STATS,
+    LOG_CALL,
+    _call_rows,
+    _key_rows,
+)
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
 from persistence.ai_calls.record import (
     AICallRecord,
@@ -48,7 +63,7 @@ from persistence.ai_calls.record import (
     positive_int,
     positive_seconds,
 )
-from persistence.ai_calls.rollups import FOLD, PENDING_ROWS, RECORD_PENDING, fold_rollups_raw, id_runs
+from persistence.ai_calls.rollups import FOLD, RECORD_PENDING, fold_rollups_raw, id_runs
 from persistence.errors import (
     ConflictError,
     Endpoint,
@@ -67,96 +82,6 @@ __all__ = ["AICallLogger", "CallObserver", "Stats"]
 _log = get_logger("persistence.ai_calls.logger")
 
 Stats = dict[str, Any]
-
-_CALL_COLUMNS = (
-    "id", "created_at", "provider", "model", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cache_write_tokens", "reasoning_tokens", "usage", "cost_usd", "computed_cost_usd", "cost_source",
-    "price_id", "latency_ms", "status", "error_class", "customer_id", "organization_id", "product_id",
-    "environment", "request_id", "trace_id", "cache_write_1h_tokens",
-)  # fmt: skip
-_KEY_COLUMNS = ("idempotency_key", "call_id", "call_created_at", "payload_hash")
-_DELTA_COLUMNS = (
-    "hour", "provider", "model", "organization_id", "customer_id", "product_id", "environment",
-    "calls", "error_calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-    "reasoning_tokens", "total_tokens", "cost_usd", "computed_cost_usd", "latency_ms_sum", "latency_count",
-    "cache_write_1h_tokens",
-)  # fmt: skip
-
-# $1 key, $2 hash, $3.. the row (without id), then $25 hour, $26 error_calls, $27 total_tokens,
-# $28 cache_write_1h_tokens.
-LOG_CALL = """
-WITH existing AS (
-    SELECT call_id, payload_hash FROM ai_call_keys WHERE idempotency_key = $1
-), ins AS (
-    INSERT INTO ai_calls (created_at, provider, model, input_tokens, output_tokens, cache_read_tokens,
-                          cache_write_tokens, reasoning_tokens, usage, cost_usd, computed_cost_usd,
-                          cost_source, price_id, latency_ms, status, error_class, customer_id,
-                          organization_id, product_id, environment, request_id, trace_id,
-                          cache_write_1h_tokens)
-    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-           $23, $24, $28
-     WHERE NOT EXISTS (SELECT 1 FROM existing)
-    RETURNING id
-), k AS (
-    INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
-    SELECT $1, id, $3, $2 FROM ins
-), d AS (
-    INSERT INTO ai_call_usage_deltas (hour, provider, model, organization_id, customer_id, product_id,
-                                      environment, calls, error_calls, input_tokens, output_tokens,
-                                      cache_read_tokens, cache_write_tokens, reasoning_tokens,
-                                      total_tokens, cost_usd, computed_cost_usd, latency_ms_sum,
-                                      latency_count, cache_write_1h_tokens)
-    SELECT $25, $4, $5, $20, $19, $21, $22, 1, $26, $6, $7, $8, $9, $10, $27, $12, $13,
-           coalesce($16, 0), ($16 IS NOT NULL)::int, $28
-      FROM ins
-)
-SELECT id, true AS new, true AS same FROM ins
-UNION ALL
-SELECT call_id, false, payload_hash = $2 FROM existing
-"""
-
-_INSERT_KEYS = """
-INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
-SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::timestamptz[], $4::bytea[])
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING idempotency_key
-"""
-_KEY_HASHES = (
-    "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
-)
-# A batch's ids, drawn under an advisory lock held for this one statement (it runs in autocommit),
-# so concurrent batches get one contiguous run each and record one pending range each. Writers that
-# use the column default (`log_call`, seeding, plain INSERTs) can still take values in between:
-# the ranges recorded are the runs of the ids the batch used, so they never cover another's row.
-_IDS_LOCK = advisory_key("persistence.ai_calls.ids")
-_NEXT_IDS = (
-    "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($3)) "
-    "SELECT array_agg(nextval($1::regclass)) FROM lock, generate_series(1, $2)"
-)
-_SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
-
-_STATS = f"""
-SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, sum(latency_ms_sum)::bigint,
-       sum(latency_count)::bigint
-  FROM (
-    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
-      FROM ai_call_model_hourly WHERE hour >= $3 AND hour < $4
-    UNION ALL
-    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
-      FROM ai_call_usage_deltas WHERE hour >= $3 AND hour < $4
-    UNION ALL
-    SELECT c.provider, 1, c.cost_usd, c.total_tokens, coalesce(c.latency_ms, 0), (c.latency_ms IS NOT NULL)::int
-      FROM ai_call_pending_batches {PENDING_ROWS} WHERE c.created_at >= $3 AND c.created_at < $4
-    UNION ALL
-    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
-      FROM ai_calls WHERE created_at >= $1 AND created_at < $3
-    UNION ALL
-    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
-      FROM ai_calls WHERE created_at >= $4 AND created_at < $2
-  ) parts
- GROUP BY provider
- ORDER BY provider
-"""  # noqa: S608 (constant SQL only)
 
 
 class CallObserver(Protocol):
@@ -668,21 +593,6 @@ def _unpriced(record: AICallRecord) -> UnpricedCallError:
         f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
         f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
     )
-
-
-def _key_rows(records: list[AICallRecord], ids: list[int]) -> Iterator[tuple[Any, ...]]:
-    for r, i in zip(records, ids, strict=True):
-        yield r.idempotency_key, i, r.created_at, r.payload_hash
-
-
-def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Quote]) -> Iterator[tuple[Any, ...]]:
-    for r, i, q in zip(records, ids, quotes, strict=True):
-        yield (
-            i, r.created_at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-            r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3], r.latency_ms,
-            r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
-            r.request_id, r.trace_id, r.cache_write_1h_tokens,
-        )  # fmt: skip
 
 
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:

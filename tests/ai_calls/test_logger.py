@@ -359,7 +359,7 @@ async def test_a_cancelled_ingest_leaves_whole_batches_and_the_logger_usable(
 
 @pytest.mark.commits
 async def test_batches_draw_their_ids_under_the_id_lock(engine: AsyncEngine, logger: AICallLogger) -> None:
-    from persistence.ai_calls.logger import _IDS_LOCK
+    from persistence.ai_calls.ledger_sql import _IDS_LOCK
 
     async with engine.connect() as holder:
         await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _IDS_LOCK})
