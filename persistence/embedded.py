@@ -586,6 +586,21 @@ class EmbeddedServer:
             return None
         return root_runner(self._root_method or EmbeddedConfig().root_method)
 
+    def _owners_runner(self, runner: RootRunner) -> RootRunner:
+        """The runner whose user owns the data directory: a server started with the other method (before
+        PERSISTENCE_ROOT_METHOD changed) is stopped as the user it runs as."""
+        try:
+            owner = self.pgdata.stat().st_uid
+        except FileNotFoundError:
+            return runner
+        if owner != runner.uid:
+            for method in ("unshare", "setpriv"):
+                with contextlib.suppress(EmbeddedServerError):
+                    other = root_runner(method)
+                    if other.uid == owner:
+                        return other
+        return runner
+
     def _hand_over(self, runner: RootRunner) -> None:
         """Make the data directory the server's user's (a no-op once done): after a switch between
         `unshare` and `setpriv`, or on a new directory with `setpriv`."""
@@ -611,6 +626,8 @@ class EmbeddedServer:
         if runner is not None:
             if hand_over:
                 self._hand_over(runner)
+            else:
+                runner = self._owners_runner(runner)
             cmd = [*runner.prefix, str(_server_bindir(self.bindir, runner) / program), *args]
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         result = subprocess.run(

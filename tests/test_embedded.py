@@ -33,9 +33,7 @@ def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="pge-", dir="/tmp"))
     yield path
     for pgdata in path.glob("**/data/PG_VERSION"):
-        # Stopped as the user it runs as: a server that `setpriv` started belongs to nobody.
-        owner: RootMethod | None = "setpriv" if os.geteuid() == 0 and pgdata.stat().st_uid != 0 else None
-        server = EmbeddedServer(pgdata.parent.parent, root_method=owner)
+        server = EmbeddedServer(pgdata.parent.parent)
         if server.status().running:
             server.stop(mode="immediate")
     shutil.rmtree(path, ignore_errors=True)
@@ -235,7 +233,8 @@ def test_as_root_a_data_dir_moves_between_unshare_and_setpriv(data_dir: Path) ->
     status = by_setpriv.start()
     assert status.pid is not None and _real_uid(status.pid) == nobody
     assert by_setpriv.ensure_database("kept") is False
-    by_setpriv.stop()
+    assert by_unshare.stop()  # stopped as the user it runs as, whatever the method now says
+    assert not by_setpriv.status().running
     status = by_unshare.start()
     assert status.pid is not None and _real_uid(status.pid) == 0
     assert (data_dir / "data" / "base").stat().st_uid == 0
