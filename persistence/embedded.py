@@ -318,6 +318,12 @@ def _server_bindir(bindir: Path, runner: RootRunner) -> Path:
     return copied
 
 
+def _no_symlink(path: str, flags: int) -> int:
+    """An `open()` opener that refuses a symlink: with `setpriv`, directories root writes into belong to
+    `nobody`, who must not point root's writes elsewhere."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+
+
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
     os.lchown(top, uid, gid)
     for root, dirs, files in os.walk(top):
@@ -519,7 +525,7 @@ class EmbeddedServer:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.data_dir / ".lock", "a+") as handle:
+        with open(self.data_dir / ".lock", "a+", opener=_no_symlink) as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -614,8 +620,8 @@ class EmbeddedServer:
                 )
         for path in (self.data_dir, self.socket_dir, self.log_file, self.pgdata / "persistence.conf"):
             with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_uid != runner.uid:
-                    os.chown(path, runner.uid, runner.gid)
+                if path.lstat().st_uid != runner.uid:
+                    os.chown(path, runner.uid, runner.gid, follow_symlinks=False)
         if self.pgdata.exists() and self.pgdata.stat().st_uid != runner.uid:
             _chown_tree(self.pgdata, runner.uid, runner.gid)
 
@@ -666,7 +672,7 @@ class EmbeddedServer:
             "--no-locale",
             "--no-instructions",
         )
-        with open(tmp / "postgresql.conf", "a") as conf:
+        with open(tmp / "postgresql.conf", "a", opener=_no_symlink) as conf:
             conf.write("\ninclude_if_exists = 'persistence.conf'\n")
         # Rename last, so a data dir with PG_VERSION is always a complete one.
         tmp.rename(self.pgdata)
@@ -688,11 +694,15 @@ class EmbeddedServer:
                 if settings.get(key):
                     settings[key] = str(self._hand_over_file(Path(settings[key]), key, runner))
         lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
-        (self.pgdata / "persistence.conf").write_text(
-            "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
-            + "\n".join(lines)
-            + "\n"
-        )
+        try:
+            with open(self.pgdata / "persistence.conf", "w", opener=_no_symlink) as conf:
+                conf.write(
+                    "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
+                    + "\n".join(lines)
+                    + "\n"
+                )
+        except OSError as exc:
+            raise EmbeddedServerError(f"cannot write {self.pgdata / 'persistence.conf'}: {exc.strerror}") from exc
 
     def _hand_over_file(self, source: Path, key: str, runner: RootRunner) -> Path:
         """A private copy of a file the server reads (e.g. a TLS key root made 0600) in its data dir."""

@@ -202,6 +202,25 @@ def test_as_root_setpriv_runs_the_server_as_nobody_with_the_data_dir_handed_over
 
 
 @needs_root
+def test_as_root_setpriv_never_follows_nobodys_symlinks(data_dir: Path) -> None:
+    """The data dir is nobody's: a symlink planted there must not turn root's chown or writes elsewhere."""
+    data_dir.chmod(0o755)
+    victim = data_dir / "root-file"
+    victim.write_text("root's\n")
+    victim.chmod(0o600)
+    server = EmbeddedServer(data_dir / "pg", root_method="setpriv")
+    server.start()
+    server.stop()
+    (data_dir / "pg" / "postgres.log").unlink()
+    (data_dir / "pg" / "postgres.log").symlink_to(victim)
+    (data_dir / "pg" / "data" / "persistence.conf").unlink()
+    (data_dir / "pg" / "data" / "persistence.conf").symlink_to(victim)
+    with pytest.raises(EmbeddedServerError, match=r"persistence\.conf"):
+        server.start()
+    assert victim.stat().st_uid == 0 and victim.read_text() == "root's\n"
+
+
+@needs_root
 def test_as_root_setpriv_refuses_a_data_dir_nobody_cannot_reach(data_dir: Path) -> None:
     data_dir.chmod(0o755)
     hidden = data_dir / "private"
