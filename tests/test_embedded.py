@@ -18,7 +18,14 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from persistence import DatabaseConfig, EmbeddedServer, EmbeddedServerError, create_database_engine, embedded
+from persistence import (
+    DatabaseConfig,
+    EmbeddedServer,
+    EmbeddedServerError,
+    create_database_engine,
+    embedded,
+    rootless,
+)
 from persistence.config import EmbeddedConfig, RootMethod
 from persistence.embedded import candidate_bindirs, find_bindir, root_runner
 
@@ -286,7 +293,7 @@ def test_as_root_setpriv_copies_binaries_nobody_cannot_reach(
     if libs.is_dir():
         _link_tree(libs, hidden / libs.name)
     bindir = hidden / install.parent.name / install.name / "bin"
-    monkeypatch.setattr(embedded, "ROOT_HOME", data_dir / "var-lib-persistence")
+    monkeypatch.setattr(rootless, "ROOT_HOME", data_dir / "var-lib-persistence")
 
     server = EmbeddedServer(data_dir / "pg", bindir=bindir, root_method="setpriv")
     status = server.start()
@@ -366,7 +373,7 @@ def test_as_root_the_default_data_dir_moves_where_nobody_can_reach(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("PERSISTENCE_DATA_DIR", raising=False)
-    monkeypatch.setattr(embedded, "ROOT_HOME", data_dir / "var-lib-persistence")
+    monkeypatch.setattr(rootless, "ROOT_HOME", data_dir / "var-lib-persistence")
     home = data_dir / "root-home"  # like /root: 0700
     home.mkdir(mode=0o700)
     by_setpriv = EmbeddedServer.from_config(EmbeddedConfig(xdg_data_home=home, root_method="setpriv"))
