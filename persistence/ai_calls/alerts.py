@@ -302,7 +302,8 @@ def _utc_text(column: str) -> str:
 
 # The firing and its notifications in one statement (one transaction): only rows this statement
 # inserted get outbox rows. NOT EXISTS skips thresholds fired long ago without burning identity
-# values; the unique constraint is what decides between concurrent evaluations.
+# values; the unique constraint is what decides between concurrent evaluations. ORDER BY gives
+# firing ids (and so delivery order) window by window, lowest threshold first, whatever plan runs.
 _FIRE = f"""
 WITH c (alert_id, ws, we, threshold, threshold_usd, spend) AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::numeric[], $5::numeric[],
@@ -312,6 +313,7 @@ WITH c (alert_id, ws, we, threshold, threshold_usd, spend) AS (
     SELECT c.alert_id, c.ws, c.we, c.threshold, c.threshold_usd, c.spend FROM c
      WHERE NOT EXISTS (SELECT 1 FROM cost_alert_firings x
                         WHERE x.alert_id = c.alert_id AND x.window_start = c.ws AND x.threshold = c.threshold)
+     ORDER BY c.ws, c.alert_id, c.threshold
     ON CONFLICT ON CONSTRAINT uq_cost_alert_firings_alert_id_window_start_threshold DO NOTHING
     RETURNING id, alert_id, window_start, window_end, threshold, threshold_usd, spend_usd, fired_at
 ), o AS (

@@ -142,12 +142,14 @@ _AI_CALL_COLUMNS: tuple[tuple[str, Any], ...] = (
 def _ai_calls_statement() -> Insert:
     """INSERT ... SELECT FROM unnest(<one array per column>) WHERE NOT EXISTS (same request_id).
 
-    One bound array per column keeps the statement identical for every batch size.
+    One bound array per column keeps the statement identical for every batch size. ORDER BY the
+    arrays' ordinal so ids follow the plan's order whatever join the planner picks: the same seed
+    gives the same ids (PostgreSQL 18's hashed anti-join reorders the rows otherwise).
     """
     names = [name for name, _ in _AI_CALL_COLUMNS]
     incoming = (
         func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in _AI_CALL_COLUMNS))
-        .table_valued(*(column(name, type_) for name, type_ in _AI_CALL_COLUMNS))
+        .table_valued(*(column(name, type_) for name, type_ in _AI_CALL_COLUMNS), with_ordinality="ordinal")
         .render_derived(name="incoming")
     )
     present = select(literal(1)).select_from(_AI_CALLS).where(_AI_CALLS.c.request_id == incoming.c.request_id)
@@ -155,9 +157,9 @@ def _ai_calls_statement() -> Insert:
         insert(_AI_CALLS)
         .from_select(
             names,
-            select(*(cast(incoming.c[n], JSONB) if n == "usage" else incoming.c[n] for n in names)).where(
-                ~exists(present)
-            ),
+            select(*(cast(incoming.c[n], JSONB) if n == "usage" else incoming.c[n] for n in names))
+            .where(~exists(present))
+            .order_by(incoming.c.ordinal),
         )
         .returning(_AI_CALLS.c.id, _AI_CALLS.c.request_id, _AI_CALLS.c.created_at)
     )
