@@ -7,6 +7,7 @@ from persistence.models.checkpoints import ModelCheckpoint
 from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
+from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import (
@@ -29,11 +30,13 @@ __all__ = [
     "AuditLog",
     "Base",
     "Claim",
+    "CompanyQuota",
     "ConsensusDecision",
     "CostAlert",
     "CostAlertFiring",
     "CostAlertLog",
     "ModelCheckpoint",
+    "RateLimitConfig",
     "ReconciliationReport",
     "ServiceHealth",
     "TrainingData",

@@ -11,8 +11,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Numeric, String, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Connection,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base
@@ -57,3 +69,39 @@ Index(
     VendorPrice.effective_from,
     unique=True,
 )
+
+
+# Seed 002's `global_vendor_pricing`, as a view: the global prices in force now, under the seed's
+# names (`vendor`, `input_price`/`output_price` per token, `effective_date`, `is_active`) plus per-1K
+# and per-1M figures and our cache/reasoning buckets. Products of exact decimals, never rounded.
+# Revision 0012 creates the same view; a later revision that alters a column it reads must drop
+# and recreate it.
+GLOBAL_VENDOR_PRICING_VIEW = """
+CREATE VIEW global_vendor_pricing AS
+SELECT p.id, p.provider AS vendor, p.model, CAST('tokens' AS varchar(50)) AS pricing_model,
+       p.input_per_mtok * 0.000001 AS input_price, p.output_per_mtok * 0.000001 AS output_price,
+       p.input_per_mtok * 0.001 AS input_price_per_1k_tokens,
+       p.output_per_mtok * 0.001 AS output_price_per_1k_tokens,
+       p.input_per_mtok AS input_price_per_1m_tokens, p.output_per_mtok AS output_price_per_1m_tokens,
+       p.cache_read_per_mtok AS cache_read_price_per_1m_tokens,
+       p.cache_write_per_mtok AS cache_write_price_per_1m_tokens,
+       p.cache_write_1h_per_mtok AS cache_write_1h_price_per_1m_tokens,
+       p.reasoning_per_mtok AS reasoning_price_per_1m_tokens,
+       CAST('USD' AS varchar(3)) AS currency, p.effective_from AS effective_date,
+       p.effective_to AS effective_until, true AS is_active, p.source, p.created_at
+  FROM vendor_prices p
+ WHERE p.tenant_id = '' AND p.effective_from <= now() AND (p.effective_to IS NULL OR p.effective_to > now())
+"""
+
+
+# So `Base.metadata.create_all` builds what the migrations build (the view lives and dies with its table).
+def _create_view(target: object, connection: Connection, **kw: Any) -> None:
+    connection.execute(text(GLOBAL_VENDOR_PRICING_VIEW))
+
+
+def _drop_view(target: object, connection: Connection, **kw: Any) -> None:
+    connection.execute(text("DROP VIEW IF EXISTS global_vendor_pricing"))
+
+
+event.listen(VendorPrice.__table__, "after_create", _create_view)
+event.listen(VendorPrice.__table__, "before_drop", _drop_view)

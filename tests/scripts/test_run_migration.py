@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -21,8 +23,16 @@ from tests.processes import ROOT, run_python
 
 SCRIPT = str(ROOT / "scripts" / "run_migration.py")
 HEAD = head_revision()
-# Every revision in order, from the files (a new revision must not need this test edited).
-REVISIONS = sorted(path.name.split("_", 1)[0] for path in (ROOT / "alembic" / "versions").glob("[0-9]*.py"))
+
+
+def _revision_id(path: Path) -> str:
+    found = re.search(r'^revision: str = "([^"]+)"', path.read_text(), re.MULTILINE)
+    assert found is not None, path
+    return found[1]
+
+
+# Every revision id in order, from the files (a new revision must not need this test edited).
+REVISIONS = sorted(_revision_id(path) for path in (ROOT / "alembic" / "versions").glob("[0-9]*.py"))
 
 
 def run_script(url: str, *args: str) -> subprocess.CompletedProcess[str]:
