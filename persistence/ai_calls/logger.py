@@ -30,7 +30,7 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from itertools import compress
 from time import perf_counter
@@ -64,6 +64,7 @@ from persistence.ai_calls.record import (
     positive_seconds,
 )
 from persistence.ai_calls.rollups import FOLD, RECORD_PENDING, fold_rollups_raw, id_runs
+from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
 from persistence.errors import (
     ConflictError,
     Endpoint,
@@ -532,6 +533,13 @@ class AICallLogger:
         self._folded_at = time.monotonic()
         result: int = await self._run(fold_rollups_raw)
         return result
+
+    async def get_tenant_daily_cost(
+        self, tenant_id: str, day: date | None = None, *, time_zone: str = "UTC"
+    ) -> Decimal:
+        """Seed 004's: `tenant_id`'s (`organization_id`) cost on `day` (default today) in `time_zone`,
+        exact, from the rollups (`persistence.ai_calls.tenant_cost`)."""
+        return await get_tenant_daily_cost(self.engine, tenant_id, day, time_zone=time_zone)
 
     # -- get_stats ------------------------------------------------------------------------------
 
