@@ -10,7 +10,7 @@ import textwrap
 from alembic.script import Script
 
 _DROP_SQL = re.compile(
-    r"\b(?:DROP\s+(?:TABLE|COLUMN|INDEX|FUNCTION|TRIGGER|CONSTRAINT|TYPE)|DELETE\s+FROM)\s+(?:IF\s+EXISTS\s+)?\w+",
+    r"\b(?:DROP\s+(?:TABLE|VIEW|COLUMN|INDEX|FUNCTION|TRIGGER|CONSTRAINT|TYPE)|DELETE\s+FROM)\s+(?:IF\s+EXISTS\s+)?\w+",
     re.I,
 )
 _Bindings = dict[str, tuple[str, ...]]

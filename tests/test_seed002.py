@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from persistence.migration_drops import drops_of
+from persistence.migrations import alembic_config
 from persistence.testing import ThrowawayPostgres
 from tests.test_migrations import alembic
 
@@ -139,3 +142,16 @@ async def test_global_vendor_pricing_is_the_global_prices_in_force_under_the_see
         text("SELECT table_type FROM information_schema.tables WHERE table_name = 'global_vendor_pricing'")
     )
     assert kind == "VIEW"
+
+
+def test_rollback_names_what_the_downgrade_drops_the_view_included() -> None:
+    script = ScriptDirectory.from_config(alembic_config()).get_revision("0012_seed002_names")
+    assert script is not None
+    assert drops_of(script) == (
+        "index ix_ai_call_usage_hourly_product_id_hour",
+        "index ix_ai_call_usage_hourly_customer_id_hour",
+        "index ix_ai_call_usage_hourly_organization_id_hour",
+        "table company_quotas",
+        "table rate_limit_configs",
+        "view global_vendor_pricing",
+    )

@@ -175,8 +175,10 @@ def _insert_default_rate_limits() -> None:
 
 
 def downgrade() -> None:
-    for column in _SCOPE_INDEXES:
-        op.drop_index(f"ix_ai_call_usage_hourly_{column}_hour", table_name="ai_call_usage_hourly")
+    # Names written out, so `rollback`'s confirmation can list them (migration_drops.py).
+    op.drop_index("ix_ai_call_usage_hourly_product_id_hour", table_name="ai_call_usage_hourly")
+    op.drop_index("ix_ai_call_usage_hourly_customer_id_hour", table_name="ai_call_usage_hourly")
+    op.drop_index("ix_ai_call_usage_hourly_organization_id_hour", table_name="ai_call_usage_hourly")
     op.drop_table("company_quotas")
     op.drop_table("rate_limit_configs")
     op.execute("DROP VIEW global_vendor_pricing")
