@@ -86,9 +86,17 @@ LEDGER_DERIVED_TABLES: tuple[str, ...] = (
     "ai_call_usage_hourly",
     "ai_call_model_hourly",
 )
-# Reference data loaded by migrations (vendor prices) and the operator's own configuration and its
-# history (cost alert rules, their firings and notification log): never seeded, never reset.
-REFERENCE_TABLES: tuple[str, ...] = ("vendor_prices", "cost_alerts", "cost_alert_firings", "cost_alerts_log")
+# Reference data loaded by migrations (vendor prices, default rate limits) and the operator's own
+# configuration and its history (cost alert rules, their firings and notification log, limits and
+# quotas): never seeded, never reset.
+REFERENCE_TABLES: tuple[str, ...] = (
+    "vendor_prices",
+    "cost_alerts",
+    "cost_alert_firings",
+    "cost_alerts_log",
+    "rate_limit_configs",
+    "company_quotas",
+)
 
 _BATCH = 1000
 # Key of the transaction-scoped advisory lock that serialises seeders (any stable 64-bit value).
