@@ -36,11 +36,13 @@ from persistence.models import (
     AICallUsageHourly,
     AuditLog,
     Claim,
+    CompanyQuota,
     ConsensusDecision,
     CostAlert,
     CostAlertFiring,
     CostAlertLog,
     ModelCheckpoint,
+    RateLimitConfig,
     ReconciliationReport,
     ServiceHealth,
     TrainingData,
@@ -72,12 +74,14 @@ __all__ = [
     "AICallUsageHourlyFactory",
     "AuditLogFactory",
     "ClaimFactory",
+    "CompanyQuotaFactory",
     "ConsensusDecisionFactory",
     "CostAlertFactory",
     "CostAlertFiringFactory",
     "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ModelFactory",
+    "RateLimitConfigFactory",
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
@@ -732,3 +736,33 @@ class CostAlertLogFactory(ModelFactory[CostAlertLog]):
     idempotency_key = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
     payload = factory.LazyFunction(lambda: {"event": "cost_alert.threshold_crossed"})
     next_attempt_at = factory.LazyFunction(_now)
+
+
+class RateLimitConfigFactory(ModelFactory[RateLimitConfig]):
+    """One company's request rate: a per-minute limit with a burst."""
+
+    class Meta:
+        model = RateLimitConfig
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    scope = "company"
+    scope_id = ""
+    metric = "requests"
+    period = "minute"
+    limit_value = factory.LazyFunction(lambda: Decimal(_rand().randint(10, 1000)))
+    burst: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(lambda o: o.limit_value * 2)
+    enabled = True
+
+
+class CompanyQuotaFactory(ModelFactory[CompanyQuota]):
+    """One company's monthly spend quota, in USD, in a named time zone."""
+
+    class Meta:
+        model = CompanyQuota
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    metric = "cost_usd"
+    period = "monthly"
+    time_zone = "Europe/Paris"
+    limit_value = factory.LazyFunction(lambda: Decimal(_rand().randint(100, 500_000)) / 100)
+    enabled = True

@@ -24,11 +24,13 @@ from persistence.testing import (
     AICallUsageHourlyFactory,
     AuditLogFactory,
     ClaimFactory,
+    CompanyQuotaFactory,
     ConsensusDecisionFactory,
     CostAlertFactory,
     CostAlertFiringFactory,
     CostAlertLogFactory,
     ModelCheckpointFactory,
+    RateLimitConfigFactory,
     ReconciliationReportFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
@@ -57,6 +59,8 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     CostAlertFactory,
     CostAlertFiringFactory,
     CostAlertLogFactory,
+    RateLimitConfigFactory,
+    CompanyQuotaFactory,
 ]
 
 
