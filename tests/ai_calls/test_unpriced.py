@@ -136,7 +136,7 @@ async def test_one_hour_writes_without_a_one_hour_price_are_unpriced_not_priced_
             )
         )
     await logger.reload_prices()
-    base = {
+    base: dict[str, Any] = {
         "provider": "acme-ai",
         "model": "no-1h",
         "input_tokens": 100,
