@@ -39,10 +39,11 @@ __all__ = ["RepriceProgress", "RepriceReport", "reprice_calls"]
 _DIMS = ", ".join(DIMENSIONS)
 
 # One page of unpriced calls after the cursor ($1 at, $2 id), $3 page size; optional filters appended.
+# `created_at >= $1` (implied by the row comparison) lets the planner skip earlier partitions.
 _PAGE = (
     "SELECT id, created_at, provider, model, organization_id, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, total_tokens "
-    "FROM ai_calls WHERE cost_source = 'unpriced' AND (created_at, id) > ($1, $2)"
+    "FROM ai_calls WHERE cost_source = 'unpriced' AND created_at >= $1 AND (created_at, id) > ($1, $2)"
 )
 
 # $1 ids, $2 created_at, $3 cost_usd, $4 computed_cost_usd, $5 price ids (one element per call).

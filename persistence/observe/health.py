@@ -71,7 +71,7 @@ async def health(
     timeout: float = 5.0,  # noqa: ASYNC109 (a deadline for the whole check)
     service: migrations.ServiceConfig | None = None,
 ) -> HealthReport:
-    """Check the database behind `engine` within `timeout` seconds (one pooled connection, two queries).
+    """Check the database behind `engine` within `timeout` seconds (one pooled connection, a few queries).
     `service`: a service's alembic.ini, when its own branch of revisions shares the database."""
     head = migrations.head_revision()
     pool = None if isinstance(engine.pool, NullPool) else pool_stats(engine.pool)
