@@ -46,7 +46,8 @@ _PAGE = (
     "FROM ai_calls WHERE cost_source = 'unpriced' AND created_at >= $1 AND (created_at, id) > ($1, $2)"
 )
 
-# $1 ids, $2 created_at, $3 cost_usd, $4 computed_cost_usd, $5 price ids (one element per call).
+# $1 ids, $2 created_at, $3 cost_usd, $4 computed_cost_usd, $5 price ids (one element per call); $6, $7
+# the batch's first and last created_at, so the update reads only that stretch of the unpriced index.
 _REPRICE = f"""
 WITH v AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::numeric[], $4::numeric[], $5::bigint[])
@@ -57,6 +58,7 @@ WITH v AS (
            cost_source = 'computed'
       FROM v
      WHERE c.id = v.id AND c.created_at = v.created_at AND c.cost_source = 'unpriced'
+       AND c.created_at >= $6 AND c.created_at <= $7
     RETURNING c.id, c.created_at, {", ".join(f"c.{d}" for d in DIMENSIONS)}, c.total_tokens, c.cost_usd,
               c.computed_cost_usd
 ), counted AS (
@@ -191,7 +193,9 @@ def _filters(
     return sql, args
 
 
-_Arrays = tuple[list[int], list[datetime], list[Decimal], list[Decimal | None], list[int | None]]
+_Arrays = tuple[
+    list[int], list[datetime], list[Decimal], list[Decimal | None], list[int | None], datetime, datetime
+]
 
 
 def _price(book: PriceBook, rows: list[asyncpg.Record]) -> tuple[_Arrays | None, int, int]:
@@ -227,4 +231,4 @@ def _price(book: PriceBook, rows: list[asyncpg.Record]) -> tuple[_Arrays | None,
         costs.append(quote[0])
         computed.append(quote[1])
         price_ids.append(quote[3])
-    return ((ids, ats, costs, computed, price_ids) if ids else None), left, left_tokens
+    return ((ids, ats, costs, computed, price_ids, ats[0], ats[-1]) if ids else None), left, left_tokens
