@@ -44,6 +44,7 @@ from persistence.ai_calls.reconciliation import (
     ReconciliationResult,
     reconcile,
 )
+from persistence.ai_calls.reprice import RepriceReport, reprice_calls
 from persistence.ai_calls.sources import (
     FileUsageSource,
     HttpUsageSource,
@@ -144,6 +145,7 @@ __all__ = [
     "RejectedCallsError",
     "ReportSummary",
     "Repository",
+    "RepriceReport",
     "ServerStatus",
     "ServerUnavailableError",
     "ServiceHealthRepository",
@@ -175,6 +177,7 @@ __all__ = [
     "quiet_hours",
     "recent_reports",
     "reconcile",
+    "reprice_calls",
     "rows_today",
     "set_rollback",
     "table_size_bytes",

@@ -18,6 +18,7 @@ from persistence.migrate_cli import DESCRIPTION as MIGRATE_DESCRIPTION
 from persistence.migrate_cli import add_migrate_arguments, migrate_command
 from persistence.reconcile_cli import RECONCILE_DESCRIPTION, add_reconcile_arguments, reconcile_command
 from persistence.reconcile_cli import main as reconcile_main
+from persistence.reprice_cli import REPRICE_DESCRIPTION, add_reprice_arguments, reprice_command
 from persistence.seed_cli import SEED_DESCRIPTION, add_seed_arguments, seed_command
 from persistence.seed_cli import main as seed_main
 
@@ -133,6 +134,11 @@ def _print_health(
     else:
         at = f"database {schema.current}, " if schema.current is not None else ""
         print(f"schema   : {schema.state} ({at}code head {schema.head})")
+    if report.unpriced_calls_24h:
+        print(
+            f"unpriced : {report.unpriced_calls_24h} AI call(s) ({report.unpriced_tokens_24h} tokens) in the "
+            "last 24 h have no price (`persistence reprice` prices them once one is entered)"
+        )
     if stale_error is not None:
         print(f"services : could not list ({stale_error})")
     elif report.healthy:
@@ -271,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_reconcile_arguments(rec)
 
+    # Temporary home: `persistence prices reprice` once the `prices` command exists.
+    reprice = sub.add_parser(
+        "reprice",
+        help="price the AI calls stored without a price, once a price exists (rollups follow)",
+        description=REPRICE_DESCRIPTION,
+    )
+    add_reprice_arguments(reprice)
+
     grant = sub.add_parser(
         "grant-reader",
         help="create or update the read-only reconciliation_reader role (password from the environment)",
@@ -305,6 +319,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "partitions": _partitions,
     "rollups": _rollups,
     "reconcile": reconcile_command,
+    "reprice": reprice_command,
     "grant-reader": _grant_reader,
 }
 

@@ -110,6 +110,12 @@ def _print_report(result: ReconciliationResult, out: TextIO, *, all_lines: bool)
         f"{result.cost_variance_pct}%  coverage {result.coverage_pct}%  (report id {result.id})\n",
         file=out,
     )
+    if result.unpriced_calls:
+        print(
+            f"unpriced: {result.unpriced_calls} of our calls ({result.unpriced_tokens} tokens) had no price, "
+            "so no cost (`persistence reprice` prices them)\n",
+            file=out,
+        )
     shown = [
         line for line in result.lines if all_lines or line.level != "model_day" or line.status != "matched"
     ]

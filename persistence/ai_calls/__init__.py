@@ -4,6 +4,7 @@ reconciliation against the metering vendor, read-only access and monitoring (the
 from persistence.ai_calls.logger import AICallLogger
 from persistence.ai_calls.prices import Price, PriceBook, UnpricedCallError
 from persistence.ai_calls.record import AICallRecord
+from persistence.ai_calls.reprice import RepriceReport, reprice_calls
 from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
 from persistence.ai_calls.sync import SyncAICallLogger
 from persistence.ai_calls.usage import TokenUsage, UsageMismatchError, UsageShapeError, normalise_usage
@@ -13,6 +14,7 @@ __all__ = [
     "AICallRecord",
     "Price",
     "PriceBook",
+    "RepriceReport",
     "SyncAICallLogger",
     "TokenUsage",
     "UnpricedCallError",
@@ -21,4 +23,5 @@ __all__ = [
     "fold_rollups",
     "normalise_usage",
     "rebuild_rollups",
+    "reprice_calls",
 ]

@@ -16,7 +16,8 @@ Two kinds of failure, handled apart (`batch_outcomes.is_refusal`):
   full), a failed batch stays at the head of the buffer and is retried with the same backoff. A
   record that cannot be encoded as a spool line is set aside alone (`rejected.jsonl`, logged).
 - A refusal (a verdict on a call: a constraint, a trigger's RAISE, a data exception, a key reused
-  with another payload, a call with no price, a value the driver cannot encode): the batch is split
+  with another payload, a value the driver cannot encode; a call with no price is not one: it is
+  written unpriced): the batch is split
   in halves until the refused calls are isolated, so every other call is written. A refused call goes to `rejected.jsonl` in the spool directory with its reason; without
   a spool directory it is kept and the next `flush()` or `close()` raises `RejectedCallsError`
   naming it (after the good calls were written).

@@ -131,7 +131,7 @@ _VERDICT_CLASSES = frozenset({"22", "23", "44", "P0"})
 def is_refusal(exc: BaseException) -> bool:
     """A verdict on some call of the batch (found by splitting it), as opposed to an outage.
 
-    Verdicts: our own checks (`ValidationError`, no price, a key reused with another payload), a
+    Verdicts: our own checks (`ValidationError`, a key reused with another payload), a
     server error of a class that judges the row (`_VERDICT_CLASSES`), and a value the driver could
     not encode. Everything else would fail every call alike (down, restarting, a lost connection, a
     wrong password, a read-only standby after a failover, a missing grant): the calls are kept in the

@@ -8,10 +8,10 @@ reviewed and benchmarked on their own.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from persistence.advisory import advisory_key
-from persistence.ai_calls.prices import Quote
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.rollups import PENDING_ROWS
 
@@ -26,11 +26,15 @@ _DELTA_COLUMNS = (
     "hour", "provider", "model", "organization_id", "customer_id", "product_id", "environment",
     "calls", "error_calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "total_tokens", "cost_usd", "computed_cost_usd", "latency_ms_sum", "latency_count",
-    "cache_write_1h_tokens",
+    "cache_write_1h_tokens", "unpriced_calls", "unpriced_tokens",
 )  # fmt: skip
+# (cost_usd, computed_cost_usd, cost_source, price_id) of a call: a priced `Quote`, or `UNPRICED`.
+Cost = tuple[Decimal | None, Decimal | None, str, int | None]
+# A call with no price in force and no cost given: stored, with no cost at all (revision 0009).
+UNPRICED: Cost = (None, None, "unpriced", None)
 
 # $1 key, $2 hash, $3.. the row (without id), then $25 hour, $26 error_calls, $27 total_tokens,
-# $28 cache_write_1h_tokens.
+# $28 cache_write_1h_tokens. An unpriced call ($14) adds 0 to the delta's cost and 1 to its unpriced count.
 LOG_CALL = """
 WITH existing AS (
     SELECT call_id, payload_hash FROM ai_call_keys WHERE idempotency_key = $1
@@ -52,9 +56,10 @@ WITH existing AS (
                                       environment, calls, error_calls, input_tokens, output_tokens,
                                       cache_read_tokens, cache_write_tokens, reasoning_tokens,
                                       total_tokens, cost_usd, computed_cost_usd, latency_ms_sum,
-                                      latency_count, cache_write_1h_tokens)
-    SELECT $25, $4, $5, $20, $19, $21, $22, 1, $26, $6, $7, $8, $9, $10, $27, $12, $13,
-           coalesce($16, 0), ($16 IS NOT NULL)::int, $28
+                                      latency_count, cache_write_1h_tokens, unpriced_calls, unpriced_tokens)
+    SELECT $25, $4, $5, $20, $19, $21, $22, 1, $26, $6, $7, $8, $9, $10, $27, coalesce($12, 0), $13,
+           coalesce($16, 0), ($16 IS NOT NULL)::int, $28, ($14 = 'unpriced')::int,
+           CASE WHEN $14 = 'unpriced' THEN $27::bigint ELSE 0 END
       FROM ins
 )
 SELECT id, true AS new, true AS same FROM ins
@@ -82,23 +87,30 @@ _NEXT_IDS = (
 )
 _SEQUENCE = "SELECT pg_get_serial_sequence('ai_calls', 'id')"
 
+# A ledger row as a rollup row: an unpriced call counts 0 cost, 1 unpriced call and its tokens.
+_ROW_AS_ROLLUP = (
+    "{c}provider, 1, coalesce({c}cost_usd, 0), {c}total_tokens, coalesce({c}latency_ms, 0), "
+    "({c}latency_ms IS NOT NULL)::int, ({c}cost_source = 'unpriced')::int, "
+    "CASE WHEN {c}cost_source = 'unpriced' THEN {c}total_tokens ELSE 0 END"
+)
 _STATS = f"""
-SELECT provider, sum(calls)::bigint, sum(cost_usd), sum(total_tokens)::bigint, sum(latency_ms_sum)::bigint,
-       sum(latency_count)::bigint
+SELECT provider, sum(calls)::bigint, coalesce(sum(cost_usd), 0), sum(total_tokens)::bigint,
+       sum(latency_ms_sum)::bigint, sum(latency_count)::bigint, sum(unpriced_calls)::bigint,
+       sum(unpriced_tokens)::bigint
   FROM (
-    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
+    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count, unpriced_calls, unpriced_tokens
       FROM ai_call_model_hourly WHERE hour >= $3 AND hour < $4
     UNION ALL
-    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count
+    SELECT provider, calls, cost_usd, total_tokens, latency_ms_sum, latency_count, unpriced_calls, unpriced_tokens
       FROM ai_call_usage_deltas WHERE hour >= $3 AND hour < $4
     UNION ALL
-    SELECT c.provider, 1, c.cost_usd, c.total_tokens, coalesce(c.latency_ms, 0), (c.latency_ms IS NOT NULL)::int
+    SELECT {_ROW_AS_ROLLUP.format(c="c.")}
       FROM ai_call_pending_batches {PENDING_ROWS} WHERE c.created_at >= $3 AND c.created_at < $4
     UNION ALL
-    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
+    SELECT {_ROW_AS_ROLLUP.format(c="")}
       FROM ai_calls WHERE created_at >= $1 AND created_at < $3
     UNION ALL
-    SELECT provider, 1, cost_usd, total_tokens, coalesce(latency_ms, 0), (latency_ms IS NOT NULL)::int
+    SELECT {_ROW_AS_ROLLUP.format(c="")}
       FROM ai_calls WHERE created_at >= $4 AND created_at < $2
   ) parts
  GROUP BY provider
@@ -111,7 +123,7 @@ def _key_rows(records: list[AICallRecord], ids: list[int]) -> Iterator[tuple[Any
         yield r.idempotency_key, i, r.created_at, r.payload_hash
 
 
-def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Quote]) -> Iterator[tuple[Any, ...]]:
+def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Cost]) -> Iterator[tuple[Any, ...]]:
     for r, i, q in zip(records, ids, quotes, strict=True):
         yield (
             i, r.created_at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,

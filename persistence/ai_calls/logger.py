@@ -17,6 +17,10 @@ connection.
 - `get_stats` reads whole UTC hours from the rollups (+ unfolded deltas and pending batches' rows)
   and the partial hours at the edges from the ledger: exactly what a raw scan returns.
 
+No call is refused for lack of a price: a call with no price in force and no `cost_usd` given is
+stored unpriced (cost NULL, `cost_source` 'unpriced'), counted as such by `get_stats`, and priced
+later by `reprice_calls` once a price exists.
+
 A lost connection is replaced and the call retried once: the idempotency key makes that safe.
 
 Over 500 lines on purpose: one class, whose write paths, folds and stats share its leases, price book
@@ -51,10 +55,12 @@ from persistence.ai_calls.ledger_sql import (
     _SEQUENCE,
     _STATS,
     LOG_CALL,
+    UNPRICED,
+    Cost,
     _call_rows,
     _key_rows,
 )
-from persistence.ai_calls.prices import LOAD_PRICES, PriceBook, Quote, UnpricedCallError
+from persistence.ai_calls.prices import LOAD_PRICES, PriceBook
 from persistence.ai_calls.record import (
     AICallRecord,
     _utc,
@@ -254,16 +260,14 @@ class AICallLogger:
         if self.prices.stale:
             self.prices.replace(await raw.fetch(LOAD_PRICES))
 
-    async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Quote:
-        """The quote of a call no loaded price covers: reload the prices (at most every
-        `miss_interval`) and try again, else `UnpricedCallError`."""
+    async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Cost:
+        """The cost of a call no loaded price covers: reload the prices (at most every
+        `miss_interval`) and try again, else `UNPRICED` (stored without a cost, never refused)."""
         quote = None
         if self._may_reload():
             self.prices.replace(await raw.fetch(LOAD_PRICES))
             quote = self.prices.quote(record)
-        if quote is None:
-            raise _unpriced(record)
-        return quote
+        return UNPRICED if quote is None else quote
 
     def _may_reload(self) -> bool:
         now = time.monotonic()
@@ -337,7 +341,7 @@ class AICallLogger:
         prices = self.prices
         if prices.stale:
             prices.replace(await raw.fetch(LOAD_PRICES))
-        q = prices.quote(r)
+        q: Cost | None = prices.quote(r)
         if q is None:
             q = await self._quote_after_reload(raw, r)
         args = (
@@ -441,12 +445,10 @@ class AICallLogger:
         await self._fresh_prices(raw)
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
-        quotes = self._quotes(records)
-        if quotes is None and self._may_reload():
+        quotes, missing = self._quotes(records)
+        if missing and self._may_reload():
             self.prices.replace(await raw.fetch(LOAD_PRICES))
-            quotes = self._quotes(records)
-        if quotes is None:
-            raise _unpriced(next(r for r in records if self.prices.quote(r) is None))
+            quotes, missing = self._quotes(records)
         ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
         try:
             async with raw.transaction():
@@ -496,16 +498,20 @@ class AICallLogger:
                 await raw.execute(RECORD_PENDING, *id_runs(new_ids))
             return len(new_ids)
 
-    def _quotes(self, records: list[AICallRecord]) -> list[Quote] | None:
-        """The cost fields of every record, or None when one of them has no price."""
+    def _quotes(self, records: list[AICallRecord]) -> tuple[list[Cost], bool]:
+        """The cost fields of every record (`UNPRICED` where no price is in force and no cost was
+        given), and whether any was unpriced."""
         quote = self.prices.quote
-        quotes: list[Quote] = []
+        quotes: list[Cost] = []
+        missing = False
         for r in records:
             q = quote(r)
             if q is None:
-                return None
-            quotes.append(q)
-        return quotes
+                missing = True
+                quotes.append(UNPRICED)
+            else:
+                quotes.append(q)
+        return quotes, missing
 
     # -- rollups --------------------------------------------------------------------------------
 
@@ -547,7 +553,9 @@ class AICallLogger:
         """Seed 000's statistics for [start_date, end_date): exact, money as Decimal.
 
         `{'total_calls': int, 'total_cost_usd': Decimal, 'total_tokens': int,
-        'avg_latency_ms': float, 'by_provider': {provider: {'calls', 'cost', 'tokens'}}}`
+        'avg_latency_ms': float, 'unpriced_calls': int, 'unpriced_tokens': int,
+        'by_provider': {provider: {'calls', 'cost', 'tokens', 'unpriced_calls', 'unpriced_tokens'}}}`
+        Unpriced calls (stored with no price) count in calls and tokens, and add nothing to the cost.
         """
         start = _utc("start_date", start_date)
         end = _utc("end_date", end_date)
@@ -558,10 +566,18 @@ class AICallLogger:
             first = last = end
         rows = await self._run(_fetch, _STATS, start, end, first, last)
         by_provider: dict[str, dict[str, Any]] = {}
-        calls = tokens = latency_sum = latency_count = 0
+        calls = tokens = latency_sum = latency_count = unpriced_calls = unpriced_tokens = 0
         cost = Decimal(0)
-        for provider, n, c, t, ls, lc in rows:
-            by_provider[provider] = {"calls": int(n), "cost": Decimal(c), "tokens": int(t)}
+        for provider, n, c, t, ls, lc, un, ut in rows:
+            by_provider[provider] = {
+                "calls": int(n),
+                "cost": Decimal(c),
+                "tokens": int(t),
+                "unpriced_calls": int(un),
+                "unpriced_tokens": int(ut),
+            }
+            unpriced_calls += int(un)
+            unpriced_tokens += int(ut)
             calls += int(n)
             cost += Decimal(c)
             tokens += int(t)
@@ -572,6 +588,8 @@ class AICallLogger:
             "total_cost_usd": cost,
             "total_tokens": tokens,
             "avg_latency_ms": float(Decimal(latency_sum) / Decimal(latency_count)) if latency_count else 0.0,
+            "unpriced_calls": unpriced_calls,
+            "unpriced_tokens": unpriced_tokens,
             "by_provider": by_provider,
         }
 
@@ -593,13 +611,6 @@ def _key_conflict(keys: Sequence[str]) -> ConflictError:
         f"idempotency key reused for a different call: {shown} (same key, different payload)",
         constraint="pk_ai_call_keys",
         table="ai_call_keys",
-    )
-
-
-def _unpriced(record: AICallRecord) -> UnpricedCallError:
-    return UnpricedCallError(
-        f"invalid AI call: no cost_usd given and no price for {record.provider}/{record.model} "
-        f"in force at {record.created_at.isoformat()} (add one to vendor_prices or pass cost_usd)"
     )
 
 

@@ -8,6 +8,10 @@ the total line or any provider line is not matched; model/day lines locate the d
 Coverage is the share of the vendor's calls our ledger also has, counted at the finest level the source
 gives: the sum over lines of `min(ours, vendor)` calls over the vendor's total.
 
+Calls the ledger stored without a price count in our calls but add nothing to our cost; the report
+states how many there were (`unpriced_calls`, `unpriced_tokens`, per line `ours_unpriced_calls`), so a
+cost variance they cause is explained rather than hidden (`persistence reprice` prices them).
+
 The report is saved with one `INSERT ... ON CONFLICT DO UPDATE` on (period, source), so a re-run
 replaces it; the alert hook runs after the commit, on FAIL only.
 """
@@ -67,6 +71,7 @@ class ReconciliationLine:
     calls_variance_pct: Decimal
     cost_variance_pct: Decimal
     status: LineStatus
+    ours_unpriced_calls: int = 0  # of ours_calls, those stored without a price (no cost counted)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready; money and percentages as exact strings."""
@@ -82,6 +87,7 @@ class ReconciliationLine:
             "calls_variance_pct": str(self.calls_variance_pct),
             "cost_variance_pct": str(self.cost_variance_pct),
             "status": self.status,
+            "ours_unpriced_calls": self.ours_unpriced_calls,
         }
 
 
@@ -106,6 +112,9 @@ class ReconciliationResult:
     generated_at: datetime
     lines: tuple[ReconciliationLine, ...] = field(repr=False)
     by_provider: Mapping[str, Mapping[str, Any]] = field(repr=False)
+    # Of ours_calls / ours_tokens, those the ledger could not price (their cost is not in ours_cost_usd).
+    unpriced_calls: int = 0
+    unpriced_tokens: int = 0
 
     @property
     def passed(self) -> bool:
@@ -131,6 +140,8 @@ class ReconciliationResult:
                 "total_calls": self.ours_calls,
                 "total_cost_usd": str(self.ours_cost_usd),
                 "total_tokens": self.ours_tokens,
+                "unpriced_calls": self.unpriced_calls,
+                "unpriced_tokens": self.unpriced_tokens,
                 "by_provider": dict(self.by_provider),
             },
             "vendor": {"total_calls": self.vendor_calls, "total_cost_usd": str(self.vendor_cost_usd)},
@@ -148,6 +159,15 @@ class _Ours:
     calls: int = 0
     cost: Decimal = field(default_factory=Decimal)
     tokens: int = 0
+    unpriced_calls: int = 0
+    unpriced_tokens: int = 0
+
+    def add(self, other: _Ours) -> None:
+        self.calls += other.calls
+        self.cost += other.cost
+        self.tokens += other.tokens
+        self.unpriced_calls += other.unpriced_calls
+        self.unpriced_tokens += other.unpriced_tokens
 
 
 def _threshold(value: Decimal | int | str) -> Decimal:
@@ -196,7 +216,7 @@ class Reconciler:
         return result
 
     async def _ours(self, start: datetime, end: datetime) -> dict[tuple[str, str, date], _Ours]:
-        """Calls, cost and tokens per provider, model and UTC day, in one scan of the period."""
+        """Calls, cost, tokens and unpriced calls per provider, model and UTC day, in one scan of the period."""
         calls = _AI_CALLS.c
         inner = (
             select(
@@ -205,6 +225,7 @@ class Reconciler:
                 cast(func.timezone(literal("UTC"), calls.created_at), Date).label("day"),
                 calls.cost_usd,
                 calls.total_tokens,
+                (calls.cost_source == "unpriced").label("unpriced"),
             )
             .where(calls.created_at >= start, calls.created_at < end)
             .subquery("period")
@@ -216,6 +237,8 @@ class Reconciler:
             func.count(),
             func.coalesce(func.sum(inner.c.cost_usd), 0),
             func.coalesce(func.sum(inner.c.total_tokens), 0),
+            func.count().filter(inner.c.unpriced),
+            func.coalesce(func.sum(inner.c.total_tokens).filter(inner.c.unpriced), 0),
         ).group_by(inner.c.provider, inner.c.model, inner.c.day)
         try:
             async with self.engine.connect() as conn:
@@ -223,8 +246,8 @@ class Reconciler:
         except Exception as exc:
             raise_translated(exc)
         return {
-            (str(p), str(m), d): _Ours(int(n), Decimal(cost), int(tokens))
-            for p, m, d, n, cost, tokens in rows
+            (str(p), str(m), d): _Ours(int(n), Decimal(cost), int(tokens), int(un), int(ut))
+            for p, m, d, n, cost, tokens, un, ut in rows
         }
 
     async def _save(
@@ -238,15 +261,20 @@ class Reconciler:
         total = lines[0]
         providers: dict[str, _Ours] = {}
         for (provider, _, _), amount in ours.items():
-            entry = providers.setdefault(provider, _Ours())
-            entry.calls += amount.calls
-            entry.cost += amount.cost
-            entry.tokens += amount.tokens
+            providers.setdefault(provider, _Ours()).add(amount)
         by_provider = {
-            p: {"calls": a.calls, "cost_usd": str(a.cost), "tokens": a.tokens}
+            p: {
+                "calls": a.calls,
+                "cost_usd": str(a.cost),
+                "tokens": a.tokens,
+                "unpriced_calls": a.unpriced_calls,
+                "unpriced_tokens": a.unpriced_tokens,
+            }
             for p, a in sorted(providers.items())
         }
         tokens = sum(a.tokens for a in providers.values())
+        unpriced_calls = sum(a.unpriced_calls for a in providers.values())
+        unpriced_tokens = sum(a.unpriced_tokens for a in providers.values())
         status: Status = (
             "PASS" if all(line.status == "matched" for line in lines if line.level != "model_day") else "FAIL"
         )
@@ -260,6 +288,8 @@ class Reconciler:
             "total_cost_usd": total.ours_cost_usd,
             "total_tokens": tokens,
             "provider_stats": by_provider,
+            "unpriced_calls": unpriced_calls,
+            "unpriced_tokens": unpriced_tokens,
             "revenium_calls": total.vendor_calls,
             "revenium_cost_usd": total.vendor_cost_usd,
             "variance_pct": total.calls_variance_pct,
@@ -301,6 +331,8 @@ class Reconciler:
             generated_at=generated_at,
             lines=tuple(lines),
             by_provider=by_provider,
+            unpriced_calls=unpriced_calls,
+            unpriced_tokens=unpriced_tokens,
         )
 
 
@@ -311,6 +343,7 @@ def _line(
     ours_cost: Decimal,
     vendor: UsageAmount | None,
     threshold: Decimal,
+    ours_unpriced: int = 0,
 ) -> ReconciliationLine:
     vendor_calls = vendor.calls if vendor else 0
     vendor_cost = vendor.cost_usd if vendor else Decimal(0)
@@ -342,6 +375,7 @@ def _line(
         calls_var,
         cost_var,
         status,
+        ours_unpriced,
     )
 
 
@@ -350,6 +384,7 @@ def _compare(
 ) -> list[ReconciliationLine]:
     total_calls = sum(a.calls for a in ours.values())
     total_cost = sum((a.cost for a in ours.values()), Decimal(0))
+    total_unpriced = sum(a.unpriced_calls for a in ours.values())
     lines = [
         _line(
             "total",
@@ -358,14 +393,13 @@ def _compare(
             total_cost,
             UsageAmount(vendor.total_calls, vendor.total_cost_usd),
             threshold,
+            total_unpriced,
         )
     ]
     if vendor.by_provider is not None:
         per_provider: dict[str, _Ours] = {}
         for (provider, _, _), amount in ours.items():
-            entry = per_provider.setdefault(provider, _Ours())
-            entry.calls += amount.calls
-            entry.cost += amount.cost
+            per_provider.setdefault(provider, _Ours()).add(amount)
         for provider in sorted(per_provider.keys() | vendor.by_provider.keys()):
             mine = per_provider.get(provider, _Ours())
             lines.append(
@@ -376,6 +410,7 @@ def _compare(
                     mine.cost,
                     vendor.by_provider.get(provider),
                     threshold,
+                    mine.unpriced_calls,
                 )
             )
     if vendor.lines is not None:
@@ -388,7 +423,11 @@ def _compare(
             )
         for key in sorted(ours.keys() | theirs.keys(), key=lambda k: (k[2], k[0], k[1])):
             mine = ours.get(key, _Ours())
-            lines.append(_line("model_day", key, mine.calls, mine.cost, theirs.get(key), threshold))
+            lines.append(
+                _line(
+                    "model_day", key, mine.calls, mine.cost, theirs.get(key), threshold, mine.unpriced_calls
+                )
+            )
     return lines
 
 

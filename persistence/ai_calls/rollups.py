@@ -58,7 +58,9 @@ SELECT date_trunc('hour', c.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {
        count(*), count(*) FILTER (WHERE c.status <> 'success'), sum(c.input_tokens), sum(c.output_tokens),
        sum(c.cache_read_tokens), sum(c.cache_write_tokens), sum(c.cache_write_1h_tokens), sum(c.reasoning_tokens),
        sum(c.total_tokens),
-       sum(c.cost_usd), sum(c.computed_cost_usd), coalesce(sum(c.latency_ms), 0), count(c.latency_ms)
+       coalesce(sum(c.cost_usd), 0), sum(c.computed_cost_usd), coalesce(sum(c.latency_ms), 0), count(c.latency_ms),
+       count(*) FILTER (WHERE c.cost_source = 'unpriced'),
+       coalesce(sum(c.total_tokens) FILTER (WHERE c.cost_source = 'unpriced'), 0)
   FROM {source}
  GROUP BY 1, {dims}
 """

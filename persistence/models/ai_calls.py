@@ -29,8 +29,9 @@ from persistence.models.base import JSON, Base
 
 # Call outcomes. Failed calls are logged too: the vendor may bill them, and reconciliation must see them.
 CALL_STATUSES = ("success", "error", "timeout", "rate_limited", "cancelled")
-# How `cost_usd` was obtained: given by the caller, or computed from `vendor_prices`.
-COST_SOURCES = ("provided", "computed")
+# How `cost_usd` was obtained: given by the caller, or computed from `vendor_prices`; 'unpriced': neither
+# (no price in force and no cost given), so `cost_usd` is NULL until `reprice` finds a price (revision 0009).
+COST_SOURCES = ("provided", "computed", "unpriced")
 
 
 class AICall(Base):
@@ -41,7 +42,9 @@ class AICall(Base):
     adds all six. The
     provider's raw usage object is kept in `usage`. `cost_usd` is what the ledger counts (the
     caller's figure when given, else ours); `computed_cost_usd` is always ours, at full precision,
-    from the price row `price_id`, so the two can be compared.
+    from the price row `price_id`, so the two can be compared. A call with neither is stored
+    unpriced (`cost_source` 'unpriced', no cost at all, never an invented one) and priced later by
+    `reprice_calls`.
     """
 
     __tablename__ = "ai_calls"
@@ -69,7 +72,7 @@ class AICall(Base):
     )
     usage: Mapped[JSON | None]
 
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric(10, 6))
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 6))  # NULL: unpriced
     computed_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(20, 12))
     cost_source: Mapped[str] = mapped_column(String(10), server_default=text("'provided'"))
     price_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -101,6 +104,11 @@ class AICall(Base):
         CheckConstraint(
             "cost_source IN (" + ", ".join(f"'{s}'" for s in COST_SOURCES) + ")", name="cost_source_known"
         ),
+        CheckConstraint(
+            "(cost_source = 'unpriced') = (cost_usd IS NULL) "
+            "AND (cost_source <> 'unpriced' OR (computed_cost_usd IS NULL AND price_id IS NULL))",
+            name="unpriced_has_no_cost",
+        ),
         CheckConstraint("latency_ms >= 0", name="latency_non_negative"),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")", name="status_known"
@@ -116,6 +124,13 @@ Index("ix_ai_calls_created_at_brin", AICall.created_at, postgresql_using="brin")
 Index("ix_ai_calls_provider", AICall.provider)
 Index("ix_ai_calls_customer_id_created_at", AICall.customer_id, AICall.created_at)
 Index("ix_ai_calls_organization_id_created_at", AICall.organization_id, AICall.created_at)
+# The unpriced calls only (a handful): health counts them and `reprice_calls` walks them (revision 0009).
+Index(
+    "ix_ai_calls_created_at_id",
+    AICall.created_at,
+    AICall.id,
+    postgresql_where=text("cost_source = 'unpriced'"),
+)
 
 
 class AICallKey(Base):

@@ -46,6 +46,10 @@ class ReconciliationReport(Base):
     total_cost_usd: Mapped[Decimal] = mapped_column(Numeric(16, 6))
     total_tokens: Mapped[int] = mapped_column(BigInteger)
     provider_stats: Mapped[JSON | None]
+    # Calls of the period stored without a price and their tokens (revision 0009): their cost is
+    # missing from total_cost_usd, which a cost variance then reflects.
+    unpriced_calls: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     # The vendor's side (seed 000 names it after Revenium; any source fills it).
     revenium_calls: Mapped[int | None] = mapped_column(Integer)

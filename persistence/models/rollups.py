@@ -48,6 +48,8 @@ MEASURES = (
     "computed_cost_usd",
     "latency_ms_sum",
     "latency_count",
+    "unpriced_calls",
+    "unpriced_tokens",
 )
 
 
@@ -66,6 +68,10 @@ class _Measures:
     computed_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(24, 12))
     latency_ms_sum: Mapped[int] = mapped_column(BigInteger)
     latency_count: Mapped[int] = mapped_column(BigInteger)
+    # Calls stored without a price (cost_usd NULL, counted as 0 in `cost_usd`) and their tokens
+    # (revision 0009); a reprice adds a delta of -1 call and its cost.
+    unpriced_calls: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class _Dimensions:

@@ -1,5 +1,6 @@
 """`await health(engine)`: can we reach the database, how fast, which server, how full is the pool,
-and is the schema at the Alembic head of this package's migrations.
+is the schema at the Alembic head of this package's migrations, and how many AI calls of the last
+24 hours the ledger stored without a price (a model nobody priced yet: `persistence reprice`).
 
 Never raises for an unreachable or broken database: the report says what failed (`error`) and
 `healthy` is False. `persistence health` prints it and exits non-zero when unhealthy.
@@ -15,7 +16,8 @@ from typing import Any, Literal
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from persistence import migrations
@@ -48,6 +50,9 @@ class HealthReport:
     pool: PoolStats | None
     schema: SchemaStatus
     error: str | None = None
+    # AI calls of the last 24 h stored unpriced, and their tokens; None: no ledger or not readable.
+    unpriced_calls_24h: int | None = None
+    unpriced_tokens_24h: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +71,7 @@ async def health(
     timeout: float = 5.0,  # noqa: ASYNC109 (a deadline for the whole check)
     service: migrations.ServiceConfig | None = None,
 ) -> HealthReport:
-    """Check the database behind `engine` within `timeout` seconds (one pooled connection, two queries).
+    """Check the database behind `engine` within `timeout` seconds (one pooled connection, a few queries).
     `service`: a service's alembic.ini, when its own branch of revisions shares the database."""
     head = migrations.head_revision()
     pool = None if isinstance(engine.pool, NullPool) else pool_stats(engine.pool)
@@ -80,6 +85,7 @@ async def health(
                 await conn.execute(text("SELECT current_setting('server_version'), current_database()"))
             ).one()
             current = await conn.run_sync(migrations.current_of, service)
+            unpriced = await _unpriced_last_day(conn)
     except TimeoutError:
         return HealthReport(
             False, False, None, None, engine.url.database, pool, unknown, f"timed out after {timeout:g}s"
@@ -99,7 +105,28 @@ async def health(
         pool=pool_stats(engine.pool) if pool is not None else None,
         schema=schema,
         error=None if schema.state == "at head" else f"schema {schema.state}",
+        unpriced_calls_24h=None if unpriced is None else unpriced[0],
+        unpriced_tokens_24h=None if unpriced is None else unpriced[1],
     )
+
+
+# Through the partial index on unpriced calls (revision 0009): cheap whatever the ledger's size.
+_UNPRICED = text(
+    "SELECT count(*), coalesce(sum(total_tokens), 0) FROM ai_calls "
+    "WHERE cost_source = 'unpriced' AND created_at >= now() - interval '24 hours'"
+)
+
+
+async def _unpriced_last_day(conn: AsyncConnection) -> tuple[int, int] | None:
+    """(calls, tokens) stored unpriced in the last 24 h; None without a readable ledger (the last
+    statement of the check, so a failure here costs nothing else)."""
+    if await conn.scalar(text("SELECT to_regclass('ai_calls')")) is None:
+        return None
+    try:
+        row = (await conn.execute(_UNPRICED)).one()
+    except DBAPIError:  # e.g. no SELECT on the ledger: report the rest
+        return None
+    return int(row[0]), int(row[1])
 
 
 def schema_status(current: str | None, head: str | None) -> SchemaStatus:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.ai_calls import AICallLogger, AICallRecord, UnpricedCallError
+from persistence.ai_calls import AICallLogger, AICallRecord
 from persistence.errors import ConflictError, TransientError, ValidationError
 from tests.ai_calls.conftest import T0, call, counts, scalar
 
@@ -199,11 +199,21 @@ async def test_cost_is_computed_from_the_price_in_force(engine: AsyncEngine, log
         "provided",
     )
     assert rows[mar].price_id == rows[given].price_id != rows[feb].price_id
-    with pytest.raises(UnpricedCallError, match="acme-ai/m2"):
-        await logger.log_call(provider="acme-ai", model="m2", input_tokens=1, output_tokens=1)
-    with pytest.raises(UnpricedCallError):  # before the first price
-        await logger.log_call(**base, created_at=T0.replace(year=2025))
-    assert (await counts(engine))[0] == 4
+    # No price in force (another model; before the first price): stored unpriced, never refused.
+    m2 = await logger.log_call(provider="acme-ai", model="m2", input_tokens=1, output_tokens=1, created_at=T0)
+    early = await logger.log_call(**base, request_id="early", created_at=T0.replace(year=2025))
+    async with engine.connect() as conn:
+        unpriced = (
+            await conn.execute(
+                text(
+                    "SELECT id, cost_usd, computed_cost_usd, cost_source, price_id FROM ai_calls "
+                    "WHERE id = ANY(:ids) ORDER BY id"
+                ),
+                {"ids": [m2, early]},
+            )
+        ).all()
+    assert [tuple(r[1:]) for r in unpriced] == [(None, None, "unpriced", None)] * 2
+    assert (await counts(engine))[0] == 6
 
 
 @pytest.mark.commits

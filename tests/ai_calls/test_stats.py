@@ -52,9 +52,10 @@ async def raw_stats(engine: AsyncEngine, start: datetime, end: datetime) -> dict
         rows = (
             await conn.execute(
                 text(
-                    "SELECT provider, count(*), sum(cost_usd), sum(total_tokens), coalesce(sum(latency_ms), 0), "
-                    "count(latency_ms) FROM ai_calls WHERE created_at >= :s AND created_at < :e "
-                    "GROUP BY provider ORDER BY provider"
+                    "SELECT provider, count(*), coalesce(sum(cost_usd), 0), sum(total_tokens), "
+                    "coalesce(sum(latency_ms), 0), count(latency_ms), count(*) FILTER (WHERE cost_usd IS NULL), "
+                    "coalesce(sum(total_tokens) FILTER (WHERE cost_usd IS NULL), 0) "
+                    "FROM ai_calls WHERE created_at >= :s AND created_at < :e GROUP BY provider ORDER BY provider"
                 ),
                 {"s": start, "e": end},
             )
@@ -65,7 +66,18 @@ async def raw_stats(engine: AsyncEngine, start: datetime, end: datetime) -> dict
         "total_cost_usd": sum((Decimal(r[2]) for r in rows), Decimal(0)),
         "total_tokens": sum(int(r[3]) for r in rows),
         "avg_latency_ms": float(Decimal(lat_sum) / Decimal(lat_n)) if lat_n else 0.0,
-        "by_provider": {r[0]: {"calls": int(r[1]), "cost": Decimal(r[2]), "tokens": int(r[3])} for r in rows},
+        "unpriced_calls": sum(int(r[6]) for r in rows),
+        "unpriced_tokens": sum(int(r[7]) for r in rows),
+        "by_provider": {
+            r[0]: {
+                "calls": int(r[1]),
+                "cost": Decimal(r[2]),
+                "tokens": int(r[3]),
+                "unpriced_calls": int(r[6]),
+                "unpriced_tokens": int(r[7]),
+            }
+            for r in rows
+        },
     }
 
 
@@ -98,7 +110,15 @@ async def test_get_stats_equals_a_raw_scan_to_the_cent(engine: AsyncEngine, logg
     whole = await logger.get_stats(*WINDOWS[0])
     assert whole["total_calls"] == 3000
     assert whole["total_cost_usd"] == sum((c["cost_usd"] for c in calls), Decimal(0))
-    assert set(whole) == {"total_calls", "total_cost_usd", "total_tokens", "avg_latency_ms", "by_provider"}
+    assert set(whole) == {
+        "total_calls",
+        "total_cost_usd",
+        "total_tokens",
+        "avg_latency_ms",
+        "unpriced_calls",
+        "unpriced_tokens",
+        "by_provider",
+    }
 
 
 async def test_get_stats_of_an_empty_ledger_and_bad_periods(logger: AICallLogger) -> None:
@@ -107,6 +127,8 @@ async def test_get_stats_of_an_empty_ledger_and_bad_periods(logger: AICallLogger
         "total_cost_usd": Decimal(0),
         "total_tokens": 0,
         "avg_latency_ms": 0.0,
+        "unpriced_calls": 0,
+        "unpriced_tokens": 0,
         "by_provider": {},
     }
     with pytest.raises(ValidationError, match="timezone-aware"):

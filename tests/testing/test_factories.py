@@ -150,7 +150,7 @@ async def test_ai_call_costs_are_exact_decimals(session: AsyncSession) -> None:
     await session.flush()
     stored = (await session.scalars(select(AICall).order_by(AICall.id))).all()
     assert all(isinstance(c.cost_usd, Decimal) for c in stored)
-    assert sum(c.cost_usd for c in stored) == sum(c.cost_usd for c in calls)
+    assert sum(c.cost_usd or 0 for c in stored) == sum(c.cost_usd or 0 for c in calls)
     assert all(c.total_tokens == c.input_tokens + c.output_tokens + c.cache_read_tokens for c in stored)
     assert any(c.cache_read_tokens for c in stored)  # a realistic mix: some calls read a cached prompt
 
