@@ -145,7 +145,7 @@ async def test_global_vendor_pricing_is_the_global_prices_in_force_under_the_see
 
 
 def test_rollback_names_what_the_downgrade_drops_the_view_included() -> None:
-    script = ScriptDirectory.from_config(alembic_config()).get_revision("0012_seed002_names")
+    script = ScriptDirectory.from_config(alembic_config()).get_revision("0012")
     assert script is not None
     assert drops_of(script) == (
         "index ix_ai_call_usage_hourly_product_id_hour",

@@ -17,8 +17,8 @@ their default data:
 
 The downgrade drops the view, the two tables and the indexes; it leaves `vendor_prices` untouched.
 
-Revision ID: 0012_seed002_names
-Revises: 0008
+Revision ID: 0012
+Revises: 0009
 Create Date: 2026-12-07 12:40:00.000000+00:00
 """
 
@@ -32,8 +32,8 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0012_seed002_names"
-down_revision: str | Sequence[str] | None = "0008"
+revision: str = "0012"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
