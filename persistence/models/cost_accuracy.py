@@ -131,5 +131,5 @@ class CostAccuracyValidation(Base):
     )
 
 
-event.listen(Base.metadata, "after_create", DDL(COST_CALCULATIONS_VIEW))
-event.listen(Base.metadata, "before_drop", DDL("DROP VIEW IF EXISTS cost_calculations"))
+event.listen(Base.metadata, "after_create", DDL(COST_CALCULATIONS_VIEW))  # type: ignore[no-untyped-call]
+event.listen(Base.metadata, "before_drop", DDL("DROP VIEW IF EXISTS cost_calculations"))  # type: ignore[no-untyped-call]
