@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -23,6 +23,7 @@ PROVIDER = "acme-ai"
 MONTH_START = datetime(2026, 11, 1, tzinfo=UTC)
 MONTH_END = datetime(2026, 12, 1, tzinfo=UTC)
 DAYS = 30
+MICRO = Decimal("0.000001")
 OFF_DAY = date(2026, 11, 10)
 OFF_BY = Decimal("0.25")
 NEAR_DAY = date(2026, 11, 20)
@@ -71,8 +72,10 @@ def month_calls() -> Month:
     for call in inside:
         key = (call["model"], call["created_at"].date())
         cost = call.get("cost_usd")
-        if cost is None:
-            cost = ours(call["model"], call["input_tokens"], call["output_tokens"])
+        if cost is None:  # the ledger rounds its own figure half-up to the micro-dollar
+            cost = ours(call["model"], call["input_tokens"], call["output_tokens"]).quantize(
+                MICRO, ROUND_HALF_UP
+            )
         ledger[key] = ledger.get(key, Decimal(0)) + cost
     return Month(calls, off, ledger)
 
