@@ -3,6 +3,7 @@ day, periods open -> grace -> closed, re-runs until closed, late rows kept as ad
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import json
@@ -242,3 +243,44 @@ async def test_typed_rows_are_checked(engine: AsyncEngine) -> None:
         await validate_billing(engine, 123_456)
     with pytest.raises(NotFoundError):
         await get_billing_period(engine, "openai", date(2026, 11, 1))
+
+
+async def wait_for_a_lock_waiter(engine: AsyncEngine) -> None:
+    """Until some backend of this database waits for a lock (a deterministic interleaving)."""
+    async with engine.connect() as watcher:
+        for _ in range(1000):
+            waiting = await watcher.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+            await watcher.rollback()  # a fresh snapshot of pg_stat_activity next time
+            if waiting:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("no backend ever waited for a lock")
+
+
+@pytest.mark.commits
+async def test_a_row_racing_the_close_is_filed_as_an_adjustment(engine: AsyncEngine) -> None:
+    first = BillingRow(PROVIDER, "acme-large", Decimal(1), "s", "r-1", day=date(2026, 11, 2))
+    await record_billing_rows(engine, [first], policy=POLICY)
+    await close_due_periods(engine, now=MONTH_END)
+    period = await get_billing_period(engine, PROVIDER, date(2026, 11, 1))
+    assert period.state == "grace"
+
+    late = BillingRow(PROVIDER, "acme-large", Decimal(2), "s", "r-2", day=date(2026, 11, 3))
+    async with engine.connect() as closer:  # a close in flight: the period row updated, not yet committed
+        await closer.execute(
+            text(
+                "UPDATE billing_periods SET state = 'closed', closed_at = :now WHERE id = :id AND state = 'grace'"
+            ),
+            {"now": MONTH_END + timedelta(days=3), "id": period.id},
+        )
+        racing = asyncio.create_task(record_billing_rows(engine, [late], policy=POLICY))
+        await wait_for_a_lock_waiter(engine)
+        await closer.commit()
+    # The insert waited for the close and saw it: the row is an adjustment, not part of the period.
+    assert await racing == BillingImport(0, 1, 0)
+    assert await billing_rows(engine) == [("usage", "r-1", Decimal(1)), ("adjustment", "r-2", Decimal(2))]
