@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+from persistence.billing_cli import BILLING_DESCRIPTION, add_billing_arguments, billing_command
 from persistence.cli_common import command_engine, run_guarded
 from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig
 from persistence.embedded import EmbeddedServer
@@ -271,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_reconcile_arguments(rec)
 
+    bill = sub.add_parser(
+        "billing",
+        help="vendor bills against the ledger (import, close, validate) and cost accuracy",
+        description=BILLING_DESCRIPTION,
+    )
+    add_billing_arguments(bill)
+
     grant = sub.add_parser(
         "grant-reader",
         help="create or update the read-only reconciliation_reader role (password from the environment)",
@@ -305,6 +313,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "partitions": _partitions,
     "rollups": _rollups,
     "reconcile": reconcile_command,
+    "billing": billing_command,
     "grant-reader": _grant_reader,
 }
 

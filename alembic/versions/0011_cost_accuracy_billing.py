@@ -7,7 +7,7 @@ closed), `billing_data` (seed 002: what a vendor billed, with late rows of a clo
 adjustments) and `billing_validations` (one per period, final once closed). The downgrade drops the
 view and the four tables.
 
-Revision ID: 0011_cost_accuracy_billing
+Revision ID: 0011
 Revises: 0008
 Create Date: 2026-12-07 12:30:00.000000+00:00
 """
@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0011_cost_accuracy_billing"
+revision: str = "0011"
 down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -504,8 +504,10 @@ async def close_due_periods(engine: AsyncEngine, *, now: datetime) -> list[Perio
     except Exception as exc:
         raise_translated(exc)
     closed_ids = {p.id for p in closed}
+    graced_ids = {p.id for p in graced}
+    # A period that went open -> grace -> closed in this call reports `open` as where it came from.
     return [PeriodTransition(p, "open") for p in graced if p.id not in closed_ids] + [
-        PeriodTransition(p, "grace") for p in closed
+        PeriodTransition(p, "open" if p.id in graced_ids else "grace") for p in closed
     ]
 
 

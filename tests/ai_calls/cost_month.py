@@ -71,8 +71,10 @@ def month_calls() -> Month:
     ledger: dict[tuple[str, date], Decimal] = {}
     for call in inside:
         key = (call["model"], call["created_at"].date())
-        cost = call.get("cost_usd")
-        if cost is None:  # the ledger rounds its own figure half-up to the micro-dollar
+        given: Decimal | None = call.get("cost_usd")
+        if given is not None:
+            cost = given
+        else:  # the ledger rounds its own figure half-up to the micro-dollar
             cost = ours(call["model"], call["input_tokens"], call["output_tokens"]).quantize(
                 MICRO, ROUND_HALF_UP
             )

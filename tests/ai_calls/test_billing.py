@@ -139,7 +139,7 @@ async def test_a_period_closed_before_any_validation_is_validated_once(engine: A
     moved = await close_due_periods(
         engine, now=MONTH_END + timedelta(days=10)
     )  # open -> grace -> closed at once
-    assert [(t.previous, t.period.state) for t in moved] == [("grace", "closed")]
+    assert [(t.previous, t.period.state) for t in moved] == [("open", "closed")]
     assert moved[0].period.grace_at == moved[0].period.closed_at
     first = await validate_billing(engine, moved[0].period)
     assert first.final and first.validated_in_state == "closed" and first.verdict == "mismatch"
