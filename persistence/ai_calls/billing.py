@@ -63,11 +63,17 @@ class BillingFileError(UsageSourceError):
         super().__init__(f"{where}: {message}")
 
 
-class _FieldError(Exception):
-    def __init__(self, field: str, message: str) -> None:
+class BillingRowError(InvalidRequestError):
+    """A `BillingRow` field holds something it cannot: `field` names it, `problem` says what is wrong."""
+
+    def __init__(self, field: str, problem: str, external_id: object = None) -> None:
         self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
+        self.problem = problem
+        row = f"billing row {external_id!r}: " if isinstance(external_id, str) else ""
+        super().__init__(f"{row}{field}: {problem}")
+
+
+_FieldError = BillingRowError  # what the field parsers raise; BillingRow adds its external id
 
 
 def _month(d: date) -> date:
@@ -171,8 +177,8 @@ class BillingRow:
     def __post_init__(self) -> None:
         try:
             self._check()
-        except _FieldError as exc:
-            raise InvalidRequestError(f"billing row {self.external_id!r}: {exc}") from None
+        except BillingRowError as exc:
+            raise BillingRowError(exc.field, exc.problem, self.external_id) from None
 
     def _check(self) -> None:
         set_ = object.__setattr__
@@ -222,13 +228,9 @@ def _row(entry: Mapping[str, Any], default_source: str) -> BillingRow:
     for required in ("provider", "model", "amount_usd", "external_id"):
         if values[required] is None:
             raise _FieldError(required, "missing")
-    row = object.__new__(BillingRow)
-    for name, value in values.items():
-        object.__setattr__(row, name, value)
-    if row.source is None:
-        object.__setattr__(row, "source", default_source)
-    row._check()
-    return row
+    if values["source"] is None:
+        values["source"] = default_source
+    return BillingRow(**values)
 
 
 def load_billing_file(path: Path | str, *, source: str | None = None) -> list[BillingRow]:
@@ -275,8 +277,8 @@ def load_billing_file(path: Path | str, *, source: str | None = None) -> list[Bi
             raise BillingFileError("expected an object", path=path, line=line)
         try:
             rows.append(_row({str(k).lower(): v for k, v in entry.items()}, default_source))
-        except _FieldError as exc:
-            raise BillingFileError(exc.message, path=path, line=line, field=exc.field) from None
+        except BillingRowError as exc:
+            raise BillingFileError(exc.problem, path=path, line=line, field=exc.field) from None
     return rows
 
 

@@ -20,6 +20,7 @@ from persistence.ai_calls import (
     BillingImport,
     BillingPolicy,
     BillingRow,
+    BillingRowError,
     close_due_periods,
     get_billing_period,
     import_billing_file,
@@ -231,8 +232,13 @@ def test_billing_files_name_the_line_and_field_of_a_bad_row(tmp_path: Path) -> N
 
 
 async def test_typed_rows_are_checked(engine: AsyncEngine) -> None:
-    with pytest.raises(InvalidRequestError, match="day"):
-        BillingRow("openai", "gpt-4o", Decimal(1), "s", "e")  # no day, no period
+    with pytest.raises(BillingRowError) as caught:
+        BillingRow("openai", "gpt-4o", Decimal(1), "s", "e-1")  # no day, no period
+    assert isinstance(caught.value, InvalidRequestError)
+    assert (caught.value.field, str(caught.value)) == (
+        "day",
+        "billing row 'e-1': day: a row needs a day or a period",
+    )
     with pytest.raises(InvalidRequestError, match="period"):
         BillingRow("openai", "gpt-4o", Decimal(1), "s", "e", day=date(2026, 11, 3), period=date(2026, 12, 1))
     with pytest.raises(InvalidRequestError, match="amount_usd"):

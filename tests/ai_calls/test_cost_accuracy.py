@@ -3,6 +3,7 @@ worst calls, tolerance rules, and a re-run replacing its rows."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -10,7 +11,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.ai_calls import CostAccuracyReport, CostTolerance, load_cost_accuracy, validate_cost_accuracy
+from persistence.advisory import advisory_key
+from persistence.ai_calls import (
+    CostAccuracyReport,
+    CostTolerance,
+    cost_accuracy,
+    load_cost_accuracy,
+    validate_cost_accuracy,
+)
 from persistence.errors import InvalidRequestError
 from tests.ai_calls.cost_month import (
     MONTH_END,
@@ -169,3 +177,39 @@ def test_tolerance_rule() -> None:
     assert rule.allows(Decimal("101.01"), Decimal(100)) and not rule.allows(Decimal("101.02"), Decimal(100))
     assert CostTolerance().allows(Decimal("0.000001"), Decimal(0))
     assert not CostTolerance().allows(Decimal("0.0000011"), Decimal(0))
+
+
+@pytest.mark.commits
+async def test_a_run_waits_for_a_concurrent_run_of_the_same_period_and_replaces_it(
+    engine: AsyncEngine,
+) -> None:
+    await seed_month(engine)
+    async with engine.connect() as other:  # another process's run of the same period, not yet committed
+        await other.execute(
+            cost_accuracy._LOCK,
+            {"key": advisory_key(f"cost_accuracy:{MONTH_START.isoformat()}:{MONTH_END.isoformat()}")},
+        )
+        await other.execute(cost_accuracy._DELETE, {"start": MONTH_START, "end": MONTH_END})
+        await other.execute(
+            cost_accuracy._RUN,
+            {"start": MONTH_START, "end": MONTH_END, "atol": 0, "rtol": 0, "max_pct": 10**8, "top": 1},
+        )
+        ours = asyncio.create_task(validate_cost_accuracy(engine, start=MONTH_START, end=MONTH_END))
+        async with engine.connect() as watcher:
+            for _ in range(1000):
+                waiting = await watcher.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                )
+                await watcher.rollback()
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the second run never waited")
+        await other.commit()
+    report = await ours  # not a unique violation: it ran after the other and replaced its rows
+    assert report.calls_over_tolerance == 1 and report.tolerance == CostTolerance()
+    assert len(await rows_for_period(engine)) == 61
