@@ -87,8 +87,18 @@ LEDGER_DERIVED_TABLES: tuple[str, ...] = (
     "ai_call_model_hourly",
 )
 # Reference data loaded by migrations (vendor prices) and the operator's own configuration and its
-# history (cost alert rules, their firings and notification log): never seeded, never reset.
-REFERENCE_TABLES: tuple[str, ...] = ("vendor_prices", "cost_alerts", "cost_alert_firings", "cost_alerts_log")
+# history (cost alert rules, their firings and notification log; vendor bills, billing periods and
+# their validations; cost-accuracy runs): never seeded, never reset.
+REFERENCE_TABLES: tuple[str, ...] = (
+    "vendor_prices",
+    "cost_alerts",
+    "cost_alert_firings",
+    "cost_alerts_log",
+    "billing_periods",
+    "billing_data",
+    "billing_validations",
+    "cost_accuracy_validations",
+)
 
 _BATCH = 1000
 # Key of the transaction-scoped advisory lock that serialises seeders (any stable 64-bit value).
