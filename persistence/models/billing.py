@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from persistence.models.base import Base
 
@@ -92,6 +92,8 @@ class BillingData(Base):
     external_id: Mapped[str] = mapped_column(String(300))
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
+    period: Mapped[BillingPeriod] = relationship(lazy="raise")
+
     __table_args__ = (
         UniqueConstraint("source", "external_id"),
         CheckConstraint(_in("kind", BILLING_KINDS), name="kind_known"),
@@ -119,6 +121,8 @@ class BillingValidation(Base):
     verdict: Mapped[str] = mapped_column(String(10))
     lines: Mapped[list[Any]] = mapped_column(JSONB)
     validated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    period: Mapped[BillingPeriod] = relationship(lazy="raise")
 
     __table_args__ = (
         UniqueConstraint("period_id"),

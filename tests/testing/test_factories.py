@@ -23,8 +23,12 @@ from persistence.testing import (
     AICallUsageDeltaFactory,
     AICallUsageHourlyFactory,
     AuditLogFactory,
+    BillingDataFactory,
+    BillingPeriodFactory,
+    BillingValidationFactory,
     ClaimFactory,
     ConsensusDecisionFactory,
+    CostAccuracyValidationFactory,
     CostAlertFactory,
     CostAlertFiringFactory,
     CostAlertLogFactory,
@@ -57,6 +61,10 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     CostAlertFactory,
     CostAlertFiringFactory,
     CostAlertLogFactory,
+    BillingPeriodFactory,
+    BillingDataFactory,
+    BillingValidationFactory,
+    CostAccuracyValidationFactory,
 ]
 
 
