@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+from persistence.billing_cli import BILLING_DESCRIPTION, add_billing_arguments, billing_command
 from persistence.cli_common import command_engine, run_guarded
 from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig
 from persistence.embedded import EmbeddedServer
@@ -284,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=REPRICE_DESCRIPTION,
     )
     add_reprice_arguments(reprice)
+    bill = sub.add_parser(
+        "billing",
+        help="vendor bills against the ledger (import, close, validate) and cost accuracy",
+        description=BILLING_DESCRIPTION,
+    )
+    add_billing_arguments(bill)
 
     grant = sub.add_parser(
         "grant-reader",
@@ -320,6 +327,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "rollups": _rollups,
     "reconcile": reconcile_command,
     "reprice": reprice_command,
+    "billing": billing_command,
     "grant-reader": _grant_reader,
 }
 

@@ -18,7 +18,7 @@ their default data:
 The downgrade drops the view, the two tables and the indexes; it leaves `vendor_prices` untouched.
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 Create Date: 2026-12-07 12:40:00.000000+00:00
 """
 
@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | Sequence[str] | None = "0009"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -3,9 +3,11 @@
 from persistence.models.ai_calls import AICall, AICallKey
 from persistence.models.audit import AuditLog
 from persistence.models.base import Base
+from persistence.models.billing import BillingData, BillingPeriod, BillingValidation
 from persistence.models.checkpoints import ModelCheckpoint
 from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
+from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
 from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice
@@ -29,9 +31,13 @@ __all__ = [
     "AICallUsageHourly",
     "AuditLog",
     "Base",
+    "BillingData",
+    "BillingPeriod",
+    "BillingValidation",
     "Claim",
     "CompanyQuota",
     "ConsensusDecision",
+    "CostAccuracyValidation",
     "CostAlert",
     "CostAlertFiring",
     "CostAlertLog",

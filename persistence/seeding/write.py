@@ -87,8 +87,9 @@ LEDGER_DERIVED_TABLES: tuple[str, ...] = (
     "ai_call_model_hourly",
 )
 # Reference data loaded by migrations (vendor prices, default rate limits) and the operator's own
-# configuration and its history (cost alert rules, their firings and notification log, limits and
-# quotas): never seeded, never reset.
+# configuration and its history (cost alert rules, their firings and notification log; limits and
+# quotas; vendor bills, billing periods and their validations; cost-accuracy runs): never seeded,
+# never reset.
 REFERENCE_TABLES: tuple[str, ...] = (
     "vendor_prices",
     "cost_alerts",
@@ -96,6 +97,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "cost_alerts_log",
     "rate_limit_configs",
     "company_quotas",
+    "billing_periods",
+    "billing_data",
+    "billing_validations",
+    "cost_accuracy_validations",
 )
 
 _BATCH = 1000

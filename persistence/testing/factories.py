@@ -10,7 +10,7 @@ instance_id, ...), which count on across a process's tests: pass those explicitl
 fixed values.
 """
 
-# Over 500 lines on purpose: one short factory per table (15 of them), a catalogue read by table, not a
+# Over 500 lines on purpose: one short factory per table (19 of them), a catalogue read by table, not a
 # knot of concepts; splitting it would scatter what a test author looks up in one place.
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ from persistence.models import (
     AICallUsageDelta,
     AICallUsageHourly,
     AuditLog,
+    BillingData,
+    BillingPeriod,
+    BillingValidation,
     Claim,
     CompanyQuota,
     ConsensusDecision,
+    CostAccuracyValidation,
     CostAlert,
     CostAlertFiring,
     CostAlertLog,
@@ -73,9 +77,13 @@ __all__ = [
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
     "AuditLogFactory",
+    "BillingDataFactory",
+    "BillingPeriodFactory",
+    "BillingValidationFactory",
     "ClaimFactory",
     "CompanyQuotaFactory",
     "ConsensusDecisionFactory",
+    "CostAccuracyValidationFactory",
     "CostAlertFactory",
     "CostAlertFiringFactory",
     "CostAlertLogFactory",
@@ -766,3 +774,94 @@ class CompanyQuotaFactory(ModelFactory[CompanyQuota]):
     time_zone = "Europe/Paris"
     limit_value = factory.LazyFunction(lambda: Decimal(_rand().randint(100, 500_000)) / 100)
     enabled = True
+
+
+def _last_month() -> datetime:
+    first = _now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first - timedelta(days=1)).replace(day=1)
+
+
+class BillingPeriodFactory(ModelFactory[BillingPeriod]):
+    """Last month (UTC) of one provider, in its late-data window."""
+
+    class Meta:
+        model = BillingPeriod
+
+    provider = factory.Sequence(lambda n: f"vendor-{n}")
+    period_start = factory.LazyFunction(_last_month)
+    period_end: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: (o.period_start + timedelta(days=32)).replace(day=1)
+    )
+    grace_ends_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.period_end + timedelta(days=35)
+    )
+    state = "grace"
+    grace_at: factory.SelfAttribute[Any, datetime] = factory.SelfAttribute("period_end")
+    closed_at = None
+
+
+class BillingDataFactory(ModelFactory[BillingData]):
+    """One billed day of a model, in its period."""
+
+    class Meta:
+        model = BillingData
+
+    period: factory.SubFactory[Any, BillingPeriod] = factory.SubFactory(BillingPeriodFactory)
+    kind = "usage"
+    provider: factory.SelfAttribute[Any, str] = factory.SelfAttribute("period.provider")
+    model = "acme-large"
+    day: factory.LazyAttribute[Any, date] = factory.LazyAttribute(lambda o: o.period.period_start.date())
+    amount_usd = factory.LazyFunction(lambda: Decimal(_rand().randint(1, 10_000_000)) / 1_000_000)
+    calls = factory.LazyFunction(lambda: _rand().randint(1, 500))
+    tokens = None
+    source = "factory"
+    external_id = factory.Sequence(lambda n: f"bill-line-{n}")
+
+
+class BillingValidationFactory(ModelFactory[BillingValidation]):
+    """A period's validation that found it as billed."""
+
+    class Meta:
+        model = BillingValidation
+
+    period: factory.SubFactory[Any, BillingPeriod] = factory.SubFactory(BillingPeriodFactory)
+    period_state: factory.SelfAttribute[Any, str] = factory.SelfAttribute("period.state")
+    billed_usd = Decimal("12.500000")
+    ledger_usd: factory.SelfAttribute[Any, Decimal] = factory.SelfAttribute("billed_usd")
+    ledger_calls = 40
+    variance_usd = Decimal(0)
+    absolute_tolerance_usd = Decimal("0.01")
+    relative_tolerance_pct = Decimal(0)
+    verdict = "ok"
+    lines: factory.LazyFunction[list[Any]] = factory.LazyFunction(list)
+
+
+class CostAccuracyValidationFactory(ModelFactory[CostAccuracyValidation]):
+    """Yesterday (UTC) of one model in a one-day run: every compared call within tolerance."""
+
+    class Meta:
+        model = CostAccuracyValidation
+
+    period_start = factory.LazyFunction(
+        lambda: _now().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    )
+    period_end: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.period_start + timedelta(days=1)
+    )
+    provider = "openai"
+    model = factory.Sequence(lambda n: f"model-{n}")
+    day: factory.LazyAttribute[Any, date] = factory.LazyAttribute(lambda o: o.period_start.date())
+    calls = 10
+    compared_calls = 10
+    computed_only_calls = 0
+    unpriced_calls = 0
+    calls_over_tolerance = 0
+    computed_cost_usd = Decimal("0.250000000000")
+    provided_cost_usd: factory.SelfAttribute[Any, Decimal] = factory.SelfAttribute("computed_cost_usd")
+    variance_usd = Decimal(0)
+    abs_variance_usd = Decimal(0)
+    variance_pct = Decimal(0)
+    absolute_tolerance_usd = Decimal("0.000001")
+    relative_tolerance_pct = Decimal(0)
+    verdict = "ok"
+    worst_calls: factory.LazyFunction[list[Any]] = factory.LazyFunction(list)

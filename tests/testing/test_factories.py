@@ -23,9 +23,13 @@ from persistence.testing import (
     AICallUsageDeltaFactory,
     AICallUsageHourlyFactory,
     AuditLogFactory,
+    BillingDataFactory,
+    BillingPeriodFactory,
+    BillingValidationFactory,
     ClaimFactory,
     CompanyQuotaFactory,
     ConsensusDecisionFactory,
+    CostAccuracyValidationFactory,
     CostAlertFactory,
     CostAlertFiringFactory,
     CostAlertLogFactory,
@@ -61,6 +65,10 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     CostAlertLogFactory,
     RateLimitConfigFactory,
     CompanyQuotaFactory,
+    BillingPeriodFactory,
+    BillingDataFactory,
+    BillingValidationFactory,
+    CostAccuracyValidationFactory,
 ]
 
 
