@@ -57,3 +57,16 @@ Index(
     VendorPrice.effective_from,
     unique=True,
 )
+
+
+class VendorPricesVersion(Base):
+    """One row counting changes to `vendor_prices`: a statement-level trigger (revision 0010) bumps
+    it on every insert, update, delete or truncate, so a logger learns in the round trip it makes
+    anyway whether its in-memory prices are current."""
+
+    __tablename__ = "vendor_prices_version"
+
+    id: Mapped[bool] = mapped_column(primary_key=True, server_default=text("true"))
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+    __table_args__ = (CheckConstraint("id", name="one_row"),)
