@@ -494,7 +494,7 @@ def _statements(plan: _Plan) -> list[sa.Executable]:
         )
         out.append(_PRICES.update().where(_PRICES.c.id == v.c.id).values(effective_to=v.c.effective_to))
     if plan.inserts:
-        columns = list(zip(*((getattr(r, c) for c in _ROW_COLUMNS) for r in plan.inserts), strict=True))
+        columns = list(zip(*(tuple(getattr(r, c) for c in _ROW_COLUMNS) for r in plan.inserts), strict=True))
         rows = (
             sa.func.unnest(
                 *(
