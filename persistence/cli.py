@@ -16,6 +16,7 @@ from persistence.embedded import EmbeddedServer
 from persistence.errors import PersistenceError
 from persistence.migrate_cli import DESCRIPTION as MIGRATE_DESCRIPTION
 from persistence.migrate_cli import add_migrate_arguments, migrate_command
+from persistence.prices_cli import PRICES_DESCRIPTION, add_prices_arguments, prices_command
 from persistence.reconcile_cli import RECONCILE_DESCRIPTION, add_reconcile_arguments, reconcile_command
 from persistence.reconcile_cli import main as reconcile_main
 from persistence.seed_cli import SEED_DESCRIPTION, add_seed_arguments, seed_command
@@ -271,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_reconcile_arguments(rec)
 
+    prices = sub.add_parser(
+        "prices",
+        help="the price book: list, add (global or per tenant), sync from genai-prices",
+        description=PRICES_DESCRIPTION,
+    )
+    add_prices_arguments(prices)
+
     grant = sub.add_parser(
         "grant-reader",
         help="create or update the read-only reconciliation_reader role (password from the environment)",
@@ -306,6 +314,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "rollups": _rollups,
     "reconcile": reconcile_command,
     "grant-reader": _grant_reader,
+    "prices": prices_command,
 }
 
 
