@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from genai_prices.data import providers as bundled
 from genai_prices.types import ModelPrice, Provider
@@ -34,15 +35,26 @@ async def version(engine: AsyncEngine) -> int:
 
 
 async def test_upgrade_head_loads_genai_prices_for_current_models(engine: AsyncEngine) -> None:
-    rows = {(p.provider, p.model): p for p in await list_prices(engine, tenant_id="") if p.effective_to is None}
-    for key in [("openai", "gpt-5"), ("anthropic", "claude-sonnet-4-5"), ("google", "gemini-2.5-pro"),
-                ("google", "gemini-2.5-flash"), ("cohere", "command-r-plus"), ("anthropic", "claude-sonnet-4-0")]:  # fmt: skip
+    rows = {
+        (p.provider, p.model): p for p in await list_prices(engine, tenant_id="") if p.effective_to is None
+    }
+    for key in [
+        ("openai", "gpt-5"),
+        ("anthropic", "claude-sonnet-4-5"),
+        ("google", "gemini-2.5-pro"),
+        ("google", "gemini-2.5-flash"),
+        ("cohere", "command-r-plus"),
+        ("anthropic", "claude-sonnet-4-0"),
+    ]:
         assert key in rows, key
         assert (rows[key].source or "").startswith("genai-prices "), rows[key]
     gpt5 = rows[("openai", "gpt-5")]
     assert (gpt5.input_per_mtok, gpt5.output_per_mtok, gpt5.cache_read_per_mtok, gpt5.reasoning_per_mtok) == (
-        D("1.25"), D("10"), D("0.125"), D("10"),
-    )  # fmt: skip
+        D("1.25"),
+        D("10"),
+        D("0.125"),
+        D("10"),
+    )
     sonnet = rows[("anthropic", "claude-sonnet-4-5")]
     assert (sonnet.cache_write_per_mtok, sonnet.cache_write_1h_per_mtok) == (D("3.75"), D("6"))
     assert "base tier <= 200000 input tokens" in (sonnet.source or "")
@@ -82,8 +94,11 @@ async def test_a_changed_upstream_price_is_a_new_effective_dated_row(engine: Asy
     assert (closed.id, closed.input_per_mtok, closed.effective_from) == (old.id, D("1.25"), EPOCH)
     assert closed.effective_to == new.effective_from == change.effective_from
     assert (new.input_per_mtok, new.output_per_mtok, new.cache_read_per_mtok, new.cache_write_per_mtok) == (
-        D("2"), D("16"), D("0.2"), D("2"),
-    )  # fmt: skip
+        D("2"),
+        D("16"),
+        D("0.2"),
+        D("2"),
+    )
     assert new.effective_to is None
     again = await sync_prices(engine, source=changed)
     assert (again.changed, again.rows_inserted, again.rows_closed) == (0, 0, 0)
@@ -91,10 +106,23 @@ async def test_a_changed_upstream_price_is_a_new_effective_dated_row(engine: Asy
 
 async def test_manual_rows_and_tenant_overrides_survive_a_sync(engine: AsyncEngine) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    manual = await add_price(engine, "openai", "gpt-5-mini", input_per_mtok=D("0.3"), output_per_mtok=D("2.4"),
-                             effective_from=start)  # fmt: skip
-    vip = await add_price(engine, "openai", "gpt-5", input_per_mtok=D("1"), output_per_mtok=D("8"),
-                          effective_from=start, tenant_id="vip")  # fmt: skip
+    manual = await add_price(
+        engine,
+        "openai",
+        "gpt-5-mini",
+        input_per_mtok=D("0.3"),
+        output_per_mtok=D("2.4"),
+        effective_from=start,
+    )
+    vip = await add_price(
+        engine,
+        "openai",
+        "gpt-5",
+        input_per_mtok=D("1"),
+        output_per_mtok=D("8"),
+        effective_from=start,
+        tenant_id="vip",
+    )
     upstream = openai_with("gpt-5-mini", input_mtok=D("9"), output_mtok=D("9"))
     gpt5 = next(m for m in upstream[0].models if m.id == "gpt-5")
     gpt5.prices = ModelPrice(input_mtok=D("9"), output_mtok=D("9"))
@@ -102,13 +130,18 @@ async def test_manual_rows_and_tenant_overrides_survive_a_sync(engine: AsyncEngi
     skipped = {(c.provider, c.model) for c in report.changes if c.kind == "skipped"}
     assert skipped == {("openai", "gpt-5-mini")}
     rows = await list_prices(engine, provider="openai", model="gpt-5-mini")
-    assert rows[-1] == manual  # the hand-entered row is untouched (the genai row before it was closed by add_price)
+    assert (
+        rows[-1] == manual
+    )  # the hand-entered row is untouched (the genai row before it was closed by add_price)
     assert [p.effective_to for p in rows[:-1]] == [start]
     assert await list_prices(engine, provider="openai", model="gpt-5", tenant_id="vip") == [vip]
     # The global gpt-5 row is genai-prices' own: it follows upstream.
-    assert [p.input_per_mtok for p in await list_prices(engine, provider="openai", model="gpt-5", tenant_id="")] == [
-        D("1.25"), D("9"),
-    ]  # fmt: skip
+    assert [
+        p.input_per_mtok for p in await list_prices(engine, provider="openai", model="gpt-5", tenant_id="")
+    ] == [
+        D("1.25"),
+        D("9"),
+    ]
 
 
 def test_a_scheduled_row_that_never_applied_is_replaced() -> None:
@@ -132,18 +165,29 @@ async def test_a_model_0003_did_not_know_is_priced_by_the_logger(engine: AsyncEn
     at = datetime(2026, 11, 2, tzinfo=UTC)
     async with AICallLogger(engine) as log:
         ids = [
-            await log.log_call(provider=provider, model=model, input_tokens=1_000_000, output_tokens=100_000,
-                               request_id=model, created_at=at)  # fmt: skip
-            for provider, model in (("openai", "gpt-5-2025-08-07"), ("anthropic", "claude-sonnet-4-5-20250929"),
-                                    ("anthropic", "claude-sonnet-4-20250514"))  # fmt: skip
+            await log.log_call(
+                provider=provider,
+                model=model,
+                input_tokens=1_000_000,
+                output_tokens=100_000,
+                request_id=model,
+                created_at=at,
+            )
+            for provider, model in (
+                ("openai", "gpt-5-2025-08-07"),
+                ("anthropic", "claude-sonnet-4-5-20250929"),
+                ("anthropic", "claude-sonnet-4-20250514"),
+            )
         ]
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                text("SELECT c.cost_usd, c.cost_source, p.model FROM ai_calls c JOIN vendor_prices p ON p.id = c.price_id "
-                     "WHERE c.id = ANY(:ids) ORDER BY c.id"),
+                text(
+                    "SELECT c.cost_usd, c.cost_source, p.model FROM ai_calls c JOIN vendor_prices p ON p.id = c.price_id "
+                    "WHERE c.id = ANY(:ids) ORDER BY c.id"
+                ),
                 {"ids": ids},
-            )  # fmt: skip
+            )
         ).all()
     assert [tuple(r) for r in rows] == [
         (D("2.250000"), "computed", "gpt-5"),  # 1M * 1.25 + 0.1M * 10
@@ -154,19 +198,26 @@ async def test_a_model_0003_did_not_know_is_priced_by_the_logger(engine: AsyncEn
 
 async def test_a_price_added_while_a_logger_runs_prices_its_very_next_call(engine: AsyncEngine) -> None:
     change = datetime(2026, 11, 1, tzinfo=UTC)
-    call = {"provider": "openai", "model": "gpt-4o", "input_tokens": 1_000_000, "output_tokens": 0}
+    call: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens": 1_000_000, "output_tokens": 0}
     async with AICallLogger(engine) as log:  # default price_ttl: 60 s
         await log.log_call(**call, request_id="before", created_at=change - timedelta(hours=1))
-        new = await add_price(engine, "openai", "gpt-4o", input_per_mtok=D("5"), output_per_mtok=D("20"),
-                              effective_from=change)  # fmt: skip
+        new = await add_price(
+            engine, "openai", "gpt-4o", input_per_mtok=D("5"), output_per_mtok=D("20"), effective_from=change
+        )
         await log.log_call(**call, request_id="after", created_at=change + timedelta(hours=2))
         await log.log_batch([{**call, "request_id": "batch", "created_at": change + timedelta(hours=3)}])
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                text("SELECT request_id, cost_usd, price_id FROM ai_calls WHERE request_id IN ('before', 'after', 'batch') "
-                     "ORDER BY created_at")
-            )  # fmt: skip
+                text(
+                    "SELECT request_id, cost_usd, price_id FROM ai_calls WHERE request_id IN ('before', 'after', 'batch') "
+                    "ORDER BY created_at"
+                )
+            )
         ).all()
-    assert [(r[0], r[1]) for r in rows] == [("before", D("2.500000")), ("after", D("5.000000")), ("batch", D("5.000000"))]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("before", D("2.500000")),
+        ("after", D("5.000000")),
+        ("batch", D("5.000000")),
+    ]
     assert rows[0][2] != new.id and rows[1][2] == rows[2][2] == new.id

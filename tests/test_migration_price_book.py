@@ -1,0 +1,42 @@
+"""Revision 0010 (price book) on a database that already logged calls: revision 0003's rows keep
+the history they priced, genai-prices takes over from the upgrade on, the downgrade restores 0003."""
+
+from __future__ import annotations
+
+from persistence.testing import ThrowawayPostgres
+from tests.test_migrations import alembic, empty_db
+
+__all__ = ["empty_db"]  # the fixture, shared with tests/test_migrations.py
+
+ROWS = (
+    "SELECT model, source, effective_to IS NULL FROM vendor_prices "
+    "WHERE provider = 'openai' AND model = 'gpt-4o' AND tenant_id = '' ORDER BY effective_from;"
+)
+
+
+def test_0010_supersedes_revision_0003_from_now_on_where_calls_exist(
+    pg: ThrowawayPostgres, empty_db: str
+) -> None:
+    database = empty_db.split("@/", 1)[1].split("?", 1)[0]
+    assert alembic(empty_db, "upgrade", "0008").returncode == 0
+    pg.server.psql(
+        "INSERT INTO ai_calls (id, created_at, provider, model, input_tokens, output_tokens, cost_usd) "
+        "VALUES (1, '2026-01-01 10:05Z', 'openai', 'gpt-4o', 10, 5, 0.25);",
+        database=database,
+    )
+    up = alembic(empty_db, "upgrade", "0010_price_book")
+    assert up.returncode == 0, up.stderr
+    rows = pg.server.psql(ROWS, database=database).split()
+    assert rows[0] == "gpt-4o|migration 0003|f"  # closed at the upgrade, not deleted
+    assert rows[1].startswith("gpt-4o|genai-prices ") and rows[1].endswith("|t")
+    assert len(rows) == 2
+    # Every change to vendor_prices bumps the version the loggers compare with.
+    version = int(pg.server.psql("SELECT version FROM vendor_prices_version;", database=database))
+    pg.server.psql("UPDATE vendor_prices SET source = source WHERE model = 'gpt-4o';", database=database)
+    assert int(pg.server.psql("SELECT version FROM vendor_prices_version;", database=database)) == version + 1
+
+    down = alembic(empty_db, "downgrade", "0008")
+    assert down.returncode == 0, down.stderr
+    assert pg.server.psql(ROWS, database=database).split() == ["gpt-4o|migration 0003|t"]
+    genai = "SELECT count(*) FROM vendor_prices WHERE source LIKE 'genai-prices%';"
+    assert int(pg.server.psql(genai, database=database)) == 0
