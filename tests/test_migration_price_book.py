@@ -8,9 +8,10 @@ from tests.test_migrations import alembic, empty_db
 
 __all__ = ["empty_db"]  # the fixture, shared with tests/test_migrations.py
 
+# gemini-2.5-pro: 0003 typed a cache-read price of 0.31, genai-prices has 0.125; gpt-4o: the same prices.
 ROWS = (
-    "SELECT model, source, effective_to IS NULL FROM vendor_prices "
-    "WHERE provider = 'openai' AND model = 'gpt-4o' AND tenant_id = '' ORDER BY effective_from;"
+    "SELECT model, source, effective_to IS NULL FROM vendor_prices WHERE model IN ('gemini-2.5-pro', 'gpt-4o') "
+    "AND tenant_id = '' ORDER BY model, effective_from;"
 )
 
 
@@ -26,10 +27,12 @@ def test_0010_supersedes_revision_0003_from_now_on_where_calls_exist(
     )
     up = alembic(empty_db, "upgrade", "0010_price_book")
     assert up.returncode == 0, up.stderr
-    rows = pg.server.psql(ROWS, database=database).split()
-    assert rows[0] == "gpt-4o|migration 0003|f"  # closed at the upgrade, not deleted
-    assert rows[1].startswith("gpt-4o|genai-prices ") and rows[1].endswith("|t")
-    assert len(rows) == 2
+    rows = pg.server.psql(ROWS, database=database).splitlines()
+    assert rows[0] == "gemini-2.5-pro|migration 0003|f"  # closed at the upgrade, not deleted
+    assert rows[1].startswith("gemini-2.5-pro|genai-prices ") and rows[1].endswith("|t")
+    assert rows[2:] == ["gpt-4o|migration 0003|t"]  # genai-prices agrees with it: left as it is
+    cache_read = "SELECT cache_read_per_mtok FROM vendor_prices WHERE model = 'gemini-2.5-pro' ORDER BY effective_from;"
+    assert pg.server.psql(cache_read, database=database).split() == ["0.310000", "0.125000"]
     # Every change to vendor_prices bumps the version the loggers compare with.
     version = int(pg.server.psql("SELECT version FROM vendor_prices_version;", database=database))
     pg.server.psql("UPDATE vendor_prices SET source = source WHERE model = 'gpt-4o';", database=database)
@@ -37,6 +40,9 @@ def test_0010_supersedes_revision_0003_from_now_on_where_calls_exist(
 
     down = alembic(empty_db, "downgrade", "0008")
     assert down.returncode == 0, down.stderr
-    assert pg.server.psql(ROWS, database=database).split() == ["gpt-4o|migration 0003|t"]
+    assert pg.server.psql(ROWS, database=database).splitlines() == [
+        "gemini-2.5-pro|migration 0003|t",
+        "gpt-4o|migration 0003|t",
+    ]
     genai = "SELECT count(*) FROM vendor_prices WHERE source LIKE 'genai-prices%';"
     assert int(pg.server.psql(genai, database=database)) == 0

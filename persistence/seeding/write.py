@@ -89,6 +89,7 @@ LEDGER_DERIVED_TABLES: tuple[str, ...] = (
 # Reference data loaded by migrations (vendor prices) and the operator's own configuration and its
 # history (cost alert rules, their firings and notification log): never seeded, never reset.
 REFERENCE_TABLES: tuple[str, ...] = ("vendor_prices", "cost_alerts", "cost_alert_firings", "cost_alerts_log")
+REFERENCE_TABLES += ("vendor_prices_version",)  # the change counter of vendor_prices (revision 0010)
 
 _BATCH = 1000
 # Key of the transaction-scoped advisory lock that serialises seeders (any stable 64-bit value).

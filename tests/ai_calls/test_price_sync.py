@@ -198,7 +198,12 @@ async def test_a_model_0003_did_not_know_is_priced_by_the_logger(engine: AsyncEn
 
 async def test_a_price_added_while_a_logger_runs_prices_its_very_next_call(engine: AsyncEngine) -> None:
     change = datetime(2026, 11, 1, tzinfo=UTC)
-    call: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens": 1_000_000, "output_tokens": 0}
+    call: dict[str, Any] = {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 1_000_000,
+        "output_tokens": 0,
+    }
     async with AICallLogger(engine) as log:  # default price_ttl: 60 s
         await log.log_call(**call, request_id="before", created_at=change - timedelta(hours=1))
         new = await add_price(
