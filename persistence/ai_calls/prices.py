@@ -181,8 +181,8 @@ class PriceBook:
         return self.version is None and time.monotonic() - self.loaded_at >= self.ttl
 
     def _models_to_try(self, provider: str, model: str) -> tuple[str, ...]:
-        """`model`, then the model it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`), then the
-        genai-prices model id it is a name of, each if priced.
+        """`model`, then the model it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`), each if
+        priced; for a name with neither priced, the genai-prices model id it is a name of.
 
         Only a date, a 3-digit version or `-latest` is stripped, and genai-prices maps a name only to
         its own model, so `gpt-4o-mini` never falls back to `gpt-4o`'s price.
@@ -191,9 +191,11 @@ class PriceBook:
         base = _SNAPSHOT.sub("", model)
         if base != model and (provider, base) in self._models:
             names.append(base)
-        alias = _resolve(provider, model)
-        if alias is not None and alias not in names and (provider, alias) in self._models:
-            names.append(alias)
+        # Only for a name with no row of its own or of its base (the first resolve loads genai-prices).
+        if len(names) == 1 and (provider, model) not in self._models:
+            alias = _resolve(provider, model)
+            if alias is not None and alias != model and (provider, alias) in self._models:
+                names.append(alias)
         return tuple(names)
 
     def lookup(self, provider: str, model: str, tenant: str | None, at: datetime) -> Price | None:
