@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.ai_calls import AICallLogger, AICallRecord, PriceBook
 from persistence.ai_calls.price_api import FloatPriceError, add_price, list_prices
 from persistence.errors import ConflictError, ValidationError
+from tests.ai_calls.conftest import scalar
 
 D = Decimal
 START = datetime(2026, 2, 1, tzinfo=UTC)
@@ -67,6 +68,13 @@ async def test_a_tenant_override_wins_for_its_calls_only(engine: AsyncEngine) ->
                 request_id=org,
                 created_at=START + timedelta(days=1),
             )
+    costs = await scalar(
+        engine,
+        "SELECT string_agg(organization_id || '=' || cost_usd || '@' || (price_id = :vip)::text, ' ' "
+        "ORDER BY organization_id) FROM ai_calls WHERE provider = 'acme'",
+        vip=vip.id,
+    )
+    assert costs == "other=2.000000@false vip=1.000000@true"
     assert await list_prices(engine, provider="acme", tenant_id="vip") == [vip]
     assert await list_prices(engine, provider="acme", tenant_id="") == [base]
     assert await list_prices(engine, provider="acme", at=START - timedelta(seconds=1)) == []
