@@ -29,7 +29,7 @@ def test_0010_supersedes_revision_0003_from_now_on_where_calls_exist(
     assert up.returncode == 0, up.stderr
     rows = pg.server.psql(ROWS, database=database).splitlines()
     assert rows[0] == "gemini-2.5-pro|migration 0003|f"  # closed at the upgrade, not deleted
-    assert rows[1].startswith("gemini-2.5-pro|genai-prices ") and rows[1].endswith("|t")
+    assert rows[1] == "gemini-2.5-pro|genai-prices|t"
     assert rows[2:] == ["gpt-4o|migration 0003|t"]  # genai-prices agrees with it: left as it is
     cache_read = "SELECT cache_read_per_mtok FROM vendor_prices WHERE model = 'gemini-2.5-pro' ORDER BY effective_from;"
     assert pg.server.psql(cache_read, database=database).split() == ["0.310000", "0.125000"]

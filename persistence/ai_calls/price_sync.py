@@ -14,8 +14,10 @@ the default rows come from. How its data maps to our rows:
   prices, else its input price; `reasoning` is its reasoning price, else its output price; a missing
   output price is 0 (embedding models). `cache_write_1h` only where genai-prices has a 1-hour price
   (NULL otherwise: a call with 1-hour writes is then unpriced rather than priced at the 5-minute rate).
-- Tiered prices (by prompt length): the row holds the base tier and its `source` says so
-  (`... base tier <= N input tokens`); calls above the threshold are priced at the base tier.
+- Tiered prices (by prompt length): the row holds the base tier, so a call above the threshold is
+  priced at the base tier (under-priced); the sync report names these models (`PriceChange.reason`).
+- `source` is 'genai-prices' (the package's version is in the sync report, not in the rows, so an
+  upgrade of the package that changes no price changes no row).
 - Service-tier and batch variants (priority, flex, batch) are not imported: rows are standard prices.
 - Models priced only in units the ledger does not count (audio hours, characters, images only) and
   prices with more than 6 decimal places (NUMERIC(14, 6) would round them) are skipped.
@@ -86,6 +88,8 @@ class PriceRow:
     effective_from: datetime
     effective_to: datetime | None
     source: str
+    # genai-prices' lowest tier threshold (input tokens) when the price is tiered: the row is its base tier.
+    tiered_above: int | None = None
 
     @property
     def buckets(self) -> Buckets:
@@ -237,7 +241,6 @@ def genai_rows(
 ) -> tuple[list[PriceRow], list[PriceChange]]:
     """The rows genai-prices' `data` (default: the installed package's) gives, and the models it
     skips with why. Deterministic for a given `data`."""
-    source = installed_source()
     rows: list[PriceRow] = []
     skipped: list[PriceChange] = []
     for provider in data if data is not None else _bundled():
@@ -271,8 +274,8 @@ def genai_rows(
                 continue
             for i, (start, buckets, tiers) in enumerate(timeline):
                 end = timeline[i + 1][0] if i + 1 < len(timeline) else None
-                note = f" (base tier <= {min(tiers, key=int)} input tokens)" if tiers else ""
-                rows.append(PriceRow(provider.id, name, *buckets, start, end, source + note))
+                tier = min(int(t) for t in tiers) if tiers else None
+                rows.append(PriceRow(provider.id, name, *buckets, start, end, GENAI_SOURCE, tier))
     return rows, skipped
 
 
@@ -360,7 +363,9 @@ def _plan_key(existing: list[_Existing], desired: list[PriceRow], now: datetime,
     provider, model = desired[0].provider, desired[0].model
     if not existing:
         plan.inserts.extend(desired)
-        plan.changes.append(PriceChange(provider, model, "added", desired[0].effective_from))
+        plan.changes.append(
+            PriceChange(provider, model, "added", desired[0].effective_from, _tier_note(desired))
+        )
         return
     foreign = next((r for r in existing if not _ours(r.source)), None)
     if foreign is not None:
@@ -394,7 +399,12 @@ def _plan_key(existing: list[_Existing], desired: list[PriceRow], now: datetime,
         )
         for i, (start, buckets) in enumerate(new)
     )
-    plan.changes.append(PriceChange(provider, model, "changed", cut))
+    plan.changes.append(PriceChange(provider, model, "changed", cut, _tier_note(desired)))
+
+
+def _tier_note(rows: Sequence[PriceRow]) -> str:
+    tiers = [r.tiered_above for r in rows if r.tiered_above is not None]
+    return f"base tier: calls above {min(tiers)} input tokens are under-priced" if tiers else ""
 
 
 def _value_at(timeline: Sequence[tuple[datetime, Buckets | None]], at: datetime) -> Buckets | None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from genai_prices.data import providers as bundled
-from genai_prices.types import ModelPrice, Provider
+from genai_prices.types import ModelPrice, Provider, Tier, TieredPrices
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,7 +47,7 @@ async def test_upgrade_head_loads_genai_prices_for_current_models(engine: AsyncE
         ("anthropic", "claude-sonnet-4-0"),
     ]:
         assert key in rows, key
-        assert (rows[key].source or "").startswith("genai-prices "), rows[key]
+        assert rows[key].source == "genai-prices", rows[key]
     gpt5 = rows[("openai", "gpt-5")]
     assert (gpt5.input_per_mtok, gpt5.output_per_mtok, gpt5.cache_read_per_mtok, gpt5.reasoning_per_mtok) == (
         D("1.25"),
@@ -57,7 +57,8 @@ async def test_upgrade_head_loads_genai_prices_for_current_models(engine: AsyncE
     )
     sonnet = rows[("anthropic", "claude-sonnet-4-5")]
     assert (sonnet.cache_write_per_mtok, sonnet.cache_write_1h_per_mtok) == (D("3.75"), D("6"))
-    assert "base tier <= 200000 input tokens" in (sonnet.source or "")
+    [tiered] = [r for r in genai_rows()[0] if (r.provider, r.model) == ("anthropic", "claude-sonnet-4-5")]
+    assert tiered.tiered_above == 200_000  # stored as its base tier (the sync report says so)
     # Revision 0003's hand-typed rows priced nothing on a fresh database: they are gone.
     assert await scalar(engine, "SELECT count(*) FROM vendor_prices WHERE source = 'migration 0003'") == 0
     # genai-prices' dated changes are effective-dated rows (o3's price cut of 2025-06-10).
@@ -81,14 +82,24 @@ async def test_sync_is_idempotent(engine: AsyncEngine) -> None:
 async def test_a_changed_upstream_price_is_a_new_effective_dated_row(engine: AsyncEngine) -> None:
     [old] = await list_prices(engine, provider="openai", model="gpt-5")
     changed = openai_with("gpt-5", input_mtok=D("2"), cache_read_mtok=D("0.2"), output_mtok=D("16"))
+    gpt54 = next(m for m in changed[0].models if m.id == "gpt-5.4")  # tiered: base 2.5 up to 272k tokens
+    gpt54.prices = ModelPrice(input_mtok=TieredPrices(D("3"), [Tier(272_000, D("6"))]), output_mtok=D("15"))
     dry = await sync_prices(engine, source=changed, dry_run=True)
-    assert (dry.changed, dry.rows_inserted, dry.rows_closed) == (1, 1, 1)
+    assert (dry.changed, dry.rows_inserted, dry.rows_closed) == (2, 2, 2)
     assert await list_prices(engine, provider="openai", model="gpt-5") == [old]
 
     report = await sync_prices(engine, source=changed)
-    assert (report.added, report.changed, report.rows_inserted, report.rows_closed) == (0, 1, 1, 1)
-    [change] = [c for c in report.changes if c.kind == "changed"]
-    assert (change.provider, change.model) == ("openai", "gpt-5")
+    assert (report.added, report.changed, report.rows_inserted, report.rows_closed) == (0, 2, 2, 2)
+    change, tiered = sorted((c for c in report.changes if c.kind == "changed"), key=lambda c: c.model)
+    assert (change.provider, change.model, change.reason) == ("openai", "gpt-5", "")
+    assert (tiered.model, tiered.reason) == (
+        "gpt-5.4",
+        "base tier: calls above 272000 input tokens are under-priced",
+    )
+    assert [p.input_per_mtok for p in await list_prices(engine, provider="openai", model="gpt-5.4")] == [
+        D("2.5"),
+        D("3"),
+    ]
     closed, new = await list_prices(engine, provider="openai", model="gpt-5")
     # History is kept: the old row keeps its prices and ends where the new one starts (the sync's time).
     assert (closed.id, closed.input_per_mtok, closed.effective_from) == (old.id, D("1.25"), EPOCH)
