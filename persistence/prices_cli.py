@@ -206,6 +206,8 @@ async def _sync(args: argparse.Namespace) -> int:
         for c in report.changes:
             since = "" if c.effective_from is None else f" from {c.effective_from.isoformat()}"
             print(f"  {c.kind:<8} {c.provider}/{c.model}{since}{' - ' + c.reason if c.reason else ''}")
+        for c in report.unsupported:
+            print(f"  not imported {c.provider}/{c.model} - {c.reason}")
     return 0
 
 

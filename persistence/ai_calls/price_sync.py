@@ -34,7 +34,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from importlib.metadata import version as _package_version
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -129,6 +129,8 @@ class PriceSyncReport:
     rows_closed: int
     rows_deleted: int
     changes: tuple[PriceChange, ...] = field(default=())
+    # genai-prices models not imported, with why (time-of-day prices, no token prices, > 6 places).
+    unsupported: tuple[PriceChange, ...] = field(default=())
 
     @property
     def total_changes(self) -> int:
@@ -154,6 +156,9 @@ class PriceSyncReport:
                     "reason": c.reason,
                 }
                 for c in self.changes
+            ],
+            "unsupported": [
+                {"provider": c.provider, "model": c.model, "reason": c.reason} for c in self.unsupported
             ],
         }
 
@@ -284,7 +289,7 @@ def _genai_provider(provider: str) -> Provider | None:
     return next((p for p in _bundled() if p.id == provider), None)
 
 
-@cache
+@lru_cache(maxsize=4096)
 def resolve_model(provider: str, model: str) -> str | None:
     """The genai-prices model id `model` is a name of, for the same provider (`claude-sonnet-4-5-20250929`
     -> `claude-sonnet-4-5`); None when genai-prices does not know it or the provider."""
@@ -307,9 +312,6 @@ class _Existing:
     effective_from: datetime
     effective_to: datetime | None
     source: str | None
-
-    def covers(self, at: datetime) -> bool:
-        return self.effective_from <= at and (self.effective_to is None or at < self.effective_to)
 
 
 @dataclass
@@ -420,6 +422,8 @@ def plan_sync(existing: Iterable[_Existing], desired: Iterable[PriceRow], now: d
     by_key: dict[tuple[str, str], list[_Existing]] = {}
     for row in existing:
         by_key.setdefault((row.provider, row.model), []).append(row)
+    for rows in by_key.values():
+        rows.sort(key=lambda r: r.effective_from)
     wanted: dict[tuple[str, str], list[PriceRow]] = {}
     for d in desired:
         wanted.setdefault((d.provider, d.model), []).append(d)
@@ -523,7 +527,7 @@ def _statements(plan: _Plan) -> list[sa.Executable]:
     return out
 
 
-def _report(plan: _Plan, *, dry_run: bool) -> PriceSyncReport:
+def _report(plan: _Plan, unsupported: list[PriceChange], *, dry_run: bool) -> PriceSyncReport:
     kinds = [c.kind for c in plan.changes]
     return PriceSyncReport(
         source=installed_source(),
@@ -536,6 +540,7 @@ def _report(plan: _Plan, *, dry_run: bool) -> PriceSyncReport:
         rows_closed=len(plan.closes),
         rows_deleted=len(plan.deletes),
         changes=tuple(plan.changes),
+        unsupported=tuple(unsupported),
     )
 
 
@@ -550,13 +555,13 @@ def sync_prices_on(
     providers: Collection[str] = DEFAULT_PROVIDERS,
 ) -> PriceSyncReport:
     """`sync_prices` on a synchronous connection inside the caller's transaction (Alembic's)."""
-    desired, _skipped = genai_rows(source, providers=providers)
+    desired, unsupported = genai_rows(source, providers=providers)
     now = connection.execute(_NOW).one()[1]
     plan = plan_sync(_existing(connection.execute(_select_existing(providers))), desired, now)
     if not dry_run:
         for statement in _statements(plan):
             connection.execute(statement)
-    return _report(plan, dry_run=dry_run)
+    return _report(plan, unsupported, dry_run=dry_run)
 
 
 async def sync_prices(
@@ -571,7 +576,7 @@ async def sync_prices(
     change). See the module docstring for what is never touched. `dry_run` writes nothing."""
     if not isinstance(engine, AsyncEngine):
         raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
-    desired, _skipped = genai_rows(source, providers=providers)
+    desired, unsupported = genai_rows(source, providers=providers)
     try:
         async with engine.begin() as conn:
             now = (await conn.execute(_NOW)).one()[1]
@@ -587,4 +592,4 @@ async def sync_prices(
         if err is None:
             raise
         raise err from exc
-    return _report(plan, dry_run=dry_run)
+    return _report(plan, unsupported, dry_run=dry_run)

@@ -16,7 +16,6 @@ that has a row winning.
 from __future__ import annotations
 
 import bisect
-import functools
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -271,9 +270,8 @@ class PriceBook:
         return None if quote is None else PricedCost(*quote)
 
 
-@functools.lru_cache(maxsize=4096)
 def _resolve(provider: str, model: str) -> str | None:
-    # Imported on the first name no row matches: genai-prices' data module is large.
+    # Imported on the first name no row matches: genai-prices' data module is large (cached there).
     from persistence.ai_calls.price_sync import resolve_model
 
     return resolve_model(provider, model)

@@ -77,6 +77,8 @@ async def test_sync_is_idempotent(engine: AsyncEngine) -> None:
         assert (report.added, report.changed, report.skipped_manual, report.rows_inserted) == (0, 0, 0, 0)
         assert report.unchanged == len({(r.provider, r.model) for r in genai_rows()[0]})
     assert await version(engine) == before  # nothing was written
+    reasons = {(c.provider, c.model): c.reason for c in first.unsupported}
+    assert reasons[("deepseek", "deepseek-chat")] == "time-of-day prices are not modelled"  # off-peak prices
 
 
 async def test_a_changed_upstream_price_is_a_new_effective_dated_row(engine: AsyncEngine) -> None:
