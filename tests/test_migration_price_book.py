@@ -25,7 +25,7 @@ def test_0010_supersedes_revision_0003_from_now_on_where_calls_exist(
         "VALUES (1, '2026-01-01 10:05Z', 'openai', 'gpt-4o', 10, 5, 0.25);",
         database=database,
     )
-    up = alembic(empty_db, "upgrade", "0010_price_book")
+    up = alembic(empty_db, "upgrade", "0010")
     assert up.returncode == 0, up.stderr
     rows = pg.server.psql(ROWS, database=database).splitlines()
     assert rows[0] == "gemini-2.5-pro|migration 0003|f"  # closed at the upgrade, not deleted

@@ -15,7 +15,7 @@ This revision's data depend on the genai-prices version installed when it runs (
 the maintained price book); `persistence prices sync` brings a database up to a newer version. The
 downgrade removes genai-prices' rows and restores revision 0003's.
 
-Revision ID: 0010_price_book
+Revision ID: 0010
 Revises: 0008
 Create Date: 2026-12-07 12:40:00+00:00
 """
@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import context, op
 
-revision: str = "0010_price_book"
+revision: str = "0010"
 down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
