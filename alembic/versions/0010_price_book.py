@@ -65,7 +65,8 @@ def upgrade() -> None:
     op.execute("INSERT INTO vendor_prices_version (id, version) VALUES (true, 0)")
     op.execute(BUMP)
     op.execute(TRIGGER)
-    from persistence.ai_calls.price_sync import genai_rows, sync_prices_on
+    from persistence.ai_calls.price_catalog import genai_rows
+    from persistence.ai_calls.price_sync import sync_prices_on
 
     if context.is_offline_mode():
         _offline_insert(genai_rows()[0])
@@ -80,7 +81,7 @@ def upgrade() -> None:
 
 def _offline_insert(rows: Sequence[object]) -> None:
     """`--sql`: the rows of models without a global price yet (what a sync does for them)."""
-    from persistence.ai_calls.price_sync import PriceRow
+    from persistence.ai_calls.price_catalog import PriceRow
 
     columns = (
         "provider",

@@ -9,7 +9,7 @@ the row in force at its `created_at`.
 
 A call's model name is looked up as given, then as the model it is a dated snapshot of
 (`gpt-4o-2024-08-06` -> `gpt-4o`), then as the genai-prices model id it is a name of
-(`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`, `price_sync.resolve_model`), the first name
+(`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`, `price_catalog.resolve_model`), the first name
 that has a row winning.
 """
 
@@ -272,7 +272,7 @@ class PriceBook:
 
 def _resolve(provider: str, model: str) -> str | None:
     # Imported on the first name no row matches: genai-prices' data module is large (cached there).
-    from persistence.ai_calls.price_sync import resolve_model
+    from persistence.ai_calls.price_catalog import resolve_model
 
     return resolve_model(provider, model)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from persistence.ai_calls.price_sync import genai_rows, resolve_model
+from persistence.ai_calls.price_catalog import genai_rows, resolve_model
 from persistence.errors import ConfigurationError
 
 __all__ = [
@@ -69,7 +69,7 @@ PRICES_SOURCE = "genai-prices"
 
 def _list_prices() -> dict[tuple[str, str], tuple[Decimal, Decimal, Decimal, Decimal]]:
     """(provider, model) -> input, output, cache-read, cache-write price of each seeded model, from
-    genai-prices' rows (`price_sync.genai_rows`, what `vendor_prices` is loaded with), the model
+    genai-prices' rows (`price_catalog.genai_rows`, what `vendor_prices` is loaded with), the model
     name resolved as the ledger resolves it (`claude-sonnet-4-20250514` -> `claude-sonnet-4-0`).
 
     A seeded model must have one price for all time in genai-prices, so the seeded data (and their
