@@ -7,7 +7,7 @@ from persistence.models.checkpoints import ModelCheckpoint
 from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
-from persistence.models.pricing import VendorPrice, VendorPricesVersion
+from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import (
     AICallModelHourly,
@@ -38,6 +38,6 @@ __all__ = [
     "ServiceHealth",
     "TrainingData",
     "VendorPrice",
-    "VendorPricesVersion",
     "VerificationResult",
+    "vendor_prices_version",
 ]

@@ -12,7 +12,19 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Numeric, String, func, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    Table,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base
@@ -59,14 +71,14 @@ Index(
 )
 
 
-class VendorPricesVersion(Base):
-    """One row counting changes to `vendor_prices`: a statement-level trigger (revision 0010) bumps
-    it on every insert, update, delete or truncate, so a logger learns in the round trip it makes
-    anyway whether its in-memory prices are current."""
-
-    __tablename__ = "vendor_prices_version"
-
-    id: Mapped[bool] = mapped_column(primary_key=True, server_default=text("true"))
-    version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-
-    __table_args__ = (CheckConstraint("id", name="one_row"),)
+# One row counting changes to `vendor_prices`: a statement-level trigger (revision 0010) bumps it on
+# every insert, update, delete or truncate, so a logger learns in the round trip it makes anyway
+# whether its in-memory prices are current. A table, not a mapped class: nothing but the trigger
+# writes it.
+vendor_prices_version = Table(
+    "vendor_prices_version",
+    Base.metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true")),
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("id", name="one_row"),
+)
