@@ -46,3 +46,20 @@ def test_0010_supersedes_revision_0003_from_now_on_where_calls_exist(
     ]
     genai = "SELECT count(*) FROM vendor_prices WHERE source LIKE 'genai-prices%';"
     assert int(pg.server.psql(genai, database=database)) == 0
+
+
+def test_0010_offline_sql_loads_genai_prices_where_no_price_exists(
+    pg: ThrowawayPostgres, empty_db: str
+) -> None:
+    """`alembic upgrade --sql` (no database to read): the script it prints loads genai-prices' rows
+    for the models without a global price, and leaves revision 0003's rows alone."""
+    database = empty_db.split("@/", 1)[1].split("?", 1)[0]
+    assert alembic(empty_db, "upgrade", "0008").returncode == 0
+    script = alembic(empty_db, "upgrade", "0008:0010", "--sql")
+    assert script.returncode == 0, script.stderr
+    pg.server.psql(script.stdout, database=database)
+    assert pg.server.psql("SELECT version_num FROM alembic_version;", database=database).strip() == "0010"
+    rows = pg.server.psql(ROWS, database=database).splitlines()
+    assert rows == ["gemini-2.5-pro|migration 0003|t", "gpt-4o|migration 0003|t"]
+    gpt5 = "SELECT input_per_mtok, effective_from = '1970-01-01Z', source FROM vendor_prices WHERE model = 'gpt-5';"
+    assert pg.server.psql(gpt5, database=database).strip() == "1.250000|t|genai-prices"

@@ -117,7 +117,9 @@ def _offline_insert(rows: Sequence[object]) -> None:
     )
     op.execute(
         postgresql.insert(prices)
-        .from_select(list(columns), sa.select(*(values.c[c] for c in columns)).where(~taken))
+        .from_select(
+            list(columns), sa.select(*(sa.cast(values.c[c], types[c]) for c in columns)).where(~taken)
+        )
         .on_conflict_do_nothing(index_elements=["provider", "model", "tenant_id", "effective_from"])
     )
 
