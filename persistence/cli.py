@@ -17,9 +17,9 @@ from persistence.embedded import EmbeddedServer
 from persistence.errors import PersistenceError
 from persistence.migrate_cli import DESCRIPTION as MIGRATE_DESCRIPTION
 from persistence.migrate_cli import add_migrate_arguments, migrate_command
+from persistence.prices_cli import PRICES_DESCRIPTION, add_prices_arguments, prices_command
 from persistence.reconcile_cli import RECONCILE_DESCRIPTION, add_reconcile_arguments, reconcile_command
 from persistence.reconcile_cli import main as reconcile_main
-from persistence.reprice_cli import REPRICE_DESCRIPTION, add_reprice_arguments, reprice_command
 from persistence.seed_cli import SEED_DESCRIPTION, add_seed_arguments, seed_command
 from persistence.seed_cli import main as seed_main
 
@@ -138,7 +138,7 @@ def _print_health(
     if report.unpriced_calls_24h:
         print(
             f"unpriced : {report.unpriced_calls_24h} AI call(s) ({report.unpriced_tokens_24h} tokens) in the "
-            "last 24 h have no price (`persistence reprice` prices them once one is entered)"
+            "last 24 h have no price (`persistence prices reprice` prices them once one is entered)"
         )
     if stale_error is not None:
         print(f"services : could not list ({stale_error})")
@@ -278,19 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_reconcile_arguments(rec)
 
-    # Temporary home: `persistence prices reprice` once the `prices` command exists.
-    reprice = sub.add_parser(
-        "reprice",
-        help="price the AI calls stored without a price, once a price exists (rollups follow)",
-        description=REPRICE_DESCRIPTION,
-    )
-    add_reprice_arguments(reprice)
     bill = sub.add_parser(
         "billing",
         help="vendor bills against the ledger (import, close, validate) and cost accuracy",
         description=BILLING_DESCRIPTION,
     )
     add_billing_arguments(bill)
+    prices = sub.add_parser(
+        "prices",
+        help="the price book: list, add (global or per tenant), sync from genai-prices",
+        description=PRICES_DESCRIPTION,
+    )
+    add_prices_arguments(prices)
 
     grant = sub.add_parser(
         "grant-reader",
@@ -326,9 +325,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "partitions": _partitions,
     "rollups": _rollups,
     "reconcile": reconcile_command,
-    "reprice": reprice_command,
     "billing": billing_command,
     "grant-reader": _grant_reader,
+    "prices": prices_command,
 }
 
 

@@ -113,7 +113,7 @@ def _print_report(result: ReconciliationResult, out: TextIO, *, all_lines: bool)
     if result.unpriced_calls:
         print(
             f"unpriced: {result.unpriced_calls} of our calls ({result.unpriced_tokens} tokens) had no price, "
-            "so no cost (`persistence reprice` prices them)\n",
+            "so no cost (`persistence prices reprice` prices them)\n",
             file=out,
         )
     shown = [

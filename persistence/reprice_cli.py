@@ -1,4 +1,4 @@
-"""`persistence reprice` (to become `persistence prices reprice`): price the AI calls stored unpriced.
+"""`persistence prices reprice`: price the AI calls stored unpriced.
 
 A face like `cli.py` (it prints); the work is in `persistence.ai_calls.reprice`. Prints one summary
 line (or the report as JSON); stderr only carries errors.

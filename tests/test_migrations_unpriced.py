@@ -19,7 +19,9 @@ def test_0009_downgrade_refuses_while_unpriced_calls_exist(pg: ThrowawayPostgres
     )
     refused = alembic(empty_db, "downgrade", "0008")
     assert refused.returncode != 0
-    assert "ai_calls holds unpriced calls" in refused.stderr and "persistence reprice" in refused.stderr
+    assert (
+        "ai_calls holds unpriced calls" in refused.stderr and "persistence prices reprice" in refused.stderr
+    )
     assert pg.server.psql("SELECT count(*) FROM ai_calls;", database=database).strip() == "2"
     pg.server.psql(
         "UPDATE ai_calls SET cost_usd = 0.5, cost_source = 'provided' WHERE cost_source = 'unpriced';",

@@ -1,4 +1,4 @@
-"""`persistence reprice`, run as a user would: one summary line (or JSON), nothing on stderr."""
+"""`persistence prices reprice`, run as a user would: one summary line (or JSON), nothing on stderr."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def test_reprice_prices_what_it_can_and_says_so(
         await log.log_call(**unpriced_call(0))
         await log.log_call(**unpriced_call(1, model="nobody-prices-2"))
 
-    none = persistence(url, "reprice", "--since", "2026-03-10")
+    none = persistence(url, "prices", "reprice", "--since", "2026-03-10")
     assert (none.returncode, none.stderr) == (0, ""), none.stderr
     assert none.stdout == (
         "repriced 0 call(s) (0 tokens, 0 USD) since 2026-03-10T00:00:00+00:00; "
@@ -47,14 +47,23 @@ async def test_reprice_prices_what_it_can_and_says_so(
         )
     until = (T0.replace(hour=23)).isoformat()
     done = persistence(
-        url, "reprice", "--since", "2026-03-10T00:00", "--until", until, "--provider", "acme-ai", "--json"
+        url,
+        "prices",
+        "reprice",
+        "--since",
+        "2026-03-10T00:00",
+        "--until",
+        until,
+        "--provider",
+        "acme-ai",
+        "--json",
     )
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     report = json.loads(done.stdout)
     assert (report["repriced"], report["cost_usd"], report["still_unpriced"]) == (1, "0.002800", 1)
     assert (report["until"], report["provider"], report["model"]) == (until, "acme-ai", None)
 
-    again = persistence(url, "reprice", "--since", "2026-03-10", "--model", "nobody-prices-1")
+    again = persistence(url, "prices", "reprice", "--since", "2026-03-10", "--model", "nobody-prices-1")
     assert (again.returncode, again.stderr) == (0, ""), again.stderr
     assert (
         again.stdout.startswith("repriced 0 call(s)") and "0 call(s) (0 tokens) still without" in again.stdout
@@ -63,11 +72,11 @@ async def test_reprice_prices_what_it_can_and_says_so(
 
 def test_reprice_refuses_a_missing_or_bad_window(pg: ThrowawayPostgres) -> None:
     url = pg.server.url("postgres")
-    missing = persistence(url, "reprice")
+    missing = persistence(url, "prices", "reprice")
     assert missing.returncode == 2 and "--since" in missing.stderr and missing.stdout == ""
-    bad = persistence(url, "reprice", "--since", "yesterday")
+    bad = persistence(url, "prices", "reprice", "--since", "yesterday")
     assert bad.returncode == 2 and "not an ISO date/time: 'yesterday'" in bad.stderr
-    inverted = persistence(url, "reprice", "--since", "2026-03-10", "--until", "2026-03-09")
+    inverted = persistence(url, "prices", "reprice", "--since", "2026-03-10", "--until", "2026-03-09")
     assert (inverted.returncode, inverted.stdout, inverted.stderr) == (
         2,
         "",

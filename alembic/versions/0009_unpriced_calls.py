@@ -12,7 +12,7 @@ by the caller) used to be refused. Now:
 - `reconciliation_reports` states how many calls and tokens of its period had no price.
 
 The downgrade refuses while unpriced calls exist (the old schema cannot hold them; price them with
-`persistence reprice` or delete them first), then drops what the upgrade added.
+`persistence prices reprice` or delete them first), then drops what the upgrade added.
 
 Revision ID: 0009
 Revises: 0008
@@ -59,7 +59,7 @@ def downgrade() -> None:
     op.execute(
         "DO $$ BEGIN IF EXISTS (SELECT 1 FROM ai_calls WHERE cost_source = 'unpriced') THEN "
         "RAISE EXCEPTION 'ai_calls holds unpriced calls, which revision 0008 cannot store' "
-        "USING HINT = 'price them (persistence reprice --since ...) or delete them first'; "
+        "USING HINT = 'price them (persistence prices reprice --since ...) or delete them first'; "
         "END IF; END $$"
     )
     op.execute("ALTER TABLE reconciliation_reports DROP COLUMN unpriced_tokens")

@@ -34,10 +34,15 @@ Cost = tuple[Decimal | None, Decimal | None, str, int | None]
 UNPRICED: Cost = (None, None, "unpriced", None)
 
 # $1 key, $2 hash, $3.. the row (without id), then $25 hour, $26 error_calls, $27 total_tokens,
-# $28 cache_write_1h_tokens. An unpriced call ($14) adds 0 to the delta's cost and 1 to its unpriced count.
+# $28 cache_write_1h_tokens, $29 the price book's `vendor_prices_version` (NULL: unknown). When the
+# table's version differs, nothing is written and the one row returned has a NULL id: the logger
+# reloads its prices and runs the call again (prices changed since they were loaded). An unpriced
+# call ($14) adds 0 to the delta's cost and 1 to its unpriced count.
 LOG_CALL = """
 WITH existing AS (
     SELECT call_id, payload_hash FROM ai_call_keys WHERE idempotency_key = $1
+), stale AS (
+    SELECT 1 FROM vendor_prices_version WHERE version <> $29::bigint AND NOT EXISTS (SELECT 1 FROM existing)
 ), ins AS (
     INSERT INTO ai_calls (created_at, provider, model, input_tokens, output_tokens, cache_read_tokens,
                           cache_write_tokens, reasoning_tokens, usage, cost_usd, computed_cost_usd,
@@ -46,7 +51,7 @@ WITH existing AS (
                           cache_write_1h_tokens)
     SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
            $23, $24, $28
-     WHERE NOT EXISTS (SELECT 1 FROM existing)
+     WHERE NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM stale)
     RETURNING id
 ), k AS (
     INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
@@ -65,6 +70,8 @@ WITH existing AS (
 SELECT id, true AS new, true AS same FROM ins
 UNION ALL
 SELECT call_id, false, payload_hash = $2 FROM existing
+UNION ALL
+SELECT NULL, false, true FROM stale
 """
 
 _INSERT_KEYS = """

@@ -60,7 +60,7 @@ from persistence.ai_calls.ledger_sql import (
     _call_rows,
     _key_rows,
 )
-from persistence.ai_calls.prices import LOAD_PRICES, PriceBook
+from persistence.ai_calls.prices import LOAD_PRICES_VERSIONED, PRICES_VERSION, PriceBook
 from persistence.ai_calls.record import (
     AICallRecord,
     _utc,
@@ -123,7 +123,7 @@ _INFOS = {
     ),
     "_fetch": describe(_STATS),
     "fold_rollups_raw": describe(FOLD),
-    "work": describe(LOAD_PRICES),  # reload_prices
+    "work": describe(LOAD_PRICES_VERSIONED),  # reload_prices
 }
 
 
@@ -257,15 +257,19 @@ class AICallLogger:
     # -- prices ---------------------------------------------------------------------------------
 
     async def _fresh_prices(self, raw: asyncpg.Connection) -> None:
-        if self.prices.stale:
-            self.prices.replace(await raw.fetch(LOAD_PRICES))
+        """Prices as the table has them now (a batch pays one small version read for this)."""
+        prices = self.prices
+        if prices.stale or (
+            prices.version is not None and await raw.fetchval(PRICES_VERSION) != prices.version
+        ):
+            prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
 
     async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Cost:
         """The cost of a call no loaded price covers: reload the prices (at most every
         `miss_interval`) and try again, else `UNPRICED` (stored without a cost, never refused)."""
         quote = None
         if self._may_reload():
-            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
             quote = self.prices.quote(record)
         return UNPRICED if quote is None else quote
 
@@ -280,7 +284,7 @@ class AICallLogger:
         """Reload `vendor_prices` now (e.g. right after entering a price); returns the row count."""
 
         async def work(raw: asyncpg.Connection) -> int:
-            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
             return len(self.prices)
 
         result: int = await self._run(work)
@@ -336,11 +340,11 @@ class AICallLogger:
             self.alerts.call_logged(record)
         return call_id
 
-    async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord) -> int:
+    async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord, reloads: int = 0) -> int:
         # The record was validated when it was built: only the price is looked up here.
         prices = self.prices
         if prices.stale:
-            prices.replace(await raw.fetch(LOAD_PRICES))
+            prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
         q: Cost | None = prices.quote(r)
         if q is None:
             q = await self._quote_after_reload(raw, r)
@@ -350,7 +354,7 @@ class AICallLogger:
             q[0], q[1], q[2], q[3], r.latency_ms,
             r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
-            r.cache_write_1h_tokens,
+            r.cache_write_1h_tokens, prices.version,
         )  # fmt: skip
         for _ in range(3):
             try:
@@ -361,6 +365,11 @@ class AICallLogger:
                 continue  # the same key committed concurrently: now it is visible
             if row is None:
                 continue  # the key's first writer committed after our snapshot
+            if row["id"] is None:  # vendor_prices changed since the book was loaded: price it again
+                if reloads >= 3:
+                    raise TransientError("vendor_prices kept changing while a call was being priced")
+                prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
+                return await self._log_one(raw, r, reloads + 1)
             if not row["same"]:
                 raise _key_conflict([r.idempotency_key])
             call_id: int = row["id"]
@@ -447,7 +456,7 @@ class AICallLogger:
             self._sequence = await raw.fetchval(_SEQUENCE)
         quotes, missing = self._quotes(records)
         if missing and self._may_reload():
-            self.prices.replace(await raw.fetch(LOAD_PRICES))
+            self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
             quotes, missing = self._quotes(records)
         ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
         try:

@@ -1,9 +1,16 @@
 """Vendor prices in memory: the price in force for a call, and the call's exact cost.
 
-The logger keeps a `PriceBook` loaded from `vendor_prices` and refreshes it every `ttl` seconds (and
-at most once per `miss_interval` when a call finds no price), so computing a cost costs no round
-trip. Prices are effective-dated: enter a change before it takes effect and every call is priced
-by the row in force at its `created_at`; a row entered late is applied by the next refresh.
+The logger keeps a `PriceBook` loaded from `vendor_prices` together with the table's version
+(`vendor_prices_version`, bumped by a trigger on every change, revision 0010). The logger's own
+statement compares that version with the book's, so a price entered while it runs prices the very
+next call, and computing a cost costs no round trip. A book loaded without a version (the table
+missing) refreshes every `ttl` seconds instead. Prices are effective-dated: every call is priced by
+the row in force at its `created_at`.
+
+A call's model name is looked up as given, then as the model it is a dated snapshot of
+(`gpt-4o-2024-08-06` -> `gpt-4o`), then as the genai-prices model id it is a name of
+(`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`, `price_catalog.resolve_model`), the first name
+that has a row winning.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import bisect
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -20,7 +27,15 @@ from typing import Any
 from persistence.ai_calls.record import MICRO, AICallRecord
 from persistence.errors import ValidationError
 
-__all__ = ["Price", "PriceBook", "PricedCost", "Quote", "UnpricedCallError"]
+__all__ = [
+    "LOAD_PRICES",
+    "LOAD_PRICES_VERSIONED",
+    "Price",
+    "PriceBook",
+    "PricedCost",
+    "Quote",
+    "UnpricedCallError",
+]
 
 _MILLION = Decimal(1_000_000)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -38,6 +53,16 @@ LOAD_PRICES = (
     "FROM vendor_prices "
     "ORDER BY provider, model, tenant_id, effective_from"
 )
+# The same rows and the table's version in one statement (one snapshot): the first column is the
+# version (NULL without the counter table), the rest a price row (all NULL when there is none).
+LOAD_PRICES_VERSIONED = (
+    "SELECT (SELECT version FROM vendor_prices_version) AS version, p.id, p.provider, p.model, p.tenant_id, "
+    "p.input_per_mtok, p.output_per_mtok, p.cache_read_per_mtok, p.cache_write_per_mtok, p.reasoning_per_mtok, "
+    "p.effective_from, p.effective_to, p.cache_write_1h_per_mtok "
+    "FROM (SELECT 1) one LEFT JOIN vendor_prices p ON true "
+    "ORDER BY p.provider, p.model, p.tenant_id, p.effective_from"
+)
+PRICES_VERSION = "SELECT version FROM vendor_prices_version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +82,7 @@ class Price:
     effective_to: datetime | None
     # Anthropic's 1-hour cache writes; None: this row prices none (a call with some is unpriced by it).
     cache_write_1h_per_mtok: Decimal | None = None
+    source: str | None = None  # who entered the row: 'manual', 'genai-prices <version>', ...
     # The five per-Mtok prices as integers of 1e-6 USD (None if one has more than 6 places), so a
     # cost is exact integer arithmetic in units of 1e-12 USD: no Decimal per bucket on the hot path.
     micros: tuple[int, int, int, int, int] | None = field(init=False, repr=False, compare=False)
@@ -113,6 +139,8 @@ class PriceBook:
         self.miss_interval = miss_interval
         self.loaded_at = float("-inf")
         self.missed_at = float("-inf")
+        # `vendor_prices_version` when the rows were read; None: unknown (refreshed by `ttl`).
+        self.version: int | None = None
         self._by_key: dict[tuple[str, str, str], list[Price]] = {}
         self._starts: dict[tuple[str, str, str], list[datetime]] = {}
         self._models: set[tuple[str, str]] = set()
@@ -121,7 +149,7 @@ class PriceBook:
         self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Price | None]] = {}
         self.replace(rows)
 
-    def replace(self, rows: Iterable[Any]) -> None:
+    def replace(self, rows: Iterable[Any], version: int | None = None) -> None:
         by_key: dict[tuple[str, str, str], list[Price]] = {}
         for row in rows:
             price = Price(*row)
@@ -132,23 +160,42 @@ class PriceBook:
         self._starts = {key: [p.effective_from for p in prices] for key, prices in by_key.items()}
         self._models = {(provider, model) for provider, model, _ in by_key}
         self._memo = {}
+        self.version = version
         self.loaded_at = time.monotonic()
+
+    def replace_versioned(self, rows: Sequence[Any]) -> None:
+        """Load the result of `LOAD_PRICES_VERSIONED` (the version, then a price row, per row)."""
+        version = rows[0][0] if rows else None
+        self.replace((tuple(row)[1:] for row in rows if row[1] is not None), version)
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._by_key.values())
 
     @property
     def stale(self) -> bool:
-        return time.monotonic() - self.loaded_at >= self.ttl
+        """Never loaded, or loaded without a version and older than `ttl` (with a version, the
+        logger's statements tell it when the table changed)."""
+        if self.loaded_at == float("-inf"):
+            return True
+        return self.version is None and time.monotonic() - self.loaded_at >= self.ttl
 
     def _models_to_try(self, provider: str, model: str) -> tuple[str, ...]:
-        """`model`, then the model it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`), if priced.
+        """`model`, then the model it is a snapshot of (`gpt-4o-2024-08-06` -> `gpt-4o`), each if
+        priced; for a name with neither priced, the genai-prices model id it is a name of.
 
-        Only a date, a 3-digit version or `-latest` is stripped, so `gpt-4o-mini` never falls back to
-        `gpt-4o`'s price.
+        Only a date, a 3-digit version or `-latest` is stripped, and genai-prices maps a name only to
+        its own model, so `gpt-4o-mini` never falls back to `gpt-4o`'s price.
         """
+        names = [model]
         base = _SNAPSHOT.sub("", model)
-        return (model, base) if base != model and (provider, base) in self._models else (model,)
+        if base != model and (provider, base) in self._models:
+            names.append(base)
+        # Only for a name with no row of its own or of its base (the first resolve loads genai-prices).
+        if len(names) == 1 and (provider, model) not in self._models:
+            alias = _resolve(provider, model)
+            if alias is not None and alias != model and (provider, alias) in self._models:
+                names.append(alias)
+        return tuple(names)
 
     def lookup(self, provider: str, model: str, tenant: str | None, at: datetime) -> Price | None:
         """The tenant's price in force at `at`, else the global one, else None; for a snapshot with
@@ -221,6 +268,13 @@ class PriceBook:
         """Cost fields for `record`; None when it gives no cost and no price is in force."""
         quote = self.quote(record)
         return None if quote is None else PricedCost(*quote)
+
+
+def _resolve(provider: str, model: str) -> str | None:
+    # Imported on the first name no row matches: genai-prices' data module is large (cached there).
+    from persistence.ai_calls.price_catalog import resolve_model
+
+    return resolve_model(provider, model)
 
 
 class UnpricedCallError(ValidationError):

@@ -10,7 +10,7 @@ gives: the sum over lines of `min(ours, vendor)` calls over the vendor's total.
 
 Calls the ledger stored without a price count in our calls but add nothing to our cost; the report
 states how many there were (`unpriced_calls`, `unpriced_tokens`, per line `ours_unpriced_calls`), so a
-cost variance they cause is explained rather than hidden (`persistence reprice` prices them).
+cost variance they cause is explained rather than hidden (`persistence prices reprice` prices them).
 
 The report is saved with one `INSERT ... ON CONFLICT DO UPDATE` on (period, source), so a re-run
 replaces it; the alert hook runs after the commit, on FAIL only.

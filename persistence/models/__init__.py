@@ -10,7 +10,7 @@ from persistence.models.consensus import ConsensusDecision
 from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
 from persistence.models.limits import CompanyQuota, RateLimitConfig
-from persistence.models.pricing import VendorPrice
+from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import (
     AICallModelHourly,
@@ -48,4 +48,5 @@ __all__ = [
     "TrainingData",
     "VendorPrice",
     "VerificationResult",
+    "vendor_prices_version",
 ]

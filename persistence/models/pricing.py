@@ -15,12 +15,15 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Column,
     Connection,
     Identity,
     Index,
     Numeric,
     String,
+    Table,
     event,
     func,
     text,
@@ -105,3 +108,16 @@ def _drop_view(target: object, connection: Connection, **kw: Any) -> None:
 
 event.listen(VendorPrice.__table__, "after_create", _create_view)
 event.listen(VendorPrice.__table__, "before_drop", _drop_view)
+
+
+# One row counting changes to `vendor_prices`: a statement-level trigger (revision 0010) bumps it on
+# every insert, update, delete or truncate, so a logger learns in the round trip it makes anyway
+# whether its in-memory prices are current. A table, not a mapped class: nothing but the trigger
+# writes it.
+vendor_prices_version = Table(
+    "vendor_prices_version",
+    Base.metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true")),
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("id", name="one_row"),
+)

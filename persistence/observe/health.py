@@ -1,6 +1,6 @@
 """`await health(engine)`: can we reach the database, how fast, which server, how full is the pool,
 is the schema at the Alembic head of this package's migrations, and how many AI calls of the last
-24 hours the ledger stored without a price (a model nobody priced yet: `persistence reprice`).
+24 hours the ledger stored without a price (a model nobody priced yet: `persistence prices reprice`).
 
 Never raises for an unreachable or broken database: the report says what failed (`error`) and
 `healthy` is False. `persistence health` prints it and exits non-zero when unhealthy.

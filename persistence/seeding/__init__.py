@@ -17,7 +17,7 @@ The library behind `scripts/seed_database.py`. Three properties drive the design
 It needs nothing beyond the package's runtime dependencies (no Faker, no factory-boy): the seeding
 script runs against development databases where the `testing` extra is not installed.
 
-Modules: `catalog` (frameworks, claim types, models and their list prices, read from revision 0003),
+Modules: `catalog` (frameworks, claim types, models and their list prices, from genai-prices' rows),
 `plan` (`SeedPlan`, `SeedReport`), `generate` and `calls` (the rows, in memory), `write` (the
 statements and `seed_database`). This module re-exports what the rest of the package and its users
 import.

@@ -1,8 +1,9 @@
 """The domain catalog shared by seeding and `persistence.testing.factories`: frameworks, claim types,
 services, AI models with their list prices and traffic shape, consensus, realistic claim sentences.
 
-The list prices are not typed here: they are read from revision 0003, whose seed data load the
-`vendor_prices` table (see `_list_prices`), so a seeded call costs what the ledger would compute.
+The list prices are not typed here: they are genai-prices' rows for the seeded models, the same rows
+revision 0010 (`persistence prices sync`) loads into `vendor_prices` (see `_list_prices`), so a
+seeded call costs what the ledger would compute.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from alembic.script import ScriptDirectory
-
+from persistence.ai_calls.price_catalog import genai_rows, resolve_model
 from persistence.errors import ConfigurationError
-from persistence.migrations import alembic_config
 
 __all__ = [
     "CLAIM_TYPES",
     "CLAIM_TYPE_WEIGHTS",
     "FRAMEWORKS",
     "MODEL_CATALOG",
-    "PRICES_REVISION",
+    "PRICES_SOURCE",
     "SERVICES",
     "ModelSpec",
     "Verdict",
@@ -59,30 +58,41 @@ class ModelSpec:
     median_output: int
     base_latency_ms: int
     ms_per_output_token: Decimal
-    # Cache prices as revision 0003 loads them (USD per million tokens).
+    # Cache prices as genai-prices gives them (USD per million tokens).
     cache_read_per_mtok: Decimal = Decimal(0)
     cache_write_per_mtok: Decimal = Decimal(0)
 
 
-# The revision whose seed data are the list prices of `vendor_prices`.
-PRICES_REVISION = "0003"
+# Where the list prices come from: the installed genai-prices' bundled data (no network).
+PRICES_SOURCE = "genai-prices"
 
 
 def _list_prices() -> dict[tuple[str, str], tuple[Decimal, Decimal, Decimal, Decimal]]:
-    """(provider, model) -> input, output, cache-read, cache-write price, read from revision 0003.
+    """(provider, model) -> input, output, cache-read, cache-write price of each seeded model, from
+    genai-prices' rows (`price_catalog.genai_rows`, what `vendor_prices` is loaded with), the model
+    name resolved as the ledger resolves it (`claude-sonnet-4-20250514` -> `claude-sonnet-4-0`).
 
-    Why the migration is the source and not the other way round: a revision must keep meaning what it
-    meant when it ran, whatever the package's code becomes later, so it imports nothing from the
-    package and owns its data (`PRICES`). The catalog reads that data through Alembic's own loader
-    instead of retyping it. A later revision that changes these prices must move `PRICES_REVISION`
-    (tests/seeding/test_catalog.py compares the catalog with the migrated `vendor_prices`).
+    A seeded model must have one price for all time in genai-prices, so the seeded data (and their
+    checksums) never depend on the day they are generated; ConfigurationError otherwise.
     """
-    script = ScriptDirectory.from_config(alembic_config()).get_revision(PRICES_REVISION)
-    if script is None:
-        raise ConfigurationError(f"migration {PRICES_REVISION} (the vendor prices) is missing")
+    rows, _skipped = genai_rows(providers={provider for provider, *_ in _TRAFFIC})
+    by_key: dict[tuple[str, str], list[tuple[Decimal, Decimal, Decimal, Decimal]]] = {}
+    for row in rows:
+        by_key.setdefault((row.provider, row.model), []).append(
+            (row.input_per_mtok, row.output_per_mtok, row.cache_read_per_mtok, row.cache_write_per_mtok)
+        )
     prices: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal, Decimal]] = {}
-    for provider, model, inp, out, cache_read, cache_write, _reasoning in script.module.PRICES:
-        prices[(provider, model)] = (Decimal(inp), Decimal(out), Decimal(cache_read), Decimal(cache_write))
+    for provider, model, *_traffic in _TRAFFIC:
+        found = by_key.get((provider, model)) or by_key.get((provider, resolve_model(provider, model) or ""))
+        if found is None:
+            raise ConfigurationError(
+                f"genai-prices has no price for {provider}/{model}, a model the seed data use"
+            )
+        if len(found) != 1:
+            raise ConfigurationError(
+                f"genai-prices prices {provider}/{model} differently over time: seeded costs would depend on the date"
+            )
+        prices[(provider, model)] = found[0]
     return prices
 
 
@@ -107,7 +117,7 @@ def _catalog() -> tuple[ModelSpec, ...]:
             inp, out, cache_read, cache_write = prices[(provider, model)]
         except KeyError:
             raise ConfigurationError(
-                f"migration {PRICES_REVISION} has no price for {provider}/{model}, a model the seed data use"
+                f"{PRICES_SOURCE} has no price for {provider}/{model}, a model the seed data use"
             ) from None
         specs.append(
             ModelSpec(

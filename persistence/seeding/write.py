@@ -101,6 +101,7 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "billing_data",
     "billing_validations",
     "cost_accuracy_validations",
+    "vendor_prices_version",  # the change counter of vendor_prices (revision 0010)
 )
 
 _BATCH = 1000

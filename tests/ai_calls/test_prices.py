@@ -1,4 +1,4 @@
-"""Vendor prices: the defaults migration 0003 loads, non-overlapping periods, computed costs."""
+"""Vendor prices: the default rows (genai-prices, revision 0010), non-overlapping periods, computed costs."""
 
 from __future__ import annotations
 

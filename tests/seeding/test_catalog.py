@@ -1,6 +1,6 @@
 """The seeding catalog prices calls exactly as the ledger does from the migrated `vendor_prices`.
 
-The catalog reads its list prices from revision 0003 instead of retyping them; these tests fail when
+The catalog reads its list prices from genai-prices (the rows revision 0010 loads); these tests fail when
 the two disagree (a retyped figure, or a later revision that changes a price the seed data use).
 """
 
