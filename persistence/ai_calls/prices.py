@@ -134,7 +134,10 @@ class PricedCost:
 class PriceBook:
     """Prices by (provider, model, tenant), each list sorted by `effective_from`."""
 
-    def __init__(self, rows: Iterable[Any] = (), *, ttl: float = 60.0, miss_interval: float = 5.0):
+    def __init__(self, rows: Iterable[Any] | None = None, *, ttl: float = 60.0, miss_interval: float = 5.0):
+        """`rows`: a `LOAD_PRICES` result; None: not loaded yet (`stale` until `replace`), so a
+        logger's first call loads the table even when it gives its own cost (the computed cost
+        beside it needs the price)."""
         self.ttl = ttl
         self.miss_interval = miss_interval
         self.loaded_at = float("-inf")
@@ -147,7 +150,8 @@ class PriceBook:
         # (provider, model, tenant) -> (from, to, price): the lookup's answer for every time in
         # [from, to), so pricing a call is a dict get and a range compare.
         self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Price | None]] = {}
-        self.replace(rows)
+        if rows is not None:
+            self.replace(rows)
 
     def replace(self, rows: Iterable[Any], version: int | None = None) -> None:
         by_key: dict[tuple[str, str, str], list[Price]] = {}
