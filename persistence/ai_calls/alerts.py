@@ -39,7 +39,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.record import _utc, hour_ceil, hour_floor, positive_seconds
-from persistence.ai_calls.rollups import PENDING_ROWS, _on_raw
+from persistence.ai_calls.rollups import _on_raw
 from persistence.errors import PersistenceError, ValidationError
 from persistence.observe.loggers import get_logger
 
@@ -244,20 +244,25 @@ def _per_scope(template: str) -> str:
     return "CASE r.scope " + " ".join(branches) + " END"
 
 
-def _recent_branch(scope: str) -> str:
+def _branch(scope: str, source: str, when: str) -> str:
+    """Rows of `source` (alias `u`) that count for the windows of `scope` rules: (r.k, u.cost)."""
     column = _COLUMN[scope]
     match = "" if column is None else f" AND u.{column} = r.v"
-    return (
-        f"SELECT r.k, u.cost FROM r JOIN u ON r.scope = '{scope}'{match} AND u.hour >= r.h0 AND u.hour < r.h1"  # noqa: S608
-    )
+    return f"SELECT r.k, u.cost FROM r JOIN {source} u ON r.scope = '{scope}'{match} AND {when}"  # noqa: S608
 
+
+_WHOLE_HOURS = "u.hour >= r.h0 AND u.hour < r.h1"
+_EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.h1 AND u.created_at < r.we))"
 
 # The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
-# whole UTC hours) in ONE statement, so one snapshot: a concurrent fold cannot make usage count twice
-# or never. Whole hours come from the rollups (an index range per window) plus the usage no fold has
-# reached yet (deltas and pending batches' ledger rows), which is read and aggregated ONCE per
+# whole UTC hours; $8/$9 the windows' partial edge hours, merged) in ONE statement, so one snapshot:
+# a concurrent fold cannot make usage count twice or never. Whole hours come from the rollups (an
+# index range per window) plus the usage no fold has reached yet (deltas, and pending batches'
+# ledger rows read by id range, batch by batch: OFFSET 0 keeps the planner from turning that into
+# a scan of every ledger row of the span, a month for a monthly rule), read and aggregated ONCE per
 # evaluation and joined to every window; partial hours at the edges (zones such as Asia/Kolkata)
-# come from the ledger. Built from constant names only.
+# come from the ledger, each edge interval read once (a time range, not a scan of a scope's rows).
+# Built from constant names only.
 _SPEND = f"""
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::int[], $2::varchar[], $3::varchar[], $4::timestamptz[], $5::timestamptz[],
@@ -272,28 +277,50 @@ WITH r AS MATERIALIZED (
         UNION ALL
         SELECT date_trunc('hour', c.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.provider, c.model,
                c.organization_id, c.customer_id, c.product_id, c.cost_usd
-          FROM span, ai_call_pending_batches {PENDING_ROWS}
-         WHERE c.created_at >= span.lo AND c.created_at < span.hi
+          FROM span, ai_call_pending_batches b
+         CROSS JOIN LATERAL (SELECT * FROM ai_calls x
+                              WHERE x.id BETWEEN b.first_id AND b.last_id
+                                AND x.created_at >= span.lo AND x.created_at < span.hi OFFSET 0) c
       ) unfolded
      GROUP BY 1, 2, 3, 4, 5, 6
-), recent AS (
-    {" UNION ALL ".join(_recent_branch(scope) for scope in _SCOPES)}
-), recent_sums AS (
-    SELECT k, sum(cost) AS cost FROM recent GROUP BY k
+), e AS MATERIALIZED (
+    SELECT c.created_at, c.provider, c.model, c.organization_id, c.customer_id, c.product_id,
+           c.cost_usd AS cost
+      FROM unnest($8::timestamptz[], $9::timestamptz[]) AS i(lo, hi)
+     CROSS JOIN LATERAL (SELECT * FROM ai_calls x WHERE x.created_at >= i.lo AND x.created_at < i.hi OFFSET 0) c
+), counted AS (
+    {" UNION ALL ".join(_branch(scope, "u", _WHOLE_HOURS) for scope in _SCOPES)}
+    UNION ALL
+    {" UNION ALL ".join(_branch(scope, "e", _EDGES) for scope in _SCOPES)}
+), sums AS (
+    SELECT k, sum(cost) AS cost FROM counted GROUP BY k
 )
 SELECT r.k,
        coalesce({
     _per_scope("(SELECT sum(x.cost_usd) FROM {rollup} x WHERE {match} AND x.hour >= r.h0 AND x.hour < r.h1)")
 }, 0)
-     + coalesce((SELECT s.cost FROM recent_sums s WHERE s.k = r.k), 0)
-     + CASE WHEN r.ws < r.h0 OR r.h1 < r.we THEN coalesce({
-    _per_scope(
-        "(SELECT sum(x.cost_usd) FROM ai_calls x WHERE {match} AND ((x.created_at >= r.ws AND x.created_at < r.h0)"
-        " OR (x.created_at >= r.h1 AND x.created_at < r.we)))"
-    )
-}, 0) ELSE 0 END
+     + coalesce((SELECT s.cost FROM sums s WHERE s.k = r.k), 0)
   FROM r
 """  # noqa: S608 (constant SQL only)
+
+
+def _edge_intervals(windows: Iterable[AlertWindow]) -> tuple[list[datetime], list[datetime]]:
+    """The partial hours at the windows' edges, overlapping ones merged (a ledger row must be read
+    once), as (starts, ends)."""
+    parts: list[tuple[datetime, datetime]] = []
+    for w in windows:
+        h0, h1 = hour_ceil(w.start), hour_floor(w.end)
+        if w.start < h0:
+            parts.append((w.start, min(h0, w.end)))
+        if h1 < w.end and h1 >= h0:
+            parts.append((h1, w.end))
+    merged: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(set(parts)):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return [lo for lo, _ in merged], [hi for _, hi in merged]
 
 
 def _utc_text(column: str) -> str:
@@ -451,6 +478,7 @@ class AlertEvaluator:
                 [w.end for w in windows],
                 [hour_ceil(w.start) for w in windows],
                 [hour_floor(w.end) for w in windows],
+                *_edge_intervals(windows),
             )
             spend = {row[0]: Decimal(row[1]) for row in rows}
             crossed = [
