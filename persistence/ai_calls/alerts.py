@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -207,7 +207,10 @@ class AlertFiring:
 
 # -- SQL ------------------------------------------------------------------------------------------
 
-_RULE_COLUMNS = "id, name, scope, scope_value, period, time_zone, threshold_kind, thresholds, budget_usd, channels, enabled"
+_RULE_COLUMNS = (
+    "id, name, scope, scope_value, period, time_zone, threshold_kind, thresholds, budget_usd, channels, enabled,"
+    " updated_at"
+)
 _LOAD_RULES = f"SELECT {_RULE_COLUMNS} FROM cost_alerts ORDER BY id"  # noqa: S608 (constant SQL only)
 _SAVE_RULE = f"""
 INSERT INTO cost_alerts AS a (name, scope, scope_value, period, time_zone, threshold_kind, thresholds,
@@ -255,7 +258,9 @@ _WHOLE_HOURS = "u.hour >= r.h0 AND u.hour < r.h1"
 _EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.h1 AND u.created_at < r.we))"
 
 # The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
-# whole UTC hours; $8/$9 the windows' partial edge hours, merged) in ONE statement, so one snapshot:
+# whole UTC hours, $8/$9 its rule's id and version (`updated_at`: the last column says whether the
+# rule is still the one the evaluator loaded); $10/$11 the windows' partial edge hours, merged) in
+# ONE statement, so one snapshot:
 # a concurrent fold cannot make usage count twice or never. Whole hours come from the rollups (an
 # index range per window) plus the usage no fold has reached yet (deltas, and pending batches'
 # ledger rows read by id range, batch by batch: OFFSET 0 keeps the planner from turning that into
@@ -266,7 +271,8 @@ _EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.
 _SPEND = f"""
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::int[], $2::varchar[], $3::varchar[], $4::timestamptz[], $5::timestamptz[],
-                         $6::timestamptz[], $7::timestamptz[]) AS r(k, scope, v, ws, we, h0, h1)
+                         $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::timestamptz[])
+                      AS r(k, scope, v, ws, we, h0, h1, rule_id, version)
 ), span AS (
     SELECT min(h0) AS lo, max(h1) AS hi FROM r
 ), u AS MATERIALIZED (
@@ -286,7 +292,7 @@ WITH r AS MATERIALIZED (
 ), e AS MATERIALIZED (
     SELECT c.created_at, c.provider, c.model, c.organization_id, c.customer_id, c.product_id,
            c.cost_usd AS cost
-      FROM unnest($8::timestamptz[], $9::timestamptz[]) AS i(lo, hi)
+      FROM unnest($10::timestamptz[], $11::timestamptz[]) AS i(lo, hi)
      CROSS JOIN LATERAL (SELECT * FROM ai_calls x WHERE x.created_at >= i.lo AND x.created_at < i.hi OFFSET 0) c
 ), counted AS (
     {" UNION ALL ".join(_branch(scope, "u", _WHOLE_HOURS) for scope in _SCOPES)}
@@ -299,7 +305,8 @@ SELECT r.k,
        coalesce({
     _per_scope("(SELECT sum(x.cost_usd) FROM {rollup} x WHERE {match} AND x.hour >= r.h0 AND x.hour < r.h1)")
 }, 0)
-     + coalesce((SELECT s.cost FROM sums s WHERE s.k = r.k), 0)
+     + coalesce((SELECT s.cost FROM sums s WHERE s.k = r.k), 0),
+       EXISTS (SELECT 1 FROM cost_alerts a WHERE a.id = r.rule_id AND a.updated_at = r.version AND a.enabled)
   FROM r
 """  # noqa: S608 (constant SQL only)
 
@@ -328,18 +335,21 @@ def _utc_text(column: str) -> str:
 
 
 # The firing and its notifications in one statement (one transaction): only rows this statement
-# inserted get outbox rows. NOT EXISTS skips thresholds fired long ago without burning identity
+# inserted get outbox rows, and only for the rule as it was evaluated ($7 its version): a rule
+# edited (or disabled) since never fires a threshold or budget it no longer has. NOT EXISTS skips thresholds fired long ago without burning identity
 # values; the unique constraint is what decides between concurrent evaluations. ORDER BY gives
 # firing ids (and so delivery order) window by window, lowest threshold first, whatever plan runs.
 _FIRE = f"""
-WITH c (alert_id, ws, we, threshold, threshold_usd, spend) AS (
+WITH c (alert_id, ws, we, threshold, threshold_usd, spend, version) AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::numeric[], $5::numeric[],
-                         $6::numeric[])
+                         $6::numeric[], $7::timestamptz[])
 ), f AS (
     INSERT INTO cost_alert_firings (alert_id, window_start, window_end, threshold, threshold_usd, spend_usd)
     SELECT c.alert_id, c.ws, c.we, c.threshold, c.threshold_usd, c.spend FROM c
      WHERE NOT EXISTS (SELECT 1 FROM cost_alert_firings x
                         WHERE x.alert_id = c.alert_id AND x.window_start = c.ws AND x.threshold = c.threshold)
+       AND EXISTS (SELECT 1 FROM cost_alerts a
+                    WHERE a.id = c.alert_id AND a.updated_at = c.version AND a.enabled)
      ORDER BY c.ws, c.alert_id, c.threshold
     ON CONFLICT ON CONSTRAINT uq_cost_alert_firings_alert_id_window_start_threshold DO NOTHING
     RETURNING id, alert_id, window_start, window_end, threshold, threshold_usd, spend_usd, fired_at
@@ -380,6 +390,7 @@ def _rule_of(row: asyncpg.Record) -> CostAlertRule:
 # What a logged call can match: its hour and the five scope values (the `all` scope matches any).
 _Touch = tuple[datetime, str | None, str | None, str | None, str, str]
 _Work = tuple[CostAlertRule, AlertWindow]
+_Versioned = tuple[CostAlertRule, datetime]  # a rule and its `updated_at` when loaded
 
 
 class AlertEvaluator:
@@ -388,8 +399,10 @@ class AlertEvaluator:
 
     `interval` bounds the background evaluations to one per `interval` seconds per evaluator
     (0: as soon as the event loop is free); `rules_ttl` is how long the background path reuses the
-    rules it loaded (`evaluate()` always reads them). `dispatcher`, when given, is woken after a
-    firing commits.
+    rules it loaded (`evaluate()` always reads them); a rule edited meanwhile, here or in another
+    process, is noticed by its version (`updated_at`) in the same statement that reads the spend,
+    and the evaluation runs again with the rules reloaded. `dispatcher`, when given, is woken after
+    a firing commits.
     """
 
     def __init__(
@@ -408,7 +421,7 @@ class AlertEvaluator:
         self.dispatcher = dispatcher
         self.interval = float(interval)
         self.rules_ttl = positive_seconds("rules_ttl", rules_ttl)
-        self._rules: list[CostAlertRule] | None = None
+        self._rules: list[_Versioned] | None = None
         self._rules_at = 0.0
         self._touched: set[_Touch] = set()
         self._batch_hours: set[datetime] = set()
@@ -445,8 +458,11 @@ class AlertEvaluator:
 
     async def rules(self) -> list[CostAlertRule]:
         """Every rule, enabled or not, oldest first."""
+        return [rule for rule, _ in await self._load_rules()]
+
+    async def _load_rules(self) -> list[_Versioned]:
         rows = await _on_raw(self.engine, lambda raw: raw.fetch(_LOAD_RULES))
-        return [_rule_of(row) for row in rows]
+        return [(_rule_of(row), row["updated_at"]) for row in rows]
 
     async def delete_rule(self, name: str) -> bool:
         """Delete a rule with its firings and log; False if there was none of that name."""
@@ -460,14 +476,39 @@ class AlertEvaluator:
         """Evaluate every enabled rule's window containing `at` (default: now); returns the firings
         this call inserted (an empty list when every crossed threshold had fired already)."""
         instant = datetime.now(UTC) if at is None else _utc("at", at)
-        rules = [rule for rule in await self.rules() if rule.enabled]
-        return await self._evaluate([(rule, rule.window_at(instant)) for rule in rules])
+        return await self._evaluate(
+            lambda rules: [(rule, rule.window_at(instant)) for rule in rules], cached=False
+        )
 
-    async def _evaluate(self, work: Sequence[_Work]) -> list[AlertFiring]:
+    async def _evaluate(
+        self, select: Callable[[Sequence[CostAlertRule]], list[_Work]], *, cached: bool
+    ) -> list[AlertFiring]:
+        """Evaluate the windows `select` picks from the enabled rules. A rule that changed since it
+        was loaded (the spend statement says so) is reloaded and the evaluation repeated, so an edit
+        in another process is never evaluated with its old thresholds or budget."""
+        firings: list[AlertFiring] = []
+        for attempt in range(3):
+            loaded = await (self._cached_rules() if cached and attempt == 0 else self._fresh_rules())
+            versions = {rule.id: version for rule, version in loaded}
+            fired, stale = await self._evaluate_once(select([rule for rule, _ in loaded]), versions)
+            firings += fired
+            if not stale:
+                break
+            self._rules = None
+        if firings:
+            _log.info("cost alerts fired", firings=len(firings))
+            if self.dispatcher is not None:
+                self.dispatcher.wake()  # after commit: the statements ran in autocommit
+        return firings
+
+    async def _evaluate_once(
+        self, work: Sequence[_Work], versions: Mapping[int | None, datetime]
+    ) -> tuple[list[AlertFiring], bool]:
+        """(the firings inserted, whether some rule changed since it was loaded)."""
         if not work:
-            return []
+            return [], False
 
-        async def run(raw: asyncpg.Connection) -> list[asyncpg.Record]:
+        async def run(raw: asyncpg.Connection) -> tuple[list[asyncpg.Record], bool]:
             windows = [window for _, window in work]
             rows = await raw.fetch(
                 _SPEND,
@@ -478,21 +519,26 @@ class AlertEvaluator:
                 [w.end for w in windows],
                 [hour_ceil(w.start) for w in windows],
                 [hour_floor(w.end) for w in windows],
+                [rule.id for rule, _ in work],
+                [versions[rule.id] for rule, _ in work],
                 *_edge_intervals(windows),
             )
             spend = {row[0]: Decimal(row[1]) for row in rows}
+            current = {row[0] for row in rows if row[2]}
             crossed = [
                 (rule.id, window.start, window.end, t, rule.threshold_usd(t).quantize(_MICRO, ROUND_HALF_UP),
-                 spend[k])
+                 spend[k], versions[rule.id])
                 for k, (rule, window) in enumerate(work)
+                if k in current
                 for t in rule.thresholds
                 if spend[k] >= rule.threshold_usd(t)
             ]  # fmt: skip
+            stale = len(current) < len(work)
             if not crossed:
-                return []
-            return await raw.fetch(_FIRE, *(list(column) for column in zip(*crossed, strict=True)))
+                return [], stale
+            return await raw.fetch(_FIRE, *(list(column) for column in zip(*crossed, strict=True))), stale
 
-        rows = await _on_raw(self.engine, run)
+        rows, stale = await _on_raw(self.engine, run)
         firings = [
             AlertFiring(
                 id=row["id"],
@@ -505,11 +551,7 @@ class AlertEvaluator:
             )
             for row in rows
         ]
-        if firings:
-            _log.info("cost alerts fired", firings=len(firings))
-            if self.dispatcher is not None:
-                self.dispatcher.wake()  # after commit: the statement above ran in autocommit
-        return firings
+        return firings, stale
 
     # -- as calls are logged --------------------------------------------------------------------
 
@@ -544,8 +586,7 @@ class AlertEvaluator:
         touched, self._touched = self._touched, set()
         hours, self._batch_hours = self._batch_hours, set()
         try:
-            rules = await self._cached_rules()
-            await self._evaluate(_touched_windows(rules, touched, hours))
+            await self._evaluate(lambda rules: _touched_windows(rules, touched, hours), cached=True)
         except (PersistenceError, asyncpg.PostgresError, OSError) as exc:
             # Nothing is lost: a later evaluation of the same windows sees the same totals.
             self._touched |= touched
@@ -556,10 +597,15 @@ class AlertEvaluator:
             return False
         return True
 
-    async def _cached_rules(self) -> list[CostAlertRule]:
+    async def _cached_rules(self) -> list[_Versioned]:
         if self._rules is None or time.monotonic() - self._rules_at >= self.rules_ttl:
-            self._rules_at = time.monotonic()
-            self._rules = [rule for rule in await self.rules() if rule.enabled]
+            return await self._fresh_rules()
+        return self._rules
+
+    async def _fresh_rules(self) -> list[_Versioned]:
+        """The enabled rules with their versions, now; kept for the background path."""
+        self._rules_at = time.monotonic()
+        self._rules = [(rule, version) for rule, version in await self._load_rules() if rule.enabled]
         return self._rules
 
     async def flush(self) -> bool:
