@@ -259,7 +259,9 @@ async def timed_calls(log: AICallLogger, seconds: float, rng: random.Random, sin
             sink.append(time.perf_counter() - t)
 
 
-async def timed_batches(log: AICallLogger, seconds: float, size: int, rng: random.Random) -> tuple[int, float]:
+async def timed_batches(
+    log: AICallLogger, seconds: float, size: int, rng: random.Random
+) -> tuple[int, float]:
     rows, spent = 0, 0.0
     while spent < seconds:
         batch = records(size, rng)
@@ -292,7 +294,9 @@ async def main() -> int:
                         help="seconds each side logs per round, per measure (default %(default)s)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=2000, help="rows per log_batch")
     parser.add_argument("--rules", type=int, default=30, help="alert rules saved (default %(default)s)")
-    parser.add_argument("--count-calls", type=int, default=200, help="log_calls per side in the counting pass")
+    parser.add_argument(
+        "--count-calls", type=int, default=200, help="log_calls per side in the counting pass"
+    )
     args = parser.parse_args()
     rng = random.Random(15)
 
@@ -309,7 +313,12 @@ async def main() -> int:
         server.ensure_database("bench")
         # The package's defaults: pool 20 + 10, idle-only ping; one engine per side.
         config = DatabaseConfig.model_validate(
-            {"host": str(server.socket_dir), "port": server.port, "user": server.superuser, "database": "bench"}
+            {
+                "host": str(server.socket_dir),
+                "port": server.port,
+                "user": server.superuser,
+                "database": "bench",
+            }
         )
         plain_engine, alert_engine = build_engine(config), build_engine(config)
         await migrations.upgrade(plain_engine)

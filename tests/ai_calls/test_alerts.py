@@ -493,7 +493,7 @@ async def test_a_rule_edited_mid_window_keeps_its_fired_thresholds_and_fires_new
     # A new threshold and a smaller budget: 11 is 68.75% of 16. 50 stays fired; 60 fires once.
     await evaluator.save_rule(rule(threshold_kind="percent", budget_usd=16, thresholds=(50, 60, 80)))
     fired = await evaluator.evaluate(T0)
-    assert [(f.threshold, f.threshold_usd) for f in fired] == [(60, Decimal("9.6"))]
+    assert [(f.threshold, f.threshold_usd) for f in fired] == [(Decimal(60), Decimal("9.6"))]
     assert await evaluator.evaluate(T0) == []
     # A budget raised above the spend fires nothing; lowered below it, the rest fire, once.
     await evaluator.save_rule(rule(threshold_kind="percent", budget_usd=100, thresholds=(50, 60, 80)))
