@@ -25,7 +25,6 @@ delivery is apart, in `alert_delivery.py`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -258,8 +257,9 @@ _WHOLE_HOURS = "u.hour >= r.h0 AND u.hour < r.h1"
 _EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.h1 AND u.created_at < r.we))"
 
 # The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
-# whole UTC hours, $8/$9 its rule's id and version (`updated_at`: the last column says whether the
-# rule is still the one the evaluator loaded); $10/$11 the windows' partial edge hours, merged) in
+# whole UTC hours, $8/$9 its rule's id and version (`updated_at`: the third column says whether the
+# rule is still the one the evaluator loaded; the fourth lists the thresholds that fired in the
+# window already, so a steady-state evaluation sends no firing statement); $10/$11 the windows' partial edge hours, merged) in
 # ONE statement, so one snapshot:
 # a concurrent fold cannot make usage count twice or never. Whole hours come from the rollups (an
 # index range per window) plus the usage no fold has reached yet (deltas, and pending batches'
@@ -306,7 +306,8 @@ SELECT r.k,
     _per_scope("(SELECT sum(x.cost_usd) FROM {rollup} x WHERE {match} AND x.hour >= r.h0 AND x.hour < r.h1)")
 }, 0)
      + coalesce((SELECT s.cost FROM sums s WHERE s.k = r.k), 0),
-       EXISTS (SELECT 1 FROM cost_alerts a WHERE a.id = r.rule_id AND a.updated_at = r.version AND a.enabled)
+       EXISTS (SELECT 1 FROM cost_alerts a WHERE a.id = r.rule_id AND a.updated_at = r.version AND a.enabled),
+       ARRAY(SELECT f.threshold FROM cost_alert_firings f WHERE f.alert_id = r.rule_id AND f.window_start = r.ws)
   FROM r
 """  # noqa: S608 (constant SQL only)
 
@@ -427,6 +428,7 @@ class AlertEvaluator:
         self._batch_hours: set[datetime] = set()
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
+        self._sleeping = False
         self._closed = False
 
     async def __aenter__(self) -> AlertEvaluator:
@@ -525,13 +527,14 @@ class AlertEvaluator:
             )
             spend = {row[0]: Decimal(row[1]) for row in rows}
             current = {row[0] for row in rows if row[2]}
+            fired = {row[0]: set(row[3]) for row in rows}
             crossed = [
                 (rule.id, window.start, window.end, t, rule.threshold_usd(t).quantize(_MICRO, ROUND_HALF_UP),
                  spend[k], versions[rule.id])
                 for k, (rule, window) in enumerate(work)
                 if k in current
                 for t in rule.thresholds
-                if spend[k] >= rule.threshold_usd(t)
+                if spend[k] >= rule.threshold_usd(t) and t not in fired[k]
             ]  # fmt: skip
             stale = len(current) < len(work)
             if not crossed:
@@ -575,7 +578,11 @@ class AlertEvaluator:
     async def _background(self) -> None:
         try:
             while self._touched or self._batch_hours:
-                await asyncio.sleep(max(self.interval, self._retry_at - time.monotonic()))
+                self._sleeping = True
+                try:
+                    await asyncio.sleep(max(self.interval, self._retry_at - time.monotonic()))
+                finally:
+                    self._sleeping = False
                 if not await self._evaluate_touched():
                     break  # the next logged call schedules a retry (no busy loop while the DB is down)
         finally:
@@ -611,15 +618,18 @@ class AlertEvaluator:
     async def flush(self) -> bool:
         """Evaluate now whatever logged calls are still waiting for an evaluation; False when that
         failed (logged; the windows stay pending for the next evaluation)."""
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+        task = self._task
+        if task is not None:
+            if self._sleeping:
+                task.cancel()  # evaluate now instead of after the rest of `interval`
+            await asyncio.wait({task})  # its outcome is logged by itself; never raises here
         if self._touched or self._batch_hours:
             return await self._evaluate_touched()
         return True
 
     async def close(self) -> None:
-        """Finish the pending evaluation (the logger's calls are committed: their alerts are due)."""
+        """Finish the pending evaluation now (the logger's calls are committed: their alerts are
+        due), without waiting for the rest of `interval`."""
         await self.flush()
         self._closed = True
 

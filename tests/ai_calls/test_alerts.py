@@ -620,3 +620,16 @@ async def test_a_delivery_cut_short_by_a_dead_dispatcher_is_redelivered_with_the
         ("attempt", "delivered", 2, None),
         ("outbox", "delivered", 2, None),
     ]
+
+
+@pytest.mark.commits
+async def test_closing_an_evaluator_evaluates_at_once_instead_of_sleeping_out_its_interval(
+    fresh_engine: AsyncEngine,
+) -> None:
+    evaluator = AlertEvaluator(fresh_engine, interval=3600)
+    await evaluator.save_rule(rule())
+    async with AICallLogger(fresh_engine, alerts=evaluator) as logger:
+        await log(logger, "11", T0)  # schedules an evaluation an hour from now
+    # The guard turns a wait into a failure; the assertion is that close() returns by itself.
+    await asyncio.wait_for(evaluator.close(), 120)
+    assert await rows(fresh_engine, "SELECT threshold, spend_usd FROM cost_alert_firings") == [(10, 11)]
