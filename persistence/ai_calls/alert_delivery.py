@@ -147,7 +147,9 @@ class WebhookSink:
 
 class CallableSink:
     """Calls `function(notification)` (a function or coroutine function); returning is delivered,
-    raising is a retryable failure recorded with the exception's type and message."""
+    raising is a retryable failure recorded with the exception's type and message. A plain function
+    runs in a worker thread (it may block, e.g. a pager's HTTP client), so the dispatcher's
+    `attempt_timeout` can cut it off without stalling the event loop."""
 
     def __init__(self, function: Callable[[AlertNotification], Awaitable[None] | None]) -> None:
         if not callable(function):
@@ -156,7 +158,12 @@ class CallableSink:
 
     async def deliver(self, notification: AlertNotification) -> DeliveryResult:
         try:
-            outcome = self._function(notification)
+            function = self._function
+            outcome: Awaitable[None] | None
+            if inspect.iscoroutinefunction(function):
+                outcome = function(notification)
+            else:
+                outcome = await asyncio.to_thread(function, notification)
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -633,3 +634,22 @@ async def test_closing_an_evaluator_evaluates_at_once_instead_of_sleeping_out_it
     # The guard turns a wait into a failure; the assertion is that close() returns by itself.
     await asyncio.wait_for(evaluator.close(), 120)
     assert await rows(fresh_engine, "SELECT threshold, spend_usd FROM cost_alert_firings") == [(10, 11)]
+
+
+@pytest.mark.commits
+async def test_a_blocking_plain_function_sink_is_cut_off_without_stalling_the_event_loop(
+    fresh_engine: AsyncEngine,
+) -> None:
+    await fire_one(fresh_engine)
+    release = threading.Event()
+
+    def blocking(notification: AlertNotification) -> None:
+        release.wait(60)  # a pager client without a timeout
+
+    dispatcher = AlertDispatcher(fresh_engine, {"default": blocking}, attempt_timeout=0.2, backoff=3600)
+    try:
+        assert await dispatcher.dispatch_pending() == 1
+    finally:
+        release.set()
+    attempts = await rows(fresh_engine, "SELECT status, error FROM cost_alerts_log WHERE kind = 'attempt'")
+    assert attempts == [("failed", "no outcome within attempt_timeout (0.2 s)")]
