@@ -254,6 +254,18 @@ def _branch(scope: str, source: str, when: str) -> str:
 
 
 _WHOLE_HOURS = "u.hour >= r.h0 AND u.hour < r.h1"
+# The unfolded usage aggregated once per hour and scope value (GROUPING SETS: a few rows per hour
+# and value instead of one per combination of all five), labelled with the scope it serves.
+_SCOPED = [(scope, column) for scope, column in _COLUMN.items() if column is not None]
+_GROUPING_SETS = ", ".join(["(hour)", *(f"(hour, {column})" for _, column in _SCOPED)])
+_GROUPED_SCOPE = (
+    "CASE "
+    + " ".join(f"WHEN GROUPING({column}) = 0 THEN '{scope}'" for scope, column in _SCOPED)
+    + " ELSE 'all' END"
+)
+_GROUPED_VALUE = (
+    "CASE " + " ".join(f"WHEN GROUPING({column}) = 0 THEN {column}" for _, column in _SCOPED) + " END"
+)
 _EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.h1 AND u.created_at < r.we))"
 
 # The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
@@ -265,7 +277,7 @@ _EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.
 # index range per window) plus the usage no fold has reached yet (deltas, and pending batches'
 # ledger rows read by id range, batch by batch: OFFSET 0 keeps the planner from turning that into
 # a scan of every ledger row of the span, a month for a monthly rule), read and aggregated ONCE per
-# evaluation and joined to every window; partial hours at the edges (zones such as Asia/Kolkata)
+# evaluation (per hour and scope value) and joined to every window; partial hours at the edges (zones such as Asia/Kolkata)
 # come from the ledger, each edge interval read once (a time range, not a scan of a scope's rows).
 # Built from constant names only.
 _SPEND = f"""
@@ -276,7 +288,7 @@ WITH r AS MATERIALIZED (
 ), span AS (
     SELECT min(h0) AS lo, max(h1) AS hi FROM r
 ), u AS MATERIALIZED (
-    SELECT hour, provider, model, organization_id, customer_id, product_id, sum(cost_usd) AS cost
+    SELECT hour, {_GROUPED_SCOPE} AS scope, coalesce({_GROUPED_VALUE}, '') AS v, sum(cost_usd) AS cost
       FROM (
         SELECT d.hour, d.provider, d.model, d.organization_id, d.customer_id, d.product_id, d.cost_usd
           FROM ai_call_usage_deltas d, span WHERE d.hour >= span.lo AND d.hour < span.hi
@@ -288,27 +300,27 @@ WITH r AS MATERIALIZED (
                               WHERE x.id BETWEEN b.first_id AND b.last_id
                                 AND x.created_at >= span.lo AND x.created_at < span.hi OFFSET 0) c
       ) unfolded
-     GROUP BY 1, 2, 3, 4, 5, 6
+     GROUP BY GROUPING SETS ({_GROUPING_SETS})
 ), e AS MATERIALIZED (
     SELECT c.created_at, c.provider, c.model, c.organization_id, c.customer_id, c.product_id,
            c.cost_usd AS cost
       FROM unnest($10::timestamptz[], $11::timestamptz[]) AS i(lo, hi)
      CROSS JOIN LATERAL (SELECT * FROM ai_calls x WHERE x.created_at >= i.lo AND x.created_at < i.hi OFFSET 0) c
 ), counted AS (
-    {" UNION ALL ".join(_branch(scope, "u", _WHOLE_HOURS) for scope in _SCOPES)}
+    SELECT r.k, u.cost FROM r JOIN u ON u.scope = r.scope AND u.v = coalesce(r.v, '') AND {_WHOLE_HOURS}
     UNION ALL
     {" UNION ALL ".join(_branch(scope, "e", _EDGES) for scope in _SCOPES)}
-), sums AS (
+), sums AS MATERIALIZED (
     SELECT k, sum(cost) AS cost FROM counted GROUP BY k
 )
 SELECT r.k,
        coalesce({
     _per_scope("(SELECT sum(x.cost_usd) FROM {rollup} x WHERE {match} AND x.hour >= r.h0 AND x.hour < r.h1)")
 }, 0)
-     + coalesce((SELECT s.cost FROM sums s WHERE s.k = r.k), 0),
+     + coalesce(s.cost, 0),
        EXISTS (SELECT 1 FROM cost_alerts a WHERE a.id = r.rule_id AND a.updated_at = r.version AND a.enabled),
        ARRAY(SELECT f.threshold FROM cost_alert_firings f WHERE f.alert_id = r.rule_id AND f.window_start = r.ws)
-  FROM r
+  FROM r LEFT JOIN sums s ON s.k = r.k
 """  # noqa: S608 (constant SQL only)
 
 
@@ -392,6 +404,7 @@ def _rule_of(row: asyncpg.Record) -> CostAlertRule:
 _Touch = tuple[datetime, str | None, str | None, str | None, str, str]
 _Work = tuple[CostAlertRule, AlertWindow]
 _Versioned = tuple[CostAlertRule, datetime]  # a rule and its `updated_at` when loaded
+_BUSY_SHARE = 0.05  # the most of its time the background path spends evaluating
 
 
 class AlertEvaluator:
@@ -399,7 +412,9 @@ class AlertEvaluator:
     passed to `AICallLogger(engine, alerts=evaluator)`.
 
     `interval` bounds the background evaluations to one per `interval` seconds per evaluator
-    (0: as soon as the event loop is free); `rules_ttl` is how long the background path reuses the
+    (0: as soon as the event loop is free), and to 5% of the time: after an evaluation that took
+    d seconds the next waits at least 19·d (a big backlog of unfolded usage slows alerts down a
+    little instead of the logging); `rules_ttl` is how long the background path reuses the
     rules it loaded (`evaluate()` always reads them); a rule edited meanwhile, here or in another
     process, is noticed by its version (`updated_at`) in the same statement that reads the spend,
     and the evaluation runs again with the rules reloaded. `dispatcher`, when given, is woken after
@@ -429,6 +444,7 @@ class AlertEvaluator:
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._sleeping = False
+        self._quiet_until = 0.0
         self._closed = False
 
     async def __aenter__(self) -> AlertEvaluator:
@@ -578,13 +594,19 @@ class AlertEvaluator:
     async def _background(self) -> None:
         try:
             while self._touched or self._batch_hours:
+                now = time.monotonic()
                 self._sleeping = True
                 try:
-                    await asyncio.sleep(max(self.interval, self._retry_at - time.monotonic()))
+                    await asyncio.sleep(max(self.interval, self._retry_at - now, self._quiet_until - now))
                 finally:
                     self._sleeping = False
+                started = time.monotonic()
                 if not await self._evaluate_touched():
                     break  # the next logged call schedules a retry (no busy loop while the DB is down)
+                # Evaluations cost O(unfolded usage + rules): however large that grows, they take
+                # at most _BUSY_SHARE of the time (the next waits 19x as long as this one took).
+                ended = time.monotonic()
+                self._quiet_until = ended + (ended - started) * (1 / _BUSY_SHARE - 1)
         finally:
             self._task = None
 
