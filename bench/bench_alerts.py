@@ -9,10 +9,11 @@ in four time zones, percentages of a budget and amounts). Some cross thresholds 
 (amount ladders on the busiest scopes), so firings, outbox rows and deliveries to a callable sink
 happen while the other side is timed, as in production.
 
-Each contender has its own engine with the package's defaults (`build_engine(DatabaseConfig)`:
-pool 20 + 10) and its own `AICallLogger` with the logger's defaults; the alerted side's
-`AlertEvaluator` (default `interval` = 1 s) and started `AlertDispatcher` use the alerted engine.
-Interleaved rounds (the side that goes first alternates), medians over all samples:
+Three contenders, each with its own engine with the package's defaults (`build_engine(DatabaseConfig)`:
+pool 20 + 10) and its own `AICallLogger` with the logger's defaults: without alerts; the same again
+(an A/A control, whose ratio is the noise floor of the run); with alerts (its `AlertEvaluator`,
+default `interval` = 1 s, and its started `AlertDispatcher` use the alerted engine). Interleaved
+rounds (the order rotates), medians over all samples and of the per-round ratios ("paired"):
 
 1. `log_call` latency (`log_record` of a pre-built record), p50 and p95: each side logs calls one
    after another for `--segment` seconds, so the alerted side's background evaluations (one per
@@ -43,6 +44,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -288,6 +290,39 @@ def _p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else values[0]
 
 
+PLAIN = "without alerts"
+CONTROL = "without alerts, 2nd engine (A/A control)"
+ALERTED = "with alerts"
+
+
+@dataclass
+class Side:
+    """One contender's samples, per round: call latencies, and (rows, seconds) of its batches."""
+
+    name: str
+    calls: list[list[float]] = field(default_factory=list)
+    batches: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def n_calls(self) -> int:
+        return sum(len(r) for r in self.calls)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(rows for rows, _ in self.batches)
+
+    def p(self, q: int) -> float:
+        return _p([x for r in self.calls for x in r], q) * 1000
+
+    def rows_per_s(self) -> float:
+        return self.n_rows / sum(spent for _, spent in self.batches)
+
+
+def paired(a: Side, b: Side, stat: Callable[[list[float]], float]) -> float:
+    """The median over rounds of b's statistic over a's, each round's own samples."""
+    return statistics.median(stat(rb) / stat(ra) for ra, rb in zip(a.calls, b.calls, strict=True))
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -308,10 +343,7 @@ async def main() -> int:
                             settings={"max_connections": "150"})  # fmt: skip
     server.start()
     delivered: list[AlertNotification] = []
-    calls_a: list[float] = []
-    calls_b: list[float] = []
-    batch_a = [0, 0.0]
-    batch_b = [0, 0.0]
+    sides = [Side(PLAIN), Side(CONTROL), Side(ALERTED)]
     try:
         server.ensure_database("bench")
         # The package's defaults: pool 20 + 10, idle-only ping; one engine per side.
@@ -323,10 +355,10 @@ async def main() -> int:
                 "database": "bench",
             }
         )
-        plain_engine, alert_engine = build_engine(config), build_engine(config)
-        await migrations.upgrade(plain_engine)
-        dispatcher = AlertDispatcher(alert_engine, {"default": delivered.append})
-        evaluator = AlertEvaluator(alert_engine, dispatcher=dispatcher)
+        engines = [build_engine(config) for _ in sides]
+        await migrations.upgrade(engines[0])
+        dispatcher = AlertDispatcher(engines[2], {"default": delivered.append})
+        evaluator = AlertEvaluator(engines[2], dispatcher=dispatcher)
         saved = rules(args.rules)
         for rule in saved:
             await evaluator.save_rule(rule)
@@ -336,9 +368,11 @@ async def main() -> int:
         started = time.perf_counter()
         async with (
             dispatcher,
-            AICallLogger(plain_engine) as plain,
-            AICallLogger(alert_engine, alerts=evaluator) as alerted,
+            AICallLogger(engines[0]) as plain,
+            AICallLogger(engines[1]) as control,
+            AICallLogger(engines[2], alerts=evaluator) as alerted,
         ):
+            loggers = {PLAIN: plain, CONTROL: control, ALERTED: alerted}
 
             async def settle() -> None:
                 """The alerted side's pending evaluation and delivery, untimed."""
@@ -347,21 +381,19 @@ async def main() -> int:
 
             for i in range(args.rounds + 1):
                 warm = i == 0
-                order: list[tuple[AICallLogger, list[float], list[float]]] = [
-                    (plain, [] if warm else calls_a, batch_a), (alerted, [] if warm else calls_b, batch_b),
-                ]  # fmt: skip
-                if i % 2:
-                    order.reverse()
+                order = sides[i % 3 :] + sides[: i % 3]  # each side goes first, second and third in turn
                 segment = args.segment / 3 if warm else args.segment
-                for log, sink, _ in order:
-                    await timed_calls(log, segment, rng, sink)
-                    await settle()
-                for log, _, totals in order:
-                    rows, spent = await timed_batches(log, segment, args.batch, rng)
+                for side in order:
+                    calls: list[float] = []
+                    await timed_calls(loggers[side.name], segment, rng, calls)
                     await settle()
                     if not warm:
-                        totals[0] += rows
-                        totals[1] += spent
+                        side.calls.append(calls)
+                for side in order:
+                    rows, spent = await timed_batches(loggers[side.name], segment, args.batch, rng)
+                    await settle()
+                    if not warm:
+                        side.batches.append((rows, spent))
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - cpu0
         busy1 = _cpu_busy()
@@ -373,17 +405,15 @@ async def main() -> int:
         version = await raw.fetchval("SHOW server_version")
         firings = await raw.fetchval("SELECT count(*) FROM cost_alert_firings")
         await raw.close()
-        await plain_engine.dispose()
-        await alert_engine.dispose()
+        for engine in engines:
+            await engine.dispose()
         trips = await count_round_trips(config, args.count_calls, args.batch, rng)
     finally:
         server.stop(mode="fast")
         shutil.rmtree(data, ignore_errors=True)
 
     busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100
-    p50_a, p50_b = statistics.median(calls_a) * 1000, statistics.median(calls_b) * 1000
-    p95_a, p95_b = _p(calls_a, 95) * 1000, _p(calls_b, 95) * 1000
-    rps_a, rps_b = batch_a[0] / batch_a[1], batch_b[0] / batch_b[1]
+    a, c, b = sides
     scopes = Counter(rule.scope for rule in saved)
     print(f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}")
@@ -392,22 +422,54 @@ async def main() -> int:
     print(f"- load: 1-minute load average {load_before} before, {load_after} after; the machine's CPUs "
           f"{busy:.0f}% busy during the timed rounds ({elapsed:.0f} s), this client {client_cpu / elapsed * 50:.0f}% "
           f"of 2 CPUs")  # fmt: skip
-    print(f"- run: {args.rounds} rounds after 1 warm-up round, sides alternating first; {args.segment:g} s "
-          f"of log_call and {args.segment:g} s of log_batch per side per round; "
-          f"{len(calls_a):,} / {len(calls_b):,} calls, {batch_a[0]:,} / {batch_b[0]:,} batch rows (without / with)")  # fmt: skip
+    print(f"- run: {args.rounds} rounds after 1 warm-up round, the three sides in rotating order; {args.segment:g} s "
+          f"of log_call and {args.segment:g} s of log_batch per side per round; calls "
+          f"{a.n_calls:,} / {c.n_calls:,} / {b.n_calls:,}, batch rows {a.n_rows:,} / {c.n_rows:,} / {b.n_rows:,} "
+          f"(without / control / with)")  # fmt: skip
     print(f"- rules: {len(saved)} ({', '.join(f'{n} {s}' for s, n in scopes.items())}); daily/weekly/monthly "
           f"in {', '.join(ZONES)}; {firings} firings and {len(delivered)} deliveries during the run")  # fmt: skip
     print()
-    print("| measure | without alerts | with alerts | ratio | target | met |")
-    print("|---|---:|---:|---:|---|---|")
+    print("| measure | without alerts | A/A control | with alerts | with / without | paired | control / without "
+          "| target | met |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
 
-    def row(name: str, a: float, b: float, ratio: float, fmt: Callable[[float], str], target: bool) -> None:
+    def row(name: str, values: Callable[[Side], float], fmt: Callable[[float], str], slower: Callable[[float, float], float],
+            target: bool, paired: float) -> None:  # fmt: skip
+        ratio = slower(values(b), values(a))
         met = ("yes" if ratio <= 1.15 else "NO") if target else "(information)"
-        print(f"| {name} | {fmt(a)} | {fmt(b)} | {ratio:.2f}x | {'<= 1.15x' if target else ''} | {met} |")
+        print(f"| {name} | {fmt(values(a))} | {fmt(values(c))} | {fmt(values(b))} | {ratio:.2f}x | {paired:.2f}x | "
+              f"{slower(values(c), values(a)):.2f}x | {'<= 1.15x' if target else ''} | {met} |")  # fmt: skip
 
-    row("log_call p50 latency, ms", p50_a, p50_b, p50_b / p50_a, lambda v: f"{v:.3f}", True)
-    row("log_call p95 latency, ms", p95_a, p95_b, p95_b / p95_a, lambda v: f"{v:.3f}", False)
-    row(f"log_batch ({args.batch:,} rows), rows/s", rps_a, rps_b, rps_a / rps_b, lambda v: f"{v:,.0f}", True)
+    def latency(x: float, y: float) -> float:
+        return x / y
+
+    def throughput(x: float, y: float) -> float:
+        return y / x
+
+    ms = "{:.3f}".format
+    row(
+        "log_call p50 latency, ms",
+        lambda s: s.p(50),
+        ms,
+        latency,
+        True,
+        paired(a, b, lambda calls: _p(calls, 50)),
+    )
+    row(
+        "log_call p95 latency, ms",
+        lambda s: s.p(95),
+        ms,
+        latency,
+        False,
+        paired(a, b, lambda calls: _p(calls, 95)),
+    )
+    row(f"log_batch ({args.batch:,} rows), rows/s", Side.rows_per_s, "{:,.0f}".format, throughput, True,
+        statistics.median(ra / sa / (rb / sb) for (ra, sa), (rb, sb) in zip(a.batches, b.batches, strict=True)))  # fmt: skip
+    print()
+    print("Ratios: \"with / without\" is judged against the target (all samples of a side pooled); \"paired\" is "
+          "the median of the per-round ratios (a round's segments ran back to back, so it cancels load that "
+          "drifts between rounds); \"control / without\" compares two identical sides without alerts: the noise "
+          "floor of this run.")  # fmt: skip
     print()
     print("Round trips (requests sent and waited for, counted at asyncpg's protocol; steady state):")
     print()
@@ -417,7 +479,7 @@ async def main() -> int:
           f"{trips['alerted call total']}: {trips['alerted call']} |")  # fmt: skip
     print(f"| per log_batch ({args.batch:,} rows) | {trips['plain batch total']}: {trips['plain batch']} | "
           f"{trips['alerted batch total']}: {trips['alerted batch']} |")  # fmt: skip
-    print(f"| per background evaluation (at most one per second, for all calls since the last) | — | "
+    print(f"| per background evaluation (at most one a second, for all calls since the last) | — | "
           f"{trips['evaluation total']}: {trips['evaluation']} |")  # fmt: skip
     return 0
 
