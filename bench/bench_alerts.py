@@ -241,7 +241,6 @@ async def count_round_trips(
                 out[f"{side} batch total"] = str(sum(counts.values()))
             alert_log.clear()
             await evaluator.flush()  # the evaluation the alerted calls and batch scheduled
-            await dispatcher.dispatch_pending()
             out["evaluation"] = _listing(alert_log, 1)
             out["evaluation total"] = str(sum(alert_log.values()))
     finally:
@@ -481,6 +480,10 @@ async def main() -> int:
           f"{trips['alerted batch total']}: {trips['alerted batch']} |")  # fmt: skip
     print(f"| per background evaluation (at most one a second, for all calls since the last) | — | "
           f"{trips['evaluation total']}: {trips['evaluation']} |")  # fmt: skip
+    print("| per firing (rare: once per rule, window and threshold) | — | evaluate: fire 1 (firings + outbox, "
+          "one statement) · dispatch: claim 1 · BEGIN · record attempt 1 per notification · COMMIT (from the code, "
+          "not counted here) |")  # fmt: skip
+    print("| the dispatcher's idle poll (every `poll_interval`, 5 s) | — | dispatch: claim 1 |")
     return 0
 
 
