@@ -13,8 +13,9 @@
   (if any) is woken to deliver them.
 - Evaluation as calls are logged: `AICallLogger(engine, alerts=evaluator)` tells the evaluator
   about every committed call (`call_logged`: a set insertion, no I/O, no shared row); a background
-  task evaluates the windows those calls touched, at most once per `interval` seconds, so
-  concurrent writers share one evaluation instead of each reading the window's total. A failed
+  task evaluates the windows those calls touched, at most once per `interval` seconds (and at
+  most 5% of the time, however much unfolded usage an evaluation has to read), so concurrent
+  writers share one evaluation instead of each reading the window's total. A failed
   evaluation is logged and retried at the next tick; nothing is lost, because a later evaluation
   sees the same total (thresholds are compared with the window's total, not with an increment).
 
