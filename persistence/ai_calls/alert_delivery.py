@@ -226,8 +226,9 @@ class AlertDispatcher:
     (the evaluator calls it after a firing commits); `close()` stops it after a last pass.
 
     Retries: attempt n failing is tried again after `backoff * 2**(n-1)` seconds (capped at
-    `max_backoff`, with jitter), at most `max_attempts` attempts in all. `attempt_timeout` bounds
-    every attempt (a sink that hangs is a retryable failure, so a pass and `close()` always end);
+    `max_backoff`, with jitter), at most `max_attempts` attempts in all. `attempt_timeout` (default
+    30 s, or half the lease if that is shorter) bounds every attempt (a sink that hangs is a
+    retryable failure, so a pass and `close()` always end);
     `lease` is how long a claim lasts and must exceed it: a notification whose dispatcher died
     mid-delivery is claimed again once its lease runs out and redelivered with the same key.
     """
@@ -241,7 +242,7 @@ class AlertDispatcher:
         backoff: float = 2.0,
         max_backoff: float = 600.0,
         lease: float = 60.0,
-        attempt_timeout: float = 30.0,
+        attempt_timeout: float | None = None,
         poll_interval: float = 5.0,
         batch_size: int = 50,
     ) -> None:
@@ -265,7 +266,11 @@ class AlertDispatcher:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.lease = positive_seconds("lease", lease)
-        self.attempt_timeout = positive_seconds("attempt_timeout", attempt_timeout)
+        self.attempt_timeout = (
+            min(30.0, self.lease / 2)
+            if attempt_timeout is None
+            else positive_seconds("attempt_timeout", attempt_timeout)
+        )
         if self.attempt_timeout >= self.lease:
             raise ValidationError(
                 f"lease ({lease} s) must be longer than attempt_timeout ({attempt_timeout} s): a claim must "

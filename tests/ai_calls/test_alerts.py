@@ -572,6 +572,9 @@ async def test_an_attempt_that_never_ends_is_cut_off_so_close_returns(fresh_engi
     ]
     with pytest.raises(ValidationError, match="lease"):
         AlertDispatcher(fresh_engine, {"default": hanging}, attempt_timeout=60, lease=60)
+    assert (
+        AlertDispatcher(fresh_engine, {"default": hanging}, lease=10).attempt_timeout == 5
+    )  # half a short lease
 
 
 @pytest.mark.commits
