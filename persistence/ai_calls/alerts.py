@@ -270,17 +270,16 @@ _GROUPED_VALUE = (
 _EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.h1 AND u.created_at < r.we))"
 
 # The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
-# whole UTC hours, $8/$9 its rule's id and version (`updated_at`: the third column says whether the
-# rule is still the one the evaluator loaded; the fourth lists the thresholds that fired in the
-# window already, so a steady-state evaluation sends no firing statement); $10/$11 the windows' partial edge hours, merged) in
-# ONE statement, so one snapshot:
-# a concurrent fold cannot make usage count twice or never. Whole hours come from the rollups (an
-# index range per window) plus the usage no fold has reached yet (deltas, and pending batches'
-# ledger rows read by id range, batch by batch: OFFSET 0 keeps the planner from turning that into
-# a scan of every ledger row of the span, a month for a monthly rule), read and aggregated ONCE per
-# evaluation (per hour and scope value) and joined to every window; partial hours at the edges (zones such as Asia/Kolkata)
-# come from the ledger, each edge interval read once (a time range, not a scan of a scope's rows).
-# Built from constant names only.
+# whole UTC hours, $8/$9 its rule's id and version, $10/$11 the windows' partial edge hours, merged)
+# in ONE statement, so one snapshot: a concurrent fold cannot make usage count twice or never.
+# Whole hours come from the rollups (an index range per window) plus the usage no fold has reached
+# yet (deltas, and pending batches' ledger rows read by id range, batch by batch: OFFSET 0 keeps the
+# planner from turning that into a scan of every ledger row of the span, a month for a monthly
+# rule), read and aggregated ONCE per evaluation (per hour and scope value) and joined to every
+# window; partial hours at the edges (zones such as Asia/Kolkata) come from the ledger, each edge
+# interval read once. Per window it also says whether the rule is still the version evaluated
+# (`updated_at`) and which thresholds fired in the window already, so a steady-state evaluation
+# sends no firing statement. Built from constant names only.
 _SPEND = f"""
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::int[], $2::varchar[], $3::varchar[], $4::timestamptz[], $5::timestamptz[],
@@ -350,9 +349,10 @@ def _utc_text(column: str) -> str:
 
 # The firing and its notifications in one statement (one transaction): only rows this statement
 # inserted get outbox rows, and only for the rule as it was evaluated ($7 its version): a rule
-# edited (or disabled) since never fires a threshold or budget it no longer has. NOT EXISTS skips thresholds fired long ago without burning identity
-# values; the unique constraint is what decides between concurrent evaluations. ORDER BY gives
-# firing ids (and so delivery order) window by window, lowest threshold first, whatever plan runs.
+# edited (or disabled) since never fires a threshold or budget it no longer has. NOT EXISTS skips
+# thresholds fired long ago without burning identity values; the unique constraint is what decides
+# between concurrent evaluations. ORDER BY gives firing ids (and so delivery order) window by
+# window, lowest threshold first, whatever plan runs.
 _FIRE = f"""
 WITH c (alert_id, ws, we, threshold, threshold_usd, spend, version) AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::numeric[], $5::numeric[],
