@@ -147,7 +147,9 @@ class WebhookSink:
 
 class CallableSink:
     """Calls `function(notification)` (a function or coroutine function); returning is delivered,
-    raising is a retryable failure recorded with the exception's type and message."""
+    raising is a retryable failure recorded with the exception's type and message. A plain function
+    runs in a worker thread (it may block, e.g. a pager's HTTP client), so the dispatcher's
+    `attempt_timeout` can cut it off without stalling the event loop."""
 
     def __init__(self, function: Callable[[AlertNotification], Awaitable[None] | None]) -> None:
         if not callable(function):
@@ -156,7 +158,12 @@ class CallableSink:
 
     async def deliver(self, notification: AlertNotification) -> DeliveryResult:
         try:
-            outcome = self._function(notification)
+            function = self._function
+            outcome: Awaitable[None] | None
+            if inspect.iscoroutinefunction(function):
+                outcome = function(notification)
+            else:
+                outcome = await asyncio.to_thread(function, notification)
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception as exc:
@@ -164,17 +171,29 @@ class CallableSink:
         return DeliveryResult(True)
 
 
+# A row still claimed when its lease ran out was being delivered by a dispatcher that stopped (its
+# process died, or it hung past the lease): the claim that takes it over logs that lost attempt,
+# which never recorded itself, so every attempt made is in the log.
 _CLAIM = """
-UPDATE cost_alerts_log o
-   SET attempt = o.attempt + 1, claimed_until = now() + make_interval(secs => $2::float8)
- WHERE o.id IN (
-    SELECT id FROM cost_alerts_log
-     WHERE kind = 'outbox' AND status = 'pending' AND next_attempt_at <= now()
-       AND (claimed_until IS NULL OR claimed_until <= now()) AND channel = ANY($1::varchar[])
-     ORDER BY next_attempt_at
-     LIMIT $3::int
-       FOR UPDATE SKIP LOCKED)
-RETURNING o.id, o.firing_id, o.channel, o.attempt, o.idempotency_key, o.payload::text
+WITH claimed AS (
+    UPDATE cost_alerts_log o
+       SET attempt = o.attempt + 1, claimed_until = now() + make_interval(secs => $2::float8)
+      FROM (SELECT id, claimed_until AS lost_lease FROM cost_alerts_log
+             WHERE kind = 'outbox' AND status = 'pending' AND next_attempt_at <= now()
+               AND (claimed_until IS NULL OR claimed_until <= now()) AND channel = ANY($1::varchar[])
+             ORDER BY next_attempt_at
+             LIMIT $3::int
+               FOR UPDATE SKIP LOCKED) due
+     WHERE o.id = due.id
+    RETURNING o.id, o.firing_id, o.channel, o.attempt, o.idempotency_key, o.payload::text, due.lost_lease
+), lost AS (
+    INSERT INTO cost_alerts_log (kind, firing_id, parent_id, channel, status, attempt, error)
+    SELECT 'attempt', firing_id, id, channel, 'failed', attempt - 1,
+           'lease expired: the dispatcher delivering it stopped before recording the outcome'
+      FROM claimed WHERE lost_lease IS NOT NULL
+    ON CONFLICT (parent_id, attempt) WHERE kind = 'attempt' DO NOTHING
+)
+SELECT id, firing_id, channel, attempt, idempotency_key, payload FROM claimed ORDER BY id
 """
 # The attempt is always recorded; the outbox row moves only if our claim still holds (attempt number).
 _RECORD = """
@@ -207,8 +226,11 @@ class AlertDispatcher:
     (the evaluator calls it after a firing commits); `close()` stops it after a last pass.
 
     Retries: attempt n failing is tried again after `backoff * 2**(n-1)` seconds (capped at
-    `max_backoff`, with jitter), at most `max_attempts` attempts in all; `lease` is how long a claim
-    lasts (longer than a sink's timeout).
+    `max_backoff`, with jitter), at most `max_attempts` attempts in all. `attempt_timeout` (default
+    30 s, or half the lease if that is shorter) bounds every attempt (a sink that hangs is a
+    retryable failure, so a pass and `close()` always end);
+    `lease` is how long a claim lasts and must exceed it: a notification whose dispatcher died
+    mid-delivery is claimed again once its lease runs out and redelivered with the same key.
     """
 
     def __init__(
@@ -220,6 +242,7 @@ class AlertDispatcher:
         backoff: float = 2.0,
         max_backoff: float = 600.0,
         lease: float = 60.0,
+        attempt_timeout: float | None = None,
         poll_interval: float = 5.0,
         batch_size: int = 50,
     ) -> None:
@@ -243,6 +266,16 @@ class AlertDispatcher:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.lease = positive_seconds("lease", lease)
+        self.attempt_timeout = (
+            min(30.0, self.lease / 2)
+            if attempt_timeout is None
+            else positive_seconds("attempt_timeout", attempt_timeout)
+        )
+        if self.attempt_timeout >= self.lease:
+            raise ValidationError(
+                f"lease ({lease} s) must be longer than attempt_timeout ({attempt_timeout} s): a claim must "
+                "outlive the attempt it covers"
+            )
         self.poll_interval = positive_seconds("poll_interval", poll_interval)
         self.batch_size = positive_int("batch_size", batch_size)
         self._woken = asyncio.Event()
@@ -283,7 +316,13 @@ class AlertDispatcher:
     async def _attempt(self, notification: AlertNotification) -> tuple[DeliveryResult, int]:
         started = perf_counter()
         try:
-            result = await self.sinks[notification.channel].deliver(notification)
+            result = await asyncio.wait_for(
+                self.sinks[notification.channel].deliver(notification), self.attempt_timeout
+            )
+        except TimeoutError:
+            result = DeliveryResult(
+                False, None, f"no outcome within attempt_timeout ({self.attempt_timeout:g} s)"
+            )
         except Exception as exc:  # a sink's bug must not stop the other deliveries
             result = DeliveryResult(False, None, f"sink raised {type(exc).__name__}")
         if not isinstance(result, DeliveryResult):
@@ -355,7 +394,8 @@ class AlertDispatcher:
                 await asyncio.wait_for(self._woken.wait(), self.poll_interval)
 
     async def close(self) -> None:
-        """Stop the loop after the pass in flight, then run a last pass for what is due now."""
+        """Stop the loop after the pass in flight, then run a last pass for what is due now. Never
+        waits for ever: every attempt ends within `attempt_timeout`."""
         self._closed = True
         self._woken.set()
         for task in (self._loop_task, self._pass):

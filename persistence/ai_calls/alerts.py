@@ -13,8 +13,9 @@
   (if any) is woken to deliver them.
 - Evaluation as calls are logged: `AICallLogger(engine, alerts=evaluator)` tells the evaluator
   about every committed call (`call_logged`: a set insertion, no I/O, no shared row); a background
-  task evaluates the windows those calls touched, at most once per `interval` seconds, so
-  concurrent writers share one evaluation instead of each reading the window's total. A failed
+  task evaluates the windows those calls touched, at most once per `interval` seconds (and at
+  most 5% of the time, however much unfolded usage an evaluation has to read), so concurrent
+  writers share one evaluation instead of each reading the window's total. A failed
   evaluation is logged and retried at the next tick; nothing is lost, because a later evaluation
   sees the same total (thresholds are compared with the window's total, not with an increment).
 
@@ -25,9 +26,8 @@ delivery is apart, in `alert_delivery.py`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -39,7 +39,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.record import _utc, hour_ceil, hour_floor, positive_seconds
-from persistence.ai_calls.rollups import PENDING_ROWS, _on_raw
+from persistence.ai_calls.rollups import _on_raw
 from persistence.errors import PersistenceError, ValidationError
 from persistence.observe.loggers import get_logger
 
@@ -207,7 +207,10 @@ class AlertFiring:
 
 # -- SQL ------------------------------------------------------------------------------------------
 
-_RULE_COLUMNS = "id, name, scope, scope_value, period, time_zone, threshold_kind, thresholds, budget_usd, channels, enabled"
+_RULE_COLUMNS = (
+    "id, name, scope, scope_value, period, time_zone, threshold_kind, thresholds, budget_usd, channels, enabled,"
+    " updated_at"
+)
 _LOAD_RULES = f"SELECT {_RULE_COLUMNS} FROM cost_alerts ORDER BY id"  # noqa: S608 (constant SQL only)
 _SAVE_RULE = f"""
 INSERT INTO cost_alerts AS a (name, scope, scope_value, period, time_zone, threshold_kind, thresholds,
@@ -244,56 +247,100 @@ def _per_scope(template: str) -> str:
     return "CASE r.scope " + " ".join(branches) + " END"
 
 
-def _recent_branch(scope: str) -> str:
+def _branch(scope: str, source: str, when: str) -> str:
+    """Rows of `source` (alias `u`) that count for the windows of `scope` rules: (r.k, u.cost)."""
     column = _COLUMN[scope]
     match = "" if column is None else f" AND u.{column} = r.v"
-    return (
-        f"SELECT r.k, u.cost FROM r JOIN u ON r.scope = '{scope}'{match} AND u.hour >= r.h0 AND u.hour < r.h1"  # noqa: S608
-    )
+    return f"SELECT r.k, u.cost FROM r JOIN {source} u ON r.scope = '{scope}'{match} AND {when}"  # noqa: S608
 
+
+_WHOLE_HOURS = "u.hour >= r.h0 AND u.hour < r.h1"
+# The unfolded usage aggregated once per hour and scope value (GROUPING SETS: a few rows per hour
+# and value instead of one per combination of all five), labelled with the scope it serves.
+_SCOPED = [(scope, column) for scope, column in _COLUMN.items() if column is not None]
+_GROUPING_SETS = ", ".join(["(hour)", *(f"(hour, {column})" for _, column in _SCOPED)])
+_GROUPED_SCOPE = (
+    "CASE "
+    + " ".join(f"WHEN GROUPING({column}) = 0 THEN '{scope}'" for scope, column in _SCOPED)
+    + " ELSE 'all' END"
+)
+_GROUPED_VALUE = (
+    "CASE " + " ".join(f"WHEN GROUPING({column}) = 0 THEN {column}" for _, column in _SCOPED) + " END"
+)
+_EDGES = "((u.created_at >= r.ws AND u.created_at < r.h0) OR (u.created_at >= r.h1 AND u.created_at < r.we))"
 
 # The spend of every window ($1 keys, $2 scopes, $3 scope values, $4/$5 window start/end, $6/$7 its
-# whole UTC hours) in ONE statement, so one snapshot: a concurrent fold cannot make usage count twice
-# or never. Whole hours come from the rollups (an index range per window) plus the usage no fold has
-# reached yet (deltas and pending batches' ledger rows), which is read and aggregated ONCE per
-# evaluation and joined to every window; partial hours at the edges (zones such as Asia/Kolkata)
-# come from the ledger. Built from constant names only.
+# whole UTC hours, $8/$9 its rule's id and version, $10/$11 the windows' partial edge hours, merged)
+# in ONE statement, so one snapshot: a concurrent fold cannot make usage count twice or never.
+# Whole hours come from the rollups (an index range per window) plus the usage no fold has reached
+# yet (deltas, and pending batches' ledger rows read by id range, batch by batch: OFFSET 0 keeps the
+# planner from turning that into a scan of every ledger row of the span, a month for a monthly
+# rule), read and aggregated ONCE per evaluation (per hour and scope value) and joined to every
+# window; partial hours at the edges (zones such as Asia/Kolkata) come from the ledger, each edge
+# interval read once. Per window it also says whether the rule is still the version evaluated
+# (`updated_at`) and which thresholds fired in the window already, so a steady-state evaluation
+# sends no firing statement. Built from constant names only.
 _SPEND = f"""
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::int[], $2::varchar[], $3::varchar[], $4::timestamptz[], $5::timestamptz[],
-                         $6::timestamptz[], $7::timestamptz[]) AS r(k, scope, v, ws, we, h0, h1)
+                         $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::timestamptz[])
+                      AS r(k, scope, v, ws, we, h0, h1, rule_id, version)
 ), span AS (
     SELECT min(h0) AS lo, max(h1) AS hi FROM r
 ), u AS MATERIALIZED (
-    SELECT hour, provider, model, organization_id, customer_id, product_id, sum(cost_usd) AS cost
+    SELECT hour, {_GROUPED_SCOPE} AS scope, coalesce({_GROUPED_VALUE}, '') AS v, sum(cost_usd) AS cost
       FROM (
         SELECT d.hour, d.provider, d.model, d.organization_id, d.customer_id, d.product_id, d.cost_usd
           FROM ai_call_usage_deltas d, span WHERE d.hour >= span.lo AND d.hour < span.hi
         UNION ALL
         SELECT date_trunc('hour', c.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.provider, c.model,
                c.organization_id, c.customer_id, c.product_id, c.cost_usd
-          FROM span, ai_call_pending_batches {PENDING_ROWS}
-         WHERE c.created_at >= span.lo AND c.created_at < span.hi
+          FROM span, ai_call_pending_batches b
+         CROSS JOIN LATERAL (SELECT * FROM ai_calls x
+                              WHERE x.id BETWEEN b.first_id AND b.last_id
+                                AND x.created_at >= span.lo AND x.created_at < span.hi OFFSET 0) c
       ) unfolded
-     GROUP BY 1, 2, 3, 4, 5, 6
-), recent AS (
-    {" UNION ALL ".join(_recent_branch(scope) for scope in _SCOPES)}
-), recent_sums AS (
-    SELECT k, sum(cost) AS cost FROM recent GROUP BY k
+     GROUP BY GROUPING SETS ({_GROUPING_SETS})
+), e AS MATERIALIZED (
+    SELECT c.created_at, c.provider, c.model, c.organization_id, c.customer_id, c.product_id,
+           c.cost_usd AS cost
+      FROM unnest($10::timestamptz[], $11::timestamptz[]) AS i(lo, hi)
+     CROSS JOIN LATERAL (SELECT * FROM ai_calls x WHERE x.created_at >= i.lo AND x.created_at < i.hi OFFSET 0) c
+), counted AS (
+    SELECT r.k, u.cost FROM r JOIN u ON u.scope = r.scope AND u.v = coalesce(r.v, '') AND {_WHOLE_HOURS}
+    UNION ALL
+    {" UNION ALL ".join(_branch(scope, "e", _EDGES) for scope in _SCOPES)}
+), sums AS MATERIALIZED (
+    SELECT k, sum(cost) AS cost FROM counted GROUP BY k
 )
 SELECT r.k,
        coalesce({
     _per_scope("(SELECT sum(x.cost_usd) FROM {rollup} x WHERE {match} AND x.hour >= r.h0 AND x.hour < r.h1)")
 }, 0)
-     + coalesce((SELECT s.cost FROM recent_sums s WHERE s.k = r.k), 0)
-     + CASE WHEN r.ws < r.h0 OR r.h1 < r.we THEN coalesce({
-    _per_scope(
-        "(SELECT sum(x.cost_usd) FROM ai_calls x WHERE {match} AND ((x.created_at >= r.ws AND x.created_at < r.h0)"
-        " OR (x.created_at >= r.h1 AND x.created_at < r.we)))"
-    )
-}, 0) ELSE 0 END
-  FROM r
+     + coalesce(s.cost, 0),
+       EXISTS (SELECT 1 FROM cost_alerts a WHERE a.id = r.rule_id AND a.updated_at = r.version AND a.enabled),
+       ARRAY(SELECT f.threshold FROM cost_alert_firings f WHERE f.alert_id = r.rule_id AND f.window_start = r.ws)
+  FROM r LEFT JOIN sums s ON s.k = r.k
 """  # noqa: S608 (constant SQL only)
+
+
+def _edge_intervals(windows: Iterable[AlertWindow]) -> tuple[list[datetime], list[datetime]]:
+    """The partial hours at the windows' edges, overlapping ones merged (a ledger row must be read
+    once), as (starts, ends)."""
+    parts: list[tuple[datetime, datetime]] = []
+    for w in windows:
+        h0, h1 = hour_ceil(w.start), hour_floor(w.end)
+        if w.start < h0:
+            parts.append((w.start, min(h0, w.end)))
+        if h1 < w.end and h1 >= h0:
+            parts.append((h1, w.end))
+    merged: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(set(parts)):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return [lo for lo, _ in merged], [hi for _, hi in merged]
 
 
 def _utc_text(column: str) -> str:
@@ -301,18 +348,22 @@ def _utc_text(column: str) -> str:
 
 
 # The firing and its notifications in one statement (one transaction): only rows this statement
-# inserted get outbox rows. NOT EXISTS skips thresholds fired long ago without burning identity
-# values; the unique constraint is what decides between concurrent evaluations. ORDER BY gives
-# firing ids (and so delivery order) window by window, lowest threshold first, whatever plan runs.
+# inserted get outbox rows, and only for the rule as it was evaluated ($7 its version): a rule
+# edited (or disabled) since never fires a threshold or budget it no longer has. NOT EXISTS skips
+# thresholds fired long ago without burning identity values; the unique constraint is what decides
+# between concurrent evaluations. ORDER BY gives firing ids (and so delivery order) window by
+# window, lowest threshold first, whatever plan runs.
 _FIRE = f"""
-WITH c (alert_id, ws, we, threshold, threshold_usd, spend) AS (
+WITH c (alert_id, ws, we, threshold, threshold_usd, spend, version) AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::numeric[], $5::numeric[],
-                         $6::numeric[])
+                         $6::numeric[], $7::timestamptz[])
 ), f AS (
     INSERT INTO cost_alert_firings (alert_id, window_start, window_end, threshold, threshold_usd, spend_usd)
     SELECT c.alert_id, c.ws, c.we, c.threshold, c.threshold_usd, c.spend FROM c
      WHERE NOT EXISTS (SELECT 1 FROM cost_alert_firings x
                         WHERE x.alert_id = c.alert_id AND x.window_start = c.ws AND x.threshold = c.threshold)
+       AND EXISTS (SELECT 1 FROM cost_alerts a
+                    WHERE a.id = c.alert_id AND a.updated_at = c.version AND a.enabled)
      ORDER BY c.ws, c.alert_id, c.threshold
     ON CONFLICT ON CONSTRAINT uq_cost_alert_firings_alert_id_window_start_threshold DO NOTHING
     RETURNING id, alert_id, window_start, window_end, threshold, threshold_usd, spend_usd, fired_at
@@ -353,6 +404,8 @@ def _rule_of(row: asyncpg.Record) -> CostAlertRule:
 # What a logged call can match: its hour and the five scope values (the `all` scope matches any).
 _Touch = tuple[datetime, str | None, str | None, str | None, str, str]
 _Work = tuple[CostAlertRule, AlertWindow]
+_Versioned = tuple[CostAlertRule, datetime]  # a rule and its `updated_at` when loaded
+_BUSY_SHARE = 0.05  # the most of its time the background path spends evaluating
 
 
 class AlertEvaluator:
@@ -360,9 +413,13 @@ class AlertEvaluator:
     passed to `AICallLogger(engine, alerts=evaluator)`.
 
     `interval` bounds the background evaluations to one per `interval` seconds per evaluator
-    (0: as soon as the event loop is free); `rules_ttl` is how long the background path reuses the
-    rules it loaded (`evaluate()` always reads them). `dispatcher`, when given, is woken after a
-    firing commits.
+    (0: as soon as the event loop is free), and to 5% of the time: after an evaluation that took
+    d seconds the next waits at least 19·d (a big backlog of unfolded usage slows alerts down a
+    little instead of the logging); `rules_ttl` is how long the background path reuses the
+    rules it loaded (`evaluate()` always reads them); a rule edited meanwhile, here or in another
+    process, is noticed by its version (`updated_at`) in the same statement that reads the spend,
+    and the evaluation runs again with the rules reloaded. `dispatcher`, when given, is woken after
+    a firing commits.
     """
 
     def __init__(
@@ -381,12 +438,14 @@ class AlertEvaluator:
         self.dispatcher = dispatcher
         self.interval = float(interval)
         self.rules_ttl = positive_seconds("rules_ttl", rules_ttl)
-        self._rules: list[CostAlertRule] | None = None
+        self._rules: list[_Versioned] | None = None
         self._rules_at = 0.0
         self._touched: set[_Touch] = set()
         self._batch_hours: set[datetime] = set()
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
+        self._sleeping = False
+        self._quiet_until = 0.0
         self._closed = False
 
     async def __aenter__(self) -> AlertEvaluator:
@@ -418,8 +477,11 @@ class AlertEvaluator:
 
     async def rules(self) -> list[CostAlertRule]:
         """Every rule, enabled or not, oldest first."""
+        return [rule for rule, _ in await self._load_rules()]
+
+    async def _load_rules(self) -> list[_Versioned]:
         rows = await _on_raw(self.engine, lambda raw: raw.fetch(_LOAD_RULES))
-        return [_rule_of(row) for row in rows]
+        return [(_rule_of(row), row["updated_at"]) for row in rows]
 
     async def delete_rule(self, name: str) -> bool:
         """Delete a rule with its firings and log; False if there was none of that name."""
@@ -433,14 +495,39 @@ class AlertEvaluator:
         """Evaluate every enabled rule's window containing `at` (default: now); returns the firings
         this call inserted (an empty list when every crossed threshold had fired already)."""
         instant = datetime.now(UTC) if at is None else _utc("at", at)
-        rules = [rule for rule in await self.rules() if rule.enabled]
-        return await self._evaluate([(rule, rule.window_at(instant)) for rule in rules])
+        return await self._evaluate(
+            lambda rules: [(rule, rule.window_at(instant)) for rule in rules], cached=False
+        )
 
-    async def _evaluate(self, work: Sequence[_Work]) -> list[AlertFiring]:
+    async def _evaluate(
+        self, select: Callable[[Sequence[CostAlertRule]], list[_Work]], *, cached: bool
+    ) -> list[AlertFiring]:
+        """Evaluate the windows `select` picks from the enabled rules. A rule that changed since it
+        was loaded (the spend statement says so) is reloaded and the evaluation repeated, so an edit
+        in another process is never evaluated with its old thresholds or budget."""
+        firings: list[AlertFiring] = []
+        for attempt in range(3):
+            loaded = await (self._cached_rules() if cached and attempt == 0 else self._fresh_rules())
+            versions = {rule.id: version for rule, version in loaded}
+            fired, stale = await self._evaluate_once(select([rule for rule, _ in loaded]), versions)
+            firings += fired
+            if not stale:
+                break
+            self._rules = None
+        if firings:
+            _log.info("cost alerts fired", firings=len(firings))
+            if self.dispatcher is not None:
+                self.dispatcher.wake()  # after commit: the statements ran in autocommit
+        return firings
+
+    async def _evaluate_once(
+        self, work: Sequence[_Work], versions: Mapping[int | None, datetime]
+    ) -> tuple[list[AlertFiring], bool]:
+        """(the firings inserted, whether some rule changed since it was loaded)."""
         if not work:
-            return []
+            return [], False
 
-        async def run(raw: asyncpg.Connection) -> list[asyncpg.Record]:
+        async def run(raw: asyncpg.Connection) -> tuple[list[asyncpg.Record], bool]:
             windows = [window for _, window in work]
             rows = await raw.fetch(
                 _SPEND,
@@ -451,20 +538,27 @@ class AlertEvaluator:
                 [w.end for w in windows],
                 [hour_ceil(w.start) for w in windows],
                 [hour_floor(w.end) for w in windows],
+                [rule.id for rule, _ in work],
+                [versions[rule.id] for rule, _ in work],
+                *_edge_intervals(windows),
             )
             spend = {row[0]: Decimal(row[1]) for row in rows}
+            current = {row[0] for row in rows if row[2]}
+            fired = {row[0]: set(row[3]) for row in rows}
             crossed = [
                 (rule.id, window.start, window.end, t, rule.threshold_usd(t).quantize(_MICRO, ROUND_HALF_UP),
-                 spend[k])
+                 spend[k], versions[rule.id])
                 for k, (rule, window) in enumerate(work)
+                if k in current
                 for t in rule.thresholds
-                if spend[k] >= rule.threshold_usd(t)
+                if spend[k] >= rule.threshold_usd(t) and t not in fired[k]
             ]  # fmt: skip
+            stale = len(current) < len(work)
             if not crossed:
-                return []
-            return await raw.fetch(_FIRE, *(list(column) for column in zip(*crossed, strict=True)))
+                return [], stale
+            return await raw.fetch(_FIRE, *(list(column) for column in zip(*crossed, strict=True))), stale
 
-        rows = await _on_raw(self.engine, run)
+        rows, stale = await _on_raw(self.engine, run)
         firings = [
             AlertFiring(
                 id=row["id"],
@@ -477,11 +571,7 @@ class AlertEvaluator:
             )
             for row in rows
         ]
-        if firings:
-            _log.info("cost alerts fired", firings=len(firings))
-            if self.dispatcher is not None:
-                self.dispatcher.wake()  # after commit: the statement above ran in autocommit
-        return firings
+        return firings, stale
 
     # -- as calls are logged --------------------------------------------------------------------
 
@@ -505,9 +595,19 @@ class AlertEvaluator:
     async def _background(self) -> None:
         try:
             while self._touched or self._batch_hours:
-                await asyncio.sleep(max(self.interval, self._retry_at - time.monotonic()))
+                now = time.monotonic()
+                self._sleeping = True
+                try:
+                    await asyncio.sleep(max(self.interval, self._retry_at - now, self._quiet_until - now))
+                finally:
+                    self._sleeping = False
+                started = time.monotonic()
                 if not await self._evaluate_touched():
                     break  # the next logged call schedules a retry (no busy loop while the DB is down)
+                # Evaluations cost O(unfolded usage + rules): however large that grows, they take
+                # at most _BUSY_SHARE of the time (the next waits 19x as long as this one took).
+                ended = time.monotonic()
+                self._quiet_until = ended + (ended - started) * (1 / _BUSY_SHARE - 1)
         finally:
             self._task = None
 
@@ -516,8 +616,7 @@ class AlertEvaluator:
         touched, self._touched = self._touched, set()
         hours, self._batch_hours = self._batch_hours, set()
         try:
-            rules = await self._cached_rules()
-            await self._evaluate(_touched_windows(rules, touched, hours))
+            await self._evaluate(lambda rules: _touched_windows(rules, touched, hours), cached=True)
         except (PersistenceError, asyncpg.PostgresError, OSError) as exc:
             # Nothing is lost: a later evaluation of the same windows sees the same totals.
             self._touched |= touched
@@ -528,24 +627,32 @@ class AlertEvaluator:
             return False
         return True
 
-    async def _cached_rules(self) -> list[CostAlertRule]:
+    async def _cached_rules(self) -> list[_Versioned]:
         if self._rules is None or time.monotonic() - self._rules_at >= self.rules_ttl:
-            self._rules_at = time.monotonic()
-            self._rules = [rule for rule in await self.rules() if rule.enabled]
+            return await self._fresh_rules()
+        return self._rules
+
+    async def _fresh_rules(self) -> list[_Versioned]:
+        """The enabled rules with their versions, now; kept for the background path."""
+        self._rules_at = time.monotonic()
+        self._rules = [(rule, version) for rule, version in await self._load_rules() if rule.enabled]
         return self._rules
 
     async def flush(self) -> bool:
         """Evaluate now whatever logged calls are still waiting for an evaluation; False when that
         failed (logged; the windows stay pending for the next evaluation)."""
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+        task = self._task
+        if task is not None:
+            if self._sleeping:
+                task.cancel()  # evaluate now instead of after the rest of `interval`
+            await asyncio.wait({task})  # its outcome is logged by itself; never raises here
         if self._touched or self._batch_hours:
             return await self._evaluate_touched()
         return True
 
     async def close(self) -> None:
-        """Finish the pending evaluation (the logger's calls are committed: their alerts are due)."""
+        """Finish the pending evaluation now (the logger's calls are committed: their alerts are
+        due), without waiting for the rest of `interval`."""
         await self.flush()
         self._closed = True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -164,7 +165,8 @@ async def test_an_evaluation_that_loses_the_race_waits_for_the_winner_and_fires_
     firing and fire again. The unique key makes it wait for the first and then insert nothing."""
     saved = await AlertEvaluator(fresh_engine).save_rule(rule())
     window = saved.window_at(T0)
-    args = ([saved.id], [window.start], [window.end], [Decimal(10)], [Decimal(10)], [Decimal(12)])
+    version = (await rows(fresh_engine, "SELECT updated_at FROM cost_alerts"))[0][0]
+    args = ([saved.id], [window.start], [window.end], [Decimal(10)], [Decimal(10)], [Decimal(12)], [version])
     async with fresh_engine.connect() as first, fresh_engine.connect() as second:
         a = (await first.get_raw_connection()).driver_connection
         b = (await second.get_raw_connection()).driver_connection
@@ -474,3 +476,183 @@ async def test_rules_are_saved_by_name_and_deleted_with_their_firings(fresh_engi
     assert await evaluator.delete_rule("doomed") is True
     assert await evaluator.delete_rule("doomed") is False
     assert await rows(fresh_engine, "SELECT count(*) FROM cost_alert_firings") == [(0,)]
+
+
+# -- leftovers: rules edited mid-window, channels without a sink, shutdown and lost leases ----------
+
+
+@pytest.mark.commits
+async def test_a_rule_edited_mid_window_keeps_its_fired_thresholds_and_fires_new_ones_once(
+    fresh_engine: AsyncEngine,
+) -> None:
+    evaluator = AlertEvaluator(fresh_engine)
+    budget = {"threshold_kind": "percent", "budget_usd": Decimal(20)}
+    await evaluator.save_rule(rule(**budget, thresholds=(50, 80)))
+    async with AICallLogger(fresh_engine) as logger:
+        await log(logger, "11", T0)  # 55% of 20
+    assert [f.threshold for f in await evaluator.evaluate(T0)] == [50]
+    # A new threshold and a smaller budget: 11 is 68.75% of 16. 50 stays fired; 60 fires once.
+    await evaluator.save_rule(rule(threshold_kind="percent", budget_usd=16, thresholds=(50, 60, 80)))
+    fired = await evaluator.evaluate(T0)
+    assert [(f.threshold, f.threshold_usd) for f in fired] == [(Decimal(60), Decimal("9.6"))]
+    assert await evaluator.evaluate(T0) == []
+    # A budget raised above the spend fires nothing; lowered below it, the rest fire, once.
+    await evaluator.save_rule(rule(threshold_kind="percent", budget_usd=100, thresholds=(50, 60, 80)))
+    assert await evaluator.evaluate(T0) == []
+    await evaluator.save_rule(rule(threshold_kind="percent", budget_usd=10, thresholds=(50, 60, 80, 100)))
+    assert [f.threshold for f in await evaluator.evaluate(T0)] == [80, 100]
+    assert await evaluator.evaluate(T0) == []
+    assert await rows(fresh_engine, "SELECT threshold, count(*) FROM cost_alert_firings GROUP BY 1 ORDER BY 1") == [
+        (50, 1), (60, 1), (80, 1), (100, 1),
+    ]  # fmt: skip
+    assert await rows(fresh_engine, "SELECT count(*) FROM cost_alerts_log WHERE kind = 'outbox'") == [(4,)]
+
+
+@pytest.mark.commits
+async def test_an_evaluator_that_cached_a_rule_sees_an_edit_made_elsewhere_before_it_fires(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """The background path reuses its rules for `rules_ttl`; another process edits the rule in
+    between. The old threshold must not fire (it is no longer the rule's), the new one must."""
+    cached = AlertEvaluator(fresh_engine, interval=0, rules_ttl=3600)
+    await cached.save_rule(rule(thresholds=(10,)))
+    async with AICallLogger(fresh_engine, alerts=cached) as logger:
+        await log(logger, "1", T0)
+        assert await cached.flush() is True  # loaded and cached the rule: thresholds (10,)
+        await AlertEvaluator(fresh_engine).save_rule(rule(thresholds=(3, 20)))  # elsewhere
+        await log(logger, "11", T0)  # $12 in the window
+        assert await cached.flush() is True
+    assert await rows(fresh_engine, "SELECT threshold, spend_usd FROM cost_alert_firings") == [(3, 12)]
+
+
+@pytest.mark.commits
+async def test_a_notification_for_a_channel_without_a_sink_waits_for_a_dispatcher_that_has_one(
+    fresh_engine: AsyncEngine,
+) -> None:
+    await fire_one(fresh_engine, channels=("default", "pager"))
+    delivered: list[AlertNotification] = []
+    without_pager = AlertDispatcher(fresh_engine, {"default": delivered.append})
+    assert await without_pager.dispatch_pending() == 1
+    await without_pager.close()  # its last pass leaves the pager's notification alone too
+    outbox = "SELECT channel, status, attempt, claimed_until FROM cost_alerts_log WHERE kind = 'outbox' ORDER BY channel"
+    assert await rows(fresh_engine, outbox) == [
+        ("default", "delivered", 1, None),
+        ("pager", "pending", 0, None),
+    ]
+    pager = AlertDispatcher(fresh_engine, {"pager": delivered.append})
+    assert await pager.dispatch_pending() == 1
+    assert sorted(n.channel for n in delivered) == ["default", "pager"]
+    assert [r[:3] for r in await rows(fresh_engine, outbox)] == [
+        ("default", "delivered", 1),
+        ("pager", "delivered", 1),
+    ]
+
+
+@pytest.mark.commits
+async def test_an_attempt_that_never_ends_is_cut_off_so_close_returns(fresh_engine: AsyncEngine) -> None:
+    await fire_one(fresh_engine)
+    never = asyncio.Event()
+
+    async def hanging(notification: AlertNotification) -> None:
+        await never.wait()
+
+    dispatcher = AlertDispatcher(
+        fresh_engine, {"default": hanging}, attempt_timeout=0.2, lease=30, backoff=3600
+    )
+    dispatcher.start()
+    dispatcher.wake()
+    # The guard turns a hang into a failure; the assertion is that close() returns by itself.
+    await asyncio.wait_for(dispatcher.close(), 120)
+    attempts = await rows(
+        fresh_engine, "SELECT attempt, status, error FROM cost_alerts_log WHERE kind = 'attempt'"
+    )
+    assert attempts == [(1, "failed", "no outcome within attempt_timeout (0.2 s)")]
+    assert await rows(fresh_engine, "SELECT status FROM cost_alerts_log WHERE kind = 'outbox'") == [
+        ("pending",)
+    ]
+    with pytest.raises(ValidationError, match="lease"):
+        AlertDispatcher(fresh_engine, {"default": hanging}, attempt_timeout=60, lease=60)
+    assert (
+        AlertDispatcher(fresh_engine, {"default": hanging}, lease=10).attempt_timeout == 5
+    )  # half a short lease
+
+
+@pytest.mark.commits
+async def test_a_delivery_cut_short_by_a_dead_dispatcher_is_redelivered_with_the_same_key(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """A dispatcher claims a notification and dies mid-delivery (its task is cancelled: nothing
+    records the outcome). Until the lease runs out nobody else takes it; then another dispatcher
+    redelivers it with the same idempotency key, and the lost attempt is in the log."""
+    await fire_one(fresh_engine)
+    seen: list[tuple[str, int]] = []
+    claimed = asyncio.Event()
+
+    async def dying(notification: AlertNotification) -> None:
+        seen.append((notification.idempotency_key, notification.attempt))
+        claimed.set()
+        await asyncio.Event().wait()
+
+    doomed = AlertDispatcher(fresh_engine, {"default": dying}, lease=3600)
+    task = asyncio.create_task(doomed.dispatch_pending())
+    await claimed.wait()
+    task.cancel()  # the process dies
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def ok(notification: AlertNotification) -> None:
+        seen.append((notification.idempotency_key, notification.attempt))
+
+    survivor = AlertDispatcher(fresh_engine, {"default": ok})
+    assert await survivor.dispatch_pending() == 0  # the lease still holds
+    async with fresh_engine.begin() as conn:  # an hour later
+        await conn.execute(text("UPDATE cost_alerts_log SET claimed_until = now() - interval '1 second' "
+                                "WHERE kind = 'outbox'"))  # fmt: skip
+    assert await survivor.dispatch_pending() == 1
+    (key, first), (again, second) = seen
+    assert (again, first, second) == (key, 1, 2)
+    log_rows = await rows(
+        fresh_engine, "SELECT kind, status, attempt, error FROM cost_alerts_log ORDER BY kind, attempt"
+    )
+    assert log_rows == [
+        (
+            "attempt",
+            "failed",
+            1,
+            "lease expired: the dispatcher delivering it stopped before recording the outcome",
+        ),
+        ("attempt", "delivered", 2, None),
+        ("outbox", "delivered", 2, None),
+    ]
+
+
+@pytest.mark.commits
+async def test_closing_an_evaluator_evaluates_at_once_instead_of_sleeping_out_its_interval(
+    fresh_engine: AsyncEngine,
+) -> None:
+    evaluator = AlertEvaluator(fresh_engine, interval=3600)
+    await evaluator.save_rule(rule())
+    async with AICallLogger(fresh_engine, alerts=evaluator) as logger:
+        await log(logger, "11", T0)  # schedules an evaluation an hour from now
+    # The guard turns a wait into a failure; the assertion is that close() returns by itself.
+    await asyncio.wait_for(evaluator.close(), 120)
+    assert await rows(fresh_engine, "SELECT threshold, spend_usd FROM cost_alert_firings") == [(10, 11)]
+
+
+@pytest.mark.commits
+async def test_a_blocking_plain_function_sink_is_cut_off_without_stalling_the_event_loop(
+    fresh_engine: AsyncEngine,
+) -> None:
+    await fire_one(fresh_engine)
+    release = threading.Event()
+
+    def blocking(notification: AlertNotification) -> None:
+        release.wait(60)  # a pager client without a timeout
+
+    dispatcher = AlertDispatcher(fresh_engine, {"default": blocking}, attempt_timeout=0.2, backoff=3600)
+    try:
+        assert await dispatcher.dispatch_pending() == 1
+    finally:
+        release.set()
+    attempts = await rows(fresh_engine, "SELECT status, error FROM cost_alerts_log WHERE kind = 'attempt'")
+    assert attempts == [("failed", "no outcome within attempt_timeout (0.2 s)")]

@@ -29,8 +29,14 @@ SMOKE_RUNS = [
     ),
     (
         "bench_alerts.py",
-        ["--rounds", "1", "--calls", "20", "--batch", "100", "--batches", "1", "--rules", "6"],
-        ["| log_call p50 latency, ms |", "| log_batch (100 rows), rows/s |"],
+        ["--rounds", "1", "--segment", "0.2", "--batch", "100", "--rules", "7", "--count-calls", "5"],
+        [
+            "| log_call p50 latency, ms |",
+            "| log_call p95 latency, ms |",
+            "| log_batch (100 rows), rows/s |",
+            "| per log_call | 1: log_call INSERT 1 | 1: log_call INSERT 1 |",
+            "| per background evaluation",
+        ],
     ),
     (
         "bench_audit.py",
