@@ -101,6 +101,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "billing_data",
     "billing_validations",
     "cost_accuracy_validations",
+    # Subjects and their API keys (revision 0013): the operator's own tenants, never seeded yet.
+    "companies",
+    "users",
+    "api_keys",
 )
 
 _BATCH = 1000
