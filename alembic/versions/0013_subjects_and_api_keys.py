@@ -53,7 +53,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("user_id <> ''", name=op.f("ck_users_user_given")),
         sa.ForeignKeyConstraint(
-            ["company_id"], ["companies.company_id"], name=op.f("fk_users_company_id_companies"), ondelete="CASCADE"
+            ["company_id"],
+            ["companies.company_id"],
+            name=op.f("fk_users_company_id_companies"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("company_id", "user_id", name=op.f("pk_users")),
         sa.UniqueConstraint("company_id", "email", name=op.f("uq_users_company_id_email")),

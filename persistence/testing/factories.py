@@ -803,7 +803,7 @@ class UserFactory(ModelFactory[User]):
     company: factory.SubFactory[Any, Company] = factory.SubFactory(CompanyFactory)
     company_id: factory.SelfAttribute[Any, str] = factory.SelfAttribute("company.company_id")
     user_id = factory.Sequence(lambda n: f"user-{n:05d}")
-    name = factory.Faker("name")
+    name: factory.Faker[Any, str] = factory.Faker("name")
     email: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: f"{o.user_id}@example.com")
     active = True
 
