@@ -30,9 +30,11 @@ from persistence.api_keys import (
     IssuedApiKey,
     checksum_ok,
 )
-from persistence.config import ApiKeyConfig
+from persistence.config import ApiKeyConfig, DatabaseConfig
+from persistence.engine import build_engine
 from persistence.errors import ConfigurationError, IntegrityViolation, NotFoundError, PersistenceError
 from persistence.subjects import create_company, create_user
+from persistence.transaction import set_rollback, transaction
 from tests.logs import capture_logs
 
 PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -380,3 +382,33 @@ async def test_no_raw_key_reaches_the_database_the_logs_or_an_error(
             assert raw not in haystack
             assert secret not in haystack
             assert secret.encode().hex() not in haystack
+
+
+@pytest.mark.commits
+async def test_on_a_pooled_engine_the_lookup_runs_alone_in_autocommit_or_in_the_callers_block(
+    fresh_database: DatabaseConfig,
+) -> None:
+    engine = build_engine(fresh_database)
+    try:
+        await create_company(engine, "acme", "Acme Corp")
+        async with ApiKeys(engine, pepper=PEPPER, environment="live") as keys:
+            issued = await keys.create("acme", scopes=["read"])
+            with statements(engine) as sent:
+                principal = await keys.authenticate(issued.key.get_secret_value())
+                with pytest.raises(InvalidApiKey):
+                    await keys.authenticate(tamper(issued.key.get_secret_value(), 62))
+            assert principal.key_id == issued.key_id
+            assert len(sent) == 1 and sent[0].startswith("SELECT")
+            async with transaction():
+                await keys.revoke("acme", issued.key_id)
+                with pytest.raises(ApiKeyRevoked):  # the block's own uncommitted revocation is seen
+                    await keys.authenticate(issued.key.get_secret_value())
+                set_rollback(True)
+            assert (await keys.authenticate(issued.key.get_secret_value())).key_id == issued.key_id
+        async with engine.connect() as conn:
+            used = await conn.scalar(
+                text("SELECT last_used_at FROM api_keys WHERE key_id = :k"), {"k": issued.key_id}
+            )
+        assert used is not None  # written by close()
+    finally:
+        await engine.dispose()
