@@ -332,6 +332,21 @@ async def test_a_full_buffer_is_flushed_in_the_background_and_close_flushes_the_
     assert (await keys.get("acme", issued[2].key_id)).last_used_at is not None
 
 
+async def test_last_uses_are_flushed_by_the_timer(engine: AsyncEngine) -> None:
+    await create_company(engine, "acme", "Acme Corp")
+    keys = ApiKeys(engine, pepper=PEPPER, environment="live", flush_interval=0.05, flush_keys=1000)
+    issued = await keys.create("acme")
+    await keys.authenticate(issued.key.get_secret_value())
+    for _ in range(500):  # polls until the timer's flush lands (no assertion on how long it took)
+        if (await keys.get("acme", issued.key_id)).last_used_at is not None:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the timer never flushed the last use")
+    assert await keys.flush() == 0  # nothing left: the timer took it
+    await keys.close()
+
+
 async def test_no_raw_key_reaches_the_database_the_logs_or_an_error(
     keys: ApiKeys, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
