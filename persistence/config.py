@@ -407,3 +407,29 @@ class ReconciliationConfig(BaseSettings):
         default=Decimal(2), ge=0, le=1000, validation_alias="RECONCILIATION_THRESHOLD_PCT"
     )
     reader_password: SecretStr | None = Field(default=None, validation_alias="RECONCILIATION_READER_PASSWORD")
+
+
+ApiKeyEnvironment = Literal["live", "test"]
+
+
+class ApiKeyConfig(BaseSettings):
+    """The server-side secret API keys are hashed with, and the environment keys are issued for.
+
+    Environment: `PERSISTENCE_API_KEY_PEPPER` (at least 32 characters; keep it out of the database
+    and its backups: with it, a stolen `api_keys` table is still useless) and
+    `PERSISTENCE_API_KEY_ENVIRONMENT` (`live` or `test`, the `sk_<environment>_` prefix of the keys).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERSISTENCE_API_KEY_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        hide_input_in_errors=True,
+    )
+
+    pepper: SecretStr | None = Field(
+        default=None, min_length=32, description="HMAC-SHA256 key for the keys' secrets; None: no keys."
+    )
+    environment: ApiKeyEnvironment = Field(default="live", description="Issued keys start sk_<environment>_.")

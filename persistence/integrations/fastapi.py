@@ -32,9 +32,18 @@ from typing import Annotated, Any, Generic
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Boolean, Column, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.api_keys import (
+    ApiKeyPrincipal,
+    ApiKeys,
+    ApiKeyScopeError,
+    AuthenticationError,
+    InvalidApiKey,
+)
+from persistence.api_keys import AuthenticationFailure as _Failure
 from persistence.config import DatabaseConfig
 from persistence.engine import HooksArg, create_database_engine
 from persistence.errors import (
@@ -56,13 +65,17 @@ from persistence.repository.reads import MAX_LIMIT, Page, Reads
 from persistence.transaction import Transaction, transaction
 
 __all__ = [
+    "API_KEYS_STATE",
     "ENGINE_STATE",
+    "ApiKeyPrincipalDep",
     "EngineDep",
     "ListQuery",
     "Problem",
     "QueryParameterError",
     "ReadOnlyTransactionDep",
     "TransactionDep",
+    "api_key_principal",
+    "api_keys_of",
     "engine_of",
     "get_engine",
     "in_read_only_transaction",
@@ -71,6 +84,7 @@ __all__ = [
     "lifespan",
     "list_params",
     "problem_for",
+    "require_scopes",
 ]
 
 log = logging.getLogger("persistence.integrations.fastapi")
@@ -104,6 +118,10 @@ def lifespan(
         try:
             yield
         finally:
+            keys = getattr(app.state, API_KEYS_STATE, None)
+            if isinstance(keys, ApiKeys):  # write the keys' last uses while the engine is still open
+                delattr(app.state, API_KEYS_STATE)
+                await keys.close()
             delattr(app.state, ENGINE_STATE)
             if owned:
                 await current.dispose()
@@ -193,6 +211,10 @@ _INTEGRITY_DETAILS = {
 
 def problem_for(exc: PersistenceError) -> Problem:
     """The HTTP problem for one of our errors (most specific class first)."""
+    if isinstance(exc, AuthenticationError):
+        return Problem(401, "Unauthorized", "unauthorized", str(exc), {"reason": exc.reason.value})
+    if isinstance(exc, ApiKeyScopeError):
+        return Problem(403, "Forbidden", "forbidden", str(exc), {"missing_scopes": " ".join(exc.missing)})
     if isinstance(exc, NotFoundError):
         return Problem(
             404, "Not Found", "not-found", f"{exc.entity} {exc.key} not found", {"entity": exc.entity}
@@ -242,6 +264,8 @@ def install_exception_handlers(app: FastAPI, *, retry_after: int = 1) -> None:
         if problem.status >= 500:
             log.error("%s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
         headers = {"Retry-After": str(retry_after)} if problem.status == 503 else None
+        if problem.status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="api"'}
         return JSONResponse(
             problem.body(request.url.path),
             status_code=problem.status,
@@ -250,6 +274,52 @@ def install_exception_handlers(app: FastAPI, *, retry_after: int = 1) -> None:
         )
 
     app.add_exception_handler(PersistenceError, handle)
+
+
+# -- API keys -------------------------------------------------------------------------------------------
+API_KEYS_STATE = "persistence_api_keys"
+"""The `app.state` attribute holding the app's `ApiKeys` (set your own before the first request to
+choose the pepper in code; otherwise one is built from the environment, `PERSISTENCE_API_KEY_*`)."""
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer sk_live_...")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: sk_live_...")
+
+
+def api_keys_of(app: FastAPI) -> ApiKeys:
+    """The app's `ApiKeys` (built on first use over the lifespan's engine; closed by the lifespan)."""
+    keys = getattr(app.state, API_KEYS_STATE, None)
+    if not isinstance(keys, ApiKeys):
+        keys = ApiKeys(engine_of(app))
+        setattr(app.state, API_KEYS_STATE, keys)
+    return keys
+
+
+async def api_key_principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header: Annotated[str | None, Depends(_api_key_header)],
+) -> ApiKeyPrincipal:
+    """Dependency: the principal of the request's key (`Authorization: Bearer <key>` or
+    `X-API-Key: <key>`); a missing, invalid, expired or revoked key is a 401 problem."""
+    given = {key for key in (bearer.credentials if bearer is not None else None, header) if key}
+    if not given:
+        raise InvalidApiKey(_Failure.MISSING)
+    if len(given) > 1:  # two different keys: refuse rather than pick one
+        raise InvalidApiKey()
+    return await api_keys_of(request.app).authenticate(given.pop())
+
+
+ApiKeyPrincipalDep = Annotated[ApiKeyPrincipal, Depends(api_key_principal)]
+
+
+def require_scopes(*scopes: str) -> Callable[[ApiKeyPrincipal], Awaitable[ApiKeyPrincipal]]:
+    """Dependency factory: the principal, if its key has every one of `scopes` (else a 403 problem)."""
+
+    async def dependency(principal: ApiKeyPrincipalDep) -> ApiKeyPrincipal:
+        principal.require(*scopes)
+        return principal
+
+    return dependency
 
 
 # -- list endpoints -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from persistence.models.rollups import (
     AICallUsageHourly,
 )
 from persistence.models.service_health import ServiceHealth
+from persistence.models.subjects import ApiKey, Company, User
 from persistence.models.training import TrainingData
 from persistence.models.verification import VerificationResult
 
@@ -29,12 +30,14 @@ __all__ = [
     "AICallPendingBatch",
     "AICallUsageDelta",
     "AICallUsageHourly",
+    "ApiKey",
     "AuditLog",
     "Base",
     "BillingData",
     "BillingPeriod",
     "BillingValidation",
     "Claim",
+    "Company",
     "CompanyQuota",
     "ConsensusDecision",
     "CostAccuracyValidation",
@@ -46,6 +49,7 @@ __all__ = [
     "ReconciliationReport",
     "ServiceHealth",
     "TrainingData",
+    "User",
     "VendorPrice",
     "VerificationResult",
     "vendor_prices_version",

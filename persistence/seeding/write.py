@@ -102,6 +102,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "billing_validations",
     "cost_accuracy_validations",
     "vendor_prices_version",  # the change counter of vendor_prices (revision 0010)
+    # Subjects and their API keys (revision 0013): the operator's own tenants, never seeded yet.
+    "companies",
+    "users",
+    "api_keys",
 )
 
 _BATCH = 1000

@@ -34,11 +34,13 @@ from persistence.models import (
     AICallPendingBatch,
     AICallUsageDelta,
     AICallUsageHourly,
+    ApiKey,
     AuditLog,
     BillingData,
     BillingPeriod,
     BillingValidation,
     Claim,
+    Company,
     CompanyQuota,
     ConsensusDecision,
     CostAccuracyValidation,
@@ -50,6 +52,7 @@ from persistence.models import (
     ReconciliationReport,
     ServiceHealth,
     TrainingData,
+    User,
     VendorPrice,
     VerificationResult,
 )
@@ -76,11 +79,13 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "ApiKeyFactory",
     "AuditLogFactory",
     "BillingDataFactory",
     "BillingPeriodFactory",
     "BillingValidationFactory",
     "ClaimFactory",
+    "CompanyFactory",
     "CompanyQuotaFactory",
     "ConsensusDecisionFactory",
     "CostAccuracyValidationFactory",
@@ -93,6 +98,7 @@ __all__ = [
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
+    "UserFactory",
     "VendorPriceFactory",
     "VerificationResultFactory",
     "bind_engine",
@@ -774,6 +780,54 @@ class CompanyQuotaFactory(ModelFactory[CompanyQuota]):
     time_zone = "Europe/Paris"
     limit_value = factory.LazyFunction(lambda: Decimal(_rand().randint(100, 500_000)) / 100)
     enabled = True
+
+
+class CompanyFactory(ModelFactory[Company]):
+    """A tenant on the basic tier."""
+
+    class Meta:
+        model = Company
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    name: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: o.company_id.title())
+    tier = "basic"
+    active = True
+
+
+class UserFactory(ModelFactory[User]):
+    """A user of a new company; `create` persists the company with it."""
+
+    class Meta:
+        model = User
+
+    company: factory.SubFactory[Any, Company] = factory.SubFactory(CompanyFactory)
+    company_id: factory.SelfAttribute[Any, str] = factory.SelfAttribute("company.company_id")
+    user_id = factory.Sequence(lambda n: f"user-{n:05d}")
+    name: factory.Faker[Any, str] = factory.Faker("name")
+    email: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: f"{o.user_id}@example.com")
+    active = True
+
+
+class ApiKeyFactory(ModelFactory[ApiKey]):
+    """A company-wide key's row with a random hash: a row, not a usable key (no raw key exists for
+    it); `persistence.api_keys.ApiKeys.create` issues usable ones."""
+
+    class Meta:
+        model = ApiKey
+
+    company: factory.SubFactory[Any, Company] = factory.SubFactory(CompanyFactory)
+    company_id: factory.SelfAttribute[Any, str] = factory.SelfAttribute("company.company_id")
+    key_id = factory.Sequence(lambda n: f"factorykey{n:06d}")
+    user_id = None
+    name = "factory key"
+    environment = "test"
+    secret_hash = factory.LazyFunction(lambda: _rand().randbytes(32))
+    display_prefix: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: f"sk_test_{o.key_id}_")
+    scopes = factory.LazyFunction(lambda: ["read"])
+    expires_at = None
+    revoked_at = None
+    last_used_at = None
+    rotated_from = None
 
 
 def _last_month() -> datetime:

@@ -22,11 +22,13 @@ from persistence.testing import (
     AICallPendingBatchFactory,
     AICallUsageDeltaFactory,
     AICallUsageHourlyFactory,
+    ApiKeyFactory,
     AuditLogFactory,
     BillingDataFactory,
     BillingPeriodFactory,
     BillingValidationFactory,
     ClaimFactory,
+    CompanyFactory,
     CompanyQuotaFactory,
     ConsensusDecisionFactory,
     CostAccuracyValidationFactory,
@@ -38,6 +40,7 @@ from persistence.testing import (
     ReconciliationReportFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
+    UserFactory,
     VendorPriceFactory,
     VerificationResultFactory,
     create,
@@ -69,6 +72,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     BillingDataFactory,
     BillingValidationFactory,
     CostAccuracyValidationFactory,
+    CompanyFactory,
+    UserFactory,
+    ApiKeyFactory,
 ]
 
 
