@@ -82,8 +82,23 @@ from persistence.ai_calls.sources import (
     VendorUsage,
 )
 from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
+from persistence.api_keys import (
+    ApiKeyConfigurationError,
+    ApiKeyExpired,
+    ApiKeyInactive,
+    ApiKeyInfo,
+    ApiKeyPrincipal,
+    ApiKeyRevoked,
+    ApiKeys,
+    ApiKeyScopeError,
+    AuthenticationError,
+    AuthenticationFailure,
+    InvalidApiKey,
+    IssuedApiKey,
+    checksum_ok,
+)
 from persistence.audit import audit_context, current_audit
-from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig
+from persistence.config import ApiKeyConfig, DatabaseConfig, EmbeddedConfig, ReconciliationConfig
 from persistence.embedded import EmbeddedServer, ServerStatus
 from persistence.engine import create_database_engine
 from persistence.errors import (
@@ -116,6 +131,14 @@ from persistence.repositories import (
     VerificationRepository,
 )
 from persistence.repository import Load, MappedModel, Page, Repository
+from persistence.subjects import (
+    CompanyRepository,
+    create_company,
+    create_user,
+    get_company,
+    get_user,
+    list_users,
+)
 from persistence.transaction import (
     current_session,
     get_rollback,
@@ -134,8 +157,19 @@ __all__ = [
     "AlertNotification",
     "AlertSink",
     "AlertWindow",
+    "ApiKeyConfig",
+    "ApiKeyConfigurationError",
+    "ApiKeyExpired",
+    "ApiKeyInactive",
+    "ApiKeyInfo",
+    "ApiKeyPrincipal",
+    "ApiKeyRevoked",
+    "ApiKeyScopeError",
+    "ApiKeys",
     "ArgumentTypeError",
     "AuditLogRepository",
+    "AuthenticationError",
+    "AuthenticationFailure",
     "BatchLogger",
     "BatchStats",
     "BillingFileError",
@@ -149,6 +183,7 @@ __all__ = [
     "CallableSink",
     "CheckpointRepository",
     "ClaimRepository",
+    "CompanyRepository",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLostError",
@@ -169,7 +204,9 @@ __all__ = [
     "HourlyCount",
     "HttpUsageSource",
     "IntegrityViolation",
+    "InvalidApiKey",
     "InvalidRequestError",
+    "IssuedApiKey",
     "LedgerHealth",
     "Load",
     "MappedModel",
@@ -212,19 +249,25 @@ __all__ = [
     "WorstCall",
     "add_price",
     "audit_context",
+    "checksum_ok",
     "close_due_periods",
+    "create_company",
     "create_database_engine",
+    "create_user",
     "current_audit",
     "current_session",
     "get_billing_period",
+    "get_company",
     "get_rollback",
     "get_tenant_daily_cost",
+    "get_user",
     "grant_reader",
     "import_billing_file",
     "import_usage_source",
     "in_transaction",
     "ledger_health",
     "list_prices",
+    "list_users",
     "load_billing_file",
     "load_cost_accuracy",
     "on_commit",

@@ -10,6 +10,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,7 @@ from persistence.subjects import create_company, create_user
 from persistence.transaction import set_rollback, transaction
 from tests.logs import capture_logs
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_SHAPE = re.compile(r"sk_live_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
 
@@ -427,3 +429,19 @@ async def test_on_a_pooled_engine_the_lookup_runs_alone_in_autocommit_or_in_the_
         assert used is not None  # written by close()
     finally:
         await engine.dispose()
+
+
+async def test_the_readme_example_runs_as_written(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's "API keys" block, run as written (its top-level awaits inside a coroutine)."""
+    readme = README.read_text()
+    section = readme.split("## API keys\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("PERSISTENCE_API_KEY_PEPPER", PEPPER)
+    namespace: dict[str, Any] = {}
+    exec("async def snippet(engine):\n" + "".join(f"    {line}\n" for line in code.splitlines()), namespace)  # noqa: S102 (our README)
+    await namespace["snippet"](engine)
+    async with engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT count(*), count(revoked_at) FROM api_keys"))).one()
+    assert tuple(stored) == (2, 0)  # the key and its rotation, the old one still in its overlap
