@@ -107,13 +107,13 @@ async def test_a_refused_request_consumes_nothing(engine: AsyncEngine) -> None:
     limit = RateLimit("key", "k", "tokens", "minute", Decimal(10))  # one token every 6 s, burst 10
     async with RateLimiter(engine) as limiter:
         first = await limiter.check("acme", [(limit, 8)], now=T0)
-        assert (first.allowed, first.remaining, first.reset) == (True, 2, timedelta(seconds=48))
+        assert (first.allowed, first.remaining, first.reset) == (True, Decimal(2), timedelta(seconds=48))
         refused = await limiter.check("acme", [(limit, 5)], now=T0)
         assert not refused.allowed
         assert refused.retry_after == timedelta(seconds=18)  # 3 tokens short, 6 s each
         assert refused.refused_by == (limit,)
         fits = await limiter.check("acme", [(limit, 2)], now=T0)  # the refusal took nothing
-        assert (fits.allowed, fits.remaining) == (True, 0)
+        assert (fits.allowed, fits.remaining) == (True, Decimal(0))
         assert not (await limiter.check("acme", [(limit, 1)], now=T0)).allowed
         later = await limiter.check("acme", [(limit, 1)], now=T0 + timedelta(seconds=6))
         assert later.allowed  # one token's worth replenished
@@ -187,12 +187,28 @@ async def test_the_most_specific_config_wins_per_metric_and_names_the_counter(en
             return hit.scope, hit.subject, hit.limit
 
         full = RateSubject("acme", user_id="u-1", key_id="k-1", tier="pro")
-        assert await minute(full, "requests") == ("key", "k-1", 200)
-        assert await minute(RateSubject("acme", "u-1", "k-2", "pro"), "requests") == ("user", "u-1", 300)
-        assert await minute(RateSubject("acme", "u-2", None, "pro"), "requests") == ("company", "acme", 400)
-        assert await minute(RateSubject("zeta", "u-1", "k-1", "pro"), "requests") == ("company", "zeta", 500)
-        assert await minute(RateSubject("zeta"), "requests") == ("company", "zeta", 50)  # seed 002's default
-        assert await minute(full, "tokens") == ("company", "acme", 9000)  # company beats tier
+        assert await minute(full, "requests") == ("key", "k-1", Decimal(200))
+        assert await minute(RateSubject("acme", "u-1", "k-2", "pro"), "requests") == (
+            "user",
+            "u-1",
+            Decimal(300),
+        )
+        assert await minute(RateSubject("acme", "u-2", None, "pro"), "requests") == (
+            "company",
+            "acme",
+            Decimal(400),
+        )
+        assert await minute(RateSubject("zeta", "u-1", "k-1", "pro"), "requests") == (
+            "company",
+            "zeta",
+            Decimal(500),
+        )
+        assert await minute(RateSubject("zeta"), "requests") == (
+            "company",
+            "zeta",
+            Decimal(50),
+        )  # seed 002's default
+        assert await minute(full, "tokens") == ("company", "acme", Decimal(9000))  # company beats tier
         hours = {(r.metric, r.period) for r in (await limiter.resolve(full)).rates}
         assert {("requests", "hour"), ("requests", "day")} <= hours  # other periods keep the global rows
 
@@ -209,7 +225,7 @@ async def test_disabled_configs_are_skipped_and_concurrency_is_resolved_apart(en
     async with RateLimiter(engine) as limiter:
         resolved = await limiter.resolve(RateSubject("acme", "u-1", "k-1"))
     assert ("company", "acme", Decimal(50)) in {(r.scope, r.subject, r.limit) for r in resolved.rates}
-    assert resolved.concurrency == ("user", "u-1", 3)
+    assert resolved.concurrency == ("user", "u-1", Decimal(3))
 
 
 async def test_decide_checks_every_resolved_limit(engine: AsyncEngine) -> None:
