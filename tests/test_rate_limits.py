@@ -225,7 +225,7 @@ async def test_disabled_configs_are_skipped_and_concurrency_is_resolved_apart(en
     async with RateLimiter(engine) as limiter:
         resolved = await limiter.resolve(RateSubject("acme", "u-1", "k-1"))
     assert ("company", "acme", Decimal(50)) in {(r.scope, r.subject, r.limit) for r in resolved.rates}
-    assert resolved.concurrency == ("user", "u-1", Decimal(3))
+    assert resolved.concurrency == ("user", "u-1", 3)
 
 
 async def test_decide_checks_every_resolved_limit(engine: AsyncEngine) -> None:
