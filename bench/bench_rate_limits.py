@@ -1,0 +1,136 @@
+"""Rate-limiter decisions per second (issue 16, must-show 4, second half).
+
+    python bench/bench_rate_limits.py                 # ~1-2 min
+    python bench/bench_rate_limits.py --clients 16
+
+Starts its own PostgreSQL (durable: fsync on), migrates a fresh database and, one run each, times
+`--clients` concurrent clients making `--decisions` GCRA decisions each:
+
+- on one hot key (every client on the same counter) and on `--keys` spread keys (each decision on
+  a random one);
+- durable commits, and `synchronous_commit = off` (the limiter's default);
+- `RateLimiter.check` (one limit: one statement in its own implicit transaction, on a leased
+  connection) against the same statement sent by hand over raw asyncpg connections.
+
+Limits are high enough that every decision admits (and so writes): the worst case for the server.
+Both sides make one round trip per decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+from benchenv import environment, load_average
+
+from persistence import migrations
+from persistence.config import DatabaseConfig, EmbeddedConfig
+from persistence.embedded import EmbeddedServer
+from persistence.engine import build_engine
+from persistence.rate_limits import RateLimit, RateLimiter, _single_sql
+from persistence.testing.database import free_port
+
+Decide = Callable[[int], Awaitable[bool]]
+
+
+async def run(clients: int, decisions: int, decide: Decide) -> float:
+    """Decisions per second of `clients` tasks making `decisions` decisions each."""
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(decisions):
+            await decide(rng.randrange(1 << 30))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return clients * decisions / (time.perf_counter() - start)
+
+
+def limit_for(key: int, keys: int) -> RateLimit:
+    # 10 million a second: never refuses, so every decision writes.
+    return RateLimit("key", f"key-{key % keys}", "requests", "second", Decimal(10_000_000))
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--decisions", type=int, default=1500, help="decisions per client per case")
+    parser.add_argument("--keys", type=int, default=10_000, help="spread keys (default %(default)s)")
+    args = parser.parse_args()
+
+    data = Path(tempfile.mkdtemp(prefix="bench-rate-", dir="/tmp"))
+    server = EmbeddedServer(data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1",
+                            settings={"max_connections": "60"})  # fmt: skip
+    server.start()
+    results: list[tuple[str, str, float, float]] = []
+    try:
+        server.ensure_database("bench")
+        config = DatabaseConfig.model_validate(
+            {"host": str(server.socket_dir), "port": server.port, "user": server.superuser, "database": "bench",
+             "pool_size": args.clients + 2, "max_overflow": 0}
+        )  # fmt: skip
+        engine = build_engine(config)
+        await migrations.upgrade(engine)
+        env = await environment(engine)
+        pool = await asyncpg.create_pool(host=str(server.socket_dir), port=server.port, user=server.superuser,
+                                         database="bench", min_size=args.clients, max_size=args.clients)  # fmt: skip
+        assert pool is not None
+        # Every key's counter exists beforehand: the timed decisions update, none inserts.
+        await pool.execute(
+            "INSERT INTO rate_limit_state (company_id, scope, subject, metric, period, tat) "
+            "SELECT 'bench', 'key', 'key-' || g, 'requests', 'second', 0 FROM generate_series(0, $1::int - 1) g",
+            args.keys,
+        )
+        for keys, label in ((1, "one hot key"), (args.keys, f"{args.keys:,} spread keys")):
+            for durable in (True, False):
+                sql = _single_sql(durable)
+                async with RateLimiter(engine, connections=args.clients, durable=durable) as limiter:
+
+                    async def library(key: int, limiter: RateLimiter = limiter, keys: int = keys) -> bool:
+                        return (await limiter.check("bench", [(limit_for(key, keys), 1)])).allowed
+
+                    async def raw(key: int, sql: str = sql, keys: int = keys) -> bool:
+                        limit = limit_for(key, keys)
+                        inc, tau = limit.interval, limit.capacity * limit.interval
+                        async with pool.acquire() as conn:
+                            row = await conn.fetchrow(sql, None, "bench", *limit.key, inc, tau)
+                        return row is not None and row["tat"] is not None
+
+                    # Warm both sides (connections, prepared statements, the keys' rows), then time.
+                    await run(args.clients, 5, library)
+                    await run(args.clients, 5, raw)
+                    lib = await run(args.clients, args.decisions, library)
+                    by_hand = await run(args.clients, args.decisions, raw)
+                results.append((label, "durable" if durable else "synchronous_commit=off", lib, by_hand))
+        await pool.close()
+        await engine.dispose()
+    finally:
+        server.stop(mode="fast")
+        shutil.rmtree(data, ignore_errors=True)
+
+    print(env)
+    print(f"- load average {load_average()}; {args.clients} concurrent clients x {args.decisions:,} decisions per "
+          "case, one run; every decision admits (writes); fsync on")  # fmt: skip
+    print()
+    print(
+        "| keys | commit | RateLimiter.check, decisions/s | raw asyncpg, decisions/s | ratio | round trips |"
+    )
+    print("|---|---|---:|---:|---:|---|")
+    for label, commit, lib, by_hand in results:
+        print(f"| {label} | {commit} | {lib:,.0f} | {by_hand:,.0f} | {by_hand / lib:.2f}x | 1 and 1 |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
