@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Context, Decimal, localcontext
 from typing import Literal
 
 import asyncpg
@@ -71,6 +71,10 @@ CounterScope = Literal["key", "user", "company"]
 RateMetric = Literal["requests", "tokens", "cost_usd"]
 PERIOD_SECONDS: Mapping[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _ZERO = Decimal(0)
+# T is rounded once, to 28 digits; every product and sum after that is exact in this context
+# (amounts have at most 20 digits, epoch seconds 10 before the point), as NUMERIC is on the server.
+_INTERVAL = Context(prec=28)
+_EXACT = Context(prec=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +112,7 @@ class RateLimit:
     @property
     def interval(self) -> Decimal:
         """Seconds one unit occupies (GCRA's emission interval T); the limit must be positive."""
-        return Decimal(PERIOD_SECONDS[self.period]) / self.limit
+        return _INTERVAL.divide(Decimal(PERIOD_SECONDS[self.period]), self.limit)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -260,7 +264,7 @@ upd AS (
    WHERE v.go AND s.company_id = $2 AND s.scope = d.scope AND s.subject = d.subject
      AND s.metric = d.metric AND s.period = d.period
   RETURNING 1)
-SELECT d.ord, d.t AS now, d.seen, d.present, (SELECT count(*) FROM upd) AS written
+SELECT d.ord, d.t AS now, d.seen, d.present, d.fits, (SELECT count(*) FROM upd) AS written
   FROM decided d ORDER BY d.ord
 """  # noqa: S608 (constant SQL only)
 
@@ -364,6 +368,19 @@ def _status(
 
     `refused`: the server refused this limit, so the true tat is above `now + tau - amount*T`
     even if `seen` (read after the refusal) is older or missing (a concurrent first use)."""
+    with localcontext(_EXACT):
+        return _status_exact(limit, amount, now, seen, after, refused=refused)
+
+
+def _status_exact(
+    limit: RateLimit,
+    amount: Decimal,
+    now: Decimal,
+    seen: Decimal | None,
+    after: Decimal | None,
+    *,
+    refused: bool,
+) -> LimitStatus:
     interval = limit.interval
     tau = limit.capacity * interval
     if after is not None:
@@ -498,8 +515,9 @@ class RateLimiter:
     async def _check_one(
         self, company_id: str, limit: RateLimit, amount: Decimal, at: Decimal | None
     ) -> RateDecision:
-        inc = amount * limit.interval
-        tau = limit.capacity * limit.interval
+        with localcontext(_EXACT):
+            inc = amount * limit.interval
+            tau = limit.capacity * limit.interval
 
         async def work(raw: asyncpg.Connection) -> asyncpg.Record:
             return _one(await raw.fetchrow(self._single, at, company_id, *limit.key, inc, tau))
@@ -512,8 +530,9 @@ class RateLimiter:
         self, company_id: str, items: Sequence[tuple[RateLimit, Decimal]], at: Decimal | None
     ) -> RateDecision:
         columns = [list(c) for c in zip(*(limit.key for limit, _ in items), strict=True)]
-        incs = [amount * limit.interval for limit, amount in items]
-        taus = [limit.capacity * limit.interval for limit, _ in items]
+        with localcontext(_EXACT):
+            incs = [amount * limit.interval for limit, amount in items]
+            taus = [limit.capacity * limit.interval for limit, _ in items]
 
         async def work(raw: asyncpg.Connection) -> list[asyncpg.Record]:
             rows: list[asyncpg.Record] = await raw.fetch(self._multi, at, company_id, *columns, incs, taus)
@@ -531,11 +550,11 @@ class RateLimiter:
         else:
             raise InvalidRequestError("rate-limit counters vanished while being created")  # pragma: no cover
         allowed = rows[0]["written"] == len(items)
-        statuses = [
-            _status(limit, amount, row["now"], row["seen"], (max(row["seen"], row["now"]) + amount * limit.interval)
-                    if allowed else None)
-            for (limit, amount), row in zip(items, rows, strict=True)
-        ]  # fmt: skip
+        statuses = []
+        for (limit, amount), inc, row in zip(items, incs, rows, strict=True):
+            with localcontext(_EXACT):
+                after = max(row["seen"], row["now"]) + inc if allowed else None
+            statuses.append(_status(limit, amount, row["now"], row["seen"], after, refused=not row["fits"]))
         return _decision(statuses, allowed)
 
     # -- concurrency ---------------------------------------------------------------------------

@@ -151,6 +151,23 @@ async def test_cost_limits_are_exact_in_decimal(engine: AsyncEngine) -> None:
         assert not (await limiter.check("acme", [(cost, Decimal("0.000001"))], now=T0)).allowed
 
 
+@pytest.mark.parametrize(
+    ("period", "limit", "burst"), [("minute", "7", "7"), ("hour", "7", "13"), ("day", "3", "29")]
+)
+@pytest.mark.parametrize("paired", [False, True], ids=["one-limit", "with-another"])
+async def test_a_rate_with_a_recurring_interval_admits_exactly_its_burst(
+    engine: AsyncEngine, period: str, limit: str, burst: str, paired: bool
+) -> None:
+    # T = period / limit has no finite decimal expansion: rounding must neither lose nor add a unit.
+    tight = RateLimit("key", "k", "requests", period, Decimal(limit), Decimal(burst))
+    loose = [(RateLimit("company", "acme", "requests", "second", Decimal(10**6)), 1)] if paired else []
+    async with RateLimiter(engine) as limiter:
+        admitted = [
+            (await limiter.check("acme", [(tight, 1), *loose], now=T0)).allowed for _ in range(int(burst) + 2)
+        ]
+    assert admitted == [True] * int(burst) + [False, False]
+
+
 # -- configs: precedence, one query --------------------------------------------------------------
 
 
