@@ -43,17 +43,17 @@ from persistence.testing.database import free_port
 Decide = Callable[[int, int], Awaitable[bool]]
 
 
-async def run(clients: int, decisions: int, decide: Decide) -> float:
-    """Seconds `clients` tasks take to make `decisions` decisions each (task i passes i)."""
+async def run(clients: int, decisions: int, decide: Decide) -> tuple[float, float]:
+    """Wall and client CPU seconds `clients` tasks take to make `decisions` decisions each (task i passes i)."""
 
     async def client(index: int) -> None:
         rng = random.Random(index)
         for _ in range(decisions):
             await decide(index, rng.randrange(1 << 30))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(i) for i in range(clients)))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def limit_for(key: int, keys: int) -> RateLimit:
@@ -75,7 +75,7 @@ async def main() -> int:
     server = EmbeddedServer(data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1",
                             settings={"max_connections": "60"})  # fmt: skip
     server.start()
-    results: list[tuple[str, str, float, float]] = []
+    results: list[tuple[str, str, float, float, float, float]] = []
     try:
         server.ensure_database("bench")
         config = DatabaseConfig.model_validate(
@@ -116,18 +116,19 @@ async def main() -> int:
                     # Warm both sides (connections, prepared statements), then alternate in rounds.
                     await run(args.clients, 5, library)
                     await run(args.clients, 5, raw)
-                    lib_s = raw_s = 0.0
+                    lib_s = raw_s = lib_cpu = raw_cpu = 0.0
                     per_round = max(1, args.decisions // args.rounds)
                     for i in range(args.rounds):
-                        if i % 2:
-                            raw_s += await run(args.clients, per_round, raw)
-                            lib_s += await run(args.clients, per_round, library)
-                        else:
-                            lib_s += await run(args.clients, per_round, library)
-                            raw_s += await run(args.clients, per_round, raw)
+                        for side in ("raw", "lib") if i % 2 else ("lib", "raw"):
+                            wall, cpu = await run(args.clients, per_round, library if side == "lib" else raw)
+                            if side == "lib":
+                                lib_s, lib_cpu = lib_s + wall, lib_cpu + cpu
+                            else:
+                                raw_s, raw_cpu = raw_s + wall, raw_cpu + cpu
                 done = args.clients * per_round * args.rounds
+                commit = "durable" if durable else "synchronous_commit=off"
                 results.append(
-                    (label, "durable" if durable else "synchronous_commit=off", done / lib_s, done / raw_s)
+                    (label, commit, done / lib_s, done / raw_s, lib_cpu / done * 1e6, raw_cpu / done * 1e6)
                 )
         for conn in conns:
             await conn.close()
@@ -141,11 +142,13 @@ async def main() -> int:
           "case (alternating rounds), one run; every decision admits (writes); fsync on")  # fmt: skip
     print()
     print(
-        "| keys | commit | RateLimiter.check, decisions/s | raw asyncpg, decisions/s | ours / raw | round trips |"
+        "| keys | commit | RateLimiter.check, decisions/s | raw asyncpg, decisions/s | ours / raw "
+        "| client CPU µs/decision, ours / raw | round trips |"
     )
-    print("|---|---|---:|---:|---:|---|")
-    for label, commit, lib, by_hand in results:
-        print(f"| {label} | {commit} | {lib:,.0f} | {by_hand:,.0f} | {lib / by_hand:.2f}x | 1 each |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for label, commit, lib, by_hand, lib_cpu, raw_cpu in results:
+        print(f"| {label} | {commit} | {lib:,.0f} | {by_hand:,.0f} | {lib / by_hand:.2f}x | {lib_cpu:.0f} / {raw_cpu:.0f} "
+              "| 1 each |")  # fmt: skip
     return 0
 
 

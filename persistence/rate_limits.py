@@ -349,10 +349,12 @@ def _seconds(value: Decimal) -> timedelta:
     return timedelta(seconds=float(max(value, _ZERO)))
 
 
-def _units(limit: RateLimit, value: Decimal) -> Decimal:
-    """Units of the limit's metric: whole for counts, micro-dollars for cost, never negative."""
+def _units(limit: RateLimit, span: Decimal, interval: Decimal) -> Decimal:
+    """`span` seconds of bucket as units of the limit's metric: whole for counts, micro-dollars for
+    cost, never negative."""
+    value = _INTERVAL.divide(span, interval)
     step = Decimal("0.000001") if limit.metric == "cost_usd" else Decimal(1)
-    return max(_ZERO, value.quantize(step, rounding=ROUND_FLOOR))
+    return max(_ZERO, value.quantize(step, rounding=ROUND_FLOOR, context=_EXACT))
 
 
 def _status(
@@ -367,32 +369,23 @@ def _status(
     """One limit's status: `after` is its new tat when admitted, `seen` its tat otherwise.
 
     `refused`: the server refused this limit, so the true tat is above `now + tau - amount*T`
-    even if `seen` (read after the refusal) is older or missing (a concurrent first use)."""
-    with localcontext(_EXACT):
-        return _status_exact(limit, amount, now, seen, after, refused=refused)
-
-
-def _status_exact(
-    limit: RateLimit,
-    amount: Decimal,
-    now: Decimal,
-    seen: Decimal | None,
-    after: Decimal | None,
-    *,
-    refused: bool,
-) -> LimitStatus:
+    even if `seen` (read after the refusal) is older or missing (a concurrent first use).
+    Sums are exact (`_EXACT`); the one division per figure is correctly rounded to 28 digits,
+    so a whole number of units left comes out whole."""
     interval = limit.interval
-    tau = limit.capacity * interval
-    if after is not None:
-        return LimitStatus(
-            limit, True, _units(limit, (now + tau - after) / interval), None, _seconds(after - now)
-        )
-    base = now if seen is None else max(seen, now)
-    if refused:
-        base = max(base, now + tau - amount * interval + interval.scaleb(-9))
-    fits = base + amount * interval - now <= tau
-    wait = None if fits or amount > limit.capacity else _seconds(base + amount * interval - tau - now)
-    return LimitStatus(limit, fits, _units(limit, (now + tau - base) / interval), wait, _seconds(base - now))
+    with localcontext(_EXACT):
+        tau = limit.capacity * interval
+        if after is not None:
+            return LimitStatus(
+                limit, True, _units(limit, now + tau - after, interval), None, _seconds(after - now)
+            )
+        base = now if seen is None else max(seen, now)
+        if refused:
+            base = max(base, now + tau - amount * interval + interval.scaleb(-9))
+        late = base + amount * interval - tau - now
+        fits = late <= 0
+        wait = None if fits or amount > limit.capacity else _seconds(late)
+        return LimitStatus(limit, fits, _units(limit, now + tau - base, interval), wait, _seconds(base - now))
 
 
 def _blocked(limit: RateLimit) -> LimitStatus:
