@@ -465,7 +465,10 @@ class RateLimiter:
     async def decide(
         self, subject: RateSubject, *, tokens: int = 0, cost_usd: Decimal = _ZERO, now: datetime | None = None
     ) -> RateDecision:
-        """Resolve `subject`'s limits and check one request of `tokens` and `cost_usd` against all."""
+        """Resolve `subject`'s limits and check one request of `tokens` and `cost_usd` against all.
+
+        Two statements (`resolve`, then `check`); a caller that caches `resolve`'s answer per
+        subject for a few seconds makes it one."""
         resolved = await self.resolve(subject)
         usage: dict[RateMetric, Decimal] = {
             "requests": Decimal(1),

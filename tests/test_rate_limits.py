@@ -100,6 +100,22 @@ async def test_concurrent_acquires_take_exactly_the_concurrency_limit(wide_engin
     assert sorted(s.slot for s in slots) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.commits
+async def test_asynchronous_commit_is_local_to_the_decisions_own_transaction(engine: AsyncEngine) -> None:
+    limit = RateLimit("key", "k", "requests", "minute", Decimal(10))
+    async with RateLimiter(engine, connections=1) as limiter:
+        async with limiter._leases.connection() as raw:  # the one connection decisions run on
+            await raw.execute("SET synchronous_commit = on")  # the session's own setting
+            async with raw.transaction():  # the decision's statement, seen from inside its transaction
+                await raw.fetchrow(limiter._single, None, "acme", *limit.key, limit.interval, limit.interval)
+                assert await raw.fetchval("SHOW synchronous_commit") == "off"
+            assert await raw.fetchval("SHOW synchronous_commit") == "on"
+        assert (await limiter.check("acme", [(limit, 1)])).allowed
+        async with limiter._leases.connection() as raw:
+            assert await raw.fetchval("SHOW synchronous_commit") == "on"  # other work on it stays durable
+            assert await raw.fetchval("SELECT count(*) FROM rate_limit_state") == 1  # committed
+
+
 # -- GCRA semantics on an injected clock (rolled-back tests) -------------------------------------
 
 
