@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Context, Decimal, localcontext
 from typing import Literal
@@ -174,7 +174,7 @@ class ConcurrencySlot:
 class ConcurrencyRefusal:
     """No free slot: `retry_after` is when the earliest lease runs out (a release may come sooner)."""
 
-    retry_after: timedelta | None = field(default=None)
+    retry_after: timedelta | None = None
 
 
 def _ceil_seconds(delta: timedelta) -> int:
