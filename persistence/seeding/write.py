@@ -78,13 +78,16 @@ _TABLES_IN_ORDER: tuple[Table, ...] = (
 )
 SEEDED_TABLES: tuple[str, ...] = tuple(t.name for t in _TABLES_IN_ORDER)
 # Kept in step with ai_calls by seeding (keys of the seeded calls, their hourly rollups) and emptied
-# with it by a reset; not counted as seeded tables.
+# with it by a reset; not counted as seeded tables. Rate-limiter state (GCRA counters, concurrency
+# slots) is soft state of the same kind: never seeded, and a reset may forget it.
 LEDGER_DERIVED_TABLES: tuple[str, ...] = (
     "ai_call_keys",
     "ai_call_pending_batches",
     "ai_call_usage_deltas",
     "ai_call_usage_hourly",
     "ai_call_model_hourly",
+    "rate_limit_state",
+    "rate_limit_slots",
 )
 # Reference data loaded by migrations (vendor prices, default rate limits) and the operator's own
 # configuration and its history (cost alert rules, their firings and notification log; limits and

@@ -49,6 +49,8 @@ from persistence.models import (
     CostAlertLog,
     ModelCheckpoint,
     RateLimitConfig,
+    RateLimitSlot,
+    RateLimitState,
     ReconciliationReport,
     ServiceHealth,
     TrainingData,
@@ -95,6 +97,8 @@ __all__ = [
     "ModelCheckpointFactory",
     "ModelFactory",
     "RateLimitConfigFactory",
+    "RateLimitSlotFactory",
+    "RateLimitStateFactory",
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
@@ -766,6 +770,34 @@ class RateLimitConfigFactory(ModelFactory[RateLimitConfig]):
     limit_value = factory.LazyFunction(lambda: Decimal(_rand().randint(10, 1000)))
     burst: factory.LazyAttribute[Any, Decimal] = factory.LazyAttribute(lambda o: o.limit_value * 2)
     enabled = True
+
+
+class RateLimitStateFactory(ModelFactory[RateLimitState]):
+    """One company's per-minute request counter, a few requests into its burst (tat a little ahead)."""
+
+    class Meta:
+        model = RateLimitState
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    scope = "company"
+    subject: factory.LazyAttribute[Any, str] = factory.LazyAttribute(lambda o: o.company_id)
+    metric = "requests"
+    period = "minute"
+    tat = factory.LazyFunction(lambda: Decimal(int(_now().timestamp())) + Decimal(_rand().randint(1, 30)))
+
+
+class RateLimitSlotFactory(ModelFactory[RateLimitSlot]):
+    """A user's concurrency slot held for a minute."""
+
+    class Meta:
+        model = RateLimitSlot
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    scope = "user"
+    subject = factory.Sequence(lambda n: f"user-{n:04d}")
+    slot = 0
+    holder = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    expires_at = factory.LazyFunction(lambda: _now() + timedelta(minutes=1))
 
 
 class CompanyQuotaFactory(ModelFactory[CompanyQuota]):

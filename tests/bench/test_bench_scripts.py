@@ -39,6 +39,11 @@ SMOKE_RUNS = [
         ],
     ),
     (
+        "bench_rate_limits.py",
+        ["--decisions", "10", "--keys", "50", "--clients", "2"],
+        ["| one hot key | durable |", "| 50 spread keys | synchronous_commit=off |"],
+    ),
+    (
         "bench_audit.py",
         ["--sizes", "1000", "--rounds", "1", "--warmup", "0"],
         [
