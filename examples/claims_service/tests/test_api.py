@@ -27,7 +27,7 @@ async def test_create_classifies_stores_and_logs_the_ai_call(
     [call] = await AICalls(engine).list(request_id=f"classify:{external_id}")
     assert call.id == created["ai_call_id"]
     assert (call.provider, call.customer_id, call.cost_source) == ("anthropic", "alice", "computed")
-    assert call.cost_usd > 0  # priced from vendor_prices, a Decimal
+    assert call.cost_usd is not None and call.cost_usd > 0  # priced from vendor_prices, a Decimal
 
     [audit] = await AuditLogRepository(engine).list(entity_id=created["id"])
     assert (audit.action, audit.user_id) == ("insert", "alice")
