@@ -11,6 +11,7 @@ from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
 from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice
+from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import (
     AICallModelHourly,
@@ -42,7 +43,12 @@ __all__ = [
     "CostAlertFiring",
     "CostAlertLog",
     "ModelCheckpoint",
+    "Quota",
+    "QuotaCounter",
+    "QuotaHold",
+    "QuotaReservation",
     "RateLimitConfig",
+    "RateLimitReset",
     "ReconciliationReport",
     "ServiceHealth",
     "TrainingData",
