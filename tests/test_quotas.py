@@ -48,3 +48,213 @@ async def test_admit_reserves_on_every_limit_and_settle_replaces_it(engine: Asyn
     assert rows[("company", "tokens")] == (120, 0)
     assert rows[("user", "requests")] == (1, 0)
     assert rows[("user", "cost_usd")] == (Decimal("0.2"), 0)
+
+
+async def test_a_refusal_by_one_limit_consumes_none_of_the_others(
+    engine: AsyncEngine, connection: AsyncConnection
+) -> None:
+    quotas = Quotas(engine)
+    await quotas.set_user_quota("acme", "u1", limits=QuotaLimits(10, 250))
+    await quotas.set_company_quota("acme", "requests", "daily", 100)
+    await quotas.set_company_quota("acme", "cost_usd", "monthly", Decimal("9.99"), time_zone="Europe/Paris")
+    refused = await quotas.admit("acme", "u1", prompt_tokens=100, max_tokens=200, cost_usd=Decimal(1), now=T0)
+    assert not refused.admitted and refused.reservation is None
+    assert [(lim.scope, lim.metric) for lim in refused.refused_by] == [("user", "tokens")]
+    (tokens,) = refused.refused_by
+    assert (tokens.limit, tokens.in_use, tokens.requested) == (250, 0, 300)
+    # Monthly in UTC: the user's token limit has room again when March ends.
+    assert refused.retry_at == datetime(2026, 4, 1, tzinfo=UTC)
+    rows = await _counter_rows(connection, "acme")
+    assert all(value == (0, 0) for value in rows.values()), rows
+    assert await connection.scalar(text("SELECT count(*) FROM quota_reservations")) == 0
+    assert await connection.scalar(text("SELECT count(*) FROM quota_holds")) == 0
+
+
+async def test_company_limits_apply_without_a_user_and_periods_follow_the_time_zone(engine: AsyncEngine) -> None:
+    quotas = Quotas(engine)
+    await quotas.set_company_quota("acme", "requests", "daily", 1, time_zone="America/New_York")
+    first = await quotas.admit("acme", None, prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    assert first.admitted
+    (limit,) = first.limits
+    # 12:00 UTC on 14 March 2026 is 08:00 EDT: that day runs from 04:00 UTC to 04:00 UTC.
+    assert (limit.period_start, limit.period_end) == (
+        datetime(2026, 3, 14, 4, tzinfo=UTC),
+        datetime(2026, 3, 15, 4, tzinfo=UTC),
+    )
+    again = await quotas.admit("acme", None, prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    assert not again.admitted and again.retry_at == datetime(2026, 3, 15, 4, tzinfo=UTC)
+    # No job: the next local day is a new row with room.
+    tomorrow = datetime(2026, 3, 15, 4, tzinfo=UTC)
+    assert (await quotas.admit("acme", None, prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=tomorrow)).admitted
+
+
+async def test_an_expired_lease_frees_its_hold_at_the_next_admission(
+    engine: AsyncEngine, connection: AsyncConnection
+) -> None:
+    quotas = Quotas(engine)
+    await quotas.set_user_quota("acme", "u1", limits=QuotaLimits(1, None))
+    lease = timedelta(minutes=1)
+    crashed = await quotas.admit("acme", "u1", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), lease=lease, now=T0)
+    assert crashed.reservation is not None
+    before = await quotas.admit(
+        "acme", "u1", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), now=T0 + timedelta(seconds=59)
+    )
+    assert not before.admitted
+    after = await quotas.admit(
+        "acme", "u1", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), now=T0 + timedelta(seconds=61)
+    )
+    assert after.admitted and after.reservation is not None
+    assert await _counter_rows(connection, "acme") == {
+        ("user", "requests"): (0, 1), ("user", "tokens"): (0, 0), ("user", "cost_usd"): (0, 0)
+    }
+    # The crashed caller comes back: its work happened, so it counts, but its hold is not freed twice.
+    assert await quotas.settle(crashed.reservation, tokens=5, cost_usd=Decimal(0))
+    assert await quotas.release(after.reservation)
+    assert await _counter_rows(connection, "acme") == {
+        ("user", "requests"): (1, 0), ("user", "tokens"): (5, 0), ("user", "cost_usd"): (0, 0)
+    }
+
+
+async def test_arguments_are_checked_before_any_sql(engine: AsyncEngine) -> None:
+    quotas = Quotas(engine)
+    with pytest.raises(InvalidRequestError):
+        await quotas.admit("acme", "u1", prompt_tokens=-1, max_tokens=0, cost_usd=Decimal(0))
+    with pytest.raises(InvalidRequestError):
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=Decimal("NaN"))
+    with pytest.raises(InvalidRequestError):
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=Decimal(0), now=datetime(2026, 1, 1))
+    with pytest.raises(InvalidRequestError):
+        await quotas.set_company_quota("acme", "dollars", "daily", 1)
+    with pytest.raises(NotFoundError):
+        await quotas.settle(Reservation("acme", __import__("uuid").uuid4(), T0), tokens=1, cost_usd=Decimal(0))
+
+
+async def test_tier_defaults_are_seed_001s_ceilings(engine: AsyncEngine, connection: AsyncConnection) -> None:
+    await Quotas(engine).set_user_quota("acme", "u1", tier="standard")
+    row = (await connection.execute(text("SELECT tier, request_limit, token_limit FROM quotas"))).one()
+    assert tuple(row) == ("standard", TIERS["standard"].requests, 1_000_000)
+
+
+# -- must-show 1 and 2: real concurrency on separate connections ------------------------------------
+
+CLIENTS = 16
+ATTEMPTS = 500
+
+
+@pytest.mark.commits
+@pytest.mark.parametrize("metric", ["requests", "tokens", "cost_usd"])
+async def test_16_clients_x_500_attempts_admit_exactly_1000(engine: AsyncEngine, metric: str) -> None:
+    """Limit 1,000 units of `metric` for the user AND the company; every other limit is generous but
+    still reserved against, so it shows that the 7,000 refusals consumed nothing anywhere."""
+    quotas = Quotas(engine)
+    big = 10**9
+    unit = Decimal("0.01")  # one cost unit
+    user_limits = QuotaLimits(
+        requests=1000 if metric == "requests" else big,
+        tokens=1000 if metric == "tokens" else big,
+        cost_usd=Decimal(10) if metric == "cost_usd" else Decimal(big),
+    )
+    await quotas.set_user_quota("acme", "u1", limits=user_limits)
+    await quotas.set_company_quota("acme", metric, "monthly", Decimal(10) if metric == "cost_usd" else 1000)
+    other = "tokens" if metric != "tokens" else "requests"
+    await quotas.set_company_quota("acme", other, "daily", big)
+    # Create the period's rows first, so the race is on the conditional update alone.
+    await quotas.counters("acme", "u1", now=T0)
+
+    async def client() -> list[Reservation]:
+        won = []
+        for _ in range(ATTEMPTS):
+            a = await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=unit, now=T0)
+            if a.admitted:
+                assert a.reservation is not None
+                won.append(a.reservation)
+            else:
+                assert [(lim.scope, lim.metric) for lim in a.refused_by] in (
+                    [("user", metric)], [("company", metric)], [("user", metric), ("company", metric)]
+                )
+        return won
+
+    results = await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    won = [r for rs in results for r in rs]
+    assert len(won) == 1000
+    held = {(c.scope, c.metric): (c.used, c.held) for c in await quotas.counters("acme", "u1", now=T0)}
+    assert held[("user", "requests")] == (0, 1000)
+    assert held[("user", "tokens")] == (0, 1000)
+    assert held[("user", "cost_usd")] == (0, Decimal(10))
+    assert held[("company", metric)] == (0, 1000 if metric != "cost_usd" else Decimal(10))
+    assert held[("company", other)] == (0, 1000)
+
+    # Settling concurrently (each twice) counts every reservation once.
+    async def settler(part: list[Reservation]) -> int:
+        return sum([await quotas.settle(r, tokens=1, cost_usd=unit, now=T0) for r in part + part])
+
+    counted = await asyncio.gather(*(settler(won[i::CLIENTS]) for i in range(CLIENTS)))
+    assert sum(counted) == 1000
+    used = {(c.scope, c.metric): (c.used, c.held) for c in await quotas.counters("acme", "u1", now=T0)}
+    assert used[("user", "tokens")] == (1000, 0)
+    assert used[("company", other)] == (1000, 0)
+
+
+@pytest.mark.commits
+async def test_a_period_boundary_crossed_under_load_loses_no_usage(engine: AsyncEngine) -> None:
+    """Monthly in Europe/Paris: April starts at 2026-03-31T22:00Z. 16 clients admit and settle
+    across it; every unit lands in exactly one period's row and the new month starts from zero."""
+    quotas = Quotas(engine)
+    await quotas.set_user_quota("acme", "u1", limits=UNLIMITED, time_zone="Europe/Paris")
+    await quotas.set_company_quota("acme", "tokens", "monthly", 10**9, time_zone="Europe/Paris")
+    boundary = datetime(2026, 3, 31, 22, tzinfo=UTC)
+    per_client = 40
+
+    async def client(n: int) -> int:
+        settled = 0
+        for i in range(per_client):
+            moment = boundary + timedelta(milliseconds=(i - per_client // 2) * 10 + n)
+            a = await quotas.admit("acme", "u1", prompt_tokens=3, max_tokens=4, cost_usd=Decimal(0), now=moment)
+            assert a.admitted and a.reservation is not None
+            settled += await quotas.settle(a.reservation, tokens=5, cost_usd=Decimal(0), now=moment)
+        return settled
+
+    assert sum(await asyncio.gather(*(client(n) for n in range(CLIENTS)))) == CLIENTS * per_client
+    march = await quotas.counters("acme", "u1", now=boundary - timedelta(microseconds=1))
+    april = await quotas.counters("acme", "u1", now=boundary)
+    for scope, metric, per_request in (("user", "requests", 1), ("user", "tokens", 5), ("company", "tokens", 5)):
+        before = next(c for c in march if (c.scope, c.metric) == (scope, metric))
+        after = next(c for c in april if (c.scope, c.metric) == (scope, metric))
+        assert before.period_end == after.period_start == boundary
+        assert before.held == after.held == 0
+        # Client n's attempt i is before the boundary iff (i - 20) * 10 + n < 0.
+        march_requests = sum(1 for n in range(CLIENTS) for i in range(per_client) if (i - 20) * 10 + n < 0)
+        assert before.used == march_requests * per_request
+        assert before.used + after.used == CLIENTS * per_client * per_request
+
+
+@pytest.mark.commits
+async def test_two_admins_issuing_the_same_reset_apply_it_once(engine: AsyncEngine) -> None:
+    quotas = Quotas(engine)
+    await quotas.set_user_quota("acme", "u1", limits=QuotaLimits(5, None))
+    for _ in range(5):
+        a = await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+        assert a.reservation is not None
+        await quotas.settle(a.reservation, tokens=1, cost_usd=Decimal(0), now=T0)
+    assert not (await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)).admitted
+    (seen,) = [c for c in await quotas.counters("acme", "u1", now=T0) if c.metric == "requests"]
+    outcomes = await asyncio.gather(
+        quotas.reset(seen, requested_by="alice", reason="ticket 17"),
+        quotas.reset(seen, requested_by="bob", reason="ticket 17"),
+    )
+    assert sorted(o.applied for o in outcomes) == [False, True]
+    (now_,) = [c for c in await quotas.counters("acme", "u1", now=T0) if c.metric == "requests"]
+    assert (now_.used, now_.version) == (0, 1)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT requested_by, applied, previous_used, reason FROM rate_limit_resets ORDER BY id")
+            )
+        ).all()
+    assert len(rows) == 2 and sum(r.applied for r in rows) == 1
+    assert [r.previous_used for r in rows if r.applied] == [5]
+    # The reset gave the period its room back; an override with the stale version is refused.
+    assert (await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)).admitted
+    assert not (await quotas.override(seen, 100, requested_by="carol", reason="stale")).applied
+    assert (await quotas.override(now_, 1, requested_by="carol", reason="pause")).applied
+    assert not (await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)).admitted
