@@ -115,7 +115,7 @@ LEFT JOIN (wanted w
                         AND cur.metric = w.metric AND cur.period = w.period
            LEFT JOIN reclaimed r ON r.counter_id = cur.id) ON true
 ORDER BY w.scope DESC, w.metric, w.period
-"""
+"""  # noqa: S608 (constant SQL only)
 
 # $1 company_id, $2 reservation id, $3..$5 actual requests, tokens, cost_usd, $6 final state,
 # $7 now. Counters first (id order, like admission), then the reservation's state change, then
@@ -162,7 +162,7 @@ WITH {_KEYS}
 INSERT INTO quota_counters (company_id, scope, subject_id, metric, period, period_start, period_end)
 SELECT $1, k.scope, k.subject_id, k.metric, k.period, k.period_start, k.period_end FROM keys k
 ON CONFLICT DO NOTHING
-"""
+"""  # noqa: S608 (constant SQL only)
 
 COUNTERS = f"""
 WITH {_KEYS}
@@ -172,7 +172,7 @@ FROM keys k
 JOIN quota_counters c ON c.company_id = $1 AND c.scope = k.scope AND c.subject_id = k.subject_id
                      AND c.metric = k.metric AND c.period = k.period AND c.period_start = k.period_start
 ORDER BY c.scope DESC, c.metric, c.period
-"""
+"""  # noqa: S608 (constant SQL only)
 
 # $1 company_id, $2 counter id, $3 action, $4 new limit, $5 expected version, $6 who, $7 why.
 # Compare-and-swap on `version`: of two admins who saw the same version, one applies; both are
@@ -207,7 +207,7 @@ FROM keys k
 LEFT JOIN quota_counters c ON c.company_id = $1 AND c.scope = k.scope AND c.subject_id = k.subject_id
                           AND c.metric = k.metric AND c.period = k.period AND c.period_start = k.period_start
 WHERE k.scope = 'user' AND k.metric = 'tokens' AND k.period = $4
-"""
+"""  # noqa: S608 (constant SQL only)
 
 # Seed 001's monthly usage report ($1 company_id, $2 period, $3 now): one row per user with a
 # counter in the period containing `now`, dates in the quota's time zone (end inclusive, as the seed).

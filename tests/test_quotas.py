@@ -11,43 +11,55 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.quotas import TIERS, QuotaLimits, Quotas, Reservation
 
 T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+NAIVE = T0.replace(tzinfo=None)
 UNLIMITED = QuotaLimits(requests=None, tokens=None)
 
 
-async def _counter_rows(conn: AsyncConnection, company: str) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+def _d(used: int | Decimal, held: int | Decimal) -> tuple[Decimal, Decimal]:
+    return Decimal(used), Decimal(held)
+
+
+async def _counter_rows(
+    conn: AsyncConnection, company: str
+) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
     rows = await conn.execute(
         text("SELECT scope, metric, used, held FROM quota_counters WHERE company_id = :c"), {"c": company}
     )
     return {(r.scope, r.metric): (r.used, r.held) for r in rows}
 
 
-async def test_admit_reserves_on_every_limit_and_settle_replaces_it(engine: AsyncEngine, connection: AsyncConnection) -> None:
+async def test_admit_reserves_on_every_limit_and_settle_replaces_it(
+    engine: AsyncEngine, connection: AsyncConnection
+) -> None:
     quotas = Quotas(engine)
     await quotas.set_user_quota("acme", "u1", limits=QuotaLimits(10, 1000, Decimal("5")))
     await quotas.set_company_quota("acme", "tokens", "daily", 5000)
-    admission = await quotas.admit("acme", "u1", prompt_tokens=100, max_tokens=200, cost_usd=Decimal("0.5"), now=T0)
+    admission = await quotas.admit(
+        "acme", "u1", prompt_tokens=100, max_tokens=200, cost_usd=Decimal("0.5"), now=T0
+    )
     assert admission.admitted and admission.reservation is not None
     assert {(lim.scope, lim.metric) for lim in admission.limits} == {
-        ("user", "requests"), ("user", "tokens"), ("user", "cost_usd"), ("company", "tokens")
+        ("user", "requests"),
+        ("user", "tokens"),
+        ("user", "cost_usd"),
+        ("company", "tokens"),
     }
     rows = await _counter_rows(connection, "acme")
-    assert rows[("user", "tokens")] == (0, 300)
-    assert rows[("company", "tokens")] == (0, 300)
-    assert rows[("user", "cost_usd")] == (0, Decimal("0.5"))
+    assert rows[("user", "tokens")] == _d(0, 300)
+    assert rows[("company", "tokens")] == _d(0, 300)
+    assert rows[("user", "cost_usd")] == _d(0, Decimal("0.5"))
     assert await quotas.settle(admission.reservation, tokens=120, cost_usd=Decimal("0.2"), now=T0)
     assert not await quotas.settle(admission.reservation, tokens=120, cost_usd=Decimal("0.2"), now=T0)
     assert not await quotas.release(admission.reservation, now=T0)
     rows = await _counter_rows(connection, "acme")
-    assert rows[("user", "tokens")] == (120, 0)
-    assert rows[("company", "tokens")] == (120, 0)
-    assert rows[("user", "requests")] == (1, 0)
-    assert rows[("user", "cost_usd")] == (Decimal("0.2"), 0)
+    assert rows[("user", "tokens")] == _d(120, 0)
+    assert rows[("company", "tokens")] == _d(120, 0)
+    assert rows[("user", "requests")] == _d(1, 0)
+    assert rows[("user", "cost_usd")] == _d(Decimal("0.2"), 0)
 
 
 async def test_a_refusal_by_one_limit_consumes_none_of_the_others(
@@ -61,16 +73,18 @@ async def test_a_refusal_by_one_limit_consumes_none_of_the_others(
     assert not refused.admitted and refused.reservation is None
     assert [(lim.scope, lim.metric) for lim in refused.refused_by] == [("user", "tokens")]
     (tokens,) = refused.refused_by
-    assert (tokens.limit, tokens.in_use, tokens.requested) == (250, 0, 300)
+    assert (tokens.limit, tokens.in_use, tokens.requested) == (Decimal(250), Decimal(0), Decimal(300))
     # Monthly in UTC: the user's token limit has room again when March ends.
     assert refused.retry_at == datetime(2026, 4, 1, tzinfo=UTC)
     rows = await _counter_rows(connection, "acme")
-    assert all(value == (0, 0) for value in rows.values()), rows
+    assert all(value == _d(0, 0) for value in rows.values()), rows
     assert await connection.scalar(text("SELECT count(*) FROM quota_reservations")) == 0
     assert await connection.scalar(text("SELECT count(*) FROM quota_holds")) == 0
 
 
-async def test_company_limits_apply_without_a_user_and_periods_follow_the_time_zone(engine: AsyncEngine) -> None:
+async def test_company_limits_apply_without_a_user_and_periods_follow_the_time_zone(
+    engine: AsyncEngine,
+) -> None:
     quotas = Quotas(engine)
     await quotas.set_company_quota("acme", "requests", "daily", 1, time_zone="America/New_York")
     first = await quotas.admit("acme", None, prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
@@ -85,7 +99,9 @@ async def test_company_limits_apply_without_a_user_and_periods_follow_the_time_z
     assert not again.admitted and again.retry_at == datetime(2026, 3, 15, 4, tzinfo=UTC)
     # No job: the next local day is a new row with room.
     tomorrow = datetime(2026, 3, 15, 4, tzinfo=UTC)
-    assert (await quotas.admit("acme", None, prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=tomorrow)).admitted
+    assert (
+        await quotas.admit("acme", None, prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=tomorrow)
+    ).admitted
 
 
 async def test_an_expired_lease_frees_its_hold_at_the_next_admission(
@@ -94,7 +110,9 @@ async def test_an_expired_lease_frees_its_hold_at_the_next_admission(
     quotas = Quotas(engine)
     await quotas.set_user_quota("acme", "u1", limits=QuotaLimits(1, None))
     lease = timedelta(minutes=1)
-    crashed = await quotas.admit("acme", "u1", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), lease=lease, now=T0)
+    crashed = await quotas.admit(
+        "acme", "u1", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), lease=lease, now=T0
+    )
     assert crashed.reservation is not None
     before = await quotas.admit(
         "acme", "u1", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), now=T0 + timedelta(seconds=59)
@@ -105,13 +123,17 @@ async def test_an_expired_lease_frees_its_hold_at_the_next_admission(
     )
     assert after.admitted and after.reservation is not None
     assert await _counter_rows(connection, "acme") == {
-        ("user", "requests"): (0, 1), ("user", "tokens"): (0, 0), ("user", "cost_usd"): (0, 0)
+        ("user", "requests"): _d(0, 1),
+        ("user", "tokens"): _d(0, 0),
+        ("user", "cost_usd"): _d(0, 0),
     }
     # The crashed caller comes back: its work happened, so it counts, but its hold is not freed twice.
     assert await quotas.settle(crashed.reservation, tokens=5, cost_usd=Decimal(0))
     assert await quotas.release(after.reservation)
     assert await _counter_rows(connection, "acme") == {
-        ("user", "requests"): (1, 0), ("user", "tokens"): (5, 0), ("user", "cost_usd"): (0, 0)
+        ("user", "requests"): _d(1, 0),
+        ("user", "tokens"): _d(5, 0),
+        ("user", "cost_usd"): _d(0, 0),
     }
 
 
@@ -122,11 +144,13 @@ async def test_arguments_are_checked_before_any_sql(engine: AsyncEngine) -> None
     with pytest.raises(InvalidRequestError):
         await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=Decimal("NaN"))
     with pytest.raises(InvalidRequestError):
-        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=Decimal(0), now=datetime(2026, 1, 1))
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=Decimal(0), now=NAIVE)
     with pytest.raises(InvalidRequestError):
         await quotas.set_company_quota("acme", "dollars", "daily", 1)
     with pytest.raises(NotFoundError):
-        await quotas.settle(Reservation("acme", __import__("uuid").uuid4(), T0), tokens=1, cost_usd=Decimal(0))
+        await quotas.settle(
+            Reservation("acme", __import__("uuid").uuid4(), T0), tokens=1, cost_usd=Decimal(0)
+        )
 
 
 async def test_tier_defaults_are_seed_001s_ceilings(engine: AsyncEngine, connection: AsyncConnection) -> None:
@@ -170,7 +194,9 @@ async def test_16_clients_x_500_attempts_admit_exactly_1000(engine: AsyncEngine,
                 won.append(a.reservation)
             else:
                 assert [(lim.scope, lim.metric) for lim in a.refused_by] in (
-                    [("user", metric)], [("company", metric)], [("user", metric), ("company", metric)]
+                    [("user", metric)],
+                    [("company", metric)],
+                    [("user", metric), ("company", metric)],
                 )
         return won
 
@@ -178,11 +204,11 @@ async def test_16_clients_x_500_attempts_admit_exactly_1000(engine: AsyncEngine,
     won = [r for rs in results for r in rs]
     assert len(won) == 1000
     held = {(c.scope, c.metric): (c.used, c.held) for c in await quotas.counters("acme", "u1", now=T0)}
-    assert held[("user", "requests")] == (0, 1000)
-    assert held[("user", "tokens")] == (0, 1000)
-    assert held[("user", "cost_usd")] == (0, Decimal(10))
-    assert held[("company", metric)] == (0, 1000 if metric != "cost_usd" else Decimal(10))
-    assert held[("company", other)] == (0, 1000)
+    assert held[("user", "requests")] == _d(0, 1000)
+    assert held[("user", "tokens")] == _d(0, 1000)
+    assert held[("user", "cost_usd")] == _d(0, Decimal(10))
+    assert held[("company", metric)] == _d(0, 1000 if metric != "cost_usd" else Decimal(10))
+    assert held[("company", other)] == _d(0, 1000)
 
     # Settling concurrently (each twice) counts every reservation once.
     async def settler(part: list[Reservation]) -> int:
@@ -191,8 +217,8 @@ async def test_16_clients_x_500_attempts_admit_exactly_1000(engine: AsyncEngine,
     counted = await asyncio.gather(*(settler(won[i::CLIENTS]) for i in range(CLIENTS)))
     assert sum(counted) == 1000
     used = {(c.scope, c.metric): (c.used, c.held) for c in await quotas.counters("acme", "u1", now=T0)}
-    assert used[("user", "tokens")] == (1000, 0)
-    assert used[("company", other)] == (1000, 0)
+    assert used[("user", "tokens")] == _d(1000, 0)
+    assert used[("company", other)] == _d(1000, 0)
 
 
 @pytest.mark.commits
@@ -209,7 +235,9 @@ async def test_a_period_boundary_crossed_under_load_loses_no_usage(engine: Async
         settled = 0
         for i in range(per_client):
             moment = boundary + timedelta(milliseconds=(i - per_client // 2) * 10 + n)
-            a = await quotas.admit("acme", "u1", prompt_tokens=3, max_tokens=4, cost_usd=Decimal(0), now=moment)
+            a = await quotas.admit(
+                "acme", "u1", prompt_tokens=3, max_tokens=4, cost_usd=Decimal(0), now=moment
+            )
             assert a.admitted and a.reservation is not None
             settled += await quotas.settle(a.reservation, tokens=5, cost_usd=Decimal(0), now=moment)
         return settled
@@ -217,7 +245,11 @@ async def test_a_period_boundary_crossed_under_load_loses_no_usage(engine: Async
     assert sum(await asyncio.gather(*(client(n) for n in range(CLIENTS)))) == CLIENTS * per_client
     march = await quotas.counters("acme", "u1", now=boundary - timedelta(microseconds=1))
     april = await quotas.counters("acme", "u1", now=boundary)
-    for scope, metric, per_request in (("user", "requests", 1), ("user", "tokens", 5), ("company", "tokens", 5)):
+    for scope, metric, per_request in (
+        ("user", "requests", 1),
+        ("user", "tokens", 5),
+        ("company", "tokens", 5),
+    ):
         before = next(c for c in march if (c.scope, c.metric) == (scope, metric))
         after = next(c for c in april if (c.scope, c.metric) == (scope, metric))
         assert before.period_end == after.period_start == boundary
@@ -236,7 +268,9 @@ async def test_two_admins_issuing_the_same_reset_apply_it_once(engine: AsyncEngi
         a = await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
         assert a.reservation is not None
         await quotas.settle(a.reservation, tokens=1, cost_usd=Decimal(0), now=T0)
-    assert not (await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)).admitted
+    assert not (
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    ).admitted
     (seen,) = [c for c in await quotas.counters("acme", "u1", now=T0) if c.metric == "requests"]
     outcomes = await asyncio.gather(
         quotas.reset(seen, requested_by="alice", reason="ticket 17"),
@@ -244,7 +278,7 @@ async def test_two_admins_issuing_the_same_reset_apply_it_once(engine: AsyncEngi
     )
     assert sorted(o.applied for o in outcomes) == [False, True]
     (now_,) = [c for c in await quotas.counters("acme", "u1", now=T0) if c.metric == "requests"]
-    assert (now_.used, now_.version) == (0, 1)
+    assert (now_.used, now_.version) == (Decimal(0), 1)
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -254,7 +288,11 @@ async def test_two_admins_issuing_the_same_reset_apply_it_once(engine: AsyncEngi
     assert len(rows) == 2 and sum(r.applied for r in rows) == 1
     assert [r.previous_used for r in rows if r.applied] == [5]
     # The reset gave the period its room back; an override with the stale version is refused.
-    assert (await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)).admitted
+    assert (
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    ).admitted
     assert not (await quotas.override(seen, 100, requested_by="carol", reason="stale")).applied
     assert (await quotas.override(now_, 1, requested_by="carol", reason="pause")).applied
-    assert not (await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)).admitted
+    assert not (
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    ).admitted

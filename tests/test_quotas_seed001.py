@@ -140,8 +140,13 @@ async def test_seed_001s_quota_queries_equal_the_typed_functions(
                         "INSERT INTO requests (user_id, prompt, status, created_at, prompt_tokens, "
                         "completion_tokens, total_tokens) VALUES (:u, 'p', 'completed', :at, :pt, :ct, :t)"
                     ),
-                    {"u": user, "at": moment.replace(tzinfo=None), "pt": total // 2, "ct": total - total // 2,
-                     "t": total},
+                    {
+                        "u": user,
+                        "at": moment.replace(tzinfo=None),
+                        "pt": total // 2,
+                        "ct": total - total // 2,
+                        "t": total,
+                    },
                 )
             if back:
                 # Earlier months of the seed's `usage` table, as its monthly job would have left them.
@@ -184,7 +189,8 @@ async def test_seed_001s_quota_queries_equal_the_typed_functions(
     # Tiered pricing analysis over every month.
     seed_tiers = sorted(tuple(r) for r in (await connection.execute(text(SEED_TIER_ANALYSIS))).all())
     ours_tiers = [
-        (r.user_id, r.max_requests, r.max_tokens, r.recommended_tier) for r in await quotas.tier_analysis("acme")
+        (r.user_id, r.max_requests, r.max_tokens, r.recommended_tier)
+        for r in await quotas.tier_analysis("acme")
     ]
     assert ours_tiers == seed_tiers
     assert {t[3] for t in ours_tiers} == {"basic", "standard", "premium"}

@@ -44,7 +44,9 @@ def upgrade() -> None:
         sa.Column("request_limit", sa.BigInteger(), nullable=True),
         sa.Column("token_limit", sa.BigInteger(), nullable=True),
         sa.Column("cost_limit_usd", sa.Numeric(precision=20, scale=6), nullable=True),
-        sa.Column("reset_frequency", sa.String(length=10), server_default=sa.text("'monthly'"), nullable=False),
+        sa.Column(
+            "reset_frequency", sa.String(length=10), server_default=sa.text("'monthly'"), nullable=False
+        ),
         sa.Column("time_zone", sa.String(length=64), server_default=sa.text("'UTC'"), nullable=False),
         sa.Column("enabled", sa.Boolean(), server_default=sa.text("true"), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False),
@@ -57,11 +59,15 @@ def upgrade() -> None:
         sa.CheckConstraint("company_id <> '' AND user_id <> ''", name=op.f("ck_quotas_subject_given")),
         sa.CheckConstraint("time_zone <> ''", name=op.f("ck_quotas_time_zone_given")),
         sa.CheckConstraint(
-            "request_limit >= 0 AND token_limit >= 0 AND cost_limit_usd >= 0", name=op.f("ck_quotas_limits_valid")
+            "request_limit >= 0 AND token_limit >= 0 AND cost_limit_usd >= 0",
+            name=op.f("ck_quotas_limits_valid"),
         ),
         sa.PrimaryKeyConstraint("quota_id", name=op.f("pk_quotas")),
         sa.UniqueConstraint(
-            "company_id", "user_id", "reset_frequency", name=op.f("uq_quotas_company_id_user_id_reset_frequency")
+            "company_id",
+            "user_id",
+            "reset_frequency",
+            name=op.f("uq_quotas_company_id_user_id_reset_frequency"),
         ),
     )
     op.create_table(
@@ -85,7 +91,9 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "period IN ('hourly', 'daily', 'weekly', 'monthly')", name=op.f("ck_quota_counters_period_known")
         ),
-        sa.CheckConstraint("(scope = 'company') = (subject_id = '')", name=op.f("ck_quota_counters_subject_given")),
+        sa.CheckConstraint(
+            "(scope = 'company') = (subject_id = '')", name=op.f("ck_quota_counters_subject_given")
+        ),
         sa.CheckConstraint("period_end > period_start", name=op.f("ck_quota_counters_period_valid")),
         sa.CheckConstraint(
             "used >= 0 AND held >= 0 AND limit_override >= 0", name=op.f("ck_quota_counters_amounts_valid")
@@ -157,7 +165,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False),
         sa.CheckConstraint("action IN ('reset', 'override')", name=op.f("ck_rate_limit_resets_action_known")),
         sa.CheckConstraint(
-            "(action = 'override') = (new_limit IS NOT NULL)", name=op.f("ck_rate_limit_resets_new_limit_given")
+            "(action = 'override') = (new_limit IS NOT NULL)",
+            name=op.f("ck_rate_limit_resets_new_limit_given"),
         ),
         sa.CheckConstraint(
             "requested_by <> '' AND reason <> ''", name=op.f("ck_rate_limit_resets_who_and_why_given")

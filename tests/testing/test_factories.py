@@ -34,7 +34,12 @@ from persistence.testing import (
     CostAlertFiringFactory,
     CostAlertLogFactory,
     ModelCheckpointFactory,
+    QuotaCounterFactory,
+    QuotaFactory,
+    QuotaHoldFactory,
+    QuotaReservationFactory,
     RateLimitConfigFactory,
+    RateLimitResetFactory,
     ReconciliationReportFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
@@ -69,6 +74,11 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     BillingDataFactory,
     BillingValidationFactory,
     CostAccuracyValidationFactory,
+    QuotaFactory,
+    QuotaCounterFactory,
+    QuotaReservationFactory,
+    QuotaHoldFactory,
+    RateLimitResetFactory,
 ]
 
 
