@@ -33,6 +33,14 @@ SMOKE_RUNS = [
         ["| log_call p50 latency, ms |", "| log_batch (100 rows), rows/s |"],
     ),
     (
+        "bench_quotas.py",
+        ["--rounds", "1", "--pairs", "5", "--users", "2"],
+        [
+            "| admit + settle p50 latency, ms (durable) |",
+            "| admit + settle p50 latency, ms (synchronous_commit=off) |",
+        ],
+    ),
+    (
         "bench_audit.py",
         ["--sizes", "1000", "--rounds", "1", "--warmup", "0"],
         [
