@@ -62,14 +62,18 @@ TIERS: dict[str, QuotaLimits] = {
     "standard": QuotaLimits(requests=10_000, tokens=1_000_000),
     "premium": QuotaLimits(requests=None, tokens=None),
 }
+CALENDAR_PERIODS = tuple(p for p in QUOTA_PERIODS if p != "rolling")
 _BASIC_CEILING = 100_000
 _STANDARD_CEILING = 1_000_000
-_ATTEMPTS = 4  # a missing counter row is created by the first attempt; more means churn
+_ATTEMPTS = 10  # a new period's (or bucket's) row is created by one attempt; more means churn
 
 
 @dataclass(frozen=True)
 class LimitState:
-    """One applicable limit as admission saw it (latest committed values, under its row lock)."""
+    """One applicable limit as admission saw it (latest committed values, under its row lock).
+
+    For a rolling window, `period_start` is where the window starts (its oldest bucket), and
+    `used`/`held` are the sums over its buckets."""
 
     scope: Scope
     subject_id: str
@@ -81,6 +85,10 @@ class LimitState:
     used: Decimal
     held: Decimal
     requested: Decimal
+    frees_at: datetime | None
+    """When this limit has room for the request again at the latest: the period's end (a new row
+    starts at 0), or for a rolling window when enough of the oldest buckets have left it; None if
+    the request is larger than the limit."""
 
     @property
     def in_use(self) -> Decimal:
@@ -90,11 +98,6 @@ class LimitState:
     @property
     def has_room(self) -> bool:
         return self.limit is None or self.in_use + self.requested <= self.limit
-
-    @property
-    def frees_at(self) -> datetime:
-        """When this limit has room again at the latest: its period ends (a new row starts at 0)."""
-        return self.period_end
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,10 @@ class Admission:
 
     @property
     def retry_at(self) -> datetime | None:
-        """When every refusing limit has room again (None when admitted)."""
-        refused = self.refused_by
-        return max(limit.frees_at for limit in refused) if refused else None
+        """When every refusing limit has room again (None when admitted, or never)."""
+        frees = [limit.frees_at for limit in self.refused_by]
+        known = [moment for moment in frees if moment is not None]
+        return max(known) if known and len(known) == len(frees) else None
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,17 @@ def _amount(name: str, value: int | Decimal) -> Decimal:
     return amount
 
 
+def _window_seconds(period: str, window: timedelta | None) -> int | None:
+    if (period == "rolling") != (window is not None):
+        raise InvalidRequestError("a rolling period takes a window, and only a rolling period does")
+    if window is None:
+        return None
+    seconds = window.total_seconds()
+    if seconds % 60 or not 60 <= seconds <= 31 * 86400:
+        raise InvalidRequestError(f"a rolling window is whole minutes, 1 minute to 31 days, got {window}")
+    return int(seconds)
+
+
 def _moment(now: datetime | None) -> datetime | None:
     if now is not None and now.utcoffset() is None:
         raise InvalidRequestError("now must be timezone-aware")
@@ -223,6 +238,7 @@ def _limit_state(row: asyncpg.Record) -> LimitState:
         used=row["used"] if row["used"] is not None else Decimal(0),
         held=row["held"] if row["held"] is not None else Decimal(0),
         requested=row["amount"],
+        frees_at=row["frees_at"],
     )
 
 
@@ -243,14 +259,27 @@ class Quotas:
         limits: QuotaLimits | None = None,
         reset_frequency: str = "monthly",
         time_zone: str = "UTC",
+        window: timedelta | None = None,
     ) -> int:
-        """Create or replace a user's quota for `reset_frequency`; `limits` default to the tier's."""
+        """Create or replace a user's quota for `reset_frequency`; `limits` default to the tier's.
+        `reset_frequency="rolling"` takes a `window` (whole minutes, at most 31 days)."""
         _choice("tier", tier, tuple(TIERS))
         _choice("reset_frequency", reset_frequency, QUOTA_PERIODS)
         _load_zone(time_zone)
         chosen = limits or TIERS[tier]
         cost = None if chosen.cost_usd is None else _amount("cost_usd", chosen.cost_usd)
-        args = (company_id, user_id, tier, chosen.requests, chosen.tokens, cost, reset_frequency, time_zone)
+        seconds = _window_seconds(reset_frequency, window)
+        args = (
+            company_id,
+            user_id,
+            tier,
+            chosen.requests,
+            chosen.tokens,
+            cost,
+            reset_frequency,
+            time_zone,
+            seconds,
+        )
 
         async def work(raw: asyncpg.Connection) -> int:
             value: int = await raw.fetchval(sql.UPSERT_USER_QUOTA, *args)
@@ -259,13 +288,22 @@ class Quotas:
         return await _on_raw(self._engine, work)
 
     async def set_company_quota(
-        self, company_id: str, metric: str, period: str, limit: int | Decimal, *, time_zone: str = "UTC"
+        self,
+        company_id: str,
+        metric: str,
+        period: str,
+        limit: int | Decimal,
+        *,
+        time_zone: str = "UTC",
+        window: timedelta | None = None,
     ) -> int:
-        """Create or replace a company's limit of `metric` per calendar `period` in `time_zone`."""
+        """Create or replace a company's limit of `metric` per calendar `period` in `time_zone`,
+        or per rolling `window` (`period="rolling"`)."""
         _choice("metric", metric, QUOTA_METRICS)
         _choice("period", period, QUOTA_PERIODS)
         _load_zone(time_zone)
-        args = (company_id, metric, period, time_zone, _amount("limit", limit))
+        seconds = _window_seconds(period, window)
+        args = (company_id, metric, period, time_zone, _amount("limit", limit), seconds)
 
         async def work(raw: asyncpg.Connection) -> int:
             value: int = await raw.fetchval(sql.UPSERT_COMPANY_QUOTA, *args)
@@ -439,8 +477,8 @@ class Quotas:
     async def usage_report(
         self, company_id: str, *, period: str = "monthly", now: datetime | None = None
     ) -> list[UsageRow]:
-        """Seed 001's usage report: per user, the period containing `now`, from the counters."""
-        _choice("period", period, QUOTA_PERIODS)
+        """Seed 001's usage report: per user, the calendar period containing `now`, from the counters."""
+        _choice("period", period, CALENDAR_PERIODS)
         args = (company_id, period, _moment(now))
 
         async def work(raw: asyncpg.Connection) -> list[UsageRow]:

@@ -296,3 +296,140 @@ async def test_two_admins_issuing_the_same_reset_apply_it_once(engine: AsyncEngi
     assert not (
         await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
     ).admitted
+
+
+# -- rolling windows -------------------------------------------------------------------------------
+
+
+async def test_a_rolling_window_frees_room_as_its_oldest_usage_leaves_it(engine: AsyncEngine) -> None:
+    quotas = Quotas(engine)
+    await quotas.set_user_quota(
+        "acme", "u1", limits=QuotaLimits(None, 100), reset_frequency="rolling", window=timedelta(hours=1)
+    )
+    start = datetime(2026, 3, 14, 12, 0, 30, tzinfo=UTC)  # in the 12:00 bucket (buckets: 1 minute)
+
+    async def use(tokens: int, at: datetime) -> bool:
+        a = await quotas.admit("acme", "u1", prompt_tokens=tokens, max_tokens=0, cost_usd=Decimal(0), now=at)
+        if a.reservation is not None:
+            await quotas.settle(a.reservation, tokens=tokens, cost_usd=Decimal(0), now=at)
+        return a.admitted
+
+    assert await use(60, start)
+    assert await use(30, start + timedelta(minutes=30))
+    refused = await quotas.admit(
+        "acme", "u1", prompt_tokens=20, max_tokens=0, cost_usd=Decimal(0), now=start + timedelta(minutes=40)
+    )
+    assert not refused.admitted
+    (limit,) = refused.refused_by
+    assert (limit.period, limit.used, limit.held) == ("rolling", Decimal(90), Decimal(0))
+    # The 60 tokens of the 12:00 bucket leave the window at 13:00; the 30 of 12:30 are still in it.
+    assert refused.retry_at == datetime(2026, 3, 14, 13, 0, tzinfo=UTC)
+    assert not await use(20, datetime(2026, 3, 14, 12, 59, 59, tzinfo=UTC))
+    assert await use(20, datetime(2026, 3, 14, 13, 0, tzinfo=UTC))
+    remaining = await quotas.remaining_tokens(
+        "acme", "u1", reset_frequency="rolling", now=datetime(2026, 3, 14, 13, 0, tzinfo=UTC)
+    )
+    assert remaining is not None and (remaining.used, remaining.remaining) == (50, 50)
+    too_big = await quotas.admit(
+        "acme", "u1", prompt_tokens=101, max_tokens=0, cost_usd=Decimal(0), now=start
+    )
+    assert not too_big.admitted and too_big.retry_at is None
+
+
+async def test_a_rolling_window_needs_whole_minutes(engine: AsyncEngine) -> None:
+    quotas = Quotas(engine)
+    with pytest.raises(InvalidRequestError):
+        await quotas.set_company_quota("acme", "tokens", "rolling", 1, window=timedelta(seconds=90))
+    with pytest.raises(InvalidRequestError):
+        await quotas.set_company_quota("acme", "tokens", "rolling", 1)
+    with pytest.raises(InvalidRequestError):
+        await quotas.set_company_quota("acme", "tokens", "daily", 1, window=timedelta(minutes=1))
+
+
+@pytest.mark.commits
+async def test_concurrent_admissions_over_many_buckets_of_a_rolling_window_are_exact(
+    engine: AsyncEngine,
+) -> None:
+    """A 1-minute window (1-second buckets): 16 clients x 40 attempts spread over 20 s, limit 100
+    tokens for the user and 100 requests for the company: exactly 100 admitted, whichever bucket."""
+    quotas = Quotas(engine)
+    minute = timedelta(minutes=1)
+    await quotas.set_user_quota(
+        "acme", "u1", limits=QuotaLimits(None, 100), reset_frequency="rolling", window=minute
+    )
+    await quotas.set_company_quota("acme", "requests", "rolling", 100, window=minute)
+
+    async def client(n: int) -> int:
+        won = 0
+        for i in range(40):
+            at = T0 + timedelta(milliseconds=500 * i + 7 * n)
+            a = await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=0, cost_usd=Decimal(0), now=at)
+            won += a.admitted
+        return won
+
+    assert sum(await asyncio.gather(*(client(n) for n in range(CLIENTS)))) == 100
+    async with engine.connect() as conn:
+        held = (
+            await conn.execute(
+                text(
+                    "SELECT scope, metric, sum(held) FROM quota_counters WHERE period = 'rolling' GROUP BY 1, 2"
+                )
+            )
+        ).all()
+    assert {(r[0], r[1]): r[2] for r in held} == {
+        ("user", "requests"): 100,
+        ("user", "tokens"): 100,
+        ("user", "cost_usd"): 0,
+        ("company", "requests"): 100,
+    }
+
+
+@pytest.mark.commits
+async def test_a_bucket_created_after_an_admissions_snapshot_is_not_missed(engine: AsyncEngine) -> None:
+    """Admission S takes its snapshot, then waits for a row lock; meanwhile C creates a new bucket
+    of the company's rolling window and fills the limit in it. S must not decide on a view without
+    that bucket: the anchor's version tells it to look again, and it refuses."""
+    quotas = Quotas(engine)
+    minute = timedelta(minutes=1)
+    await quotas.set_user_quota("acme", "u1", limits=UNLIMITED)
+    await quotas.counters("acme", "u1", now=T0)  # u1's monthly rows: the lowest ids, locked first
+    await quotas.set_company_quota("acme", "requests", "rolling", 3, window=minute)
+    # Buckets 12:00:00 and 12:00:02 exist (S's own bucket must exist, or S would look again anyway).
+    for moment in (T0, T0 + timedelta(seconds=2)):
+        admitted = await quotas.admit(
+            "acme", "u2", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), now=moment
+        )
+        assert admitted.admitted
+    (first,) = [
+        c for c in await quotas.counters("acme", "u1", now=T0) if c.metric == "requests" and c.scope == "user"
+    ]
+    async with engine.connect() as blocker:
+        await blocker.execute(
+            text("SELECT 1 FROM quota_counters WHERE id = :id FOR UPDATE"), {"id": first.id}
+        )
+        s = asyncio.create_task(
+            quotas.admit(
+                "acme",
+                "u1",
+                prompt_tokens=0,
+                max_tokens=0,
+                cost_usd=Decimal(0),
+                now=T0 + timedelta(seconds=2),
+            )
+        )
+        async with engine.connect() as probe:
+            for _ in range(500):
+                waiting = await probe.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+                await probe.rollback()
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting, "admission S never waited for the row lock"
+        c = await quotas.admit(
+            "acme", "u2", prompt_tokens=0, max_tokens=0, cost_usd=Decimal(0), now=T0 + timedelta(seconds=1)
+        )
+        assert c.admitted
+        await blocker.rollback()
+    refused = await s
+    assert not refused.admitted
+    assert [(lim.scope, lim.used + lim.held) for lim in refused.refused_by] == [("company", Decimal(3))]

@@ -10,7 +10,9 @@ Exact quotas without a reset job (see `persistence.models.quotas` and `persisten
   until its lease expires.
 - `rate_limit_resets`: the append-only audit trail of manual resets and overrides.
 
-`company_quotas` (revision 0012) is read as it is. The downgrade drops the five tables.
+`company_quotas` (revision 0012) gains `window_seconds` and the period 'rolling' (a rolling window,
+counted in 60 buckets). The downgrade drops the five tables, deletes rolling company quotas and
+restores `company_quotas` as 0012 made it.
 
 Revision ID: 0014
 Revises: 0012
@@ -32,9 +34,22 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _NOW = sa.text("now()")
+# Frozen here on purpose (a revision must not change when the models do); the models declare the same.
+_WINDOW = (
+    "(period = 'rolling') = (window_seconds IS NOT NULL) AND window_seconds % 60 = 0 "
+    "AND window_seconds BETWEEN 60 AND 2678400"
+)
 
 
 def upgrade() -> None:
+    op.add_column("company_quotas", sa.Column("window_seconds", sa.Integer(), nullable=True))
+    op.drop_constraint("ck_company_quotas_period_known", "company_quotas", type_="check")
+    op.create_check_constraint(
+        "ck_company_quotas_period_known",
+        "company_quotas",
+        "period IN ('hourly', 'daily', 'weekly', 'monthly', 'rolling')",
+    )
+    op.create_check_constraint("ck_company_quotas_window_valid", "company_quotas", _WINDOW)
     op.create_table(
         "quotas",
         sa.Column("quota_id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -48,12 +63,16 @@ def upgrade() -> None:
             "reset_frequency", sa.String(length=10), server_default=sa.text("'monthly'"), nullable=False
         ),
         sa.Column("time_zone", sa.String(length=64), server_default=sa.text("'UTC'"), nullable=False),
+        sa.Column("window_seconds", sa.Integer(), nullable=True),
         sa.Column("enabled", sa.Boolean(), server_default=sa.text("true"), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False),
         sa.CheckConstraint("tier IN ('basic', 'standard', 'premium')", name=op.f("ck_quotas_tier_known")),
         sa.CheckConstraint(
-            "reset_frequency IN ('hourly', 'daily', 'weekly', 'monthly')",
+            _WINDOW.replace("period =", "reset_frequency ="), name=op.f("ck_quotas_window_valid")
+        ),
+        sa.CheckConstraint(
+            "reset_frequency IN ('hourly', 'daily', 'weekly', 'monthly', 'rolling')",
             name=op.f("ck_quotas_reset_frequency_known"),
         ),
         sa.CheckConstraint("company_id <> '' AND user_id <> ''", name=op.f("ck_quotas_subject_given")),
@@ -89,7 +108,8 @@ def upgrade() -> None:
             "metric IN ('requests', 'tokens', 'cost_usd')", name=op.f("ck_quota_counters_metric_known")
         ),
         sa.CheckConstraint(
-            "period IN ('hourly', 'daily', 'weekly', 'monthly')", name=op.f("ck_quota_counters_period_known")
+            "period IN ('hourly', 'daily', 'weekly', 'monthly', 'rolling')",
+            name=op.f("ck_quota_counters_period_known"),
         ),
         sa.CheckConstraint(
             "(scope = 'company') = (subject_id = '')", name=op.f("ck_quota_counters_subject_given")
@@ -187,3 +207,12 @@ def downgrade() -> None:
     op.drop_table("quota_reservations")
     op.drop_table("quota_counters")
     op.drop_table("quotas")
+    op.execute("DELETE FROM company_quotas WHERE period = 'rolling'")
+    op.drop_constraint("ck_company_quotas_window_valid", "company_quotas", type_="check")
+    op.drop_constraint("ck_company_quotas_period_known", "company_quotas", type_="check")
+    op.create_check_constraint(
+        "ck_company_quotas_period_known",
+        "company_quotas",
+        "period IN ('hourly', 'daily', 'weekly', 'monthly')",
+    )
+    op.drop_column("company_quotas", "window_seconds")

@@ -7,11 +7,14 @@ companies/users tables (no foreign keys yet). Amounts are NUMERIC(20, 6) for eve
 counter shape serves requests, tokens and USD.
 
 - `quotas`: seed 001's columns (`request_limit`, `token_limit`, `tier`, `reset_frequency`) plus
-  `cost_limit_usd` and a time zone; NULL limit = unlimited (still counted).
+  `cost_limit_usd`, a time zone and `window_seconds` (reset_frequency 'rolling'); NULL limit =
+  unlimited (still counted).
 - `quota_counters`: one row per (company, scope, subject, metric, period, period_start). A new
   period is a new row, so nothing ever resets them. `used` is settled usage, `held` the sum of
-  this counter's `quota_holds`; `limit_override` (this period only) and `version` (compare-and-swap
-  for manual resets) belong to the admin path.
+  this counter's `quota_holds`. A rolling window is counted in 60 bucket rows (period 'rolling',
+  period_start = the bucket's start); its usage is the sum of the buckets in the window.
+  `limit_override` (this period or bucket only) and `version` (compare-and-swap for manual
+  resets) belong to the admin path.
 - `quota_reservations`: one row per admitted request (its estimate, lease, state, actual usage).
 - `quota_holds`: what one reservation holds on one counter until its lease expires; any admission
   on that counter deletes expired holds and subtracts them in the same statement (no job).
@@ -42,7 +45,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base, CreatedAt, Timestamps
-from persistence.models.limits import QUOTA_METRICS, QUOTA_PERIODS
+from persistence.models.limits import QUOTA_METRICS, QUOTA_PERIODS, WINDOW_CHECK
 
 QUOTA_TIERS = ("basic", "standard", "premium")
 QUOTA_SCOPES = ("user", "company")
@@ -68,10 +71,12 @@ class Quota(Timestamps, Base):
     cost_limit_usd: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
     reset_frequency: Mapped[str] = mapped_column(String(10), server_default=text("'monthly'"))
     time_zone: Mapped[str] = mapped_column(String(64), server_default=text("'UTC'"))
+    window_seconds: Mapped[int | None] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(server_default=text("true"))
 
     __table_args__ = (
         UniqueConstraint("company_id", "user_id", "reset_frequency"),
+        CheckConstraint(WINDOW_CHECK.replace("period =", "reset_frequency ="), name="window_valid"),
         CheckConstraint(_in("tier", QUOTA_TIERS), name="tier_known"),
         CheckConstraint(_in("reset_frequency", QUOTA_PERIODS), name="reset_frequency_known"),
         CheckConstraint("company_id <> '' AND user_id <> ''", name="subject_given"),
