@@ -156,15 +156,17 @@ def upgrade() -> None:
     op.create_table(
         "quota_holds",
         sa.Column("company_id", sa.String(length=100), nullable=False),
-        sa.Column("counter_id", sa.BigInteger(), nullable=False),
         sa.Column("reservation_id", sa.Uuid(), nullable=False),
+        sa.Column("counter_id", sa.BigInteger(), nullable=False),
         sa.Column("amount", sa.Numeric(precision=20, scale=6), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("amount > 0", name=op.f("ck_quota_holds_amount_positive")),
-        sa.PrimaryKeyConstraint("company_id", "counter_id", "reservation_id", name=op.f("pk_quota_holds")),
+        sa.PrimaryKeyConstraint("company_id", "reservation_id", "counter_id", name=op.f("pk_quota_holds")),
     )
     op.create_index(
-        op.f("ix_quota_holds_company_id_reservation_id"), "quota_holds", ["company_id", "reservation_id"]
+        op.f("ix_quota_holds_company_id_counter_id_expires_at"),
+        "quota_holds",
+        ["company_id", "counter_id", "expires_at"],
     )
     op.create_table(
         "rate_limit_resets",
@@ -202,7 +204,7 @@ def downgrade() -> None:
     # Names written out, so `rollback`'s confirmation can list them (migration_drops.py).
     op.drop_index("ix_rate_limit_resets_company_id_created_at", table_name="rate_limit_resets")
     op.drop_table("rate_limit_resets")
-    op.drop_index("ix_quota_holds_company_id_reservation_id", table_name="quota_holds")
+    op.drop_index("ix_quota_holds_company_id_counter_id_expires_at", table_name="quota_holds")
     op.drop_table("quota_holds")
     op.drop_table("quota_reservations")
     op.drop_table("quota_counters")

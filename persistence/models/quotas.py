@@ -148,13 +148,15 @@ class QuotaHold(Base):
     __tablename__ = "quota_holds"
 
     company_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    counter_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     reservation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    counter_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     amount: Mapped[Decimal] = mapped_column(Numeric(20, 6))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    # The primary key serves settlement (by reservation); this index serves reclaiming (a range of
+    # expired holds of one counter, which skips the live and the already deleted ones).
     __table_args__ = (
-        Index(None, "company_id", "reservation_id"),
+        Index(None, "company_id", "counter_id", "expires_at"),
         CheckConstraint("amount > 0", name="amount_positive"),
     )
 
