@@ -6,6 +6,8 @@ max_tokens, estimated USD) against every applicable limit (the user's `quotas` r
 actual usage (once, however often it is called), `release` drops it. Reservations hold their room
 until a lease expires; the next admission on the same counter frees expired holds. Usage counters
 are rows per period (`quota_counters`), so a new period starts from zero by being a new row.
+Periods are hourly/daily/weekly/monthly in a named IANA time zone, or a rolling window (whole
+minutes, counted in 60 buckets: the window slides a bucket at a time).
 
 Decisions run on the database server's clock; every method takes `now` for callers (and tests)
 that drive time explicitly. Statements are in `quotas_sql.py`; why they are exact is explained there.
@@ -421,7 +423,8 @@ class Quotas:
 
     async def reset(self, counter: CounterState, *, requested_by: str, reason: str) -> ResetOutcome:
         """Set the counter's settled usage to 0 if nobody changed it since `counter` was read;
-        recorded in `rate_limit_resets` either way (live holds stay: those requests are running)."""
+        recorded in `rate_limit_resets` either way (live holds stay: those requests are running).
+        For a rolling window the counter is its current bucket."""
         return await self._cas(counter, "reset", None, requested_by, reason)
 
     async def override(
