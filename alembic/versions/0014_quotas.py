@@ -52,8 +52,8 @@ def upgrade() -> None:
     op.create_check_constraint("ck_company_quotas_window_valid", "company_quotas", _WINDOW)
     op.create_table(
         "quotas",
-        sa.Column("quota_id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("company_id", sa.String(length=100), nullable=False),
+        sa.Column("quota_id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("user_id", sa.String(length=100), nullable=False),
         sa.Column("tier", sa.String(length=20), server_default=sa.text("'basic'"), nullable=False),
         sa.Column("request_limit", sa.BigInteger(), nullable=True),
@@ -81,7 +81,7 @@ def upgrade() -> None:
             "request_limit >= 0 AND token_limit >= 0 AND cost_limit_usd >= 0",
             name=op.f("ck_quotas_limits_valid"),
         ),
-        sa.PrimaryKeyConstraint("quota_id", name=op.f("pk_quotas")),
+        sa.PrimaryKeyConstraint("company_id", "quota_id", name=op.f("pk_quotas")),
         sa.UniqueConstraint(
             "company_id",
             "user_id",
@@ -170,8 +170,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "rate_limit_resets",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("company_id", sa.String(length=100), nullable=False),
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("scope", sa.String(length=10), nullable=False),
         sa.Column("subject_id", sa.String(length=100), server_default=sa.text("''"), nullable=False),
         sa.Column("metric", sa.String(length=20), nullable=False),
@@ -193,7 +193,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "requested_by <> '' AND reason <> ''", name=op.f("ck_rate_limit_resets_who_and_why_given")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_rate_limit_resets")),
+        sa.PrimaryKeyConstraint("company_id", "id", name=op.f("pk_rate_limit_resets")),
     )
     op.create_index(
         op.f("ix_rate_limit_resets_company_id_created_at"), "rate_limit_resets", ["company_id", "created_at"]

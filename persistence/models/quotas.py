@@ -62,8 +62,8 @@ class Quota(Timestamps, Base):
 
     __tablename__ = "quotas"
 
+    company_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     quota_id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    company_id: Mapped[str] = mapped_column(String(100))
     user_id: Mapped[str] = mapped_column(String(100))
     tier: Mapped[str] = mapped_column(String(20), server_default=text("'basic'"))
     request_limit: Mapped[int | None] = mapped_column(BigInteger)
@@ -166,8 +166,8 @@ class RateLimitReset(CreatedAt, Base):
 
     __tablename__ = "rate_limit_resets"
 
+    company_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    company_id: Mapped[str] = mapped_column(String(100))
     scope: Mapped[str] = mapped_column(String(10))
     subject_id: Mapped[str] = mapped_column(String(100), server_default=text("''"))
     metric: Mapped[str] = mapped_column(String(20))
