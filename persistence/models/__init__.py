@@ -11,6 +11,7 @@ from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
 from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice, vendor_prices_version
+from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.rollups import (
@@ -46,7 +47,12 @@ __all__ = [
     "CostAlertFiring",
     "CostAlertLog",
     "ModelCheckpoint",
+    "Quota",
+    "QuotaCounter",
+    "QuotaHold",
+    "QuotaReservation",
     "RateLimitConfig",
+    "RateLimitReset",
     "RateLimitSlot",
     "RateLimitState",
     "ReconciliationReport",

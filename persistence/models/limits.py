@@ -10,7 +10,8 @@ by tenant; '' stands for "no company" (a global or tier row), as `vendor_prices.
   > tier > global. Revision 0012 inserts seed 002's default (its `basic` tier: 50 requests a
   minute with a burst of 100, 1,000 an hour, 10,000 a day) as the global rows.
 - `company_quotas`: one row per company, metric and calendar period in a named IANA time zone
-  (a day there starts at local midnight, like the cost alerts' windows). Seed 002 inserts quotas
+  (a day there starts at local midnight, like the cost alerts' windows), or rolling window
+  (`window_seconds`, revision 0014). Seed 002 inserts quotas
   for existing companies only; there is no company table yet, so there are no default rows.
 
 Limits are NUMERIC(20, 6) for every metric: exact USD for `cost_usd`, whole numbers (a CHECK) for
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, Identity, Numeric, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Integer, Numeric, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base, Timestamps
@@ -30,7 +31,10 @@ RATE_SCOPES = ("global", "tier", "company", "user", "key")
 RATE_METRICS = ("requests", "tokens", "cost_usd", "concurrency")
 RATE_PERIODS = ("second", "minute", "hour", "day")
 QUOTA_METRICS = ("requests", "tokens", "cost_usd")
-QUOTA_PERIODS = ("hourly", "daily", "weekly", "monthly")
+QUOTA_PERIODS = ("hourly", "daily", "weekly", "monthly", "rolling")
+# A rolling window is counted in 60 buckets, so its length is whole minutes (from 1 minute to 31 days).
+ROLLING_BUCKETS = 60
+WINDOW_CHECK = "(period = 'rolling') = (window_seconds IS NOT NULL) AND window_seconds % 60 = 0 AND window_seconds BETWEEN 60 AND 2678400"
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -90,9 +94,12 @@ class CompanyQuota(Timestamps, Base):
     time_zone: Mapped[str] = mapped_column(String(64), server_default=text("'UTC'"))
     limit_value: Mapped[Decimal] = mapped_column(Numeric(20, 6))
     enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    # Revision 0014: the length of a rolling window (period 'rolling'; NULL for calendar periods).
+    window_seconds: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         UniqueConstraint("company_id", "metric", "period"),
+        CheckConstraint(WINDOW_CHECK, name="window_valid"),
         CheckConstraint("company_id <> ''", name="company_given"),
         CheckConstraint(_in("metric", QUOTA_METRICS), name="metric_known"),
         CheckConstraint(_in("period", QUOTA_PERIODS), name="period_known"),

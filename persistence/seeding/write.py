@@ -91,8 +91,8 @@ LEDGER_DERIVED_TABLES: tuple[str, ...] = (
 )
 # Reference data loaded by migrations (vendor prices, default rate limits) and the operator's own
 # configuration and its history (cost alert rules, their firings and notification log; limits and
-# quotas; vendor bills, billing periods and their validations; cost-accuracy runs): never seeded,
-# never reset.
+# quotas, their usage counters, reservations, holds and manual resets; vendor bills, billing periods
+# and their validations; cost-accuracy runs): never seeded, never reset.
 REFERENCE_TABLES: tuple[str, ...] = (
     "vendor_prices",
     "cost_alerts",
@@ -109,6 +109,11 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "companies",
     "users",
     "api_keys",
+    "quotas",
+    "quota_counters",
+    "quota_reservations",
+    "quota_holds",
+    "rate_limit_resets",
 )
 
 _BATCH = 1000

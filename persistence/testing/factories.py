@@ -48,7 +48,12 @@ from persistence.models import (
     CostAlertFiring,
     CostAlertLog,
     ModelCheckpoint,
+    Quota,
+    QuotaCounter,
+    QuotaHold,
+    QuotaReservation,
     RateLimitConfig,
+    RateLimitReset,
     RateLimitSlot,
     RateLimitState,
     ReconciliationReport,
@@ -96,7 +101,12 @@ __all__ = [
     "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ModelFactory",
+    "QuotaCounterFactory",
+    "QuotaFactory",
+    "QuotaHoldFactory",
+    "QuotaReservationFactory",
     "RateLimitConfigFactory",
+    "RateLimitResetFactory",
     "RateLimitSlotFactory",
     "RateLimitStateFactory",
     "ReconciliationReportFactory",
@@ -951,3 +961,100 @@ class CostAccuracyValidationFactory(ModelFactory[CostAccuracyValidation]):
     relative_tolerance_pct = Decimal(0)
     verdict = "ok"
     worst_calls: factory.LazyFunction[list[Any]] = factory.LazyFunction(list)
+
+
+def _month_start() -> datetime:
+    return _now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class QuotaFactory(ModelFactory[Quota]):
+    """One user's monthly quota at seed 001's basic tier."""
+
+    class Meta:
+        model = Quota
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    tier = "basic"
+    request_limit = 1_000
+    token_limit = 100_000
+    cost_limit_usd = None
+    reset_frequency = "monthly"
+    time_zone = "UTC"
+    enabled = True
+
+
+class QuotaCounterFactory(ModelFactory[QuotaCounter]):
+    """This month's (UTC) token counter of one user, partly used."""
+
+    class Meta:
+        model = QuotaCounter
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    scope = "user"
+    subject_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    metric = "tokens"
+    period = "monthly"
+    period_start = factory.LazyFunction(_month_start)
+    period_end: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: (o.period_start + timedelta(days=32)).replace(day=1)
+    )
+    used = factory.LazyFunction(lambda: Decimal(_rand().randint(0, 50_000)))
+    held = Decimal(0)
+    limit_override = None
+    version = 0
+
+
+class QuotaReservationFactory(ModelFactory[QuotaReservation]):
+    """An admitted request still holding its estimate (counters are not touched: use `Quotas`)."""
+
+    class Meta:
+        model = QuotaReservation
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    state = "held"
+    counter_ids: factory.LazyFunction[list[int]] = factory.LazyFunction(list)
+    requests = Decimal(1)
+    tokens = Decimal(1_200)
+    cost_usd = Decimal("0.012")
+    created_at = factory.LazyFunction(_now)
+    expires_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.created_at + timedelta(minutes=5)
+    )
+    finished_at = None
+
+
+class QuotaHoldFactory(ModelFactory[QuotaHold]):
+    """One reservation's hold on one counter (ids only: there are no foreign keys)."""
+
+    class Meta:
+        model = QuotaHold
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    counter_id = factory.Sequence(lambda n: n + 1)
+    reservation_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    amount = Decimal(1_200)
+    expires_at = factory.LazyFunction(lambda: _now() + timedelta(minutes=5))
+
+
+class RateLimitResetFactory(ModelFactory[RateLimitReset]):
+    """An applied manual reset of a user's monthly token counter."""
+
+    class Meta:
+        model = RateLimitReset
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    scope = "user"
+    subject_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    metric = "tokens"
+    period = "monthly"
+    period_start = factory.LazyFunction(_month_start)
+    action = "reset"
+    new_limit = None
+    expected_version = 0
+    applied = True
+    previous_used = Decimal(42_000)
+    requested_by = "admin@example.com"
+    reason = "support ticket"

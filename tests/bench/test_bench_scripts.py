@@ -44,6 +44,14 @@ SMOKE_RUNS = [
         ["| one hot key | durable |", "| 50 spread keys | synchronous_commit=off |"],
     ),
     (
+        "bench_quotas.py",
+        ["--rounds", "1", "--pairs", "5", "--users", "2"],
+        [
+            "| admit + settle p50 latency, ms (durable) |",
+            "| admit + settle p50 latency, ms (synchronous_commit=off) |",
+        ],
+    ),
+    (
         "bench_audit.py",
         ["--sizes", "1000", "--rounds", "1", "--warmup", "0"],
         [

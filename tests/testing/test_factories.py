@@ -36,7 +36,12 @@ from persistence.testing import (
     CostAlertFiringFactory,
     CostAlertLogFactory,
     ModelCheckpointFactory,
+    QuotaCounterFactory,
+    QuotaFactory,
+    QuotaHoldFactory,
+    QuotaReservationFactory,
     RateLimitConfigFactory,
+    RateLimitResetFactory,
     RateLimitSlotFactory,
     RateLimitStateFactory,
     ReconciliationReportFactory,
@@ -79,6 +84,11 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     CompanyFactory,
     UserFactory,
     ApiKeyFactory,
+    QuotaFactory,
+    QuotaCounterFactory,
+    QuotaReservationFactory,
+    QuotaHoldFactory,
+    RateLimitResetFactory,
 ]
 
 
