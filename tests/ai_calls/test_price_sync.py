@@ -36,7 +36,9 @@ async def version(engine: AsyncEngine) -> int:
 
 async def test_upgrade_head_loads_genai_prices_for_current_models(engine: AsyncEngine) -> None:
     rows = {
-        (p.provider, p.model): p for p in await list_prices(engine, tenant_id="") if p.effective_to is None
+        (p.provider, p.model): p
+        for p in await list_prices(engine, tenant_id="", min_input_tokens=0)
+        if p.effective_to is None
     }
     for key in [
         ("openai", "gpt-5"),
@@ -203,7 +205,7 @@ async def test_a_model_0003_did_not_know_is_priced_by_the_logger(engine: AsyncEn
         ).all()
     assert [tuple(r) for r in rows] == [
         (D("2.250000"), "computed", "gpt-5"),  # 1M * 1.25 + 0.1M * 10
-        (D("4.500000"), "computed", "claude-sonnet-4-5"),  # 1M * 3 + 0.1M * 15
+        (D("8.250000"), "computed", "claude-sonnet-4-5"),  # above 200k input: 1M * 6 + 0.1M * 22.5
         (D("4.500000"), "computed", "claude-sonnet-4-0"),
     ]
 
