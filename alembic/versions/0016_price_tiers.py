@@ -36,7 +36,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 OLD_INDEX = "ix_vendor_prices_provider_model_tenant_id_effective_from"
-NEW_INDEX = "ix_vendor_prices_provider_model_tenant_id_min_input_tokens_effective_from"
+NEW_INDEX = "ix_vendor_prices_provider_model_tenant_id_tier_from"
 
 # Frozen here on purpose (a revision must not change when the models do).
 OVERLAP = r"""

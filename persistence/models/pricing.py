@@ -71,7 +71,7 @@ class VendorPrice(Base):
 
 
 Index(
-    "ix_vendor_prices_provider_model_tenant_id_min_input_tokens_effective_from",
+    "ix_vendor_prices_provider_model_tenant_id_tier_from",
     VendorPrice.provider,
     VendorPrice.model,
     VendorPrice.tenant_id,
