@@ -26,7 +26,8 @@ __all__ = ["PRICES_ACTIONS", "PRICES_DESCRIPTION", "add_prices_arguments", "pric
 PRICES_DESCRIPTION = (
     "The vendor_prices table (USD per million tokens, effective-dated; tenant rows override the global "
     "price for calls whose organization_id is the tenant). list: show rows. add: enter a price (it ends "
-    "the open-ended row of the same provider/model/tenant that started earlier). sync: import the "
+    "the open-ended row of the same provider/model/tenant/tier that started earlier; --above-input-tokens N "
+    "enters a context-length tier: whole calls whose input tokens, cached included, exceed N). sync: import the "
     "installed genai-prices package's prices as effective-dated rows; idempotent; never changes tenant "
     "rows or models whose global price was entered by hand; a changed price becomes a new row from now "
     "on. reprice: price the calls stored unpriced once a price exists (rollups follow). The database "

@@ -5,9 +5,11 @@ revision up and down on a database with data."""
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from alembic.script import ScriptDirectory
 from genai_prices.data import providers as bundled
 from genai_prices.types import ModelPrice, Provider, Tier, TieredPrices, Usage
@@ -18,8 +20,10 @@ from persistence.ai_calls import AICallLogger, AICallRecord, PriceBook
 from persistence.ai_calls.price_api import add_price, list_prices
 from persistence.ai_calls.price_sync import sync_prices
 from persistence.ai_calls.prices import LOAD_PRICES
+from persistence.config import DatabaseConfig
 from persistence.migrations import alembic_config
 from persistence.testing import ThrowawayPostgres
+from tests.test_cli import persistence
 from tests.test_migrations import alembic, empty_db
 
 __all__ = ["empty_db"]  # the fixture, shared with tests/test_migrations.py
@@ -281,3 +285,37 @@ def test_revision_0016_up_and_down_on_a_database_with_calls(pg: ThrowawayPostgre
     again = alembic(empty_db, "upgrade", "0016")
     assert again.returncode == 0, again.stderr
     assert pg.server.psql(tiers, database=database).split() == ["0|3.000000", "200000|6.000000"]
+
+
+@pytest.mark.commits
+async def test_prices_add_and_list_take_a_tier_on_the_command_line(
+    pg: ThrowawayPostgres, fresh_database: DatabaseConfig
+) -> None:
+    url = pg.server.url(fresh_database.database or "")
+    add = persistence(
+        url,
+        "prices",
+        "add",
+        "acme",
+        "acme-1",
+        "--input",
+        "2",
+        "--output",
+        "8",
+        "--above-input-tokens",
+        "128000",
+    )
+    assert (add.returncode, add.stderr) == (0, ""), add.stderr
+    assert "acme/acme-1 (global, calls above 128000 input tokens)" in add.stdout
+    listed = persistence(
+        url, "prices", "list", "--provider", "acme", "--above-input-tokens", "128000", "--json"
+    )
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert (row["model"], row["min_input_tokens"], row["input_per_mtok"]) == ("acme-1", 128_000, "2.000000")
+    base = persistence(url, "prices", "list", "--provider", "acme", "--above-input-tokens", "0", "--json")
+    assert json.loads(base.stdout) == []
+    bad = persistence(
+        url, "prices", "add", "acme", "acme-1", "--input", "1", "--output", "1", "--above-input-tokens", "-5"
+    )
+    assert bad.returncode == 2 and "not negative" in bad.stderr
