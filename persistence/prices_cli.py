@@ -26,7 +26,8 @@ __all__ = ["PRICES_ACTIONS", "PRICES_DESCRIPTION", "add_prices_arguments", "pric
 PRICES_DESCRIPTION = (
     "The vendor_prices table (USD per million tokens, effective-dated; tenant rows override the global "
     "price for calls whose organization_id is the tenant). list: show rows. add: enter a price (it ends "
-    "the open-ended row of the same provider/model/tenant that started earlier). sync: import the "
+    "the open-ended row of the same provider/model/tenant/tier that started earlier; --above-input-tokens N "
+    "enters a context-length tier: whole calls whose input tokens, cached included, exceed N). sync: import the "
     "installed genai-prices package's prices as effective-dated rows; idempotent; never changes tenant "
     "rows or models whose global price was entered by hand; a changed price becomes a new row from now "
     "on. reprice: price the calls stored unpriced once a price exists (rollups follow). The database "
@@ -41,6 +42,16 @@ def _decimal(text: str) -> Decimal:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _tokens(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of tokens: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a number of tokens is not negative: {text!r}")
     return value
 
 
@@ -62,6 +73,11 @@ def add_prices_arguments(
     listing.add_argument("--model", help="only this model (exact name)")
     listing.add_argument("--tenant", help="only this tenant's overrides ('' for the global prices)")
     listing.add_argument("--at", type=_instant, help="only rows in force at this ISO time (UTC if no offset)")
+    listing.add_argument(
+        "--above-input-tokens",
+        type=_tokens,
+        help="only this context-length tier (0: base prices; default: all tiers)",
+    )
     listing.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     add = actions.add_parser("add", help="enter a price (global, or a tenant's override with --tenant)")
@@ -91,6 +107,13 @@ def add_prices_arguments(
     )
     add.add_argument("--to", dest="effective_to", type=_instant, help="in force until (default: open-ended)")
     add.add_argument("--tenant", help="the tenant (a call's organization_id) this price overrides for")
+    add.add_argument(
+        "--above-input-tokens",
+        type=_tokens,
+        default=0,
+        help="a context-length tier: the price of whole calls whose input tokens (cached included) exceed "
+        "N (default 0: the base price)",
+    )
     add.add_argument("--source", default="manual", help="who entered it (default %(default)s)")
     add.add_argument("--json", action="store_true", help="print the stored row as JSON")
 
@@ -134,20 +157,21 @@ def _row(price: Price) -> dict[str, Any]:
         "effective_from": price.effective_from.isoformat(),
         "effective_to": None if price.effective_to is None else price.effective_to.isoformat(),
         "source": price.source,
+        "min_input_tokens": price.min_input_tokens,
     }
 
 
 def _print_rows(prices: list[Price]) -> None:
     print(
         f"{'provider':<10} {'model':<34} {'tenant':<10} {'input':>10} {'output':>10} {'c.read':>9} "
-        f"{'c.write':>9} {'from':<10} {'to':<10} source"
+        f"{'c.write':>9} {'above':>7} {'from':<10} {'to':<10} source"
     )
     for p in prices:
         to = "" if p.effective_to is None else f"{p.effective_to:%Y-%m-%d}"
         print(
             f"{p.provider:<10} {p.model:<34} {p.tenant_id or '-':<10} {p.input_per_mtok.normalize():>10} "
             f"{p.output_per_mtok.normalize():>10} {p.cache_read_per_mtok.normalize():>9} "
-            f"{p.cache_write_per_mtok.normalize():>9} {p.effective_from:%Y-%m-%d} {to:<10} {p.source or ''}"
+            f"{p.cache_write_per_mtok.normalize():>9} {p.min_input_tokens:>7} {p.effective_from:%Y-%m-%d} {to:<10} {p.source or ''}"
         )
     print(f"{len(prices)} row(s)")
 
@@ -157,7 +181,12 @@ async def _list(args: argparse.Namespace) -> int:
 
     async with command_engine() as engine:
         prices = await list_prices(
-            engine, provider=args.provider, model=args.model, tenant_id=args.tenant, at=args.at
+            engine,
+            provider=args.provider,
+            model=args.model,
+            tenant_id=args.tenant,
+            at=args.at,
+            min_input_tokens=args.above_input_tokens,
         )
     if args.json:
         print(json.dumps([_row(p) for p in prices], indent=2))
@@ -184,11 +213,14 @@ async def _add(args: argparse.Namespace) -> int:
             effective_to=args.effective_to,
             tenant_id=args.tenant,
             source=args.source,
+            min_input_tokens=args.above_input_tokens,
         )
     if args.json:
         print(json.dumps(_row(price), indent=2))
     else:
         scope = f"tenant {price.tenant_id}" if price.tenant_id else "global"
+        if price.min_input_tokens:
+            scope += f", calls above {price.min_input_tokens} input tokens"
         print(
             f"price {price.id}: {price.provider}/{price.model} ({scope}) from {price.effective_from.isoformat()}"
         )

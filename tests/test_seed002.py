@@ -35,7 +35,7 @@ SEED_NAMES = {
 }
 
 IN_FORCE_GLOBAL = (
-    "SELECT count(*) FROM vendor_prices WHERE tenant_id = '' AND effective_from <= now() "
+    "SELECT count(*) FROM vendor_prices WHERE tenant_id = '' AND min_input_tokens = 0 AND effective_from <= now() "
     "AND (effective_to IS NULL OR effective_to > now());"
 )
 
@@ -64,7 +64,7 @@ def test_the_seeds_verification_queries_find_the_tables_and_their_default_data(
     url, database = upgraded
     tables, (prices, rate_limits, quotas) = verify(pg, database)
     assert tables == SEED_NAMES
-    # The view shows every global price in force (revision 0003's list prices, or a sync's).
+    # The view shows every global price in force (revision 0003's list prices, or a sync's), base tiers.
     assert prices == int(pg.server.psql(IN_FORCE_GLOBAL, database=database)) > 0
     assert rate_limits == 3  # seed 002's default limits, as the global rows
     assert quotas == 0  # seed 002 inserts quotas only for existing companies: there are none yet

@@ -7,6 +7,10 @@ only: a float is refused with `FloatPriceError` (0.1 is not 0.1 in binary). A pr
 one transaction), so the next call after that instant is priced by the new row; a period that
 would overlap any other row is a `ConflictError` (the table's trigger). A running `AICallLogger`
 prices its next call with the new row (the version counter of revision 0010).
+
+`min_input_tokens` N enters a context-length tier: the row prices (whole) calls whose input tokens,
+cached included, exceed N; 0 is the base tier. Each tier is its own effective-dated key; a tenant's
+row of one tier overrides that tier only.
 """
 
 from __future__ import annotations
@@ -29,21 +33,22 @@ _MICRO = Decimal("0.000001")
 _MAX = Decimal("99999999.999999")  # NUMERIC(14, 6)
 _COLUMNS = (
     "id, provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
-    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok, source"
+    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok, source, "
+    "min_input_tokens"
 )
 _CLOSE_OPEN = sa.text(
     "UPDATE vendor_prices SET effective_to = :effective_from "
     "WHERE provider = :provider AND model = :model AND tenant_id = :tenant_id "
-    "AND effective_to IS NULL AND effective_from < :effective_from"
+    "AND min_input_tokens = :min_input_tokens AND effective_to IS NULL AND effective_from < :effective_from"
 )
 _INSERT = sa.text(
     "INSERT INTO vendor_prices (provider, model, tenant_id, input_per_mtok, output_per_mtok, "
     "cache_read_per_mtok, cache_write_per_mtok, reasoning_per_mtok, cache_write_1h_per_mtok, "
-    "effective_from, effective_to, source) VALUES (:provider, :model, :tenant_id, :input_per_mtok, "
-    ":output_per_mtok, :cache_read_per_mtok, :cache_write_per_mtok, :reasoning_per_mtok, "
-    ":cache_write_1h_per_mtok, :effective_from, :effective_to, :source) RETURNING id, provider, model, tenant_id, "
-    "input_per_mtok, output_per_mtok, cache_read_per_mtok, cache_write_per_mtok, reasoning_per_mtok, "
-    "effective_from, effective_to, cache_write_1h_per_mtok, source"
+    "effective_from, effective_to, source, min_input_tokens) VALUES (:provider, :model, :tenant_id, "
+    ":input_per_mtok, :output_per_mtok, :cache_read_per_mtok, :cache_write_per_mtok, :reasoning_per_mtok, "
+    ":cache_write_1h_per_mtok, :effective_from, :effective_to, :source, :min_input_tokens) RETURNING id, "
+    "provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, cache_write_per_mtok, "
+    "reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok, source, min_input_tokens"
 )
 
 
@@ -84,6 +89,12 @@ def _when(name: str, value: object, *, required: bool) -> datetime | None:
     return value
 
 
+def _tier(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
+        raise ValidationError(f"{name} must be a non-negative integer number of tokens, got {value!r}")
+    return value
+
+
 def _text(name: str, value: object, limit: int) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= limit or any(ord(c) < 32 for c in value):
         raise ValidationError(f"{name} must be 1 to {limit} printable characters, got {value!r}")
@@ -105,12 +116,14 @@ async def add_price(
     effective_to: datetime | None = None,
     tenant_id: str | None = None,
     source: str = "manual",
+    min_input_tokens: int = 0,
 ) -> Price:
     """Enter a price (USD per million tokens) in force from `effective_from` (until `effective_to`).
 
     Omitted buckets are charged as genai-prices charges them: cache reads and writes at the input
     price, reasoning at the output price; no 1-hour cache-write price (calls with some are then
-    unpriced, never priced at the 5-minute rate). Returns the stored row.
+    unpriced, never priced at the 5-minute rate). `min_input_tokens`: the tier (calls above that
+    many input tokens; 0 the base price). Returns the stored row.
     """
     if not isinstance(engine, AsyncEngine):
         raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
@@ -138,6 +151,7 @@ async def add_price(
         "effective_from": start,
         "effective_to": end,
         "source": _text("source", source, 200),
+        "min_input_tokens": _tier("min_input_tokens", min_input_tokens),
     }
     try:
         async with engine.begin() as conn:
@@ -161,9 +175,11 @@ async def list_prices(
     model: str | None = None,
     tenant_id: str | None = None,
     at: datetime | None = None,
+    min_input_tokens: int | None = None,
 ) -> list[Price]:
-    """Rows of `vendor_prices`, by provider, model, tenant and start. `tenant_id` '' is the global
-    prices only, a tenant's id that tenant's overrides, None all; `at`: only rows in force then."""
+    """Rows of `vendor_prices`, by provider, model, tenant, tier and start. `tenant_id` '' is the
+    global prices only, a tenant's id that tenant's overrides, None all; `at`: only rows in force
+    then; `min_input_tokens`: only that tier (0: base prices), None all tiers."""
     if not isinstance(engine, AsyncEngine):
         raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
     where = ["true"]
@@ -177,12 +193,15 @@ async def list_prices(
     if tenant_id is not None:
         where.append("tenant_id = :tenant_id")
         params["tenant_id"] = tenant_id if tenant_id == "" else _text("tenant_id", tenant_id, 100)
+    if min_input_tokens is not None:
+        where.append("min_input_tokens = :min_input_tokens")
+        params["min_input_tokens"] = _tier("min_input_tokens", min_input_tokens)
     if at is not None:
         where.append("effective_from <= :at AND (effective_to IS NULL OR effective_to > :at)")
         params["at"] = _when("at", at, required=True)
     statement = sa.text(
         f"SELECT {_COLUMNS} FROM vendor_prices WHERE {' AND '.join(where)} "  # noqa: S608 (fixed fragments, bound values)
-        "ORDER BY provider, model, tenant_id, effective_from"
+        "ORDER BY provider, model, tenant_id, min_input_tokens, effective_from"
     )
     try:
         async with engine.connect() as conn:

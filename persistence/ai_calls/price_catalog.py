@@ -54,8 +54,9 @@ class PriceRow:
     effective_from: datetime
     effective_to: datetime | None
     source: str
-    # genai-prices' lowest tier threshold (input tokens) when the price is tiered: the row is its base tier.
-    tiered_above: int | None = None
+    # The tier: the row prices calls whose input (all input tokens, cached ones included, as
+    # genai-prices counts them) exceeds this many tokens, the whole call at its rates; 0: the base tier.
+    min_input_tokens: int = 0
 
     @property
     def buckets(self) -> Buckets:
@@ -91,33 +92,49 @@ def _bundled() -> list[Provider]:
     return providers
 
 
-def _plain(value: object, tiers: list[str]) -> Decimal | None:
-    """A price as a Decimal: a tiered price gives its base tier (noted in `tiers`)."""
+_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok",
+         "cache_write_1h_mtok")  # fmt: skip
+
+
+def _plain(value: object, level: int) -> Decimal | None:
+    """A price as a Decimal for calls above `level` input tokens: genai-prices charges the whole
+    call at the highest tier whose start the call's input exceeds (`calc_unit_price`), so the rate
+    for tier level `level` is that of the highest tier starting at or below it, else the base."""
     from genai_prices.types import TieredPrices
 
     if value is None:
         return None
     if isinstance(value, TieredPrices):
-        if value.tiers:
-            tiers.append(str(min(t.start for t in value.tiers)))
-        return value.base
+        rate = value.base
+        for tier in sorted(value.tiers, key=lambda t: t.start):
+            if tier.start <= level:
+                rate = tier.price
+        return rate
     if isinstance(value, Decimal):
         return value
     raise ValidationError(f"genai-prices price of unexpected type {type(value).__name__}")
 
 
-def _buckets(prices: ModelPrice, tiers: list[str]) -> Buckets | None:
+def _levels(prices: ModelPrice) -> set[int]:
+    """The tier starts (input tokens) of a period's prices."""
+    from genai_prices.types import TieredPrices
+
     get = prices.__dict__.get
-    inp = _plain(get("input_mtok"), tiers)
-    out = _plain(get("output_mtok"), tiers)
+    return {t.start for key in _KEYS if isinstance(v := get(key), TieredPrices) for t in v.tiers}
+
+
+def _buckets(prices: ModelPrice, level: int = 0) -> Buckets | None:
+    get = prices.__dict__.get
+    inp = _plain(get("input_mtok"), level)
+    out = _plain(get("output_mtok"), level)
     if inp is None and out is None:
         return None  # priced in units the ledger does not count (audio hours, characters) or free
     inp = inp if inp is not None else Decimal(0)
     out = out if out is not None else Decimal(0)
-    read = _plain(get("cache_read_mtok"), tiers)
-    write = _plain(get("cache_write_mtok"), tiers)
-    reasoning = _plain(get("output_reasoning_mtok"), tiers)
-    long = _plain(get("cache_write_1h_mtok"), tiers)
+    read = _plain(get("cache_read_mtok"), level)
+    write = _plain(get("cache_write_mtok"), level)
+    reasoning = _plain(get("output_reasoning_mtok"), level)
+    long = _plain(get("cache_write_1h_mtok"), level)
     return (
         inp,
         out,
@@ -157,9 +174,15 @@ def genai_rows(
     data: Sequence[Provider] | None = None,
     *,
     providers: Collection[str] = DEFAULT_PROVIDERS,
+    tiers: bool = False,
 ) -> tuple[list[PriceRow], list[PriceChange]]:
     """The rows genai-prices' `data` (default: the installed package's) gives, and the models it
-    skips with why. Deterministic for a given `data`."""
+    skips with why. Deterministic for a given `data`.
+
+    `tiers`: also a row per tier of a tiered price (`min_input_tokens` its start), for every
+    period of the model (a period without that tier gets the rates that apply above it there, so
+    each tier's timeline has no gap); without it only the base tier (a table without the column).
+    """
     rows: list[PriceRow] = []
     skipped: list[PriceChange] = []
     for provider in data if data is not None else _bundled():
@@ -171,30 +194,36 @@ def genai_rows(
             if name in seen or len(name) > 100:
                 continue
             seen.add(name)
-            timeline: list[tuple[datetime, Buckets, list[str]]] = []
             problem = ""
             periods = _periods(model)
             if not periods:
                 problem = "time-of-day prices are not modelled"
+            levels = {0}
+            if tiers:
+                for _, prices in periods:
+                    levels |= _levels(prices)
+            timelines: dict[int, list[tuple[datetime, Buckets]]] = {level: [] for level in sorted(levels)}
             for start, prices in periods:
-                tiers: list[str] = []
-                buckets = _buckets(prices, tiers)
-                if buckets is None:
-                    problem = "no token prices"
+                for level, timeline in timelines.items():
+                    buckets = _buckets(prices, level)
+                    if buckets is None:
+                        problem = "no token prices"
+                        break
+                    if not _representable(buckets):
+                        problem = "a price with more than 6 decimal places"
+                        break
+                    if timeline and timeline[-1][1] == buckets:
+                        continue  # the same prices again: one period
+                    timeline.append((start, buckets))
+                if problem:
                     break
-                if not _representable(buckets):
-                    problem = "a price with more than 6 decimal places"
-                    break
-                if timeline and timeline[-1][1] == buckets:
-                    continue  # the same prices again: one period
-                timeline.append((start, buckets, tiers))
             if problem:
                 skipped.append(PriceChange(provider.id, name, "skipped", None, problem))
                 continue
-            for i, (start, buckets, tiers) in enumerate(timeline):
-                end = timeline[i + 1][0] if i + 1 < len(timeline) else None
-                tier = min(int(t) for t in tiers) if tiers else None
-                rows.append(PriceRow(provider.id, name, *buckets, start, end, GENAI_SOURCE, tier))
+            for level, timeline in timelines.items():
+                for i, (start, buckets) in enumerate(timeline):
+                    end = timeline[i + 1][0] if i + 1 < len(timeline) else None
+                    rows.append(PriceRow(provider.id, name, *buckets, start, end, GENAI_SOURCE, level))
     return rows, skipped
 
 

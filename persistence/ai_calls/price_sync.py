@@ -14,8 +14,10 @@ the default rows come from. How its data maps to our rows:
   prices, else its input price; `reasoning` is its reasoning price, else its output price; a missing
   output price is 0 (embedding models). `cache_write_1h` only where genai-prices has a 1-hour price
   (NULL otherwise: a call with 1-hour writes is then unpriced rather than priced at the 5-minute rate).
-- Tiered prices (by prompt length): the row holds the base tier, so a call above the threshold is
-  priced at the base tier (under-priced); the sync report names these models (`PriceChange.reason`).
+- Tiered prices (by prompt length, revision 0016): one row per tier, `min_input_tokens` its start
+  (0: the base tier); each tier of a model is its own effective-dated key, planned like a model
+  (a changed tier is a new row from the sync's time; a tier genai-prices no longer has is closed).
+  On a table without the column (revision 0010 running before 0016) only base tiers are imported.
 - `source` is 'genai-prices' (the package's version is in the sync report, not in the rows, so an
   upgrade of the package that changes no price changes no row).
 - Service-tier and batch variants (priority, flex, batch) are not imported: rows are standard prices.
@@ -135,6 +137,7 @@ class _Existing:
     effective_from: datetime
     effective_to: datetime | None
     source: str | None
+    min_input_tokens: int = 0
 
 
 @dataclass
@@ -184,16 +187,15 @@ def _existing_from(rows: Sequence[_Existing], at: datetime) -> list[tuple[dateti
     return out
 
 
-def _plan_key(existing: list[_Existing], desired: list[PriceRow], now: datetime, plan: _Plan) -> None:
+def _plan_model(existing: list[_Existing], desired: list[PriceRow], now: datetime, plan: _Plan) -> None:
+    """One (provider, model): every tier of it planned as its own key; reported once per model."""
     provider, model = desired[0].provider, desired[0].model
     if not existing:
         plan.inserts.extend(desired)
-        plan.changes.append(
-            PriceChange(provider, model, "added", desired[0].effective_from, _tier_note(desired))
-        )
+        plan.changes.append(PriceChange(provider, model, "added", min(r.effective_from for r in desired)))
         return
     foreign = next((r for r in existing if not _ours(r.source)), None)
-    if foreign is not None:
+    if foreign is not None:  # someone owns this model's global price (any tier): all its tiers are left
         plan.changes.append(
             PriceChange(
                 provider,
@@ -204,14 +206,41 @@ def _plan_key(existing: list[_Existing], desired: list[PriceRow], now: datetime,
             )
         )
         return
+    have: dict[int, list[_Existing]] = {}
+    for row in existing:
+        have.setdefault(row.min_input_tokens, []).append(row)
+    want: dict[int, list[PriceRow]] = {}
+    for d in desired:
+        want.setdefault(d.min_input_tokens, []).append(d)
+    cuts = [
+        cut
+        for level in sorted(have.keys() | want.keys())
+        if (cut := _plan_tier(have.get(level, []), want.get(level, []), now, plan)) is not None
+    ]
+    if not cuts:
+        plan.unchanged += 1
+        return
+    plan.changes.append(PriceChange(provider, model, "changed", min(cuts)))
+
+
+def _plan_tier(
+    existing: list[_Existing], desired: list[PriceRow], now: datetime, plan: _Plan
+) -> datetime | None:
+    """One tier's rows (sorted by start) follow `desired` (empty: the tier is gone, closed from
+    `now`); returns where they start to change, None if they do not. A tier new to a model gets
+    genai-prices' whole history: no row of it ever priced a call."""
+    if not existing:
+        if not desired:
+            return None
+        plan.inserts.extend(desired)
+        return desired[0].effective_from
     # What was in force before `now` stays; from `now` on the table must say what genai-prices says.
     want = _timeline_from(desired, now)
     have = _existing_from(existing, now)
-    edges = sorted({s for s, _ in have} | {s for s, _ in want})
+    edges = sorted({s for s, _ in have} | {s for s, _ in want} | {now})
     cut = next((e for e in edges if _value_at(have, e) != _value_at(want, e)), None)
     if cut is None:
-        plan.unchanged += 1
-        return
+        return None
     for row in existing:
         if row.effective_from >= cut:
             plan.deletes.append(row.id)  # starts later than the sync: it never applied
@@ -220,16 +249,17 @@ def _plan_key(existing: list[_Existing], desired: list[PriceRow], now: datetime,
     new = _timeline_from(desired, cut)
     plan.inserts.extend(
         PriceRow(
-            provider, model, *buckets, start, new[i + 1][0] if i + 1 < len(new) else None, desired[0].source
+            existing[0].provider,
+            existing[0].model,
+            *buckets,
+            start,
+            new[i + 1][0] if i + 1 < len(new) else None,
+            GENAI_SOURCE,
+            existing[0].min_input_tokens,
         )
         for i, (start, buckets) in enumerate(new)
     )
-    plan.changes.append(PriceChange(provider, model, "changed", cut, _tier_note(desired)))
-
-
-def _tier_note(rows: Sequence[PriceRow]) -> str:
-    tiers = [r.tiered_above for r in rows if r.tiered_above is not None]
-    return f"base tier: calls above {min(tiers)} input tokens are under-priced" if tiers else ""
+    return cut
 
 
 def _value_at(timeline: Sequence[tuple[datetime, Buckets | None]], at: datetime) -> Buckets | None:
@@ -246,13 +276,14 @@ def plan_sync(existing: Iterable[_Existing], desired: Iterable[PriceRow], now: d
     for row in existing:
         by_key.setdefault((row.provider, row.model), []).append(row)
     for rows in by_key.values():
-        rows.sort(key=lambda r: r.effective_from)
+        rows.sort(key=lambda r: (r.min_input_tokens, r.effective_from))
     wanted: dict[tuple[str, str], list[PriceRow]] = {}
     for d in desired:
         wanted.setdefault((d.provider, d.model), []).append(d)
     plan = _Plan()
     for key in sorted(wanted):
-        _plan_key(by_key.get(key, []), sorted(wanted[key], key=lambda r: r.effective_from), now, plan)
+        wanted_rows = sorted(wanted[key], key=lambda r: (r.min_input_tokens, r.effective_from))
+        _plan_model(by_key.get(key, []), wanted_rows, now, plan)
     return plan
 
 
@@ -273,6 +304,7 @@ _PRICES = sa.table(
     sa.column("effective_from", sa.DateTime(timezone=True)),
     sa.column("effective_to", sa.DateTime(timezone=True)),
     sa.column("source", sa.String()),
+    sa.column("min_input_tokens", sa.BigInteger()),
 )
 _BUCKET_COLUMNS = (
     "input_per_mtok",
@@ -290,10 +322,12 @@ _ARRAY_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "effective_from": postgresql.ARRAY(sa.DateTime(timezone=True)),
     "effective_to": postgresql.ARRAY(sa.DateTime(timezone=True)),
     "source": postgresql.ARRAY(sa.String()),
+    "min_input_tokens": postgresql.ARRAY(sa.BigInteger()),
 }
+_TIER = "min_input_tokens"
 
 
-def _select_existing(providers: Collection[str]) -> sa.Select[Any]:
+def _select_existing(providers: Collection[str], tiers: bool) -> sa.Select[Any]:
     p = _PRICES.c
     return (
         sa.select(
@@ -304,6 +338,7 @@ def _select_existing(providers: Collection[str]) -> sa.Select[Any]:
             p.effective_from,
             p.effective_to,
             p.source,
+            p.min_input_tokens if tiers else sa.literal(0, sa.BigInteger()),
         )
         .where(p.tenant_id == "", p.provider.in_(sorted(providers)))
         .order_by(p.provider, p.model, p.effective_from)
@@ -311,10 +346,10 @@ def _select_existing(providers: Collection[str]) -> sa.Select[Any]:
 
 
 def _existing(rows: Iterable[Any]) -> list[_Existing]:
-    return [_Existing(r[0], r[1], r[2], tuple(r[3:9]), r[9], r[10], r[11]) for r in rows]
+    return [_Existing(r[0], r[1], r[2], tuple(r[3:9]), r[9], r[10], r[11], r[12]) for r in rows]
 
 
-def _statements(plan: _Plan) -> list[sa.Executable]:
+def _statements(plan: _Plan, tiers: bool) -> list[sa.Executable]:
     out: list[sa.Executable] = []
     if plan.deletes:
         out.append(_PRICES.delete().where(_PRICES.c.id.in_(plan.deletes)))
@@ -331,21 +366,23 @@ def _statements(plan: _Plan) -> list[sa.Executable]:
         )
         out.append(_PRICES.update().where(_PRICES.c.id == v.c.id).values(effective_to=v.c.effective_to))
     if plan.inserts:
-        columns = list(zip(*(tuple(getattr(r, c) for c in _ROW_COLUMNS) for r in plan.inserts), strict=True))
+        names = (*_ROW_COLUMNS, _TIER) if tiers else _ROW_COLUMNS
+        columns = list(zip(*(tuple(getattr(r, c) for c in names) for r in plan.inserts), strict=True))
         rows = (
             sa.func.unnest(
                 *(
                     sa.bindparam(f"v_{c}", list(values), type_=_ARRAY_TYPES[c])
-                    for c, values in zip(_ROW_COLUMNS, columns, strict=True)
+                    for c, values in zip(names, columns, strict=True)
                 )
             )
-            .table_valued(*_ROW_COLUMNS)
+            .table_valued(*names)
             .render_derived(name="v")
         )
+        key = ["provider", "model", "tenant_id", *([_TIER] if tiers else []), "effective_from"]
         out.append(
             postgresql.insert(_PRICES)
-            .from_select(list(_ROW_COLUMNS), sa.select(*(rows.c[c] for c in _ROW_COLUMNS)))
-            .on_conflict_do_nothing(index_elements=["provider", "model", "tenant_id", "effective_from"])
+            .from_select(list(names), sa.select(*(rows.c[c] for c in names)))
+            .on_conflict_do_nothing(index_elements=key)
         )
     return out
 
@@ -367,7 +404,12 @@ def _report(plan: _Plan, unsupported: list[PriceChange], *, dry_run: bool) -> Pr
     )
 
 
-_NOW = sa.text("SELECT pg_advisory_xact_lock(:k), now()").bindparams(k=_SYNC_LOCK)
+# The lock, the sync's time, and whether `vendor_prices` has tiers (revision 0016; revision 0010
+# runs this code before that column exists).
+_NOW = sa.text(
+    "SELECT pg_advisory_xact_lock(:k), now(), EXISTS (SELECT 1 FROM pg_attribute "
+    "WHERE attrelid = 'vendor_prices'::regclass AND attname = 'min_input_tokens' AND NOT attisdropped)"
+).bindparams(k=_SYNC_LOCK)
 
 
 def sync_prices_on(
@@ -378,11 +420,11 @@ def sync_prices_on(
     providers: Collection[str] = DEFAULT_PROVIDERS,
 ) -> PriceSyncReport:
     """`sync_prices` on a synchronous connection inside the caller's transaction (Alembic's)."""
-    desired, unsupported = genai_rows(source, providers=providers)
-    now = connection.execute(_NOW).one()[1]
-    plan = plan_sync(_existing(connection.execute(_select_existing(providers))), desired, now)
+    _, now, tiers = connection.execute(_NOW).one()
+    desired, unsupported = genai_rows(source, providers=providers, tiers=tiers)
+    plan = plan_sync(_existing(connection.execute(_select_existing(providers, tiers))), desired, now)
     if not dry_run:
-        for statement in _statements(plan):
+        for statement in _statements(plan, tiers):
             connection.execute(statement)
     return _report(plan, unsupported, dry_run=dry_run)
 
@@ -399,14 +441,14 @@ async def sync_prices(
     change). See the module docstring for what is never touched. `dry_run` writes nothing."""
     if not isinstance(engine, AsyncEngine):
         raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
-    desired, unsupported = genai_rows(source, providers=providers)
     try:
         async with engine.begin() as conn:
-            now = (await conn.execute(_NOW)).one()[1]
-            existing = _existing((await conn.execute(_select_existing(providers))).all())
+            _, now, tiers = (await conn.execute(_NOW)).one()
+            desired, unsupported = genai_rows(source, providers=providers, tiers=tiers)
+            existing = _existing((await conn.execute(_select_existing(providers, tiers))).all())
             plan = plan_sync(existing, desired, now)
             if not dry_run:
-                for statement in _statements(plan):
+                for statement in _statements(plan, tiers):
                     await conn.execute(statement)
     except PersistenceError:
         raise

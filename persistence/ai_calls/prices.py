@@ -11,6 +11,12 @@ A call's model name is looked up as given, then as the model it is a dated snaps
 (`gpt-4o-2024-08-06` -> `gpt-4o`), then as the genai-prices model id it is a name of
 (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`, `price_catalog.resolve_model`), the first name
 that has a row winning.
+
+Tiered prices (by context length, revision 0016): a row with `min_input_tokens` N prices the whole
+call when the call's input (`threshold_tokens`: uncached input plus cache reads and writes, as
+genai-prices counts `input_tokens`) exceeds N; 0 is the base tier. For a call, each tier in force
+is the tenant's row of that tier, else the global one, and the highest tier below the call's input
+prices it. The tiers in force are precomputed per key and time window (`_memo`), highest first.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ __all__ = [
     "PriceBook",
     "PricedCost",
     "Quote",
+    "Tiers",
     "UnpricedCallError",
+    "threshold_tokens",
 ]
 
 _MILLION = Decimal(1_000_000)
@@ -49,18 +57,19 @@ _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{2}-\d{4}|\d{3}|latest)$")
 Quote = tuple[Decimal, Decimal | None, str, int | None]
 LOAD_PRICES = (
     "SELECT id, provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
-    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok "
+    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok, "
+    "source, min_input_tokens "
     "FROM vendor_prices "
-    "ORDER BY provider, model, tenant_id, effective_from"
+    "ORDER BY provider, model, tenant_id, min_input_tokens, effective_from"
 )
 # The same rows and the table's version in one statement (one snapshot): the first column is the
 # version (NULL without the counter table), the rest a price row (all NULL when there is none).
 LOAD_PRICES_VERSIONED = (
     "SELECT (SELECT version FROM vendor_prices_version) AS version, p.id, p.provider, p.model, p.tenant_id, "
     "p.input_per_mtok, p.output_per_mtok, p.cache_read_per_mtok, p.cache_write_per_mtok, p.reasoning_per_mtok, "
-    "p.effective_from, p.effective_to, p.cache_write_1h_per_mtok "
+    "p.effective_from, p.effective_to, p.cache_write_1h_per_mtok, p.source, p.min_input_tokens "
     "FROM (SELECT 1) one LEFT JOIN vendor_prices p ON true "
-    "ORDER BY p.provider, p.model, p.tenant_id, p.effective_from"
+    "ORDER BY p.provider, p.model, p.tenant_id, p.min_input_tokens, p.effective_from"
 )
 PRICES_VERSION = "SELECT version FROM vendor_prices_version"
 
@@ -83,6 +92,8 @@ class Price:
     # Anthropic's 1-hour cache writes; None: this row prices none (a call with some is unpriced by it).
     cache_write_1h_per_mtok: Decimal | None = None
     source: str | None = None  # who entered the row: 'manual', 'genai-prices <version>', ...
+    # The tier: prices calls whose `threshold_tokens` exceed this (the whole call); 0: the base tier.
+    min_input_tokens: int = 0
     # The five per-Mtok prices as integers of 1e-6 USD (None if one has more than 6 places), so a
     # cost is exact integer arithmetic in units of 1e-12 USD: no Decimal per bucket on the hot path.
     micros: tuple[int, int, int, int, int] | None = field(init=False, repr=False, compare=False)
@@ -121,6 +132,29 @@ class Price:
         ) / _MILLION
 
 
+def threshold_tokens(record: AICallRecord) -> int:
+    """The tokens a tier threshold is compared with: all input, cached included (genai-prices'
+    `input_tokens`, of which cache reads and writes are parts; our buckets are disjoint)."""
+    return (
+        record.input_tokens
+        + record.cache_read_tokens
+        + record.cache_write_tokens
+        + record.cache_write_1h_tokens
+    )
+
+
+# The tiers in force for a key at a time: (min_input_tokens, price), highest tier first.
+Tiers = tuple[tuple[int, Price], ...]
+
+
+def _pick(tiers: Tiers, tokens: int) -> Price | None:
+    """The highest tier `tokens` exceeds (the base tier, 0, for any call)."""
+    for floor, price in tiers:
+        if tokens > floor or floor == 0:
+            return price
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PricedCost:
     """What the ledger stores about a call's cost."""
@@ -132,7 +166,7 @@ class PricedCost:
 
 
 class PriceBook:
-    """Prices by (provider, model, tenant), each list sorted by `effective_from`."""
+    """Prices by (provider, model, tenant) and tier, each list sorted by `effective_from`."""
 
     def __init__(self, rows: Iterable[Any] | None = None, *, ttl: float = 60.0, miss_interval: float = 5.0):
         """`rows`: a `LOAD_PRICES` result; None: not loaded yet (`stale` until `replace`), so a
@@ -144,24 +178,30 @@ class PriceBook:
         self.missed_at = float("-inf")
         # `vendor_prices_version` when the rows were read; None: unknown (refreshed by `ttl`).
         self.version: int | None = None
-        self._by_key: dict[tuple[str, str, str], list[Price]] = {}
-        self._starts: dict[tuple[str, str, str], list[datetime]] = {}
+        # (provider, model, tenant) -> tier -> rows of that tier by start, and their starts.
+        self._by_key: dict[tuple[str, str, str], dict[int, list[Price]]] = {}
+        self._starts: dict[tuple[str, str, str], dict[int, list[datetime]]] = {}
         self._models: set[tuple[str, str]] = set()
-        # (provider, model, tenant) -> (from, to, price): the lookup's answer for every time in
-        # [from, to), so pricing a call is a dict get and a range compare.
-        self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Price | None]] = {}
+        # (provider, model, tenant) -> (from, to, tiers): the tiers in force for every time in
+        # [from, to), so pricing a call is a dict get, a range compare and a walk over its tiers.
+        self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Tiers]] = {}
         if rows is not None:
             self.replace(rows)
 
     def replace(self, rows: Iterable[Any], version: int | None = None) -> None:
-        by_key: dict[tuple[str, str, str], list[Price]] = {}
+        by_key: dict[tuple[str, str, str], dict[int, list[Price]]] = {}
         for row in rows:
             price = Price(*row)
-            by_key.setdefault((price.provider, price.model, price.tenant_id), []).append(price)
-        for prices in by_key.values():
-            prices.sort(key=lambda p: p.effective_from)
+            tiers = by_key.setdefault((price.provider, price.model, price.tenant_id), {})
+            tiers.setdefault(price.min_input_tokens, []).append(price)
+        for tiers in by_key.values():
+            for prices in tiers.values():
+                prices.sort(key=lambda p: p.effective_from)
         self._by_key = by_key
-        self._starts = {key: [p.effective_from for p in prices] for key, prices in by_key.items()}
+        self._starts = {
+            key: {tier: [p.effective_from for p in prices] for tier, prices in tiers.items()}
+            for key, tiers in by_key.items()
+        }
         self._models = {(provider, model) for provider, model, _ in by_key}
         self._memo = {}
         self.version = version
@@ -173,7 +213,7 @@ class PriceBook:
         self.replace((tuple(row)[1:] for row in rows if row[1] is not None), version)
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self._by_key.values())
+        return sum(len(p) for tiers in self._by_key.values() for p in tiers.values())
 
     @property
     def stale(self) -> bool:
@@ -201,36 +241,55 @@ class PriceBook:
                 names.append(alias)
         return tuple(names)
 
-    def lookup(self, provider: str, model: str, tenant: str | None, at: datetime) -> Price | None:
-        """The tenant's price in force at `at`, else the global one, else None; for a snapshot with
-        no price in force for the tenant at `at`, the same for the model it is a snapshot of."""
-        for name in self._models_to_try(provider, model):
-            for tenant_id in (tenant, "") if tenant else ("",):
-                key = (provider, name, tenant_id)
-                starts = self._starts.get(key)
-                if not starts:
-                    continue
-                i = bisect.bisect_right(starts, at) - 1
-                if i >= 0 and self._by_key[key][i].covers(at):
-                    return self._by_key[key][i]
+    def _in_force(self, key: tuple[str, str, str], tier: int, at: datetime) -> Price | None:
+        starts = self._starts[key][tier]
+        i = bisect.bisect_right(starts, at) - 1
+        if i >= 0:
+            found = self._by_key[key][tier][i]
+            if found.covers(at):
+                return found
         return None
+
+    def tiers(self, provider: str, model: str, tenant: str | None, at: datetime) -> Tiers:
+        """The tiers in force at `at`, highest first: per tier the tenant's row, else the global
+        one, of the first model name (`_models_to_try`) that has any."""
+        for name in self._models_to_try(provider, model):
+            found: dict[int, Price] = {}
+            for tenant_id in ("", tenant) if tenant else ("",):  # the tenant's rows last: they win
+                key = (provider, name, tenant_id)
+                for tier in self._by_key.get(key, ()):
+                    price = self._in_force(key, tier, at)
+                    if price is not None:
+                        found[tier] = price
+            if found:
+                return tuple(sorted(found.items(), key=lambda item: -item[0]))
+        return ()
+
+    def lookup(
+        self, provider: str, model: str, tenant: str | None, at: datetime, input_tokens: int = 0
+    ) -> Price | None:
+        """The price of a call with `input_tokens` (`threshold_tokens`) at `at`: the highest tier
+        in force it exceeds (tenant's row of a tier, else the global one), else None; for a
+        snapshot with no price in force at `at`, the same for the model it is a snapshot of."""
+        return _pick(self.tiers(provider, model, tenant, at), input_tokens)
 
     def _window(
         self, provider: str, model: str, tenant: str | None, at: datetime
-    ) -> tuple[datetime, datetime, Price | None]:
-        """`lookup`'s answer at `at` and the period around `at` in which that answer holds."""
+    ) -> tuple[datetime, datetime, Tiers]:
+        """`tiers`' answer at `at` and the period around `at` in which that answer holds."""
         lo, hi = _EARLIEST, _LATEST
         for name in self._models_to_try(provider, model):
             for tenant_id in (tenant, "") if tenant else ("",):
-                for p in self._by_key.get((provider, name, tenant_id), ()):
-                    for edge in (p.effective_from, p.effective_to):
-                        if edge is None:
-                            continue
-                        if edge <= at:
-                            lo = max(lo, edge)
-                        else:
-                            hi = min(hi, edge)
-        return lo, hi, self.lookup(provider, model, tenant, at)
+                for prices in self._by_key.get((provider, name, tenant_id), {}).values():
+                    for p in prices:
+                        for edge in (p.effective_from, p.effective_to):
+                            if edge is None:
+                                continue
+                            if edge <= at:
+                                lo = max(lo, edge)
+                            else:
+                                hi = min(hi, edge)
+        return lo, hi, self.tiers(provider, model, tenant, at)
 
     def quote(self, record: AICallRecord) -> Quote | None:
         """`price` as a plain tuple (the logger's hot path); None when no cost is given or priced."""
@@ -241,7 +300,11 @@ class PriceBook:
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
             memo = self._memo[key] = self._window(record.provider, record.model, record.organization_id, at)
-        found = memo[2]
+        tiers = memo[2]
+        if len(tiers) == 1 and tiers[0][0] == 0:
+            found: Price | None = tiers[0][1]  # untiered: no token count needed
+        else:
+            found = _pick(tiers, threshold_tokens(record))
         if found is not None and record.cache_write_1h_tokens and found.cache_write_1h_per_mtok is None:
             found = None  # the row in force has no 1-hour write price: never priced at the 5-minute rate
         if found is None:

@@ -2,7 +2,9 @@
 
 One row is the price of one (provider, model) for one tenant (`tenant_id`, matched against the
 call's `organization_id`; '' is the global price) from `effective_from` until `effective_to`
-(NULL: open-ended). A tenant's row wins over the global one. Rows of the same key never overlap:
+(NULL: open-ended), for calls whose input exceeds `min_input_tokens` (a context-length tier,
+revision 0016; 0 the base tier). A tenant's row of a tier wins over the global one. Rows of the same
+key (provider, model, tenant, tier) never overlap:
 a trigger (revision 0002) rejects an overlap with SQLSTATE 23P01, mapped to `ConflictError`.
 Prices per million tokens keep the figures exactly as vendors publish them.
 """
@@ -53,6 +55,9 @@ class VendorPrice(Base):
     effective_from: Mapped[datetime]
     effective_to: Mapped[datetime | None]
     source: Mapped[str | None] = mapped_column(String(200))
+    # The tier (revision 0016): the row prices a whole call whose input tokens (cached included)
+    # exceed this; 0 is the base tier.
+    min_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
@@ -61,14 +66,16 @@ class VendorPrice(Base):
         ),
         CheckConstraint("effective_to IS NULL OR effective_to > effective_from", name="period_ordered"),
         CheckConstraint("cache_write_1h_per_mtok >= 0", name="cache_write_1h_price_non_negative"),
+        CheckConstraint("min_input_tokens >= 0", name="min_input_tokens_non_negative"),
     )
 
 
 Index(
-    "ix_vendor_prices_provider_model_tenant_id_effective_from",
+    "ix_vendor_prices_provider_model_tenant_id_tier_from",
     VendorPrice.provider,
     VendorPrice.model,
     VendorPrice.tenant_id,
+    VendorPrice.min_input_tokens,
     VendorPrice.effective_from,
     unique=True,
 )
@@ -77,8 +84,9 @@ Index(
 # Seed 002's `global_vendor_pricing`, as a view: the global prices in force now, under the seed's
 # names (`vendor`, `input_price`/`output_price` per token, `effective_date`, `is_active`) plus per-1K
 # and per-1M figures and our cache/reasoning buckets. Products of exact decimals, never rounded.
-# Revision 0012 creates the same view; a later revision that alters a column it reads must drop
-# and recreate it.
+# Base tiers only (one row per model, as the seed counts them; the context-length tiers are in
+# `vendor_prices`). Revision 0016 creates this view (0012 had it without the tier filter); a later
+# revision that alters a column it reads must drop and recreate it.
 GLOBAL_VENDOR_PRICING_VIEW = """
 CREATE VIEW global_vendor_pricing AS
 SELECT p.id, p.provider AS vendor, p.model, CAST('tokens' AS varchar(50)) AS pricing_model,
@@ -93,7 +101,8 @@ SELECT p.id, p.provider AS vendor, p.model, CAST('tokens' AS varchar(50)) AS pri
        CAST('USD' AS varchar(3)) AS currency, p.effective_from AS effective_date,
        p.effective_to AS effective_until, true AS is_active, p.source, p.created_at
   FROM vendor_prices p
- WHERE p.tenant_id = '' AND p.effective_from <= now() AND (p.effective_to IS NULL OR p.effective_to > now())
+ WHERE p.tenant_id = '' AND p.min_input_tokens = 0
+   AND p.effective_from <= now() AND (p.effective_to IS NULL OR p.effective_to > now())
 """
 
 

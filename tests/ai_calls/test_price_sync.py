@@ -36,7 +36,9 @@ async def version(engine: AsyncEngine) -> int:
 
 async def test_upgrade_head_loads_genai_prices_for_current_models(engine: AsyncEngine) -> None:
     rows = {
-        (p.provider, p.model): p for p in await list_prices(engine, tenant_id="") if p.effective_to is None
+        (p.provider, p.model): p
+        for p in await list_prices(engine, tenant_id="", min_input_tokens=0)
+        if p.effective_to is None
     }
     for key in [
         ("openai", "gpt-5"),
@@ -57,8 +59,10 @@ async def test_upgrade_head_loads_genai_prices_for_current_models(engine: AsyncE
     )
     sonnet = rows[("anthropic", "claude-sonnet-4-5")]
     assert (sonnet.cache_write_per_mtok, sonnet.cache_write_1h_per_mtok) == (D("3.75"), D("6"))
-    [tiered] = [r for r in genai_rows()[0] if (r.provider, r.model) == ("anthropic", "claude-sonnet-4-5")]
-    assert tiered.tiered_above == 200_000  # stored as its base tier (the sync report says so)
+    tiers = [
+        r for r in genai_rows(tiers=True)[0] if (r.provider, r.model) == ("anthropic", "claude-sonnet-4-5")
+    ]
+    assert [(r.min_input_tokens, r.input_per_mtok) for r in tiers] == [(0, D("3")), (200_000, D("6"))]
     # Revision 0003's hand-typed rows priced nothing on a fresh database: they are gone.
     assert await scalar(engine, "SELECT count(*) FROM vendor_prices WHERE source = 'migration 0003'") == 0
     # genai-prices' dated changes are effective-dated rows (o3's price cut of 2025-06-10).
@@ -75,7 +79,7 @@ async def test_sync_is_idempotent(engine: AsyncEngine) -> None:
     second = await sync_prices(engine)
     for report in (first, second):
         assert (report.added, report.changed, report.skipped_manual, report.rows_inserted) == (0, 0, 0, 0)
-        assert report.unchanged == len({(r.provider, r.model) for r in genai_rows()[0]})
+        assert report.unchanged == len({(r.provider, r.model) for r in genai_rows(tiers=True)[0]})
     assert await version(engine) == before  # nothing was written
     reasons = {(c.provider, c.model): c.reason for c in first.unsupported}
     assert reasons[("deepseek", "deepseek-chat")] == "time-of-day prices are not modelled"  # off-peak prices
@@ -87,21 +91,18 @@ async def test_a_changed_upstream_price_is_a_new_effective_dated_row(engine: Asy
     gpt54 = next(m for m in changed[0].models if m.id == "gpt-5.4")  # tiered: base 2.5 up to 272k tokens
     gpt54.prices = ModelPrice(input_mtok=TieredPrices(D("3"), [Tier(272_000, D("6"))]), output_mtok=D("15"))
     dry = await sync_prices(engine, source=changed, dry_run=True)
-    assert (dry.changed, dry.rows_inserted, dry.rows_closed) == (2, 2, 2)
+    assert (dry.changed, dry.rows_inserted, dry.rows_closed) == (2, 3, 3)  # gpt-5.4: both tiers
     assert await list_prices(engine, provider="openai", model="gpt-5") == [old]
 
     report = await sync_prices(engine, source=changed)
-    assert (report.added, report.changed, report.rows_inserted, report.rows_closed) == (0, 2, 2, 2)
+    assert (report.added, report.changed, report.rows_inserted, report.rows_closed) == (0, 2, 3, 3)
     change, tiered = sorted((c for c in report.changes if c.kind == "changed"), key=lambda c: c.model)
     assert (change.provider, change.model, change.reason) == ("openai", "gpt-5", "")
-    assert (tiered.model, tiered.reason) == (
-        "gpt-5.4",
-        "base tier: calls above 272000 input tokens are under-priced",
-    )
-    assert [p.input_per_mtok for p in await list_prices(engine, provider="openai", model="gpt-5.4")] == [
-        D("2.5"),
-        D("3"),
-    ]
+    assert (tiered.model, tiered.reason) == ("gpt-5.4", "")  # tiers are imported, nothing under-priced
+    assert [
+        (p.min_input_tokens, p.input_per_mtok)
+        for p in await list_prices(engine, provider="openai", model="gpt-5.4")
+    ] == [(0, D("2.5")), (0, D("3")), (272_000, D("5")), (272_000, D("6"))]
     closed, new = await list_prices(engine, provider="openai", model="gpt-5")
     # History is kept: the old row keeps its prices and ends where the new one starts (the sync's time).
     assert (closed.id, closed.input_per_mtok, closed.effective_from) == (old.id, D("1.25"), EPOCH)
@@ -204,7 +205,7 @@ async def test_a_model_0003_did_not_know_is_priced_by_the_logger(engine: AsyncEn
         ).all()
     assert [tuple(r) for r in rows] == [
         (D("2.250000"), "computed", "gpt-5"),  # 1M * 1.25 + 0.1M * 10
-        (D("4.500000"), "computed", "claude-sonnet-4-5"),  # 1M * 3 + 0.1M * 15
+        (D("8.250000"), "computed", "claude-sonnet-4-5"),  # above 200k input: 1M * 6 + 0.1M * 22.5
         (D("4.500000"), "computed", "claude-sonnet-4-0"),
     ]
 
