@@ -20,7 +20,7 @@ price would be lost. Otherwise it deletes the upper-tier rows and restores 0012'
 function and view.
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0015
 Create Date: 2026-12-07 13:50:00+00:00
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from alembic import context, op
 
 revision: str = "0016"
-down_revision: str | Sequence[str] | None = "0012"
+down_revision: str | Sequence[str] | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
