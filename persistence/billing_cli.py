@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from persistence.cli_common import command_engine
+from persistence.cli_common import command_engine, utc_datetime
 
 if TYPE_CHECKING:
     from persistence.ai_calls.billing import BillingValidationReport
@@ -27,14 +27,6 @@ BILLING_DESCRIPTION = (
     "billed USD with the ledger per model and UTC day and files the result (final once the period is "
     "closed). `accuracy --start --end` validates provided against computed cost per call."
 )
-
-
-def _when(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _month(text: str) -> date:
@@ -78,7 +70,7 @@ def add_billing_arguments(parser: argparse.ArgumentParser) -> None:
         help="a provider's late-data window for periods created now (default 35 days)",
     )
     close = actions.add_parser("close", help="move billing periods whose time has come")
-    close.add_argument("--now", type=_when, default=None, help="the clock (ISO time; default: now)")
+    close.add_argument("--now", type=utc_datetime, default=None, help="the clock (ISO time; default: now)")
     for name, help_ in (
         ("validate", "compare a provider's billing month with the ledger"),
         ("accuracy", "compare provided with computed cost per call over a period"),
@@ -88,8 +80,8 @@ def add_billing_arguments(parser: argparse.ArgumentParser) -> None:
             sub.add_argument("--provider", required=True)
             sub.add_argument("--period", type=_month, required=True, help="the month, YYYY-MM")
         else:
-            sub.add_argument("--start", type=_when, required=True, help="ISO time, UTC if no offset")
-            sub.add_argument("--end", type=_when, required=True, help="ISO time, exclusive")
+            sub.add_argument("--start", type=utc_datetime, required=True, help="ISO time, UTC if no offset")
+            sub.add_argument("--end", type=utc_datetime, required=True, help="ISO time, exclusive")
         sub.add_argument("--tolerance-usd", type=_amount, default=None, help="absolute tolerance in USD")
         sub.add_argument("--tolerance-pct", type=_amount, default=None, help="relative tolerance in percent")
         sub.add_argument("--json", action="store_true", help="print the result as JSON")

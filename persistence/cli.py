@@ -7,11 +7,10 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from persistence.billing_cli import BILLING_DESCRIPTION, add_billing_arguments, billing_command
-from persistence.cli_common import command_engine, run_guarded
+from persistence.cli_common import command_engine, run_guarded, utc_datetime
 from persistence.config import DatabaseConfig, EmbeddedConfig, ReconciliationConfig
 from persistence.embedded import EmbeddedServer
 from persistence.errors import PersistenceError
@@ -174,14 +173,6 @@ async def _partitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _utc_datetime(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 async def _rollups(args: argparse.Namespace) -> int:
     from persistence.ai_calls.rollups import fold_rollups, rebuild_rollups
 
@@ -269,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rollups", help="fold pending usage now, or rebuild the hourly rollups of a window"
     )
     rollups.add_argument("action", choices=["fold", "rebuild"])
-    rollups.add_argument("--start", type=_utc_datetime, help="rebuild from (ISO time, UTC if no offset)")
-    rollups.add_argument("--end", type=_utc_datetime, help="rebuild until (ISO time, UTC if no offset)")
+    rollups.add_argument("--start", type=utc_datetime, help="rebuild from (ISO time, UTC if no offset)")
+    rollups.add_argument("--end", type=utc_datetime, help="rebuild until (ISO time, UTC if no offset)")
     rec = sub.add_parser(
         "reconcile",
         help="compare the AI-call ledger with the metering vendor; exit 1 on FAIL",

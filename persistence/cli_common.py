@@ -21,7 +21,7 @@ from persistence.errors import PersistenceError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["command_engine", "run_guarded", "run_script", "utc_date"]
+__all__ = ["command_engine", "run_guarded", "run_script", "utc_date", "utc_datetime"]
 
 
 @contextlib.asynccontextmanager
@@ -65,3 +65,12 @@ def utc_date(text: str) -> datetime:
         return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def utc_datetime(text: str) -> datetime:
+    """An ISO date or date/time; UTC when it has no offset."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from persistence.cli_common import command_engine
+from persistence.cli_common import command_engine, utc_datetime
 from persistence.reprice_cli import REPRICE_DESCRIPTION, add_reprice_arguments, reprice_command
 
 if TYPE_CHECKING:
@@ -55,14 +55,6 @@ def _tokens(text: str) -> int:
     return value
 
 
-def _instant(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def add_prices_arguments(
     parser: argparse.ArgumentParser,
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
@@ -72,7 +64,9 @@ def add_prices_arguments(
     listing.add_argument("--provider", help="only this provider")
     listing.add_argument("--model", help="only this model (exact name)")
     listing.add_argument("--tenant", help="only this tenant's overrides ('' for the global prices)")
-    listing.add_argument("--at", type=_instant, help="only rows in force at this ISO time (UTC if no offset)")
+    listing.add_argument(
+        "--at", type=utc_datetime, help="only rows in force at this ISO time (UTC if no offset)"
+    )
     listing.add_argument(
         "--above-input-tokens",
         type=_tokens,
@@ -102,10 +96,12 @@ def add_prices_arguments(
     add.add_argument(
         "--from",
         dest="effective_from",
-        type=_instant,
+        type=utc_datetime,
         help="in force from (ISO time, UTC if no offset; default now)",
     )
-    add.add_argument("--to", dest="effective_to", type=_instant, help="in force until (default: open-ended)")
+    add.add_argument(
+        "--to", dest="effective_to", type=utc_datetime, help="in force until (default: open-ended)"
+    )
     add.add_argument("--tenant", help="the tenant (a call's organization_id) this price overrides for")
     add.add_argument(
         "--above-input-tokens",

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 
-from persistence.cli_common import command_engine
+from persistence.cli_common import command_engine, utc_datetime
 
 __all__ = ["REPRICE_DESCRIPTION", "add_reprice_arguments", "reprice_command"]
 
@@ -23,21 +22,12 @@ REPRICE_DESCRIPTION = (
 )
 
 
-def _utc_datetime(text: str) -> datetime:
-    """An ISO date or date/time; UTC when it has no offset."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def add_reprice_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--since", type=_utc_datetime, required=True, help="from (ISO date/time, UTC if no offset), inclusive"
+        "--since", type=utc_datetime, required=True, help="from (ISO date/time, UTC if no offset), inclusive"
     )
     parser.add_argument(
-        "--until", type=_utc_datetime, default=None, help="until (ISO date/time, UTC if no offset), exclusive"
+        "--until", type=utc_datetime, default=None, help="until (ISO date/time, UTC if no offset), exclusive"
     )
     parser.add_argument("--provider", help="only this provider's calls")
     parser.add_argument("--model", help="only this model's calls")
