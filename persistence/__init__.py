@@ -121,6 +121,7 @@ from persistence.errors import (
     UsageSourceError,
     ValidationError,
 )
+from persistence.limits import Grant, LimitDecision, LimitExceeded, Limits
 from persistence.quotas import (
     TIERS,
     Admission,
@@ -230,6 +231,7 @@ __all__ = [
     "EmbeddedServerError",
     "FileUsageSource",
     "FloatPriceError",
+    "Grant",
     "HourlyCount",
     "HttpUsageSource",
     "IntegrityViolation",
@@ -237,8 +239,11 @@ __all__ = [
     "InvalidRequestError",
     "IssuedApiKey",
     "LedgerHealth",
+    "LimitDecision",
+    "LimitExceeded",
     "LimitState",
     "LimitStatus",
+    "Limits",
     "Load",
     "MappedModel",
     "MigrationLockTimeout",

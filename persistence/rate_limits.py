@@ -209,7 +209,8 @@ SELECT DISTINCT ON (metric, period) scope, metric, period, limit_value, burst
   FROM rate_limit_configs
  WHERE enabled AND (
        scope = 'global'
-    OR (scope = 'tier' AND scope_id = $2)
+    OR (scope = 'tier' AND scope_id = coalesce(nullif($2, ''),
+                                               (SELECT tier FROM companies WHERE company_id = $1)))
     OR (company_id = $1 AND (scope = 'company'
          OR (scope = 'user' AND scope_id = $3)
          OR (scope = 'key' AND scope_id = $4))))
@@ -433,7 +434,8 @@ class RateLimiter:
     # -- configs -------------------------------------------------------------------------------
 
     async def resolve(self, subject: RateSubject) -> ResolvedLimits:
-        """The limits in force for `subject`, one query: per (metric, period) the most specific row."""
+        """The limits in force for `subject`, one query: per (metric, period) the most specific row.
+        Without `subject.tier`, the company's tier (`companies.tier`) selects the tier rows."""
 
         async def work(raw: asyncpg.Connection) -> list[asyncpg.Record]:
             rows: list[asyncpg.Record] = await raw.fetch(

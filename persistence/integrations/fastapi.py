@@ -58,6 +58,7 @@ from persistence.errors import (
     TransientError,
     ValidationError,
 )
+from persistence.limits import LimitExceeded, Limits
 from persistence.repository.base import ModelT
 from persistence.repository.coerce import check_value
 from persistence.repository.filters import field_key, order_terms
@@ -67,8 +68,10 @@ from persistence.transaction import Transaction, transaction
 __all__ = [
     "API_KEYS_STATE",
     "ENGINE_STATE",
+    "LIMITS_STATE",
     "ApiKeyPrincipalDep",
     "EngineDep",
+    "LimitsDep",
     "ListQuery",
     "Problem",
     "QueryParameterError",
@@ -78,10 +81,12 @@ __all__ = [
     "api_keys_of",
     "engine_of",
     "get_engine",
+    "get_limits",
     "in_read_only_transaction",
     "in_transaction",
     "install_exception_handlers",
     "lifespan",
+    "limits_of",
     "list_params",
     "problem_for",
     "require_scopes",
@@ -118,6 +123,10 @@ def lifespan(
         try:
             yield
         finally:
+            limits = getattr(app.state, LIMITS_STATE, None)
+            if isinstance(limits, Limits):
+                delattr(app.state, LIMITS_STATE)
+                await limits.close()
             keys = getattr(app.state, API_KEYS_STATE, None)
             if isinstance(keys, ApiKeys):  # write the keys' last uses while the engine is still open
                 delattr(app.state, API_KEYS_STATE)
@@ -213,6 +222,9 @@ def problem_for(exc: PersistenceError) -> Problem:
     """The HTTP problem for one of our errors (most specific class first)."""
     if isinstance(exc, AuthenticationError):
         return Problem(401, "Unauthorized", "unauthorized", str(exc), {"reason": exc.reason.value})
+    if isinstance(exc, LimitExceeded):
+        refused = exc.decision.refused_by or "rate"
+        return Problem(429, "Too Many Requests", "limit-exceeded", str(exc), {"limit": refused})
     if isinstance(exc, ApiKeyScopeError):
         return Problem(403, "Forbidden", "forbidden", str(exc), {"missing_scopes": " ".join(exc.missing)})
     if isinstance(exc, NotFoundError):
@@ -266,6 +278,8 @@ def install_exception_handlers(app: FastAPI, *, retry_after: int = 1) -> None:
         headers = {"Retry-After": str(retry_after)} if problem.status == 503 else None
         if problem.status == 401:
             headers = {"WWW-Authenticate": 'Bearer realm="api"'}
+        if isinstance(exc, LimitExceeded):
+            headers = exc.decision.headers()
         return JSONResponse(
             problem.body(request.url.path),
             status_code=problem.status,
@@ -320,6 +334,30 @@ def require_scopes(*scopes: str) -> Callable[[ApiKeyPrincipal], Awaitable[ApiKey
         return principal
 
     return dependency
+
+
+# -- limits -------------------------------------------------------------------------------------------
+LIMITS_STATE = "persistence_limits"
+"""The `app.state` attribute holding the app's `Limits` (set your own before the first request to
+choose its options; otherwise one is built over the lifespan's engine and the app's `ApiKeys`)."""
+
+
+def limits_of(app: FastAPI) -> Limits:
+    """The app's `Limits` (built on first use; closed by the lifespan)."""
+    limits = getattr(app.state, LIMITS_STATE, None)
+    if not isinstance(limits, Limits):
+        limits = Limits(engine_of(app), api_keys=api_keys_of(app))
+        setattr(app.state, LIMITS_STATE, limits)
+    return limits
+
+
+def get_limits(request: Request) -> Limits:
+    """Dependency: the app's `Limits`. `(await limits.admit(principal, ...)).granted()` raises
+    `LimitExceeded`, answered as a 429 problem with `Retry-After` and `RateLimit-*` headers."""
+    return limits_of(request.app)
+
+
+LimitsDep = Annotated[Limits, Depends(get_limits)]
 
 
 # -- list endpoints -------------------------------------------------------------------------------------
