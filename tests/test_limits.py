@@ -168,6 +168,8 @@ async def test_bad_input_is_refused_before_anything_is_held(engine: AsyncEngine)
             await limits.admit(ALICE, prompt_tokens=1, max_tokens=1, cost_usd=0.01)  # type: ignore[arg-type]
         with pytest.raises(InvalidRequestError):
             await limits.admit(ALICE, prompt_tokens=-1, max_tokens=1, cost_usd=Decimal(0))
+        with pytest.raises(InvalidRequestError):
+            await limits.admit(RateSubject(""), prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0))
     assert await held_and_used(engine) == {}
     with pytest.raises(InvalidRequestError):
         Limits(engine, config_ttl=timedelta(seconds=-1))
