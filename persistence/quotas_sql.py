@@ -279,7 +279,7 @@ USAGE_DELETE = (
 # month after it); the exact choice is by period_start.
 USAGE_REBUILD = f"""
 INSERT INTO usage (company_id, user_id, period, period_start, period_end, requests_count, tokens_used, cost_usd)
-SELECT $1, r.user_id, p.period, p.period_start, p.period_end,
+SELECT $1::varchar, r.user_id, p.period, p.period_start, p.period_end,
        sum(r.actual_requests::bigint), sum(r.actual_tokens::bigint), sum(r.actual_cost_usd)
 FROM quota_reservations r {_usage_periods("r")}
 WHERE r.company_id = $1 AND r.state = 'settled'
