@@ -9,6 +9,10 @@ are rows per period (`quota_counters`), so a new period starts from zero by bein
 Periods are hourly/daily/weekly/monthly in a named IANA time zone, or a rolling window (whole
 minutes, counted in 60 buckets: the window slides a bucket at a time).
 
+Billing usage is kept apart from those counters (which a manual reset zeroes): the statement that
+settles a reservation also adds its actual usage to seed 001's `usage` rows (daily and monthly, on
+the user's local dates), and `rebuild_usage` recomputes them from the settled reservations.
+
 Decisions run on the database server's clock; every method takes `now` for callers (and tests)
 that drive time explicitly. Statements are in `quotas_sql.py`; why they are exact is explained there.
 """
