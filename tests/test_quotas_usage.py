@@ -10,12 +10,14 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from persistence import quotas_sql
 from persistence.errors import InvalidRequestError
-from persistence.quotas import QuotaLimits, Quotas, UsageRow
+from persistence.quotas import _USAGE_LOCK_CLASS, QuotaLimits, Quotas, UsageRow
 
 T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 # Europe/Paris's April starts here (CEST, UTC+2): 23:59 on 31 March in UTC is already 1 April there.
@@ -216,6 +218,16 @@ async def test_incremental_usage_equals_a_rebuild_after_a_concurrent_load_across
     assert {k[2] for k in want if k[1] == "monthly"} == {date(2026, 3, 1), date(2026, 4, 1)}
     incremental = await _engine_usage(engine)
     assert incremental == want
+    # Before any reset, a user's monthly row is their monthly counter (same zone, same instant).
+    for moment, first in (
+        (PARIS_APRIL - timedelta(microseconds=1), date(2026, 3, 1)),
+        (PARIS_APRIL, date(2026, 4, 1)),
+    ):
+        counters = {
+            c.metric: c.used for c in await quotas.counters("acme", "paris", now=moment) if c.scope == "user"
+        }
+        row = want[("paris", "monthly", first)]
+        assert (counters["requests"], counters["tokens"], counters["cost_usd"]) == row[1:]
     await quotas.rebuild_usage("acme", date(2026, 3, 1), date(2026, 5, 1))
     assert await _engine_usage(engine) == incremental
 
@@ -223,3 +235,36 @@ async def test_incremental_usage_equals_a_rebuild_after_a_concurrent_load_across
 def _month_end(first: date) -> date:
     following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
     return following - timedelta(days=1)
+
+
+@pytest.mark.commits
+async def test_a_rebuild_waits_for_a_settlement_in_flight_and_counts_it_once(engine: AsyncEngine) -> None:
+    """The settling statement holds the company's usage lock shared until its transaction ends, so
+    a rebuild (exclusive) sees all of that settlement or none of it."""
+    quotas = Quotas(engine)
+    done = await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    open_ = await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    assert done.reservation is not None and open_.reservation is not None
+    await quotas.settle(done.reservation, tokens=5, cost_usd=Decimal("0.5"), now=T0)
+    async with engine.connect() as conn, engine.connect() as probe:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(raw, asyncpg.Connection)
+        settling = raw.transaction()
+        await settling.start()
+        args = (Decimal(1), Decimal(7), Decimal("0.25"), "settled", T0, _USAGE_LOCK_CLASS)
+        assert (await raw.fetchrow(quotas_sql.FINISH, "acme", open_.reservation.id, *args))["counted"]
+        rebuild = asyncio.ensure_future(quotas.rebuild_usage("acme", date(2026, 3, 1), date(2026, 4, 1)))
+        waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        for _ in range(1000):  # until the rebuild queues for the lock (a state, not a time limit)
+            if await probe.scalar(waiting):
+                break
+            await asyncio.sleep(0.01)
+        assert await probe.scalar(waiting) == 1 and not rebuild.done()
+        await settling.commit()
+    assert await rebuild == 2
+    assert (await _engine_usage(engine))[("u1", "monthly", date(2026, 3, 1))] == (
+        date(2026, 3, 31),
+        2,
+        12,
+        Decimal("0.75"),
+    )
