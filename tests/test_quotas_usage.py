@@ -252,7 +252,7 @@ async def test_a_rebuild_waits_for_a_settlement_in_flight_and_counts_it_once(eng
         settling = raw.transaction()
         await settling.start()
         args = (Decimal(1), Decimal(7), Decimal("0.25"), "settled", T0, _USAGE_LOCK_CLASS)
-        assert (await raw.fetchrow(quotas_sql.FINISH, "acme", open_.reservation.id, *args))["counted"]
+        assert await raw.fetchval(quotas_sql.FINISH, "acme", open_.reservation.id, *args)  # counted
         rebuild = asyncio.ensure_future(quotas.rebuild_usage("acme", date(2026, 3, 1), date(2026, 4, 1)))
         waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         for _ in range(1000):  # until the rebuild queues for the lock (a state, not a time limit)
