@@ -212,7 +212,9 @@ def _usage_periods(alias: str) -> str:
 # writes nothing. The statement that flips a reservation to settled also adds its actual usage to
 # its `usage` rows (`counted`), so billing usage is counted exactly once, apart from the counters
 # (which a manual reset may zero). Before that it takes the company's usage lock shared (`gate`):
-# `rebuild_usage` takes it exclusively, so a rebuild never interleaves with a settlement.
+# `rebuild_usage` takes it exclusively, so a rebuild never interleaves with a settlement. Row locks
+# still come in one order (counters by id, the reservation, then its daily and monthly `usage` rows),
+# so settlements cannot deadlock each other on the usage rows either.
 FINISH = f"""
 WITH clock AS (
     SELECT coalesce($7::timestamptz, now()) AS now
