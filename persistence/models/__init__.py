@@ -23,6 +23,7 @@ from persistence.models.rollups import (
 from persistence.models.service_health import ServiceHealth
 from persistence.models.subjects import ApiKey, Company, User
 from persistence.models.training import TrainingData
+from persistence.models.usage import Usage
 from persistence.models.verification import VerificationResult
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "ReconciliationReport",
     "ServiceHealth",
     "TrainingData",
+    "Usage",
     "User",
     "VendorPrice",
     "VerificationResult",

@@ -114,6 +114,7 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "quota_reservations",
     "quota_holds",
     "rate_limit_resets",
+    "usage",  # billing usage, written by quota settlements (revision 0017): never reset
 )
 
 _BATCH = 1000

@@ -59,6 +59,7 @@ from persistence.models import (
     ReconciliationReport,
     ServiceHealth,
     TrainingData,
+    Usage,
     User,
     VendorPrice,
     VerificationResult,
@@ -112,6 +113,7 @@ __all__ = [
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
+    "UsageFactory",
     "UserFactory",
     "VendorPriceFactory",
     "VerificationResultFactory",
@@ -1058,3 +1060,21 @@ class RateLimitResetFactory(ModelFactory[RateLimitReset]):
     previous_used = Decimal(42_000)
     requested_by = "admin@example.com"
     reason = "support ticket"
+
+
+class UsageFactory(ModelFactory[Usage]):
+    """One user's usage in the current UTC month (seed 001's `usage`; written by `Quotas.settle`)."""
+
+    class Meta:
+        model = Usage
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    period = "monthly"
+    period_start = factory.LazyFunction(lambda: _month_start().date())
+    period_end: factory.LazyAttribute[Any, date] = factory.LazyAttribute(
+        lambda o: (o.period_start.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    )
+    requests_count = 12
+    tokens_used = 42_000
+    cost_usd = Decimal("0.42")

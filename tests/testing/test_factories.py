@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +47,7 @@ from persistence.testing import (
     ReconciliationReportFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
+    UsageFactory,
     UserFactory,
     VendorPriceFactory,
     VerificationResultFactory,
@@ -89,6 +90,7 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     QuotaReservationFactory,
     QuotaHoldFactory,
     RateLimitResetFactory,
+    UsageFactory,
 ]
 
 
@@ -110,7 +112,9 @@ async def test_factory_output_is_accepted_by_the_database(
     assert count == (before or 0) + 1
     for name in ("created_at", "updated_at", "last_heartbeat", "period_start", "period_end", "generated_at"):
         value = getattr(obj, name, None)
-        if value is not None:
+        if value is not None and not (
+            isinstance(value, date) and not isinstance(value, datetime)
+        ):  # local dates
             assert isinstance(value, datetime)
             assert value.utcoffset() is not None, f"{model.__name__}.{name} is naive"
 
