@@ -137,7 +137,12 @@ CLAIM = _take(
 )
 
 # $1 company, $2 request, $3 worker, $4 lease seconds, $5 now: a request an external queue delivered.
-START = _take("SELECT $1::varchar AS company_id, $2::uuid AS request_id, NULL::timestamptz AS queued_at", "$3", "$4", "$5")
+START = _take(
+    "SELECT $1::varchar AS company_id, $2::uuid AS request_id, NULL::timestamptz AS queued_at",
+    "$3",
+    "$4",
+    "$5",
+)
 
 _HELD = (
     "company_id = $1 AND request_id = $2 AND status = 'processing' AND lease_id = $3 AND lease_until > {at}"
