@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -25,6 +27,7 @@ from persistence.requests import (
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 SHA = hashlib.sha256(b"Le texte traduit").digest()
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def at(seconds: float) -> datetime:
@@ -376,3 +379,21 @@ async def test_hooks_run_in_the_transition_transaction_and_roll_it_back(engine: 
     assert (await requests.status("acme", rid)).status == "processing"
     await requests.complete(claim, now=at(2))
     assert seen == [("queued", "queued"), ("finished", "failed"), ("finished", "completed")]
+
+
+async def test_the_readme_example_runs_as_written(engine: AsyncEngine, connection: AsyncConnection) -> None:
+    """README's "Inference requests" block, as written (its top-level awaits inside a coroutine)."""
+    section = README.read_text().split("## Inference requests\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec("async def snippet(engine):\n" + "".join(f"    {line}\n" for line in code.splitlines()), namespace)  # noqa: S102 (our README)
+    await namespace["snippet"](engine)
+    row = (
+        await connection.execute(
+            text(
+                "SELECT r.status, r.total_tokens, s.request_count "
+                "FROM requests r JOIN request_stats s USING (company_id, user_id)"
+            )
+        )
+    ).one()
+    assert tuple(row) == ("completed", 200, 1)
