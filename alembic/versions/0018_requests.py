@@ -85,13 +85,13 @@ SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, up
        NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at,
        NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens,
        NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message,
-       NULL::bytea AS result_sha256, attempts, worker_id
+       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id
   FROM request_inflight
 UNION ALL
 SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, updated_at,
        queued_at, processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at,
        processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message,
-       result_sha256, attempts, worker_id
+       result_sha256, attempts, worker_id, reservation_id
   FROM request_history
 """
 
@@ -122,6 +122,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("max_attempts", sa.Integer(), server_default=sa.text("3"), nullable=False),
         sa.Column("worker_id", sa.String(length=200), nullable=True),
+        sa.Column("reservation_id", sa.Uuid(), nullable=True),
         sa.Column("lease_id", sa.Uuid(), nullable=True),
         sa.Column("lease_until", _TZ, nullable=True),
         sa.Column("heartbeat_at", _TZ, nullable=True),
@@ -190,6 +191,7 @@ def upgrade() -> None:
         sa.Column("result_sha256", sa.LargeBinary(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("worker_id", sa.String(length=200), nullable=True),
+        sa.Column("reservation_id", sa.Uuid(), nullable=True),
         sa.CheckConstraint(
             "status IN ('completed', 'failed', 'cancelled', 'expired')",
             name=op.f("ck_request_history_status_known"),

@@ -20,7 +20,8 @@ work in flight is kept apart from the record:
 Status is a closed set; each state has its own timestamp column. `company_id` leads every key and
 index, except the two partial queue indexes on `request_inflight` (`queued_at` of queued rows,
 `lease_until` of processing rows): workers serve every tenant, so the queue is global.
-`result_sha256` names a row of the result store (`results`, keyed by company and sha-256).
+`result_sha256` names a row of the result store (`results`, keyed by company and sha-256);
+`reservation_id` the quota reservation admitted for the request (set by the caller, carried along).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class RequestInflight(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    reservation_id: Mapped[uuid.UUID | None]
     lease_id: Mapped[uuid.UUID | None]
     lease_until: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
@@ -154,6 +156,7 @@ class RequestHistory(Base):
     result_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    reservation_id: Mapped[uuid.UUID | None]
 
     __table_args__ = (
         # The partition column must be in the key; a request id alone is unique (uuid).
@@ -219,13 +222,13 @@ SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, up
        NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at,
        NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens,
        NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message,
-       NULL::bytea AS result_sha256, attempts, worker_id
+       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id
   FROM request_inflight
 UNION ALL
 SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, updated_at,
        queued_at, processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at,
        processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message,
-       result_sha256, attempts, worker_id
+       result_sha256, attempts, worker_id, reservation_id
   FROM request_history
 """
 

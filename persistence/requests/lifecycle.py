@@ -65,6 +65,7 @@ def _claim(row: asyncpg.Record) -> Claim:
         lease_id=row["lease_id"],
         lease_until=row["lease_until"],
         created_at=row["created_at"],
+        reservation_id=row["reservation_id"],
     )
 
 
@@ -162,9 +163,13 @@ class Requests:
         estimated_tokens: int | None = None,
         request_id: uuid.UUID | None = None,
         max_attempts: int | None = None,
+        reservation_id: uuid.UUID | None = None,
         now: datetime | None = None,
     ) -> RequestRecord:
-        """A new queued request (seed 001's "create request record (status=queued)")."""
+        """A new queued request (seed 001's "create request record (status=queued)").
+
+        `reservation_id` links the quota reservation admitted for it (carried to the history, seen
+        by `RequestHooks.finished` to settle or release it)."""
         attempts = self._max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise InvalidRequestError("max_attempts must be >= 1")
@@ -177,6 +182,7 @@ class Requests:
             _count("estimated_tokens", estimated_tokens),
             attempts,
             _moment(now),
+            reservation_id,
         )
 
         async def work(raw: asyncpg.Connection) -> RequestRecord:

@@ -18,7 +18,7 @@ _HISTORY_COLUMNS = (
     "company_id, request_id, created_at, user_id, model_id, prompt, status, updated_at, queued_at, "
     "processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at, "
     "processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message, "
-    "result_sha256, attempts, worker_id"
+    "result_sha256, attempts, worker_id, reservation_id"
 )
 RECORD_COLUMNS = _HISTORY_COLUMNS
 
@@ -58,7 +58,7 @@ done AS (
            CASE WHEN f.status = 'completed' THEN f.at END, CASE WHEN f.status = 'failed' THEN f.at END,
            CASE WHEN f.status = 'cancelled' THEN f.at END, CASE WHEN f.status = 'expired' THEN f.at END,
            m.cancel_requested_at, {elapsed}, m.estimated_tokens, {prompt_tokens}, {completion_tokens},
-           {total_tokens}, {error}, {sha}, m.attempts, m.worker_id
+           {total_tokens}, {error}, {sha}, m.attempts, m.worker_id, m.reservation_id
       FROM moved m CROSS JOIN LATERAL (SELECT CAST({status} AS varchar(20)) AS status, {at} AS at) f
     RETURNING {_HISTORY_COLUMNS}
 ),
@@ -94,20 +94,21 @@ _INFLIGHT_RECORD = (
     "NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at, "
     "NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens, "
     "NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message, "
-    "NULL::bytea AS result_sha256, attempts, worker_id"
+    "NULL::bytea AS result_sha256, attempts, worker_id, reservation_id"
 )
 
-# $1 company, $2 request, $3 user, $4 model, $5 prompt, $6 estimated tokens, $7 max attempts, $8 now
+# $1 company, $2 request, $3 user, $4 model, $5 prompt, $6 estimated tokens, $7 max attempts, $8 now,
+# $9 quota reservation
 CREATE = f"""
 INSERT INTO request_inflight (company_id, request_id, user_id, model_id, prompt, estimated_tokens,
-                              max_attempts, created_at, updated_at, queued_at)
-SELECT $1, $2, $3, $4, $5, $6, $7, t.at, t.at, t.at FROM (SELECT {_at("$8")} AS at) t
+                              max_attempts, created_at, updated_at, queued_at, reservation_id)
+SELECT $1, $2, $3, $4, $5, $6, $7, t.at, t.at, t.at, $9 FROM (SELECT {_at("$8")} AS at) t
 RETURNING {_INFLIGHT_RECORD}
 """
 
 _CLAIMED = (
     "i.company_id, i.request_id, i.user_id, i.model_id, i.prompt, i.estimated_tokens, i.attempts, "
-    "i.max_attempts, i.worker_id, i.lease_id, i.lease_until, i.created_at, i.cancel_requested_at"
+    "i.max_attempts, i.worker_id, i.lease_id, i.lease_until, i.created_at, i.cancel_requested_at, i.reservation_id"
 )
 
 

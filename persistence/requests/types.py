@@ -64,6 +64,7 @@ class Claim:
     lease_id: uuid.UUID
     lease_until: datetime
     created_at: datetime
+    reservation_id: uuid.UUID | None
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class RequestRecord:
     result_sha256: bytes | None
     attempts: int
     worker_id: str | None
+    reservation_id: uuid.UUID | None
 
     @property
     def finished(self) -> bool:

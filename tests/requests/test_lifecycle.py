@@ -358,7 +358,8 @@ async def test_request_stats_come_from_the_rollup_kept_by_the_finishing_statemen
 
 
 async def test_hooks_run_in_the_transition_transaction_and_roll_it_back(engine: AsyncEngine) -> None:
-    """The quota seam: a hook that raises undoes the transition it belongs to."""
+    """The quota seam: hooks share the transition's transaction (one that raises undoes it), and the
+    reservation id given at creation reaches the finishing hook."""
     seen: list[tuple[str, str]] = []
 
     class Hooks:
@@ -372,13 +373,16 @@ async def test_hooks_run_in_the_transition_transaction_and_roll_it_back(engine: 
                 raise RuntimeError("quota settle failed")
 
     requests = Requests(engine, hooks=Hooks())
-    [rid] = await _queued(requests)
+    reservation = uuid.uuid4()
+    rid = (await requests.create("acme", "u1", "gpt-4o", "p", reservation_id=reservation, now=T0)).request_id
     claim = await _claimed(requests)
+    assert claim.reservation_id == reservation
     with pytest.raises(RuntimeError):
         await requests.fail(claim, "x", now=at(1))
     assert (await requests.status("acme", rid)).status == "processing"
-    await requests.complete(claim, now=at(2))
+    done = await requests.complete(claim, now=at(2))
     assert seen == [("queued", "queued"), ("finished", "failed"), ("finished", "completed")]
+    assert done.reservation_id == reservation  # what the settle hook needs
 
 
 async def test_the_readme_example_runs_as_written(engine: AsyncEngine, connection: AsyncConnection) -> None:
