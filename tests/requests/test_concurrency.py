@@ -1,5 +1,6 @@
-"""Must-show 2 under real concurrency: 8 workers on separate connections, producers and an
-over-eager sweeper racing them; every request is completed exactly once and none is lost.
+"""Must-show 2 under real concurrency: 8 workers on separate connections (6 tasks here, 2 in a
+second process), producers and an over-eager sweeper racing them; every request is completed
+exactly once and none is lost.
 
 `REQUESTS_STRESS_N` sets the number of requests (default 5,000)."""
 
@@ -7,26 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import sys
 import uuid
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.config import DatabaseConfig
 from persistence.requests import Claim, LeaseLostError, Requests, Worker
+from persistence.testing.database import ThrowawayPostgres
+from tests.processes import ROOT
 
 N = int(os.environ.get("REQUESTS_STRESS_N", "5000"))
-WORKERS = 8
+WORKERS = 6
+CHILD_WORKERS = 2
 PRODUCERS = 4
 BATCH = 10
 ABANDON_EVERY = 97  # a worker "dies" holding every 97th claim it gets
 
 
 @pytest.mark.commits
-async def test_8_workers_complete_every_request_exactly_once(engine: AsyncEngine) -> None:
+async def test_8_workers_complete_every_request_exactly_once(
+    engine: AsyncEngine, pg: ThrowawayPostgres, fresh_database: DatabaseConfig, tmp_path: Path
+) -> None:
     requests = Requests(engine, lease=timedelta(minutes=5), max_attempts=1000)
     produced = asyncio.Event()
     drained = asyncio.Event()
@@ -81,7 +91,26 @@ async def test_8_workers_complete_every_request_exactly_once(engine: AsyncEngine
                 assert report.failed == [] and report.cancelled == []
                 await asyncio.sleep(0.05)
 
+    stop = tmp_path / "stop"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DB_")}
+    env["DATABASE_URL"] = pg.server.url(fresh_database.database or "")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.requests.worker_process",
+        str(CHILD_WORKERS),
+        str(stop),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
     await asyncio.gather(produce(), sweeper(), *(worker(w) for w in range(WORKERS)))
+    stop.touch()
+    out, _ = await child.communicate()
+    assert child.returncode == 0
+    by_child = json.loads(out)
+    completed += [uuid.UUID(request_id) for request_id in by_child["completed"]]
+    assert by_child["completed"]  # the second process did take part
 
     # The killed workers come back and finish late: every one is refused.
     for zombie in zombies:
