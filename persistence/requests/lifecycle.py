@@ -7,8 +7,10 @@ lease (the fencing token a claim hands out), so a worker whose lease expired, or
 re-queued and claimed by another, is refused with `LeaseLostError` instead of overwriting. `sweep`
 re-queues requests whose lease expired (failing them after `max_attempts`) with the same guard.
 
-Statements run on leased raw asyncpg connections (one per call); with `hooks`, a transition and its
-hook share one transaction (the quota seam). Every method takes `now` for tests that drive time;
+Statements run on raw asyncpg connections: by default one checked out of the engine's pool per
+call; with `connections=n`, up to n connections kept checked out for the object's lifetime (close
+it, or use `async with`), which saves the pool's checkout on every call (a worker's hot path).
+With `hooks`, a transition and its hook share one transaction (the quota seam). Every method takes `now` for tests that drive time;
 by default the database server's clock decides.
 """
 
@@ -17,13 +19,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
+from types import TracebackType
 from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.ai_calls.leases import Leases
 from persistence.ai_calls.rollups import _on_raw
-from persistence.errors import InvalidRequestError, NotFoundError
+from persistence.errors import Endpoint, InvalidRequestError, NotFoundError
 from persistence.requests import sql
 from persistence.requests.errors import InvalidTransitionError, LeaseLostError
 from persistence.requests.types import (
@@ -124,16 +128,39 @@ class Requests:
         lease: timedelta = timedelta(seconds=30),
         max_attempts: int = 3,
         hooks: RequestHooks | None = None,
+        connections: int | None = None,
     ) -> None:
         if max_attempts < 1:
             raise InvalidRequestError("max_attempts must be >= 1")
+        if connections is not None and connections < 1:
+            raise InvalidRequestError("connections must be >= 1")
         self._engine = engine
         self._lease = _seconds("lease", lease)
         self._max_attempts = max_attempts
         self._hooks = hooks
+        self._leases = (
+            None if connections is None else Leases(engine, connections, Endpoint.of_url(engine.url))
+        )
+
+    async def __aenter__(self) -> Requests:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Give the kept connections back to the pool (nothing to do without `connections`)."""
+        if self._leases is not None:
+            await self._leases.close()
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        return await _on_raw(self._engine, work)
+        # No retry on a lost connection: a transition is not idempotent (the error says so).
+        if self._leases is None:
+            return await _on_raw(self._engine, work)
+        async with self._leases.connection() as raw:
+            return await work(raw)
 
     async def _in_transaction(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """`work` in one transaction when hooks must commit with it, else as it is (autocommit)."""

@@ -37,7 +37,10 @@ ABANDON_EVERY = 97  # a worker "dies" holding every 97th claim it gets
 async def test_8_workers_complete_every_request_exactly_once(
     engine: AsyncEngine, pg: ThrowawayPostgres, fresh_database: DatabaseConfig, tmp_path: Path
 ) -> None:
-    requests = Requests(engine, lease=timedelta(minutes=5), max_attempts=1000)
+    # Kept connections (a worker's setup); the child process uses one pooled checkout per call.
+    requests = Requests(
+        engine, lease=timedelta(minutes=5), max_attempts=1000, connections=WORKERS + PRODUCERS + 1
+    )
     produced = asyncio.Event()
     drained = asyncio.Event()
     completed: list[uuid.UUID] = []
@@ -104,18 +107,18 @@ async def test_8_workers_complete_every_request_exactly_once(
         env=env,
         stdout=asyncio.subprocess.PIPE,
     )
-    await asyncio.gather(produce(), sweeper(), *(worker(w) for w in range(WORKERS)))
+    async with requests:
+        await asyncio.gather(produce(), sweeper(), *(worker(w) for w in range(WORKERS)))
+        # The killed workers come back and finish late: every one is refused.
+        for zombie in zombies:
+            with pytest.raises(LeaseLostError):
+                await requests.complete(zombie, result_sha256=b"\0" * 32)
     stop.touch()
     out, _ = await child.communicate()
     assert child.returncode == 0
     by_child = json.loads(out)
     completed += [uuid.UUID(request_id) for request_id in by_child["completed"]]
     assert by_child["completed"]  # the second process did take part
-
-    # The killed workers come back and finish late: every one is refused.
-    for zombie in zombies:
-        with pytest.raises(LeaseLostError):
-            await requests.complete(zombie, result_sha256=b"\0" * 32)
 
     assert len(completed) == N and len(set(completed)) == N  # none lost, none twice
     assert zombies and sum(sweeps) >= len(zombies)

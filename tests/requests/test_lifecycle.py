@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.errors import InvalidRequestError, NotFoundError
+from persistence.errors import InvalidRequestError, NotFoundError, PersistenceError
 from persistence.requests import (
     Claim,
     HistoryCursor,
@@ -307,6 +307,18 @@ async def test_claim_takes_the_oldest_first_in_batches_with_distinct_leases(engi
     assert len({c.lease_id for c in first}) == 3
     rest = await requests.claim(Worker("w"), 10, lease=LEASE, now=at(1))
     assert [c.request_id for c in rest] == ids[3:]
+
+
+async def test_kept_connections_give_the_same_answers_and_refusals(engine: AsyncEngine) -> None:
+    async with Requests(engine, connections=2) as requests:
+        [rid] = await _queued(requests)
+        claim = await _claimed(requests)
+        assert (await requests.complete(claim, now=at(1))).status == "completed"
+        with pytest.raises(LeaseLostError):
+            await requests.complete(claim, now=at(2))
+        assert (await requests.status("acme", rid)).status == "completed"
+    with pytest.raises(PersistenceError):
+        await requests.status("acme", rid)  # closed
 
 
 # -- history and stats --------------------------------------------------------------------------------
