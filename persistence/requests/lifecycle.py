@@ -118,6 +118,16 @@ async def _refusal(
     return LeaseLostError(request_id, transition, current, detail)
 
 
+async def _contained(raw: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`work` as it is on an idle connection (each statement commits); in a savepoint when the
+    connection is already in a transaction (the test fixture's), so a refused statement cannot
+    abort the enclosing one."""
+    if not raw.is_in_transaction():
+        return await work(raw)
+    async with raw.transaction():
+        return await work(raw)
+
+
 class Requests:
     """The lifecycle, the queue, the sweeper, status and history of seed 001's requests."""
 
@@ -158,7 +168,7 @@ class Requests:
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         # No retry on a lost connection: a transition is not idempotent (the error says so).
         if self._leases is None:
-            return await _on_raw(self._engine, work)
+            return await _on_raw(self._engine, lambda raw: _contained(raw, work))
         async with self._leases.connection() as raw:
             return await work(raw)
 
@@ -196,13 +206,15 @@ class Requests:
         """A new queued request (seed 001's "create request record (status=queued)").
 
         `reservation_id` links the quota reservation admitted for it (carried to the history, seen
-        by `RequestHooks.finished` to settle or release it)."""
+        by `RequestHooks.finished` to settle or release it). Reusing the id of a request in flight
+        raises `ConflictError`; of a finished one, `InvalidTransitionError` naming its state."""
         attempts = self._max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise InvalidRequestError("max_attempts must be >= 1")
+        request_id_ = request_id or uuid.uuid4()
         args = (
             company_id,
-            request_id or uuid.uuid4(),
+            request_id_,
             user_id,
             model_id,
             prompt,
@@ -214,7 +226,8 @@ class Requests:
 
         async def work(raw: asyncpg.Connection) -> RequestRecord:
             row = await raw.fetchrow(sql.CREATE, *args)
-            assert row is not None
+            if row is None:
+                raise await _refusal(raw, company_id, request_id_, "be created again", None)
             record = _record(row)
             if self._hooks is not None:
                 await self._hooks.queued(raw, record)

@@ -98,11 +98,13 @@ _INFLIGHT_RECORD = (
 )
 
 # $1 company, $2 request, $3 user, $4 model, $5 prompt, $6 estimated tokens, $7 max attempts, $8 now,
-# $9 quota reservation
+# $9 quota reservation. An id already in flight violates the primary key; one already finished
+# inserts nothing (a retried create must not start the request again).
 CREATE = f"""
 INSERT INTO request_inflight (company_id, request_id, user_id, model_id, prompt, estimated_tokens,
                               max_attempts, created_at, updated_at, queued_at, reservation_id)
-SELECT $1, $2, $3, $4, $5, $6, $7, t.at, t.at, t.at, $9 FROM (SELECT {_at("$8")} AS at) t
+SELECT $1::varchar, $2::uuid, $3, $4, $5, $6, $7, t.at, t.at, t.at, $9 FROM (SELECT {_at("$8")} AS at) t
+ WHERE NOT EXISTS (SELECT 1 FROM request_history WHERE company_id = $1 AND request_id = $2)
 RETURNING {_INFLIGHT_RECORD}
 """
 

@@ -107,14 +107,16 @@ async def test_8_workers_complete_every_request_exactly_once(
         env=env,
         stdout=asyncio.subprocess.PIPE,
     )
-    async with requests:
-        await asyncio.gather(produce(), sweeper(), *(worker(w) for w in range(WORKERS)))
-        # The killed workers come back and finish late: every one is refused.
-        for zombie in zombies:
-            with pytest.raises(LeaseLostError):
-                await requests.complete(zombie, result_sha256=b"\0" * 32)
-    stop.touch()
-    out, _ = await child.communicate()
+    try:
+        async with requests:
+            await asyncio.gather(produce(), sweeper(), *(worker(w) for w in range(WORKERS)))
+            # The killed workers come back and finish late: every one is refused.
+            for zombie in zombies:
+                with pytest.raises(LeaseLostError):
+                    await requests.complete(zombie, result_sha256=b"\0" * 32)
+    finally:
+        stop.touch()  # the child stops on this, also when the parent failed
+        out, _ = await child.communicate()
     assert child.returncode == 0
     by_child = json.loads(out)
     completed += [uuid.UUID(request_id) for request_id in by_child["completed"]]

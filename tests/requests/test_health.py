@@ -42,3 +42,16 @@ async def test_health_reports_dead_tuples_and_the_snapshot_holding_them(
             assert health.oldest_snapshot_xid_age is not None and health.oldest_snapshot_xid_age >= 1
     finally:
         await single.dispose()
+
+
+async def test_the_inflight_table_is_vacuumed_after_a_fixed_number_of_dead_rows(engine: AsyncEngine) -> None:
+    """Revision 0018's storage parameters (the default scale factor would wait for 20 % of the table)."""
+    async with engine.connect() as conn:
+        options = (
+            await conn.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'request_inflight'::regclass")
+            )
+        ).scalar_one()
+    assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=500", "fillfactor=70"} <= set(
+        options
+    )

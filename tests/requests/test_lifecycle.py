@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.errors import InvalidRequestError, NotFoundError, PersistenceError
+from persistence.errors import ConflictError, InvalidRequestError, NotFoundError, PersistenceError
 from persistence.requests import (
     Claim,
     HistoryCursor,
@@ -169,6 +169,18 @@ async def test_every_transition_out_of_a_finished_request_is_refused(engine: Asy
     with pytest.raises(InvalidTransitionError, match="is completed"):
         await requests.cancel("acme", rid, now=at(2))
     assert await requests.status("acme", rid) == done  # nothing was overwritten
+
+
+async def test_a_request_id_cannot_be_created_twice(engine: AsyncEngine) -> None:
+    requests = Requests(engine)
+    [rid] = await _queued(requests)
+    with pytest.raises(ConflictError, match="pk_request_inflight"):
+        await requests.create("acme", "u1", "gpt-4o", "again", request_id=rid, now=at(1))
+    await requests.complete(await _claimed(requests), now=at(2))
+    with pytest.raises(InvalidTransitionError, match="is completed") as refused:
+        await requests.create("acme", "u1", "gpt-4o", "again", request_id=rid, now=at(3))
+    assert refused.value.transition == "be created again"
+    assert (await requests.recent("acme", "u1")).items[0].prompt == "prompt 0"
 
 
 async def test_start_refuses_a_request_already_processing(engine: AsyncEngine) -> None:
