@@ -21,6 +21,7 @@ from persistence.requests import (
     LeaseLostError,
     RequestRecord,
     Requests,
+    SweepReport,
     Worker,
 )
 
@@ -250,7 +251,10 @@ async def test_an_expired_lease_cannot_finish_even_before_the_sweeper_runs(engin
     # A heartbeat in time keeps it: the deadline moves.
     again = await _claimed_after_sweep(requests, at(40))
     await requests.heartbeat(again, lease=LEASE, now=at(65))
+    assert (await requests.sweep(now=at(80))).requeued == []  # past the first deadline, not the renewed one
     assert (await requests.complete(again, now=at(90))).status == "completed"
+    # A finished request is out of the sweeper's reach (River #1302: a rescuer moved completions back).
+    assert await requests.sweep(now=at(10_000)) == SweepReport([], [], [])
     assert (await requests.status("acme", rid)).attempts == 2
 
 
