@@ -8,7 +8,8 @@
   creates a month's partition (moving that month's rows out of the default partition first).
 - `request_stats_daily`: per company, UTC day, user and model; kept current by the finishing
   statements.
-- Views under seed 001's names: `requests` (both tables) and `request_stats` (from the rollup).
+- Views under seed 001's names: `requests` (both tables; also `model` and `error`, the seed's
+  second spelling) and `request_stats` (from the rollup).
 
 The downgrade drops the views, the tables (with their partitions) and the function.
 
@@ -85,13 +86,15 @@ SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, up
        NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at,
        NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens,
        NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message,
-       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id
+       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id,
+       model_id AS model, NULL::text AS error
   FROM request_inflight
 UNION ALL
 SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, updated_at,
        queued_at, processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at,
        processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message,
-       result_sha256, attempts, worker_id, reservation_id
+       result_sha256, attempts, worker_id, reservation_id,
+       model_id AS model, error_message AS error
   FROM request_history
 """
 

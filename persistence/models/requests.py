@@ -14,7 +14,8 @@ work in flight is kept apart from the record:
 - `request_stats_daily`: per company, UTC day of `created_at`, user and model: counts by outcome,
   processing-time sum and count, tokens. Maintained by the same finishing statement, so it is
   current at every commit and survives archiving.
-- Views under the seed's names: `requests` (both tables, one row per request) and `request_stats`
+- Views under the seed's names: `requests` (both tables, one row per request; `model` and `error`
+  repeat `model_id` and `error_message` under the seed's second spelling) and `request_stats`
   (the seed's columns, from the rollup).
 
 Status is a closed set; each state has its own timestamp column. `company_id` leads every key and
@@ -222,13 +223,15 @@ SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, up
        NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at,
        NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens,
        NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message,
-       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id
+       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id,
+       model_id AS model, NULL::text AS error
   FROM request_inflight
 UNION ALL
 SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, updated_at,
        queued_at, processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at,
        processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message,
-       result_sha256, attempts, worker_id, reservation_id
+       result_sha256, attempts, worker_id, reservation_id,
+       model_id AS model, error_message AS error
   FROM request_history
 """
 

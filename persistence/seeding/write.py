@@ -114,6 +114,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "quota_reservations",
     "quota_holds",
     "rate_limit_resets",
+    # Inference requests (revision 0018): the application's own traffic, never seeded yet.
+    "request_inflight",
+    "request_history",
+    "request_stats_daily",
 )
 
 _BATCH = 1000
