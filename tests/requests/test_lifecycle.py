@@ -138,11 +138,14 @@ async def test_cancel_while_processing_is_a_flag_the_worker_sees_on_heartbeat(en
 
 async def test_expire_queued_only_takes_requests_queued_too_long(engine: AsyncEngine) -> None:
     requests = Requests(engine)
+    [started] = await _queued(requests, when=T0 - timedelta(seconds=1))
+    await requests.start("acme", started, Worker("w"), lease=timedelta(hours=1), now=T0)
     [old] = await _queued(requests, when=T0)
     [new] = await _queued(requests, when=at(50))
     expired = await requests.expire_queued(timedelta(seconds=60), now=at(70))
     assert [r.request_id for r in expired] == [old] and expired[0].expired_at == at(70)
     assert (await requests.status("acme", new)).status == "queued"
+    assert (await requests.status("acme", started)).status == "processing"  # only queued ones expire
 
 
 # -- invalid transitions: refused in the statement, naming the current state ---------------------------
