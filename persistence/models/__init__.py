@@ -14,6 +14,7 @@ from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
+from persistence.models.requests import RequestHistory, RequestInflight, RequestStatsDaily
 from persistence.models.rollups import (
     AICallModelHourly,
     AICallPendingBatch,
@@ -57,6 +58,9 @@ __all__ = [
     "RateLimitSlot",
     "RateLimitState",
     "ReconciliationReport",
+    "RequestHistory",
+    "RequestInflight",
+    "RequestStatsDaily",
     "ServiceHealth",
     "TrainingData",
     "Usage",

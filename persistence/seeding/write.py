@@ -115,6 +115,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "quota_holds",
     "rate_limit_resets",
     "usage",  # billing usage, written by quota settlements (revision 0017): never reset
+    # Inference requests (revision 0018): the application's own traffic, never seeded yet.
+    "request_inflight",
+    "request_history",
+    "request_stats_daily",
 )
 
 _BATCH = 1000

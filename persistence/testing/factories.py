@@ -57,6 +57,9 @@ from persistence.models import (
     RateLimitSlot,
     RateLimitState,
     ReconciliationReport,
+    RequestHistory,
+    RequestInflight,
+    RequestStatsDaily,
     ServiceHealth,
     TrainingData,
     Usage,
@@ -111,6 +114,9 @@ __all__ = [
     "RateLimitSlotFactory",
     "RateLimitStateFactory",
     "ReconciliationReportFactory",
+    "RequestHistoryFactory",
+    "RequestInflightFactory",
+    "RequestStatsDailyFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
     "UsageFactory",
@@ -1078,3 +1084,67 @@ class UsageFactory(ModelFactory[Usage]):
     requests_count = 12
     tokens_used = 42_000
     cost_usd = Decimal("0.42")
+
+
+class RequestInflightFactory(ModelFactory[RequestInflight]):
+    """A queued inference request (seed 001); `persistence.requests.Requests` drives the lifecycle."""
+
+    class Meta:
+        model = RequestInflight
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    request_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    prompt = "Translate the following text to French..."
+    status = "queued"
+    estimated_tokens = 150
+
+
+class RequestHistoryFactory(ModelFactory[RequestHistory]):
+    """A completed inference request, as the finishing statement leaves it in the history."""
+
+    class Meta:
+        model = RequestHistory
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    request_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    created_at = factory.LazyFunction(lambda: _now() - timedelta(seconds=3))
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    prompt = "Translate the following text to French..."
+    status = "completed"
+    queued_at: factory.SelfAttribute[Any, datetime] = factory.SelfAttribute("created_at")
+    processing_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.created_at + timedelta(seconds=1)
+    )
+    completed_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.processing_at + timedelta(milliseconds=1500)
+    )
+    updated_at: factory.SelfAttribute[Any, datetime] = factory.SelfAttribute("completed_at")
+    processing_time_ms = 1500
+    estimated_tokens = 150
+    prompt_tokens = 120
+    completion_tokens = 80
+    total_tokens = 200
+    result_sha256 = factory.LazyFunction(lambda: _rand().randbytes(32))
+    attempts = 1
+    worker_id = "worker-1/00000000-0000-4000-8000-000000000000"
+
+
+class RequestStatsDailyFactory(ModelFactory[RequestStatsDaily]):
+    """One user's day of finished requests of one model."""
+
+    class Meta:
+        model = RequestStatsDaily
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    day = factory.LazyFunction(lambda: _now().date())
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    request_count = 10
+    completed_count = 9
+    failure_count = 1
+    processing_time_ms_sum = 15_000
+    processing_time_count = 10
+    total_tokens = 2_000

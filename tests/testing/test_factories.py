@@ -45,6 +45,9 @@ from persistence.testing import (
     RateLimitSlotFactory,
     RateLimitStateFactory,
     ReconciliationReportFactory,
+    RequestHistoryFactory,
+    RequestInflightFactory,
+    RequestStatsDailyFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
     UsageFactory,
@@ -91,6 +94,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     QuotaHoldFactory,
     RateLimitResetFactory,
     UsageFactory,
+    RequestInflightFactory,
+    RequestHistoryFactory,
+    RequestStatsDailyFactory,
 ]
 
 
