@@ -14,6 +14,7 @@ from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
+from persistence.models.results import Result, ResultCacheEntry, ResultChunk
 from persistence.models.rollups import (
     AICallModelHourly,
     AICallPendingBatch,
@@ -56,6 +57,9 @@ __all__ = [
     "RateLimitSlot",
     "RateLimitState",
     "ReconciliationReport",
+    "Result",
+    "ResultCacheEntry",
+    "ResultChunk",
     "ServiceHealth",
     "TrainingData",
     "User",
