@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -20,6 +22,7 @@ from persistence.results import (
     canonical_json,
 )
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 CHUNK = 1024
 INLINE = 100
 
@@ -296,3 +299,19 @@ async def test_a_reader_never_sees_a_write_in_progress_and_concurrent_writers_st
         assert await store.read_bytes("acme", digest) == data
     assert await rows(engine, "SELECT count(*), sum(chunks) FROM results") == [(1, 8)]
     assert await rows(engine, "SELECT count(*) FROM result_chunks") == [(8,)]
+
+
+async def test_the_readme_example_runs_as_written(engine: AsyncEngine) -> None:
+    """README's "Results" block, as written (its top-level awaits inside a coroutine)."""
+    section = README.read_text().split("## Results\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec("async def snippet(engine):\n" + "".join(f"    {line}\n" for line in code.splitlines()), namespace)  # noqa: S102 (our README)
+    await namespace["snippet"](engine)
+    found = await rows(engine, "SELECT kind, mime_type, chunks FROM results ORDER BY kind, mime_type")
+    assert found == [
+        ("binary", "video/mp4", 3),
+        ("json", "application/json", 0),
+        ("text", "text/plain; charset=utf-8", 0),
+    ]
+    assert await rows(engine, "SELECT count(*) FROM result_cache WHERE result_sha256 IS NOT NULL") == [(1,)]
