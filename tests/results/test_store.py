@@ -313,5 +313,6 @@ async def test_the_readme_example_runs_as_written(engine: AsyncEngine) -> None:
         ("binary", "video/mp4", 3),
         ("json", "application/json", 0),
         ("text", "text/plain; charset=utf-8", 0),
+        ("text", "text/plain; charset=utf-8", 0),
     ]
     assert await rows(engine, "SELECT count(*) FROM result_cache WHERE result_sha256 IS NOT NULL") == [(1,)]
