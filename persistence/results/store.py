@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import hashlib
 import inspect
 import json
@@ -383,19 +384,20 @@ class ResultStore:
                     raise DigestMismatchError(expected, sha256)
                 header = (company_id, sha256, kind, mime_type, chunks.total, blob_id, seq)
                 row = await raw.fetchrow(sql.PUT_HEADER, *header)
-                if row is None:  # stored already (perhaps just now by a concurrent writer): ours goes
-                    await tx.rollback()
-                    existing = await raw.fetchrow(sql.HEADER, company_id, sha256)
-                    if existing is None:
-                        raise TransientError(
-                            f"result {sha256.hex()} was deleted while being stored; try again"
-                        )
-                    return _same_type(_stored(company_id, sha256, existing, created=False), kind, mime_type)
             except BaseException:
-                await tx.rollback()
+                with contextlib.suppress(Exception):  # a lost connection: the server rolls back itself
+                    await tx.rollback()
                 raise
-            await tx.commit()
-        return _stored(company_id, sha256, row, created=True)
+            if row is not None:
+                await tx.commit()
+                return _stored(company_id, sha256, row, created=True)
+            # Stored already (perhaps just now by a concurrent writer, whose commit ON CONFLICT
+            # waited for): our copy goes, theirs is the result.
+            await tx.rollback()
+            existing = await raw.fetchrow(sql.HEADER, company_id, sha256)
+        if existing is None:
+            raise TransientError(f"result {sha256.hex()} was deleted while being stored; try again")
+        return _same_type(_stored(company_id, sha256, existing, created=False), kind, mime_type)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -146,6 +146,11 @@ async def test_same_bytes_under_another_type_is_a_conflict(store: ResultStore) -
     assert caught.value.stored == ("binary", "image/gif")
     with pytest.raises(ResultConflictError):
         await store.put_text("acme", "GIF89a")
+    large = blob(3 * CHUNK)
+    await store.put("acme", large, mime_type="image/gif")
+    with pytest.raises(ResultConflictError):
+        await store.put("acme", pieces(large, 700), mime_type="image/png")
+    assert await store.read_bytes("acme", hashlib.sha256(large).digest()) == large
 
 
 async def test_companies_never_share_a_result(store: ResultStore, engine: AsyncEngine) -> None:
