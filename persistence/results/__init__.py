@@ -19,6 +19,7 @@ from persistence.results.store import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_INLINE_LIMIT,
     JSON_MIME_TYPE,
+    STREAMED,
     TEXT_MIME_TYPE,
     AsyncReadable,
     Readable,
@@ -27,6 +28,7 @@ from persistence.results.store import (
     ResultStore,
     StoredResult,
     canonical_json,
+    inline_content,
 )
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_INLINE_LIMIT",
     "JSON_MIME_TYPE",
     "KEY_SCHEMA_VERSION",
+    "STREAMED",
     "TEXT_MIME_TYPE",
     "TRANSPORT_ONLY_FIELDS",
     "AsyncReadable",
@@ -51,4 +54,5 @@ __all__ = [
     "StoredResult",
     "canonical_json",
     "dedup_key",
+    "inline_content",
 ]

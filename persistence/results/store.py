@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_INLINE_LIMIT",
     "JSON_MIME_TYPE",
+    "STREAMED",
     "TEXT_MIME_TYPE",
     "AsyncReadable",
     "Readable",
@@ -59,6 +60,7 @@ __all__ = [
     "ResultStore",
     "StoredResult",
     "canonical_json",
+    "inline_content",
 ]
 
 ResultKind = Literal["text", "json", "binary"]
@@ -115,6 +117,27 @@ def canonical_json(value: object) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"not a JSON value: {exc}") from exc
+
+
+def inline_content(kind: str, inline_text: str | None, inline_bytes: bytes | None) -> str | bytes | object:
+    """The content of a `results` row read by a join (the status query): text as `str`, JSON
+    parsed, binary as `bytes`; `STREAMED` when it is chunked (read it with `ResultStore.stream`)."""
+    if inline_text is None and inline_bytes is None:
+        return STREAMED
+    if kind == "json" and inline_text is not None:
+        parsed: object = json.loads(inline_text)
+        return parsed
+    return inline_text if inline_text is not None else inline_bytes
+
+
+class _Streamed:
+    """The marker `inline_content` returns for content stored in chunks."""
+
+    def __repr__(self) -> str:
+        return "STREAMED"
+
+
+STREAMED: object = _Streamed()
 
 
 def _digest(name: str, value: bytes | str | None) -> bytes | None:

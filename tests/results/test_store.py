@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.errors import InvalidRequestError, NotFoundError
 from persistence.results import (
+    STREAMED,
     DigestMismatchError,
     ResultConflictError,
     ResultStore,
     canonical_json,
+    inline_content,
 )
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -321,3 +323,28 @@ async def test_the_readme_example_runs_as_written(engine: AsyncEngine) -> None:
         ("text", "text/plain; charset=utf-8", 0),
     ]
     assert await rows(engine, "SELECT count(*) FROM result_cache WHERE result_sha256 IS NOT NULL") == [(1,)]
+
+
+async def test_a_status_join_reads_the_result_from_the_row(store: ResultStore, engine: AsyncEngine) -> None:
+    """What the status query's LEFT JOIN returns becomes the result with `inline_content`."""
+    stored = [
+        await store.put_text("acme", "done"),
+        await store.put_json("acme", {"ok": True}),
+        await store.put("acme", b"\x89PNG", mime_type="image/png"),
+        await store.put("acme", blob(2 * CHUNK), mime_type="image/png"),
+    ]
+    async with engine.connect() as conn:
+        found = []
+        for s in stored:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT res.kind, res.inline_text, res.inline_bytes FROM (SELECT :c AS company_id, "
+                        "CAST(:h AS bytea) AS result_sha256) r LEFT JOIN results res "
+                        "ON res.company_id = r.company_id AND res.sha256 = r.result_sha256"
+                    ),
+                    {"c": "acme", "h": s.sha256},
+                )
+            ).one()
+            found.append(inline_content(row.kind, row.inline_text, row.inline_bytes))
+    assert found == ["done", {"ok": True}, b"\x89PNG", STREAMED]
