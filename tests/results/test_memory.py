@@ -2,7 +2,7 @@
 
 Measured in a child process (`tests/results/memory_probe.py`): tracemalloc's peak of Python
 allocations during the round trip, and the rise of the process's peak RSS above its RSS before
-it. A control run that reads the content whole shows the same measurement does see it.
+it (VmHWM). A control run that reads the content whole shows the same measurement does see it.
 """
 
 from __future__ import annotations
