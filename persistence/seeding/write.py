@@ -114,6 +114,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "quota_reservations",
     "quota_holds",
     "rate_limit_resets",
+    # Results of requests and their deduplication cache (revision 0019): never seeded, never reset.
+    "results",
+    "result_chunks",
+    "result_cache",
 )
 
 _BATCH = 1000

@@ -45,6 +45,9 @@ from persistence.testing import (
     RateLimitSlotFactory,
     RateLimitStateFactory,
     ReconciliationReportFactory,
+    ResultCacheEntryFactory,
+    ResultChunkFactory,
+    ResultFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
     UserFactory,
@@ -89,6 +92,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     QuotaReservationFactory,
     QuotaHoldFactory,
     RateLimitResetFactory,
+    ResultFactory,
+    ResultChunkFactory,
+    ResultCacheEntryFactory,
 ]
 
 
