@@ -12,7 +12,8 @@ default are different keys, as are 1 and 1.0: a cache miss, never a wrong hit. C
 **The cache** (`result_cache`, keyed (company, key)) is used only by callers that ask for it
 (`Deduplicator`). The first caller of a key claims it (`INSERT ... ON CONFLICT` in one statement:
 it becomes the leader, with a lease and a fencing token); concurrent callers of the same key see
-the claim and wait, polling with backoff up to their `wait`, then get the leader's result. A
+the claim and wait, polling with plain reads and backoff up to their `wait`, then get the
+leader's result. A
 leader that fails gives the key up (`abandon`); one that dies leaves a lease that runs out, and
 the next caller takes the key over. Only the leader that still holds the claim can complete it.
 Entries expire after their `ttl` (None: never); an expired entry is taken over by the next claim
@@ -230,11 +231,25 @@ class Deduplicator:
                 return Deduplicated(found, "joined" if waited else "hit")
             if isinstance(found, Claim):
                 return Deduplicated(await self._lead(found, compute, ttl), "computed")
-            if time.monotonic() + delay > deadline:
-                raise DedupTimeoutError(f"an identical request (key {key.hex}) is still being computed")
-            waited = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            while True:  # another caller leads: poll with plain reads until its result or the key frees
+                if time.monotonic() + delay > deadline:
+                    raise DedupTimeoutError(f"an identical request (key {key.hex}) is still being computed")
+                waited = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                row = await self._peek(key)
+                if row is None or not row["open"]:
+                    break  # free: claim it (or find what replaced it)
+                if row["result_sha256"] is not None and row["kind"] is not None:
+                    return Deduplicated(_result(key, row), "joined")
+
+    async def _peek(self, key: DedupKey) -> asyncpg.Record | None:
+        async def work(raw: asyncpg.Connection) -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await raw.fetchrow(sql.PEEK, key.company_id, key.digest)
+            return row
+
+        row: asyncpg.Record | None = await self._leases.attempts(work)
+        return row
 
     async def _lead(
         self, claim: Claim, compute: Callable[[], Awaitable[StoredResult]], ttl: timedelta | None

@@ -84,6 +84,18 @@ SELECT c.result_sha256, r.kind, r.mime_type, r.size_bytes, r.chunks, r.created_a
    AND (c.expires_at IS NULL OR c.expires_at > clock_timestamp())
 """
 
+# What a waiting caller polls with: a plain read (no row lock, no transaction id, unlike CLAIM).
+# `open` is false when the key is free for a claim: no row, a leader whose lease ran out, or an
+# expired entry.
+PEEK = """
+SELECT c.result_sha256, r.kind, r.mime_type, r.size_bytes, r.chunks, r.created_at,
+       CASE WHEN c.result_sha256 IS NULL THEN c.lease_until > clock_timestamp()
+            ELSE (c.expires_at > clock_timestamp()) IS NOT FALSE END AS open
+  FROM result_cache c
+  LEFT JOIN results r ON r.company_id = c.company_id AND r.sha256 = c.result_sha256
+ WHERE c.company_id = $1 AND c.dedup_key = $2
+"""
+
 # $1 company, $2 key, $3 leader token, $4 result sha256, $5 ttl seconds (NULL: never expires).
 # Fenced: only the leader whose claim is still the row's completes it.
 COMPLETE = """

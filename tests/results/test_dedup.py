@@ -178,6 +178,22 @@ async def test_a_dead_leader_is_taken_over_and_its_late_completion_refused(
     assert hit is not None and await store.read_text("acme", hit.sha256) == "by the new leader"
 
 
+async def test_a_waiting_caller_leads_when_the_leader_gives_up(store: ResultStore) -> None:
+    dedup = Deduplicator(store)
+    leader = await dedup.claim(key())
+    assert isinstance(leader, Claim)
+    follower = asyncio.create_task(
+        dedup.run(key(), lambda: store.put_text("acme", "by the follower"), poll=timedelta(milliseconds=10))
+    )
+    await asyncio.sleep(0.05)
+    assert not follower.done()  # waiting on the leader
+    assert await dedup.abandon(leader)
+    done = await follower
+    assert (
+        done.outcome == "computed" and await store.read_text("acme", done.result.sha256) == "by the follower"
+    )
+
+
 async def test_followers_give_up_after_their_wait(store: ResultStore) -> None:
     dedup = Deduplicator(store)
     assert isinstance(await dedup.claim(key()), Claim)
