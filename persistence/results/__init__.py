@@ -8,7 +8,7 @@ canonical request key and collapses concurrent identical requests onto one. Stat
 from persistence.results.dedup import (
     KEY_SCHEMA_VERSION,
     TRANSPORT_ONLY_FIELDS,
-    Claim,
+    DedupClaim,
     DedupKey,
     Deduplicated,
     Deduplicator,
@@ -40,7 +40,7 @@ __all__ = [
     "TEXT_MIME_TYPE",
     "TRANSPORT_ONLY_FIELDS",
     "AsyncReadable",
-    "Claim",
+    "DedupClaim",
     "DedupKey",
     "DedupTimeoutError",
     "Deduplicated",

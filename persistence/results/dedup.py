@@ -42,7 +42,7 @@ from persistence.results.store import ResultStore, StoredResult, canonical_json
 __all__ = [
     "KEY_SCHEMA_VERSION",
     "TRANSPORT_ONLY_FIELDS",
-    "Claim",
+    "DedupClaim",
     "DedupKey",
     "Deduplicated",
     "Deduplicator",
@@ -109,7 +109,7 @@ def dedup_key(
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
+class DedupClaim:
     """The leadership of a key: compute the result, then `complete` (or `abandon`) with it."""
 
     key: DedupKey
@@ -154,8 +154,8 @@ class Deduplicator:
 
     async def claim(
         self, key: DedupKey, *, lease: timedelta = timedelta(minutes=5)
-    ) -> Claim | StoredResult | None:
-        """One statement: a `Claim` if this caller leads `key` now, the cached result if there is
+    ) -> DedupClaim | StoredResult | None:
+        """One statement: a `DedupClaim` if this caller leads `key` now, the cached result if there is
         one, or None while another caller leads it (ask again later)."""
         seconds = _seconds("lease", lease)
         token = uuid.uuid4()
@@ -168,7 +168,7 @@ class Deduplicator:
 
         row: asyncpg.Record = await self._leases.attempts(work)
         if row["claimed"]:
-            return Claim(key, token)
+            return DedupClaim(key, token)
         if row["seen"] and row["result_sha256"] is not None and row["fresh"] and row["kind"] is not None:
             return _result(key, row)
         return None  # led by someone else, or changed since this statement's snapshot
@@ -183,7 +183,9 @@ class Deduplicator:
         row: asyncpg.Record | None = await self._leases.attempts(work)
         return None if row is None else _result(key, row)
 
-    async def complete(self, claim: Claim, result: StoredResult, *, ttl: timedelta | None = None) -> bool:
+    async def complete(
+        self, claim: DedupClaim, result: StoredResult, *, ttl: timedelta | None = None
+    ) -> bool:
         """Cache `result` for `claim`'s key, for `ttl` (None: until deleted). False when the claim
         was lost (its lease ran out and another caller took the key over): nothing is changed."""
         if result.company_id != claim.key.company_id:
@@ -196,7 +198,7 @@ class Deduplicator:
         done: bool = await self._leases.attempts(work)
         return done
 
-    async def abandon(self, claim: Claim) -> bool:
+    async def abandon(self, claim: DedupClaim) -> bool:
         """Give the key up (the leader failed): the next caller leads. False if it was not ours."""
         args = (claim.key.company_id, claim.key.digest, claim.token)
 
@@ -229,7 +231,7 @@ class Deduplicator:
             found = await self.claim(key, lease=lease)
             if isinstance(found, StoredResult):
                 return Deduplicated(found, "joined" if waited else "hit")
-            if isinstance(found, Claim):
+            if isinstance(found, DedupClaim):
                 return Deduplicated(await self._lead(found, compute, ttl), "computed")
             while True:  # another caller leads: poll with plain reads until its result or the key frees
                 if time.monotonic() + delay > deadline:
@@ -252,7 +254,7 @@ class Deduplicator:
         return row
 
     async def _lead(
-        self, claim: Claim, compute: Callable[[], Awaitable[StoredResult]], ttl: timedelta | None
+        self, claim: DedupClaim, compute: Callable[[], Awaitable[StoredResult]], ttl: timedelta | None
     ) -> StoredResult:
         try:
             result = await compute()

@@ -17,7 +17,7 @@ from persistence.errors import InvalidRequestError
 from persistence.results import (
     KEY_SCHEMA_VERSION,
     TRANSPORT_ONLY_FIELDS,
-    Claim,
+    DedupClaim,
     DedupKey,
     Deduplicator,
     DedupTimeoutError,
@@ -126,7 +126,7 @@ async def test_two_tenants_never_share_an_entry(store: ResultStore) -> None:
     assert await dedup.lookup(key(company="globex")) is None
     # Even a key computed for acme cannot be answered with another company's result.
     claim = await dedup.claim(key(company="globex"))
-    assert isinstance(claim, Claim)
+    assert isinstance(claim, DedupClaim)
     with pytest.raises(InvalidRequestError):
         await dedup.complete(claim, await store.put_text("acme", "for acme"))
     assert await dedup.abandon(claim)
@@ -167,7 +167,7 @@ async def test_a_dead_leader_is_taken_over_and_its_late_completion_refused(
 ) -> None:
     dedup = Deduplicator(store)
     dead = await dedup.claim(key(), lease=timedelta(minutes=1))
-    assert isinstance(dead, Claim)
+    assert isinstance(dead, DedupClaim)
     assert await dedup.claim(key()) is None  # led by someone else
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE result_cache SET lease_until = now() - interval '1 second'"))
@@ -181,7 +181,7 @@ async def test_a_dead_leader_is_taken_over_and_its_late_completion_refused(
 async def test_a_waiting_caller_leads_when_the_leader_gives_up(store: ResultStore) -> None:
     dedup = Deduplicator(store)
     leader = await dedup.claim(key())
-    assert isinstance(leader, Claim)
+    assert isinstance(leader, DedupClaim)
     follower = asyncio.create_task(
         dedup.run(key(), lambda: store.put_text("acme", "by the follower"), poll=timedelta(milliseconds=10))
     )
@@ -196,7 +196,7 @@ async def test_a_waiting_caller_leads_when_the_leader_gives_up(store: ResultStor
 
 async def test_followers_give_up_after_their_wait(store: ResultStore) -> None:
     dedup = Deduplicator(store)
-    assert isinstance(await dedup.claim(key()), Claim)
+    assert isinstance(await dedup.claim(key()), DedupClaim)
     with pytest.raises(DedupTimeoutError):
         await dedup.run(
             key(),
