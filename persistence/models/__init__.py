@@ -15,6 +15,7 @@ from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReser
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
 from persistence.models.requests import RequestHistory, RequestInflight, RequestStatsDaily
+from persistence.models.results import Result, ResultCacheEntry, ResultChunk
 from persistence.models.rollups import (
     AICallModelHourly,
     AICallPendingBatch,
@@ -61,6 +62,9 @@ __all__ = [
     "RequestHistory",
     "RequestInflight",
     "RequestStatsDaily",
+    "Result",
+    "ResultCacheEntry",
+    "ResultChunk",
     "ServiceHealth",
     "TrainingData",
     "Usage",

@@ -119,6 +119,10 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "request_inflight",
     "request_history",
     "request_stats_daily",
+    # Results of requests and their deduplication cache (revision 0019): never seeded, never reset.
+    "results",
+    "result_chunks",
+    "result_cache",
 )
 
 _BATCH = 1000

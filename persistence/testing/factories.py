@@ -16,6 +16,7 @@ fixed values.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -60,6 +61,9 @@ from persistence.models import (
     RequestHistory,
     RequestInflight,
     RequestStatsDaily,
+    Result,
+    ResultCacheEntry,
+    ResultChunk,
     ServiceHealth,
     TrainingData,
     Usage,
@@ -117,6 +121,9 @@ __all__ = [
     "RequestHistoryFactory",
     "RequestInflightFactory",
     "RequestStatsDailyFactory",
+    "ResultCacheEntryFactory",
+    "ResultChunkFactory",
+    "ResultFactory",
     "ServiceHealthFactory",
     "TrainingDataFactory",
     "UsageFactory",
@@ -1148,3 +1155,50 @@ class RequestStatsDailyFactory(ModelFactory[RequestStatsDaily]):
     processing_time_ms_sum = 15_000
     processing_time_count = 10
     total_tokens = 2_000
+
+
+class ResultFactory(ModelFactory[Result]):
+    """A short text result stored inline, addressed by the sha-256 of its UTF-8 bytes."""
+
+    class Meta:
+        model = Result
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    inline_text = factory.Sequence(lambda n: f"Le texte traduit en français n° {n}")
+    sha256: factory.LazyAttribute[Any, bytes] = factory.LazyAttribute(
+        lambda o: hashlib.sha256(o.inline_text.encode()).digest()
+    )
+    kind = "text"
+    mime_type = "text/plain; charset=utf-8"
+    size_bytes: factory.LazyAttribute[Any, int] = factory.LazyAttribute(lambda o: len(o.inline_text.encode()))
+    inline_bytes = None
+    blob_id = None
+    chunks = 0
+
+
+class ResultChunkFactory(ModelFactory[ResultChunk]):
+    """One chunk of a large result. Its `results` row (same company and `blob_id`, `chunks` > 0)
+    must be written in the same transaction: the foreign key is checked at commit."""
+
+    class Meta:
+        model = ResultChunk
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    blob_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    seq = 0
+    data = factory.LazyFunction(lambda: bytes(_rand().getrandbits(8) for _ in range(64)))
+
+
+class ResultCacheEntryFactory(ModelFactory[ResultCacheEntry]):
+    """A deduplication key claimed by a leader that is still computing its result."""
+
+    class Meta:
+        model = ResultCacheEntry
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    dedup_key = factory.Sequence(lambda n: hashlib.sha256(f"request {n}".encode()).digest())
+    key_version = 1
+    leader = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    lease_until = factory.LazyFunction(lambda: _now() + timedelta(minutes=5))
+    result_sha256 = None
+    expires_at = None

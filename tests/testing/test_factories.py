@@ -48,6 +48,9 @@ from persistence.testing import (
     RequestHistoryFactory,
     RequestInflightFactory,
     RequestStatsDailyFactory,
+    ResultCacheEntryFactory,
+    ResultChunkFactory,
+    ResultFactory,
     ServiceHealthFactory,
     TrainingDataFactory,
     UsageFactory,
@@ -97,6 +100,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     RequestInflightFactory,
     RequestHistoryFactory,
     RequestStatsDailyFactory,
+    ResultFactory,
+    ResultChunkFactory,
+    ResultCacheEntryFactory,
 ]
 
 
