@@ -16,6 +16,7 @@ by default the database server's clock decides.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
@@ -39,10 +40,12 @@ from persistence.requests.types import (
     QueueHealth,
     RequestHooks,
     RequestRecord,
+    RequestResult,
     RequestStatsRow,
     SweepReport,
     Worker,
 )
+from persistence.results.store import STREAMED, inline_content
 
 __all__ = ["Requests"]
 
@@ -433,13 +436,26 @@ class Requests:
     # -- reading ----------------------------------------------------------------------------------------
 
     async def status(self, company_id: str, request_id: uuid.UUID) -> RequestRecord:
-        """Seed 001's status check: one query by id (in flight or finished)."""
+        """Seed 001's status check: one query by id (in flight or finished), joined to its result."""
 
         async def work(raw: asyncpg.Connection) -> RequestRecord:
             row = await raw.fetchrow(sql.STATUS, company_id, request_id)
             if row is None:
                 raise NotFoundError("request", request_id)
-            return _record(row)
+            record = _record(row)
+            if row["result_kind"] is None:
+                return record
+            content = inline_content(row["result_kind"], row["result_text"], row["result_bytes"])
+            streamed = content is STREAMED
+            result = RequestResult(
+                sha256=row["result_sha256"],
+                kind=row["result_kind"],
+                mime_type=row["result_mime_type"],
+                size_bytes=row["result_size_bytes"],
+                content=None if streamed else content,
+                streamed=streamed,
+            )
+            return dataclasses.replace(record, result=result)
 
         return await self._run(work)
 

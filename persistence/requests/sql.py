@@ -272,7 +272,15 @@ SELECT status, NULL, NULL, now() FROM request_history WHERE company_id = $1 AND 
 """
 
 # $1 company, $2 request: seed 001's status check (the lead adds the join to `results`).
-STATUS = f"SELECT {RECORD_COLUMNS} FROM requests WHERE company_id = $1 AND request_id = $2"
+# Seed 001's status check: the request and its result (or its error) in one query.
+STATUS = f"""
+SELECT {", ".join("r." + c.strip() for c in RECORD_COLUMNS.split(","))},
+       res.kind AS result_kind, res.mime_type AS result_mime_type, res.size_bytes AS result_size_bytes,
+       res.inline_text AS result_text, res.inline_bytes AS result_bytes
+  FROM requests r
+  LEFT JOIN results res ON res.company_id = r.company_id AND res.sha256 = r.result_sha256
+ WHERE r.company_id = $1 AND r.request_id = $2
+"""
 
 # $1 company, $2 user, $3 limit [, $4 created_at, $5 request_id of the last row seen]
 RECENT_FIRST = f"""

@@ -21,6 +21,7 @@ __all__ = [
     "QueueHealth",
     "RequestHooks",
     "RequestRecord",
+    "RequestResult",
     "RequestStatsRow",
     "SweepReport",
     "Worker",
@@ -105,10 +106,26 @@ class RequestRecord:
     attempts: int
     worker_id: str | None
     reservation_id: uuid.UUID | None
+    result: RequestResult | None = None
+    """The stored result, read by `Requests.status`'s join (None elsewhere, or without a result)."""
 
     @property
     def finished(self) -> bool:
         return self.status in ("completed", "failed", "cancelled", "expired")
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """A request's result as the status check returns it: text as `str`, JSON parsed, binary as
+    `bytes`; `streamed` (and `content` None) when it is stored in chunks: read it with
+    `ResultStore.stream(company_id, sha256)`."""
+
+    sha256: bytes
+    kind: Literal["text", "json", "binary"]
+    mime_type: str
+    size_bytes: int
+    content: object
+    streamed: bool
 
 
 @dataclass(frozen=True)
