@@ -20,11 +20,11 @@ that drive time explicitly. Statements are in `quotas_sql.py`; why they are exac
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,7 +33,14 @@ from persistence import quotas_sql as sql
 from persistence.advisory import advisory_key
 from persistence.ai_calls.alerts import _load_zone
 from persistence.ai_calls.rollups import _on_raw
-from persistence.errors import InvalidRequestError, NotFoundError, TransientError
+from persistence.errors import (
+    Endpoint,
+    InvalidRequestError,
+    NotFoundError,
+    PersistenceError,
+    TransientError,
+    raise_translated,
+)
 from persistence.models.limits import QUOTA_METRICS, QUOTA_PERIODS
 from persistence.models.usage import USAGE_PERIODS
 
@@ -52,6 +59,7 @@ __all__ = [
 ]
 
 Scope = Literal["user", "company"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -334,12 +342,17 @@ class Quotas:
         cost_usd: Decimal,
         requests: int = 1,
         lease: timedelta = timedelta(minutes=5),
+        reservation_id: uuid.UUID | None = None,
+        on: asyncpg.Connection | None = None,
         now: datetime | None = None,
     ) -> Admission:
         """Reserve the estimate against every limit of the user and the company, or nothing.
 
         One statement per attempt; a second attempt happens only when a counter row of a new
-        period had to be created first (once per subject and period)."""
+        period had to be created first (once per subject and period). `reservation_id` names the
+        reservation (e.g. the request's id; a new uuid by default). `on`: run on the caller's
+        asyncpg connection, inside its transaction (a request's status change and its quota
+        commit together), instead of a pooled connection."""
         tokens = _amount("prompt_tokens", prompt_tokens) + _amount("max_tokens", max_tokens)
         args = (
             company_id,
@@ -348,12 +361,12 @@ class Quotas:
             _amount("requests", requests),
             tokens,
             _amount("cost_usd", cost_usd),
-            uuid.uuid4(),
+            reservation_id or uuid.uuid4(),
             lease.total_seconds(),
         )
         if lease <= timedelta(0):
             raise InvalidRequestError("lease must be positive")
-        return await _on_raw(self._engine, lambda raw: _admit_raw(raw, company_id, args))
+        return await self._run(on, lambda raw: _admit_raw(raw, company_id, args))
 
     async def settle(
         self,
@@ -362,22 +375,38 @@ class Quotas:
         tokens: int,
         cost_usd: Decimal,
         requests: int = 1,
+        on: asyncpg.Connection | None = None,
         now: datetime | None = None,
     ) -> bool:
         """Replace the reservation by the actual usage; True if this call counted it (a second
         settle, or one after `release`, counts nothing). A reservation whose lease expired still
-        counts its actual usage: the work happened."""
+        counts its actual usage: the work happened. `on` as for `admit`."""
         return await self._finish(
             reservation,
             "settled",
             (_amount("requests", requests), _amount("tokens", tokens), _amount("cost_usd", cost_usd)),
             now,
+            on,
         )
 
-    async def release(self, reservation: Reservation, *, now: datetime | None = None) -> bool:
+    async def release(
+        self, reservation: Reservation, *, on: asyncpg.Connection | None = None, now: datetime | None = None
+    ) -> bool:
         """Drop the reservation (the request failed): nothing is counted. True if this call did it."""
         zero = Decimal(0)
-        return await self._finish(reservation, "released", (zero, zero, zero), now)
+        return await self._finish(reservation, "released", (zero, zero, zero), now, on)
+
+    async def _run(
+        self, on: asyncpg.Connection | None, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        if on is None:
+            return await _on_raw(self._engine, work)
+        try:
+            return await work(on)
+        except PersistenceError:
+            raise
+        except Exception as exc:
+            raise_translated(exc, Endpoint.of_url(self._engine.url))
 
     async def _finish(
         self,
@@ -385,6 +414,7 @@ class Quotas:
         state: str,
         actual: tuple[Decimal, Decimal, Decimal],
         now: datetime | None,
+        on: asyncpg.Connection | None = None,
     ) -> bool:
         args = (reservation.company_id, reservation.id, *actual, state, _moment(now), _USAGE_LOCK_CLASS)
 
@@ -396,7 +426,7 @@ class Quotas:
             counted: bool = row["counted"]
             return counted
 
-        return await _on_raw(self._engine, work)
+        return await self._run(on, work)
 
     # -- admin: current counters, resets and overrides ---------------------------------------------
 

@@ -8,6 +8,7 @@ from persistence.requests.partitions import (
     ensure_request_partitions,
     request_partition_months,
 )
+from persistence.requests.quota_tie import Pricing, RequestQuotas
 from persistence.requests.types import (
     CancelOutcome,
     Claim,
@@ -32,8 +33,10 @@ __all__ = [
     "HistoryPage",
     "InvalidTransitionError",
     "LeaseLostError",
+    "Pricing",
     "QueueHealth",
     "RequestHooks",
+    "RequestQuotas",
     "RequestRecord",
     "RequestResult",
     "RequestStatsRow",
