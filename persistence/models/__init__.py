@@ -9,6 +9,7 @@ from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
+from persistence.models.events import AgentExecutionRow, PlatformEventRow, TenantCostEventRow
 from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
@@ -32,6 +33,7 @@ __all__ = [
     "AICallPendingBatch",
     "AICallUsageDelta",
     "AICallUsageHourly",
+    "AgentExecutionRow",
     "ApiKey",
     "AuditLog",
     "Base",
@@ -47,6 +49,7 @@ __all__ = [
     "CostAlertFiring",
     "CostAlertLog",
     "ModelCheckpoint",
+    "PlatformEventRow",
     "Quota",
     "QuotaCounter",
     "QuotaHold",
@@ -57,6 +60,7 @@ __all__ = [
     "RateLimitState",
     "ReconciliationReport",
     "ServiceHealth",
+    "TenantCostEventRow",
     "TrainingData",
     "User",
     "VendorPrice",
