@@ -180,7 +180,11 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
-@dataclass(frozen=True, kw_only=True)
+Money = Decimal | int | float | str  # what a money or score argument may be (stored as Decimal)
+Json = Mapping[str, Any]
+
+
+@dataclass(frozen=True, init=False)
 class PlatformEvent:
     """Something that happened on the platform (a query, a page view, a health signal)."""
 
@@ -189,32 +193,44 @@ class PlatformEvent:
     tenant_id: str
     event_type: str
     event_category: EventCategory
-    user_id: str | None = None
-    session_id: str | None = None
-    event_data: Mapping[str, Any] = field(default_factory=dict)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    time: datetime = None  # type: ignore[assignment]  # now, when not given
-    event_id: uuid.UUID = None  # type: ignore[assignment]  # a uuid4, when not given
-    event_data_json: str = field(init=False, repr=False, compare=False, default="{}")
-    metadata_json: str = field(init=False, repr=False, compare=False, default="{}")
+    user_id: str | None
+    session_id: str | None
+    event_data: Json
+    metadata: Json
+    time: datetime
+    event_id: uuid.UUID
+    event_data_json: str = field(init=False, repr=False, compare=False)
+    metadata_json: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        _set(self, "tenant_id", _text("tenant_id", self.tenant_id))
-        _set(self, "event_type", _text("event_type", self.event_type))
-        _set(self, "event_category", _enum("event_category", EventCategory, self.event_category))
-        _set(self, "user_id", _text("user_id", self.user_id, optional=True))
-        _set(self, "session_id", _text("session_id", self.session_id, optional=True))
-        data, data_json = _json("event_data", self.event_data)
-        meta, meta_json = _json("metadata", self.metadata)
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        event_type: str,
+        event_category: EventCategory | str,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        event_data: Json | None = None,
+        metadata: Json | None = None,
+        time: datetime | None = None,
+        event_id: uuid.UUID | str | None = None,
+    ) -> None:
+        _set(self, "tenant_id", _text("tenant_id", tenant_id))
+        _set(self, "event_type", _text("event_type", event_type))
+        _set(self, "event_category", _enum("event_category", EventCategory, event_category))
+        _set(self, "user_id", _text("user_id", user_id, optional=True))
+        _set(self, "session_id", _text("session_id", session_id, optional=True))
+        data, data_json = _json("event_data", {} if event_data is None else event_data)
+        meta, meta_json = _json("metadata", {} if metadata is None else metadata)
         _set(self, "event_data", data)
         _set(self, "event_data_json", data_json)
         _set(self, "metadata", meta)
         _set(self, "metadata_json", meta_json)
-        _set(self, "time", _time(self.time))
-        _set(self, "event_id", _uuid(self.event_id))
+        _set(self, "time", _time(time))
+        _set(self, "event_id", _uuid(event_id))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, init=False)
 class CostEvent:
     """Money a tenant's activity cost (an LLM call, embeddings, storage, compute), in USD."""
 
@@ -224,30 +240,43 @@ class CostEvent:
     cost_type: CostType
     cost_usd: Decimal
     service: ServiceProvider
-    user_id: str | None = None
-    quantity: int | None = None
-    service_tier: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    time: datetime = None  # type: ignore[assignment]
-    event_id: uuid.UUID = None  # type: ignore[assignment]
-    metadata_json: str = field(init=False, repr=False, compare=False, default="{}")
+    user_id: str | None
+    quantity: int | None
+    service_tier: str | None
+    metadata: Json
+    time: datetime
+    event_id: uuid.UUID
+    metadata_json: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        _set(self, "tenant_id", _text("tenant_id", self.tenant_id))
-        _set(self, "cost_type", _enum("cost_type", CostType, self.cost_type))
-        cost = _decimal("cost_usd", self.cost_usd, MONEY_PLACES)
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        cost_type: CostType | str,
+        cost_usd: Money,
+        service: ServiceProvider | str,
+        user_id: str | None = None,
+        quantity: int | None = None,
+        service_tier: str | None = None,
+        metadata: Json | None = None,
+        time: datetime | None = None,
+        event_id: uuid.UUID | str | None = None,
+    ) -> None:
+        _set(self, "tenant_id", _text("tenant_id", tenant_id))
+        _set(self, "cost_type", _enum("cost_type", CostType, cost_type))
+        cost = _decimal("cost_usd", cost_usd, MONEY_PLACES)
         if cost is None or cost < 0 or cost >= 10**10:
-            raise ValidationError(f"cost_usd must be in [0, 1e10), got {self.cost_usd!r}")
+            raise ValidationError(f"cost_usd must be in [0, 1e10), got {cost_usd!r}")
         _set(self, "cost_usd", cost)
-        _set(self, "service", _enum("service", ServiceProvider, self.service))
-        _set(self, "user_id", _text("user_id", self.user_id, optional=True))
-        _set(self, "quantity", _int("quantity", self.quantity, optional=True, limit=_INT64))
-        _set(self, "service_tier", _text("service_tier", self.service_tier, optional=True))
-        meta, meta_json = _json("metadata", self.metadata)
+        _set(self, "service", _enum("service", ServiceProvider, service))
+        _set(self, "user_id", _text("user_id", user_id, optional=True))
+        _set(self, "quantity", _int("quantity", quantity, optional=True, limit=_INT64))
+        _set(self, "service_tier", _text("service_tier", service_tier, optional=True))
+        meta, meta_json = _json("metadata", {} if metadata is None else metadata)
         _set(self, "metadata", meta)
         _set(self, "metadata_json", meta_json)
-        _set(self, "time", _time(self.time))
-        _set(self, "event_id", _uuid(self.event_id))
+        _set(self, "time", _time(time))
+        _set(self, "event_id", _uuid(event_id))
 
 
 def _score(name: str, value: object) -> Decimal | None:
@@ -257,7 +286,7 @@ def _score(name: str, value: object) -> Decimal | None:
     return score
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, init=False)
 class AgentExecution:
     """One run of an agent: how long, whether it succeeded, its quality and cost."""
 
@@ -268,46 +297,65 @@ class AgentExecution:
     agent_type: str
     execution_time_ms: int
     success: bool
-    user_id: str | None = None
-    quality_score: Decimal | None = None
-    citation_accuracy: Decimal | None = None
-    hallucination_detected: bool | None = None
-    cost_usd: Decimal | None = None
-    total_tokens: int | None = None
-    error_message: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    time: datetime = None  # type: ignore[assignment]
-    event_id: uuid.UUID = None  # type: ignore[assignment]
-    metadata_json: str = field(init=False, repr=False, compare=False, default="{}")
+    user_id: str | None
+    quality_score: Decimal | None
+    citation_accuracy: Decimal | None
+    hallucination_detected: bool | None
+    cost_usd: Decimal | None
+    total_tokens: int | None
+    error_message: str | None
+    metadata: Json
+    time: datetime
+    event_id: uuid.UUID
+    metadata_json: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        _set(self, "tenant_id", _text("tenant_id", self.tenant_id))
-        _set(self, "agent_id", _text("agent_id", self.agent_id))
-        _set(self, "agent_type", _text("agent_type", self.agent_type, limit=50))
-        _set(self, "execution_time_ms", _int("execution_time_ms", self.execution_time_ms))
-        if not isinstance(self.success, bool):
-            raise ValidationError(f"success must be a bool, got {self.success!r}")
-        _set(self, "user_id", _text("user_id", self.user_id, optional=True))
-        _set(self, "quality_score", _score("quality_score", self.quality_score))
-        _set(self, "citation_accuracy", _score("citation_accuracy", self.citation_accuracy))
-        if self.hallucination_detected is not None and not isinstance(self.hallucination_detected, bool):
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        agent_id: str,
+        agent_type: str,
+        execution_time_ms: int,
+        success: bool,
+        user_id: str | None = None,
+        quality_score: Money | None = None,
+        citation_accuracy: Money | None = None,
+        hallucination_detected: bool | None = None,
+        cost_usd: Money | None = None,
+        total_tokens: int | None = None,
+        error_message: str | None = None,
+        metadata: Json | None = None,
+        time: datetime | None = None,
+        event_id: uuid.UUID | str | None = None,
+    ) -> None:
+        _set(self, "tenant_id", _text("tenant_id", tenant_id))
+        _set(self, "agent_id", _text("agent_id", agent_id))
+        _set(self, "agent_type", _text("agent_type", agent_type, limit=50))
+        _set(self, "execution_time_ms", _int("execution_time_ms", execution_time_ms))
+        if not isinstance(success, bool):
+            raise ValidationError(f"success must be a bool, got {success!r}")
+        _set(self, "success", success)
+        _set(self, "user_id", _text("user_id", user_id, optional=True))
+        _set(self, "quality_score", _score("quality_score", quality_score))
+        _set(self, "citation_accuracy", _score("citation_accuracy", citation_accuracy))
+        if hallucination_detected is not None and not isinstance(hallucination_detected, bool):
             raise ValidationError(
-                f"hallucination_detected must be a bool or None, got {self.hallucination_detected!r}"
+                f"hallucination_detected must be a bool or None, got {hallucination_detected!r}"
             )
-        cost = _decimal("cost_usd", self.cost_usd, MONEY_PLACES, optional=True)
+        _set(self, "hallucination_detected", hallucination_detected)
+        cost = _decimal("cost_usd", cost_usd, MONEY_PLACES, optional=True)
         if cost is not None and not 0 <= cost < 10**10:
-            raise ValidationError(f"cost_usd must be in [0, 1e10), got {self.cost_usd!r}")
+            raise ValidationError(f"cost_usd must be in [0, 1e10), got {cost_usd!r}")
         _set(self, "cost_usd", cost)
-        _set(self, "total_tokens", _int("total_tokens", self.total_tokens, optional=True))
-        if self.error_message is not None and (
-            not isinstance(self.error_message, str) or "\x00" in self.error_message
-        ):
+        _set(self, "total_tokens", _int("total_tokens", total_tokens, optional=True))
+        if error_message is not None and (not isinstance(error_message, str) or "\x00" in error_message):
             raise ValidationError("error_message must be a string without NUL characters, or None")
-        meta, meta_json = _json("metadata", self.metadata)
+        _set(self, "error_message", error_message)
+        meta, meta_json = _json("metadata", {} if metadata is None else metadata)
         _set(self, "metadata", meta)
         _set(self, "metadata_json", meta_json)
-        _set(self, "time", _time(self.time))
-        _set(self, "event_id", _uuid(self.event_id))
+        _set(self, "time", _time(time))
+        _set(self, "event_id", _uuid(event_id))
 
 
 Event = PlatformEvent | CostEvent | AgentExecution

@@ -36,21 +36,32 @@ def unreachable_engine() -> AsyncEngine:
     """An engine whose server is down: nothing listens on its port."""
     return build_engine(
         DatabaseConfig.model_validate(
-            {"host": "127.0.0.1", "port": free_port(), "user": "nobody", "database": "nothing", "connect_timeout": 1.0}
+            {
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "user": "nobody",
+                "database": "nothing",
+                "connect_timeout": 1.0,
+            }
         )
     )
 
 
 def events(n: int, tenant: str = "t-idem") -> list[PlatformEvent]:
     return [
-        PlatformEvent(tenant_id=tenant, event_type="page_view", event_category="user_behavior", event_data={"n": i})
+        PlatformEvent(
+            tenant_id=tenant, event_type="page_view", event_category="user_behavior", event_data={"n": i}
+        )
         for i in range(n)
     ]
 
 
 async def test_a_replayed_batch_writes_nothing_twice(engine: AsyncEngine) -> None:
     batch = events(50)
-    mixed = [*batch, CostEvent(tenant_id="t-idem", cost_type="llm", cost_usd=Decimal("0.5"), service="openai")]
+    mixed = [
+        *batch,
+        CostEvent(tenant_id="t-idem", cost_type="llm", cost_usd=Decimal("0.5"), service="openai"),
+    ]
     leases = Leases(engine, 1, Endpoint.of_url(engine.url))
     try:
         assert await leases.attempts(write_events, mixed) == 51
@@ -164,7 +175,9 @@ async def test_daily_cost_is_the_local_day_to_the_cent(
                 await recorder.log_cost_event(CostEvent(
                     tenant_id=tenant, cost_type="llm", cost_usd=Decimal("0.0000000001") + i, service="openai", time=at
                 ))  # fmt: skip
-        expected = sum((Decimal("0.0000000001") + i for i, at in enumerate(times) if start <= at < end), Decimal(0))
+        expected = sum(
+            (Decimal("0.0000000001") + i for i, at in enumerate(times) if start <= at < end), Decimal(0)
+        )
         assert expected == Decimal("6.0000000003")
         assert await recorder.get_tenant_daily_cost("t-day", day, time_zone=zone) == expected
         assert await recorder.get_tenant_daily_cost("t-none", day, time_zone=zone) == 0

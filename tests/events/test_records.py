@@ -18,12 +18,21 @@ AT = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
 
 
 def platform(**kw: Any) -> PlatformEvent:
-    fields: dict[str, Any] = {"tenant_id": "t-1", "event_type": "user_query", "event_category": "user_behavior"}
+    fields: dict[str, Any] = {
+        "tenant_id": "t-1",
+        "event_type": "user_query",
+        "event_category": "user_behavior",
+    }
     return PlatformEvent(**{**fields, **kw})
 
 
 def cost(**kw: Any) -> CostEvent:
-    fields: dict[str, Any] = {"tenant_id": "t-1", "cost_type": "llm", "cost_usd": Decimal("0.5"), "service": "openai"}
+    fields: dict[str, Any] = {
+        "tenant_id": "t-1",
+        "cost_type": "llm",
+        "cost_usd": Decimal("0.5"),
+        "service": "openai",
+    }
     return CostEvent(**{**fields, **kw})
 
 
@@ -49,7 +58,7 @@ def run(**kw: Any) -> AgentExecution:
         (lambda: platform(event_data={"bad": object()}), "event_data"),
         (lambda: platform(event_data={"nul": "a\x00b"}), "event_data"),
         (lambda: platform(event_data=[1, 2]), "event_data"),
-        (lambda: platform(time=datetime(2026, 12, 7, 10, 30)), "time"),  # naive
+        (lambda: platform(time=datetime(2026, 12, 7, 10, 30)), "time"),  # noqa: DTZ001 (naive on purpose)
         (lambda: platform(event_id="not-a-uuid"), "event_id"),
         (lambda: cost(cost_usd=Decimal("-0.01")), "cost_usd"),
         (lambda: cost(cost_usd=Decimal("0.00000000001")), "decimal places"),
@@ -73,7 +82,9 @@ def test_events_refuse_what_postgres_could_not_store(build: Any, field: str) -> 
 
 
 def test_money_is_decimal_scores_exact_times_utc_ids_fixed() -> None:
-    event = cost(cost_usd=0.012, time=datetime(2026, 12, 7, 16, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))))
+    event = cost(
+        cost_usd=0.012, time=datetime(2026, 12, 7, 16, 0, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    )
     assert event.cost_usd == Decimal("0.012") and isinstance(event.cost_usd, Decimal)
     assert event.time == datetime(2026, 12, 7, 10, 30, tzinfo=UTC) and event.time.tzinfo is UTC
     assert isinstance(event.event_id, uuid.UUID)
@@ -94,10 +105,17 @@ def test_payloads_are_detached_copies() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        platform(user_id="u", session_id="s", event_data={"a": [1, "x", None]}, metadata={"m": True}, time=AT),
+        platform(
+            user_id="u", session_id="s", event_data={"a": [1, "x", None]}, metadata={"m": True}, time=AT
+        ),
         cost(cost_usd=Decimal("1.0000000001"), quantity=300, service_tier="gpt-4", user_id="u"),
-        run(quality_score=Decimal("0.333333"), cost_usd=Decimal("0.012"), hallucination_detected=False,
-            total_tokens=5, error_message="boom"),  # fmt: skip
+        run(
+            quality_score=Decimal("0.333333"),
+            cost_usd=Decimal("0.012"),
+            hallucination_detected=False,
+            total_tokens=5,
+            error_message="boom",
+        ),
     ],
 )
 def test_spool_encoding_round_trips(event: Any) -> None:
