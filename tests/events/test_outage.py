@@ -100,7 +100,7 @@ async def test_postgres_stopped_mid_stream_every_event_lands_exactly_once(
                 await asyncio.sleep(0.002)  # a stream, not a burst
 
     async def crash() -> float:
-        while recorder.stats.written < 2000:
+        while recorder.stats.written < 2000:  # noqa: ASYNC110 (polling counters that have no event)
             await asyncio.sleep(0.01)
         await asyncio.to_thread(pg.stop_server, "immediate")  # while batches are in flight
         stopped.set()
@@ -116,7 +116,7 @@ async def test_postgres_stopped_mid_stream_every_event_lands_exactly_once(
         restarted = True
         # No new events and no flush: the writer probes, finds the database back and replays the spool.
         async with asyncio.timeout(120):
-            while recorder.stats.buffered or recorder.stats.pending_in_spool:
+            while recorder.stats.buffered or recorder.stats.pending_in_spool:  # noqa: ASYNC110 (polling counters)
                 await asyncio.sleep(0.1)
         stats = recorder.stats
         total = await scalar(engine, TOTAL)
@@ -126,7 +126,9 @@ async def test_postgres_stopped_mid_stream_every_event_lands_exactly_once(
         if not restarted:
             await asyncio.to_thread(pg.start_server)
         await recorder.close(timeout=30)
-    print(f"\nevents logged while PostgreSQL was down: {down['logged']}; slowest log call {slowest * 1000:.1f} ms; {stats}")
+    print(
+        f"\nevents logged while PostgreSQL was down: {down['logged']}; slowest log call {slowest * 1000:.1f} ms; {stats}"
+    )
     assert down["logged"] > 0  # events really streamed into the outage
     assert total == distinct == PRODUCERS * PER_PRODUCER
     assert (stats.queued, stats.rejected, stats.dropped, stats.waited) == (PRODUCERS * PER_PRODUCER, 0, 0, 0)
