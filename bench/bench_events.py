@@ -11,11 +11,12 @@ transaction per batch:
 
 - raw COPY: `copy_records_to_table` straight into the partitioned table; not idempotent (a
   replayed batch fails on the key). The ceiling.
-- unnest INSERT: what the recorder sends (`write_events`): `INSERT ... SELECT FROM unnest(arrays)
-  ON CONFLICT DO NOTHING`, one statement per batch.
+- write_events: what the recorder sends: a COPY per table, falling back to the unnest INSERT
+  below only when the batch repeats a stored event (never here).
+- unnest INSERT: `INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING`, one statement per batch.
 - COPY staging: COPY into a temporary table, then `INSERT ... SELECT ... ON CONFLICT DO NOTHING`.
 - recorder: `TimescaleIntegration.log_platform_event` for each event and `flush_all()`, end to end
-  (buffer, writer task, unnest INSERT), at the same batch size.
+  (buffer, writer task, write_events), at the same batch size.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from persistence import PlatformEvent, TimescaleIntegration, migrations
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
 from persistence.engine import build_engine
-from persistence.events.writer import write_events
+from persistence.events.writer import write_events, write_events_on_conflict
 from persistence.testing.database import free_port
 
 COLUMNS = ["tenant_id", "time", "event_id", "user_id", "session_id", "event_type", "event_category",
@@ -46,10 +47,13 @@ STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS staging_platform_events "
     "(LIKE analytics.platform_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
-FROM_STAGING = (
-    f"INSERT INTO analytics.platform_events ({', '.join(COLUMNS)}) "
-    f"SELECT {', '.join(COLUMNS)} FROM staging_platform_events ON CONFLICT DO NOTHING"
-)
+FROM_STAGING = """
+INSERT INTO analytics.platform_events
+    (tenant_id, time, event_id, user_id, session_id, event_type, event_category, event_data, metadata)
+SELECT tenant_id, time, event_id, user_id, session_id, event_type, event_category, event_data, metadata
+  FROM staging_platform_events
+ON CONFLICT DO NOTHING
+"""
 
 
 def rows(events: list[PlatformEvent]) -> list[tuple[object, ...]]:
@@ -65,19 +69,28 @@ def batches(items: list[PlatformEvent], size: int) -> list[list[PlatformEvent]]:
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=50_000, help="events per side per round")
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="bench-events-", dir="/tmp"))
-    server = EmbeddedServer(data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1")
+    server = EmbeddedServer(
+        data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1"
+    )
     server.start()
     try:
         server.ensure_database("bench")
         config = DatabaseConfig.model_validate(
-            {"host": str(server.socket_dir), "port": server.port, "user": server.superuser, "database": "bench"}
+            {
+                "host": str(server.socket_dir),
+                "port": server.port,
+                "user": server.superuser,
+                "database": "bench",
+            }
         )
         engine = build_engine(config)
         await migrations.upgrade(engine)
@@ -98,6 +111,10 @@ async def main() -> int:
 
         async def unnest(size: int) -> None:
             for batch in batches(events, size):
+                await write_events_on_conflict(raw, batch)
+
+        async def ours(size: int) -> None:
+            for batch in batches(events, size):
                 await write_events(raw, batch)
 
         async def staging(size: int) -> None:
@@ -109,7 +126,9 @@ async def main() -> int:
                     await raw.execute(FROM_STAGING)
 
         async def recorder(size: int) -> None:
-            rec = TimescaleIntegration(engine, batch_size=size, flush_interval=60, max_buffered=max(10_000, size))
+            rec = TimescaleIntegration(
+                engine, batch_size=size, flush_interval=60, max_buffered=max(10_000, size)
+            )
             for e in events:
                 await rec.log_platform_event(e)
             await rec.flush_all()
@@ -117,6 +136,7 @@ async def main() -> int:
 
         sides: dict[str, Callable[[int], Awaitable[None]]] = {
             "raw asyncpg COPY": raw_copy,
+            "write_events (COPY, ON CONFLICT on a replay)": ours,
             "unnest INSERT ON CONFLICT": unnest,
             "COPY staging + INSERT ON CONFLICT": staging,
             "recorder (log + flush)": recorder,

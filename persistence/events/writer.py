@@ -1,10 +1,12 @@
 """How a batch of events reaches PostgreSQL: one transaction, one idempotent INSERT per table.
 
-Each table gets `INSERT ... SELECT FROM unnest(<one array per column>) ON CONFLICT DO NOTHING`:
-one round trip, one prepared statement per table whatever the batch size, and a replayed event (a
-lost COMMIT acknowledgement, a spool replayed after a crash) hits the primary key
-(tenant_id, time, event_id) and is skipped. Measured against COPY into a temporary staging table
-followed by the same INSERT ... ON CONFLICT (bench/events_ingest.py): see BENCHMARKS.md.
+A batch is COPied (binary) into each table it has rows for, in one transaction. A replayed event
+(a lost COMMIT acknowledgement, a spool replayed after a crash) makes the primary key
+(tenant_id, time, event_id) refuse that COPY; the batch is then written again as
+`INSERT ... SELECT FROM unnest(<one array per column>) ON CONFLICT DO NOTHING`, which skips what is
+stored. Replays are rare, so ingest runs at COPY speed; `bench/bench_events.py` measured the
+always-idempotent shapes (unnest INSERT, and COPY into a temporary staging table + INSERT ... ON
+CONFLICT) at 0.25-0.65x of a raw COPY (BENCHMARKS.md).
 
 `EventBatcher` is the ledger's `BatchWriter` (buffer, writer task, spool, replay, refusal
 bisection) over these writes; nothing here knows about outages.
@@ -12,7 +14,7 @@ bisection) over these writes; nothing here knows about outages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,14 @@ from persistence.events.records import (
     encode_event,
 )
 
-__all__ = ["INSERT_AGENT", "INSERT_COST", "INSERT_PLATFORM", "EventBatcher", "write_events"]
+__all__ = [
+    "INSERT_AGENT",
+    "INSERT_COST",
+    "INSERT_PLATFORM",
+    "EventBatcher",
+    "write_events",
+    "write_events_on_conflict",
+]
 
 INSERT_PLATFORM = """
 INSERT INTO analytics.platform_events
@@ -57,17 +66,30 @@ ON CONFLICT DO NOTHING
 """
 
 
+PLATFORM_COLUMNS = ["tenant_id", "time", "event_id", "user_id", "session_id", "event_type", "event_category",
+                    "event_data", "metadata"]  # fmt: skip
+COST_COLUMNS = ["tenant_id", "time", "event_id", "user_id", "cost_type", "cost_usd", "quantity", "service",
+                "service_tier", "metadata"]  # fmt: skip
+AGENT_COLUMNS = ["tenant_id", "time", "event_id", "user_id", "agent_id", "agent_type", "execution_time_ms",
+                 "success", "quality_score", "citation_accuracy", "hallucination_detected", "cost_usd",
+                 "total_tokens", "error_message", "metadata"]  # fmt: skip
+_TABLES = (
+    ("platform_events", PLATFORM_COLUMNS, INSERT_PLATFORM),
+    ("tenant_cost_events", COST_COLUMNS, INSERT_COST),
+    ("agent_executions", AGENT_COLUMNS, INSERT_AGENT),
+)
+
+
 def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
-    return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+    return [[row[i] for row in rows] for i in range(width)]
 
 
-def _inserted(status: str) -> int:
-    """Rows an INSERT's command tag ("INSERT 0 <n>") says were new."""
+def _count(status: str) -> int:
+    """Rows a command tag ("INSERT 0 <n>", "COPY <n>") counts."""
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def write_events(raw: asyncpg.Connection, events: list[Event]) -> int:
-    """Insert `events` in one transaction; returns how many were new (replays are skipped)."""
+def _rows(events: Sequence[Event]) -> tuple[list[tuple[object, ...]], ...]:
     platform: list[tuple[object, ...]] = []
     cost: list[tuple[object, ...]] = []
     agent: list[tuple[object, ...]] = []
@@ -83,14 +105,44 @@ async def write_events(raw: asyncpg.Connection, events: list[Event]) -> int:
                           e.execution_time_ms, e.success, e.quality_score, e.citation_accuracy,
                           e.hallucination_detected, e.cost_usd, e.total_tokens, e.error_message,
                           e.metadata_json))  # fmt: skip
+    return platform, cost, agent
+
+
+async def write_events(raw: asyncpg.Connection, events: Sequence[Event]) -> int:
+    """Insert `events` in one transaction; returns how many were new (replays are skipped).
+
+    A batch is COPied (binary) into the partitioned tables: the fast path, taken unless the batch
+    repeats a stored event. Then the key refuses the COPY (nothing of it stays) and the batch is
+    written again with `INSERT ... ON CONFLICT DO NOTHING`, which skips the stored ones.
+    """
+    per_table = _rows(events)
+    try:
+        written = 0
+        async with raw.transaction():
+            for (table, columns, _), rows in zip(_TABLES, per_table, strict=True):
+                if rows:
+                    written += _count(
+                        await raw.copy_records_to_table(
+                            table, schema_name="analytics", records=rows, columns=columns
+                        )
+                    )
+        return written
+    except asyncpg.UniqueViolationError:
+        pass  # the only unique keys are the primary keys (each partition's own `<partition>_pkey`)
+    return await _insert_new(raw, per_table)
+
+
+async def write_events_on_conflict(raw: asyncpg.Connection, events: Sequence[Event]) -> int:
+    """`write_events` without the COPY attempt: every batch as INSERT ... ON CONFLICT DO NOTHING."""
+    return await _insert_new(raw, _rows(events))
+
+
+async def _insert_new(raw: asyncpg.Connection, per_table: tuple[list[tuple[object, ...]], ...]) -> int:
     written = 0
     async with raw.transaction():
-        if platform:
-            written += _inserted(await raw.execute(INSERT_PLATFORM, *_columns(platform, 9)))
-        if cost:
-            written += _inserted(await raw.execute(INSERT_COST, *_columns(cost, 10)))
-        if agent:
-            written += _inserted(await raw.execute(INSERT_AGENT, *_columns(agent, 15)))
+        for (_, columns, insert), rows in zip(_TABLES, per_table, strict=True):
+            if rows:
+                written += _count(await raw.execute(insert, *_columns(rows, len(columns))))
     return written
 
 
