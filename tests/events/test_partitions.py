@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence import CostEvent, PlatformEvent, TimescaleIntegration, maintain_event_partitions
 from persistence.events.partitions import event_partitions
 from tests.events.conftest import scalar
+from tests.logs import capture_logs
 
 WHERE = "SELECT tableoid::regclass::text FROM analytics.{table} WHERE tenant_id = :t"
 
@@ -68,3 +69,40 @@ async def test_partitions_made_ahead_take_their_rows_out_of_the_default(engine: 
             )
         )
     assert bounds == "FOR VALUES FROM ('2031-01-31 00:00:00+00') TO ('2031-02-01 00:00:00+00')"
+
+
+async def test_retention_drops_whole_partitions_past_the_cutoff_and_rows_in_a_default_alert(
+    engine: AsyncEngine,
+) -> None:
+    day = date(2031, 3, 10)
+    await maintain_event_partitions(engine, days_ahead=1, months_ahead=0, today=day)
+    recorder = TimescaleIntegration(engine)
+    try:
+        for at in (datetime(2031, 3, 10, 12, tzinfo=UTC), datetime(2040, 1, 1, tzinfo=UTC)):
+            await recorder.log_cost_event(
+                CostEvent(
+                    tenant_id="t-keep", cost_type="storage", cost_usd=Decimal(2), service="supabase", time=at
+                )
+            )
+        await recorder.flush_all()
+    finally:
+        await recorder.close()
+    later = date(2031, 4, 2)
+    with capture_logs() as logs:
+        report = await maintain_event_partitions(
+            engine, days_ahead=0, months_ahead=0, retention_days=20, retention_months=1, today=later
+        )
+    # Platform days ending on or before 2031-03-13 go; months ending on or before 2031-03-01 go.
+    assert report.dropped["platform_events"][-2:] == [date(2031, 3, 10), date(2031, 3, 11)]
+    assert date(2031, 3, 1) not in report.dropped["tenant_cost_events"]
+    assert datetime.now(UTC).date().replace(day=1) in report.dropped["tenant_cost_events"]
+    existing, _ = await event_partitions(engine)
+    assert existing["platform_events"] == [later]
+    assert existing["tenant_cost_events"] == [date(2031, 3, 1), date(2031, 4, 1)]
+    assert (
+        await scalar(engine, "SELECT count(*) FROM analytics.tenant_cost_events WHERE tenant_id = 't-keep'")
+        == 2
+    )
+    assert report.default_rows == {"platform_events": 0, "tenant_cost_events": 1, "agent_executions": 0}
+    alerts = [line for line in logs if line["event"].startswith("rows in a default partition")]
+    assert [line["table"] for line in alerts] == ["analytics.tenant_cost_events_default"]
