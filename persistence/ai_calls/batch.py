@@ -2,8 +2,13 @@
 
 Calls are validated when logged (`log()` raises `ValidationError` at once for a call PostgreSQL could
 not store: such a call is never accepted), buffered, and written by one background task every
-`batch_size` calls or `flush_interval` seconds. The buffer is bounded: `log()` waits when it is full
-(backpressure), so memory stays flat when PostgreSQL is slow.
+`batch_size` calls or `flush_interval` seconds. The buffer is bounded, so memory stays flat when
+PostgreSQL is slow; when it is full, `overflow` decides: `log()` waits for room ("block", the
+default: backpressure), appends the call to the spool at once ("spill": the caller waits one fsync'd
+append, never the database), or drops it, counted in `stats.dropped` and logged ("drop").
+
+The machinery is `BatchWriter`, generic over the record type; `BatchLogger` is its ledger subclass
+and the event recorder (`persistence.events`) another.
 
 Two kinds of failure, handled apart (`batch_outcomes.is_refusal`):
 - An outage (anything that would fail every call alike: the database is down or restarting, a lost

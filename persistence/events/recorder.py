@@ -196,7 +196,9 @@ class TimescaleIntegration:
 
                         # No connectivity check: the recorder must start while PostgreSQL is down.
                         self.engine = await create_database_engine(check=False)
-                    self._leases = Leases(self.engine, 2, Endpoint.of_url(self.engine.url))
+                    self._leases = Leases(
+                        self.engine, 2, Endpoint.of_url(self.engine.url), "TimescaleIntegration"
+                    )
         return self._leases
 
     async def _batcher_ready(self) -> None:
