@@ -76,8 +76,6 @@ class TimescaleIntegration:
         self._ignored = 0
         self.closed = False
         self._batcher: EventBatcher | None = None
-        self._spool_dir = spool
-        self._overflow: Overflow = policy
         if self.enabled:
             # Validates every option now (ValidationError), before any event is accepted.
             self._batcher = EventBatcher(
