@@ -5,6 +5,7 @@ Enable the fixtures in a test suite with `pytest_plugins = ["persistence.testing
 
 from persistence.testing.database import ThrowawayPostgres
 from persistence.testing.factories import (
+    AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
     AICallModelHourlyFactory,
@@ -26,6 +27,7 @@ from persistence.testing.factories import (
     CostAlertLogFactory,
     ModelCheckpointFactory,
     ModelFactory,
+    PlatformEventRowFactory,
     QuotaCounterFactory,
     QuotaFactory,
     QuotaHoldFactory,
@@ -36,6 +38,7 @@ from persistence.testing.factories import (
     RateLimitStateFactory,
     ReconciliationReportFactory,
     ServiceHealthFactory,
+    TenantCostEventRowFactory,
     TrainingDataFactory,
     UserFactory,
     VendorPriceFactory,
@@ -52,6 +55,7 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
     "BillingDataFactory",
@@ -67,6 +71,7 @@ __all__ = [
     "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ModelFactory",
+    "PlatformEventRowFactory",
     "QuotaCounterFactory",
     "QuotaFactory",
     "QuotaHoldFactory",
@@ -77,6 +82,7 @@ __all__ = [
     "RateLimitStateFactory",
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
+    "TenantCostEventRowFactory",
     "ThrowawayPostgres",
     "TrainingDataFactory",
     "UserFactory",

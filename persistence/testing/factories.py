@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence.errors import TransactionError
 from persistence.models import (
+    AgentExecutionRow,
     AICall,
     AICallKey,
     AICallModelHourly,
@@ -48,6 +49,7 @@ from persistence.models import (
     CostAlertFiring,
     CostAlertLog,
     ModelCheckpoint,
+    PlatformEventRow,
     Quota,
     QuotaCounter,
     QuotaHold,
@@ -58,6 +60,7 @@ from persistence.models import (
     RateLimitState,
     ReconciliationReport,
     ServiceHealth,
+    TenantCostEventRow,
     TrainingData,
     User,
     VendorPrice,
@@ -86,6 +89,7 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
     "BillingDataFactory",
@@ -101,6 +105,7 @@ __all__ = [
     "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ModelFactory",
+    "PlatformEventRowFactory",
     "QuotaCounterFactory",
     "QuotaFactory",
     "QuotaHoldFactory",
@@ -111,6 +116,7 @@ __all__ = [
     "RateLimitStateFactory",
     "ReconciliationReportFactory",
     "ServiceHealthFactory",
+    "TenantCostEventRowFactory",
     "TrainingDataFactory",
     "UserFactory",
     "VendorPriceFactory",
@@ -1058,3 +1064,49 @@ class RateLimitResetFactory(ModelFactory[RateLimitReset]):
     previous_used = Decimal(42_000)
     requested_by = "admin@example.com"
     reason = "support ticket"
+
+
+def _event_id() -> uuid.UUID:
+    return uuid.UUID(int=_rand().getrandbits(128), version=4)
+
+
+class PlatformEventRowFactory(ModelFactory[PlatformEventRow]):
+    """A stored platform event (the recorder's `PlatformEvent` is what applications build)."""
+
+    class Meta:
+        model = PlatformEventRow
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    time = factory.LazyFunction(_now)
+    event_id = factory.LazyFunction(_event_id)
+    event_type = "user_query"
+    event_category = "user_behavior"
+    event_data = factory.LazyFunction(lambda: {"query": "What is diabetes?"})
+
+
+class TenantCostEventRowFactory(ModelFactory[TenantCostEventRow]):
+    class Meta:
+        model = TenantCostEventRow
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    time = factory.LazyFunction(_now)
+    event_id = factory.LazyFunction(_event_id)
+    cost_type = "llm"
+    cost_usd = Decimal("0.012")
+    quantity = 300
+    service = "openai"
+    service_tier = "gpt-4"
+
+
+class AgentExecutionRowFactory(ModelFactory[AgentExecutionRow]):
+    class Meta:
+        model = AgentExecutionRow
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    time = factory.LazyFunction(_now)
+    event_id = factory.LazyFunction(_event_id)
+    agent_id = "ask-expert-v1"
+    agent_type = "ask_expert"
+    execution_time_ms = 2100
+    success = True
+    quality_score = Decimal("0.92")

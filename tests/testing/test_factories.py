@@ -16,6 +16,7 @@ from persistence.ai_calls import TokenUsage, normalise_usage
 from persistence.models import AICall, Base, Claim, ModelCheckpoint, TrainingData
 from persistence.seeding import call_cost, decide_consensus
 from persistence.testing import (
+    AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
     AICallModelHourlyFactory,
@@ -36,6 +37,7 @@ from persistence.testing import (
     CostAlertFiringFactory,
     CostAlertLogFactory,
     ModelCheckpointFactory,
+    PlatformEventRowFactory,
     QuotaCounterFactory,
     QuotaFactory,
     QuotaHoldFactory,
@@ -46,6 +48,7 @@ from persistence.testing import (
     RateLimitStateFactory,
     ReconciliationReportFactory,
     ServiceHealthFactory,
+    TenantCostEventRowFactory,
     TrainingDataFactory,
     UserFactory,
     VendorPriceFactory,
@@ -89,6 +92,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     QuotaReservationFactory,
     QuotaHoldFactory,
     RateLimitResetFactory,
+    PlatformEventRowFactory,
+    TenantCostEventRowFactory,
+    AgentExecutionRowFactory,
 ]
 
 
