@@ -12,7 +12,7 @@ on two engines built with the defaults (one per side), in interleaved A/B rounds
 - `Quotas`: `admit(...)` (one statement: limits resolved from `quotas`/`company_quotas`, the 4
   counters locked in id order, expired holds reclaimed, all-or-nothing hold, reservation and hold
   rows written) then `settle(...)` (one statement: counters locked, reservation state changed once,
-  holds deleted, actual usage added).
+  holds deleted, actual usage added to the counters and upserted into its 2 `usage` rows).
 - raw asyncpg: the counter ids and limits already known to the client, one conditional UPDATE
   reserving on the same 4 rows (`held = held + e WHERE used + held + e <= limit`), then one UPDATE
   settling them (`held = held - e, used = used + actual`). No reservation row, no lease, no limit

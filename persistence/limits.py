@@ -184,6 +184,8 @@ class Limits:
         subject = (
             who if isinstance(who, RateSubject) else RateSubject(who.company_id, who.user_id, who.key_id)
         )
+        if not subject.company_id:
+            raise InvalidRequestError("a limited request needs its company_id")
         if not isinstance(cost_usd, Decimal):
             raise InvalidRequestError("cost_usd must be a Decimal")
         admission = await self.quotas.admit(

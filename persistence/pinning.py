@@ -29,6 +29,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 from sqlalchemy.pool import PoolProxiedConnection
@@ -210,17 +211,35 @@ class _LentConnection(AsyncConnection):
         try:
             root, self._root = self._root, None
             if root is not None and root.is_active:
-                if self._raw_used:
+                if self._raw_used and not await _aborted(sync):
                     try:
                         await root.commit()
                         return
                     except Exception:  # the savepoint is aborted: nothing in it can be kept
                         if not root.is_active:
                             raise
+                # A statement sent on the driver connection failed and aborted the savepoint; its
+                # error already reached the caller (and is on its way out of this `async with`):
+                # roll back to the savepoint so the test's connection stays usable.
                 await root.rollback()
         finally:
             sync._execution_options = self._options
             self._pin.release(self)
+
+
+async def _aborted(sync: Any) -> bool:
+    """Whether the pinned connection's current savepoint is aborted (a failed statement in it).
+
+    Outside a pin each raw statement is its own transaction, so a failed one leaves the connection
+    usable; inside, it aborts the lease's savepoint, which must then be rolled back, not released."""
+    raw = sync.connection.driver_connection
+    if not isinstance(raw, asyncpg.Connection):  # pragma: no cover (the asyncpg dialect only)
+        return False
+    try:
+        await raw.fetchval("SELECT 1")
+    except asyncpg.InFailedSQLTransactionError:
+        return True
+    return False
 
 
 class PinnedEngine(AsyncEngine):

@@ -9,6 +9,10 @@ are rows per period (`quota_counters`), so a new period starts from zero by bein
 Periods are hourly/daily/weekly/monthly in a named IANA time zone, or a rolling window (whole
 minutes, counted in 60 buckets: the window slides a bucket at a time).
 
+Billing usage is kept apart from those counters (which a manual reset zeroes): the statement that
+settles a reservation also adds its actual usage to seed 001's `usage` rows (daily and monthly, on
+the user's local dates), and `rebuild_usage` recomputes them from the settled reservations.
+
 Decisions run on the database server's clock; every method takes `now` for callers (and tests)
 that drive time explicitly. Statements are in `quotas_sql.py`; why they are exact is explained there.
 """
@@ -26,10 +30,12 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence import quotas_sql as sql
+from persistence.advisory import advisory_key
 from persistence.ai_calls.alerts import _load_zone
 from persistence.ai_calls.rollups import _on_raw
 from persistence.errors import InvalidRequestError, NotFoundError, TransientError
 from persistence.models.limits import QUOTA_METRICS, QUOTA_PERIODS
+from persistence.models.usage import USAGE_PERIODS
 
 __all__ = [
     "TIERS",
@@ -68,6 +74,9 @@ CALENDAR_PERIODS = tuple(p for p in QUOTA_PERIODS if p != "rolling")
 _BASIC_CEILING = 100_000
 _STANDARD_CEILING = 1_000_000
 _ATTEMPTS = 10  # a new period's (or bucket's) row is created by one attempt; more means churn
+# Class of the per-company advisory lock (two-int form: hashtext(company_id) is the other half)
+# that settlements take shared and `rebuild_usage` exclusively.
+_USAGE_LOCK_CLASS = advisory_key("persistence.quotas.usage") >> 32
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class RemainingTokens:
 
 @dataclass(frozen=True)
 class UsageRow:
-    """A row of seed 001's `usage` report (dates in the quota's zone, `period_end` inclusive)."""
+    """A row of seed 001's `usage` table (the user's local dates, `period_end` inclusive)."""
 
     user_id: str
     period: str
@@ -377,7 +386,7 @@ class Quotas:
         actual: tuple[Decimal, Decimal, Decimal],
         now: datetime | None,
     ) -> bool:
-        args = (reservation.company_id, reservation.id, *actual, state, _moment(now))
+        args = (reservation.company_id, reservation.id, *actual, state, _moment(now), _USAGE_LOCK_CLASS)
 
         async def work(raw: asyncpg.Connection) -> bool:
             row = await raw.fetchrow(sql.FINISH, *args)
@@ -480,8 +489,9 @@ class Quotas:
     async def usage_report(
         self, company_id: str, *, period: str = "monthly", now: datetime | None = None
     ) -> list[UsageRow]:
-        """Seed 001's usage report: per user, the calendar period containing `now`, from the counters."""
-        _choice("period", period, CALENDAR_PERIODS)
+        """Seed 001's usage report: per user, the daily or monthly period containing `now` in the
+        user's zone, from `usage` (billing usage: a manual reset of a quota counter leaves it as is)."""
+        _choice("period", period, USAGE_PERIODS)
         args = (company_id, period, _moment(now))
 
         async def work(raw: asyncpg.Connection) -> list[UsageRow]:
@@ -492,25 +502,49 @@ class Quotas:
                     period=r["period"],
                     period_start=r["period_start"],
                     period_end=r["period_end"],
-                    requests_count=int(r["requests_count"] or 0),
-                    tokens_used=int(r["tokens_used"] or 0),
-                    cost_usd=r["cost_usd"] or Decimal(0),
+                    requests_count=r["requests_count"],
+                    tokens_used=r["tokens_used"],
+                    cost_usd=r["cost_usd"],
                 )
                 for r in rows
             ]
 
         return await _on_raw(self._engine, work)
 
+    async def rebuild_usage(self, company_id: str, since: date, until: date) -> int:
+        """Recompute the company's `usage` rows whose period starts in [since, until) (local dates)
+        from its settled reservations, in one transaction; returns the rows written.
+
+        Equal to what settlements wrote: each reservation is filed by its admission instant in the
+        zone its settlement recorded. The company's usage lock (exclusive here, shared by every
+        settlement) makes the rebuild see either all or none of a settlement. A monthly row is
+        rebuilt whole when its first day is in the window; one starting before `since` is kept.
+        Only reservations still stored can be counted."""
+        for name, value in (("since", since), ("until", until)):
+            if isinstance(value, datetime) or not isinstance(value, date):
+                raise InvalidRequestError(f"{name} must be a date (local dates key the usage rows)")
+        if until <= since:
+            raise InvalidRequestError("invalid window: until must be after since")
+
+        async def work(raw: asyncpg.Connection) -> int:
+            async with raw.transaction():
+                await raw.execute(sql.USAGE_LOCK, _USAGE_LOCK_CLASS, company_id)
+                await raw.execute(sql.USAGE_DELETE, company_id, since, until)
+                status: str = await raw.execute(sql.USAGE_REBUILD, company_id, since, until)
+            return int(status.rsplit(" ", 1)[1])
+
+        return await _on_raw(self._engine, work)
+
     async def tier_analysis(self, company_id: str) -> list[TierRecommendation]:
-        """Seed 001's tiered pricing analysis over every monthly period of the company's users."""
+        """Seed 001's tiered pricing analysis over every monthly `usage` row of the company's users."""
 
         async def work(raw: asyncpg.Connection) -> list[TierRecommendation]:
             rows = await raw.fetch(sql.TIER_ANALYSIS, company_id, _BASIC_CEILING, _STANDARD_CEILING)
             return [
                 TierRecommendation(
                     user_id=r["user_id"],
-                    max_requests=int(r["max_requests"] or 0),
-                    max_tokens=int(r["max_tokens"] or 0),
+                    max_requests=r["max_requests"],
+                    max_tokens=r["max_tokens"],
                     recommended_tier=r["recommended_tier"],
                 )
                 for r in rows

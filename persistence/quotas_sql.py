@@ -185,10 +185,37 @@ LEFT JOIN per_limit p ON true
 ORDER BY p.scope DESC, p.metric, p.period
 """  # noqa: S608 (constant SQL only)
 
+
+# The zone whose local dates file a user's usage in `usage`: the user's quota's (an enabled one, a
+# calendar one, the oldest: a user may have one quota per reset frequency), UTC without a quota.
+def _user_zone(company_id: str, user_id: str) -> str:
+    return f"""coalesce((SELECT q.time_zone FROM quotas q WHERE q.company_id = {company_id} AND q.user_id = {user_id}
+                     ORDER BY q.enabled DESC, q.window_seconds IS NOT NULL, q.quota_id LIMIT 1), 'UTC')"""  # noqa: S608 (SQL expressions of ours only)
+
+
+# The `usage` rows (daily, monthly; end inclusive) of a settled reservation: those of the local
+# date of its *admission* instant (`created_at`) in its recorded `usage_time_zone`. The admission
+# instant, not the settlement's: it is the period whose quota counters held and counted the request
+# (so before any reset a user's usage row equals their counter), it is seed 001's (`requests.created_at`),
+# and both it and the zone are written once, so a rebuild files every reservation where settle did.
+def _usage_periods(alias: str) -> str:
+    day = f"({alias}.created_at AT TIME ZONE {alias}.usage_time_zone)::date"
+    month = f"date_trunc('month', {day}::timestamp)"
+    return f"""CROSS JOIN LATERAL (VALUES ('daily', {day}, {day}),
+                                ('monthly', {month}::date, ({month} + interval '1 month - 1 day')::date))
+           AS p (period, period_start, period_end)"""
+
+
 # $1 company_id, $2 reservation id, $3..$5 actual requests, tokens, cost_usd, $6 final state,
-# $7 now. Counters first (id order, like admission), then the reservation's state change, then
-# its remaining holds: a second settle finds the state changed and writes nothing.
-FINISH = """
+# $7 now, $8 the usage lock class. Counters first (id order, like admission), then the
+# reservation's state change, then its remaining holds: a second settle finds the state changed and
+# writes nothing. The statement that flips a reservation to settled also adds its actual usage to
+# its `usage` rows (`counted`), so billing usage is counted exactly once, apart from the counters
+# (which a manual reset may zero). Before that it takes the company's usage lock shared (`gate`):
+# `rebuild_usage` takes it exclusively, so a rebuild never interleaves with a settlement. Row locks
+# still come in one order (counters by id, the reservation, then its daily and monthly `usage` rows),
+# so settlements cannot deadlock each other on the usage rows either.
+FINISH = f"""
 WITH clock AS (
     SELECT coalesce($7::timestamptz, now()) AS now
 ), target AS (
@@ -201,10 +228,12 @@ WITH clock AS (
 ), finished AS (
     UPDATE quota_reservations r
     SET state = $6, finished_at = clock.now,
-        actual_requests = $3, actual_tokens = $4, actual_cost_usd = $5
+        actual_requests = $3, actual_tokens = $4, actual_cost_usd = $5,
+        usage_time_zone = CASE WHEN $6::varchar = 'settled' THEN {_user_zone("$1", "r.user_id")} END
     FROM clock
     WHERE r.company_id = $1 AND r.id = $2 AND r.state = 'held' AND (SELECT count(*) FROM cur) >= 0
-    RETURNING r.id
+    RETURNING r.id, r.user_id, r.created_at, r.usage_time_zone, r.actual_requests, r.actual_tokens,
+              r.actual_cost_usd
 ), freed AS (
     DELETE FROM quota_holds h
     WHERE h.company_id = $1 AND h.reservation_id = $2 AND EXISTS (SELECT 1 FROM finished)
@@ -218,10 +247,49 @@ WITH clock AS (
          ON f.counter_id = cur.id
     WHERE c.company_id = $1 AND c.id = cur.id AND EXISTS (SELECT 1 FROM finished)
     RETURNING c.id
+), gate AS (
+    SELECT f.*, pg_advisory_xact_lock_shared($8::integer, hashtext($1)) AS locked
+    FROM finished f
+    WHERE $6::varchar = 'settled'
+), counted AS (
+    INSERT INTO usage AS u (company_id, user_id, period, period_start, period_end,
+                            requests_count, tokens_used, cost_usd)
+    SELECT $1, f.user_id, p.period, p.period_start, p.period_end,
+           f.actual_requests::bigint, f.actual_tokens::bigint, f.actual_cost_usd
+    FROM gate f {_usage_periods("f")}
+    ORDER BY p.period
+    ON CONFLICT ON CONSTRAINT pk_usage DO UPDATE
+    SET requests_count = u.requests_count + EXCLUDED.requests_count,
+        tokens_used = u.tokens_used + EXCLUDED.tokens_used,
+        cost_usd = u.cost_usd + EXCLUDED.cost_usd,
+        updated_at = now()
+    RETURNING u.period
 )
 SELECT EXISTS (SELECT 1 FROM finished) AS counted, EXISTS (SELECT 1 FROM target) AS known,
-       (SELECT count(*) FROM applied) AS counters
-"""
+       (SELECT count(*) FROM applied) AS counters, (SELECT count(*) FROM counted) AS usage_rows
+"""  # noqa: S608 (constant SQL only)
+
+# `rebuild_usage`, in one transaction: $1 lock class, $2 company_id (the lock waits for every
+# settlement of the company in flight, and holds new ones at their `gate` until commit).
+USAGE_LOCK = "SELECT pg_advisory_xact_lock($1::integer, hashtext($2))"
+# $1 company_id, $2 since, $3 until: every daily and monthly row whose period starts in [since, until).
+USAGE_DELETE = (
+    "DELETE FROM usage WHERE company_id = $1 AND period_start >= $2::date AND period_start < $3::date"
+)
+# The same rows from the settled reservations. The created_at range is a superset (any zone's local
+# date of an instant is within a day of its UTC date; a month starting before `until` ends within a
+# month after it); the exact choice is by period_start.
+USAGE_REBUILD = f"""
+INSERT INTO usage (company_id, user_id, period, period_start, period_end, requests_count, tokens_used, cost_usd)
+SELECT $1::varchar, r.user_id, p.period, p.period_start, p.period_end,
+       sum(r.actual_requests::bigint), sum(r.actual_tokens::bigint), sum(r.actual_cost_usd)
+FROM quota_reservations r {_usage_periods("r")}
+WHERE r.company_id = $1 AND r.state = 'settled'
+  AND r.created_at >= ($2::date - 1)::timestamp AT TIME ZONE 'UTC'
+  AND r.created_at < ($3::date + interval '1 month 2 days') AT TIME ZONE 'UTC'
+  AND p.period_start >= $2::date AND p.period_start < $3::date
+GROUP BY r.user_id, p.period, p.period_start, p.period_end
+"""  # noqa: S608 (constant SQL only)
 
 # $1 company_id, $2 user_id (NULL: company only), $3 now. Creates the period's missing counter
 # rows, then (next statement) reads them; used by the admin path and the reports.
@@ -282,32 +350,31 @@ WHERE k.scope = 'user' AND k.metric = 'tokens' AND k.period = $4
 GROUP BY k.window_from, k.period_end, k.lim
 """  # noqa: S608 (constant SQL only)
 
-# Seed 001's monthly usage report ($1 company_id, $2 period, $3 now): one row per user with a
-# counter in the period containing `now`, dates in the quota's time zone (end inclusive, as the seed).
-USAGE_REPORT = """
-SELECT c.subject_id AS user_id, c.period,
-       (c.period_start AT TIME ZONE coalesce(q.time_zone, 'UTC'))::date AS period_start,
-       ((c.period_end AT TIME ZONE coalesce(q.time_zone, 'UTC')) - interval '1 day')::date AS period_end,
-       sum(c.used) FILTER (WHERE c.metric = 'requests') AS requests_count,
-       sum(c.used) FILTER (WHERE c.metric = 'tokens') AS tokens_used,
-       sum(c.used) FILTER (WHERE c.metric = 'cost_usd') AS cost_usd
-FROM quota_counters c
-LEFT JOIN quotas q ON q.company_id = c.company_id AND q.user_id = c.subject_id AND q.reset_frequency = c.period
-WHERE c.company_id = $1 AND c.scope = 'user' AND c.period = $2
-  AND c.period_start <= coalesce($3::timestamptz, now()) AND coalesce($3::timestamptz, now()) < c.period_end
-GROUP BY c.subject_id, c.period, c.period_start, c.period_end, q.time_zone
-ORDER BY c.subject_id
-"""
+# Seed 001's usage report ($1 company_id, $2 period, $3 now): one row per user with settled usage
+# in the period containing `now` in the user's zone, read from `usage` (which a counter reset does
+# not touch). The period_start range is a superset that lets the index on (company, period,
+# period_start) skip older periods; the user's local date chooses the row.
+USAGE_REPORT = f"""
+SELECT u.user_id, u.period, u.period_start, u.period_end, u.requests_count, u.tokens_used, u.cost_usd
+FROM usage u
+CROSS JOIN LATERAL (
+    SELECT (coalesce($3::timestamptz, now()) AT TIME ZONE {_user_zone("u.company_id", "u.user_id")})::date AS today
+) t
+WHERE u.company_id = $1 AND u.period = $2 AND u.user_id <> ''
+  AND u.period_start BETWEEN (coalesce($3::timestamptz, now()) AT TIME ZONE 'UTC')::date - 32
+                         AND (coalesce($3::timestamptz, now()) AT TIME ZONE 'UTC')::date + 1
+  AND t.today BETWEEN u.period_start AND u.period_end
+ORDER BY u.user_id
+"""  # noqa: S608 (constant SQL only)
 
-# Seed 001's "tiered pricing analysis" ($1 company_id, $2 basic ceiling, $3 standard ceiling).
+# Seed 001's "tiered pricing analysis" ($1 company_id, $2 basic ceiling, $3 standard ceiling) over
+# every monthly `usage` row of the company's users.
 TIER_ANALYSIS = """
 WITH user_usage AS (
-    SELECT c.subject_id AS user_id,
-           max(c.used) FILTER (WHERE c.metric = 'requests') AS max_requests,
-           max(c.used) FILTER (WHERE c.metric = 'tokens') AS max_tokens
-    FROM quota_counters c
-    WHERE c.company_id = $1 AND c.scope = 'user' AND c.period = 'monthly'
-    GROUP BY c.subject_id
+    SELECT u.user_id, max(u.requests_count) AS max_requests, max(u.tokens_used) AS max_tokens
+    FROM usage u
+    WHERE u.company_id = $1 AND u.period = 'monthly' AND u.user_id <> ''
+    GROUP BY u.user_id
 )
 SELECT u.user_id, u.max_requests, u.max_tokens,
        CASE WHEN u.max_tokens < $2 THEN 'basic' WHEN u.max_tokens < $3 THEN 'standard'

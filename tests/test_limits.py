@@ -34,6 +34,12 @@ from persistence.subjects import create_company, create_user
 PEPPER = "limits-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
 ALICE = RateSubject("acme", user_id="alice")
 UNLIMITED = QuotaLimits(requests=None, tokens=None)
+
+
+def d(used: int, held: int) -> tuple[Decimal, Decimal]:
+    return Decimal(used), Decimal(held)
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -85,10 +91,10 @@ async def test_admit_then_settle_counts_the_actual_usage_once(engine: AsyncEngin
         decision = await admit(limits)
         assert decision.allowed and decision.refused_by is None and decision.rate is not None
         grant = decision.granted()
-        assert (await held_and_used(engine))[("user", "tokens")] == (0, 200)
+        assert (await held_and_used(engine))[("user", "tokens")] == d(0, 200)
         assert await limits.settle(grant, tokens=150, cost_usd=Decimal("0.004"))
         assert not await limits.settle(grant, tokens=150, cost_usd=Decimal("0.004"))
-    assert (await held_and_used(engine))[("user", "tokens")] == (150, 0)
+    assert (await held_and_used(engine))[("user", "tokens")] == d(150, 0)
     assert decision.headers()["RateLimit-Limit"] == "50"  # seed 002's default requests per minute
     assert "Retry-After" not in decision.headers()
 
@@ -104,7 +110,7 @@ async def test_a_quota_refusal_consumes_no_rate_and_takes_no_slot(engine: AsyncE
             decision.granted()
     assert caught.value.decision is decision and "quota" in str(caught.value)
     assert await rate_rows(engine) == 0 and await slots_in_use(engine) == 0
-    assert (await held_and_used(engine))[("user", "tokens")] == (0, 0)
+    assert (await held_and_used(engine))[("user", "tokens")] == d(0, 0)
 
 
 async def test_a_rate_refusal_gives_the_quota_reservation_and_the_slot_back(engine: AsyncEngine) -> None:
@@ -117,7 +123,7 @@ async def test_a_rate_refusal_gives_the_quota_reservation_and_the_slot_back(engi
     assert third.refused_by == "rate" and third.rate is not None and not third.rate.allowed
     assert third.retry_after is not None and third.headers()["Retry-After"] == "30"  # 2 a minute
     counters = await held_and_used(engine)
-    assert counters[("user", "requests")] == (0, 2)  # the third one's hold was released
+    assert counters[("user", "requests")] == d(0, 2)  # the third one's hold was released
     assert await slots_in_use(engine) == 2
 
 
@@ -129,11 +135,11 @@ async def test_a_concurrency_refusal_gives_the_quota_reservation_back(engine: As
         refused = await admit(limits)
         assert refused.refused_by == "concurrency" and refused.concurrency is not None
         assert refused.retry_after is not None and refused.retry_after > timedelta(minutes=4)
-        assert (await held_and_used(engine))[("user", "requests")] == (0, 1)
+        assert (await held_and_used(engine))[("user", "requests")] == d(0, 1)
         assert await limits.release(grant)
         assert not await limits.release(grant)
         assert (await admit(limits)).allowed  # the slot and the room came back
-    assert (await held_and_used(engine))[("user", "requests")] == (0, 1)
+    assert (await held_and_used(engine))[("user", "requests")] == d(0, 1)
 
 
 async def test_the_company_tier_selects_tier_configs(engine: AsyncEngine) -> None:
@@ -168,6 +174,8 @@ async def test_bad_input_is_refused_before_anything_is_held(engine: AsyncEngine)
             await limits.admit(ALICE, prompt_tokens=1, max_tokens=1, cost_usd=0.01)  # type: ignore[arg-type]
         with pytest.raises(InvalidRequestError):
             await limits.admit(ALICE, prompt_tokens=-1, max_tokens=1, cost_usd=Decimal(0))
+        with pytest.raises(InvalidRequestError):
+            await limits.admit(RateSubject(""), prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0))
     assert await held_and_used(engine) == {}
     with pytest.raises(InvalidRequestError):
         Limits(engine, config_ttl=timedelta(seconds=-1))
@@ -202,7 +210,7 @@ async def test_concurrent_clients_get_exactly_the_quota_and_refusals_hold_nothin
 
         admitted = sum(await asyncio.gather(*(client() for _ in range(8))))
     assert admitted == 300  # 480 attempts against 300 requests
-    assert (await held_and_used(wide_engine))[("user", "requests")] == (0, 300)
+    assert (await held_and_used(wide_engine))[("user", "requests")] == d(0, 300)
     assert await slots_in_use(wide_engine) == 300  # refused attempts gave their slot back
 
 
@@ -214,4 +222,4 @@ async def test_the_readme_example_runs_as_written(engine: AsyncEngine) -> None:
     namespace: dict[str, Any] = {}
     exec("async def snippet(engine):\n" + "".join(f"    {line}\n" for line in code.splitlines()), namespace)  # noqa: S102 (our README)
     await namespace["snippet"](engine)
-    assert (await held_and_used(engine))[("user", "tokens")] == (1350, 0)
+    assert (await held_and_used(engine))[("user", "tokens")] == d(1350, 0)

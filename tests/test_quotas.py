@@ -450,4 +450,6 @@ async def test_the_readme_example_runs_as_written(engine: AsyncEngine) -> None:
         settled = (
             await conn.execute(text("SELECT count(*) FROM quota_reservations WHERE state = 'settled'"))
         ).scalar()
+        tokens = (await conn.execute(text("SELECT tokens_used FROM usage WHERE period = 'monthly'"))).scalar()
     assert settled == 1
+    assert tokens == 1350

@@ -1,6 +1,9 @@
 """Seed 001's quota-checking and usage-reporting SQL, run as the seed wrote it on the seed's tables
 (`requests`, `usage`: temporary here; `quotas` is ours), give what `Quotas`' typed functions give
-from the counters fed with the same requests."""
+from the counters and our `usage` rows fed with the same requests.
+
+The seed's temporary `usage` would hide ours on the test's one connection, so it is created only
+after every typed answer was read."""
 
 from __future__ import annotations
 
@@ -122,7 +125,7 @@ async def test_seed_001s_quota_queries_equal_the_typed_functions(
 ) -> None:
     await connection.execute(text("SET LOCAL TimeZone = 'UTC'"))
     await connection.execute(text(SEED_REQUESTS))
-    await connection.execute(text(SEED_USAGE))
+    earlier_months: list[dict[str, object]] = []
     now: datetime = await connection.scalar(text("SELECT now()"))
     quotas = Quotas(engine)
     for user, tier, months in SEEDED:
@@ -151,16 +154,7 @@ async def test_seed_001s_quota_queries_equal_the_typed_functions(
             if back:
                 # Earlier months of the seed's `usage` table, as its monthly job would have left them.
                 start = moment.date().replace(day=1)
-                await connection.execute(
-                    text(
-                        "INSERT INTO usage (user_id, period, period_start, period_end, requests_count, "
-                        "tokens_used) VALUES (:u, 'monthly', :s, (CAST(:s AS date) + interval '1 month - 1 day')::date, :n, :t) "
-                        "ON CONFLICT (user_id, period, period_start) DO UPDATE SET "
-                        "requests_count = usage.requests_count + EXCLUDED.requests_count, "
-                        "tokens_used = usage.tokens_used + EXCLUDED.tokens_used"
-                    ),
-                    {"u": user, "s": start, "n": len(totals), "t": sum(totals)},
-                )
+                earlier_months.append({"u": user, "s": start, "n": len(totals), "t": sum(totals)})
 
     # Quota checking: remaining tokens this month.
     for user, _, _ in SEEDED:
@@ -168,6 +162,28 @@ async def test_seed_001s_quota_queries_equal_the_typed_functions(
         ours = await quotas.remaining_tokens("acme", user)
         assert ours is not None and ours.held == 0
         assert ours.remaining == seed, user
+
+    # Our answers first (see the module docstring).
+    ours_rows = [
+        (r.user_id, r.period, r.period_start, r.period_end, r.requests_count, r.tokens_used)
+        for r in await quotas.usage_report("acme")
+    ]
+    ours_tiers = [
+        (r.user_id, r.max_requests, r.max_tokens, r.recommended_tier)
+        for r in await quotas.tier_analysis("acme")
+    ]
+    await connection.execute(text(SEED_USAGE))
+    for month in earlier_months:
+        await connection.execute(
+            text(
+                "INSERT INTO usage (user_id, period, period_start, period_end, requests_count, "
+                "tokens_used) VALUES (:u, 'monthly', :s, (CAST(:s AS date) + interval '1 month - 1 day')::date, :n, :t) "
+                "ON CONFLICT (user_id, period, period_start) DO UPDATE SET "
+                "requests_count = usage.requests_count + EXCLUDED.requests_count, "
+                "tokens_used = usage.tokens_used + EXCLUDED.tokens_used"
+            ),
+            month,
+        )
 
     # Usage reporting: this month's rows.
     await connection.execute(text(SEED_USAGE_REPORT))
@@ -179,18 +195,10 @@ async def test_seed_001s_quota_queries_equal_the_typed_functions(
             )
         )
     ).all()
-    ours_rows = [
-        (r.user_id, r.period, r.period_start, r.period_end, r.requests_count, r.tokens_used)
-        for r in await quotas.usage_report("acme")
-    ]
     assert ours_rows == [tuple(r) for r in seed_rows]
     assert len(ours_rows) == 3 and isinstance(ours_rows[0][2], date)
 
     # Tiered pricing analysis over every month.
     seed_tiers = sorted(tuple(r) for r in (await connection.execute(text(SEED_TIER_ANALYSIS))).all())
-    ours_tiers = [
-        (r.user_id, r.max_requests, r.max_tokens, r.recommended_tier)
-        for r in await quotas.tier_analysis("acme")
-    ]
     assert ours_tiers == seed_tiers
     assert {t[3] for t in ours_tiers} == {"basic", "standard", "premium"}

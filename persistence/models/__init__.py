@@ -15,6 +15,8 @@ from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
+from persistence.models.requests import RequestHistory, RequestInflight, RequestStatsDaily
+from persistence.models.results import Result, ResultCacheEntry, ResultChunk
 from persistence.models.rollups import (
     AICallModelHourly,
     AICallPendingBatch,
@@ -24,6 +26,7 @@ from persistence.models.rollups import (
 from persistence.models.service_health import ServiceHealth
 from persistence.models.subjects import ApiKey, Company, User
 from persistence.models.training import TrainingData
+from persistence.models.usage import Usage
 from persistence.models.verification import VerificationResult
 
 __all__ = [
@@ -59,9 +62,16 @@ __all__ = [
     "RateLimitSlot",
     "RateLimitState",
     "ReconciliationReport",
+    "RequestHistory",
+    "RequestInflight",
+    "RequestStatsDaily",
+    "Result",
+    "ResultCacheEntry",
+    "ResultChunk",
     "ServiceHealth",
     "TenantCostEventRow",
     "TrainingData",
+    "Usage",
     "User",
     "VendorPrice",
     "VerificationResult",

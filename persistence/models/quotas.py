@@ -15,7 +15,8 @@ counter shape serves requests, tokens and USD.
   period_start = the bucket's start); its usage is the sum of the buckets in the window.
   `limit_override` (this period or bucket only) and `version` (compare-and-swap for manual
   resets) belong to the admin path.
-- `quota_reservations`: one row per admitted request (its estimate, lease, state, actual usage).
+- `quota_reservations`: one row per admitted request (its estimate, lease, state, actual usage);
+  a settled one is what `usage` (models/usage.py) is rebuilt from.
 - `quota_holds`: what one reservation holds on one counter until its lease expires; any admission
   on that counter deletes expired holds and subtracts them in the same statement (no job).
 - `rate_limit_resets`: append-only; who, why, what and whether the compare-and-swap applied it.
@@ -135,10 +136,14 @@ class QuotaReservation(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The zone whose local dates filed this reservation's usage in `usage` (revision 0017), recorded
+    # by the settling statement so that a rebuild files it exactly as the settlement did.
+    usage_time_zone: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(_in("state", RESERVATION_STATES), name="state_known"),
         CheckConstraint("(state = 'held') = (finished_at IS NULL)", name="finished_given"),
+        CheckConstraint("(state = 'settled') = (usage_time_zone IS NOT NULL)", name="usage_time_zone_given"),
     )
 
 

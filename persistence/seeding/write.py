@@ -114,6 +114,15 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "quota_reservations",
     "quota_holds",
     "rate_limit_resets",
+    "usage",  # billing usage, written by quota settlements (revision 0017): never reset
+    # Inference requests (revision 0018): the application's own traffic, never seeded yet.
+    "request_inflight",
+    "request_history",
+    "request_stats_daily",
+    # Results of requests and their deduplication cache (revision 0019): never seeded, never reset.
+    "results",
+    "result_chunks",
+    "result_cache",
     # Seed 004's events (revision 0020): not seeded yet (issue 18's month of events is a later step).
     "analytics.platform_events",
     "analytics.tenant_cost_events",

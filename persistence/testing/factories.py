@@ -16,6 +16,7 @@ fixed values.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -59,9 +60,16 @@ from persistence.models import (
     RateLimitSlot,
     RateLimitState,
     ReconciliationReport,
+    RequestHistory,
+    RequestInflight,
+    RequestStatsDaily,
+    Result,
+    ResultCacheEntry,
+    ResultChunk,
     ServiceHealth,
     TenantCostEventRow,
     TrainingData,
+    Usage,
     User,
     VendorPrice,
     VerificationResult,
@@ -115,9 +123,16 @@ __all__ = [
     "RateLimitSlotFactory",
     "RateLimitStateFactory",
     "ReconciliationReportFactory",
+    "RequestHistoryFactory",
+    "RequestInflightFactory",
+    "RequestStatsDailyFactory",
+    "ResultCacheEntryFactory",
+    "ResultChunkFactory",
+    "ResultFactory",
     "ServiceHealthFactory",
     "TenantCostEventRowFactory",
     "TrainingDataFactory",
+    "UsageFactory",
     "UserFactory",
     "VendorPriceFactory",
     "VerificationResultFactory",
@@ -1064,6 +1079,135 @@ class RateLimitResetFactory(ModelFactory[RateLimitReset]):
     previous_used = Decimal(42_000)
     requested_by = "admin@example.com"
     reason = "support ticket"
+
+
+class UsageFactory(ModelFactory[Usage]):
+    """One user's usage in the current UTC month (seed 001's `usage`; written by `Quotas.settle`)."""
+
+    class Meta:
+        model = Usage
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    period = "monthly"
+    period_start = factory.LazyFunction(lambda: _month_start().date())
+    period_end: factory.LazyAttribute[Any, date] = factory.LazyAttribute(
+        lambda o: (o.period_start.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    )
+    requests_count = 12
+    tokens_used = 42_000
+    cost_usd = Decimal("0.42")
+
+
+class RequestInflightFactory(ModelFactory[RequestInflight]):
+    """A queued inference request (seed 001); `persistence.requests.Requests` drives the lifecycle."""
+
+    class Meta:
+        model = RequestInflight
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    request_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    prompt = "Translate the following text to French..."
+    status = "queued"
+    estimated_tokens = 150
+
+
+class RequestHistoryFactory(ModelFactory[RequestHistory]):
+    """A completed inference request, as the finishing statement leaves it in the history."""
+
+    class Meta:
+        model = RequestHistory
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    request_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    created_at = factory.LazyFunction(lambda: _now() - timedelta(seconds=3))
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    prompt = "Translate the following text to French..."
+    status = "completed"
+    queued_at: factory.SelfAttribute[Any, datetime] = factory.SelfAttribute("created_at")
+    processing_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.created_at + timedelta(seconds=1)
+    )
+    completed_at: factory.LazyAttribute[Any, datetime] = factory.LazyAttribute(
+        lambda o: o.processing_at + timedelta(milliseconds=1500)
+    )
+    updated_at: factory.SelfAttribute[Any, datetime] = factory.SelfAttribute("completed_at")
+    processing_time_ms = 1500
+    estimated_tokens = 150
+    prompt_tokens = 120
+    completion_tokens = 80
+    total_tokens = 200
+    result_sha256 = factory.LazyFunction(lambda: _rand().randbytes(32))
+    attempts = 1
+    worker_id = "worker-1/00000000-0000-4000-8000-000000000000"
+
+
+class RequestStatsDailyFactory(ModelFactory[RequestStatsDaily]):
+    """One user's day of finished requests of one model."""
+
+    class Meta:
+        model = RequestStatsDaily
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    day = factory.LazyFunction(lambda: _now().date())
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    request_count = 10
+    completed_count = 9
+    failure_count = 1
+    processing_time_ms_sum = 15_000
+    processing_time_count = 10
+    total_tokens = 2_000
+
+
+class ResultFactory(ModelFactory[Result]):
+    """A short text result stored inline, addressed by the sha-256 of its UTF-8 bytes."""
+
+    class Meta:
+        model = Result
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    inline_text = factory.Sequence(lambda n: f"Le texte traduit en français n° {n}")
+    sha256: factory.LazyAttribute[Any, bytes] = factory.LazyAttribute(
+        lambda o: hashlib.sha256(o.inline_text.encode()).digest()
+    )
+    kind = "text"
+    mime_type = "text/plain; charset=utf-8"
+    size_bytes: factory.LazyAttribute[Any, int] = factory.LazyAttribute(lambda o: len(o.inline_text.encode()))
+    inline_bytes = None
+    blob_id = None
+    chunks = 0
+
+
+class ResultChunkFactory(ModelFactory[ResultChunk]):
+    """One chunk of a large result. Its `results` row (same company and `blob_id`, `chunks` > 0)
+    must be written in the same transaction: the foreign key is checked at commit."""
+
+    class Meta:
+        model = ResultChunk
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    blob_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    seq = 0
+    data = factory.LazyFunction(lambda: bytes(_rand().getrandbits(8) for _ in range(64)))
+
+
+class ResultCacheEntryFactory(ModelFactory[ResultCacheEntry]):
+    """A deduplication key claimed by a leader that is still computing its result."""
+
+    class Meta:
+        model = ResultCacheEntry
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    dedup_key = factory.Sequence(lambda n: hashlib.sha256(f"request {n}".encode()).digest())
+    key_version = 1
+    leader = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    lease_until = factory.LazyFunction(lambda: _now() + timedelta(minutes=5))
+    result_sha256 = None
+    expires_at = None
 
 
 def _event_id() -> uuid.UUID:

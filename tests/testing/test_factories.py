@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -47,9 +47,16 @@ from persistence.testing import (
     RateLimitSlotFactory,
     RateLimitStateFactory,
     ReconciliationReportFactory,
+    RequestHistoryFactory,
+    RequestInflightFactory,
+    RequestStatsDailyFactory,
+    ResultCacheEntryFactory,
+    ResultChunkFactory,
+    ResultFactory,
     ServiceHealthFactory,
     TenantCostEventRowFactory,
     TrainingDataFactory,
+    UsageFactory,
     UserFactory,
     VendorPriceFactory,
     VerificationResultFactory,
@@ -92,6 +99,13 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     QuotaReservationFactory,
     QuotaHoldFactory,
     RateLimitResetFactory,
+    UsageFactory,
+    RequestInflightFactory,
+    RequestHistoryFactory,
+    RequestStatsDailyFactory,
+    ResultFactory,
+    ResultChunkFactory,
+    ResultCacheEntryFactory,
     PlatformEventRowFactory,
     TenantCostEventRowFactory,
     AgentExecutionRowFactory,
@@ -116,7 +130,9 @@ async def test_factory_output_is_accepted_by_the_database(
     assert count == (before or 0) + 1
     for name in ("created_at", "updated_at", "last_heartbeat", "period_start", "period_end", "generated_at"):
         value = getattr(obj, name, None)
-        if value is not None:
+        if value is not None and not (
+            isinstance(value, date) and not isinstance(value, datetime)
+        ):  # local dates
             assert isinstance(value, datetime)
             assert value.utcoffset() is not None, f"{model.__name__}.{name} is naive"
 

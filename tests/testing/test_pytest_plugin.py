@@ -16,7 +16,9 @@ from persistence import (
     ClaimRepository,
     ConflictError,
     PersistenceError,
+    Quotas,
     TransactionError,
+    ValidationError,
     audit_context,
     pinning,
 )
@@ -111,6 +113,18 @@ async def test_a_failed_statement_rolls_back_only_its_block(engine: AsyncEngine)
         await claims.create_claim(external_id=f"{PROBE}-first", content="duplicate")
     # The test's transaction goes on: the failed statement ran in its own savepoint.
     assert await claims.count(external_id=f"{PROBE}-first") == 1
+
+
+async def test_a_failed_statement_on_the_driver_connection_keeps_its_own_error(engine: AsyncEngine) -> None:
+    """Code on the raw asyncpg connection (the ledger's leases, quotas, rate limits) sees the same
+    error as outside a test, and the test's connection stays usable after it."""
+    quotas = Quotas(engine)
+    with pytest.raises(ValidationError) as caught:
+        await quotas.set_user_quota("acme", "u" * 300)
+    assert caught.value.sqlstate == "22001"  # not the aborted savepoint's failed RELEASE
+    with pytest.raises(ValidationError):
+        await quotas.admit("a" * 300, "u", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0))
+    assert await quotas.set_user_quota("acme", "u") > 0
 
 
 async def test_on_commit_runs_when_the_outermost_block_exits(engine: AsyncEngine) -> None:

@@ -1,0 +1,313 @@
+# ruff: noqa: S608  (statements assembled from constant fragments only; every value is a $n parameter)
+"""The statements of `persistence.requests`: every transition is one statement.
+
+A transition names its allowed source states in its WHERE clause (and, for a worker, the lease it
+holds: `lease_id = $lease AND lease_until > now`), so two racing transitions are serialised by the
+row lock and the loser matches nothing: it is refused, never applied on top. A request reaching a
+terminal state leaves `request_inflight` in the statement that finishes it: DELETE ... RETURNING
+feeds the INSERT into `request_history`, whose RETURNING feeds the upsert of `request_stats_daily`.
+The rollup rows are upserted in key order, so two finishing statements lock them in the same order.
+
+`$now` parameters are NULL in production (the server's clock) and a timestamp in tests that drive
+time explicitly.
+"""
+
+from __future__ import annotations
+
+_HISTORY_COLUMNS = (
+    "company_id, request_id, created_at, user_id, model_id, prompt, status, updated_at, queued_at, "
+    "processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at, "
+    "processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message, "
+    "result_sha256, attempts, worker_id, reservation_id"
+)
+RECORD_COLUMNS = _HISTORY_COLUMNS
+
+
+def _at(param: str) -> str:
+    return f"coalesce({param}::timestamptz, now())"
+
+
+def _finish(
+    moved: str,
+    *,
+    at: str,
+    status: str,
+    timed: bool,
+    prompt_tokens: str = "NULL::integer",
+    completion_tokens: str = "NULL::integer",
+    total_tokens: str = "NULL::integer",
+    error: str = "NULL::text",
+    sha: str = "NULL::bytea",
+    before: str = "",
+    select: str = f"SELECT {_HISTORY_COLUMNS} FROM done",
+) -> str:
+    """A finishing statement: the rows `moved` returns (deleted from `request_inflight`) become
+    history rows in state `status` (an expression over `m`) at `at`, counted in the rollup."""
+    elapsed = (
+        "CASE WHEN m.processing_at IS NOT NULL "
+        "THEN round(extract(epoch FROM f.at - m.processing_at) * 1000)::integer END"
+        if timed
+        else "NULL::integer"
+    )
+    return f"""
+WITH {before}moved AS ({moved}),
+done AS (
+    INSERT INTO request_history ({_HISTORY_COLUMNS})
+    SELECT m.company_id, m.request_id, m.created_at, m.user_id, m.model_id, m.prompt, f.status, f.at,
+           m.queued_at, m.processing_at,
+           CASE WHEN f.status = 'completed' THEN f.at END, CASE WHEN f.status = 'failed' THEN f.at END,
+           CASE WHEN f.status = 'cancelled' THEN f.at END, CASE WHEN f.status = 'expired' THEN f.at END,
+           m.cancel_requested_at, {elapsed}, m.estimated_tokens, {prompt_tokens}, {completion_tokens},
+           {total_tokens}, {error}, {sha}, m.attempts, m.worker_id, m.reservation_id
+      FROM moved m CROSS JOIN LATERAL (SELECT CAST({status} AS varchar(20)) AS status, {at} AS at) f
+    RETURNING {_HISTORY_COLUMNS}
+),
+rolled AS (
+    INSERT INTO request_stats_daily AS s (company_id, day, user_id, model_id, request_count, completed_count,
+           failure_count, cancelled_count, expired_count, processing_time_ms_sum, processing_time_count,
+           total_tokens)
+    SELECT company_id, (created_at AT TIME ZONE 'UTC')::date, user_id, model_id, count(*),
+           count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
+           count(*) FILTER (WHERE status = 'cancelled'), count(*) FILTER (WHERE status = 'expired'),
+           coalesce(sum(processing_time_ms), 0), count(processing_time_ms), coalesce(sum(total_tokens), 0)
+      FROM done
+     GROUP BY 1, 2, 3, 4
+     ORDER BY 1, 2, 3, 4
+    ON CONFLICT (company_id, day, user_id, model_id) DO UPDATE SET
+           request_count = s.request_count + EXCLUDED.request_count,
+           completed_count = s.completed_count + EXCLUDED.completed_count,
+           failure_count = s.failure_count + EXCLUDED.failure_count,
+           cancelled_count = s.cancelled_count + EXCLUDED.cancelled_count,
+           expired_count = s.expired_count + EXCLUDED.expired_count,
+           processing_time_ms_sum = s.processing_time_ms_sum + EXCLUDED.processing_time_ms_sum,
+           processing_time_count = s.processing_time_count + EXCLUDED.processing_time_count,
+           total_tokens = s.total_tokens + EXCLUDED.total_tokens
+)
+{select}
+"""
+
+
+# An in-flight row as a record (the columns only finished requests have are NULL), as the view has it.
+_INFLIGHT_RECORD = (
+    "company_id, request_id, created_at, user_id, model_id, prompt, status, updated_at, queued_at, "
+    "processing_at, NULL::timestamptz AS completed_at, NULL::timestamptz AS failed_at, "
+    "NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at, "
+    "NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens, "
+    "NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message, "
+    "NULL::bytea AS result_sha256, attempts, worker_id, reservation_id"
+)
+
+# $1 company, $2 request, $3 user, $4 model, $5 prompt, $6 estimated tokens, $7 max attempts, $8 now,
+# $9 quota reservation. An id already in flight violates the primary key; one already finished
+# inserts nothing (a retried create must not start the request again).
+CREATE = f"""
+INSERT INTO request_inflight (company_id, request_id, user_id, model_id, prompt, estimated_tokens,
+                              max_attempts, created_at, updated_at, queued_at, reservation_id)
+SELECT $1::varchar, $2::uuid, $3, $4, $5, $6, $7, t.at, t.at, t.at, $9 FROM (SELECT {_at("$8")} AS at) t
+ WHERE NOT EXISTS (SELECT 1 FROM request_history WHERE company_id = $1 AND request_id = $2)
+RETURNING {_INFLIGHT_RECORD}
+"""
+
+_CLAIMED = (
+    "i.company_id, i.request_id, i.user_id, i.model_id, i.prompt, i.estimated_tokens, i.attempts, "
+    "i.max_attempts, i.worker_id, i.lease_id, i.lease_until, i.created_at, i.cancel_requested_at, i.reservation_id"
+)
+
+
+def _take(where_rows: str, worker: str, lease: str, now: str) -> str:
+    return f"""
+WITH p AS MATERIALIZED ({where_rows}),
+taken AS (
+UPDATE request_inflight i
+   SET status = 'processing', processing_at = t.at, updated_at = t.at, heartbeat_at = t.at,
+       lease_id = gen_random_uuid(), lease_until = t.at + make_interval(secs => {lease}::float8),
+       worker_id = {worker}, attempts = i.attempts + 1
+  FROM p, (SELECT {_at(now)} AS at) t
+ WHERE i.company_id = p.company_id AND i.request_id = p.request_id AND i.status = 'queued'
+RETURNING {_CLAIMED}, p.queued_at
+)
+SELECT * FROM taken ORDER BY queued_at, request_id
+"""
+
+
+# $1 worker, $2 limit, $3 lease seconds, $4 now. Oldest queued first; rows other workers hold are skipped.
+CLAIM = _take(
+    "SELECT company_id, request_id, queued_at FROM request_inflight WHERE status = 'queued' "
+    "ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    "$1",
+    "$3",
+    "$4",
+)
+
+# $1 company, $2 request, $3 worker, $4 lease seconds, $5 now: a request an external queue delivered.
+START = _take(
+    "SELECT $1::varchar AS company_id, $2::uuid AS request_id, NULL::timestamptz AS queued_at",
+    "$3",
+    "$4",
+    "$5",
+)
+
+_HELD = (
+    "company_id = $1 AND request_id = $2 AND status = 'processing' AND lease_id = $3 AND lease_until > {at}"
+)
+
+# $1 company, $2 request, $3 lease, $4 lease seconds, $5 now
+HEARTBEAT = f"""
+UPDATE request_inflight
+   SET lease_until = t.at + make_interval(secs => $4::float8), heartbeat_at = t.at
+  FROM (SELECT {_at("$5")} AS at) t
+ WHERE {_HELD.format(at="t.at")}
+RETURNING lease_until, cancel_requested_at
+"""
+
+# $1 company, $2 request, $3 lease, $4 now: back to the queue (a worker shutting down).
+RELEASE = f"""
+UPDATE request_inflight
+   SET status = 'queued', queued_at = t.at, updated_at = t.at, lease_id = NULL, lease_until = NULL,
+       worker_id = NULL, heartbeat_at = NULL
+  FROM (SELECT {_at("$4")} AS at) t
+ WHERE {_HELD.format(at="t.at")}
+RETURNING request_id
+"""
+
+_DELETE_HELD = f"DELETE FROM request_inflight WHERE {_HELD.format(at=_at('$4'))} RETURNING *"
+
+# $1 company, $2 request, $3 lease, $4 now, $5 prompt tokens, $6 completion tokens, $7 total tokens, $8 sha-256
+COMPLETE = _finish(
+    _DELETE_HELD,
+    at=_at("$4"),
+    status="'completed'",
+    timed=True,
+    prompt_tokens="$5::integer",
+    completion_tokens="$6::integer",
+    total_tokens="$7::integer",
+    sha="$8::bytea",
+)
+
+# $1 company, $2 request, $3 lease, $4 now, $5 error, $6 prompt tokens, $7 completion tokens, $8 total tokens
+FAIL = _finish(
+    _DELETE_HELD,
+    at=_at("$4"),
+    status="'failed'",
+    timed=True,
+    prompt_tokens="$6::integer",
+    completion_tokens="$7::integer",
+    total_tokens="$8::integer",
+    error="$5::text",
+)
+
+# $1 company, $2 request, $3 lease, $4 now: the worker stopped because cancellation was requested.
+ACKNOWLEDGE_CANCEL = _finish(_DELETE_HELD, at=_at("$4"), status="'cancelled'", timed=True)
+
+# $1 company, $2 request, $3 now. A queued request is cancelled at once; a processing one is flagged
+# (its worker sees the flag on heartbeat). Both branches in one statement, one snapshot.
+CANCEL = _finish(
+    "DELETE FROM request_inflight WHERE company_id = $1 AND request_id = $2 AND status = 'queued' RETURNING *",
+    at=_at("$3"),
+    status="'cancelled'",
+    timed=False,
+    before=f"""flagged AS (
+    UPDATE request_inflight SET cancel_requested_at = coalesce(cancel_requested_at, {_at("$3")})
+     WHERE company_id = $1 AND request_id = $2 AND status = 'processing'
+    RETURNING request_id
+),
+""",
+    select="SELECT (SELECT count(*) FROM flagged) AS flagged, d.* FROM (SELECT 1) one LEFT JOIN done d ON true",
+)
+
+# $1 older than (seconds), $2 limit, $3 now: queued requests nobody started in time.
+EXPIRE_QUEUED = _finish(
+    """DELETE FROM request_inflight i USING stale p
+     WHERE i.company_id = p.company_id AND i.request_id = p.request_id AND i.status = 'queued'
+    RETURNING i.*""",
+    at=_at("$3"),
+    status="'expired'",
+    timed=False,
+    before=f"""stale AS MATERIALIZED (
+    SELECT company_id, request_id FROM request_inflight
+     WHERE status = 'queued' AND queued_at < {_at("$3")} - make_interval(secs => $1::float8)
+     ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED
+),
+""",
+)
+
+# $1 limit, $2 now. Only leases past their deadline, re-checked on the locked row: a request whose
+# worker finished (or heartbeated) first no longer matches. Re-queued while attempts remain and no
+# cancellation was requested; otherwise failed (or cancelled) into the history.
+_EXPIRED = f"i.status = 'processing' AND i.lease_until < {_at('$2')}"
+SWEEP = _finish(
+    f"""DELETE FROM request_inflight i USING expired e
+     WHERE i.company_id = e.company_id AND i.request_id = e.request_id AND {_EXPIRED}
+       AND (i.attempts >= i.max_attempts OR i.cancel_requested_at IS NOT NULL)
+    RETURNING i.*""",
+    at=_at("$2"),
+    status="CASE WHEN m.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'failed' END",
+    timed=False,
+    error="CASE WHEN m.cancel_requested_at IS NULL "
+    "THEN 'lease expired on attempt ' || m.attempts || ' of ' || m.max_attempts || ' (' || m.worker_id || ')' END",
+    before=f"""expired AS MATERIALIZED (
+    SELECT company_id, request_id FROM request_inflight i
+     WHERE {_EXPIRED} ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED
+),
+requeued AS (
+    UPDATE request_inflight i
+       SET status = 'queued', queued_at = {_at("$2")}, updated_at = {_at("$2")}, lease_id = NULL,
+           lease_until = NULL, worker_id = NULL, heartbeat_at = NULL
+      FROM expired e
+     WHERE i.company_id = e.company_id AND i.request_id = e.request_id AND {_EXPIRED}
+       AND i.attempts < i.max_attempts AND i.cancel_requested_at IS NULL
+    RETURNING i.company_id, i.request_id
+),
+""",
+    select="SELECT 'requeued' AS outcome, company_id, request_id, NULL::varchar AS status FROM requeued "
+    "UNION ALL SELECT 'finished', company_id, request_id, status FROM done",
+)
+
+# $1 company, $2 request: what a refused transition found (the error path only).
+CURRENT = """
+SELECT status, lease_id, lease_until, now() AS server_now FROM request_inflight
+ WHERE company_id = $1 AND request_id = $2
+UNION ALL
+SELECT status, NULL, NULL, now() FROM request_history WHERE company_id = $1 AND request_id = $2
+"""
+
+# $1 company, $2 request: seed 001's status check (the lead adds the join to `results`).
+STATUS = f"SELECT {RECORD_COLUMNS} FROM requests WHERE company_id = $1 AND request_id = $2"
+
+# $1 company, $2 user, $3 limit [, $4 created_at, $5 request_id of the last row seen]
+RECENT_FIRST = f"""
+SELECT {RECORD_COLUMNS} FROM requests WHERE company_id = $1 AND user_id = $2
+ ORDER BY created_at DESC, request_id DESC LIMIT $3
+"""
+RECENT_AFTER = f"""
+SELECT {RECORD_COLUMNS} FROM requests WHERE company_id = $1 AND user_id = $2
+   AND (created_at, request_id) < ($4::timestamptz, $5::uuid)
+ ORDER BY created_at DESC, request_id DESC LIMIT $3
+"""
+
+# $1 company, $2 first day, $3 day after the last, $4 user or NULL, $5 model or NULL
+STATS = """
+SELECT day, user_id, model_id, request_count, avg_processing_time, failure_count, completed_count,
+       cancelled_count, expired_count, total_tokens
+  FROM request_stats
+ WHERE company_id = $1 AND day >= $2 AND day < $3
+   AND ($4::varchar IS NULL OR user_id = $4) AND ($5::varchar IS NULL OR model_id = $5)
+ ORDER BY day, user_id, model_id
+"""
+
+HEALTH = """
+SELECT (SELECT count(*) FROM request_inflight WHERE status = 'queued') AS queued,
+       (SELECT count(*) FROM request_inflight WHERE status = 'processing') AS processing,
+       (SELECT min(queued_at) FROM request_inflight WHERE status = 'queued') AS oldest_queued_at,
+       s.n_live_tup AS live_tuples, s.n_dead_tup AS dead_tuples, s.last_autovacuum, s.last_vacuum,
+       s.autovacuum_count, o.pid AS oldest_snapshot_pid, o.xmin_age AS oldest_snapshot_xid_age,
+       o.xact_age AS oldest_snapshot_xact_age, o.state AS oldest_snapshot_state, now() AS server_now
+  FROM pg_stat_user_tables s
+  LEFT JOIN LATERAL (
+        SELECT pid, age(backend_xmin) AS xmin_age, now() - xact_start AS xact_age, state
+          FROM pg_stat_activity
+         WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+         ORDER BY age(backend_xmin) DESC, xact_start
+         LIMIT 1) o ON true
+ WHERE s.relid = 'request_inflight'::regclass
+"""
