@@ -98,7 +98,13 @@ from persistence.api_keys import (
     checksum_ok,
 )
 from persistence.audit import audit_context, current_audit
-from persistence.config import ApiKeyConfig, DatabaseConfig, EmbeddedConfig, ReconciliationConfig
+from persistence.config import (
+    ApiKeyConfig,
+    DatabaseConfig,
+    EmbeddedConfig,
+    EventsConfig,
+    ReconciliationConfig,
+)
 from persistence.embedded import EmbeddedServer, ServerStatus
 from persistence.engine import create_database_engine
 from persistence.errors import (
@@ -120,6 +126,17 @@ from persistence.errors import (
     TransientError,
     UsageSourceError,
     ValidationError,
+)
+from persistence.events import (
+    AgentExecution,
+    CostEvent,
+    CostType,
+    EventCategory,
+    PlatformEvent,
+    ServiceProvider,
+    TimescaleIntegration,
+    get_timescale_integration,
+    maintain_event_partitions,
 )
 from persistence.limits import Grant, LimitDecision, LimitExceeded, Limits
 from persistence.quotas import (
@@ -204,6 +221,7 @@ __all__ = [
     "AICallLogger",
     "AICallRecord",
     "Admission",
+    "AgentExecution",
     "AlertDispatcher",
     "AlertEvaluator",
     "AlertFiring",
@@ -246,7 +264,9 @@ __all__ = [
     "CostAccuracyLine",
     "CostAccuracyReport",
     "CostAlertRule",
+    "CostEvent",
     "CostTolerance",
+    "CostType",
     "CounterState",
     "DatabaseConfig",
     "DatabaseConnectionError",
@@ -261,6 +281,8 @@ __all__ = [
     "EmbeddedConfig",
     "EmbeddedServer",
     "EmbeddedServerError",
+    "EventCategory",
+    "EventsConfig",
     "FileUsageSource",
     "FloatPriceError",
     "Grant",
@@ -285,6 +307,7 @@ __all__ = [
     "Page",
     "PeriodTransition",
     "PersistenceError",
+    "PlatformEvent",
     "PoolExhaustedError",
     "PriceChange",
     "PriceSyncReport",
@@ -319,9 +342,11 @@ __all__ = [
     "ServerStatus",
     "ServerUnavailableError",
     "ServiceHealthRepository",
+    "ServiceProvider",
     "StoredResult",
     "SyncAICallLogger",
     "TierRecommendation",
+    "TimescaleIntegration",
     "TrainingDataRepository",
     "TransactionError",
     "TransientError",
@@ -356,6 +381,7 @@ __all__ = [
     "get_company",
     "get_rollback",
     "get_tenant_daily_cost",
+    "get_timescale_integration",
     "get_user",
     "grant_reader",
     "import_billing_file",
@@ -366,6 +392,7 @@ __all__ = [
     "list_users",
     "load_billing_file",
     "load_cost_accuracy",
+    "maintain_event_partitions",
     "on_commit",
     "quiet_hours",
     "rate_limit_headers",

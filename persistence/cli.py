@@ -153,12 +153,20 @@ def _print_health(
 
 async def _partitions(args: argparse.Namespace) -> int:
     from persistence.ai_calls.partitions import maintain_partitions
+    from persistence.events.partitions import maintain_event_partitions
 
     async with command_engine() as engine:
         report = await maintain_partitions(
             engine,
             ahead=args.ahead,
             retention_months=args.retention_months,
+            dry_run=args.dry_run,
+            lock_timeout_ms=args.lock_timeout_ms,
+        )
+        events = await maintain_event_partitions(
+            engine,
+            retention_days=args.event_retention_days,
+            retention_months=args.event_retention_months,
             dry_run=args.dry_run,
             lock_timeout_ms=args.lock_timeout_ms,
         )
@@ -170,6 +178,15 @@ async def _partitions(args: argparse.Namespace) -> int:
     print(f"  {verb}drop:   {', '.join(f'{m:%Y-%m}' for m in report.dropped) or 'nothing'}")
     if report.keys_deleted:
         print(f"  deleted {report.keys_deleted} idempotency keys of dropped calls")
+    for table, starts in events.created.items():
+        fmt = "%Y-%m-%d" if table == "platform_events" else "%Y-%m"
+        print(f"analytics.{table} partitions: {len(events.existing[table])}")
+        print(f"  {verb}create: {', '.join(d.strftime(fmt) for d in starts) or 'nothing'}")
+        if table in events.defaults_created:
+            print(f"  {verb}create: the default partition")
+        print(f"  {verb}drop:   {', '.join(d.strftime(fmt) for d in events.dropped[table]) or 'nothing'}")
+        if events.default_rows.get(table):
+            print(f"  warning: {events.default_rows[table]} rows in the default partition")
     return 0
 
 
@@ -237,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parts = sub.add_parser(
         "partitions",
-        help="create upcoming monthly partitions of ai_calls (and the default one), drop expired ones",
+        help="create upcoming partitions of ai_calls and the analytics event tables (and the default ones), "
+        "drop expired ones",
     )
     parts.add_argument(
         "--ahead", type=int, default=2, help="months after the current one to create (default %(default)s)"
@@ -247,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="drop monthly partitions that ended more than this many months ago (default: keep all)",
+    )
+    parts.add_argument(
+        "--event-retention-days",
+        type=int,
+        default=None,
+        help="drop daily partitions of analytics.platform_events older than this (seed 004: 1096; default: keep all)",
+    )
+    parts.add_argument(
+        "--event-retention-months",
+        type=int,
+        default=None,
+        help="drop monthly partitions of analytics.tenant_cost_events and agent_executions older than this "
+        "(seed 004: 84; default: keep all)",
     )
     parts.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     parts.add_argument(

@@ -433,3 +433,31 @@ class ApiKeyConfig(BaseSettings):
         default=None, min_length=32, description="HMAC-SHA256 key for the keys' secrets; None: no keys."
     )
     environment: ApiKeyEnvironment = Field(default="live", description="Issued keys start sk_<environment>_.")
+
+
+class EventsConfig(BaseSettings):
+    """The event recorder (seed 004): on or off, its durable spool and its batching.
+
+    Environment: `PERSISTENCE_EVENTS_ENABLED` (false: the recorder says so once and records nothing),
+    `PERSISTENCE_EVENTS_SPOOL_DIR` (where events wait while PostgreSQL is unreachable; one process per
+    directory), `PERSISTENCE_EVENTS_BATCH_SIZE`, `PERSISTENCE_EVENTS_FLUSH_INTERVAL` (seconds),
+    `PERSISTENCE_EVENTS_MAX_BUFFERED`, `PERSISTENCE_EVENTS_OVERFLOW` (`block`, `spill`, `drop`; unset:
+    `spill` with a spool directory, else `block`).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERSISTENCE_EVENTS_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+    )
+
+    enabled: bool = True
+    spool_dir: Path | None = None
+    batch_size: int = Field(default=100, ge=1, le=100_000)
+    flush_interval: float = Field(default=5.0, gt=0, le=3600)
+    max_buffered: int = Field(default=10_000, ge=1)
+    overflow: Literal["block", "spill", "drop"] | None = None
+    retry_interval: float = Field(default=1.0, gt=0, le=3600)
+    max_retry_interval: float = Field(default=5.0, gt=0, le=3600)

@@ -87,13 +87,18 @@ def _partitions(connection: Connection) -> set[str]:
 
 def _run_sync(connection: Connection, metadatas: list[MetaData], skipped: set[str]) -> None:
     left_out = _partitions(connection) | skipped
+    # The default schema and the schemas the models name (e.g. seed 004's `analytics`), no others.
+    schemas = {None, *(t.schema for metadata in metadatas for t in metadata.tables.values() if t.schema)}
 
     def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+        if type_ == "schema":
+            return name in schemas
         return not (type_ == "table" and name in left_out)
 
     context.configure(
         connection=connection,
         target_metadata=metadatas,
+        include_schemas=True,
         include_name=include_name,
         compare_type=True,
         compare_server_default=True,

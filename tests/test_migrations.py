@@ -39,8 +39,9 @@ def alembic(url: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProce
 def project_tables(pg: ThrowawayPostgres, url: str) -> set[str]:
     database = url.split("@/", 1)[1].split("?", 1)[0]
     out = pg.server.psql(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version' "
-        "AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', tablename)::regclass);",
+        "SELECT CASE schemaname WHEN 'public' THEN tablename ELSE schemaname || '.' || tablename END "
+        "FROM pg_tables WHERE schemaname IN ('public', 'analytics') AND tablename <> 'alembic_version' "
+        "AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I.%I', schemaname, tablename)::regclass);",
         database=database,
     )
     return set(out.split())
@@ -118,21 +119,23 @@ def test_offline_sql_renders(empty_db: str) -> None:
 
 # Partitions (made by data, not declared by the models) are left out: only their parents count.
 CATALOG_QUERY = """
-SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' '
+SELECT 'column ' || table_schema || '.' || table_name || '.' || column_name || ' ' || data_type || ' '
        || coalesce(character_maximum_length::text, '') || ' ' || coalesce(numeric_precision::text, '') || ','
        || coalesce(numeric_scale::text, '') || ' null=' || is_nullable || ' default=' || coalesce(column_default, '')
        || ' generated=' || coalesce(generation_expression, '') || ' identity=' || is_identity
-  FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> 'alembic_version'
-   AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', table_name)::regclass)
+  FROM information_schema.columns WHERE table_schema IN ('public', 'analytics') AND table_name <> 'alembic_version'
+   AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I.%I', table_schema, table_name)::regclass)
 UNION ALL
-SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename <> 'alembic_version'
-   AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I', tablename)::regclass)
+SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname IN ('public', 'analytics') AND tablename <> 'alembic_version'
+   AND NOT (SELECT relispartition FROM pg_class WHERE oid = format('%I.%I', schemaname, tablename)::regclass)
 UNION ALL
 SELECT 'constraint ' || conrelid::regclass || ' '
        -- PostgreSQL 18 records NOT NULL as constraints (contype 'n') with auto-generated names that
        -- differ between create_all and ALTER (`..._not_null` vs `..._not_null1`): compare their definitions only.
        || CASE WHEN contype = 'n' THEN '' ELSE conname || ' ' END || pg_get_constraintdef(oid)
-  FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> 'alembic_version'
+  FROM pg_constraint
+ WHERE connamespace IN (SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'analytics'))
+   AND conrelid::regclass::text <> 'alembic_version'
    AND NOT (SELECT relispartition FROM pg_class WHERE oid = conrelid)
 ORDER BY 1;
 """

@@ -2,8 +2,13 @@
 
 Calls are validated when logged (`log()` raises `ValidationError` at once for a call PostgreSQL could
 not store: such a call is never accepted), buffered, and written by one background task every
-`batch_size` calls or `flush_interval` seconds. The buffer is bounded: `log()` waits when it is full
-(backpressure), so memory stays flat when PostgreSQL is slow.
+`batch_size` calls or `flush_interval` seconds. The buffer is bounded, so memory stays flat when
+PostgreSQL is slow; when it is full, `overflow` decides: `log()` waits for room ("block", the
+default: backpressure), appends the call to the spool at once ("spill": the caller waits one fsync'd
+append, never the database), or drops it, counted in `stats.dropped` and logged ("drop").
+
+The machinery is `BatchWriter`, generic over the record type; `BatchLogger` is its ledger subclass
+and the event recorder (`persistence.events`) another.
 
 Two kinds of failure, handled apart (`batch_outcomes.is_refusal`):
 - An outage (anything that would fail every call alike: the database is down or restarting, a lost
@@ -39,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 from persistence.ai_calls.batch_outcomes import (
     BatchStats,
@@ -62,17 +67,37 @@ from persistence.errors import (
 )
 from persistence.observe.loggers import get_logger
 
-__all__ = ["BatchLogger", "BatchStats", "RejectedCall", "RejectedCallsError", "UnwrittenCallsError"]
+__all__ = [
+    "BatchLogger",
+    "BatchStats",
+    "BatchWriter",
+    "Overflow",
+    "RejectedCall",
+    "RejectedCallsError",
+    "UnwrittenCallsError",
+]
 
 log = get_logger("persistence.ai_calls.batch")
 
 
-class BatchLogger:
-    """Buffered ledger writes that survive a database outage. Use `async with` or call `close()`."""
+R = TypeVar("R")
+
+# What a producer meets when the buffer is full: wait for room ("block"), append its record to the
+# durable spool at once ("spill": the caller waits one fsync'd append, never for the database), or
+# drop it, counted and logged ("drop": only if the caller chose it).
+Overflow = Literal["block", "spill", "drop"]
+OVERFLOWS: tuple[Overflow, ...] = ("block", "spill", "drop")
+
+
+class BatchWriter(Generic[R]):
+    """The machinery under `BatchLogger` (and the event recorder): a bounded buffer, one writer
+    task, the durable spool and its replay, refusal bisection. A subclass says how to write a batch
+    (`_write`, idempotent by `_key`) and how a record becomes a spool line and back."""
+
+    _noun = "record"  # in log lines and errors
 
     def __init__(
         self,
-        logger: AICallLogger,
         *,
         batch_size: int = 100,
         flush_interval: float = 5.0,
@@ -80,9 +105,8 @@ class BatchLogger:
         spool_dir: Path | str | None = None,
         retry_interval: float = 1.0,
         max_retry_interval: float = 5.0,
+        overflow: Overflow = "block",
     ) -> None:
-        if not isinstance(logger, AICallLogger):
-            raise ValidationError(f"logger must be an AICallLogger, got {type(logger).__name__}")
         batch_size = positive_int("batch_size", batch_size)
         flush_interval = positive_seconds("flush_interval", flush_interval)
         max_buffered = positive_int("max_buffered", max_buffered)
@@ -96,32 +120,57 @@ class BatchLogger:
             raise ValidationError(
                 f"max_retry_interval ({max_retry_interval}) must be at least retry_interval ({retry_interval})"
             )
-        self.logger = logger
+        if overflow not in OVERFLOWS:
+            raise ValidationError(f"overflow must be one of {', '.join(OVERFLOWS)}, got {overflow!r}")
+        if overflow == "spill" and spool_dir is None:
+            raise ValidationError("overflow='spill' needs a spool_dir")
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_buffered = max_buffered
         self.retry_interval = retry_interval
         self.max_retry_interval = max_retry_interval
+        self.overflow: Overflow = overflow
         self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self.spool: Spool | None = None  # opened (file I/O, off the event loop) by the first call
         self._opening = asyncio.Lock()
-        self._buffer: deque[AICallRecord] = deque()
+        self._buffer: deque[R] = deque()
         self._changed = asyncio.Condition()
         self._flush_requests = 0
         self._flushes_done = 0
         self._closing = False
         self._closed: BatchStats | None = None
         self._spooled = self._replayed = self._written = self._rejected = self._set_aside = 0
+        self._queued = self._dropped = self._waited = 0
         self._spool_pending = 0
-        self._refused: list[RejectedCall] = []  # without a spool: raised by the next flush()/close()
+        self._refused: list[RejectedCall[R]] = []  # without a spool: raised by the next flush()/close()
         self._task: asyncio.Task[None] | None = None
         self._healthy = True  # the last attempt reached the database
         self._delay = retry_interval  # the backoff: doubles per failed attempt up to max_retry_interval
         self._next_try = 0.0  # time.monotonic() before which the spool is not replayed (probed)
 
+    # -- what a subclass provides -----------------------------------------------------------------
+
+    async def _write(self, batch: list[R]) -> int:
+        """Write `batch` in one transaction, idempotently; returns how many rows were new."""
+        raise NotImplementedError
+
+    def _key(self, record: R) -> str:
+        """The record's idempotency key (a spool line carries it)."""
+        raise NotImplementedError
+
+    def _encode(self, record: R) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _decode(self, data: Mapping[str, Any]) -> R:
+        raise NotImplementedError
+
+    def _describe(self, record: R) -> dict[str, Any]:
+        """Fields of the record for a log line (never its payload)."""
+        return {"key": self._key(record)}
+
     # -- public API -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> BatchLogger:
+    async def __aenter__(self) -> BatchWriter[R]:
         await self.open()
         return self
 
@@ -143,7 +192,7 @@ class BatchLogger:
                     self.spool = spool
         async with self._changed:
             if self._closing:
-                raise PersistenceError("BatchLogger is closed")
+                raise PersistenceError(f"{type(self).__name__} is closed")
             self._start()
 
     @property
@@ -156,27 +205,50 @@ class BatchLogger:
             rejected=self._rejected,
             pending_in_spool=self._spool_pending,
             set_aside=self._set_aside,
+            queued=self._queued,
+            dropped=self._dropped,
+            waited=self._waited,
         )
 
-    async def log(self, call: AICallRecord | Mapping[str, Any]) -> None:
-        """Validate and buffer one call; waits while the buffer is full.
-
-        A call PostgreSQL could not store raises `ValidationError` here and is not accepted (it is
-        neither written nor kept in `rejected.jsonl`: the caller has it).
-        """
-        record = stable(AICallRecord.coerce(call))
+    async def _put(self, record: R) -> None:
+        """Buffer one validated record; what happens when the buffer is full is `overflow`'s choice."""
         if self._task is None:
             await self.open()
+        spill = False
         async with self._changed:
             if self._closing:
-                raise PersistenceError("BatchLogger is closed")
-            self._raise_if_writer_died()  # a call nobody would write must not be accepted
-            while len(self._buffer) >= self.max_buffered:
-                self._raise_if_writer_died()
-                await self._changed.wait()
-            self._buffer.append(record)
-            if len(self._buffer) >= self.batch_size:
-                self._changed.notify_all()
+                raise PersistenceError(f"{type(self).__name__} is closed")
+            self._raise_if_writer_died()  # a record nobody would write must not be accepted
+            if len(self._buffer) >= self.max_buffered:
+                if self.overflow == "drop":
+                    self._dropped += 1
+                    if self._dropped == 1 or self._dropped % 1000 == 0:
+                        log.warning(f"buffer full: {self._noun} dropped (overflow='drop')",
+                                    dropped=self._dropped, **self._describe(record))  # fmt: skip
+                    return
+                spill = self.overflow == "spill" and self.spool is not None
+                if not spill:
+                    self._waited += 1
+                while len(self._buffer) >= self.max_buffered and not spill:
+                    self._raise_if_writer_died()
+                    await self._changed.wait()
+            if not spill:
+                self._buffer.append(record)
+                self._queued += 1
+                if len(self._buffer) >= self.batch_size:
+                    self._changed.notify_all()
+                return
+        try:
+            await self._spool([record])  # the caller waits one fsync'd append, not the database
+        except Exception as exc:  # the spool itself failed (disk full): wait for room instead
+            log.error(f"could not spill a {self._noun}; waiting for room", **describe_error(exc))
+            async with self._changed:
+                self._waited += 1
+                while len(self._buffer) >= self.max_buffered:
+                    self._raise_if_writer_died()
+                    await self._changed.wait()
+                self._buffer.append(record)
+        self._queued += 1
 
     async def flush(self) -> None:
         """Return once everything logged before the call is written, spooled or refused.
@@ -224,7 +296,7 @@ class BatchLogger:
                         log.warning("spool not replayed at close; it waits for the next run",
                                     pending=self._spool_pending, **describe_error(exc))  # fmt: skip
         except TimeoutError:
-            log.warning("BatchLogger.close timed out", timeout=timeout, buffered=len(self._buffer))
+            log.warning(f"{type(self).__name__}.close timed out", timeout=timeout, buffered=len(self._buffer))
         finally:
             self._closing = True
             if self._task is not None and not self._task.done():  # timed out, or close() was cancelled
@@ -242,10 +314,10 @@ class BatchLogger:
                                   calls=len(self._buffer), **describe_error(exc))  # fmt: skip
                 self.spool.close()
         stats = self._closed = self.stats
-        log.info("BatchLogger closed", **dataclasses.asdict(stats))
+        log.info(f"{type(self).__name__} closed", **dataclasses.asdict(stats))
         if self._buffer:
             reason = "no spool_dir" if self.spool is None else "the spool could not be written"
-            raise UnwrittenCallsError(list(self._buffer), stats, reason)
+            raise UnwrittenCallsError(list(self._buffer), stats, reason, noun=self._noun)
         self._raise_refused()
         return stats
 
@@ -253,7 +325,9 @@ class BatchLogger:
 
     def _start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="BatchLogger writer")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"{type(self).__name__} writer"
+            )
 
     async def _flushed(self) -> None:
         async with self._changed:
@@ -268,18 +342,18 @@ class BatchLogger:
     def _raise_refused(self) -> None:
         if self._refused:
             refused, self._refused = self._refused, []
-            raise RejectedCallsError(refused) from refused[0].error
+            raise RejectedCallsError(refused, noun=self._noun) from refused[0].error
 
     def _raise_if_writer_died(self) -> None:
         """A writer that stopped on a bug must fail its callers, not leave them waiting forever."""
         if self._task is None or not self._task.done():
             return
         if self._closing:
-            raise PersistenceError("BatchLogger is closed")
+            raise PersistenceError(f"{type(self).__name__} is closed")
         error = None if self._task.cancelled() else self._task.exception()
         raise PersistenceError(
-            f"BatchLogger's writer stopped ({type(error).__name__ if error else 'cancelled'}); "
-            f"{len(self._buffer)} calls are still buffered in memory"
+            f"{type(self).__name__}'s writer stopped ({type(error).__name__ if error else 'cancelled'}); "
+            f"{len(self._buffer)} {self._noun}s are still buffered in memory"
         ) from error
 
     async def _run(self) -> None:
@@ -346,7 +420,7 @@ class BatchLogger:
         """Write the buffer batch by batch; calls that could be neither written, spooled nor refused
         stay at the head of the buffer and are retried after the backoff delay."""
         while self._buffer:
-            batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+            batch: list[R] = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
             left = await self._settle(batch)
             async with self._changed:
                 for _ in batch:
@@ -356,12 +430,12 @@ class BatchLogger:
             if left:
                 await asyncio.sleep(max(self.retry_interval, self._next_try - time.monotonic()))
 
-    async def _settle(self, batch: list[AICallRecord]) -> list[AICallRecord]:
+    async def _settle(self, batch: list[R]) -> list[R]:
         """Write `batch`; on an outage spool it, on a refusal split it until the refused calls are
         isolated. Each call is written, spooled or refused exactly once; returns the calls that are
         none of these (no spool, or the spool failed), in order."""
         try:
-            written = await self.logger.log_batch(batch)
+            written = await self._write(batch)
         except Exception as exc:
             if not is_refusal(exc):
                 self._failed(exc, "database unavailable")
@@ -379,7 +453,7 @@ class BatchLogger:
         self._succeeded()
         return []
 
-    async def _keep(self, batch: list[AICallRecord]) -> list[AICallRecord]:
+    async def _keep(self, batch: list[R]) -> list[R]:
         """Spool calls an outage kept from the database; returns them if they could not be spooled."""
         if self.spool is None:
             return batch
@@ -390,7 +464,7 @@ class BatchLogger:
             return batch
         return []
 
-    async def _spool(self, records: list[AICallRecord]) -> None:
+    async def _spool(self, records: list[R]) -> None:
         """Append `records` to the durable spool (fsync'd when this returns) and count them.
 
         A record that cannot be encoded as a spool line is refused on its own (`rejected.jsonl`, with
@@ -401,15 +475,12 @@ class BatchLogger:
         entries: list[SpooledRecord] = []
         for record in records:
             try:
-                entry = SpooledRecord(record.idempotency_key, encode_record(record))
+                entry = SpooledRecord(self._key(record), self._encode(record))
                 json.dumps({"key": entry.key, "record": entry.record}, ensure_ascii=False,
                            allow_nan=False).encode()  # fmt: skip
             except Exception as exc:  # this record only: set it aside, spool the rest
-                log.error(
-                    "AI call could not be spooled; set aside",
-                    key=record.idempotency_key,
-                    **describe_error(exc),
-                )
+                log.error(f"{self._noun} could not be spooled; set aside", **self._describe(record),
+                          **describe_error(exc))  # fmt: skip
                 await self._refuse(record, exc)
                 continue
             entries.append(entry)
@@ -417,21 +488,21 @@ class BatchLogger:
         self._spooled += len(entries)
         self._spool_pending += len(entries)
 
-    async def _refuse(self, record: AICallRecord, error: BaseException) -> None:
+    async def _refuse(self, record: R, error: BaseException) -> None:
         """A call the database refused for good: kept in `rejected.jsonl` (with a spool), else kept for
         the next `flush()`/`close()` to raise; logged either way, never retried."""
         self._rejected += 1
         if self.spool is None:
-            self._refused.append(RejectedCall(record, error))
-            log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
-                      model=record.model, raised_by="flush", **describe_error(error))  # fmt: skip
+            self._refused.append(RejectedCall(record, error, self._key(record)))
+            log.error(f"{self._noun} refused by the database", **self._describe(record), raised_by="flush",
+                      **describe_error(error))  # fmt: skip
             return
         try:
-            encoded: Any = encode_record(record)
+            encoded: Any = self._encode(record)
         except Exception:  # a record that does not even encode: keep what can be shown of it
             encoded = repr(record)
         # ASCII escapes and repr() of anything else: this line always serialises (a lone surrogate too).
-        line = json.dumps({"key": record.idempotency_key, "record": encoded,
+        line = json.dumps({"key": self._key(record), "record": encoded,
                            "error": type(error).__name__, "sqlstate": getattr(error, "sqlstate", None),
                            "reason": str(error)}, default=repr)  # fmt: skip
         path = self.spool.directory / "rejected.jsonl"
@@ -442,8 +513,8 @@ class BatchLogger:
         except OSError:
             pass
         # Refused for good: logged in full when it could not be kept in a file, never retried.
-        log.error("AI call refused by the database", key=record.idempotency_key, provider=record.provider,
-                  model=record.model, kept_in=str(path) if kept else None, record=None if kept else line,
+        log.error(f"{self._noun} refused by the database", **self._describe(record),
+                  kept_in=str(path) if kept else None, record=None if kept else line,
                   **describe_error(error))  # fmt: skip
 
     async def _replay(self, *, until_empty: bool) -> None:
@@ -461,10 +532,10 @@ class BatchLogger:
                 while not reader.exhausted:
                     entries, corrupt = await asyncio.to_thread(reader.chunk, self.batch_size)
                     consumed = len(entries) + len(corrupt)
-                    records: list[AICallRecord] = []
+                    records: list[R] = []
                     for entry in entries:
                         try:
-                            records.append(decode_record(entry.record))
+                            records.append(self._decode(entry.record))
                         except Exception as exc:  # whatever the reason, this line only
                             try:
                                 raw = json.dumps({"key": entry.key, "record": entry.record}, default=repr)
@@ -476,7 +547,7 @@ class BatchLogger:
                         await self._set_aside_lines(segment, corrupt)
                     if records:
                         try:
-                            written = await self.logger.log_batch(records)
+                            written = await self._write(records)
                         except Exception as exc:
                             if not is_refusal(exc):
                                 raise  # this chunk stays in its segment for the next replay
@@ -505,6 +576,64 @@ class BatchLogger:
         self._set_aside += len(lines)
         log.error("spooled lines that do not decode were set aside", segment=segment.name, lines=len(lines),
                   kept_in=str(path), reason=lines[0].reason)  # fmt: skip
+
+
+class BatchLogger(BatchWriter[AICallRecord]):
+    """Buffered ledger writes that survive a database outage. Use `async with` or call `close()`."""
+
+    _noun = "AI call"
+
+    def __init__(
+        self,
+        logger: AICallLogger,
+        *,
+        batch_size: int = 100,
+        flush_interval: float = 5.0,
+        max_buffered: int = 10_000,
+        spool_dir: Path | str | None = None,
+        retry_interval: float = 1.0,
+        max_retry_interval: float = 5.0,
+        overflow: Overflow = "block",
+    ) -> None:
+        if not isinstance(logger, AICallLogger):
+            raise ValidationError(f"logger must be an AICallLogger, got {type(logger).__name__}")
+        super().__init__(
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_buffered=max_buffered,
+            spool_dir=spool_dir,
+            retry_interval=retry_interval,
+            max_retry_interval=max_retry_interval,
+            overflow=overflow,
+        )
+        self.logger = logger
+
+    async def __aenter__(self) -> BatchLogger:
+        await self.open()
+        return self
+
+    async def log(self, call: AICallRecord | Mapping[str, Any]) -> None:
+        """Validate and buffer one call; waits while the buffer is full (see `overflow`).
+
+        A call PostgreSQL could not store raises `ValidationError` here and is not accepted (it is
+        neither written nor kept in `rejected.jsonl`: the caller has it).
+        """
+        await self._put(stable(AICallRecord.coerce(call)))
+
+    async def _write(self, batch: list[AICallRecord]) -> int:
+        return await self.logger.log_batch(batch)
+
+    def _key(self, record: AICallRecord) -> str:
+        return record.idempotency_key
+
+    def _encode(self, record: AICallRecord) -> dict[str, Any]:
+        return encode_record(record)
+
+    def _decode(self, data: Mapping[str, Any]) -> AICallRecord:
+        return decode_record(data)
+
+    def _describe(self, record: AICallRecord) -> dict[str, Any]:
+        return {"key": record.idempotency_key, "provider": record.provider, "model": record.model}
 
 
 def _append_line(path: Path, line: str) -> None:

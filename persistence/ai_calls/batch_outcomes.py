@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from persistence.ai_calls.record import AICallRecord
 from persistence.errors import (
@@ -37,12 +37,15 @@ __all__ = [
 ]
 
 _FIELDS = [f.name for f in dataclasses.fields(AICallRecord) if f.init]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
 class BatchStats:
     """Counters: `buffered` now in memory, `pending_in_spool` now on disk; the rest are totals
-    since the logger started (`set_aside`: spool lines that did not decode, moved to `corrupt-*.jsonl`)."""
+    since the logger started (`set_aside`: spool lines that did not decode, moved to `corrupt-*.jsonl`;
+    `queued`: records accepted; `dropped`: refused at a full buffer, only with overflow='drop';
+    `waited`: times a producer had to wait for room in the buffer)."""
 
     buffered: int
     spooled: int
@@ -51,14 +54,18 @@ class BatchStats:
     rejected: int
     pending_in_spool: int
     set_aside: int = 0
+    queued: int = 0
+    dropped: int = 0
+    waited: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class RejectedCall:
-    """A call the database refused for good, and its error."""
+class RejectedCall(Generic[R]):
+    """A call (or event) the database refused for good, its error and its idempotency key."""
 
-    record: AICallRecord
+    record: R
     error: BaseException
+    key: str = ""
 
 
 class RejectedCallsError(DatabaseError):
@@ -69,15 +76,15 @@ class RejectedCallsError(DatabaseError):
     chained as `__cause__`.
     """
 
-    def __init__(self, rejected: Sequence[RejectedCall]) -> None:
+    def __init__(self, rejected: Sequence[RejectedCall[Any]], *, noun: str = "AI call") -> None:
         self.rejected = list(rejected)
         shown = ", ".join(
-            f"{r.record.idempotency_key!r} ({type(r.error).__name__}"
+            f"{r.key!r} ({type(r.error).__name__}"
             f"{f' SQLSTATE {code}' if (code := getattr(r.error, 'sqlstate', None)) else ''})"
             for r in self.rejected[:5]
         )
         more = f" and {len(self.rejected) - 5} more" if len(self.rejected) > 5 else ""
-        super().__init__(f"{len(self.rejected)} AI call(s) refused by the database: {shown}{more}")
+        super().__init__(f"{len(self.rejected)} {noun}(s) refused by the database: {shown}{more}")
 
 
 class UnwrittenCallsError(TransientError):
@@ -86,11 +93,16 @@ class UnwrittenCallsError(TransientError):
     are in `calls`, for the caller to keep or retry; nothing else holds them any more."""
 
     def __init__(
-        self, calls: Sequence[AICallRecord], stats: BatchStats, reason: str = "no spool_dir"
+        self,
+        calls: Sequence[object],
+        stats: BatchStats,
+        reason: str = "no spool_dir",
+        *,
+        noun: str = "AI call",
     ) -> None:
         self.calls = list(calls)
         self.stats = stats
-        super().__init__(f"BatchLogger closed with {len(self.calls)} call(s) unwritten ({reason})")
+        super().__init__(f"closed with {len(self.calls)} {noun}(s) unwritten ({reason})")
 
 
 def stable(record: AICallRecord) -> AICallRecord:

@@ -64,8 +64,9 @@ class _Lease:
 class Leases:
     """Up to `size` connections leased from `engine`'s pool (one pinned connection under the fixture)."""
 
-    def __init__(self, engine: AsyncEngine, size: int, where: Endpoint) -> None:
+    def __init__(self, engine: AsyncEngine, size: int, where: Endpoint, owner: str = "AICallLogger") -> None:
         self.engine = engine
+        self._owner = owner  # who is closed, in errors
         self.size = size
         self.idle: list[_Lease] = []
         self.closed = False
@@ -92,7 +93,7 @@ class Leases:
     async def _pinned(self, pin: Pin) -> AsyncIterator[asyncpg.Connection]:
         """The test's one connection, for one unit of work in its own savepoint."""
         if self.closed:
-            raise PersistenceError("AICallLogger is closed")
+            raise PersistenceError(f"{self._owner} is closed")
         owner = object()
         async with pin.hold(owner) as conn:
             raw = (await conn.get_raw_connection()).driver_connection
@@ -130,7 +131,7 @@ class Leases:
         """An idle lease (no await when one is idle), else a new one, else wait for a release."""
         while True:
             if self.closed:
-                raise PersistenceError("AICallLogger is closed")
+                raise PersistenceError(f"{self._owner} is closed")
             if (lease := self._take_idle()) is not None:
                 return lease
             if self._leased < self.size:

@@ -9,6 +9,7 @@ from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
+from persistence.models.events import AgentExecutionRow, PlatformEventRow, TenantCostEventRow
 from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
@@ -35,6 +36,7 @@ __all__ = [
     "AICallPendingBatch",
     "AICallUsageDelta",
     "AICallUsageHourly",
+    "AgentExecutionRow",
     "ApiKey",
     "AuditLog",
     "Base",
@@ -50,6 +52,7 @@ __all__ = [
     "CostAlertFiring",
     "CostAlertLog",
     "ModelCheckpoint",
+    "PlatformEventRow",
     "Quota",
     "QuotaCounter",
     "QuotaHold",
@@ -66,6 +69,7 @@ __all__ = [
     "ResultCacheEntry",
     "ResultChunk",
     "ServiceHealth",
+    "TenantCostEventRow",
     "TrainingData",
     "Usage",
     "User",

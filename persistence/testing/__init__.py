@@ -5,6 +5,7 @@ Enable the fixtures in a test suite with `pytest_plugins = ["persistence.testing
 
 from persistence.testing.database import ThrowawayPostgres
 from persistence.testing.factories import (
+    AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
     AICallModelHourlyFactory,
@@ -26,6 +27,7 @@ from persistence.testing.factories import (
     CostAlertLogFactory,
     ModelCheckpointFactory,
     ModelFactory,
+    PlatformEventRowFactory,
     QuotaCounterFactory,
     QuotaFactory,
     QuotaHoldFactory,
@@ -42,6 +44,7 @@ from persistence.testing.factories import (
     ResultChunkFactory,
     ResultFactory,
     ServiceHealthFactory,
+    TenantCostEventRowFactory,
     TrainingDataFactory,
     UsageFactory,
     UserFactory,
@@ -59,6 +62,7 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
     "BillingDataFactory",
@@ -74,6 +78,7 @@ __all__ = [
     "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ModelFactory",
+    "PlatformEventRowFactory",
     "QuotaCounterFactory",
     "QuotaFactory",
     "QuotaHoldFactory",
@@ -90,6 +95,7 @@ __all__ = [
     "ResultChunkFactory",
     "ResultFactory",
     "ServiceHealthFactory",
+    "TenantCostEventRowFactory",
     "ThrowawayPostgres",
     "TrainingDataFactory",
     "UsageFactory",

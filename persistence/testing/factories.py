@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence.errors import TransactionError
 from persistence.models import (
+    AgentExecutionRow,
     AICall,
     AICallKey,
     AICallModelHourly,
@@ -49,6 +50,7 @@ from persistence.models import (
     CostAlertFiring,
     CostAlertLog,
     ModelCheckpoint,
+    PlatformEventRow,
     Quota,
     QuotaCounter,
     QuotaHold,
@@ -65,6 +67,7 @@ from persistence.models import (
     ResultCacheEntry,
     ResultChunk,
     ServiceHealth,
+    TenantCostEventRow,
     TrainingData,
     Usage,
     User,
@@ -94,6 +97,7 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
     "BillingDataFactory",
@@ -109,6 +113,7 @@ __all__ = [
     "CostAlertLogFactory",
     "ModelCheckpointFactory",
     "ModelFactory",
+    "PlatformEventRowFactory",
     "QuotaCounterFactory",
     "QuotaFactory",
     "QuotaHoldFactory",
@@ -125,6 +130,7 @@ __all__ = [
     "ResultChunkFactory",
     "ResultFactory",
     "ServiceHealthFactory",
+    "TenantCostEventRowFactory",
     "TrainingDataFactory",
     "UsageFactory",
     "UserFactory",
@@ -1202,3 +1208,49 @@ class ResultCacheEntryFactory(ModelFactory[ResultCacheEntry]):
     lease_until = factory.LazyFunction(lambda: _now() + timedelta(minutes=5))
     result_sha256 = None
     expires_at = None
+
+
+def _event_id() -> uuid.UUID:
+    return uuid.UUID(int=_rand().getrandbits(128), version=4)
+
+
+class PlatformEventRowFactory(ModelFactory[PlatformEventRow]):
+    """A stored platform event (the recorder's `PlatformEvent` is what applications build)."""
+
+    class Meta:
+        model = PlatformEventRow
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    time = factory.LazyFunction(_now)
+    event_id = factory.LazyFunction(_event_id)
+    event_type = "user_query"
+    event_category = "user_behavior"
+    event_data = factory.LazyFunction(lambda: {"query": "What is diabetes?"})
+
+
+class TenantCostEventRowFactory(ModelFactory[TenantCostEventRow]):
+    class Meta:
+        model = TenantCostEventRow
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    time = factory.LazyFunction(_now)
+    event_id = factory.LazyFunction(_event_id)
+    cost_type = "llm"
+    cost_usd = Decimal("0.012")
+    quantity = 300
+    service = "openai"
+    service_tier = "gpt-4"
+
+
+class AgentExecutionRowFactory(ModelFactory[AgentExecutionRow]):
+    class Meta:
+        model = AgentExecutionRow
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    time = factory.LazyFunction(_now)
+    event_id = factory.LazyFunction(_event_id)
+    agent_id = "ask-expert-v1"
+    agent_type = "ask_expert"
+    execution_time_ms = 2100
+    success = True
+    quality_score = Decimal("0.92")

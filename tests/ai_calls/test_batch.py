@@ -507,6 +507,8 @@ async def test_unwritten_calls_error_says_the_spool_failed_when_one_is_set(
         ({"max_buffered": None}, "max_buffered"),
         ({"max_buffered": 5, "batch_size": 10}, "max_buffered"),
         ({"spool_dir": 42}, "spool_dir"),
+        ({"overflow": "oldest"}, "overflow"),
+        ({"overflow": "spill"}, "spool_dir"),  # spilling needs a spool
     ],
 )
 async def test_constructor_arguments_are_validated(kwargs: dict[str, Any], name: str) -> None:
@@ -570,6 +572,30 @@ async def test_close_without_a_spool_hands_back_what_it_could_not_write(tmp_path
         await down.dispose()
     assert unwritten.value.calls == calls and unwritten.value.retryable
     assert isinstance(unwritten.value, PersistenceError)
+
+
+async def test_a_full_buffer_spills_to_the_spool_or_drops_by_count_never_silently(tmp_path: Path) -> None:
+    down = unreachable_engine()
+    try:
+        async with AICallLogger(down) as logger:
+            # The producer never yields, so the writer cannot empty the buffer: it fills at once.
+            spilling = BatchLogger(logger, batch_size=5, max_buffered=5, spool_dir=tmp_path, overflow="spill")
+            for n in range(50):
+                await spilling.log(call(n))
+            assert (spilling.stats.queued, spilling.stats.waited, spilling.stats.dropped) == (50, 0, 0)
+            spilled = await spilling.close(timeout=5)
+            dropping = BatchLogger(logger, batch_size=5, max_buffered=5, retry_interval=0.01, overflow="drop")
+            with capture_logs() as logs:
+                for n in range(50):
+                    await dropping.log(call(n))
+            dropped = dropping.stats
+            with pytest.raises(UnwrittenCallsError):
+                await dropping.close(timeout=1)
+    finally:
+        await down.dispose()
+    assert spilled.spooled == spilled.pending_in_spool == 50
+    assert (dropped.queued, dropped.dropped, dropped.buffered) == (5, 45, 5)
+    assert [line["dropped"] for line in logs if "dropped" in line["event"]] == [1]  # logged, not per call
 
 
 async def test_the_spool_is_opened_off_the_event_loop(

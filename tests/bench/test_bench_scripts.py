@@ -59,6 +59,11 @@ SMOKE_RUNS = [
             "| claims.metadata (GIN index) | 1,000 | insert |",
         ],
     ),
+    (
+        "bench_events.py",
+        ["--rounds", "1", "--events", "500", "--batch", "100"],
+        ["| raw asyncpg COPY | 100 |", "| recorder (log + flush) | 100 |"],
+    ),
 ]
 
 

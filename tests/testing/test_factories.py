@@ -16,6 +16,7 @@ from persistence.ai_calls import TokenUsage, normalise_usage
 from persistence.models import AICall, Base, Claim, ModelCheckpoint, TrainingData
 from persistence.seeding import call_cost, decide_consensus
 from persistence.testing import (
+    AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
     AICallModelHourlyFactory,
@@ -36,6 +37,7 @@ from persistence.testing import (
     CostAlertFiringFactory,
     CostAlertLogFactory,
     ModelCheckpointFactory,
+    PlatformEventRowFactory,
     QuotaCounterFactory,
     QuotaFactory,
     QuotaHoldFactory,
@@ -52,6 +54,7 @@ from persistence.testing import (
     ResultChunkFactory,
     ResultFactory,
     ServiceHealthFactory,
+    TenantCostEventRowFactory,
     TrainingDataFactory,
     UsageFactory,
     UserFactory,
@@ -103,6 +106,9 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     ResultFactory,
     ResultChunkFactory,
     ResultCacheEntryFactory,
+    PlatformEventRowFactory,
+    TenantCostEventRowFactory,
+    AgentExecutionRowFactory,
 ]
 
 

@@ -1,0 +1,205 @@
+"""The recorder: idempotent writes, the spool across an outage, overflow policies, disabled mode,
+and seed 004's two queries against a scan done by hand."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence import (
+    AgentExecution,
+    CostEvent,
+    EventsConfig,
+    PlatformEvent,
+    TimescaleIntegration,
+    get_timescale_integration,
+)
+from persistence.ai_calls.batch import UnwrittenCallsError
+from persistence.ai_calls.leases import Leases
+from persistence.config import DatabaseConfig
+from persistence.engine import build_engine
+from persistence.errors import ConfigurationError, Endpoint, ValidationError
+from persistence.events.writer import write_events
+from persistence.testing.database import free_port
+from tests.events.conftest import scalar
+from tests.logs import capture_logs
+
+COUNT = "SELECT count(*) FROM analytics.platform_events WHERE tenant_id = :t"
+
+
+def unreachable_engine() -> AsyncEngine:
+    """An engine whose server is down: nothing listens on its port."""
+    return build_engine(
+        DatabaseConfig.model_validate(
+            {
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "user": "nobody",
+                "database": "nothing",
+                "connect_timeout": 1.0,
+            }
+        )
+    )
+
+
+def events(n: int, tenant: str = "t-idem") -> list[PlatformEvent]:
+    return [
+        PlatformEvent(
+            tenant_id=tenant, event_type="page_view", event_category="user_behavior", event_data={"n": i}
+        )
+        for i in range(n)
+    ]
+
+
+async def test_a_replayed_batch_writes_nothing_twice(engine: AsyncEngine) -> None:
+    batch = events(50)
+    mixed = [
+        *batch,
+        CostEvent(tenant_id="t-idem", cost_type="llm", cost_usd=Decimal("0.5"), service="openai"),
+    ]
+    leases = Leases(engine, 1, Endpoint.of_url(engine.url))
+    try:
+        assert await leases.attempts(write_events, mixed) == 51
+        assert await leases.attempts(write_events, mixed) == 0  # a lost acknowledgement, replayed
+        assert await leases.attempts(write_events, [*events(2), *batch]) == 2
+    finally:
+        await leases.close()
+    assert await scalar(engine, COUNT, t="t-idem") == 52
+
+
+async def test_events_spooled_while_down_land_exactly_once_when_a_recorder_starts(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    down = unreachable_engine()
+    # Spill: a full buffer sends the caller's event to the spool; nobody waits for the database.
+    recorder = TimescaleIntegration(
+        down, spool_dir=spool, batch_size=10, max_buffered=10, retry_interval=0.05, overflow="spill"
+    )
+    try:
+        for event in events(1000, "t-outage"):
+            await recorder.log_platform_event(event)
+        stats = await recorder.close(timeout=10)
+    finally:
+        await down.dispose()
+    assert (stats.queued, stats.waited, stats.dropped, stats.written) == (1000, 0, 0, 0)
+    assert stats.spooled == stats.pending_in_spool == 1000
+    # The next run's recorder replays the spool by itself (no new event needed); replaying the same
+    # lines again (a crash before the segment was deleted) adds nothing.
+    shutil.copytree(spool, tmp_path / "copy")
+    for directory in (spool, tmp_path / "copy"):
+        again = TimescaleIntegration(engine, spool_dir=directory, retry_interval=0.05)
+        await again.start()
+        await again.flush_all()
+        stats = await again.close()
+        assert (stats.replayed, stats.pending_in_spool, stats.rejected) == (1000, 0, 0)
+        assert stats.written == (1000 if directory == spool else 0)
+    assert await scalar(engine, COUNT, t="t-outage") == 1000
+
+
+async def test_drop_policy_counts_what_it_drops_and_block_never_loses(tmp_path: Path) -> None:
+    down = unreachable_engine()
+    dropping = TimescaleIntegration(down, batch_size=5, max_buffered=5, retry_interval=0.05, overflow="drop")
+    try:
+        for event in events(20, "t-drop"):
+            await dropping.log_platform_event(event)
+        assert dropping.stats.dropped + dropping.stats.buffered == 20 and dropping.stats.dropped >= 15
+        with pytest.raises(UnwrittenCallsError) as unwritten:  # nothing silently lost at close either
+            await dropping.close(timeout=0.5)
+        assert len(unwritten.value.calls) == unwritten.value.stats.buffered
+    finally:
+        await down.dispose()
+
+
+async def test_disabled_by_configuration_says_so_once(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERSISTENCE_EVENTS_ENABLED", "false")
+    assert EventsConfig().enabled is False
+    recorder = TimescaleIntegration(engine)
+    with capture_logs() as logs:
+        for event in events(3, "t-off"):
+            await recorder.log_platform_event(event)
+    assert [line["event"] for line in logs if line["log_level"] == "warning"] == [
+        "event recording is disabled by configuration; events are not recorded"
+    ]
+    assert recorder.stats.dropped == 3
+    with pytest.raises(ConfigurationError):
+        await recorder.get_tenant_daily_cost("t-off")
+    await recorder.close()
+    assert await scalar(engine, COUNT, t="t-off") == 0
+
+
+async def test_bad_arguments_are_refused(engine: AsyncEngine, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="spool_dir"):
+        TimescaleIntegration(engine, overflow="spill")
+    with pytest.raises(ValidationError, match="max_buffered"):
+        TimescaleIntegration(engine, batch_size=100, max_buffered=10)
+    recorder = get_timescale_integration(engine)
+    assert get_timescale_integration() is recorder
+    with pytest.raises(ValidationError, match="another engine"):
+        get_timescale_integration(unreachable_engine())
+    with pytest.raises(ValidationError, match="PlatformEvent"):
+        wrong = CostEvent(tenant_id="t", cost_type="llm", cost_usd=1, service="openai")
+        await recorder.log_platform_event(wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="hours"):
+        await recorder.get_agent_success_rate("a", "t", hours=0)
+    with pytest.raises(ValidationError, match="time_zone"):
+        await recorder.get_tenant_daily_cost("t", time_zone="Mars/Olympus")
+    await recorder.close()
+    assert get_timescale_integration(engine) is not recorder  # closed: the next call builds a new one
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "start", "end"),
+    [
+        ("Asia/Kolkata", date(2026, 3, 10), datetime(2026, 3, 9, 18, 30, tzinfo=UTC), datetime(2026, 3, 10, 18, 30, tzinfo=UTC)),
+        ("America/New_York", date(2026, 3, 8), datetime(2026, 3, 8, 5, tzinfo=UTC), datetime(2026, 3, 9, 4, tzinfo=UTC)),
+        ("UTC", date(2026, 3, 10), datetime(2026, 3, 10, tzinfo=UTC), datetime(2026, 3, 11, tzinfo=UTC)),
+    ],
+)  # fmt: skip
+async def test_daily_cost_is_the_local_day_to_the_cent(
+    engine: AsyncEngine, zone: str, day: date, start: datetime, end: datetime
+) -> None:
+    tick = timedelta(microseconds=1)
+    times = [start - tick, start, start + timedelta(hours=7, minutes=13), end - tick, end]
+    recorder = TimescaleIntegration(engine)
+    try:
+        for i, at in enumerate(times):
+            for tenant in ("t-day", "t-other"):
+                await recorder.log_cost_event(CostEvent(
+                    tenant_id=tenant, cost_type="llm", cost_usd=Decimal("0.0000000001") + i, service="openai", time=at
+                ))  # fmt: skip
+        expected = sum(
+            (Decimal("0.0000000001") + i for i, at in enumerate(times) if start <= at < end), Decimal(0)
+        )
+        assert expected == Decimal("6.0000000003")
+        assert await recorder.get_tenant_daily_cost("t-day", day, time_zone=zone) == expected
+        assert await recorder.get_tenant_daily_cost("t-none", day, time_zone=zone) == 0
+    finally:
+        await recorder.close()
+
+
+async def test_success_rate_is_a_ratio_of_counts_over_the_window(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    runs = [(1, True), (2, False), (3, True), (30, True)]  # hours ago; the last is outside 24 h
+    recorder = TimescaleIntegration(engine)
+    try:
+        for hours_ago, success in runs:
+            for agent in ("agent-a", "agent-b"):
+                await recorder.log_agent_execution(AgentExecution(
+                    tenant_id="t-rate", agent_id=agent, agent_type="ask_expert", execution_time_ms=5,
+                    success=success if agent == "agent-a" else False, time=now - timedelta(hours=hours_ago),
+                ))  # fmt: skip
+        counts = await recorder.agent_runs("agent-a", "t-rate", hours=24)
+        assert (counts.successes, counts.runs) == (2, 3)
+        assert await recorder.get_agent_success_rate("agent-a", "t-rate", hours=24) == 200 / 3
+        assert await recorder.get_agent_success_rate("agent-a", "t-rate", hours=48) == 75.0
+        assert await recorder.get_agent_success_rate("agent-a", "t-other", hours=24) == 0.0
+    finally:
+        await recorder.close()
