@@ -34,7 +34,8 @@ SMOKE_RUNS = [
             "| log_call p50 latency, ms |",
             "| log_call p95 latency, ms |",
             "| log_batch (100 rows), rows/s |",
-            "| per log_call | 1: log_call INSERT 1 | 1: log_call INSERT 1 |",
+            # with alerts, a background evaluation (at most one a second) may fall in the counted window
+            "| per log_call | 1: log_call INSERT 1 | 1",
             "| per background evaluation",
         ],
     ),
