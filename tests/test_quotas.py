@@ -170,6 +170,7 @@ ATTEMPTS = 500
 
 
 @pytest.mark.commits
+@pytest.mark.stress
 @pytest.mark.parametrize("metric", ["requests", "tokens", "cost_usd"])
 async def test_16_clients_x_500_attempts_admit_exactly_1000(engine: AsyncEngine, metric: str) -> None:
     """Limit 1,000 units of `metric` for the user AND the company; every other limit is generous but

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.stress
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 SMOKE_RUNS = [
