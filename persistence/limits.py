@@ -140,7 +140,7 @@ class Limits:
         if config_ttl < timedelta(0):
             raise InvalidRequestError("config_ttl cannot be negative")
         self.engine = engine
-        self.quotas = Quotas(engine)
+        self.quotas = Quotas(engine, connections=4)  # kept: no pool checkout per admission
         self.rate_limiter = RateLimiter(engine, durable=durable_rate_limits)
         self._api_keys = api_keys
         self._owns_keys = api_keys is None
@@ -154,9 +154,10 @@ class Limits:
         await self.close()
 
     async def close(self) -> None:
-        """Close the limiter's connections and, if this object built them, the keys (writing their
-        last uses)."""
+        """Give back the limiter's and the quotas' connections and, if this object built them, close
+        the keys (writing their last uses)."""
         await self.rate_limiter.close()
+        await self.quotas.close()
         if self._owns_keys and self._api_keys is not None:
             await self._api_keys.close()
 

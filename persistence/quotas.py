@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence import quotas_sql as sql
 from persistence.advisory import advisory_key
 from persistence.ai_calls.alerts import _load_zone
+from persistence.ai_calls.leases import Leases
 from persistence.ai_calls.rollups import _on_raw
 from persistence.errors import (
     Endpoint,
@@ -264,8 +265,27 @@ def _limit_state(row: asyncpg.Record) -> LimitState:
 class Quotas:
     """Quota settings, admission, settlement, manual resets and seed 001's reports on one engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, connections: int = 0) -> None:
+        """`connections=n` keeps up to n pooled connections for this object's statements (close it,
+        or use `async with`): no pool checkout per call, for a service's hot path. 0: a checkout
+        per call."""
+        if connections < 0:
+            raise InvalidRequestError("connections must be >= 0")
         self._engine = engine
+        self._leases = (
+            Leases(engine, connections, Endpoint.of_url(engine.url), owner="Quotas") if connections else None
+        )
+
+    async def __aenter__(self) -> Quotas:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Give back the kept connections (nothing to do without `connections`)."""
+        if self._leases is not None:
+            await self._leases.close()
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -399,6 +419,10 @@ class Quotas:
     async def _run(
         self, on: asyncpg.Connection | None, work: Callable[[asyncpg.Connection], Awaitable[T]]
     ) -> T:
+        if on is None and self._leases is not None:
+            # No retry on a lost connection: an admission may have committed before it was lost.
+            async with self._leases.connection() as raw:
+                return await work(raw)
         if on is None:
             return await _on_raw(self._engine, work)
         try:

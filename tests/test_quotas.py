@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.errors import InvalidRequestError, NotFoundError
+from persistence.errors import InvalidRequestError, NotFoundError, PersistenceError
 from persistence.quotas import TIERS, QuotaLimits, Quotas, Reservation
 
 T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
@@ -454,3 +454,17 @@ async def test_the_readme_example_runs_as_written(engine: AsyncEngine) -> None:
         tokens = (await conn.execute(text("SELECT tokens_used FROM usage WHERE period = 'monthly'"))).scalar()
     assert settled == 1
     assert tokens == 1350
+
+
+async def test_kept_connections_serve_every_call_until_closed(engine: AsyncEngine) -> None:
+    async with Quotas(engine, connections=2) as quotas:
+        await quotas.set_user_quota("acme", "u1", limits=QuotaLimits(5, 1000))
+        admission = await quotas.admit(
+            "acme", "u1", prompt_tokens=10, max_tokens=10, cost_usd=Decimal(0), now=T0
+        )
+        assert admission.reservation is not None
+        assert await quotas.settle(admission.reservation, tokens=15, cost_usd=Decimal(0), now=T0)
+    with pytest.raises(PersistenceError, match="Quotas is closed"):
+        await quotas.admit("acme", "u1", prompt_tokens=1, max_tokens=1, cost_usd=Decimal(0), now=T0)
+    with pytest.raises(InvalidRequestError):
+        Quotas(engine, connections=-1)
