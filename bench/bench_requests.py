@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shutil
 import statistics
@@ -105,12 +106,20 @@ assert BOUNDED_CLAIM != sql.CLAIM
 UNBOUNDED_EVERY = 50
 
 
+# The rollup's rows are few (company, day, user, model) and updated by every finishing statement.
+ROLLUP_BLOAT = """
+SELECT pg_relation_size('request_stats_daily') AS bytes, n_dead_tup FROM pg_stat_user_tables
+ WHERE relname = 'request_stats_daily'
+"""
+
+
 @dataclass
 class Tally:
     """What the workers of a phase did: requests finished, and each claim's (start, seconds)."""
 
     done: int = 0
     claims: list[tuple[float, float]] = field(default_factory=list)
+    completes: list[tuple[float, float]] = field(default_factory=list)
     floor: datetime | None = None  # the newest queued_at claimed so far (the bounded experiment)
 
 
@@ -171,9 +180,11 @@ async def claim_loop(
             await asyncio.sleep(0.05)  # the backlog ran out
             continue
         for row in rows:
+            begun = time.perf_counter()
             await conn.fetchrow(
                 complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha
             )
+            tally.completes.append((begun, time.perf_counter() - begun))
         tally.done += len(rows)
 
 
@@ -183,7 +194,25 @@ class Window:
     snapshot: bool
     rate: float
     claim_p50_ms: float
+    complete_p50_ms: float
     dead: int
+
+
+async def scan_cost(admin: asyncpg.Connection, table: str, floor: datetime | None) -> tuple[float, int]:
+    """The claim's locking scan alone as EXPLAIN (ANALYZE, BUFFERS) sees it (rolled back): ms, buffers."""
+    bound = "" if floor is None else "AND queued_at >= $1::timestamptz "
+    query = (
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT company_id, request_id FROM {table} "
+        f"WHERE status = 'queued' {bound}ORDER BY queued_at LIMIT 10 FOR UPDATE SKIP LOCKED"
+    )
+    tr = admin.transaction()
+    await tr.start()
+    try:
+        plan = json.loads(await admin.fetchval(query, *([] if floor is None else [floor])))[0]
+    finally:
+        await tr.rollback()
+    top = plan["Plan"]
+    return plan["Execution Time"], top["Shared Hit Blocks"] + top["Shared Read Blocks"]
 
 
 async def phase(
@@ -197,7 +226,7 @@ async def phase(
     args: argparse.Namespace,
     sha: bytes,
     bounded: bool = False,
-) -> tuple[list[Window], int, int]:
+) -> tuple[list[Window], int, int, list[tuple[float, int]]]:
     """Workers claim + complete for before + snapshot + after seconds; per window: rate, p50, dead tuples."""
     await seed(admin, table, args.backlog)
     stop = asyncio.Event()
@@ -211,12 +240,18 @@ async def phase(
     total = args.before + args.snapshot + args.after
     opened = closed = False
     last_done, last_t, elapsed = 0, t0, 0.0
+    scans: list[tuple[float, int]] = []
     while elapsed < total - 1e-9:
         if not opened and elapsed >= args.before:
+            scans.append(await scan_cost(admin, table, tally.floor if bounded else None))
             await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             await holder.fetchval("SELECT count(*) FROM pg_class")  # takes the snapshot
             opened = True
         elif opened and not closed and elapsed >= args.before + args.snapshot:
+            scans.append(await scan_cost(admin, table, tally.floor if bounded else None))
+            rollup = await admin.fetchrow(ROLLUP_BLOAT)
+            assert rollup is not None
+            scans.append((rollup["bytes"] / 1024, rollup["n_dead_tup"]))
             await holder.execute("COMMIT")
             closed = True
         in_snapshot = opened and not closed
@@ -228,12 +263,14 @@ async def phase(
         row = await admin.fetchrow("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1", table)
         assert row is not None
         lat = [d for s, d in tally.claims if last_t <= s < now]
+        fin = [d for s, d in tally.completes if last_t <= s < now]
         windows.append(
             Window(
                 next_edge,
                 in_snapshot,
                 (done - last_done) / (now - last_t),
                 statistics.median(lat) * 1000 if lat else float("nan"),
+                statistics.median(fin) * 1000 if fin else float("nan"),
                 row["n_dead_tup"],
             )
         )
@@ -248,7 +285,7 @@ async def phase(
     if table == "request_inflight":
         await admin.execute("DELETE FROM request_inflight")
     await admin.execute(f"VACUUM {table}")
-    return windows, left, size
+    return windows, left, size, scans
 
 
 # -- 3. status ------------------------------------------------------------------------------------------
@@ -374,20 +411,31 @@ async def run(args: argparse.Namespace) -> int:
           f"batches of {args.batch}, backlog {args.backlog:,} queued rows per design; windows of {args.window:g} s)")  # fmt: skip
     print()
     print(
-        "| window ends, s | snapshot open | ours: requests/s | ours: claim p50, ms | ours: dead tuples "
-        "(request_inflight) | combined: requests/s | combined: claim p50, ms | combined: dead tuples "
-        "(requests_combined) | ours, bounded claim: requests/s | ours, bounded claim: claim p50, ms |"
+        "| window ends, s | snapshot open | ours: req/s | claim p50, ms | complete p50, ms | dead tuples "
+        "| combined: req/s | claim p50, ms | complete p50, ms | dead tuples "
+        "| ours, bounded claim: req/s | claim p50, ms | complete p50, ms |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for a, b, c in zip(split[0], combined[0], bounded[0], strict=True):
         print(f"| {a.end_s:g} | {'yes' if a.snapshot else 'no'} | {a.rate:,.0f} | {a.claim_p50_ms:.2f} | "
-              f"{a.dead:,} | {b.rate:,.0f} | {b.claim_p50_ms:.2f} | {b.dead:,} | {c.rate:,.0f} | "
-              f"{c.claim_p50_ms:.2f} |")  # fmt: skip
+              f"{a.complete_p50_ms:.2f} | {a.dead:,} | {b.rate:,.0f} | {b.claim_p50_ms:.2f} | "
+              f"{b.complete_p50_ms:.2f} | {b.dead:,} | {c.rate:,.0f} | {c.claim_p50_ms:.2f} | "
+              f"{c.complete_p50_ms:.2f} |")  # fmt: skip
     print()
     mib = 1024 * 1024
     print(f"- queued rows left at the end: ours {split[1]:,}, combined {combined[1]:,}, bounded {bounded[1]:,}; "
           f"table + indexes at the end: ours {split[2] / mib:,.1f} MiB (request_inflight), combined "
           f"{combined[2] / mib:,.1f} MiB")  # fmt: skip
+    labels = ("ours", "combined", "ours, bounded claim")
+    for label, result in zip(labels, (split, combined, bounded), strict=True):
+        cost = ", ".join(f"{when} {ms:.2f} ms / {buffers:,} buffers"
+                         for when, (ms, buffers) in zip(("before", "at its end"), result[3], strict=False))  # fmt: skip
+        print(f"- {label}: the claim's locking scan alone (EXPLAIN ANALYZE, BUFFERS), snapshot {cost}")
+        if len(result[3]) > 2 and label != "combined":
+            kib, dead = result[3][2]
+            print(
+                f"  - request_stats_daily (50 live rows) at the snapshot's end: {kib:,.0f} KiB, {dead:,} dead tuples"
+            )
     print()
     print(f"3. status query, {args.rounds} rounds of {args.status_queries:,} sequential lookups of completed "
           "requests per side after a warm-up round (shuffled order per round)")  # fmt: skip
