@@ -83,7 +83,8 @@ COMBINED_DDL = [
     "CREATE INDEX ON requests_combined (lease_until) WHERE status = 'processing'",
     "CREATE INDEX ON requests_combined (company_id, user_id, created_at)",
 ]
-# The claim is our statement text on the other table; finishing updates the row in place.
+# The claim is our statement text on the other table; finishing updates the row in place, with our
+# lease guard written the same way (kept out of index conditions, see sql._HELD).
 COMBINED_CLAIM = sql.CLAIM.replace("request_inflight", "requests_combined")
 COMBINED_COMPLETE = """
 UPDATE requests_combined
@@ -92,7 +93,7 @@ UPDATE requests_combined
        prompt_tokens = $5, completion_tokens = $6, total_tokens = $7, result_sha256 = $8,
        lease_id = NULL, lease_until = NULL
   FROM (SELECT coalesce($4::timestamptz, now()) AS at) t
- WHERE company_id = $1 AND request_id = $2 AND status = 'processing' AND lease_id = $3 AND lease_until > t.at
+ WHERE company_id = $1 AND request_id = $2 AND lease_id = $3 AND (status = 'processing' AND lease_until > t.at) IS TRUE
 RETURNING request_id
 """
 # Experiment (not in the package): the claim bounded below by the newest queued_at already claimed,
