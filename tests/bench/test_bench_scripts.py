@@ -55,6 +55,28 @@ SMOKE_RUNS = [
         ],
     ),
     (
+        "bench_requests.py",
+        [
+            "--rounds",
+            "1",
+            "--per-round",
+            "40",
+            "--backlog",
+            "300",
+            "--before",
+            "0.5",
+            "--snapshot",
+            "1",
+            "--after",
+            "0.5",
+            "--window",
+            "0.5",
+            "--status-queries",
+            "10",
+        ],
+        ["| claim + complete, requests/s |", "| 1.5 | yes |", "| status p50, ms |"],
+    ),
+    (
         "bench_audit.py",
         ["--sizes", "1000", "--rounds", "1", "--warmup", "0"],
         [
