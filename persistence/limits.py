@@ -156,10 +156,14 @@ class Limits:
     async def close(self) -> None:
         """Give back the limiter's and the quotas' connections and, if this object built them, close
         the keys (writing their last uses)."""
-        await self.rate_limiter.close()
-        await self.quotas.close()
-        if self._owns_keys and self._api_keys is not None:
-            await self._api_keys.close()
+        try:
+            await self.rate_limiter.close()
+        finally:
+            try:
+                await self.quotas.close()
+            finally:
+                if self._owns_keys and self._api_keys is not None:
+                    await self._api_keys.close()
 
     @property
     def api_keys(self) -> ApiKeys:
