@@ -38,9 +38,8 @@ from persistence.errors import (
     Endpoint,
     InvalidRequestError,
     NotFoundError,
-    PersistenceError,
     TransientError,
-    raise_translated,
+    translated,
 )
 from persistence.models.limits import QUOTA_METRICS, QUOTA_PERIODS
 from persistence.models.usage import USAGE_PERIODS
@@ -324,7 +323,7 @@ class Quotas:
             value: int = await raw.fetchval(sql.UPSERT_USER_QUOTA, *args)
             return value
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     async def set_company_quota(
         self,
@@ -348,7 +347,7 @@ class Quotas:
             value: int = await raw.fetchval(sql.UPSERT_COMPANY_QUOTA, *args)
             return value
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -419,18 +418,15 @@ class Quotas:
     async def _run(
         self, on: asyncpg.Connection | None, work: Callable[[asyncpg.Connection], Awaitable[T]]
     ) -> T:
-        if on is None and self._leases is not None:
+        """`work` on the caller's connection (`on`), else a kept one, else a pooled checkout."""
+        if on is not None:
+            with translated(Endpoint.of_url(self._engine.url)):
+                return await work(on)
+        if self._leases is not None:
             # No retry on a lost connection: an admission may have committed before it was lost.
             async with self._leases.connection() as raw:
                 return await work(raw)
-        if on is None:
-            return await _on_raw(self._engine, work)
-        try:
-            return await work(on)
-        except PersistenceError:
-            raise
-        except Exception as exc:
-            raise_translated(exc, Endpoint.of_url(self._engine.url))
+        return await _on_raw(self._engine, work)
 
     async def _finish(
         self,
@@ -482,7 +478,7 @@ class Quotas:
                 for r in rows
             ]
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     async def reset(self, counter: CounterState, *, requested_by: str, reason: str) -> ResetOutcome:
         """Set the counter's settled usage to 0 if nobody changed it since `counter` was read;
@@ -509,7 +505,7 @@ class Quotas:
                 raise NotFoundError("quota counter", counter.id)
             return ResetOutcome(reset_id=row["id"], applied=row["applied"])
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     # -- seed 001's reports -------------------------------------------------------------------------
 
@@ -538,7 +534,7 @@ class Quotas:
                 period_end=row["period_end"],
             )
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     async def usage_report(
         self, company_id: str, *, period: str = "monthly", now: datetime | None = None
@@ -563,7 +559,7 @@ class Quotas:
                 for r in rows
             ]
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     async def rebuild_usage(self, company_id: str, since: date, until: date) -> int:
         """Recompute the company's `usage` rows whose period starts in [since, until) (local dates)
@@ -587,7 +583,7 @@ class Quotas:
                 status: str = await raw.execute(sql.USAGE_REBUILD, company_id, since, until)
             return int(status.rsplit(" ", 1)[1])
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
     async def tier_analysis(self, company_id: str) -> list[TierRecommendation]:
         """Seed 001's tiered pricing analysis over every monthly `usage` row of the company's users."""
@@ -604,7 +600,7 @@ class Quotas:
                 for r in rows
             ]
 
-        return await _on_raw(self._engine, work)
+        return await self._run(None, work)
 
 
 async def _admit_raw(raw: asyncpg.Connection, company_id: str, args: Sequence[object]) -> Admission:
