@@ -108,6 +108,9 @@ async def test_8_workers_complete_every_request_exactly_once(
         stdout=asyncio.subprocess.PIPE,
     )
     try:
+        assert child.stdout is not None
+        ready = await asyncio.wait_for(child.stdout.readline(), timeout=60)
+        assert ready.strip() == b"ready"  # the second process claims before anything is produced
         async with requests:
             await asyncio.gather(produce(), sweeper(), *(worker(w) for w in range(WORKERS)))
             # The killed workers come back and finish late: every one is refused.

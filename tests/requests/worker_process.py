@@ -1,6 +1,8 @@
 """A worker process for the concurrency test: `python -m tests.requests.worker_process N STOP_FILE`
-runs N worker tasks (claim a batch, complete each) against DATABASE_URL until STOP_FILE appears,
-then prints the ids it completed and how many completions were refused, as JSON."""
+runs N worker tasks (claim a batch, complete each) against DATABASE_URL until STOP_FILE appears.
+It prints `ready` once connected and claiming (the parent produces only after that line, so this
+process takes part however fast the parent's own workers are), then, at the end, the ids it
+completed and how many completions were refused, as JSON."""
 
 from __future__ import annotations
 
@@ -37,7 +39,13 @@ async def main(n: int, stop: Path) -> None:
                 else:
                     completed.append(str(claim.request_id))
 
+    async def announce() -> None:
+        # Connected and able to claim; the parent has produced nothing yet, so nothing is taken.
+        assert await requests.claim(Worker.local("child-probe"), 1) == []
+        print("ready", flush=True)
+
     try:
+        await announce()
         await asyncio.gather(*(worker(w) for w in range(n)))
     finally:
         await engine.dispose()
