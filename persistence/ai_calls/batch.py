@@ -214,7 +214,7 @@ class BatchWriter(Generic[R]):
         """Buffer one validated record; what happens when the buffer is full is `overflow`'s choice."""
         if self._task is None:
             await self.open()
-        spill = False
+        spill = full_batch = False
         async with self._changed:
             if self._closing:
                 raise PersistenceError(f"{type(self).__name__} is closed")
@@ -237,7 +237,13 @@ class BatchWriter(Generic[R]):
                 self._queued += 1
                 if len(self._buffer) >= self.batch_size:
                     self._changed.notify_all()
-                return
+                full_batch = len(self._buffer) % self.batch_size == 0
+        if not spill:
+            if full_batch:
+                # A tight logging loop never suspends, so the writer would start only once the
+                # buffer is full; one yield per batch lets it send while the caller goes on.
+                await asyncio.sleep(0)
+            return
         try:
             await self._spool([record])  # the caller waits one fsync'd append, not the database
         except Exception as exc:  # the spool itself failed (disk full): wait for room instead
