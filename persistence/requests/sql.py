@@ -5,14 +5,17 @@ A transition names its allowed source states in its WHERE clause (and, for a wor
 holds: `lease_id = $lease AND lease_until > now`), so two racing transitions are serialised by the
 row lock and the loser matches nothing: it is refused, never applied on top. A request reaching a
 terminal state leaves `request_inflight` in the statement that finishes it: DELETE ... RETURNING
-feeds the INSERT into `request_history`, whose RETURNING feeds the upsert of `request_stats_daily`.
-The rollup rows are upserted in key order, so two finishing statements lock them in the same order.
+feeds the INSERT into `request_history`, whose RETURNING feeds an append to `request_stats_deltas`
+(no shared row is updated: `FOLD_STATS` adds the deltas to `request_stats_daily` later, and the
+`request_stats` view adds the unfolded ones, so the statistics are current at every commit).
 
 `$now` parameters are NULL in production (the server's clock) and a timestamp in tests that drive
 time explicitly.
 """
 
 from __future__ import annotations
+
+from persistence.models.requests import STATS_MEASURES
 
 _HISTORY_COLUMNS = (
     "company_id, request_id, created_at, user_id, model_id, prompt, status, updated_at, queued_at, "
@@ -21,6 +24,7 @@ _HISTORY_COLUMNS = (
     "result_sha256, attempts, worker_id, reservation_id"
 )
 RECORD_COLUMNS = _HISTORY_COLUMNS
+_MEASURES = ", ".join(STATS_MEASURES)
 
 
 def _at(param: str) -> str:
@@ -63,25 +67,13 @@ done AS (
     RETURNING {_HISTORY_COLUMNS}
 ),
 rolled AS (
-    INSERT INTO request_stats_daily AS s (company_id, day, user_id, model_id, request_count, completed_count,
-           failure_count, cancelled_count, expired_count, processing_time_ms_sum, processing_time_count,
-           total_tokens)
+    INSERT INTO request_stats_deltas (company_id, day, user_id, model_id, {_MEASURES})
     SELECT company_id, (created_at AT TIME ZONE 'UTC')::date, user_id, model_id, count(*),
            count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
            count(*) FILTER (WHERE status = 'cancelled'), count(*) FILTER (WHERE status = 'expired'),
            coalesce(sum(processing_time_ms), 0), count(processing_time_ms), coalesce(sum(total_tokens), 0)
       FROM done
      GROUP BY 1, 2, 3, 4
-     ORDER BY 1, 2, 3, 4
-    ON CONFLICT (company_id, day, user_id, model_id) DO UPDATE SET
-           request_count = s.request_count + EXCLUDED.request_count,
-           completed_count = s.completed_count + EXCLUDED.completed_count,
-           failure_count = s.failure_count + EXCLUDED.failure_count,
-           cancelled_count = s.cancelled_count + EXCLUDED.cancelled_count,
-           expired_count = s.expired_count + EXCLUDED.expired_count,
-           processing_time_ms_sum = s.processing_time_ms_sum + EXCLUDED.processing_time_ms_sum,
-           processing_time_count = s.processing_time_count + EXCLUDED.processing_time_count,
-           total_tokens = s.total_tokens + EXCLUDED.total_tokens
 )
 {select}
 """
@@ -307,6 +299,27 @@ SELECT day, user_id, model_id, request_count, avg_processing_time, failure_count
  WHERE company_id = $1 AND day >= $2 AND day < $3
    AND ($4::varchar IS NULL OR user_id = $4) AND ($5::varchar IS NULL OR model_id = $5)
  ORDER BY day, user_id, model_id
+"""
+
+# $1 most deltas to fold. SKIP LOCKED: concurrent folds take disjoint deltas and never wait; each
+# delta is deleted (so added) by exactly one fold. Rollup rows are upserted in key order, so two
+# folds lock them in the same order.
+FOLD_STATS = f"""
+WITH picked AS (
+    SELECT company_id, id FROM request_stats_deltas LIMIT $1 FOR UPDATE SKIP LOCKED
+), d AS (
+    DELETE FROM request_stats_deltas x USING picked p
+     WHERE x.company_id = p.company_id AND x.id = p.id
+    RETURNING x.company_id, x.day, x.user_id, x.model_id, {", ".join("x." + m for m in STATS_MEASURES)}
+), folded AS (
+    INSERT INTO request_stats_daily AS s (company_id, day, user_id, model_id, {_MEASURES})
+    SELECT company_id, day, user_id, model_id, {", ".join(f"sum({m})" for m in STATS_MEASURES)}
+      FROM d GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (company_id, day, user_id, model_id) DO UPDATE SET
+           {", ".join(f"{m} = s.{m} + EXCLUDED.{m}" for m in STATS_MEASURES)}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM d) AS deltas, (SELECT count(*) FROM folded) AS rows
 """
 
 HEALTH = """

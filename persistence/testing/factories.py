@@ -63,6 +63,7 @@ from persistence.models import (
     RequestHistory,
     RequestInflight,
     RequestStatsDaily,
+    RequestStatsDelta,
     Result,
     ResultCacheEntry,
     ResultChunk,
@@ -126,6 +127,7 @@ __all__ = [
     "RequestHistoryFactory",
     "RequestInflightFactory",
     "RequestStatsDailyFactory",
+    "RequestStatsDeltaFactory",
     "ResultCacheEntryFactory",
     "ResultChunkFactory",
     "ResultFactory",
@@ -1161,6 +1163,23 @@ class RequestStatsDailyFactory(ModelFactory[RequestStatsDaily]):
     processing_time_ms_sum = 15_000
     processing_time_count = 10
     total_tokens = 2_000
+
+
+class RequestStatsDeltaFactory(ModelFactory[RequestStatsDelta]):
+    """What one finishing statement added: one completed request."""
+
+    class Meta:
+        model = RequestStatsDelta
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    day = factory.LazyFunction(lambda: _now().date())
+    user_id = factory.Sequence(lambda n: f"user-{n:04d}")
+    model_id = "gpt-4o"
+    request_count = 1
+    completed_count = 1
+    processing_time_ms_sum = 1_500
+    processing_time_count = 1
+    total_tokens = 200
 
 
 class ResultFactory(ModelFactory[Result]):

@@ -137,13 +137,16 @@ async def test_8_workers_complete_every_request_exactly_once(
         assert len(rows) == N and Counter(r.status for r in rows) == {"completed": N}
         assert {r.request_id for r in rows} == set(completed)
         assert all(r.result_sha256 == hashlib.sha256(r.prompt.encode()).digest() for r in rows)
-        # The rollup kept by the finishing statements equals a scan of the history.
+        # The rollup (folded by the sweeper as it went) plus the deltas not folded yet equal a scan.
         rollup = (
             await conn.execute(
                 text(
+                    "SELECT company_id, day, user_id, model_id, sum(request_count), sum(completed_count), "
+                    "sum(failure_count), sum(processing_time_ms_sum), sum(processing_time_count), "
+                    "sum(total_tokens) FROM (SELECT * FROM request_stats_daily UNION ALL "
                     "SELECT company_id, day, user_id, model_id, request_count, completed_count, failure_count, "
-                    "processing_time_ms_sum, processing_time_count, total_tokens FROM request_stats_daily "
-                    "ORDER BY 1, 2, 3, 4"
+                    "cancelled_count, expired_count, processing_time_ms_sum, processing_time_count, total_tokens "
+                    "FROM request_stats_deltas) s GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
                 )
             )
         ).all()
