@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from persistence.events import (
 from tests.events.conftest import scalar
 
 T0 = datetime(2026, 3, 10, 9, 15, tzinfo=UTC)
+README = Path(__file__).resolve().parents[2] / "README.md"
 ROWS = "SELECT count(*) FROM analytics.tenant_cost_events WHERE tenant_id = :t"
 
 
@@ -163,3 +165,16 @@ async def test_the_table_holds_a_call_to_its_event_id(engine: AsyncEngine) -> No
             ),
             {"e": ok},
         )
+
+
+async def test_readme_link_block_runs(engine: AsyncEngine) -> None:
+    section = README.read_text().split("**Cost events and the ledger.**", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec("async def snippet(engine):\n" + "".join(f"    {line}\n" for line in code.splitlines()), namespace)  # noqa: S102 (our README)
+    await namespace["snippet"](engine)
+    assert await scalar(engine, ROWS, t="acme") == 1
+    assert await scalar(
+        engine,
+        "SELECT e.cost_usd = c.cost_usd FROM analytics.tenant_cost_events e JOIN ai_calls c ON c.id = e.call_id",
+    )
