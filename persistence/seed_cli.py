@@ -88,7 +88,7 @@ class _Progress:
         self.current: str | None = None
 
     def __call__(self, table: str, done: int, total: int) -> None:
-        line = f"  {table:<24} {done:>8}/{total:<8}"
+        line = f"  {table:<28} {done:>8}/{total:<8}"
         if self.tty:
             end = "\n" if done >= total else ""
             print(f"\r{line}", end=end, file=self.out, flush=True)
