@@ -110,12 +110,18 @@ class CostEventLink:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def calls_stored(self, calls: Sequence[tuple[int, AICallRecord, Decimal | None]]) -> None:
-        """Called by the logger after its commit: build the events now, send them from a task."""
+        """Called by the logger after its commit: the events are built and sent from a task, so
+        the caller pays one task creation, whatever the batch."""
+        task = asyncio.get_running_loop().create_task(self._send(list(calls)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, calls: list[tuple[int, AICallRecord, Decimal | None]]) -> None:
         events: list[CostEvent] = []
         for call_id, record, cost in calls:
             try:
                 event = _record_event(call_id, record, cost)
-            except ValidationError as exc:  # e.g. an id the event table cannot hold
+            except ValidationError as exc:  # e.g. a value the event table cannot hold
                 self.stats.failed += 1
                 log.warning("cost event of a ledger call refused", call_id=call_id, error=str(exc))
                 continue
@@ -123,12 +129,6 @@ class CostEventLink:
                 self.stats.skipped += 1
             else:
                 events.append(event)
-        if events:
-            task = asyncio.get_running_loop().create_task(self._send(events))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, events: list[CostEvent]) -> None:
         for i, event in enumerate(events):
             try:
                 await self.recorder.log_cost_event(event)
