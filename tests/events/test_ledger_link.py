@@ -22,6 +22,7 @@ from persistence.events import (
     backfill_cost_events,
     call_event_id,
 )
+from persistence.events.records import decode_event, encode_event
 from tests.events.conftest import scalar
 
 T0 = datetime(2026, 3, 10, 9, 15, tzinfo=UTC)
@@ -72,7 +73,8 @@ async def test_emitting_a_call_twice_writes_one_row(engine: AsyncEngine) -> None
     async with recorder(engine) as events:
         link = CostEventLink(events)
         async with AICallLogger(engine, cost_events=link) as log:
-            assert await log.log_batch(calls) == 5
+            assert await log.log_batch(calls[:3]) == 3
+            assert await log.log_batch(calls) == 2  # partly new: only the 2 new calls emit
             assert await log.log_batch(calls) == 0  # a retried batch: nothing new, nothing emitted
             first = await log.log_call(**calls[0])  # a retried call: its stored id, not emitted again
         # The caller also logs one by hand with the call id and time, and a backfill runs over the window.
@@ -141,6 +143,7 @@ async def test_a_closed_recorder_never_fails_the_call(engine: AsyncEngine) -> No
 def test_a_call_id_fixes_the_event_id_and_needs_the_calls_time() -> None:
     event = CostEvent(tenant_id="t", cost_type="llm", cost_usd=1, service="openai", time=T0, call_id=7)
     assert event.event_id == call_event_id(7)
+    assert decode_event(encode_event(event)) == event  # the spool keeps the call id
     with pytest.raises(ValidationError, match="call's time"):
         CostEvent(tenant_id="t", cost_type="llm", cost_usd=1, service="openai", call_id=7)
     with pytest.raises(ValidationError, match="event_id of call 7"):
