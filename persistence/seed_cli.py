@@ -33,7 +33,10 @@ _SIZE_FLAGS = (
     ("training_per_claim", "training examples per claim"),
     ("checkpoints_per_model", "checkpoint versions per model and framework"),
     ("service_instances", "instances per service in service_health"),
-    ("ai_calls", "AI-call ledger rows"),
+    ("ai_calls", "AI-call ledger rows (each also gets its cost event in analytics.tenant_cost_events)"),
+    ("platform_events", "platform events (analytics.platform_events)"),
+    ("agent_executions", "agent executions (analytics.agent_executions)"),
+    ("cost_events", "cost events that are not AI calls: embeddings, storage, compute"),
 )
 
 
@@ -59,7 +62,7 @@ def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
         "--days",
         type=int,
         default=d.days,
-        help="days of AI-call history before --as-of (default %(default)s)",
+        help="days of history (AI calls and events) before --as-of (default %(default)s)",
     )
     parser.add_argument(
         "--as-of",
@@ -85,7 +88,7 @@ class _Progress:
         self.current: str | None = None
 
     def __call__(self, table: str, done: int, total: int) -> None:
-        line = f"  {table:<24} {done:>8}/{total:<8}"
+        line = f"  {table:<28} {done:>8}/{total:<8}"
         if self.tty:
             end = "\n" if done >= total else ""
             print(f"\r{line}", end=end, file=self.out, flush=True)

@@ -31,7 +31,9 @@ from persistence.seeding import (
 from persistence.testing.database import ThrowawayPostgres
 
 AS_OF = datetime(2025, 11, 19, tzinfo=UTC)  # a Wednesday
-SMALL = SeedPlan(claims=20, ai_calls=300, days=10, as_of=AS_OF)
+SMALL = SeedPlan(
+    claims=20, ai_calls=300, platform_events=900, agent_executions=250, cost_events=120, days=10, as_of=AS_OF
+)
 LARGER = dataclasses.replace(SMALL, claims=30, ai_calls=450)
 # 3 models: claim-verifier x 5 frameworks, evidence-ranker x 3, consensus-calibrator x 1.
 MODEL_FRAMEWORK_PAIRS = 9
@@ -230,7 +232,8 @@ async def test_larger_plan_adds_only_the_difference(
     # Growing in steps ends where seeding the larger plan at once does (ledger ids follow insert order).
     async with another_database(migrated) as direct:
         await seed_database(direct, LARGER)
-        skip = {"ai_calls": {"id"}}
+        # Ledger ids (and the ids of the calls' cost events, derived from them) follow insert order.
+        skip = {"ai_calls": {"id"}, "analytics.tenant_cost_events": {"call_id", "event_id"}}
         assert await checksums(seed_engine, skip=skip) == await checksums(direct, skip=skip)
     await assert_reports_match_ledger(seed_engine)
 
@@ -280,6 +283,9 @@ async def test_seed_run_record(seed_engine: AsyncEngine) -> None:
             "checkpoints_per_model": 4,
             "service_instances": 3,
             "ai_calls": 300,
+            "platform_events": 900,
+            "agent_executions": 250,
+            "cost_events": 120,
             "days": 10,
         },
     }

@@ -84,7 +84,7 @@ from persistence.observe.loggers import get_logger
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
 
-__all__ = ["AICallLogger", "CallObserver", "Stats"]
+__all__ = ["AICallLogger", "CallCostObserver", "CallObserver", "Stats"]
 
 _log = get_logger("persistence.ai_calls.logger")
 
@@ -98,6 +98,16 @@ class CallObserver(Protocol):
     def call_logged(self, record: AICallRecord) -> None: ...
 
     def batch_logged(self, records: Sequence[AICallRecord]) -> None: ...
+
+
+class CallCostObserver(Protocol):
+    """Told each NEW call's ledger id and stored cost (None: unpriced) after it committed
+    (`persistence.events.CostEventLink` turns them into cost events). Runs on the hot path: it must
+    only take note and hand the work to a task; `drain` awaits that work (the logger's `close()`)."""
+
+    def calls_stored(self, calls: Sequence[tuple[int, AICallRecord, Decimal | None]]) -> None: ...
+
+    async def drain(self) -> None: ...
 
 
 # Connection-level failures (of the background fold, which runs through `_run` and gets our errors).
@@ -139,6 +149,7 @@ class AICallLogger:
         fold_every: int | None = 50_000,
         fold_interval: float = 60.0,
         alerts: CallObserver | None = None,
+        cost_events: CallCostObserver | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
@@ -162,6 +173,8 @@ class AICallLogger:
         self.fold_interval = fold_interval
         # Told about every committed call (e.g. `AlertEvaluator`); must not do I/O in the call.
         self.alerts = alerts
+        # Told every new call's id and cost (opt-in: the ledger -> cost event link); never blocks.
+        self.cost_events = cost_events
         self._folded_at = time.monotonic()
         # Hooks are attached when the engine is built, so this is fixed for the logger's life.
         self._hooks = hooks_of(engine)
@@ -191,6 +204,9 @@ class AICallLogger:
         if self._fold_task is not None:
             with contextlib.suppress(Exception):
                 await self._fold_task
+        if self.cost_events is not None:
+            with contextlib.suppress(Exception):
+                await self.cost_events.drain()
         if self.fold_every is not None and self._since_fold and not self._leases.closed:
             self._since_fold = 0
             await self._background_fold()
@@ -334,13 +350,28 @@ class AICallLogger:
 
     async def log_record(self, record: AICallRecord) -> int:
         """`log_call` for a ready-made record."""
-        call_id: int = await self._run(self._log_one, record)
+        call_id: int
+        cost: Cost | None
+        call_id, cost = await self._run(self._log_one, record)
         self._count_written(1)
         if self.alerts is not None:
             self.alerts.call_logged(record)
+        if self.cost_events is not None and cost is not None:
+            self._tell_costs([(call_id, record, cost[0])])
         return call_id
 
-    async def _log_one(self, raw: asyncpg.Connection, r: AICallRecord, reloads: int = 0) -> int:
+    def _tell_costs(self, calls: Sequence[tuple[int, AICallRecord, Decimal | None]]) -> None:
+        """The cost observer must never fail a call that is already committed."""
+        assert self.cost_events is not None
+        try:
+            self.cost_events.calls_stored(calls)
+        except Exception as exc:  # logged: the calls are stored, the ledger stays right
+            _log.warning("cost event observer failed", error=type(exc).__name__, calls=len(calls))
+
+    async def _log_one(
+        self, raw: asyncpg.Connection, r: AICallRecord, reloads: int = 0
+    ) -> tuple[int, Cost | None]:
+        """(the call's id, its cost fields when this wrote it; None when its key was there already)."""
         # The record was validated when it was built: only the price is looked up here.
         prices = self.prices
         if prices.stale:
@@ -373,7 +404,7 @@ class AICallLogger:
             if not row["same"]:
                 raise _key_conflict([r.idempotency_key])
             call_id: int = row["id"]
-            return call_id
+            return call_id, q if row["new"] else None
         raise TransientError(f"could not settle idempotency key {r.idempotency_key!r}")
 
     # -- log_batch ------------------------------------------------------------------------------
@@ -387,10 +418,15 @@ class AICallLogger:
         records = _unique([AICallRecord.coerce(call) for call in _iterable_of_calls(calls)])
         if not records:
             return 0
-        written: int = await self._run(self._log_many, records)
+        stored: list[tuple[int, AICallRecord, Decimal | None]] | None = (
+            [] if self.cost_events is not None else None
+        )
+        written: int = await self._run(self._log_many, records, stored)
         self._count_written(written)
         if self.alerts is not None and written:
             self.alerts.batch_logged(records)
+        if stored:
+            self._tell_costs(stored)
         return written
 
     async def ingest(
@@ -450,7 +486,13 @@ class AICallLogger:
             raise
         return written
 
-    async def _log_many(self, raw: asyncpg.Connection, records: list[AICallRecord]) -> int:
+    async def _log_many(
+        self,
+        raw: asyncpg.Connection,
+        records: list[AICallRecord],
+        stored: list[tuple[int, AICallRecord, Decimal | None]] | None = None,
+    ) -> int:
+        """COPY the batch; `stored` (if given) receives (id, record, cost) of each new call."""
         await self._fresh_prices(raw)
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
@@ -470,12 +512,15 @@ class AICallLogger:
                     "ai_calls", records=_call_rows(records, ids, quotes), columns=_CALL_COLUMNS
                 )
                 await raw.execute(RECORD_PENDING, *id_runs(ids))
+            if stored is not None:
+                stored.extend(zip(ids, records, (q[0] for q in quotes), strict=True))
             return len(records)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "pk_ai_call_keys":
                 raise
         # Some keys exist already: add only the calls that are new, check that the others match.
         # The ids were never committed (the transaction rolled back), so they are still ours.
+        new_stored: list[tuple[int, AICallRecord, Decimal | None]] = []
         async with raw.transaction():
             new = {
                 row[0]
@@ -489,23 +534,27 @@ class AICallLogger:
             }
             old = [r for r in records if r.idempotency_key not in new]
             if old:
-                stored = dict(
+                hashes = dict(
                     (k, bytes(h)) for k, h in await raw.fetch(_KEY_HASHES, [r.idempotency_key for r in old])
                 )
                 differ = [
                     r.idempotency_key
                     for r in old
-                    if stored.get(r.idempotency_key, r.payload_hash) != r.payload_hash
+                    if hashes.get(r.idempotency_key, r.payload_hash) != r.payload_hash
                 ]
                 if differ:
                     raise _key_conflict(differ)
             keep = [r.idempotency_key in new for r in records]
             new_ids = list(compress(ids, keep))
             if new_ids:
-                rows = _call_rows(list(compress(records, keep)), new_ids, list(compress(quotes, keep)))
+                new_records, new_quotes = list(compress(records, keep)), list(compress(quotes, keep))
+                rows = _call_rows(new_records, new_ids, new_quotes)
                 await raw.copy_records_to_table("ai_calls", records=rows, columns=_CALL_COLUMNS)
                 await raw.execute(RECORD_PENDING, *id_runs(new_ids))
-            return len(new_ids)
+                new_stored.extend(zip(new_ids, new_records, (q[0] for q in new_quotes), strict=True))
+        if stored is not None:  # only once committed
+            stored.extend(new_stored)
+        return len(new_ids)
 
     def _quotes(self, records: list[AICallRecord]) -> tuple[list[Cost], bool]:
         """The cost fields of every record (`UNPRICED` where no price is in force and no cost was

@@ -6,12 +6,15 @@ is taken by its shortest repr and rounded to the column's 10 places; a Decimal w
 refused, never rounded silently), scores lie in [0, 1], timestamps are timezone-aware (kept in UTC),
 JSON payloads are objects PostgreSQL's `jsonb` can hold. Each event carries an `event_id` (a uuid4
 unless given) and its `time` (now unless given), fixed when it is built, so a replayed copy is the
-same row: writes are idempotent on (tenant_id, time, event_id), the first write wins.
+same row: writes are idempotent on (tenant_id, time, event_id), the first write wins. A cost event
+of a ledger call carries its `call_id`, and its event id is then `call_event_id(call_id)`, so the
+call's cost is one row however often (and by whom) it is logged, given the call's time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import uuid
@@ -32,6 +35,7 @@ __all__ = [
     "EventCategory",
     "PlatformEvent",
     "ServiceProvider",
+    "call_event_id",
     "decode_event",
     "encode_event",
 ]
@@ -176,6 +180,13 @@ def _uuid(value: object) -> uuid.UUID:
     raise ValidationError(f"event_id must be a UUID, got {value!r}")
 
 
+def call_event_id(call_id: int) -> uuid.UUID:
+    """The event id of ledger call `call_id`'s cost event: `md5('persistence.ai_call:' || call_id)`
+    as a uuid, the same expression revision 0023's check holds the table to (SQL has md5, not sha1)."""
+    digest = hashlib.md5(f"persistence.ai_call:{call_id}".encode(), usedforsecurity=False)
+    return uuid.UUID(hex=digest.hexdigest())
+
+
 def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
@@ -246,6 +257,7 @@ class CostEvent:
     metadata: Json
     time: datetime
     event_id: uuid.UUID
+    call_id: int | None
     metadata_json: str = field(init=False, repr=False, compare=False)
 
     def __init__(
@@ -261,7 +273,11 @@ class CostEvent:
         metadata: Json | None = None,
         time: datetime | None = None,
         event_id: uuid.UUID | str | None = None,
+        call_id: int | None = None,
     ) -> None:
+        """`call_id`: the ledger call (`ai_calls.id`) this cost is; the event id is then derived
+        from it (another one is refused) and `time` must be given: the call's `created_at`, so
+        every copy of the call's event is the same row."""
         _set(self, "tenant_id", _text("tenant_id", tenant_id))
         _set(self, "cost_type", _enum("cost_type", CostType, cost_type))
         cost = _decimal("cost_usd", cost_usd, MONEY_PLACES)
@@ -276,7 +292,18 @@ class CostEvent:
         _set(self, "metadata", meta)
         _set(self, "metadata_json", meta_json)
         _set(self, "time", _time(time))
-        _set(self, "event_id", _uuid(event_id))
+        _set(self, "call_id", _int("call_id", call_id, optional=True, limit=_INT64))
+        if call_id is None:
+            _set(self, "event_id", _uuid(event_id))
+            return
+        if time is None:
+            raise ValidationError("a cost event with a call_id needs the call's time (its created_at)")
+        derived = call_event_id(call_id)
+        if event_id is not None and _uuid(event_id) != derived:
+            raise ValidationError(
+                f"event_id of call {call_id}'s cost event must be {derived}, got {event_id!r}"
+            )
+        _set(self, "event_id", derived)
 
 
 def _score(name: str, value: object) -> Decimal | None:

@@ -49,9 +49,9 @@ ON CONFLICT DO NOTHING
 
 INSERT_COST = """
 INSERT INTO analytics.tenant_cost_events
-    (tenant_id, time, event_id, user_id, cost_type, cost_usd, quantity, service, service_tier, metadata)
+    (tenant_id, time, event_id, user_id, cost_type, cost_usd, quantity, service, service_tier, metadata, call_id)
 SELECT * FROM unnest($1::varchar[], $2::timestamptz[], $3::uuid[], $4::varchar[], $5::varchar[],
-                     $6::numeric[], $7::bigint[], $8::varchar[], $9::varchar[], $10::jsonb[])
+                     $6::numeric[], $7::bigint[], $8::varchar[], $9::varchar[], $10::jsonb[], $11::bigint[])
 ON CONFLICT DO NOTHING
 """
 
@@ -69,7 +69,7 @@ ON CONFLICT DO NOTHING
 PLATFORM_COLUMNS = ["tenant_id", "time", "event_id", "user_id", "session_id", "event_type", "event_category",
                     "event_data", "metadata"]  # fmt: skip
 COST_COLUMNS = ["tenant_id", "time", "event_id", "user_id", "cost_type", "cost_usd", "quantity", "service",
-                "service_tier", "metadata"]  # fmt: skip
+                "service_tier", "metadata", "call_id"]  # fmt: skip
 AGENT_COLUMNS = ["tenant_id", "time", "event_id", "user_id", "agent_id", "agent_type", "execution_time_ms",
                  "success", "quality_score", "citation_accuracy", "hallucination_detected", "cost_usd",
                  "total_tokens", "error_message", "metadata"]  # fmt: skip
@@ -99,7 +99,7 @@ def _rows(events: Sequence[Event]) -> tuple[list[tuple[object, ...]], ...]:
                              e.event_category.value, e.event_data_json, e.metadata_json))  # fmt: skip
         elif isinstance(e, CostEvent):
             cost.append((e.tenant_id, e.time, e.event_id, e.user_id, e.cost_type.value, e.cost_usd,
-                         e.quantity, e.service.value, e.service_tier, e.metadata_json))  # fmt: skip
+                         e.quantity, e.service.value, e.service_tier, e.metadata_json, e.call_id))  # fmt: skip
         else:
             agent.append((e.tenant_id, e.time, e.event_id, e.user_id, e.agent_id, e.agent_type,
                           e.execution_time_ms, e.success, e.quality_score, e.citation_accuracy,

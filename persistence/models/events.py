@@ -78,10 +78,17 @@ class TenantCostEventRow(Base):
     service: Mapped[str] = mapped_column(String(50))
     service_tier: Mapped[str | None] = mapped_column(String(100))
     metadata_: Mapped[JSON] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
+    # The ledger call (`ai_calls.id`) this cost is, if any; its event id is derived from it (revision
+    # 0023's check), so a call's cost event is one row however often it is emitted.
+    call_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         PrimaryKeyConstraint("tenant_id", "time", "event_id"),
         CheckConstraint(_known("cost_type", COST_TYPES), name="cost_type_known"),
+        CheckConstraint(
+            "call_id IS NULL OR event_id = md5('persistence.ai_call:' || call_id)::uuid",
+            name="event_id_of_call",
+        ),
         CheckConstraint("cost_usd >= 0", name="cost_non_negative"),
         CheckConstraint("quantity >= 0", name="quantity_non_negative"),
         {"schema": SCHEMA, "postgresql_partition_by": "RANGE (time)"},

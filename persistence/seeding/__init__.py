@@ -7,7 +7,8 @@ The library behind `scripts/seed_database.py`. Three properties drive the design
   `uuid5(NAMESPACE, "table:index")`. The same plan gives identical data, and a larger plan is a
   superset of a smaller one. (The one exception is the seed-run record's time, below.)
 - Idempotent: rows go in with `ON CONFLICT DO NOTHING` on those deterministic keys (AI calls, which
-  have no unique key, with `WHERE NOT EXISTS` on their seeded `request_id`), so a re-run inserts
+  have no unique key, with `WHERE NOT EXISTS` on their seeded `request_id`; events by the recorder's
+  COPY, which falls back to `ON CONFLICT DO NOTHING` on a batch it finds there), so a re-run inserts
   only what is missing. The first run records its seed, as_of and plan as one audit_log row (when:
   the wall clock); later runs reuse that as_of, so a re-run on a later day inserts nothing too, and
   refuse a different seed or as_of (ValueError) unless they reset.
@@ -18,7 +19,7 @@ It needs nothing beyond the package's runtime dependencies (no Faker, no factory
 script runs against development databases where the `testing` extra is not installed.
 
 Modules: `catalog` (frameworks, claim types, models and their list prices, from genai-prices' rows),
-`plan` (`SeedPlan`, `SeedReport`), `generate` and `calls` (the rows, in memory), `write` (the
+`plan` (`SeedPlan`, `SeedReport`), `generate`, `calls` and `events` (the rows, in memory), `write` (the
 statements and `seed_database`). This module re-exports what the rest of the package and its users
 import.
 """

@@ -25,7 +25,11 @@ class SeedPlan:
     checkpoints_per_model: int = 4  # versions per (model_name, framework)
     service_instances: int = 3  # per service
     ai_calls: int = 5000
-    days: int = 30  # AI calls spread over this many days before as_of
+    # Seed 004's events (each AI call also gets its cost event, not counted here).
+    platform_events: int = 20_000
+    agent_executions: int = 3_000
+    cost_events: int = 1_500  # costs that are not AI calls: embeddings, storage, compute
+    days: int = 30  # AI calls and events spread over this many days before as_of
     # None: the as_of recorded by the database's first seeding, else today 00:00 UTC.
     as_of: datetime | None = None
 
@@ -70,6 +74,9 @@ _SIZE_LIMITS: dict[str, int] = {
     "checkpoints_per_model": 99,
     "service_instances": 100,  # instance ids stay distinct up to here
     "ai_calls": 1_000_000,
+    "platform_events": 5_000_000,
+    "agent_executions": 1_000_000,
+    "cost_events": 1_000_000,
     "days": 3650,
 }
 _EARLIEST_AS_OF = datetime(1980, 1, 1, tzinfo=UTC)

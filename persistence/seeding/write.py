@@ -36,22 +36,27 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from persistence.advisory import advisory_key
 from persistence.models import (
+    AgentExecutionRow,
     AICall,
     AuditLog,
     Claim,
     ConsensusDecision,
     ModelCheckpoint,
+    PlatformEventRow,
     ReconciliationReport,
     ServiceHealth,
+    TenantCostEventRow,
     TrainingData,
     VerificationResult,
 )
-from persistence.seeding import calls, generate
+from persistence.seeding import calls, events, generate
 from persistence.seeding.generate import SEED_USER, seed_uuid
 from persistence.seeding.plan import ProgressCallback, SeedPlan, SeedReport, check_as_of, utc_now
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from persistence.events.records import CostEvent, Event
 
 __all__ = ["LEDGER_DERIVED_TABLES", "REFERENCE_TABLES", "SEEDED_TABLES", "seed_database", "table_counts"]
 
@@ -64,6 +69,9 @@ _SERVICES: Table = ServiceHealth.__table__  # type: ignore[assignment]
 _AUDIT: Table = AuditLog.__table__  # type: ignore[assignment]
 _AI_CALLS: Table = AICall.__table__  # type: ignore[assignment]
 _REPORTS: Table = ReconciliationReport.__table__  # type: ignore[assignment]
+_PLATFORM_EVENTS: Table = PlatformEventRow.__table__  # type: ignore[assignment]
+_COST_EVENTS: Table = TenantCostEventRow.__table__  # type: ignore[assignment]
+_AGENT_EXECUTIONS: Table = AgentExecutionRow.__table__  # type: ignore[assignment]
 
 _TABLES_IN_ORDER: tuple[Table, ...] = (
     _CLAIMS,
@@ -75,8 +83,12 @@ _TABLES_IN_ORDER: tuple[Table, ...] = (
     _AUDIT,
     _AI_CALLS,
     _REPORTS,
+    _PLATFORM_EVENTS,
+    _COST_EVENTS,
+    _AGENT_EXECUTIONS,
 )
-SEEDED_TABLES: tuple[str, ...] = tuple(t.name for t in _TABLES_IN_ORDER)
+# Schema-qualified where the table has a schema (seed 004's events are in `analytics`).
+SEEDED_TABLES: tuple[str, ...] = tuple(t.fullname for t in _TABLES_IN_ORDER)
 # Kept in step with ai_calls by seeding (keys of the seeded calls, their hourly rollups) and emptied
 # with it by a reset; not counted as seeded tables. Rate-limiter state (GCRA counters, concurrency
 # slots) is soft state of the same kind: never seeded, and a reset may forget it.
@@ -124,10 +136,6 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "results",
     "result_chunks",
     "result_cache",
-    # Seed 004's events (revision 0020): not seeded yet (issue 18's month of events is a later step).
-    "analytics.platform_events",
-    "analytics.tenant_cost_events",
-    "analytics.agent_executions",
 )
 
 _BATCH = 1000
@@ -341,12 +349,94 @@ async def _upsert_reports(
     progress(_REPORTS.name, len(rows), len(rows))
 
 
+_EVENT_BATCH = 5000
+# Daily platform-event partitions are made for at most this many days back from as_of (a longer
+# window's older events go to the default partition, which the maintenance command reports).
+_DAILY_PARTITIONS = 366
+_ENSURE_PARTITION = text("SELECT analytics.ensure_partition(CAST(:parent AS regclass), :part, :lo, :hi)")
+
+
+async def _ensure_event_partitions(conn: AsyncConnection, start: datetime, end: datetime) -> None:
+    """The event tables' partitions for the seeded window, named as `maintain_event_partitions`
+    names them (days for platform events, months for the other two): seeded events land where
+    live ones would, not in the default partitions. Existing partitions are left alone."""
+    first_day = max(start, end - timedelta(days=_DAILY_PARTITIONS)).date()
+    last_day = (end - timedelta(microseconds=1)).date()
+    parts: list[dict[str, Any]] = []
+    day = first_day
+    while day <= last_day:
+        lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        parts.append({"parent": "analytics.platform_events", "part": f"platform_events_p{day:%Y_%m_%d}",
+                      "lo": lo, "hi": lo + timedelta(days=1)})  # fmt: skip
+        day += timedelta(days=1)
+    month = datetime(start.year, start.month, 1, tzinfo=UTC)
+    while month < end:
+        following = datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=UTC)
+        for table in ("tenant_cost_events", "agent_executions"):
+            parts.append({"parent": f"analytics.{table}", "part": f"{table}_p{month:%Y_%m}",
+                          "lo": month, "hi": following})  # fmt: skip
+        month = following
+    for part in parts:
+        await conn.execute(_ENSURE_PARTITION, part)
+
+
+async def _write_events(
+    conn: AsyncConnection, table: Table, rows: Sequence[Event], progress: ProgressCallback
+) -> None:
+    """COPY the events a batch at a time through the recorder's own write (`write_events`): a batch
+    holding an event that is there already falls back to its `INSERT ... ON CONFLICT DO NOTHING`,
+    so a re-run adds only the missing events. Runs in the seeding transaction (savepoints)."""
+    from persistence.events.writer import write_events
+
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    if not rows:
+        progress(table.fullname, 0, 0)
+    for start in range(0, len(rows), _EVENT_BATCH):
+        batch = rows[start : start + _EVENT_BATCH]
+        await write_events(raw, batch)
+        progress(table.fullname, start + len(batch), len(rows))
+
+
+# The seeded calls of the window, for their cost events (the link `AICallLogger(cost_events=...)` makes).
+_SEEDED_CALLS = text(
+    "SELECT id, created_at, organization_id, customer_id, provider, model, cost_usd, total_tokens, "
+    "input_tokens, output_tokens FROM ai_calls WHERE created_at >= :start AND created_at < :end "
+    "AND request_id LIKE 'seed-call-%' ORDER BY created_at, id"
+)
+
+
+async def _call_cost_events(conn: AsyncConnection, start: datetime, end: datetime) -> list[CostEvent]:
+    """One cost event per seeded AI call, exactly as the ledger link emits it (same event id, time and
+    cost), so a tenant's daily cost from the events' LLM rows equals the ledger's."""
+    from persistence.events.ledger_link import call_cost_event
+
+    out = []
+    for row in await conn.execute(_SEEDED_CALLS, {"start": start, "end": end}):
+        call_id, created_at, org, customer, provider, model, cost, total, inp, out_tokens = row
+        event = call_cost_event(
+            call_id,
+            created_at=created_at,
+            organization_id=org,
+            customer_id=customer,
+            provider=provider,
+            model=model,
+            cost_usd=None if cost is None else Decimal(cost),
+            total_tokens=total,
+            input_tokens=inp,
+            output_tokens=out_tokens,
+        )
+        if event is not None:
+            out.append(event)
+    return out
+
+
 async def _counts(conn: AsyncConnection) -> dict[str, int]:
     row = (
         await conn.execute(
             select(
                 *(
-                    select(func.count()).select_from(t).scalar_subquery().label(t.name)
+                    select(func.count()).select_from(t).scalar_subquery().label(t.fullname)
                     for t in _TABLES_IN_ORDER
                 )
             )
@@ -515,6 +605,15 @@ async def seed_database(
         await _insert_missing(conn, _AUDIT, audit, report_progress)
         await _insert_missing_ai_calls(conn, calls.make_ai_calls(plan, clock), report_progress)
         await _upsert_reports(conn, plan, as_of, report_progress)
+
+        await _ensure_event_partitions(conn, clock.start, clock.end)
+        await _write_events(conn, _PLATFORM_EVENTS, events.make_platform_events(plan, clock), report_progress)
+        costs = events.make_cost_events(plan, clock) + await _call_cost_events(conn, clock.start, clock.end)
+        costs.sort(key=lambda e: (e.time, e.event_id))
+        await _write_events(conn, _COST_EVENTS, costs, report_progress)
+        await _write_events(
+            conn, _AGENT_EXECUTIONS, events.make_agent_executions(plan, clock), report_progress
+        )
 
         after = await _counts(conn)
     from persistence.ai_calls.rollups import fold_rollups

@@ -10,7 +10,9 @@ import pytest
 from persistence.testing import ThrowawayPostgres
 from tests.processes import ROOT, run_python
 
-SIZES = ["--claims", "12", "--ai-calls", "150", "--days", "3"]
+SIZES = ["--claims", "12", "--ai-calls", "150", "--platform-events", "400", "--agent-executions", "90",
+         "--cost-events", "40", "--days", "3"]  # fmt: skip
+EVENT_TABLES = ("analytics.platform_events", "analytics.tenant_cost_events", "analytics.agent_executions")
 SMALL = [*SIZES, "--as-of", "2026-11-01"]
 
 
@@ -35,7 +37,8 @@ def test_help_describes_the_options() -> None:
         text=True,
         check=True,
     )
-    for flag in ("--seed", "--claims", "--ai-calls", "--days", "--reset"):
+    for flag in ("--seed", "--claims", "--ai-calls", "--platform-events", "--agent-executions", "--cost-events",
+                 "--days", "--reset", "--quiet"):  # fmt: skip
         assert flag in out.stdout
     assert "Idempotent" in out.stdout
 
@@ -52,6 +55,8 @@ def test_migrates_an_empty_database_then_seeds_idempotently(pg: ThrowawayPostgre
         counts = summary(first.stdout)
         assert "total" in counts and counts["total"][1] > 0
         assert all(rows > 0 for table, (_, _, rows) in counts.items()), counts
+        # Seed 004's events are in the summary: the planned ones, and one cost event per AI call.
+        assert [counts[t][2] for t in EVENT_TABLES] == [400, 40 + 150, 90]
 
         # Without --as-of the run reuses the recorded date (not today), so nothing is new.
         second = run_script(url, *SIZES)
@@ -76,6 +81,7 @@ def test_migrates_an_empty_database_then_seeds_idempotently(pg: ThrowawayPostgre
         assert all(before == 0 for before, _, _ in after_reset.values())
         assert after_reset["claims"] == counts["claims"]
         assert after_reset["ai_calls"] == counts["ai_calls"]
+        assert all(after_reset[t] == counts[t] for t in EVENT_TABLES)
     finally:
         pg.drop(name)
 
