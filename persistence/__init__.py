@@ -54,6 +54,7 @@ from persistence.ai_calls.cost_accuracy import (
     load_cost_accuracy,
     validate_cost_accuracy,
 )
+from persistence.ai_calls.logger import CallCostObserver
 from persistence.ai_calls.monitoring_queries import (
     HourlyCount,
     LedgerHealth,
@@ -130,11 +131,16 @@ from persistence.errors import (
 from persistence.events import (
     AgentExecution,
     CostEvent,
+    CostEventLink,
+    CostLinkStats,
     CostType,
     EventCategory,
     PlatformEvent,
     ServiceProvider,
     TimescaleIntegration,
+    backfill_cost_events,
+    call_cost_event,
+    call_event_id,
     get_timescale_integration,
     maintain_event_partitions,
 )
@@ -251,6 +257,7 @@ __all__ = [
     "BillingRow",
     "BillingRowError",
     "BillingValidationReport",
+    "CallCostObserver",
     "CallableSink",
     "CheckpointRepository",
     "ClaimRepository",
@@ -265,6 +272,8 @@ __all__ = [
     "CostAccuracyReport",
     "CostAlertRule",
     "CostEvent",
+    "CostEventLink",
+    "CostLinkStats",
     "CostTolerance",
     "CostType",
     "CounterState",
@@ -368,6 +377,9 @@ __all__ = [
     "add_price",
     "archive_requests",
     "audit_context",
+    "backfill_cost_events",
+    "call_cost_event",
+    "call_event_id",
     "checksum_ok",
     "close_due_periods",
     "create_company",
