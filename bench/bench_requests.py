@@ -76,25 +76,33 @@ COMBINED_DDL = [
     processing_time_ms integer, estimated_tokens integer, prompt_tokens integer, completion_tokens integer,
     total_tokens integer, error_message text, result_sha256 bytea, attempts integer NOT NULL DEFAULT 0,
     max_attempts integer NOT NULL DEFAULT 3, worker_id varchar(200), reservation_id uuid, lease_id uuid,
-    lease_until timestamptz, heartbeat_at timestamptz,
+    lease_until timestamptz, heartbeat_at timestamptz, ai_call_id bigint,
     PRIMARY KEY (company_id, request_id)
 ) WITH ({_STORAGE})""",
     "CREATE INDEX ON requests_combined (queued_at) WHERE status = 'queued'",
     "CREATE INDEX ON requests_combined (lease_until) WHERE status = 'processing'",
     "CREATE INDEX ON requests_combined (company_id, user_id, created_at)",
 ]
-# The claim is our statement text on the other table; finishing updates the row in place, with our
-# lease guard written the same way (kept out of index conditions, see sql._HELD).
+# The claim is our statement text on the other table (its transition rows included); finishing
+# updates the row in place, with our lease guard written the same way (kept out of index conditions,
+# see sql._HELD), and appends its transition row as ours does.
 COMBINED_CLAIM = sql.CLAIM.replace("request_inflight", "requests_combined")
 COMBINED_COMPLETE = """
+WITH done AS (
 UPDATE requests_combined
    SET status = 'completed', completed_at = t.at, updated_at = t.at,
        processing_time_ms = round(extract(epoch FROM t.at - processing_at) * 1000)::integer,
-       prompt_tokens = $5, completion_tokens = $6, total_tokens = $7, result_sha256 = $8,
+       prompt_tokens = $5, completion_tokens = $6, total_tokens = $7, result_sha256 = $8, ai_call_id = $9,
        lease_id = NULL, lease_until = NULL
   FROM (SELECT coalesce($4::timestamptz, now()) AS at) t
  WHERE company_id = $1 AND request_id = $2 AND lease_id = $3 AND (status = 'processing' AND lease_until > t.at) IS TRUE
-RETURNING request_id
+RETURNING company_id, request_id, created_at, attempts, worker_id
+), audited AS (
+INSERT INTO request_transitions (company_id, request_id, created_at, action, from_status, to_status, attempt,
+                                 worker_id, lease_id)
+SELECT company_id, request_id, created_at, 'complete', 'processing', 'completed', attempts, worker_id, $3 FROM done
+)
+SELECT request_id FROM done
 """
 # Experiment (not in the package): the claim bounded below by the newest queued_at already claimed,
 # so its index scan starts past the entries of claimed rows (dead, but not removable while an old
@@ -145,7 +153,16 @@ async def drain_raw(conn: asyncpg.Connection, batch: int, sha: bytes) -> None:
     while rows := await conn.fetch(sql.CLAIM, worker, batch, LEASE_S, None):
         for row in rows:
             done = await conn.fetchrow(
-                sql.COMPLETE, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha
+                sql.COMPLETE,
+                row["company_id"],
+                row["request_id"],
+                row["lease_id"],
+                None,
+                100,
+                50,
+                150,
+                sha,
+                None,
             )
             assert done is not None
 
@@ -183,7 +200,7 @@ async def claim_loop(
         for row in rows:
             begun = time.perf_counter()
             await conn.fetchrow(
-                complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha
+                complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha, None
             )
             tally.completes.append((begun, time.perf_counter() - begun))
         tally.done += len(rows)

@@ -15,7 +15,7 @@ from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
-from persistence.models.requests import RequestHistory, RequestInflight, RequestStatsDaily
+from persistence.models.requests import RequestHistory, RequestInflight, RequestStatsDaily, RequestTransition
 from persistence.models.results import Result, ResultCacheEntry, ResultChunk
 from persistence.models.rollups import (
     AICallModelHourly,
@@ -65,6 +65,7 @@ __all__ = [
     "RequestHistory",
     "RequestInflight",
     "RequestStatsDaily",
+    "RequestTransition",
     "Result",
     "ResultCacheEntry",
     "ResultChunk",
