@@ -14,6 +14,9 @@ result (every completion links it, so the status join finds a result) and measur
    by hand over raw asyncpg connections, one held by each worker. Both sides send 1 claim + `batch`
    completions per batch, each statement its own implicit transaction (one commit each). The sides
    alternate over `--rounds` rounds of `--per-round` requests (queued beforehand, not timed).
+   Two more raw sides price the audit of status changes: the same statements without their
+   `request_transitions` CTE ("no audit"), and with it writing `audit_log` rows instead (entity
+   'request', changes and metadata as JSON, the project's audit table and its four indexes).
 2. claims while one REPEATABLE READ transaction stays open elsewhere for `--snapshot` seconds (it
    holds back vacuum and the index entries' killing), preceded by `--before` and followed by `--after`
    seconds, for two designs, one after the other, each from a backlog of `--backlog` queued rows:
@@ -33,6 +36,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -122,6 +126,51 @@ SELECT pg_relation_size('request_stats_daily') AS bytes, n_dead_tup FROM pg_stat
 """
 
 
+_AUDIT_CTE = re.compile(
+    r",\n(?P<name>\w+) AS \(\n    INSERT INTO request_transitions \([^)]*\)\n"
+    r"    SELECT company_id, request_id, created_at, (?P<values>.*?)\n      FROM (?P<rows>[^\n]*)\n\)",
+    re.DOTALL,
+)
+
+
+def _split(values: str) -> list[str]:
+    """Top-level comma-separated SQL expressions."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(values):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(values[start:i].strip())
+            start = i + 1
+    return [*parts, values[start:].strip()]
+
+
+def without_audit(statement: str) -> str:
+    bare, n = _AUDIT_CTE.subn("", statement)
+    assert n == 1, statement
+    return bare
+
+
+def into_audit_log(statement: str) -> str:
+    """The statement with its transition row written to `audit_log` instead."""
+
+    def cte(m: re.Match[str]) -> str:
+        action, old, new, attempt, worker, lease, actor = _split(m["values"])
+        return f""",
+{m["name"]} AS (
+    INSERT INTO audit_log (entity_type, entity_id, action, user_id, changes, metadata)
+    SELECT 'request', request_id::text, {action}, {actor},
+           jsonb_build_object('status', jsonb_build_array({old}::text, {new}::text), 'attempt', {attempt},
+                              'worker_id', {worker}, 'lease_id', {lease}),
+           jsonb_build_object('company_id', company_id)
+      FROM {m["rows"]}
+)"""
+
+    changed, n = _AUDIT_CTE.subn(cte, statement)
+    assert n == 1, statement
+    return changed
+
+
 @dataclass
 class Tally:
     """What the workers of a phase did: requests finished, and each claim's (start, seconds)."""
@@ -148,22 +197,15 @@ async def drain_library(requests: Requests, batch: int, sha: bytes) -> None:
             await requests.complete(claim, prompt_tokens=100, completion_tokens=50, result_sha256=sha)
 
 
-async def drain_raw(conn: asyncpg.Connection, batch: int, sha: bytes) -> None:
+async def drain_raw(
+    conn: asyncpg.Connection, batch: int, sha: bytes, claim: str = sql.CLAIM, complete: str = sql.COMPLETE
+) -> None:
     worker = Worker.local("bench-raw").id
-    while rows := await conn.fetch(sql.CLAIM, worker, batch, LEASE_S, None):
+    while rows := await conn.fetch(claim, worker, batch, LEASE_S, None):
         for row in rows:
             done = await conn.fetchrow(
-                sql.COMPLETE,
-                row["company_id"],
-                row["request_id"],
-                row["lease_id"],
-                None,
-                100,
-                50,
-                150,
-                sha,
-                None,
-            )
+                complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha, None
+            )  # fmt: skip
             assert done is not None
 
 
@@ -351,25 +393,30 @@ async def run(args: argparse.Namespace) -> int:
             sha = (await store.put_text(COMPANY, "The answer is 42.")).sha256
 
         # 1. claim + complete throughput, alternating rounds after a warm-up round each.
-        lib_s = raw_s = 0.0
-        lib_n = raw_n = 0
+        variants = {
+            "raw": (sql.CLAIM, sql.COMPLETE),
+            "bare": (without_audit(sql.CLAIM), without_audit(sql.COMPLETE)),
+            "audit_log": (into_audit_log(sql.CLAIM), into_audit_log(sql.COMPLETE)),
+        }
+        sides = ["lib", *variants]
+        spent = dict.fromkeys(sides, 0.0)
         async with Requests(engine, connections=args.workers) as requests:
             for i in range(args.rounds + 1):
-                for side in ("raw", "lib") if i % 2 else ("lib", "raw"):
+                order = sides[i % len(sides) :] + sides[: i % len(sides)]
+                for side in order:
                     await seed(admin, "request_inflight", args.per_round)
                     start = time.perf_counter()
                     if side == "lib":
                         await asyncio.gather(*(drain_library(requests, args.batch, sha) for _ in conns))
                     else:
-                        await asyncio.gather(*(drain_raw(c, args.batch, sha) for c in conns))
-                    wall = time.perf_counter() - start
-                    if i and side == "lib":
-                        lib_s, lib_n = lib_s + wall, lib_n + args.per_round
-                    elif i:
-                        raw_s, raw_n = raw_s + wall, raw_n + args.per_round
+                        claim, complete = variants[side]
+                        await asyncio.gather(*(drain_raw(c, args.batch, sha, claim, complete) for c in conns))
+                    if i:
+                        spent[side] += time.perf_counter() - start
         assert await admin.fetchval("SELECT count(*) FROM request_inflight") == 0
         completed = await admin.fetchval("SELECT count(*) FROM request_history WHERE status = 'completed'")
-        assert completed == (args.rounds + 1) * 2 * args.per_round, completed
+        assert completed == (args.rounds + 1) * len(sides) * args.per_round, completed
+        rate = {side: args.rounds * args.per_round / seconds for side, seconds in spent.items()}
 
         # 3. status p50 (before phase 2 grows the history further).
         ids = [r["request_id"] for r in await admin.fetch("SELECT request_id FROM request_history")]
@@ -412,7 +459,7 @@ async def run(args: argparse.Namespace) -> int:
         server.stop(mode="fast")
         shutil.rmtree(data, ignore_errors=True)
 
-    lib_rate, raw_rate = lib_n / lib_s, raw_n / raw_s
+    lib_rate, raw_rate = rate["lib"], rate["raw"]
     print(env)
     print(f"- load average {load_average()} (at the end); fsync on, synchronous_commit on; one run")
     print()
@@ -424,6 +471,15 @@ async def run(args: argparse.Namespace) -> int:
     ratio = lib_rate / raw_rate
     print(f"| claim + complete, requests/s | {raw_rate:,.0f} | {lib_rate:,.0f} | {ratio:.2f}x | >= 0.8x | "
           f"{'yes' if ratio >= 0.8 else 'NO'} |")  # fmt: skip
+    print()
+    print("The audit of status changes (raw asyncpg, same rounds): one transition row per claimed and per "
+          "completed request")  # fmt: skip
+    print()
+    print("| raw, no audit | raw, request_transitions (ours) | raw, audit_log rows instead | ours / no audit "
+          "| audit_log / no audit |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {rate['bare']:,.0f} | {raw_rate:,.0f} | {rate['audit_log']:,.0f} | {raw_rate / rate['bare']:.2f}x | "
+          f"{rate['audit_log'] / rate['bare']:.2f}x |")  # fmt: skip
     print()
     print(f"2. claims under one REPEATABLE READ snapshot held {args.snapshot:g} s ({args.workers} workers, "
           f"batches of {args.batch}, backlog {args.backlog:,} queued rows per design; windows of {args.window:g} s)")  # fmt: skip
