@@ -370,7 +370,8 @@ async def timed_status_raw(conn: asyncpg.Connection, ids: list[uuid.UUID], sink:
 async def run(args: argparse.Namespace) -> int:
     data = Path(tempfile.mkdtemp(prefix="bench-requests-", dir="/tmp"))
     server = EmbeddedServer(data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1",
-                            settings={"max_connections": str(2 * args.workers + 20)})  # fmt: skip
+                            settings={"max_connections": str(2 * args.workers + 20),
+                                      **({"synchronous_commit": "off"} if args.async_commit else {})})  # fmt: skip
     server.start()
     try:
         server.ensure_database("bench")
@@ -461,7 +462,8 @@ async def run(args: argparse.Namespace) -> int:
 
     lib_rate, raw_rate = rate["lib"], rate["raw"]
     print(env)
-    print(f"- load average {load_average()} (at the end); fsync on, synchronous_commit on; one run")
+    commit = "off (--async-commit: the statements' own cost)" if args.async_commit else "on"
+    print(f"- load average {load_average()} (at the end); fsync on, synchronous_commit {commit}; one run")
     print()
     print(f"1. claim + complete, {args.workers} workers, batches of {args.batch}, {args.rounds} alternating rounds "
           f"of {args.per_round:,} requests per side after a warm-up round")  # fmt: skip
@@ -537,6 +539,7 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=10.0, help="seconds after it closes, part 2")
     parser.add_argument("--window", type=float, default=5.0, help="reporting window, seconds")
     parser.add_argument("--status-queries", type=int, default=1000, help="lookups per side per round, part 3")
+    parser.add_argument("--async-commit", action="store_true", help="server-wide synchronous_commit=off")
     return asyncio.run(run(parser.parse_args()))
 
 
