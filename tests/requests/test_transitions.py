@@ -214,3 +214,17 @@ async def test_transitions_are_partitioned_and_archived_with_their_months_histor
         text("SELECT to_regclass('request_transitions_p2025_02'), to_regclass('request_history_p2025_02')")
     )
     assert tables.one() == (None, None)
+
+
+async def test_a_start_by_id_is_audited_as_start_and_kept_connections_audit_the_same(
+    engine: AsyncEngine,
+) -> None:
+    async with Requests(engine, connections=1) as requests:
+        rid = (await requests.create("acme", "u1", "gpt-4o", "p", now=T0)).request_id
+        claim = await requests.start("acme", rid, Worker("consumer"), lease=LEASE, now=at(1))
+        await requests.fail(claim, "model refused", now=at(2))
+        assert await _trail(requests, rid) == [
+            ("create", None, "queued", 0, None, None, None),
+            ("start", "queued", "processing", 1, claim.worker_id, claim.lease_id, None),
+            ("fail", "processing", "failed", 1, claim.worker_id, claim.lease_id, None),
+        ]
