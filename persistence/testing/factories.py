@@ -63,6 +63,7 @@ from persistence.models import (
     RequestHistory,
     RequestInflight,
     RequestStatsDaily,
+    RequestTransition,
     Result,
     ResultCacheEntry,
     ResultChunk,
@@ -126,6 +127,7 @@ __all__ = [
     "RequestHistoryFactory",
     "RequestInflightFactory",
     "RequestStatsDailyFactory",
+    "RequestTransitionFactory",
     "ResultCacheEntryFactory",
     "ResultChunkFactory",
     "ResultFactory",
@@ -1161,6 +1163,24 @@ class RequestStatsDailyFactory(ModelFactory[RequestStatsDaily]):
     processing_time_ms_sum = 15_000
     processing_time_count = 10
     total_tokens = 2_000
+
+
+class RequestTransitionFactory(ModelFactory[RequestTransition]):
+    """A request's claim, as the claiming statement audits it (revision 0021)."""
+
+    class Meta:
+        model = RequestTransition
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    request_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    created_at = factory.LazyFunction(lambda: _now() - timedelta(seconds=3))
+    at = factory.LazyFunction(_now)
+    action = "claim"
+    from_status = "queued"
+    to_status = "processing"
+    attempt = 1
+    worker_id = "worker-1/00000000-0000-4000-8000-000000000000"
+    lease_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
 
 
 class ResultFactory(ModelFactory[Result]):
