@@ -14,6 +14,9 @@ result (every completion links it, so the status join finds a result) and measur
    by hand over raw asyncpg connections, one held by each worker. Both sides send 1 claim + `batch`
    completions per batch, each statement its own implicit transaction (one commit each). The sides
    alternate over `--rounds` rounds of `--per-round` requests (queued beforehand, not timed).
+   Two more raw sides price the audit of status changes: the same statements without their
+   `request_transitions` CTE ("no audit"), and with it writing `audit_log` rows instead (entity
+   'request', changes and metadata as JSON, the project's audit table and its four indexes).
 2. claims while one REPEATABLE READ transaction stays open elsewhere for `--snapshot` seconds (it
    holds back vacuum and the index entries' killing), preceded by `--before` and followed by `--after`
    seconds, for two designs, one after the other, each from a backlog of `--backlog` queued rows:
@@ -33,6 +36,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -76,25 +80,33 @@ COMBINED_DDL = [
     processing_time_ms integer, estimated_tokens integer, prompt_tokens integer, completion_tokens integer,
     total_tokens integer, error_message text, result_sha256 bytea, attempts integer NOT NULL DEFAULT 0,
     max_attempts integer NOT NULL DEFAULT 3, worker_id varchar(200), reservation_id uuid, lease_id uuid,
-    lease_until timestamptz, heartbeat_at timestamptz,
+    lease_until timestamptz, heartbeat_at timestamptz, ai_call_id bigint,
     PRIMARY KEY (company_id, request_id)
 ) WITH ({_STORAGE})""",
     "CREATE INDEX ON requests_combined (queued_at) WHERE status = 'queued'",
     "CREATE INDEX ON requests_combined (lease_until) WHERE status = 'processing'",
     "CREATE INDEX ON requests_combined (company_id, user_id, created_at)",
 ]
-# The claim is our statement text on the other table; finishing updates the row in place, with our
-# lease guard written the same way (kept out of index conditions, see sql._HELD).
+# The claim is our statement text on the other table (its transition rows included); finishing
+# updates the row in place, with our lease guard written the same way (kept out of index conditions,
+# see sql._HELD), and appends its transition row as ours does.
 COMBINED_CLAIM = sql.CLAIM.replace("request_inflight", "requests_combined")
 COMBINED_COMPLETE = """
+WITH done AS (
 UPDATE requests_combined
    SET status = 'completed', completed_at = t.at, updated_at = t.at,
        processing_time_ms = round(extract(epoch FROM t.at - processing_at) * 1000)::integer,
-       prompt_tokens = $5, completion_tokens = $6, total_tokens = $7, result_sha256 = $8,
+       prompt_tokens = $5, completion_tokens = $6, total_tokens = $7, result_sha256 = $8, ai_call_id = $9,
        lease_id = NULL, lease_until = NULL
   FROM (SELECT coalesce($4::timestamptz, now()) AS at) t
  WHERE company_id = $1 AND request_id = $2 AND lease_id = $3 AND (status = 'processing' AND lease_until > t.at) IS TRUE
-RETURNING request_id
+RETURNING company_id, request_id, created_at, attempts, worker_id
+), audited AS (
+INSERT INTO request_transitions (company_id, request_id, created_at, action, from_status, to_status, attempt,
+                                 worker_id, lease_id)
+SELECT company_id, request_id, created_at, 'complete', 'processing', 'completed', attempts, worker_id, $3 FROM done
+)
+SELECT request_id FROM done
 """
 # Experiment (not in the package): the claim bounded below by the newest queued_at already claimed,
 # so its index scan starts past the entries of claimed rows (dead, but not removable while an old
@@ -114,6 +126,51 @@ ROLLUP_BLOAT = """
 SELECT pg_relation_size('request_stats_daily') AS bytes, n_dead_tup FROM pg_stat_user_tables
  WHERE relname = 'request_stats_daily'
 """
+
+
+_AUDIT_CTE = re.compile(
+    r",\n(?P<name>\w+) AS \(\n    INSERT INTO request_transitions \([^)]*\)\n"
+    r"    SELECT company_id, request_id, created_at, (?P<values>.*?)\n      FROM (?P<rows>[^\n]*)\n\)",
+    re.DOTALL,
+)
+
+
+def _split(values: str) -> list[str]:
+    """Top-level comma-separated SQL expressions."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(values):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(values[start:i].strip())
+            start = i + 1
+    return [*parts, values[start:].strip()]
+
+
+def without_audit(statement: str) -> str:
+    bare, n = _AUDIT_CTE.subn("", statement)
+    assert n == 1, statement
+    return bare
+
+
+def into_audit_log(statement: str) -> str:
+    """The statement with its transition row written to `audit_log` instead."""
+
+    def cte(m: re.Match[str]) -> str:
+        action, old, new, attempt, worker, lease, actor = _split(m["values"])
+        return f""",
+{m["name"]} AS (
+    INSERT INTO audit_log (entity_type, entity_id, action, user_id, changes, metadata)
+    SELECT 'request', request_id::text, {action}, {actor},
+           jsonb_build_object('status', jsonb_build_array({old}::text, {new}::text), 'attempt', {attempt},
+                              'worker_id', {worker}, 'lease_id', {lease}),
+           jsonb_build_object('company_id', company_id)
+      FROM {m["rows"]}
+)"""
+
+    changed, n = _AUDIT_CTE.subn(cte, statement)
+    assert n == 1, statement
+    return changed
 
 
 @dataclass
@@ -142,13 +199,15 @@ async def drain_library(requests: Requests, batch: int, sha: bytes) -> None:
             await requests.complete(claim, prompt_tokens=100, completion_tokens=50, result_sha256=sha)
 
 
-async def drain_raw(conn: asyncpg.Connection, batch: int, sha: bytes) -> None:
+async def drain_raw(
+    conn: asyncpg.Connection, batch: int, sha: bytes, claim: str = sql.CLAIM, complete: str = sql.COMPLETE
+) -> None:
     worker = Worker.local("bench-raw").id
-    while rows := await conn.fetch(sql.CLAIM, worker, batch, LEASE_S, None):
+    while rows := await conn.fetch(claim, worker, batch, LEASE_S, None):
         for row in rows:
             done = await conn.fetchrow(
-                sql.COMPLETE, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha
-            )
+                complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha, None
+            )  # fmt: skip
             assert done is not None
 
 
@@ -185,7 +244,7 @@ async def claim_loop(
         for row in rows:
             begun = time.perf_counter()
             await conn.fetchrow(
-                complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha
+                complete, row["company_id"], row["request_id"], row["lease_id"], None, 100, 50, 150, sha, None
             )
             tally.completes.append((begun, time.perf_counter() - begun))
         tally.done += len(rows)
@@ -313,7 +372,8 @@ async def timed_status_raw(conn: asyncpg.Connection, ids: list[uuid.UUID], sink:
 async def run(args: argparse.Namespace) -> int:
     data = Path(tempfile.mkdtemp(prefix="bench-requests-", dir="/tmp"))
     server = EmbeddedServer(data, port=free_port(), bindir=EmbeddedConfig().pg_bindir, listen_address="127.0.0.1",
-                            settings={"max_connections": str(2 * args.workers + 20)})  # fmt: skip
+                            settings={"max_connections": str(2 * args.workers + 20),
+                                      **({"synchronous_commit": "off"} if args.async_commit else {})})  # fmt: skip
     server.start()
     try:
         server.ensure_database("bench")
@@ -336,25 +396,30 @@ async def run(args: argparse.Namespace) -> int:
             sha = (await store.put_text(COMPANY, "The answer is 42.")).sha256
 
         # 1. claim + complete throughput, alternating rounds after a warm-up round each.
-        lib_s = raw_s = 0.0
-        lib_n = raw_n = 0
+        variants = {
+            "raw": (sql.CLAIM, sql.COMPLETE),
+            "bare": (without_audit(sql.CLAIM), without_audit(sql.COMPLETE)),
+            "audit_log": (into_audit_log(sql.CLAIM), into_audit_log(sql.COMPLETE)),
+        }
+        sides = ["lib", *variants]
+        spent = dict.fromkeys(sides, 0.0)
         async with Requests(engine, connections=args.workers) as requests:
             for i in range(args.rounds + 1):
-                for side in ("raw", "lib") if i % 2 else ("lib", "raw"):
+                order = sides[i % len(sides) :] + sides[: i % len(sides)]
+                for side in order:
                     await seed(admin, "request_inflight", args.per_round)
                     start = time.perf_counter()
                     if side == "lib":
                         await asyncio.gather(*(drain_library(requests, args.batch, sha) for _ in conns))
                     else:
-                        await asyncio.gather(*(drain_raw(c, args.batch, sha) for c in conns))
-                    wall = time.perf_counter() - start
-                    if i and side == "lib":
-                        lib_s, lib_n = lib_s + wall, lib_n + args.per_round
-                    elif i:
-                        raw_s, raw_n = raw_s + wall, raw_n + args.per_round
+                        claim, complete = variants[side]
+                        await asyncio.gather(*(drain_raw(c, args.batch, sha, claim, complete) for c in conns))
+                    if i:
+                        spent[side] += time.perf_counter() - start
         assert await admin.fetchval("SELECT count(*) FROM request_inflight") == 0
         completed = await admin.fetchval("SELECT count(*) FROM request_history WHERE status = 'completed'")
-        assert completed == (args.rounds + 1) * 2 * args.per_round, completed
+        assert completed == (args.rounds + 1) * len(sides) * args.per_round, completed
+        rate = {side: args.rounds * args.per_round / seconds for side, seconds in spent.items()}
 
         # 3. status p50 (before phase 2 grows the history further).
         ids = [r["request_id"] for r in await admin.fetch("SELECT request_id FROM request_history")]
@@ -397,9 +462,10 @@ async def run(args: argparse.Namespace) -> int:
         server.stop(mode="fast")
         shutil.rmtree(data, ignore_errors=True)
 
-    lib_rate, raw_rate = lib_n / lib_s, raw_n / raw_s
+    lib_rate, raw_rate = rate["lib"], rate["raw"]
     print(env)
-    print(f"- load average {load_average()} (at the end); fsync on, synchronous_commit on; one run")
+    commit = "off (--async-commit: the statements' own cost)" if args.async_commit else "on"
+    print(f"- load average {load_average()} (at the end); fsync on, synchronous_commit {commit}; one run")
     print()
     print(f"1. claim + complete, {args.workers} workers, batches of {args.batch}, {args.rounds} alternating rounds "
           f"of {args.per_round:,} requests per side after a warm-up round")  # fmt: skip
@@ -409,6 +475,15 @@ async def run(args: argparse.Namespace) -> int:
     ratio = lib_rate / raw_rate
     print(f"| claim + complete, requests/s | {raw_rate:,.0f} | {lib_rate:,.0f} | {ratio:.2f}x | >= 0.8x | "
           f"{'yes' if ratio >= 0.8 else 'NO'} |")  # fmt: skip
+    print()
+    print("The audit of status changes (raw asyncpg, same rounds): one transition row per claimed and per "
+          "completed request")  # fmt: skip
+    print()
+    print("| raw, no audit | raw, request_transitions (ours) | raw, audit_log rows instead | ours / no audit "
+          "| audit_log / no audit |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {rate['bare']:,.0f} | {raw_rate:,.0f} | {rate['audit_log']:,.0f} | {raw_rate / rate['bare']:.2f}x | "
+          f"{rate['audit_log'] / rate['bare']:.2f}x |")  # fmt: skip
     print()
     print(f"2. claims under one REPEATABLE READ snapshot held {args.snapshot:g} s ({args.workers} workers, "
           f"batches of {args.batch}, backlog {args.backlog:,} queued rows per design; windows of {args.window:g} s)")  # fmt: skip
@@ -466,6 +541,7 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=10.0, help="seconds after it closes, part 2")
     parser.add_argument("--window", type=float, default=5.0, help="reporting window, seconds")
     parser.add_argument("--status-queries", type=int, default=1000, help="lookups per side per round, part 3")
+    parser.add_argument("--async-commit", action="store_true", help="server-wide synchronous_commit=off")
     return asyncio.run(run(parser.parse_args()))
 
 

@@ -15,7 +15,13 @@ from persistence.models.pricing import VendorPrice, vendor_prices_version
 from persistence.models.quotas import Quota, QuotaCounter, QuotaHold, QuotaReservation, RateLimitReset
 from persistence.models.rate_limits import RateLimitSlot, RateLimitState
 from persistence.models.reconciliation import ReconciliationReport
-from persistence.models.requests import RequestHistory, RequestInflight, RequestStatsDaily, RequestStatsDelta
+from persistence.models.requests import (
+    RequestHistory,
+    RequestInflight,
+    RequestStatsDaily,
+    RequestStatsDelta,
+    RequestTransition,
+)
 from persistence.models.results import Result, ResultCacheEntry, ResultChunk
 from persistence.models.rollups import (
     AICallModelHourly,
@@ -66,6 +72,7 @@ __all__ = [
     "RequestInflight",
     "RequestStatsDaily",
     "RequestStatsDelta",
+    "RequestTransition",
     "Result",
     "ResultCacheEntry",
     "ResultChunk",

@@ -19,6 +19,8 @@ work in flight is kept apart from the record:
   otherwise queue on one rollup row, and under a long-open snapshot every update would leave a
   version nobody can prune (68,000 dead versions of 50 rows in 30 s, measured), slowing each
   completion down.
+- `request_transitions`: the audit of status changes, one row per transition, written by the
+  transition's own statement, partitioned like `request_history` (revision 0021).
 - Views under the seed's names: `requests` (both tables, one row per request; `model` and `error`
   repeat `model_id` and `error_message` under the seed's second spelling) and `request_stats`
   (the seed's columns, from the rollup plus the deltas not folded yet: current at every commit).
@@ -173,6 +175,8 @@ class RequestHistory(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     reservation_id: Mapped[uuid.UUID | None]
+    # The ledger row (`ai_calls.id`) of the model call whose outcome this row records (revision 0021).
+    ai_call_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         # The partition column must be in the key; a request id alone is unique (uuid).
@@ -208,6 +212,69 @@ Index(
     RequestHistory.company_id,
     RequestHistory.status,
     RequestHistory.created_at,
+)
+# From a ledger call back to its request(s) (`Requests.requests_for_ai_call`).
+Index(
+    "ix_request_history_company_id_ai_call_id",
+    RequestHistory.company_id,
+    RequestHistory.ai_call_id,
+    postgresql_where=text("ai_call_id IS NOT NULL"),
+)
+
+TRANSITION_ACTIONS = (
+    "create",
+    "claim",
+    "start",
+    "release",
+    "complete",
+    "fail",
+    "acknowledge_cancel",
+    "cancel",
+    "request_cancel",
+    "sweep",
+    "expire",
+)
+
+
+class RequestTransition(Base):
+    """One status change of a request (or a cancellation request), written by the statement that
+    made it: `action` names the transition (the `Requests` method, `sweep` for the sweeper),
+    `from_status` is NULL on creation, `to_status` equals `from_status` for `request_cancel`.
+    `worker_id` / `lease_id` are the lease the change was made under (or that the sweeper took
+    away), `attempt` the request's attempt count after it, `actor` the `audit_context` user of a
+    client's create or cancel. `at` is the server's clock (`clock_timestamp()`), never a caller's
+    `now`. Append-only, no key: partitioned like `request_history` (month of the request's
+    `created_at`), so a month is archived with its history."""
+
+    __tablename__ = "request_transitions"
+
+    company_id: Mapped[str] = mapped_column(String(100))
+    request_id: Mapped[uuid.UUID] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    at: Mapped[datetime] = mapped_column(server_default=text("clock_timestamp()"))
+    action: Mapped[str] = mapped_column(String(20))
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    lease_id: Mapped[uuid.UUID | None]
+    actor: Mapped[str | None] = mapped_column(String(255))
+
+    # The ORM needs an identity; the table has no key (an append-only log).
+    __mapper_args__ = {"primary_key": [company_id, request_id, at]}
+    __table_args__ = (
+        CheckConstraint(_in("action", TRANSITION_ACTIONS), name="action_known"),
+        CheckConstraint(_in("from_status", REQUEST_STATUSES), name="from_status_known"),
+        CheckConstraint(_in("to_status", REQUEST_STATUSES), name="to_status_known"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
+    )
+
+
+Index(
+    "ix_request_transitions_company_id_request_id_at",
+    RequestTransition.company_id,
+    RequestTransition.request_id,
+    RequestTransition.at,
 )
 
 
@@ -252,7 +319,7 @@ class RequestStatsDelta(Base):
     __table_args__ = ({"postgresql_with": DELTAS_STORAGE},)
 
 
-# Revision 0018 freezes its own copies of these views (0024 replaces `request_stats`).
+# Revisions 0018 and 0021 freeze their own copies of these views (0024 replaces `request_stats`).
 REQUESTS_VIEW = """
 CREATE VIEW requests AS
 SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, updated_at,
@@ -260,14 +327,14 @@ SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, up
        NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at,
        NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens,
        NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message,
-       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id,
+       NULL::bytea AS result_sha256, attempts, worker_id, reservation_id, NULL::bigint AS ai_call_id,
        model_id AS model, NULL::text AS error
   FROM request_inflight
 UNION ALL
 SELECT company_id, request_id, user_id, prompt, model_id, status, created_at, updated_at,
        queued_at, processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at,
        processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message,
-       result_sha256, attempts, worker_id, reservation_id,
+       result_sha256, attempts, worker_id, reservation_id, ai_call_id,
        model_id AS model, error_message AS error
   FROM request_history
 """

@@ -12,6 +12,15 @@ call; with `connections=n`, up to n connections kept checked out for the object'
 it, or use `async with`), which saves the pool's checkout on every call (a worker's hot path).
 With `hooks`, a transition and its hook share one transaction (the quota seam). Every method takes `now` for tests that drive time;
 by default the database server's clock decides.
+
+Ties to the rest. The audit: every status change (and a cancellation request) appends its
+`request_transitions` row in the transition's own statement (`transitions` reads them), so a
+refused transition writes none. The ledger: the request is the authority on which model call
+answered it. `complete` / `fail` / `acknowledge_cancel` take `ai_call_id` (what
+`AICallLogger.log_call` returned) and store it in the finishing statement; `ai_call` follows it to
+the ledger row, `requests_for_ai_call` comes back from a call. The ledger's own `request_id` stays
+the provider's request id: it is half of the ledger's idempotency key, so a second attempt's call
+carrying our request id would be taken for a retry of the first attempt's call.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.leases import Leases
 from persistence.ai_calls.rollups import _on_raw
+from persistence.audit import current_audit
 from persistence.errors import Endpoint, InvalidRequestError, NotFoundError
 from persistence.requests import sql
 from persistence.requests.errors import InvalidTransitionError, LeaseLostError
@@ -37,12 +47,14 @@ from persistence.requests.types import (
     Heartbeat,
     HistoryCursor,
     HistoryPage,
+    LedgerCall,
     QueueHealth,
     RequestHooks,
     RequestRecord,
     RequestResult,
     RequestStatsRow,
     SweepReport,
+    TransitionRecord,
     Worker,
 )
 from persistence.results.store import STREAMED, inline_content
@@ -52,6 +64,7 @@ __all__ = ["Requests"]
 T = TypeVar("T")
 _RECORD_FIELDS = [name.strip() for name in sql.RECORD_COLUMNS.split(",")]
 _CANCEL_ATTEMPTS = 5
+_MAX_BIGINT = 2**63 - 1
 
 
 def _record(row: asyncpg.Record) -> RequestRecord:
@@ -91,6 +104,16 @@ def _seconds(name: str, span: timedelta) -> float:
 def _count(name: str, value: int | None) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise InvalidRequestError(f"{name} must be an int >= 0 or None, got {value!r}")
+    return value
+
+
+def _call_id(value: int | None) -> int | None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_BIGINT
+    ):
+        raise InvalidRequestError(
+            f"ai_call_id must be a ledger call id (a positive int) or None, got {value!r}"
+        )
     return value
 
 
@@ -225,6 +248,7 @@ class Requests:
             attempts,
             _moment(now),
             reservation_id,
+            current_audit().user_id,
         )
 
         async def work(raw: asyncpg.Connection) -> RequestRecord:
@@ -244,9 +268,10 @@ class Requests:
         """Cancel a queued request now, or flag a processing one for its worker; a finished
         request raises `InvalidTransitionError` naming its state."""
         at = _moment(now)
+        actor = current_audit().user_id
 
         async def work(raw: asyncpg.Connection) -> CancelOutcome | None:
-            row = await raw.fetchrow(sql.CANCEL, company_id, request_id, at)
+            row = await raw.fetchrow(sql.CANCEL, company_id, request_id, at, actor)
             assert row is not None
             if row["status"] is not None:
                 record = _record(row)
@@ -323,7 +348,7 @@ class Requests:
 
     async def release(self, claim: Claim, *, now: datetime | None = None) -> None:
         """Put a held request back in the queue (a worker shutting down); the attempt counts."""
-        args = (claim.company_id, claim.request_id, claim.lease_id, _moment(now))
+        args = (claim.company_id, claim.request_id, claim.lease_id, _moment(now), claim.worker_id)
 
         async def work(raw: asyncpg.Connection) -> None:
             if await raw.fetchrow(sql.RELEASE, *args) is None:
@@ -352,17 +377,27 @@ class Requests:
         completion_tokens: int | None = None,
         total_tokens: int | None = None,
         result_sha256: bytes | None = None,
+        ai_call_id: int | None = None,
         now: datetime | None = None,
     ) -> RequestRecord:
         """processing -> completed under the claim's lease; the row moves to the history and the
-        rollup counts it, in one statement. `total_tokens` defaults to prompt + completion."""
+        rollup counts it, in one statement. `total_tokens` defaults to prompt + completion.
+        `ai_call_id` links the ledger row of the model call (`AICallLogger.log_call`'s id)."""
         prompt = _count("prompt_tokens", prompt_tokens)
         completion = _count("completion_tokens", completion_tokens)
         total = _count("total_tokens", total_tokens)
         if total is None and prompt is not None and completion is not None:
             total = prompt + completion
         return await self._finish(
-            claim, sql.COMPLETE, "complete", _moment(now), prompt, completion, total, _sha(result_sha256)
+            claim,
+            sql.COMPLETE,
+            "complete",
+            _moment(now),
+            prompt,
+            completion,
+            total,
+            _sha(result_sha256),
+            _call_id(ai_call_id),
         )
 
     async def fail(
@@ -373,20 +408,28 @@ class Requests:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         total_tokens: int | None = None,
+        ai_call_id: int | None = None,
         now: datetime | None = None,
     ) -> RequestRecord:
-        """processing -> failed under the claim's lease, with the error message."""
+        """processing -> failed under the claim's lease, with the error message (and the ledger
+        row of the model call, when one was made and logged)."""
         prompt = _count("prompt_tokens", prompt_tokens)
         completion = _count("completion_tokens", completion_tokens)
         total = _count("total_tokens", total_tokens)
         if total is None and prompt is not None and completion is not None:
             total = prompt + completion
-        return await self._finish(claim, sql.FAIL, "fail", _moment(now), error, prompt, completion, total)
+        return await self._finish(
+            claim, sql.FAIL, "fail", _moment(now), error, prompt, completion, total, _call_id(ai_call_id)
+        )
 
-    async def acknowledge_cancel(self, claim: Claim, *, now: datetime | None = None) -> RequestRecord:
+    async def acknowledge_cancel(
+        self, claim: Claim, *, ai_call_id: int | None = None, now: datetime | None = None
+    ) -> RequestRecord:
         """processing -> cancelled under the claim's lease: the worker stopped (after a heartbeat
-        reported a cancellation request)."""
-        return await self._finish(claim, sql.ACKNOWLEDGE_CANCEL, "be cancelled", _moment(now))
+        reported a cancellation request); `ai_call_id` as for `complete`, if a call was made."""
+        return await self._finish(
+            claim, sql.ACKNOWLEDGE_CANCEL, "be cancelled", _moment(now), _call_id(ai_call_id)
+        )
 
     # -- recovery -------------------------------------------------------------------------------------
 
@@ -474,6 +517,67 @@ class Requests:
                 streamed=streamed,
             )
             return dataclasses.replace(record, result=result)
+
+        return await self._run(work)
+
+    async def transitions(self, company_id: str, request_id: uuid.UUID) -> list[TransitionRecord]:
+        """The audit of a request's status changes, oldest first (empty for an unknown request)."""
+
+        async def work(raw: asyncpg.Connection) -> list[TransitionRecord]:
+            return [
+                TransitionRecord(
+                    at=r["at"],
+                    action=r["action"],
+                    from_status=r["from_status"],
+                    to_status=r["to_status"],
+                    attempt=r["attempt"],
+                    worker_id=r["worker_id"],
+                    lease_id=r["lease_id"],
+                    actor=r["actor"],
+                )
+                for r in await raw.fetch(sql.TRANSITIONS, company_id, request_id)
+            ]
+
+        return await self._run(work)
+
+    async def ai_call(self, company_id: str, request_id: uuid.UUID) -> LedgerCall | None:
+        """The ledger row of the model call the request recorded, in one query; None when it
+        links none. `NotFoundError` for an unknown request, or when the linked call is not (or no
+        longer, after the ledger's retention) in the ledger."""
+
+        async def work(raw: asyncpg.Connection) -> LedgerCall | None:
+            row = await raw.fetchrow(sql.AI_CALL, company_id, request_id)
+            if row is None:
+                raise NotFoundError("request", request_id)
+            if row["linked"] is None:
+                return None
+            if row["id"] is None:
+                raise NotFoundError("AI call", row["linked"])
+            return LedgerCall(
+                id=row["id"],
+                created_at=row["created_at"],
+                provider=row["provider"],
+                model=row["model"],
+                status=row["status"],
+                input_tokens=row["input_tokens"],
+                output_tokens=row["output_tokens"],
+                total_tokens=row["total_tokens"],
+                cost_usd=row["cost_usd"],
+                cost_source=row["cost_source"],
+                latency_ms=row["latency_ms"],
+                request_id=row["request_id"],
+                trace_id=row["trace_id"],
+            )
+
+        return await self._run(work)
+
+    async def requests_for_ai_call(self, company_id: str, ai_call_id: int) -> list[RequestRecord]:
+        """The requests of `company_id` that recorded ledger call `ai_call_id` (one index lookup;
+        several when one call answered several requests), oldest first."""
+        call = _call_id(ai_call_id)
+
+        async def work(raw: asyncpg.Connection) -> list[RequestRecord]:
+            return [_record(row) for row in await raw.fetch(sql.FOR_AI_CALL, company_id, call)]
 
         return await self._run(work)
 

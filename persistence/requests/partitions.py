@@ -6,6 +6,9 @@ seed's "INSERT INTO requests_archive ...; DELETE FROM requests ..." becomes a de
 partition becomes a standalone table, `requests_archive_pYYYY_MM`, still queryable, no longer in
 `requests`) or a drop, of whole months older than the cut-off, never a DELETE (deletes bloat).
 `request_stats_daily` is a separate table: the statistics of archived months stay.
+`request_transitions` (the audit of status changes) is partitioned the same way and follows the
+history: its months are created, detached (as `request_transitions_archive_pYYYY_MM`) or dropped
+in the same step as the history's.
 
 Each DDL step is its own short transaction under `lock_timeout`, so maintenance never queues
 behind (and blocks) live writers for long; a step that cannot get its lock raises `TransientError`
@@ -31,6 +34,7 @@ from persistence.errors import ValidationError, raise_translated
 __all__ = ["ArchiveReport", "archive_requests", "ensure_request_partitions", "request_partition_months"]
 
 _NAME = re.compile(r"request_history_p(\d{4})_(\d{2})")
+_TRANSITIONS_NAME = re.compile(r"request_transitions_p(\d{4})_(\d{2})")
 
 
 @dataclass
@@ -45,18 +49,23 @@ class ArchiveReport:
     dry_run: bool = False
 
 
-async def request_partition_months(engine: AsyncEngine) -> list[date]:
-    """Months that have a partition attached to `request_history`."""
+async def _months(engine: AsyncEngine, parent: str, pattern: re.Pattern[str]) -> list[date]:
     async with engine.connect() as conn:
         names = (
             await conn.execute(
                 text(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                    "WHERE i.inhparent = 'request_history'::regclass"
-                )
+                    "WHERE i.inhparent = CAST(:parent AS regclass)"
+                ),
+                {"parent": parent},
             )
         ).scalars()
-        return sorted(date(int(m[1]), int(m[2]), 1) for name in names if (m := _NAME.fullmatch(name)))
+        return sorted(date(int(m[1]), int(m[2]), 1) for name in names if (m := pattern.fullmatch(name)))
+
+
+async def request_partition_months(engine: AsyncEngine) -> list[date]:
+    """Months that have a partition attached to `request_history`."""
+    return await _months(engine, "request_history", _NAME)
 
 
 async def _step(
@@ -80,10 +89,19 @@ async def ensure_request_partitions(
     if ahead < 0 or lock_timeout_ms < 1:
         raise ValidationError("ahead must be >= 0 and lock_timeout_ms >= 1")
     this_month = (today or datetime.now(UTC).date()).replace(day=1)
-    existing = await request_partition_months(engine)
+    existing = set(await request_partition_months(engine))
+    existing &= set(await _months(engine, "request_transitions", _TRANSITIONS_NAME))
     created = [m for m in (add_months(this_month, k) for k in range(ahead + 1)) if m not in existing]
     for month in created:
-        await _step(engine, lock_timeout_ms, ["SELECT request_history_ensure_partition(:m)"], {"m": month})
+        await _step(
+            engine,
+            lock_timeout_ms,
+            [
+                "SELECT request_history_ensure_partition(:m)",
+                "SELECT request_transitions_ensure_partition(:m)",
+            ],
+            {"m": month},
+        )
     return created
 
 
@@ -109,9 +127,14 @@ async def archive_requests(
             report.tables.append(f"request_history_p{month:%Y_%m}")
     if dry_run:
         return report
+    audit_months = set(await _months(engine, "request_transitions", _TRANSITIONS_NAME))
     for month, name in zip(report.months, report.tables, strict=True):
         # Names are built from dates above (digits only), never from caller text.
         archive = f"requests_archive_p{month:%Y_%m}"
+        audit, audit_archive = (
+            f"request_transitions_p{month:%Y_%m}",
+            f"request_transitions_archive_p{month:%Y_%m}",
+        )
         statements = (
             [
                 f'ALTER TABLE request_history DETACH PARTITION "{name}"',
@@ -120,6 +143,13 @@ async def archive_requests(
             if mode == "detach"
             else [f'DROP TABLE IF EXISTS "{name}"']
         )
+        if mode == "drop":
+            statements.append(f'DROP TABLE IF EXISTS "{audit}"')
+        elif month in audit_months:
+            statements += [
+                f'ALTER TABLE request_transitions DETACH PARTITION "{audit}"',
+                f'ALTER TABLE "{audit}" RENAME TO "{audit_archive}"',
+            ]
         await _step(engine, lock_timeout_ms, statements, {})
         if mode == "detach":
             report.archived.append(archive)

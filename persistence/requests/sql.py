@@ -11,6 +11,10 @@ feeds the INSERT into `request_history`, whose RETURNING feeds an append to `req
 
 `$now` parameters are NULL in production (the server's clock) and a timestamp in tests that drive
 time explicitly.
+
+Every status change (and a cancellation request) also appends its `request_transitions` row in the
+same statement (`_transition`): a refused transition matches no row and so writes none, and no
+change commits without its row. Its `at` is the server's clock (the column default), never `$now`.
 """
 
 from __future__ import annotations
@@ -21,10 +25,35 @@ _HISTORY_COLUMNS = (
     "company_id, request_id, created_at, user_id, model_id, prompt, status, updated_at, queued_at, "
     "processing_at, completed_at, failed_at, cancelled_at, expired_at, cancel_requested_at, "
     "processing_time_ms, estimated_tokens, prompt_tokens, completion_tokens, total_tokens, error_message, "
-    "result_sha256, attempts, worker_id, reservation_id"
+    "result_sha256, attempts, worker_id, reservation_id, ai_call_id"
 )
 RECORD_COLUMNS = _HISTORY_COLUMNS
 _MEASURES = ", ".join(STATS_MEASURES)
+_TRANSITION_COLUMNS = (
+    "company_id, request_id, created_at, action, from_status, to_status, attempt, worker_id, lease_id, actor"
+)
+
+
+def _transition(
+    name: str,
+    rows: str,
+    action: str,
+    from_status: str,
+    to_status: str,
+    *,
+    worker: str = "worker_id",
+    lease: str = "lease_id",
+    actor: str = "NULL::varchar",
+    where: str = "",
+) -> str:
+    """A CTE appending one `request_transitions` row per row of `rows` (company_id, request_id,
+    created_at and attempts are read from it; the other values are SQL expressions over it)."""
+    return f"""{name} AS (
+    INSERT INTO request_transitions ({_TRANSITION_COLUMNS})
+    SELECT company_id, request_id, created_at, '{action}', {from_status}, {to_status}, attempts, {worker},
+           {lease}, {actor}
+      FROM {rows}{where}
+)"""
 
 
 def _at(param: str) -> str:
@@ -34,6 +63,7 @@ def _at(param: str) -> str:
 def _finish(
     moved: str,
     *,
+    action: str,
     at: str,
     status: str,
     timed: bool,
@@ -42,11 +72,14 @@ def _finish(
     total_tokens: str = "NULL::integer",
     error: str = "NULL::text",
     sha: str = "NULL::bytea",
+    call: str = "NULL::bigint",
+    actor: str = "NULL::varchar",
     before: str = "",
     select: str = f"SELECT {_HISTORY_COLUMNS} FROM done",
 ) -> str:
     """A finishing statement: the rows `moved` returns (deleted from `request_inflight`) become
-    history rows in state `status` (an expression over `m`) at `at`, counted in the rollup."""
+    history rows in state `status` (an expression over `m`) at `at`, counted in the rollup deltas, each
+    with its `request_transitions` row (`action`, from the state it left)."""
     elapsed = (
         "CASE WHEN m.processing_at IS NOT NULL "
         "THEN round(extract(epoch FROM f.at - m.processing_at) * 1000)::integer END"
@@ -62,10 +95,11 @@ done AS (
            CASE WHEN f.status = 'completed' THEN f.at END, CASE WHEN f.status = 'failed' THEN f.at END,
            CASE WHEN f.status = 'cancelled' THEN f.at END, CASE WHEN f.status = 'expired' THEN f.at END,
            m.cancel_requested_at, {elapsed}, m.estimated_tokens, {prompt_tokens}, {completion_tokens},
-           {total_tokens}, {error}, {sha}, m.attempts, m.worker_id, m.reservation_id
+           {total_tokens}, {error}, {sha}, m.attempts, m.worker_id, m.reservation_id, {call}
       FROM moved m CROSS JOIN LATERAL (SELECT CAST({status} AS varchar(20)) AS status, {at} AS at) f
     RETURNING {_HISTORY_COLUMNS}
 ),
+{_transition("audited", "moved m", action, "m.status", f"CAST({status} AS varchar(20))", actor=actor)},
 rolled AS (
     INSERT INTO request_stats_deltas (company_id, day, user_id, model_id, {_MEASURES})
     SELECT company_id, (created_at AT TIME ZONE 'UTC')::date, user_id, model_id, count(*),
@@ -86,18 +120,22 @@ _INFLIGHT_RECORD = (
     "NULL::timestamptz AS cancelled_at, NULL::timestamptz AS expired_at, cancel_requested_at, "
     "NULL::integer AS processing_time_ms, estimated_tokens, NULL::integer AS prompt_tokens, "
     "NULL::integer AS completion_tokens, NULL::integer AS total_tokens, NULL::text AS error_message, "
-    "NULL::bytea AS result_sha256, attempts, worker_id, reservation_id"
+    "NULL::bytea AS result_sha256, attempts, worker_id, reservation_id, NULL::bigint AS ai_call_id"
 )
 
 # $1 company, $2 request, $3 user, $4 model, $5 prompt, $6 estimated tokens, $7 max attempts, $8 now,
-# $9 quota reservation. An id already in flight violates the primary key; one already finished
-# inserts nothing (a retried create must not start the request again).
+# $9 quota reservation, $10 actor. An id already in flight violates the primary key; one already
+# finished inserts nothing (a retried create must not start the request again).
 CREATE = f"""
+WITH created AS (
 INSERT INTO request_inflight (company_id, request_id, user_id, model_id, prompt, estimated_tokens,
                               max_attempts, created_at, updated_at, queued_at, reservation_id)
 SELECT $1::varchar, $2::uuid, $3, $4, $5, $6, $7, t.at, t.at, t.at, $9 FROM (SELECT {_at("$8")} AS at) t
  WHERE NOT EXISTS (SELECT 1 FROM request_history WHERE company_id = $1 AND request_id = $2)
 RETURNING {_INFLIGHT_RECORD}
+),
+{_transition("audited", "created", "create", "NULL", "'queued'", worker="NULL", lease="NULL", actor="$10::varchar")}
+SELECT * FROM created
 """
 
 _CLAIMED = (
@@ -106,7 +144,7 @@ _CLAIMED = (
 )
 
 
-def _take(where_rows: str, worker: str, lease: str, now: str) -> str:
+def _take(action: str, where_rows: str, worker: str, lease: str, now: str) -> str:
     return f"""
 WITH p AS MATERIALIZED ({where_rows}),
 taken AS (
@@ -117,13 +155,15 @@ UPDATE request_inflight i
   FROM p, (SELECT {_at(now)} AS at) t
  WHERE i.company_id = p.company_id AND i.request_id = p.request_id AND i.status = 'queued'
 RETURNING {_CLAIMED}, p.queued_at
-)
+),
+{_transition("audited", "taken", action, "'queued'", "'processing'")}
 SELECT * FROM taken ORDER BY queued_at, request_id
 """
 
 
 # $1 worker, $2 limit, $3 lease seconds, $4 now. Oldest queued first; rows other workers hold are skipped.
 CLAIM = _take(
+    "claim",
     "SELECT company_id, request_id, queued_at FROM request_inflight WHERE status = 'queued' "
     "ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     "$1",
@@ -133,6 +173,7 @@ CLAIM = _take(
 
 # $1 company, $2 request, $3 worker, $4 lease seconds, $5 now: a request an external queue delivered.
 START = _take(
+    "start",
     "SELECT $1::varchar AS company_id, $2::uuid AS request_id, NULL::timestamptz AS queued_at",
     "$3",
     "$4",
@@ -158,21 +199,28 @@ UPDATE request_inflight
 RETURNING lease_until, cancel_requested_at
 """
 
-# $1 company, $2 request, $3 lease, $4 now: back to the queue (a worker shutting down).
+# $1 company, $2 request, $3 lease, $4 now, $5 worker: back to the queue (a worker shutting down).
+# The row matched lease $3, which was issued to worker $5 alone: the transition names both.
 RELEASE = f"""
+WITH released AS (
 UPDATE request_inflight
    SET status = 'queued', queued_at = t.at, updated_at = t.at, lease_id = NULL, lease_until = NULL,
        worker_id = NULL, heartbeat_at = NULL
   FROM (SELECT {_at("$4")} AS at) t
  WHERE {_HELD.format(at="t.at")}
-RETURNING request_id
+RETURNING company_id, request_id, created_at, attempts
+),
+{_transition("audited", "released", "release", "'processing'", "'queued'", worker="$5::varchar", lease="$3::uuid")}
+SELECT request_id FROM released
 """
 
 _DELETE_HELD = f"DELETE FROM request_inflight WHERE {_HELD.format(at=_at('$4'))} RETURNING *"
 
-# $1 company, $2 request, $3 lease, $4 now, $5 prompt tokens, $6 completion tokens, $7 total tokens, $8 sha-256
+# $1 company, $2 request, $3 lease, $4 now, $5 prompt tokens, $6 completion tokens, $7 total tokens,
+# $8 sha-256, $9 the ledger's call id
 COMPLETE = _finish(
     _DELETE_HELD,
+    action="complete",
     at=_at("$4"),
     status="'completed'",
     timed=True,
@@ -180,11 +228,14 @@ COMPLETE = _finish(
     completion_tokens="$6::integer",
     total_tokens="$7::integer",
     sha="$8::bytea",
+    call="$9::bigint",
 )
 
-# $1 company, $2 request, $3 lease, $4 now, $5 error, $6 prompt tokens, $7 completion tokens, $8 total tokens
+# $1 company, $2 request, $3 lease, $4 now, $5 error, $6 prompt tokens, $7 completion tokens, $8 total tokens,
+# $9 the ledger's call id
 FAIL = _finish(
     _DELETE_HELD,
+    action="fail",
     at=_at("$4"),
     status="'failed'",
     timed=True,
@@ -192,23 +243,52 @@ FAIL = _finish(
     completion_tokens="$7::integer",
     total_tokens="$8::integer",
     error="$5::text",
+    call="$9::bigint",
 )
 
-# $1 company, $2 request, $3 lease, $4 now: the worker stopped because cancellation was requested.
-ACKNOWLEDGE_CANCEL = _finish(_DELETE_HELD, at=_at("$4"), status="'cancelled'", timed=True)
+# $1 company, $2 request, $3 lease, $4 now, $5 the ledger's call id: the worker stopped because
+# cancellation was requested.
+ACKNOWLEDGE_CANCEL = _finish(
+    _DELETE_HELD,
+    action="acknowledge_cancel",
+    at=_at("$4"),
+    status="'cancelled'",
+    timed=True,
+    call="$5::bigint",
+)
 
-# $1 company, $2 request, $3 now. A queued request is cancelled at once; a processing one is flagged
-# (its worker sees the flag on heartbeat). Both branches in one statement, one snapshot.
+# $1 company, $2 request, $3 now, $4 actor. A queued request is cancelled at once; a processing one is
+# flagged (its worker sees the flag on heartbeat), its transition written the first time only. Both
+# branches in one statement, one snapshot.
 CANCEL = _finish(
     "DELETE FROM request_inflight WHERE company_id = $1 AND request_id = $2 AND status = 'queued' RETURNING *",
+    action="cancel",
     at=_at("$3"),
     status="'cancelled'",
     timed=False,
-    before=f"""flagged AS (
-    UPDATE request_inflight SET cancel_requested_at = coalesce(cancel_requested_at, {_at("$3")})
+    actor="$4::varchar",
+    before=f"""flagging AS MATERIALIZED (
+    SELECT company_id, request_id, cancel_requested_at IS NULL AS first FROM request_inflight
      WHERE company_id = $1 AND request_id = $2 AND status = 'processing'
-    RETURNING request_id
+       FOR UPDATE
 ),
+flagged AS (
+    UPDATE request_inflight i SET cancel_requested_at = coalesce(i.cancel_requested_at, {_at("$3")})
+      FROM flagging g
+     WHERE i.company_id = g.company_id AND i.request_id = g.request_id
+    RETURNING i.company_id, i.request_id, i.created_at, i.attempts, i.worker_id, i.lease_id, g.first
+),
+{
+        _transition(
+            "flag_audited",
+            "flagged",
+            "request_cancel",
+            "'processing'",
+            "'processing'",
+            actor="$4::varchar",
+            where=" WHERE first",
+        )
+    },
 """,
     select="SELECT (SELECT count(*) FROM flagged) AS flagged, d.* FROM (SELECT 1) one LEFT JOIN done d ON true",
 )
@@ -218,6 +298,7 @@ EXPIRE_QUEUED = _finish(
     """DELETE FROM request_inflight i USING stale p
      WHERE i.company_id = p.company_id AND i.request_id = p.request_id AND i.status = 'queued'
     RETURNING i.*""",
+    action="expire",
     at=_at("$3"),
     status="'expired'",
     timed=False,
@@ -238,13 +319,14 @@ SWEEP = _finish(
      WHERE i.company_id = e.company_id AND i.request_id = e.request_id AND {_EXPIRED}
        AND (i.attempts >= i.max_attempts OR i.cancel_requested_at IS NOT NULL)
     RETURNING i.*""",
+    action="sweep",
     at=_at("$2"),
     status="CASE WHEN m.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'failed' END",
     timed=False,
     error="CASE WHEN m.cancel_requested_at IS NULL "
     "THEN 'lease expired on attempt ' || m.attempts || ' of ' || m.max_attempts || ' (' || m.worker_id || ')' END",
     before=f"""expired AS MATERIALIZED (
-    SELECT company_id, request_id FROM request_inflight i
+    SELECT company_id, request_id, worker_id, lease_id FROM request_inflight i
      WHERE {_EXPIRED} ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED
 ),
 requeued AS (
@@ -254,8 +336,9 @@ requeued AS (
       FROM expired e
      WHERE i.company_id = e.company_id AND i.request_id = e.request_id AND {_EXPIRED}
        AND i.attempts < i.max_attempts AND i.cancel_requested_at IS NULL
-    RETURNING i.company_id, i.request_id
+    RETURNING i.company_id, i.request_id, i.created_at, i.attempts, e.worker_id, e.lease_id
 ),
+{_transition("requeue_audited", "requeued", "sweep", "'processing'", "'queued'")},
 """,
     select="SELECT 'requeued' AS outcome, company_id, request_id, NULL::varchar AS status FROM requeued "
     "UNION ALL SELECT 'finished', company_id, request_id, status FROM done",
@@ -337,4 +420,27 @@ SELECT (SELECT count(*) FROM request_inflight WHERE status = 'queued') AS queued
          ORDER BY age(backend_xmin) DESC, xact_start
          LIMIT 1) o ON true
  WHERE s.relid = 'request_inflight'::regclass
+"""
+
+# $1 company, $2 request: its transitions, oldest first (the audit of its status changes).
+TRANSITIONS = """
+SELECT at, action, from_status, to_status, attempt, worker_id, lease_id, actor
+  FROM request_transitions WHERE company_id = $1 AND request_id = $2
+ ORDER BY at
+"""
+
+# $1 company, $2 request: the request's ledger call (the link is the request's `ai_call_id`; NULL
+# columns of `c` when it has none). One row when the request exists.
+AI_CALL = """
+SELECT r.ai_call_id AS linked, c.id, c.created_at, c.provider, c.model, c.status, c.input_tokens,
+       c.output_tokens, c.total_tokens, c.cost_usd, c.cost_source, c.latency_ms, c.request_id, c.trace_id
+  FROM requests r LEFT JOIN ai_calls c ON c.id = r.ai_call_id
+ WHERE r.company_id = $1 AND r.request_id = $2
+"""
+
+# $1 company, $2 the ledger's call id: the requests that recorded that call's outcome (several when
+# one call answered several requests, e.g. deduplicated ones). The partial index finds them.
+FOR_AI_CALL = f"""
+SELECT {RECORD_COLUMNS} FROM request_history WHERE company_id = $1 AND ai_call_id = $2
+ ORDER BY created_at, request_id
 """

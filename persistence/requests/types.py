@@ -18,16 +18,31 @@ __all__ = [
     "Heartbeat",
     "HistoryCursor",
     "HistoryPage",
+    "LedgerCall",
     "QueueHealth",
     "RequestHooks",
     "RequestRecord",
     "RequestResult",
     "RequestStatsRow",
     "SweepReport",
+    "TransitionRecord",
     "Worker",
 ]
 
 RequestStatus = Literal["queued", "processing", "completed", "failed", "cancelled", "expired"]
+TransitionAction = Literal[
+    "create",
+    "claim",
+    "start",
+    "release",
+    "complete",
+    "fail",
+    "acknowledge_cancel",
+    "cancel",
+    "request_cancel",
+    "sweep",
+    "expire",
+]
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,9 @@ class Heartbeat:
 @dataclass(frozen=True)
 class RequestRecord:
     """One request as seed 001's `requests` shows it: status, one timestamp per state, tokens,
-    error and the result's sha-256 (a row of the result store)."""
+    error, the result's sha-256 (a row of the result store) and `ai_call_id`, the ledger row
+    (`ai_calls.id`) of the model call whose outcome the request recorded (None while in flight,
+    or when the worker passed none)."""
 
     company_id: str
     request_id: uuid.UUID
@@ -106,6 +123,7 @@ class RequestRecord:
     attempts: int
     worker_id: str | None
     reservation_id: uuid.UUID | None
+    ai_call_id: int | None
     result: RequestResult | None = None
     """The stored result, read by `Requests.status`'s join (None elsewhere, or without a result)."""
 
@@ -126,6 +144,46 @@ class RequestResult:
     size_bytes: int
     content: object
     streamed: bool
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """One audited status change of a request (a row of `request_transitions`).
+
+    `action` is the transition (`sweep` for the sweeper's re-queue, fail or cancel), `from_status`
+    None on creation; `request_cancel` keeps the status (processing) and records the flag.
+    `worker_id` / `lease_id` name the lease it was made under or, for `sweep`, the lease that
+    expired; `attempt` is the attempt count after it; `actor` the `audit_context` user of a
+    client's `create` or `cancel`; `at` the server's clock when it was written."""
+
+    at: datetime
+    action: TransitionAction
+    from_status: RequestStatus | None
+    to_status: RequestStatus
+    attempt: int
+    worker_id: str | None
+    lease_id: uuid.UUID | None
+    actor: str | None
+
+
+@dataclass(frozen=True)
+class LedgerCall:
+    """The AI-call ledger's row (`ai_calls`) a request links by its `ai_call_id`: the model call's
+    tokens, cost and outcome. `request_id` is the provider's request id (the ledger's own column)."""
+
+    id: int
+    created_at: datetime
+    provider: str
+    model: str
+    status: str
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: Decimal | None
+    cost_source: str
+    latency_ms: int | None
+    request_id: str | None
+    trace_id: str | None
 
 
 @dataclass(frozen=True)

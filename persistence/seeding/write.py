@@ -132,6 +132,7 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "request_history",
     "request_stats_daily",
     "request_stats_deltas",
+    "request_transitions",  # their audit of status changes (revision 0021)
     # Results of requests and their deduplication cache (revision 0019): never seeded, never reset.
     "results",
     "result_chunks",

@@ -64,6 +64,7 @@ from persistence.models import (
     RequestInflight,
     RequestStatsDaily,
     RequestStatsDelta,
+    RequestTransition,
     Result,
     ResultCacheEntry,
     ResultChunk,
@@ -128,6 +129,7 @@ __all__ = [
     "RequestInflightFactory",
     "RequestStatsDailyFactory",
     "RequestStatsDeltaFactory",
+    "RequestTransitionFactory",
     "ResultCacheEntryFactory",
     "ResultChunkFactory",
     "ResultFactory",
@@ -1180,6 +1182,24 @@ class RequestStatsDeltaFactory(ModelFactory[RequestStatsDelta]):
     processing_time_ms_sum = 1_500
     processing_time_count = 1
     total_tokens = 200
+
+
+class RequestTransitionFactory(ModelFactory[RequestTransition]):
+    """A request's claim, as the claiming statement audits it (revision 0021)."""
+
+    class Meta:
+        model = RequestTransition
+
+    company_id = factory.Sequence(lambda n: f"company-{n:04d}")
+    request_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
+    created_at = factory.LazyFunction(lambda: _now() - timedelta(seconds=3))
+    at = factory.LazyFunction(_now)
+    action = "claim"
+    from_status = "queued"
+    to_status = "processing"
+    attempt = 1
+    worker_id = "worker-1/00000000-0000-4000-8000-000000000000"
+    lease_id = factory.LazyFunction(lambda: uuid.UUID(int=_rand().getrandbits(128), version=4))
 
 
 class ResultFactory(ModelFactory[Result]):

@@ -33,11 +33,11 @@ def _index_scans(plan: dict[str, Any], table: str) -> list[str]:
 @pytest.mark.parametrize(
     ("statement", "extra"),
     [
-        (sql.COMPLETE, (None, 1, 2, 3, b"\x00" * 32)),
-        (sql.FAIL, (None, "boom", 1, 2, 3)),
-        (sql.ACKNOWLEDGE_CANCEL, (None,)),
+        (sql.COMPLETE, (None, 1, 2, 3, b"\x00" * 32, 7)),
+        (sql.FAIL, (None, "boom", 1, 2, 3, 7)),
+        (sql.ACKNOWLEDGE_CANCEL, (None, 7)),
         (sql.HEARTBEAT, (30.0, None)),
-        (sql.RELEASE, (None,)),
+        (sql.RELEASE, (None, "w/boot")),
     ],
     ids=["complete", "fail", "acknowledge_cancel", "heartbeat", "release"],
 )
