@@ -63,7 +63,9 @@ class TenantCostHourlyDelta(_CostMeasures, Base):
     service: Mapped[str] = mapped_column(String(50))
 
 
-Index("ix_tenant_cost_hourly_deltas_tenant_id_hour", TenantCostHourlyDelta.tenant_id, TenantCostHourlyDelta.hour)
+Index(
+    "ix_tenant_cost_hourly_deltas_tenant_id_hour", TenantCostHourlyDelta.tenant_id, TenantCostHourlyDelta.hour
+)
 
 
 class AgentExecutionHourly(_AgentMeasures, Base):
