@@ -31,8 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -78,7 +78,7 @@ SELECT 'tenant-' || (i % $3), now() - random() * $4 * interval '1 second', gen_r
        CASE WHEN random() < 0.8 THEN round(random()::numeric, 6) END,
        CASE WHEN random() < 0.7 THEN round((random() * 0.05)::numeric, 8) END, (random() * 3000)::int
   FROM generate_series($1::bigint + 1, $2::bigint) AS i
-"""  # noqa: S608 (constant SQL)
+"""
 
 
 async def load(raw: asyncpg.Connection, first: int, last: int, args: argparse.Namespace) -> None:
@@ -89,9 +89,9 @@ async def load(raw: asyncpg.Connection, first: int, last: int, args: argparse.Na
         await raw.execute(AGENTS, lo, hi, args.tenants, span, args.agents)
 
 
-async def p50(work: Callable[[], Awaitable[object]], times: list[float]) -> None:
+async def timed(times: list[float], query: Awaitable[object]) -> None:
     started = time.perf_counter()
-    await work()
+    await query
     times.append((time.perf_counter() - started) * 1000)
 
 
@@ -162,11 +162,11 @@ async def main() -> int:
                     window = tenant_day(tenant, day, zone)
                     compared += 1
                     unequal += await daily_cost(raw, window) != await daily_cost_scan(raw, window)
-                for agent in range(args.agents):
+                for k in range(args.agents):
                     for hours in WINDOWS:
                         compared += 1
-                        fast = await agent_runs(raw, f"agent-{agent}", tenant, hours)
-                        unequal += fast != await agent_runs_scan(raw, f"agent-{agent}", tenant, hours)
+                        fast = await agent_runs(raw, f"agent-{k}", tenant, hours)
+                        unequal += fast != await agent_runs_scan(raw, f"agent-{k}", tenant, hours)
 
         # Must-show 4: timing.
         rng = random.Random(4)
@@ -176,16 +176,13 @@ async def main() -> int:
         runs_scan: list[float] = []
         for _ in range(args.samples):
             tenant, zone = rng.choice(tenants)
-            day: date = rng.choice(days[1:-1])
-            window = tenant_day(tenant, day, zone)
+            sample = tenant_day(tenant, rng.choice(days[1:-1]), zone)
             agent = f"agent-{rng.randrange(args.agents)}"
             for _ in range(args.rounds):
-                await p50(lambda w=window: raw.fetchval(DAILY_COST, *w.arguments), cost_fast)  # type: ignore[misc]
-                await p50(
-                    lambda w=window: raw.fetchval(RAW_DAILY_COST, w.tenant_id, w.start, w.end), cost_scan
-                )  # type: ignore[misc]
-                await p50(lambda a=agent, t=tenant: raw.fetchrow(AGENT_RUNS, t, a, 24.0), runs_fast)  # type: ignore[misc]
-                await p50(lambda a=agent, t=tenant: raw.fetchrow(RAW_AGENT_RUNS, t, a, 24.0), runs_scan)  # type: ignore[misc]
+                await timed(cost_fast, raw.fetchval(DAILY_COST, *sample.arguments))
+                await timed(cost_scan, raw.fetchval(RAW_DAILY_COST, tenant, sample.start, sample.end))
+                await timed(runs_fast, raw.fetchrow(AGENT_RUNS, tenant, agent, 24.0))
+                await timed(runs_scan, raw.fetchrow(RAW_AGENT_RUNS, tenant, agent, 24.0))
         await raw.close()
         await engine.dispose()
 
