@@ -108,6 +108,7 @@ async def main() -> int:
     parser.add_argument("--late", type=float, default=2.0, help="percent of events written late")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of one sample per side")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="bench-event-queries-", dir="/tmp"))
@@ -183,6 +184,16 @@ async def main() -> int:
                 await timed(cost_scan, raw.fetchval(RAW_DAILY_COST, tenant, sample.start, sample.end))
                 await timed(runs_fast, raw.fetchrow(AGENT_RUNS, tenant, agent, 24.0))
                 await timed(runs_scan, raw.fetchrow(RAW_AGENT_RUNS, tenant, agent, 24.0))
+        if args.explain:
+            explained = (
+                (DAILY_COST, sample.arguments),
+                (RAW_DAILY_COST, (tenant, sample.start, sample.end)),
+                (AGENT_RUNS, (tenant, agent, 24.0)),
+                (RAW_AGENT_RUNS, (tenant, agent, 24.0)),
+            )
+            for sql, params in explained:
+                plan = await raw.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, *params)
+                print("\n".join(row[0] for row in plan), "\n")
         await raw.close()
         await engine.dispose()
 

@@ -35,8 +35,12 @@ __all__ = [
 ]
 
 # ($1 tenant, $2/$3 the local day's first and last instants [start, end), $4/$5 its whole UTC hours
-# [first_hour, end_hour): `TenantDay.arguments`).
+# [first_hour, end_hour): `TenantDay.arguments`). The raw edges take their bounds from a
+# MATERIALIZED CTE: the planner cannot prune partitions by them, so a prepared statement keeps one
+# generic plan (pruned when it runs) instead of planning every partition at every call (0.2 vs ~1 ms).
 DAILY_COST = """
+WITH w AS MATERIALIZED (SELECT $2::timestamptz AS lo, $3::timestamptz AS hi, $4::timestamptz AS h0,
+                               $5::timestamptz AS h1)
 SELECT coalesce(sum(cost), 0) FROM (
     SELECT sum(cost_usd) AS cost FROM analytics.tenant_cost_hourly
      WHERE tenant_id = $1 AND hour >= $4 AND hour < $5
@@ -44,9 +48,11 @@ SELECT coalesce(sum(cost), 0) FROM (
     SELECT sum(cost_usd) FROM analytics.tenant_cost_hourly_deltas
      WHERE tenant_id = $1 AND hour >= $4 AND hour < $5
     UNION ALL
-    SELECT sum(cost_usd) FROM analytics.tenant_cost_events WHERE tenant_id = $1 AND time >= $2 AND time < $4
+    SELECT sum(cost_usd) FROM analytics.tenant_cost_events
+     WHERE tenant_id = $1 AND time >= (SELECT lo FROM w) AND time < (SELECT h0 FROM w)
     UNION ALL
-    SELECT sum(cost_usd) FROM analytics.tenant_cost_events WHERE tenant_id = $1 AND time >= $5 AND time < $3
+    SELECT sum(cost_usd) FROM analytics.tenant_cost_events
+     WHERE tenant_id = $1 AND time >= (SELECT h1 FROM w) AND time < (SELECT hi FROM w)
 ) parts
 """
 
@@ -56,21 +62,25 @@ SELECT coalesce(sum(cost_usd), 0) FROM analytics.tenant_cost_events
  WHERE tenant_id = $1 AND time >= $2 AND time < $3
 """
 
-# ($1 tenant, $2 agent, $3 hours): the database's clock sets the window [now() - hours, ...). Its
-# first whole hour is `_FIRST_HOUR` (timestamps have microseconds); inline stable expressions, so
-# partitions outside the edge are pruned when the statement starts.
+# ($1 tenant, $2 agent, $3 hours): the database's clock sets the window [now() - hours, ...); its
+# first whole hour is the next hour boundary (timestamps have microseconds). Computed once in a
+# MATERIALIZED CTE, for the same reason as in DAILY_COST.
 _START = "now() - $3::float8 * interval '1 hour'"
-_FIRST_HOUR = f"date_trunc('hour', {_START} + interval '1 hour' - interval '1 microsecond', 'UTC')"
 AGENT_RUNS = f"""
+WITH w AS MATERIALIZED (
+    SELECT lo, date_trunc('hour', (lo + interval '1 hour' - interval '1 microsecond') AT TIME ZONE 'UTC')
+               AT TIME ZONE 'UTC' AS h0
+      FROM (SELECT {_START} AS lo) start
+)
 SELECT coalesce(sum(successes), 0), coalesce(sum(runs), 0) FROM (
     SELECT sum(successes) AS successes, sum(runs) AS runs FROM analytics.agent_execution_hourly
-     WHERE tenant_id = $1 AND agent_id = $2 AND hour >= {_FIRST_HOUR}
+     WHERE tenant_id = $1 AND agent_id = $2 AND hour >= (SELECT h0 FROM w)
     UNION ALL
     SELECT sum(successes), sum(runs) FROM analytics.agent_execution_hourly_deltas
-     WHERE tenant_id = $1 AND agent_id = $2 AND hour >= {_FIRST_HOUR}
+     WHERE tenant_id = $1 AND agent_id = $2 AND hour >= (SELECT h0 FROM w)
     UNION ALL
     SELECT count(*) FILTER (WHERE success), count(*) FROM analytics.agent_executions
-     WHERE tenant_id = $1 AND agent_id = $2 AND time >= {_START} AND time < {_FIRST_HOUR}
+     WHERE tenant_id = $1 AND agent_id = $2 AND time >= (SELECT lo FROM w) AND time < (SELECT h0 FROM w)
 ) parts
 """  # noqa: S608 (constant SQL only)
 
