@@ -1,11 +1,12 @@
 """Seed 004's events: platform events, tenant cost events and agent executions, never dropped.
 
 `records` (validated models and enums), `writer` (idempotent batch inserts, the ledger's
-`BatchWriter` over them), `queries` (daily cost, success rate), `recorder` (`TimescaleIntegration`
-and its process-wide accessor), `partitions` (partitions ahead and the default one).
+`BatchWriter` over them), `queries` (daily cost, success rate), `rollups` (folds of the hourly
+rollups), `recorder` (`TimescaleIntegration` and its process-wide accessor), `partitions`
+(partitions ahead and the default one, retention guarded by the rollups).
 """
 
-from persistence.events.partitions import EventPartitionReport, maintain_event_partitions
+from persistence.events.partitions import EventPartitionReport, SkippedDrop, maintain_event_partitions
 from persistence.events.queries import AgentRuns
 from persistence.events.recorder import TimescaleIntegration, get_timescale_integration
 from persistence.events.records import (
@@ -16,6 +17,7 @@ from persistence.events.records import (
     PlatformEvent,
     ServiceProvider,
 )
+from persistence.events.rollups import FoldResult, fold_event_rollups
 
 __all__ = [
     "AgentExecution",
@@ -24,9 +26,12 @@ __all__ = [
     "CostType",
     "EventCategory",
     "EventPartitionReport",
+    "FoldResult",
     "PlatformEvent",
     "ServiceProvider",
+    "SkippedDrop",
     "TimescaleIntegration",
+    "fold_event_rollups",
     "get_timescale_integration",
     "maintain_event_partitions",
 ]
