@@ -193,6 +193,7 @@ async def main() -> int:
                     )
                     await timed(results.setdefault(("runs scan", state), []),
                                 raw.fetchrow(RAW_AGENT_RUNS, tenant, agent, 24.0))  # fmt: skip
+                    await timed(results.setdefault(("floor", state), []), raw.fetchval("SELECT 1"))
         if args.explain:
             explained = (
                 (DAILY_COST, sample.arguments),
@@ -212,6 +213,8 @@ async def main() -> int:
               f"rollup rows {sizes[2]:,} + {sizes[3]:,}, unfolded delta rows {sizes[4]:,} + {sizes[5]:,}")  # fmt: skip
         print(f"- equal to the raw scan: {compared - unequal} of {compared} answers "
               f"({'all equal' if not unequal else 'NOT ALL EQUAL'})\n")  # fmt: skip
+        floor = statistics.median(results[("floor", "after a fold")])
+        print(f"- a round trip (`SELECT 1`) p50 on the same connection: {floor:.3f} ms\n")
         print("| query | rollups | rollups p50, ms | raw scan p50, ms | raw / rollups |")
         print("|---|---|---|---|---|")
         for state in ("late deltas unfolded", "after a fold"):
