@@ -197,6 +197,40 @@ async def test_a_kolkata_day_takes_its_half_hour_edges_from_raw_rows(engine: Asy
     assert tenant_day("t-edge", local, "Asia/Kolkata") == window
 
 
+async def test_a_dst_day_and_a_45_minute_zone_equal_a_raw_scan(engine: AsyncEngine) -> None:
+    # 2026-03-08 has 23 hours in America/New_York; Asia/Kathmandu is UTC+05:45.
+    rng = random.Random(8)
+    lo = datetime(2026, 3, 6, tzinfo=UTC)
+    await write(engine, events_between(rng, 800, lo, lo + timedelta(days=4)))
+    await fold_event_rollups(engine)
+    await write(engine, events_between(rng, 200, lo, lo + timedelta(days=4)))  # late, unfolded
+    days = [date(2026, 3, d) for d in range(6, 11)]
+    assert tenant_day("t-ny", date(2026, 3, 8), "America/New_York").end - tenant_day(
+        "t-ny", date(2026, 3, 8), "America/New_York"
+    ).start == timedelta(hours=23)
+
+    async def compare(raw: asyncpg.Connection) -> int:
+        nonzero = 0
+        for tenant, zone in ZONES.items():
+            for day in days:
+                window = tenant_day(tenant, day, zone)
+                scan = await daily_cost_scan(raw, window)
+                assert await daily_cost(raw, window) == scan, (tenant, zone, day)
+                nonzero += scan != 0
+        return nonzero
+
+    assert await on_raw(engine, compare) >= 12
+
+
+def test_fold_interval_is_validated() -> None:
+    from persistence import TimescaleIntegration
+    from persistence.errors import ValidationError
+
+    for bad in (0, -1, True, "60"):
+        with pytest.raises(ValidationError):
+            TimescaleIntegration(fold_interval=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.commits
 async def test_a_fold_racing_four_writers_loses_nothing(engine: AsyncEngine) -> None:
     now = datetime.now(UTC)
