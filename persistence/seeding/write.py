@@ -127,6 +127,11 @@ REFERENCE_TABLES: tuple[str, ...] = (
     "analytics.platform_events",
     "analytics.tenant_cost_events",
     "analytics.agent_executions",
+    # Their hourly rollups and deltas (revision 0022), kept by triggers: reset with the events, if ever.
+    "analytics.tenant_cost_hourly",
+    "analytics.tenant_cost_hourly_deltas",
+    "analytics.agent_execution_hourly",
+    "analytics.agent_execution_hourly_deltas",
 )
 
 _BATCH = 1000
