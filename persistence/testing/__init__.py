@@ -5,6 +5,8 @@ Enable the fixtures in a test suite with `pytest_plugins = ["persistence.testing
 
 from persistence.testing.database import ThrowawayPostgres
 from persistence.testing.factories import (
+    AgentExecutionHourlyDeltaFactory,
+    AgentExecutionHourlyFactory,
     AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
@@ -45,6 +47,8 @@ from persistence.testing.factories import (
     ResultFactory,
     ServiceHealthFactory,
     TenantCostEventRowFactory,
+    TenantCostHourlyDeltaFactory,
+    TenantCostHourlyFactory,
     TrainingDataFactory,
     UsageFactory,
     UserFactory,
@@ -62,6 +66,8 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionHourlyDeltaFactory",
+    "AgentExecutionHourlyFactory",
     "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
@@ -96,6 +102,8 @@ __all__ = [
     "ResultFactory",
     "ServiceHealthFactory",
     "TenantCostEventRowFactory",
+    "TenantCostHourlyDeltaFactory",
+    "TenantCostHourlyFactory",
     "ThrowawayPostgres",
     "TrainingDataFactory",
     "UsageFactory",
