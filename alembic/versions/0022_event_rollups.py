@@ -154,7 +154,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table, _ in ROLLED:
-        op.execute(f"DROP TRIGGER {table}_hourly_delete ON analytics.{table}_default")
+        # IF EXISTS: maintain_event_partitions may have made the default partition again.
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_hourly_delete ON analytics.{table}_default")
         for what in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER {table}_hourly_{what} ON analytics.{table}")
         op.execute(f"DROP FUNCTION analytics.{table}_to_hourly()")

@@ -196,13 +196,22 @@ async def maintain_event_partitions(
             )  # fmt: skip
             await _step(engine, lock_timeout_ms, f"DROP TABLE IF EXISTS {name}", {}, before=fold_first)
     for table in report.defaults_created:
-        await _step(
-            engine,
-            lock_timeout_ms,
-            f"CREATE TABLE IF NOT EXISTS analytics.{table}_default PARTITION OF analytics.{table} DEFAULT",
-            {},
+        create = (
+            f"CREATE TABLE IF NOT EXISTS analytics.{table}_default PARTITION OF analytics.{table} DEFAULT"
         )
+        if table in UNROLLED:
+            # As revision 0022 does: ensure_partition's move out of it (DELETE here, INSERT into the
+            # parent) must net to zero in the rollups' deltas.
+            await _step(engine, lock_timeout_ms, _DEFAULT_TRIGGER.format(table=table), {}, before=(create,))
+        else:
+            await _step(engine, lock_timeout_ms, create, {})
     return report
+
+
+_DEFAULT_TRIGGER = (
+    "CREATE TRIGGER {table}_hourly_delete AFTER DELETE ON analytics.{table}_default "
+    "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION analytics.{table}_to_hourly()"
+)
 
 
 async def _guarded(

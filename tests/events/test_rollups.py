@@ -338,6 +338,23 @@ async def test_retention_folds_then_drops_and_the_answers_stay(engine: AsyncEngi
     assert sum(after.values()) > 0
 
 
+async def test_a_default_partition_made_again_gets_its_trigger(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE analytics.tenant_cost_events_default"))
+    report = await maintain_event_partitions(engine, months_ahead=1, today=date(2031, 1, 15))
+    assert report.defaults_created == ["tenant_cost_events"]
+    triggers = (
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'analytics.tenant_cost_events_default'::regclass"
+    )
+    assert await on_raw(engine, lambda raw: raw.fetchval(triggers)) == 1
+    lo = datetime(2031, 3, 1, tzinfo=UTC)  # past the partitions made: into the default partition
+    await write(engine, events_between(random.Random(3), 200, lo, lo + timedelta(days=10)))
+    await maintain_event_partitions(engine, months_ahead=3, today=date(2031, 1, 15))  # moves them
+    assert await on_raw(engine, lambda raw: raw.fetchval(
+        "SELECT count(*) FROM analytics.tenant_cost_events_default")) == 0  # fmt: skip
+    assert await rollup_diffs(engine) == (0, 0)
+
+
 async def test_retention_keeps_a_partition_whose_rows_are_not_in_the_rollups(engine: AsyncEngine) -> None:
     await maintain_event_partitions(engine, months_ahead=1, today=date(2031, 1, 15))
     async with (
