@@ -187,7 +187,12 @@ async def _partitions(args: argparse.Namespace) -> int:
         print(f"  {verb}drop:   {', '.join(d.strftime(fmt) for d in events.dropped[table]) or 'nothing'}")
         if events.default_rows.get(table):
             print(f"  warning: {events.default_rows[table]} rows in the default partition")
-    return 0
+        for skip in events.skipped:
+            if skip.table == table:
+                print(
+                    f"  kept {skip.start.strftime(fmt)} past retention: {skip.buckets} hours not in the rollups"
+                )
+    return 1 if events.skipped else 0
 
 
 async def _rollups(args: argparse.Namespace) -> int:

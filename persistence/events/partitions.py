@@ -3,8 +3,15 @@ created ahead, each table's default partition, retention by DROP, and an alert (
 and the report's `default_rows`) when rows sit in a default partition.
 
 Retention drops whole partitions past the cutoff (seed 004 keeps platform events 3 years, cost
-events 7: `retention_days=1096, retention_months=84`); there are no rollups of events yet, so what a
-drop removes is gone. None (the default) keeps everything.
+events 7: `retention_days=1096, retention_months=84`); None (the default) keeps everything. Cost
+events and agent executions have hourly rollups (`events.rollups`), which are never dropped, and a
+retention guard: a partition is dropped only if every (tenant, hour) bucket of its range agrees
+with the rollups + unfolded deltas (a row that reached it without the trigger, e.g. under
+`session_replication_role = replica`, makes it skipped, with a `SkippedDrop` in the report and a
+warning, never dropped), and the drop's own transaction locks the partition, then folds every
+delta, then drops, as the ledger's retention does. The queries keep their answers for the dropped
+range (see `events.queries` for zones whose offset is not a whole number of hours). A run folds
+the rollups first.
 
 The ledger's pattern (`ai_calls.partitions`), shared rather than copied: each DDL step is its own
 short transaction under `lock_timeout` (`_step`), months are counted by `add_months`, and the SQL
@@ -23,10 +30,25 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.partitions import _step, add_months
+from persistence.ai_calls.rollups import _on_raw
 from persistence.errors import ValidationError
+from persistence.events.rollups import (
+    EVENT_ROLLUP_LOCK,
+    FOLD_AGENT,
+    FOLD_COST,
+    UNROLLED,
+    fold_event_rollups,
+    unrolled_buckets_raw,
+)
 from persistence.observe.loggers import get_logger
 
-__all__ = ["EVENT_TABLES", "EventPartitionReport", "event_partitions", "maintain_event_partitions"]
+__all__ = [
+    "EVENT_TABLES",
+    "EventPartitionReport",
+    "SkippedDrop",
+    "event_partitions",
+    "maintain_event_partitions",
+]
 
 Grain = Literal["day", "month"]
 # table -> its partitions' grain
@@ -39,6 +61,17 @@ log = get_logger("persistence.events")
 _NAME = re.compile(r"(?P<table>[a-z_]+)_p(?P<y>\d{4})_(?P<m>\d{2})(?:_(?P<d>\d{2}))?")
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedDrop:
+    """A partition past retention that was kept: `buckets` (tenant, hour) buckets of its range are
+    not (or not exactly) in the rollups, so dropping it would lose events."""
+
+    table: str
+    start: date
+    reason: Literal["not_in_rollups"]
+    buckets: int
+
+
 @dataclass
 class EventPartitionReport:
     """What `maintain_event_partitions` did (or, with `dry_run`, would do), per table."""
@@ -46,6 +79,8 @@ class EventPartitionReport:
     existing: dict[str, list[date]] = field(default_factory=dict)
     created: dict[str, list[date]] = field(default_factory=dict)
     dropped: dict[str, list[date]] = field(default_factory=dict)
+    # Past retention but kept by the retention guard (not in `dropped`).
+    skipped: list[SkippedDrop] = field(default_factory=list)
     defaults_created: list[str] = field(default_factory=list)
     # Rows found in each default partition (counted up to 10,000): they belong in a partition that
     # does not exist yet (an event far in the past or future); > 0 is worth an alert.
@@ -126,9 +161,8 @@ async def maintain_event_partitions(
             report.dropped[table] = []
             continue
         cutoff = now - timedelta(days=keep) if grain == "day" else add_months(now.replace(day=1), -keep)
-        report.dropped[table] = [
-            start for start in existing[table] if _bounds(grain, start)[1].date() <= cutoff
-        ]
+        past = [start for start in existing[table] if _bounds(grain, start)[1].date() <= cutoff]
+        report.dropped[table] = await _guarded(engine, table, grain, past, report.skipped)
     report.default_rows = await _default_rows(engine, [t for t in EVENT_TABLES if t in defaults])
     for table, rows in report.default_rows.items():
         if rows:
@@ -136,6 +170,7 @@ async def maintain_event_partitions(
                         table=f"analytics.{table}_default", rows=rows)  # fmt: skip
     if dry_run:
         return report
+    await fold_event_rollups(engine)
     for table, starts in report.created.items():
         grain = EVENT_TABLES[table]
         for start in starts:
@@ -150,15 +185,53 @@ async def maintain_event_partitions(
     for table, starts in report.dropped.items():
         for start in starts:
             suffix = f"{start:%Y_%m_%d}" if EVENT_TABLES[table] == "day" else f"{start:%Y_%m}"
-            await _step(engine, lock_timeout_ms, f'DROP TABLE IF EXISTS analytics."{table}_p{suffix}"', {})
+            name = f'analytics."{table}_p{suffix}"'
+            # Once the partition is locked no writer is still adding to it, so the fold takes every
+            # delta of its rows. The rollup lock comes first, in a fold's own order.
+            fold_first = (
+                (f"SELECT pg_advisory_xact_lock({EVENT_ROLLUP_LOCK})", f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE",
+                 FOLD_COST, FOLD_AGENT)
+                if table in UNROLLED
+                else ()
+            )  # fmt: skip
+            await _step(engine, lock_timeout_ms, f"DROP TABLE IF EXISTS {name}", {}, before=fold_first)
     for table in report.defaults_created:
-        await _step(
-            engine,
-            lock_timeout_ms,
-            f"CREATE TABLE IF NOT EXISTS analytics.{table}_default PARTITION OF analytics.{table} DEFAULT",
-            {},
+        create = (
+            f"CREATE TABLE IF NOT EXISTS analytics.{table}_default PARTITION OF analytics.{table} DEFAULT"
         )
+        if table in UNROLLED:
+            # As revision 0022 does: ensure_partition's move out of it (DELETE here, INSERT into the
+            # parent) must net to zero in the rollups' deltas.
+            await _step(engine, lock_timeout_ms, _DEFAULT_TRIGGER.format(table=table), {}, before=(create,))
+        else:
+            await _step(engine, lock_timeout_ms, create, {})
     return report
+
+
+_DEFAULT_TRIGGER = (
+    "CREATE TRIGGER {table}_hourly_delete AFTER DELETE ON analytics.{table}_default "
+    "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION analytics.{table}_to_hourly()"
+)
+
+
+async def _guarded(
+    engine: AsyncEngine, table: str, grain: Grain, starts: list[date], skipped: list[SkippedDrop]
+) -> list[date]:
+    """The partitions of `starts` whose rows are all in the rollups (all of them for a table without
+    rollups); the others are added to `skipped` and logged."""
+    if table not in UNROLLED:
+        return starts
+    keep: list[date] = []
+    for start in starts:
+        lo, hi = _bounds(grain, start)
+        buckets = await _on_raw(engine, lambda raw: unrolled_buckets_raw(raw, table, lo, hi))  # noqa: B023 (awaited here)
+        if buckets:
+            skipped.append(SkippedDrop(table, start, "not_in_rollups", buckets))
+            log.warning("partition past retention kept: its rows are not all in the rollups",
+                        table=f"analytics.{table}", start=start.isoformat(), buckets=buckets)  # fmt: skip
+        else:
+            keep.append(start)
+    return keep
 
 
 async def _default_rows(engine: AsyncEngine, tables: list[str]) -> dict[str, int]:

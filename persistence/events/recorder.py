@@ -9,6 +9,9 @@ in the bounded buffer and is retried. When the buffer is full the `overflow` pol
 for room (`block`), append to the spool (`spill`: the caller waits one fsync'd append, never the
 database), or drop and count (`drop`, only if chosen). `stats` has the counters.
 
+While open it folds the event rollups every `fold_interval` seconds (60; None: never), skipping a
+turn when another process is folding; the queries are exact either way (`events.rollups`).
+
 Disabled by configuration (`PERSISTENCE_EVENTS_ENABLED=false`, or `enabled=False`), it logs one
 warning and accepts events without recording them (counted as `dropped`); its queries raise
 `ConfigurationError`, since they cannot answer.
@@ -33,6 +36,7 @@ from persistence.config import EventsConfig
 from persistence.errors import ConfigurationError, Endpoint, PersistenceError, ValidationError
 from persistence.events.queries import AgentRuns, agent_runs, cost_day, daily_cost, window_hours
 from persistence.events.records import AgentExecution, CostEvent, Event, PlatformEvent
+from persistence.events.rollups import fold_event_rollups_raw
 from persistence.events.writer import EventBatcher
 from persistence.observe.loggers import get_logger
 
@@ -60,6 +64,7 @@ class TimescaleIntegration:
         overflow: Overflow | None = None,
         retry_interval: float | None = None,
         max_retry_interval: float | None = None,
+        fold_interval: float | None = 60.0,
         config: EventsConfig | None = None,
     ) -> None:
         if engine is not None and not isinstance(engine, AsyncEngine):
@@ -76,6 +81,14 @@ class TimescaleIntegration:
         self._ignored = 0
         self.closed = False
         self._batcher: EventBatcher | None = None
+        if fold_interval is not None and (
+            isinstance(fold_interval, bool)
+            or not isinstance(fold_interval, int | float)
+            or not fold_interval > 0
+        ):
+            raise ValidationError(f"fold_interval must be a positive number or None, got {fold_interval!r}")
+        self.fold_interval = fold_interval
+        self._folder: asyncio.Task[None] | None = None
         if self.enabled:
             # Validates every option now (ValidationError), before any event is accepted.
             self._batcher = EventBatcher(
@@ -163,6 +176,9 @@ class TimescaleIntegration:
                 return await self._batcher.close(timeout)
             return self.stats
         finally:
+            if self._folder is not None:
+                self._folder.cancel()
+                await asyncio.gather(self._folder, return_exceptions=True)
             if self._leases is not None:
                 await self._leases.close()
             if self._owns_engine and self.engine is not None:
@@ -204,6 +220,17 @@ class TimescaleIntegration:
         assert self._batcher is not None
         if self._batcher.leases is None:
             self._batcher.leases = leases
+        if self.fold_interval is not None and self._folder is None and not self.closed:
+            self._folder = asyncio.create_task(self._fold_loop(leases, self.fold_interval))
+
+    async def _fold_loop(self, leases: Leases, interval: float) -> None:
+        """Keeps the rollups' deltas short (the queries' speed, not their correctness)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await leases.attempts(lambda raw: fold_event_rollups_raw(raw, wait=False))
+            except PersistenceError as exc:  # an outage: the next turn folds what is left
+                log.info("event rollup fold failed; retried next turn", error=type(exc).__name__)
 
     async def _for_query(self) -> Leases:
         if not self.enabled:

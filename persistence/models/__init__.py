@@ -9,6 +9,12 @@ from persistence.models.claims import Claim
 from persistence.models.consensus import ConsensusDecision
 from persistence.models.cost_accuracy import CostAccuracyValidation
 from persistence.models.cost_alerts import CostAlert, CostAlertFiring, CostAlertLog
+from persistence.models.event_rollups import (
+    AgentExecutionHourly,
+    AgentExecutionHourlyDelta,
+    TenantCostHourly,
+    TenantCostHourlyDelta,
+)
 from persistence.models.events import AgentExecutionRow, PlatformEventRow, TenantCostEventRow
 from persistence.models.limits import CompanyQuota, RateLimitConfig
 from persistence.models.pricing import VendorPrice, vendor_prices_version
@@ -42,6 +48,8 @@ __all__ = [
     "AICallPendingBatch",
     "AICallUsageDelta",
     "AICallUsageHourly",
+    "AgentExecutionHourly",
+    "AgentExecutionHourlyDelta",
     "AgentExecutionRow",
     "ApiKey",
     "AuditLog",
@@ -78,6 +86,8 @@ __all__ = [
     "ResultChunk",
     "ServiceHealth",
     "TenantCostEventRow",
+    "TenantCostHourly",
+    "TenantCostHourlyDelta",
     "TrainingData",
     "Usage",
     "User",

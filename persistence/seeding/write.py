@@ -100,6 +100,12 @@ LEDGER_DERIVED_TABLES: tuple[str, ...] = (
     "ai_call_model_hourly",
     "rate_limit_state",
     "rate_limit_slots",
+    # The event tables' hourly rollups and their deltas (revision 0022), kept by triggers on the
+    # events: emptied with them by a reset, folded after seeding.
+    "analytics.tenant_cost_hourly",
+    "analytics.tenant_cost_hourly_deltas",
+    "analytics.agent_execution_hourly",
+    "analytics.agent_execution_hourly_deltas",
 )
 # Reference data loaded by migrations (vendor prices, default rate limits) and the operator's own
 # configuration and its history (cost alert rules, their firings and notification log; limits and
@@ -465,7 +471,8 @@ async def _reset(conn: AsyncConnection) -> None:
     No CASCADE: that would silently empty the referencing tables too, which are not ours.
     """
     names = [conn.dialect.identifier_preparer.format_table(t) for t in _TABLES_IN_ORDER]
-    names += [conn.dialect.identifier_preparer.quote(name) for name in LEDGER_DERIVED_TABLES]
+    quote = conn.dialect.identifier_preparer.quote
+    names += [".".join(quote(part) for part in name.split(".")) for name in LEDGER_DERIVED_TABLES]
     blockers = (await conn.execute(_FOREIGN_KEYS_INTO, {"ours": names})).all()
     if blockers:
         listed = "; ".join(f"{src} references {dst} (foreign key {name})" for src, name, dst in blockers)
@@ -618,6 +625,8 @@ async def seed_database(
 
         after = await _counts(conn)
     from persistence.ai_calls.rollups import fold_rollups
+    from persistence.events.rollups import fold_event_rollups
 
     await fold_rollups(engine)  # the seeded calls' usage into the hourly rollups
+    await fold_event_rollups(engine)  # and the seeded events' (their triggers appended the deltas)
     return SeedReport(before=before, after=after, seed=plan.seed, as_of=as_of)

@@ -5,6 +5,8 @@ Enable the fixtures in a test suite with `pytest_plugins = ["persistence.testing
 
 from persistence.testing.database import ThrowawayPostgres
 from persistence.testing.factories import (
+    AgentExecutionHourlyDeltaFactory,
+    AgentExecutionHourlyFactory,
     AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
@@ -47,6 +49,8 @@ from persistence.testing.factories import (
     ResultFactory,
     ServiceHealthFactory,
     TenantCostEventRowFactory,
+    TenantCostHourlyDeltaFactory,
+    TenantCostHourlyFactory,
     TrainingDataFactory,
     UsageFactory,
     UserFactory,
@@ -64,6 +68,8 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionHourlyDeltaFactory",
+    "AgentExecutionHourlyFactory",
     "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
@@ -100,6 +106,8 @@ __all__ = [
     "ResultFactory",
     "ServiceHealthFactory",
     "TenantCostEventRowFactory",
+    "TenantCostHourlyDeltaFactory",
+    "TenantCostHourlyFactory",
     "ThrowawayPostgres",
     "TrainingDataFactory",
     "UsageFactory",

@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from persistence.errors import TransactionError
 from persistence.models import (
+    AgentExecutionHourly,
+    AgentExecutionHourlyDelta,
     AgentExecutionRow,
     AICall,
     AICallKey,
@@ -70,6 +72,8 @@ from persistence.models import (
     ResultChunk,
     ServiceHealth,
     TenantCostEventRow,
+    TenantCostHourly,
+    TenantCostHourlyDelta,
     TrainingData,
     Usage,
     User,
@@ -99,6 +103,8 @@ __all__ = [
     "AICallPendingBatchFactory",
     "AICallUsageDeltaFactory",
     "AICallUsageHourlyFactory",
+    "AgentExecutionHourlyDeltaFactory",
+    "AgentExecutionHourlyFactory",
     "AgentExecutionRowFactory",
     "ApiKeyFactory",
     "AuditLogFactory",
@@ -135,6 +141,8 @@ __all__ = [
     "ResultFactory",
     "ServiceHealthFactory",
     "TenantCostEventRowFactory",
+    "TenantCostHourlyDeltaFactory",
+    "TenantCostHourlyFactory",
     "TrainingDataFactory",
     "UsageFactory",
     "UserFactory",
@@ -1293,3 +1301,43 @@ class AgentExecutionRowFactory(ModelFactory[AgentExecutionRow]):
     execution_time_ms = 2100
     success = True
     quality_score = Decimal("0.92")
+
+
+class TenantCostHourlyFactory(ModelFactory[TenantCostHourly]):
+    """A folded hour of one tenant's cost (written by folds; for tests of readers)."""
+
+    class Meta:
+        model = TenantCostHourly
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    hour = factory.LazyFunction(_hour)
+    cost_type = "llm"
+    service = "openai"
+    cost_usd = Decimal("0.012")
+    events = 1
+
+
+class TenantCostHourlyDeltaFactory(TenantCostHourlyFactory):
+    class Meta:
+        model = TenantCostHourlyDelta
+
+
+class AgentExecutionHourlyFactory(ModelFactory[AgentExecutionHourly]):
+    """A folded hour of one agent's runs (written by folds; for tests of readers)."""
+
+    class Meta:
+        model = AgentExecutionHourly
+
+    tenant_id = factory.Sequence(lambda n: f"tenant-{n:04d}")
+    agent_id = "ask-expert-v1"
+    hour = factory.LazyFunction(_hour)
+    runs = 2
+    successes = 1
+    quality_sum = Decimal("1.84")
+    quality_count = 2
+    cost_usd = Decimal("0.024")
+
+
+class AgentExecutionHourlyDeltaFactory(AgentExecutionHourlyFactory):
+    class Meta:
+        model = AgentExecutionHourlyDelta

@@ -89,6 +89,11 @@ SMOKE_RUNS = [
         ["--rounds", "1", "--events", "500", "--batch", "100"],
         ["| raw asyncpg COPY | 100 |", "| recorder (log + flush) | 100 |"],
     ),
+    (
+        "bench_event_queries.py",
+        ["--events", "3000", "--samples", "2", "--rounds", "2"],
+        ["(all equal)", "| get_tenant_daily_cost (a local day) |", "| get_agent_success_rate (24 h) |"],
+    ),
 ]
 
 

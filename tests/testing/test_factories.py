@@ -16,6 +16,8 @@ from persistence.ai_calls import TokenUsage, normalise_usage
 from persistence.models import AICall, Base, Claim, ModelCheckpoint, TrainingData
 from persistence.seeding import call_cost, decide_consensus
 from persistence.testing import (
+    AgentExecutionHourlyDeltaFactory,
+    AgentExecutionHourlyFactory,
     AgentExecutionRowFactory,
     AICallFactory,
     AICallKeyFactory,
@@ -57,6 +59,8 @@ from persistence.testing import (
     ResultFactory,
     ServiceHealthFactory,
     TenantCostEventRowFactory,
+    TenantCostHourlyDeltaFactory,
+    TenantCostHourlyFactory,
     TrainingDataFactory,
     UsageFactory,
     UserFactory,
@@ -113,6 +117,10 @@ ALL_FACTORIES: list[type[factory.Factory[Any]]] = [
     PlatformEventRowFactory,
     TenantCostEventRowFactory,
     AgentExecutionRowFactory,
+    TenantCostHourlyFactory,
+    TenantCostHourlyDeltaFactory,
+    AgentExecutionHourlyFactory,
+    AgentExecutionHourlyDeltaFactory,
 ]
 
 
