@@ -212,7 +212,19 @@ class BatchWriter(Generic[R]):
 
     async def _put(self, record: R) -> None:
         """Buffer one validated record; what happens when the buffer is full is `overflow`'s choice."""
-        if self._task is None:
+        task = self._task
+        if (
+            task is not None
+            and not task.done()
+            and not self._closing
+            and len(self._buffer) + 1 < min(self.batch_size, self.max_buffered)
+        ):
+            # Room, and no batch completed: nobody to wake or wait for. The lock guards only
+            # sections without an await (asyncio runs one of them at a time), so this append is safe.
+            self._buffer.append(record)
+            self._queued += 1
+            return
+        if task is None:
             await self.open()
         spill = full_batch = False
         async with self._changed:

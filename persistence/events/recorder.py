@@ -198,7 +198,8 @@ class TimescaleIntegration:
                 log.warning("event recording is disabled by configuration; events are not recorded",
                             setting="PERSISTENCE_EVENTS_ENABLED")  # fmt: skip
             return
-        await self._batcher_ready()
+        if self._batcher.leases is None:
+            await self._batcher_ready()
         await self._batcher.put(event)
 
     async def _connected(self) -> Leases:
