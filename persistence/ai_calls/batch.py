@@ -217,12 +217,22 @@ class BatchWriter(Generic[R]):
             task is not None
             and not task.done()
             and not self._closing
-            and len(self._buffer) + 1 < min(self.batch_size, self.max_buffered)
+            and len(self._buffer) < self.max_buffered
         ):
-            # Room, and no batch completed: nobody to wake or wait for. The lock guards only
-            # sections without an await (asyncio runs one of them at a time), so this append is safe.
+            # Room: append without the lock, which guards only sections without an await (asyncio
+            # runs one of them at a time). A waiting writer waits for `batch_size` records, so it
+            # is woken when the buffer reaches that (not at every record past it: it rechecks the
+            # length itself before it waits again).
             self._buffer.append(record)
             self._queued += 1
+            buffered = len(self._buffer)
+            if buffered == self.batch_size:
+                async with self._changed:
+                    self._changed.notify_all()
+            if buffered % self.batch_size == 0:
+                # A tight logging loop never suspends, so the writer would start only once the
+                # buffer is full; one yield per batch lets it send while the caller goes on.
+                await asyncio.sleep(0)
             return
         if task is None:
             await self.open()
