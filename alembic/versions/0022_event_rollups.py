@@ -10,10 +10,12 @@
   (`persistence.events.rollups`) moves deltas into the rollups under an advisory lock.
 - The default partitions get the DELETE trigger too: `analytics.ensure_partition` moves stranded
   rows by DELETE from the default partition and INSERT into the parent, which nets to zero.
+- `ix_agent_executions_tenant_id_agent_id_time` is rebuilt with INCLUDE (success), so the success
+  rate's raw edge is read from the index alone.
 - Existing events are rolled up here, after the triggers exist (CREATE TRIGGER waits for in-flight
   writers, so none is counted twice or missed).
 
-The downgrade drops the triggers, their functions and the four tables (the rollups of events
+The downgrade restores the index, drops the triggers, their functions and the four tables (the rollups of events
 whose raw partitions were dropped go with them).
 
 Revision ID: 0022
@@ -141,7 +143,20 @@ SELECT tenant_id, agent_id, {HOUR}, count(*), count(*) FILTER (WHERE success), c
 )
 
 
+# The success rate's raw edge (a window's partial first hour) from the index alone: `success` rides
+# along in the (tenant, agent, time) index, rebuilt on every partition by the parent's CREATE INDEX.
+_RUNS_INDEX = "ix_agent_executions_tenant_id_agent_id_time"
+
+
+def _runs_index(include: str) -> None:
+    op.execute(f"DROP INDEX analytics.{_RUNS_INDEX}")
+    op.execute(
+        f"CREATE INDEX {_RUNS_INDEX} ON analytics.agent_executions (tenant_id, agent_id, time){include}"
+    )
+
+
 def upgrade() -> None:
+    _runs_index(" INCLUDE (success)")
     for statement in TABLES.split(";"):
         op.execute(statement)
     for table, delta in ROLLED:
@@ -162,3 +177,4 @@ def downgrade() -> None:
     for table in ("agent_execution_hourly_deltas", "agent_execution_hourly", "tenant_cost_hourly_deltas",
                   "tenant_cost_hourly"):  # fmt: skip
         op.execute(f"DROP TABLE analytics.{table}")
+    _runs_index("")

@@ -134,4 +134,5 @@ Index(
     AgentExecutionRow.tenant_id,
     AgentExecutionRow.agent_id,
     AgentExecutionRow.time,
+    postgresql_include=["success"],  # revision 0022: the raw edge of a window read from the index alone
 )
