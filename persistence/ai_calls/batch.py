@@ -212,6 +212,8 @@ class BatchWriter(Generic[R]):
 
     async def _put(self, record: R) -> None:
         """Buffer one validated record; what happens when the buffer is full is `overflow`'s choice."""
+        if self._task is None:
+            await self.open()
         task = self._task
         if (
             task is not None
@@ -234,9 +236,8 @@ class BatchWriter(Generic[R]):
                 # buffer is full; one yield per batch lets it send while the caller goes on.
                 await asyncio.sleep(0)
             return
-        if task is None:
-            await self.open()
-        spill = full_batch = False
+        # Closed, a dead writer, or no room: decided under the lock.
+        spill = False
         async with self._changed:
             if self._closing:
                 raise PersistenceError(f"{type(self).__name__} is closed")
@@ -259,13 +260,7 @@ class BatchWriter(Generic[R]):
                 self._queued += 1
                 if len(self._buffer) >= self.batch_size:
                     self._changed.notify_all()
-                full_batch = len(self._buffer) % self.batch_size == 0
-        if not spill:
-            if full_batch:
-                # A tight logging loop never suspends, so the writer would start only once the
-                # buffer is full; one yield per batch lets it send while the caller goes on.
-                await asyncio.sleep(0)
-            return
+                return
         try:
             await self._spool([record])  # the caller waits one fsync'd append, not the database
         except Exception as exc:  # the spool itself failed (disk full): wait for room instead

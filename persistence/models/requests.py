@@ -278,15 +278,9 @@ Index(
 )
 
 
-class RequestStatsDaily(Base):
-    """Finished requests per company, UTC day (of `created_at`), user and model."""
+class _RequestCounts:
+    """The measures of `request_stats_daily` and of its deltas (`STATS_MEASURES`, in this order)."""
 
-    __tablename__ = "request_stats_daily"
-
-    company_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    model_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     request_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     completed_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     failure_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
@@ -297,7 +291,18 @@ class RequestStatsDaily(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
-class RequestStatsDelta(Base):
+class RequestStatsDaily(_RequestCounts, Base):
+    """Finished requests per company, UTC day (of `created_at`), user and model."""
+
+    __tablename__ = "request_stats_daily"
+
+    company_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class RequestStatsDelta(_RequestCounts, Base):
     """What one finishing statement added to a `request_stats_daily` row, until a fold adds it there."""
 
     __tablename__ = "request_stats_deltas"
@@ -307,14 +312,6 @@ class RequestStatsDelta(Base):
     day: Mapped[date] = mapped_column(Date)
     user_id: Mapped[str] = mapped_column(String(100))
     model_id: Mapped[str] = mapped_column(String(100))
-    request_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    completed_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    failure_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    cancelled_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    expired_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    processing_time_ms_sum: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    processing_time_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = ({"postgresql_with": DELTAS_STORAGE},)
 

@@ -101,6 +101,18 @@ def _seconds(name: str, span: timedelta) -> float:
     return span.total_seconds()
 
 
+def _tokens(
+    prompt_tokens: int | None, completion_tokens: int | None, total_tokens: int | None
+) -> tuple[int | None, int | None, int | None]:
+    """Checked token counts; the total defaults to prompt + completion when both are known."""
+    prompt = _count("prompt_tokens", prompt_tokens)
+    completion = _count("completion_tokens", completion_tokens)
+    total = _count("total_tokens", total_tokens)
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return prompt, completion, total
+
+
 def _count(name: str, value: int | None) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise InvalidRequestError(f"{name} must be an int >= 0 or None, got {value!r}")
@@ -383,11 +395,7 @@ class Requests:
         """processing -> completed under the claim's lease; the row moves to the history and the
         rollup counts it, in one statement. `total_tokens` defaults to prompt + completion.
         `ai_call_id` links the ledger row of the model call (`AICallLogger.log_call`'s id)."""
-        prompt = _count("prompt_tokens", prompt_tokens)
-        completion = _count("completion_tokens", completion_tokens)
-        total = _count("total_tokens", total_tokens)
-        if total is None and prompt is not None and completion is not None:
-            total = prompt + completion
+        prompt, completion, total = _tokens(prompt_tokens, completion_tokens, total_tokens)
         return await self._finish(
             claim,
             sql.COMPLETE,
@@ -413,11 +421,7 @@ class Requests:
     ) -> RequestRecord:
         """processing -> failed under the claim's lease, with the error message (and the ledger
         row of the model call, when one was made and logged)."""
-        prompt = _count("prompt_tokens", prompt_tokens)
-        completion = _count("completion_tokens", completion_tokens)
-        total = _count("total_tokens", total_tokens)
-        if total is None and prompt is not None and completion is not None:
-            total = prompt + completion
+        prompt, completion, total = _tokens(prompt_tokens, completion_tokens, total_tokens)
         return await self._finish(
             claim, sql.FAIL, "fail", _moment(now), error, prompt, completion, total, _call_id(ai_call_id)
         )
