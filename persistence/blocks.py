@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -42,6 +42,7 @@ from persistence.observe.hooks import (
 )
 from persistence.observe.loggers import get_logger
 from persistence.pinning import Pin, pin_of
+from persistence.replicas import Replica, ReplicaRouter, routed_connection, routed_session, router_of
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -113,6 +114,8 @@ class _Boundary:
     handouts: int = 0
     # The test's pinned connection the block runs on as a savepoint (held until the block ends).
     pin: Pin | None = None
+    # The read replica an outermost read-only block runs on (None: the engine it was opened on).
+    replica: Replica | None = None
 
     def check_usable(self) -> None:
         """Refuse to run statements in a block that must roll back (instead of a raw 25P02)."""
@@ -147,7 +150,10 @@ class _Boundary:
         nothing was done in this transaction, so drop it (the failure is not the block's); the next
         statement opens the block again, with its options and savepoints."""
         session = self.session
-        self.engine = self.session = self.connection = None
+        router = router_of(self.engine) if self.replica is not None and self.engine is not None else None
+        if router is not None and self.replica is not None:  # reopened elsewhere: skip this replica a while
+            router.failed(self.replica, error, in_block=False)
+        self.engine = self.session = self.connection = self.replica = None
         self.handouts = 0
         self.unpin()
         for frame in self.frames:
@@ -169,11 +175,37 @@ class _Boundary:
                 self.started = perf_counter()
                 if hooks.wants_transaction_start:
                     hooks.transaction_start(TransactionStart(0, self.attempt, hooks.database))
-        _watch(engine)
+        router = router_of(engine) if self.options.read_only and pin_of(engine) is None else None
+        if router is None or not await self._open_replica(engine, router):
+            await self._connect(engine, engine)
+
+    async def _open_replica(self, engine: AsyncEngine, router: ReplicaRouter) -> bool:
+        """Open the read-only block on a replica the router admits; False: open it on the primary."""
+        replica = router.candidate()
+        if replica is None:
+            return False
+        try:
+            opened = await self._connect(engine, replica.engine, lambda driver: router.admit(replica, driver))
+        except PersistenceError as exc:  # unreachable, or lost while checking it
+            router.failed(replica, exc, in_block=False)
+            return False
+        if opened:
+            self.replica = replica
+        return opened
+
+    async def _connect(
+        self,
+        engine: AsyncEngine,
+        target: AsyncEngine,
+        admit: Callable[[Any], Awaitable[bool]] | None = None,
+    ) -> bool:
+        """Open the block's session on `target` (`engine` itself, or a replica of it that `admit`
+        accepts, asked on the driver connection before the transaction begins)."""
+        _watch(target)
         execution_options: dict[str, Any] = {}
         pin = pin_of(engine)
         if pin is None:
-            session = AsyncSession(bind=engine, expire_on_commit=False, autoflush=False)
+            session = AsyncSession(bind=target, expire_on_commit=False, autoflush=False)
             if self.options.isolation_level is not None:
                 execution_options["isolation_level"] = self.options.isolation_level
             if self.options.read_only:
@@ -186,6 +218,11 @@ class _Boundary:
         try:
             # asyncpg applies these when it starts the transaction: no extra round trip.
             connection = await session.connection(execution_options=execution_options or None)
+            if admit is not None and not await admit(
+                (await connection.get_raw_connection()).driver_connection
+            ):
+                await session.close()
+                return False
             if pin is not None and self.options.read_only:
                 # Inside the test's transaction: read-only from here (undone when the block rolls back).
                 await connection.exec_driver_sql("SET LOCAL transaction_read_only = on")
@@ -201,6 +238,7 @@ class _Boundary:
         for frame, savepoint in zip(pending, savepoints, strict=True):
             frame.savepoint = savepoint
             self.savepoint_started(frame)
+        return True
 
     def unpin(self) -> None:
         if self.pin is not None:
@@ -443,6 +481,11 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             async with pin.hold(owner), _pinned_session(pin) as session, session.begin():
                 yield session
             return
+        router = router_of(engine)
+        if router is not None:  # reads may go to a replica; a write's commit position is remembered
+            async with routed_session(router, engine) as session:
+                yield session
+            return
         hooks = hooks_of(engine)
         if hooks is None:
             async with (
@@ -500,6 +543,11 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         if pin is not None:
             owner = object()
             async with pin.hold(owner) as conn, conn.begin_nested():
+                yield conn
+            return
+        router = router_of(engine)
+        if router is not None:
+            async with routed_connection(router, engine) as conn:
                 yield conn
             return
         async with engine.begin() as conn:

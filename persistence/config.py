@@ -12,15 +12,17 @@ host nor a URL anywhere, the database is "not configured" and the engine uses th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -33,9 +35,9 @@ SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-
 RootMethod = Literal["auto", "unshare", "setpriv"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
-_ALIASES = {"database": "DB_NAME", "url": "DATABASE_URL"}
+_ALIASES = {"database": "DB_NAME", "url": "DATABASE_URL", "replicas": "DATABASE_REPLICA_URLS"}
 _ALIAS_TO_NAME = {alias: name for name, alias in _ALIASES.items()}
-_CONNECTION_FIELDS = frozenset({"url", "host", "port", "database", "user", "password"})
+_CONNECTION_FIELDS = frozenset({"url", "host", "port", "database", "user", "password", "replicas"})
 _URL_QUERY_FIELDS = {
     "sslmode": "ssl_mode",
     "sslrootcert": "ssl_root_cert",
@@ -130,6 +132,42 @@ class DatabaseConfig(BaseSettings):
         description="Log statements slower than this (normalised text and duration, never parameters); "
         "None logs none.",
     )
+    replicas: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        validation_alias="DATABASE_REPLICA_URLS",
+        description="Streaming replicas' URLs (comma-separated in the environment): outermost "
+        "transaction(read_only=True) blocks run on a healthy one (see persistence.replicas). Each URL "
+        "names its own server; pool, timeout and TLS settings not in it are this config's.",
+    )
+    replica_max_lag_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A replica whose replay is this many seconds behind what it received is skipped.",
+    )
+    replica_wait_ms: float = Field(
+        default=30.0,
+        ge=0,
+        le=10_000,
+        description="Read-your-writes: how long a read-only block waits for a replica to replay the "
+        "caller's last commit before running on the primary instead.",
+    )
+    replica_retry_after_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A replica that failed (unreachable, shutting down, promoted) is skipped this long.",
+    )
+    replica_probe_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="A replica's role and lag are re-read by the first block routed to it after this long.",
+    )
+    replica_reads_outside_blocks: bool = Field(
+        default=False,
+        description="Also route repository reads made outside any transaction block to a replica.",
+    )
 
     if TYPE_CHECKING:
         # Callers pass plain strings for secrets (as seed 003 does); pydantic wraps them in SecretStr.
@@ -157,6 +195,12 @@ class DatabaseConfig(BaseSettings):
             ssl_key: Path | str | None = None,
             echo: bool = False,
             slow_query_ms: float | None = None,
+            replicas: Sequence[SecretStr | str] = (),
+            replica_max_lag_s: float = 5.0,
+            replica_wait_ms: float = 30.0,
+            replica_retry_after_s: float = 5.0,
+            replica_probe_interval_s: float = 1.0,
+            replica_reads_outside_blocks: bool = False,
         ) -> None: ...
 
     @classmethod
@@ -199,6 +243,41 @@ class DatabaseConfig(BaseSettings):
         if value is not None:
             _parse_url(value.get_secret_value())
         return value
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _split_replicas(cls, value: Any) -> Any:
+        """`DATABASE_REPLICA_URLS` is comma-separated; each URL is hidden (`SecretStr`) before any check."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(SecretStr(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("replicas", mode="after")
+    @classmethod
+    def _check_replicas(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for position, url in enumerate(value, 1):
+            parts = _parse_url(url.get_secret_value(), setting=f"replica URL #{position}")
+            if parts.get("host") is None:
+                raise ValueError(f"replica URL #{position} names no host")
+        return value
+
+    def replica_config(self, index: int) -> DatabaseConfig:
+        """The settings of replica `index`: its URL's server, this config's pool, timeouts and TLS
+        (a setting the replica URL carries itself, such as `sslmode`, wins)."""
+        url = self.replicas[index]
+        named = set(_parse_url(url.get_secret_value()))
+        inherited = self.model_dump(
+            exclude=set(
+                _CONNECTION_FIELDS
+                | named
+                | {name for name in type(self).model_fields if name.startswith("replica")}
+            )
+        )
+        return type(self).model_validate({**inherited, "url": url})
 
     @property
     def is_configured(self) -> bool:
@@ -308,17 +387,17 @@ def _expand_url(data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _parse_url(raw: str) -> dict[str, Any]:
+def _parse_url(raw: str, *, setting: str = "DATABASE_URL") -> dict[str, Any]:
     try:
         url = make_url(raw)
         port = url.port
     except (ArgumentError, ValueError):
         raise ValueError(
-            "DATABASE_URL is not a valid URL (expected postgresql://user:pass@host:port/db)"
+            f"{setting} is not a valid URL (expected postgresql://user:pass@host:port/db)"
         ) from None
     backend = url.get_backend_name()
     if backend not in _URL_SCHEMES:
-        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {backend!r}")
+        raise ValueError(f"{setting} must be a PostgreSQL URL, got scheme {backend!r}")
     parts: dict[str, Any] = {
         # libpq accepts a percent-encoded socket directory as host: postgresql://u@%2Fvar%2Frun/db
         "host": unquote(url.host) if url.host else None,
@@ -331,7 +410,7 @@ def _parse_url(raw: str) -> dict[str, Any]:
         field = _URL_QUERY_FIELDS.get(key)
         if field is None:
             raise ValueError(
-                f"DATABASE_URL parameter {key!r} is not supported; supported: {', '.join(sorted(_URL_QUERY_FIELDS))}"
+                f"{setting} parameter {key!r} is not supported; supported: {', '.join(sorted(_URL_QUERY_FIELDS))}"
             )
         text = value if isinstance(value, str) else value[-1]
         parts[field] = unquote(text)

@@ -33,6 +33,7 @@ from persistence.observe.hooks import Hook, Hooks
 from persistence.observe.instrument import instrument
 from persistence.observe.logging import SlowQueryLog
 from persistence.pool import pool_class
+from persistence.replicas import ReplicaRouter, attach
 
 HooksArg = Hooks | Iterable[Hook] | None
 
@@ -56,7 +57,24 @@ async def create_database_engine(
         except BaseException:
             await engine.dispose()
             raise
+    if config.replicas:
+        await attach_replicas(engine, config, hooks=hooks, check=check)
     return engine
+
+
+async def attach_replicas(
+    engine: AsyncEngine, config: DatabaseConfig, *, hooks: HooksArg = None, check: bool = True
+) -> ReplicaRouter:
+    """Route `engine`'s outermost read-only blocks to `config.replicas` (one pooled engine each, with
+    the same `hooks`). `check` reads each replica's role and lag now: one that is unreachable or not
+    in recovery is logged and skipped for a while, never fatal (reads use the primary meanwhile).
+    `await router.dispose()` closes the replicas' pools."""
+    engines = [build_engine(config.replica_config(i), hooks=hooks) for i in range(len(config.replicas))]
+    router = ReplicaRouter.from_config(engine, config, engines)
+    if check:
+        await router.probe(timeout=config.connect_timeout)
+    attach(router)
+    return router
 
 
 def build_engine(config: DatabaseConfig, *, pooled: bool = True, hooks: HooksArg = None) -> AsyncEngine:

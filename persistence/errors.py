@@ -149,6 +149,14 @@ class ConnectionLostError(TransientError, DatabaseConnectionError):
     _action = "lost the connection to"
 
 
+class ReplicaUnavailableError(ConnectionLostError):
+    """A read replica failed under a read-only block: its connection broke or it is shutting down
+    (57P0x). The replica is skipped for a while; `@transaction(read_only=True, retries=N)` runs the
+    block again elsewhere (a replica or the primary)."""
+
+    _action = "lost the read replica"
+
+
 class PoolExhaustedError(TransientError):
     """No pooled connection became free within `pool_timeout`: every one of `pool_size` +
     `max_overflow` connections was in use. Raise the pool limits or hold connections for less time."""

@@ -90,11 +90,14 @@ from persistence.blocks import (
 from persistence.errors import (
     ArgumentTypeError,
     InvalidRequestError,
+    ReplicaUnavailableError,
     TransactionError,
     TransientError,
     raise_translated,
 )
 from persistence.observe.loggers import get_logger
+from persistence.replicas import Replica, router_of
+from persistence.replicas import commit as remembering_commit
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -167,6 +170,17 @@ async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
             await _settle(pending, callback, robust)
 
 
+def _raise_if_replica_lost(boundary: _Boundary, replica: Replica | None, error: Exception) -> None:
+    """A read-only block whose replica failed under it leaves as `ReplicaUnavailableError` (the
+    replica is skipped for a while, so `retries=` runs the block again elsewhere)."""
+    router = router_of(boundary.engine) if replica is not None and boundary.engine is not None else None
+    if router is None or replica is None:
+        return
+    lost = router.lost(replica, error)
+    if lost is not None and lost is not error:
+        raise lost from error
+
+
 def _is_async_callable(fn: object) -> bool:
     """An `async def` function or method, a callable instance whose `__call__` is one, or a
     `functools.partial` of either."""
@@ -225,14 +239,20 @@ class Transaction:
         frame, token = self._entered[task].pop()
         if not self._entered[task]:
             del self._entered[task]
+        replica = frame.boundary.replica if frame.parent is None else None
         try:
             if frame.parent is None:
                 await self._close_outermost(frame, exc)
             else:
                 await self._close_nested(frame, exc)
+        except Exception as err:
+            _raise_if_replica_lost(frame.boundary, replica, err)
+            raise
         finally:
             frame.boundary.frames.pop()
             _current.reset(token)
+        if replica is not None and isinstance(exc, Exception):
+            _raise_if_replica_lost(frame.boundary, replica, exc)
         if isinstance(exc, _DATABASE_ERRORS):
             error = _translated(exc)
             if error is not exc:
@@ -339,7 +359,11 @@ class Transaction:
             if session is not None:
                 if exc is None and not frame.needs_rollback and not _read_only_pinned(boundary):
                     try:
-                        await session.commit()
+                        await remembering_commit(
+                            session,
+                            boundary.engine,
+                            remember=not boundary.options.read_only and boundary.pin is None,
+                        )
                     except Exception as err:
                         commit_error = _translated(err)
                         if commit_error is err:
@@ -411,7 +435,9 @@ class Transaction:
                 except TransientError as exc:
                     if (
                         not outermost
-                        or exc.sqlstate not in _RETRYABLE_SQLSTATES
+                        or not (
+                            exc.sqlstate in _RETRYABLE_SQLSTATES or isinstance(exc, ReplicaUnavailableError)
+                        )
                         or attempt >= options.retries
                     ):
                         raise

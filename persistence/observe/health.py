@@ -9,7 +9,7 @@ Never raises for an unreachable or broken database: the report says what failed 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from time import perf_counter
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from persistence import migrations
 from persistence.errors import translate
 from persistence.observe.hooks import PoolStats
 from persistence.observe.instrument import pool_stats
+from persistence.replicas import ReplicaStatus, router_of
 
 SchemaState = Literal["at head", "behind head", "unknown revision", "unknown"]
 
@@ -53,6 +54,9 @@ class HealthReport:
     # AI calls of the last 24 h stored unpriced, and their tokens; None: no ledger or not readable.
     unpriced_calls_24h: int | None = None
     unpriced_tokens_24h: int | None = None
+    # Each read replica's role, replay lag and routing counts (empty: the engine has none). A replica
+    # that is down does not make the report unhealthy: its reads go to the primary.
+    replicas: tuple[ReplicaStatus, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +76,20 @@ async def health(
     service: migrations.ServiceConfig | None = None,
 ) -> HealthReport:
     """Check the database behind `engine` within `timeout` seconds (one pooled connection, a few queries).
-    `service`: a service's alembic.ini, when its own branch of revisions shares the database."""
+    `service`: a service's alembic.ini, when its own branch of revisions shares the database. With
+    read replicas attached, each is checked too (concurrently, same timeout)."""
+    router = router_of(engine)
+    if router is None:
+        return await _health(engine, timeout, service)
+    report, replicas = await asyncio.gather(_health(engine, timeout, service), router.probe(timeout=timeout))
+    return replace(report, replicas=replicas)
+
+
+async def _health(
+    engine: AsyncEngine,
+    timeout: float,  # noqa: ASYNC109
+    service: migrations.ServiceConfig | None,
+) -> HealthReport:
     head = migrations.head_revision()
     pool = None if isinstance(engine.pool, NullPool) else pool_stats(engine.pool)
     unknown = SchemaStatus("unknown", None, head, None)

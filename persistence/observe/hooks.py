@@ -113,6 +113,27 @@ class TransactionEvent:
     database: str | None
 
 
+ReplicaOutcome = Literal["routed", "waited", "fallback"]
+
+
+@dataclass(slots=True)
+class ReplicaEvent:
+    """Where an outermost read-only block (or an opted-in read outside blocks) ran.
+
+    `routed`: on `replica` at once; `waited`: on `replica` after waiting `wait` seconds for it to
+    replay the caller's last commit; `fallback`: on the primary, for `reason` (`no replica`,
+    `behind`, `lagging`, `promoted`, `unreachable`, `lost`). `lag_s` is the replica's last measured
+    replay lag (None: unknown), `replica` its `user@host:port/database` (None: none was available).
+    """
+
+    outcome: ReplicaOutcome
+    replica: str | None
+    reason: str | None
+    lag_s: float | None
+    wait: float
+    database: str | None
+
+
 @runtime_checkable
 class Hook(Protocol):
     """A sink for database events. Methods are called on the event loop's thread, synchronously, so
@@ -129,7 +150,7 @@ class BaseHook:
     """No-op `Hook` to subclass when a sink cares about one kind of event only.
 
     `on_transaction_start` is optional for sinks: tracing sinks use it to open a span that the
-    statements of the transaction nest under.
+    statements of the transaction nest under. `on_replica` (optional too) sees read-replica routing.
     """
 
     def on_query(self, event: QueryEvent) -> None:
@@ -144,6 +165,9 @@ class BaseHook:
     def on_transaction(self, event: TransactionEvent) -> None:
         return None
 
+    def on_replica(self, event: ReplicaEvent) -> None:
+        return None
+
 
 class Hooks:
     """Fans each event out to every sink; a raising sink is logged once (per sink and method) and skipped."""
@@ -152,10 +176,12 @@ class Hooks:
         "_failed",
         "_pool",
         "_query",
+        "_replica",
         "_start",
         "_transaction",
         "database",
         "sinks",
+        "wants_replica",
         "wants_transaction_start",
     )
 
@@ -178,6 +204,12 @@ class Hooks:
             is not BaseHook.on_transaction_start
         )
         self.wants_transaction_start = bool(self._start)
+        self._replica = tuple(
+            getattr(s, "on_replica")  # noqa: B009
+            for s in self.sinks
+            if getattr(type(s), "on_replica", BaseHook.on_replica) is not BaseHook.on_replica
+        )
+        self.wants_replica = bool(self._replica)
         self._failed: set[tuple[int, str]] = set()
 
     def query(self, event: QueryEvent) -> None:
@@ -203,6 +235,13 @@ class Hooks:
 
     def transaction(self, event: TransactionEvent) -> None:
         for fn in self._transaction:
+            try:
+                fn(event)
+            except Exception as exc:
+                self._sink_failed(fn, exc)
+
+    def replica(self, event: ReplicaEvent) -> None:
+        for fn in self._replica:
             try:
                 fn(event)
             except Exception as exc:

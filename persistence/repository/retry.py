@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from persistence.blocks import _active_frame
 from persistence.observe.loggers import get_logger
 from persistence.pool import lost_connection
+from persistence.replicas import reading
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,14 +37,15 @@ def retry_read(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, 
     async def read(*args: P.args, **kwargs: P.kwargs) -> R:
         if _active_frame() is not None:
             return await method(*args, **kwargs)
-        try:
+        with reading():  # outside blocks a read may go to a replica (persistence.replicas)
+            try:
+                return await method(*args, **kwargs)
+            except Exception as exc:
+                if not lost_connection(exc):
+                    raise
+                log.info(
+                    "read retried on a fresh connection", reason=type(exc).__name__, read=method.__qualname__
+                )
             return await method(*args, **kwargs)
-        except Exception as exc:
-            if not lost_connection(exc):
-                raise
-            log.info(
-                "read retried on a fresh connection", reason=type(exc).__name__, read=method.__qualname__
-            )
-        return await method(*args, **kwargs)
 
     return read

@@ -1,0 +1,544 @@
+"""Read replicas: which server a read-only block runs on, read-your-writes, and each replica's health.
+
+Whole blocks are routed, never single statements (a block's reads must share one snapshot):
+
+- the outermost `transaction(read_only=True)` block runs on a healthy replica; read-write blocks,
+  savepoints and repository calls outside blocks stay on the primary (reads outside blocks go to a
+  replica only with `DatabaseConfig.replica_reads_outside_blocks`);
+- read-your-writes: after a read-write transaction commits on the primary, the caller's context
+  (a context variable) remembers the primary's WAL insert position. A later read-only block runs
+  on a replica only once that replica has replayed it (`pg_last_wal_replay_lsn() >= token`),
+  waiting at most `replica_wait_ms`, else on the primary. `read_your_writes_token()` /
+  `use_read_your_writes_token()` carry the token between processes (e.g. an HTTP header);
+- health: a replica that cannot be reached or is shutting down (08xxx, 57P0x) is skipped for
+  `replica_retry_after_s`; one whose replay lags more than `replica_max_lag_s` behind what it
+  received, or that is no longer in recovery (promoted: `pg_is_in_recovery()`, never
+  `transaction_read_only`, which lags behind a promotion), is skipped until its next check.
+
+No background task: a block routed to a replica checks it (one statement, before the block's
+transaction begins) when it holds a token or when the replica's last check is older than
+`replica_probe_interval_s`; otherwise routing costs no round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Literal
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.util.concurrency import await_
+
+from persistence.config import DatabaseConfig
+from persistence.errors import (
+    DatabaseConnectionError,
+    Endpoint,
+    InvalidRequestError,
+    PersistenceError,
+    ReplicaUnavailableError,
+    translate,
+)
+from persistence.observe.hooks import Hooks, ReplicaEvent, hooks_of
+from persistence.observe.loggers import get_logger
+
+log = get_logger("persistence.replicas")
+
+ReplicaRole = Literal["replica", "primary", "unreachable", "unknown"]
+
+# -- read-your-writes tokens ------------------------------------------------------------------------
+
+# The primary's WAL position after the context's last commit, as a byte offset; _UNKNOWN: a commit
+# whose position could not be read (its connection broke just after COMMIT): read the primary.
+_UNKNOWN = -1
+_UNKNOWN_TEXT = "unknown"
+_token: ContextVar[int | None] = ContextVar("persistence_read_your_writes", default=None)
+_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+# With synchronous_commit on (or local, remote_*), COMMIT returned after its record was flushed, so
+# the write position covers it; with `off` the record may not be written yet: take the insert
+# position (which replicas reach only after the next WAL flush, up to wal_writer_delay later).
+_POSITION = """SELECT (CASE WHEN current_setting('synchronous_commit') = 'off'
+                   THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::int8"""
+
+
+def _lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def read_your_writes_token() -> str | None:
+    """The current context's read-your-writes token (the primary's WAL position after its last
+    commit, e.g. `16/B374D848`), to hand to another service; None when nothing was committed.
+    A commit whose position is unknown gives `unknown` (the receiver reads the primary)."""
+    lsn = _token.get()
+    if lsn is None:
+        return None
+    return _UNKNOWN_TEXT if lsn == _UNKNOWN else _lsn_text(lsn)
+
+
+def use_read_your_writes_token(token: str | None) -> None:
+    """Adopt a token from `read_your_writes_token()` (another process's commit): later read-only
+    blocks in this context see that commit. The later of it and the context's own token is kept;
+    None is a no-op. A malformed token is an `InvalidRequestError` (its text is not echoed)."""
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise InvalidRequestError(f"a read-your-writes token is a str, got {type(token).__name__}")
+    if token == _UNKNOWN_TEXT:
+        _token.set(_UNKNOWN)
+        return
+    match = _LSN.match(token.strip())
+    if match is None:
+        raise InvalidRequestError(
+            "malformed read-your-writes token (expected a WAL position like 16/B374D848)"
+        )
+    if _token.get() != _UNKNOWN:  # an own commit of unknown position may be later than the token
+        _advance((int(match.group(1), 16) << 32) | int(match.group(2), 16))
+
+
+def _advance(lsn: int) -> None:
+    """Keep the later position; an unknown one wins until a later commit's known position replaces it."""
+    current = _token.get()
+    if current is None or current == _UNKNOWN or lsn == _UNKNOWN or lsn > current:
+        _token.set(lsn)
+
+
+# -- per-replica state ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica as `health()` and `ReplicaRouter.statuses()` report it. `lag_s`: replay lag at
+    the last check (None: never checked); `available`: the router would route to it now;
+    `routed`/`waited`/`fallback`: blocks it ran at once, ran after waiting for a token, and blocks
+    sent to the primary instead because of it."""
+
+    name: str
+    role: ReplicaRole
+    lag_s: float | None
+    available: bool
+    routed: int
+    waited: int
+    fallback: int
+
+
+@dataclass(eq=False)
+class Replica:
+    """A replica's engine and what the router last learned about it."""
+
+    engine: AsyncEngine
+    endpoint: Endpoint
+    name: str
+    role: ReplicaRole = "unknown"
+    lag_s: float | None = None
+    checked_at: float = float("-inf")
+    skip_until: float = 0.0
+    routed: int = 0
+    waited: int = 0
+    fallback: int = 0
+
+    def status(self, now: float) -> ReplicaStatus:
+        return ReplicaStatus(
+            self.name, self.role, self.lag_s, now >= self.skip_until, self.routed, self.waited, self.fallback
+        )
+
+
+# Role, "has replayed the token" and the replay lag in one statement, outside any transaction (it
+# must not take the block's snapshot). Lag is 0 while the replica streams and has replayed all it
+# received; otherwise the age of its last replayed commit (which also grows while it receives
+# nothing: a replica cut off from its primary ages out).
+_CHECK = """SELECT pg_is_in_recovery(),
+       pg_last_wal_replay_lsn() >= $1::pg_lsn,
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+                 AND EXISTS (SELECT FROM pg_stat_wal_receiver) THEN 0.0
+            ELSE coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), 0.0)
+       END::float8"""
+# A replica usually replays a commit within ~1 ms: poll back to back that long (an asyncio sleep
+# lasts ~1 ms at best), then back off.
+_BUSY_POLL_S = 0.001
+_FIRST_SLEEP_S = 0.001
+_MAX_SLEEP_S = 0.004
+
+
+class ReplicaRouter:
+    """Chooses a replica for read-only blocks of one primary engine; see the module docstring."""
+
+    def __init__(
+        self,
+        primary: AsyncEngine,
+        replicas: Sequence[Replica],
+        *,
+        max_lag_s: float = 5.0,
+        wait_s: float = 0.03,
+        retry_after_s: float = 5.0,
+        probe_interval_s: float = 1.0,
+        reads_outside_blocks: bool = False,
+    ) -> None:
+        self.primary = primary
+        self.replicas = tuple(replicas)
+        self.max_lag_s = max_lag_s
+        self.wait_s = wait_s
+        self.retry_after_s = retry_after_s
+        self.probe_interval_s = probe_interval_s
+        self.reads_outside_blocks = reads_outside_blocks
+        self.routed = self.waited = self.fallback = 0
+        self._turn = itertools.cycle(range(len(self.replicas))) if self.replicas else None
+        self._hooks: Hooks | None = hooks_of(primary)
+
+    @classmethod
+    def from_config(
+        cls, primary: AsyncEngine, config: DatabaseConfig, engines: Sequence[AsyncEngine]
+    ) -> ReplicaRouter:
+        replicas = []
+        for index, engine in enumerate(engines):
+            replica_config = config.replica_config(index)
+            where = Endpoint(
+                replica_config.host, replica_config.port, replica_config.database, replica_config.user
+            )
+            replicas.append(Replica(engine, where, replica_config.describe()))
+        return cls(
+            primary,
+            replicas,
+            max_lag_s=config.replica_max_lag_s,
+            wait_s=config.replica_wait_ms / 1000,
+            retry_after_s=config.replica_retry_after_s,
+            probe_interval_s=config.replica_probe_interval_s,
+            reads_outside_blocks=config.replica_reads_outside_blocks,
+        )
+
+    # -- choosing -----------------------------------------------------------------------------------
+    def candidate(self) -> Replica | None:
+        """The next replica in turn that is not being skipped (no I/O); None: use the primary."""
+        if self._turn is None:
+            return None
+        if _token.get() == _UNKNOWN:
+            self._fell_back(None, "behind", 0.0)
+            return None
+        now = monotonic()
+        for _ in range(len(self.replicas)):
+            replica = self.replicas[next(self._turn)]
+            if now >= replica.skip_until:
+                return replica
+        self._fell_back(None, "no replica", 0.0)
+        return None
+
+    async def admit(self, replica: Replica, driver: Any) -> bool:
+        """Whether a block may run on `replica` over `driver` (its asyncpg connection, not yet in a
+        transaction): checks role, lag and the context's token when due, waiting for the token up
+        to the budget. Counts and reports the outcome. Driver errors propagate (see `failed`)."""
+        token = _token.get()
+        started = monotonic()
+        if token is None and started - replica.checked_at < self.probe_interval_s:
+            self._routed(replica, 0.0)
+            return True
+        wanted = token  # asyncpg encodes pg_lsn from an int
+        deadline = started + self.wait_s
+        delay = _FIRST_SLEEP_S
+        polls = 0
+        while True:
+            standby, caught_up, lag = await driver.fetchrow(_CHECK, wanted)
+            polls += 1
+            now = monotonic()
+            replica.checked_at, replica.lag_s = now, float(lag)
+            if not standby:
+                replica.role = "primary"
+                replica.skip_until = now + self.retry_after_s
+                log.warning("a read replica is not in recovery (promoted?): skipped", replica=replica.name)
+                self._fell_back(replica, "promoted", now - started)
+                return False
+            replica.role = "replica"
+            if replica.lag_s > self.max_lag_s:
+                replica.skip_until = now + self.probe_interval_s
+                self._fell_back(replica, "lagging", now - started)
+                return False
+            if wanted is None or caught_up:
+                self._routed(replica, now - started if polls > 1 else 0.0)
+                return True
+            if now - started < _BUSY_POLL_S and now < deadline:
+                continue
+            if now + delay > deadline:
+                self._fell_back(replica, "behind", now - started)
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_SLEEP_S)
+
+    def failed(self, replica: Replica, error: BaseException, *, in_block: bool) -> None:
+        """`replica` could not be used (`in_block`: it failed under a running block): skip it for
+        `retry_after_s`."""
+        replica.role = "unreachable"
+        replica.skip_until = monotonic() + self.retry_after_s
+        log.warning(
+            "read replica failed: skipped for a while",
+            replica=replica.name,
+            error=type(error).__name__,
+            retry_after_s=self.retry_after_s,
+        )
+        self._fell_back(replica, "lost" if in_block else "unreachable", 0.0)
+
+    def lost(self, replica: Replica, error: BaseException) -> ReplicaUnavailableError | None:
+        """The typed error for a block whose replica failed under it (connection broken, 57P0x),
+        after opening its circuit; None when `error` is not the replica's failure."""
+        if isinstance(error, ReplicaUnavailableError):
+            return error
+        translated = error if isinstance(error, PersistenceError) else translate(error)
+        sqlstate = getattr(translated, "sqlstate", None) or ""
+        if not (isinstance(translated, DatabaseConnectionError) or sqlstate.startswith("57P0")):
+            return None
+        self.failed(replica, error, in_block=True)
+        where = replica.endpoint
+        return ReplicaUnavailableError(
+            host=where.host,
+            port=where.port,
+            database=where.database,
+            user=where.user,
+            reason=f"it failed under a read-only block ({type(translated or error).__name__}); "
+            "run the block again (retries=N) to use another server",
+            sqlstate=sqlstate or None,
+        )
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def _routed(self, replica: Replica, waited: float) -> None:
+        self.routed += 1
+        replica.routed += 1
+        if waited > 0:
+            self.waited += 1
+            replica.waited += 1
+        hooks = self._hooks
+        if hooks is not None and hooks.wants_replica:
+            outcome: Literal["routed", "waited"] = "waited" if waited > 0 else "routed"
+            hooks.replica(ReplicaEvent(outcome, replica.name, None, replica.lag_s, waited, hooks.database))
+
+    def _fell_back(self, replica: Replica | None, reason: str, waited: float) -> None:
+        self.fallback += 1
+        if replica is not None:
+            replica.fallback += 1
+        hooks = self._hooks
+        if hooks is not None and hooks.wants_replica:
+            hooks.replica(
+                ReplicaEvent(
+                    "fallback",
+                    None if replica is None else replica.name,
+                    reason,
+                    None if replica is None else replica.lag_s,
+                    waited,
+                    hooks.database,
+                )
+            )
+
+    def statuses(self) -> tuple[ReplicaStatus, ...]:
+        now = monotonic()
+        return tuple(replica.status(now) for replica in self.replicas)
+
+    async def probe(self, *, timeout: float = 5.0) -> tuple[ReplicaStatus, ...]:  # noqa: ASYNC109
+        """Check every replica now (role and lag; an unreachable one is skipped for a while), for
+        `health()` and at start; never raises for a replica's failure."""
+
+        async def check(replica: Replica) -> None:
+            try:
+                async with asyncio.timeout(timeout), replica.engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    standby, _, lag = await _driver(raw).fetchrow(_CHECK, None)
+            except Exception as exc:
+                replica.role = "unreachable"
+                replica.skip_until = monotonic() + self.retry_after_s
+                log.warning("read replica unreachable", replica=replica.name, error=type(exc).__name__)
+                return
+            now = monotonic()
+            replica.checked_at, replica.lag_s = now, float(lag)
+            replica.role = "replica" if standby else "primary"
+            if not standby:
+                log.warning("a configured read replica is not in recovery: skipped", replica=replica.name)
+                replica.skip_until = now + self.retry_after_s
+            elif replica.lag_s > self.max_lag_s:
+                replica.skip_until = now + self.probe_interval_s
+            else:
+                replica.skip_until = 0.0
+
+        await asyncio.gather(*(check(replica) for replica in self.replicas))
+        return self.statuses()
+
+    async def dispose(self) -> None:
+        """Close the replicas' pools (the primary engine is the caller's to dispose)."""
+        for replica in self.replicas:
+            await replica.engine.dispose()
+        _ROUTERS.pop(self.primary.sync_engine, None)
+
+
+# -- engine -> router -------------------------------------------------------------------------------
+
+_ROUTERS: weakref.WeakKeyDictionary[Engine, ReplicaRouter] = weakref.WeakKeyDictionary()
+_listening = False
+
+
+def attach(router: ReplicaRouter) -> None:
+    """Route read-only blocks on `router.primary` through `router`."""
+    global _listening
+    if not _listening:
+        event.listen(Session, "after_commit", _after_commit)
+        _listening = True
+    _ROUTERS[router.primary.sync_engine] = router
+
+
+def router_of(engine: AsyncEngine) -> ReplicaRouter | None:
+    """The router attached to `engine`; None (one falsy test) when no engine has replicas."""
+    if not _ROUTERS:
+        return None
+    return _ROUTERS.get(engine.sync_engine)
+
+
+def _driver(raw: Any) -> Any:
+    """The asyncpg connection under a pooled SQLAlchemy connection."""
+    driver = raw.driver_connection
+    if driver is None:
+        raise InvalidRequestError("the pooled connection has no driver connection (closed)")
+    return driver
+
+
+# -- remembering commits ----------------------------------------------------------------------------
+
+_ARMED = "persistence_replicas_armed"
+_COMMITTED_AT = "persistence_replicas_lsn"
+_reading: ContextVar[bool] = ContextVar("persistence_replicas_reading", default=False)
+
+
+@contextlib.contextmanager
+def reading() -> Any:
+    """Marks a repository read (outside blocks it may go to a replica, and it needs no token)."""
+    reset = _reading.set(True)
+    try:
+        yield
+    finally:
+        _reading.reset(reset)
+
+
+def _after_commit(session: Session) -> None:
+    """Read the commit's WAL position on the connection that committed, before the session releases
+    it (one statement, outside any transaction)."""
+    connection = session.info.pop(_ARMED, None)
+    if not isinstance(connection, Connection):
+        return
+    try:
+        driver = _driver(connection.connection)
+        session.info[_COMMITTED_AT] = int(await_(driver.fetchval(_POSITION)))
+    except Exception:  # the commit happened; only its position is unknown
+        session.info[_COMMITTED_AT] = _UNKNOWN
+
+
+async def commit(session: AsyncSession, engine: AsyncEngine | None, *, remember: bool) -> None:
+    """`session.commit()`; when `engine` has replicas and `remember`, the commit's WAL position
+    becomes the context's read-your-writes token (one more statement on the committing connection)."""
+    if not remember or engine is None or router_of(engine) is None:
+        await session.commit()
+        return
+    connection = await session.connection()
+    session.sync_session.info[_ARMED] = connection.sync_connection
+    try:
+        await session.commit()
+    finally:
+        session.sync_session.info.pop(_ARMED, None)
+        lsn = session.sync_session.info.pop(_COMMITTED_AT, None)
+    if lsn is not None:
+        _advance(lsn)
+
+
+async def _remember(connection: AsyncConnection) -> None:
+    try:
+        raw = await connection.get_raw_connection()
+        _advance(int(await _driver(raw).fetchval(_POSITION)))
+    except Exception:
+        _advance(_UNKNOWN)
+
+
+# -- repository calls outside blocks ----------------------------------------------------------------
+
+
+async def _replica_connection(router: ReplicaRouter) -> tuple[Replica, AsyncConnection] | None:
+    """A connection on an admitted replica, or None (use the primary)."""
+    replica = router.candidate()
+    if replica is None:
+        return None
+    try:
+        connection = await replica.engine.connect()
+    except Exception as exc:
+        router.failed(replica, exc, in_block=False)
+        return None
+    try:
+        raw = await connection.get_raw_connection()
+        if await router.admit(replica, _driver(raw)):
+            return replica, connection
+    except Exception as exc:  # the replica, not the caller's read, failed: use the primary
+        router.failed(replica, exc, in_block=False)
+    await connection.close()
+    return None
+
+
+@contextlib.asynccontextmanager
+async def routed_session(router: ReplicaRouter, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """`session_scope` outside blocks on an engine with replicas: an opted-in read on a replica,
+    anything else on the primary with its commit remembered (a write's read-your-writes token)."""
+    if _reading.get():
+        chosen = await _replica_connection(router) if router.reads_outside_blocks else None
+        if chosen is not None:
+            replica, connection = chosen
+            try:
+                async with (
+                    AsyncSession(bind=connection, expire_on_commit=False, autoflush=False) as session,
+                    session.begin(),
+                ):
+                    yield session
+            except Exception as exc:
+                lost = router.lost(replica, exc)
+                if lost is None:
+                    raise
+                raise lost from exc
+            finally:
+                await connection.close()
+            return
+        async with (
+            AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
+            session.begin(),
+        ):
+            yield session
+        return
+    async with engine.connect() as connection:
+        async with (
+            AsyncSession(bind=connection, expire_on_commit=False, autoflush=False) as session,
+            session.begin(),
+        ):
+            yield session
+        await _remember(connection)
+
+
+@contextlib.asynccontextmanager
+async def routed_connection(router: ReplicaRouter, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`connection_scope` outside blocks on an engine with replicas (see `routed_session`)."""
+    if _reading.get():
+        chosen = await _replica_connection(router) if router.reads_outside_blocks else None
+        if chosen is not None:
+            replica, connection = chosen
+            try:
+                async with connection.begin():
+                    yield connection
+            except Exception as exc:
+                lost = router.lost(replica, exc)
+                if lost is None:
+                    raise
+                raise lost from exc
+            finally:
+                await connection.close()
+            return
+        async with engine.begin() as connection:
+            yield connection
+        return
+    async with engine.connect() as connection:
+        async with connection.begin():
+            yield connection
+        await _remember(connection)
