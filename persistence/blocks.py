@@ -114,8 +114,10 @@ class _Boundary:
     handouts: int = 0
     # The test's pinned connection the block runs on as a savepoint (held until the block ends).
     pin: Pin | None = None
-    # The read replica an outermost read-only block runs on (None: the engine it was opened on).
+    # The read replica an outermost read-only block runs on (None: the engine it was opened on), and
+    # one it lost on the statement that opened it (the block may go on elsewhere).
     replica: Replica | None = None
+    lost_replica: Replica | None = None
 
     def check_usable(self) -> None:
         """Refuse to run statements in a block that must roll back (instead of a raw 25P02)."""
@@ -153,6 +155,7 @@ class _Boundary:
         router = router_of(self.engine) if self.replica is not None and self.engine is not None else None
         if router is not None and self.replica is not None:  # reopened elsewhere: skip this replica a while
             router.failed(self.replica, error, in_block=False)
+            self.lost_replica = self.replica
         self.engine = self.session = self.connection = self.replica = None
         self.handouts = 0
         self.unpin()
@@ -184,6 +187,7 @@ class _Boundary:
         replica = router.candidate()
         if replica is None:
             return False
+        await router.prepare(replica)
         try:
             opened = await self._connect(engine, replica.engine, lambda driver: router.admit(replica, driver))
         except PersistenceError as exc:  # unreachable, or lost while checking it
@@ -218,9 +222,7 @@ class _Boundary:
         try:
             # asyncpg applies these when it starts the transaction: no extra round trip.
             connection = await session.connection(execution_options=execution_options or None)
-            if admit is not None and not await admit(
-                (await connection.get_raw_connection()).driver_connection
-            ):
+            if admit is not None and not await _admitted(connection, admit):
                 await session.close()
                 return False
             if pin is not None and self.options.read_only:
@@ -276,6 +278,17 @@ class _Boundary:
                 self.hooks.database,
             )
         )
+
+
+async def _admitted(connection: AsyncConnection, admit: Callable[[Any], Awaitable[bool]]) -> bool:
+    """Ask `admit` on the driver connection; one that failed under the check is discarded, never
+    pooled again (the check bypasses SQLAlchemy's disconnect handling)."""
+    try:
+        return await admit((await connection.get_raw_connection()).driver_connection)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.invalidate()
+        raise
 
 
 def _read_only_pinned(boundary: _Boundary) -> bool:

@@ -137,6 +137,7 @@ class Replica:
     engine: AsyncEngine
     endpoint: Endpoint
     name: str
+    primary: AsyncEngine
     role: ReplicaRole = "unknown"
     lag_s: float | None = None
     checked_at: float = float("-inf")
@@ -144,6 +145,9 @@ class Replica:
     routed: int = 0
     waited: int = 0
     fallback: int = 0
+    # It failed: its pooled connections may be dead (the router's own checks bypass SQLAlchemy's
+    # disconnect handling), so its pool is replaced before it is used again.
+    reset_pool: bool = False
 
     def status(self, now: float) -> ReplicaStatus:
         return ReplicaStatus(
@@ -203,7 +207,7 @@ class ReplicaRouter:
             where = Endpoint(
                 replica_config.host, replica_config.port, replica_config.database, replica_config.user
             )
-            replicas.append(Replica(engine, where, replica_config.describe()))
+            replicas.append(Replica(engine, where, replica_config.describe(), primary))
         return cls(
             primary,
             replicas,
@@ -215,6 +219,13 @@ class ReplicaRouter:
         )
 
     # -- choosing -----------------------------------------------------------------------------------
+    async def prepare(self, replica: Replica) -> None:
+        """Replace the pool of a replica that failed before connecting to it again."""
+        if replica.reset_pool:
+            replica.reset_pool = False
+            with contextlib.suppress(Exception):
+                await replica.engine.dispose()
+
     def candidate(self) -> Replica | None:
         """The next replica in turn that is not being skipped (no I/O); None: use the primary."""
         if self._turn is None:
@@ -275,6 +286,7 @@ class ReplicaRouter:
         `retry_after_s`."""
         replica.role = "unreachable"
         replica.skip_until = monotonic() + self.retry_after_s
+        replica.reset_pool = True
         log.warning(
             "read replica failed: skipped for a while",
             replica=replica.name,
@@ -283,16 +295,19 @@ class ReplicaRouter:
         )
         self._fell_back(replica, "lost" if in_block else "unreachable", 0.0)
 
-    def lost(self, replica: Replica, error: BaseException) -> ReplicaUnavailableError | None:
+    def lost(
+        self, replica: Replica, error: BaseException, *, mark: bool = True
+    ) -> ReplicaUnavailableError | None:
         """The typed error for a block whose replica failed under it (connection broken, 57P0x),
-        after opening its circuit; None when `error` is not the replica's failure."""
+        after opening its circuit (`mark`: not done yet); None when `error` is not the replica's failure."""
         if isinstance(error, ReplicaUnavailableError):
             return error
         translated = error if isinstance(error, PersistenceError) else translate(error)
         sqlstate = getattr(translated, "sqlstate", None) or ""
         if not (isinstance(translated, DatabaseConnectionError) or sqlstate.startswith("57P0")):
             return None
-        self.failed(replica, error, in_block=True)
+        if mark:
+            self.failed(replica, error, in_block=True)
         where = replica.endpoint
         return ReplicaUnavailableError(
             host=where.host,
@@ -342,6 +357,7 @@ class ReplicaRouter:
         `health()` and at start; never raises for a replica's failure."""
 
         async def check(replica: Replica) -> None:
+            await self.prepare(replica)
             try:
                 async with asyncio.timeout(timeout), replica.engine.connect() as conn:
                     raw = await conn.get_raw_connection()
@@ -349,6 +365,7 @@ class ReplicaRouter:
             except Exception as exc:
                 replica.role = "unreachable"
                 replica.skip_until = monotonic() + self.retry_after_s
+                replica.reset_pool = True
                 log.warning("read replica unreachable", replica=replica.name, error=type(exc).__name__)
                 return
             now = monotonic()
@@ -465,6 +482,7 @@ async def _replica_connection(router: ReplicaRouter) -> tuple[Replica, AsyncConn
     replica = router.candidate()
     if replica is None:
         return None
+    await router.prepare(replica)
     try:
         connection = await replica.engine.connect()
     except Exception as exc:
@@ -476,6 +494,8 @@ async def _replica_connection(router: ReplicaRouter) -> tuple[Replica, AsyncConn
             return replica, connection
     except Exception as exc:  # the replica, not the caller's read, failed: use the primary
         router.failed(replica, exc, in_block=False)
+        with contextlib.suppress(Exception):
+            await connection.invalidate()
     await connection.close()
     return None
 

@@ -173,10 +173,10 @@ async def _run_callbacks(callbacks: list[tuple[Callback, bool]]) -> None:
 def _raise_if_replica_lost(boundary: _Boundary, replica: Replica | None, error: Exception) -> None:
     """A read-only block whose replica failed under it leaves as `ReplicaUnavailableError` (the
     replica is skipped for a while, so `retries=` runs the block again elsewhere)."""
-    router = router_of(boundary.engine) if replica is not None and boundary.engine is not None else None
+    router = router_of(replica.primary) if replica is not None else None
     if router is None or replica is None:
         return
-    lost = router.lost(replica, error)
+    lost = router.lost(replica, error, mark=replica is not boundary.lost_replica)
     if lost is not None and lost is not error:
         raise lost from error
 
@@ -239,7 +239,7 @@ class Transaction:
         frame, token = self._entered[task].pop()
         if not self._entered[task]:
             del self._entered[task]
-        replica = frame.boundary.replica if frame.parent is None else None
+        replica = (frame.boundary.replica or frame.boundary.lost_replica) if frame.parent is None else None
         try:
             if frame.parent is None:
                 await self._close_outermost(frame, exc)
