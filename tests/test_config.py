@@ -27,6 +27,8 @@ ENV_VARS = (
     "DB_SSL_CERT",
     "DB_SSL_KEY",
     "DB_STATEMENT_TIMEOUT_MS",
+    "DATABASE_REPLICA_URLS",
+    "DB_REPLICA_WAIT_MS",
 )
 
 
@@ -284,3 +286,52 @@ def test_tls_files_from_fields_url_and_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("DB_SSL_ROOT_CERT", "/env/ca.pem")
     monkeypatch.setenv("DB_SSL_MODE", "verify-full")
     assert DatabaseConfig(host="h").ssl_root_cert == Path("/env/ca.pem")
+
+
+def test_replica_urls_from_the_environment_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:primary-pw@db1/app")
+    monkeypatch.setenv(
+        "DATABASE_REPLICA_URLS",
+        "postgresql://app:replica-pw@db2:5433/app , postgresql://ro@db3/app?sslmode=require",
+    )
+    monkeypatch.setenv("DB_REPLICA_WAIT_MS", "20")
+    config = DatabaseConfig(pool_size=3, ssl_mode="prefer")
+    assert len(config.replicas) == 2 and config.replica_wait_ms == 20
+    assert "replica-pw" not in repr(config) and "replica-pw" not in str(config.model_dump())
+    first, second = config.replica_config(0), config.replica_config(1)
+    assert (first.host, first.port, first.user, first.pool_size, first.ssl_mode) == (
+        "db2",
+        5433,
+        "app",
+        3,
+        "prefer",
+    )
+    assert first.password is not None and first.password.get_secret_value() == "replica-pw"
+    assert (second.host, second.user, second.password, second.ssl_mode) == ("db3", "ro", None, "require")
+    assert first.replicas == () and second.replicas == ()
+
+
+def test_code_naming_the_server_ignores_replicas_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_REPLICA_URLS", "postgresql://prod:prod-pw@prod-replica/prod")
+    assert DatabaseConfig(host="localhost").replicas == ()
+    assert len(DatabaseConfig(host="localhost", replicas=["postgresql://me@localhost:5433/x"]).replicas) == 1
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    ["mysql://u:replica-secret@h/d", "postgresql://u:replica-secret@/d", "not a url replica-secret"],
+)
+def test_bad_replica_urls_are_refused_without_their_password(replicas: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        DatabaseConfig(host="h", replicas=replicas)
+    assert "replica-secret" not in str(caught.value)
+    assert "replicas" in str(caught.value)
+
+
+def test_replica_limits_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        DatabaseConfig(host="h", replica_max_lag_s=0)
+    with pytest.raises(ValidationError):
+        DatabaseConfig(host="h", replica_wait_ms=-1)
