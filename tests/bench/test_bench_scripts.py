@@ -42,6 +42,11 @@ SMOKE_RUNS = [
         ],
     ),
     (
+        "bench_replicas.py",
+        ["--samples", "20"],
+        ["| get in a read-only block |", "| update, then get in a read-only block (read-your-writes) |"],
+    ),
+    (
         "bench_rate_limits.py",
         ["--decisions", "10", "--keys", "50", "--clients", "2"],
         ["| one hot key | durable |", "| 50 spread keys | synchronous_commit=off |"],
