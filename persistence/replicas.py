@@ -48,12 +48,11 @@ from persistence.errors import (
     ReplicaUnavailableError,
     translate,
 )
-from persistence.observe.hooks import Hooks, ReplicaEvent, hooks_of
+from persistence.observe.hooks import Hooks, ReplicaEvent, ReplicaRole, hooks_of
 from persistence.observe.loggers import get_logger
 
 log = get_logger("persistence.replicas")
 
-ReplicaRole = Literal["replica", "primary", "unreachable", "unknown"]
 
 # -- read-your-writes tokens ------------------------------------------------------------------------
 
@@ -329,7 +328,9 @@ class ReplicaRouter:
         hooks = self._hooks
         if hooks is not None and hooks.wants_replica:
             outcome: Literal["routed", "waited"] = "waited" if waited > 0 else "routed"
-            hooks.replica(ReplicaEvent(outcome, replica.name, None, replica.lag_s, waited, hooks.database))
+            hooks.replica(
+                ReplicaEvent(outcome, replica.name, None, replica.lag_s, waited, hooks.database, replica.role)
+            )
 
     def _fell_back(self, replica: Replica | None, reason: str, waited: float) -> None:
         self.fallback += 1
@@ -345,6 +346,7 @@ class ReplicaRouter:
                     None if replica is None else replica.lag_s,
                     waited,
                     hooks.database,
+                    "unknown" if replica is None else replica.role,
                 )
             )
 

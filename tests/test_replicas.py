@@ -382,3 +382,33 @@ def test_token_text_round_trips() -> None:
         return read_your_writes_token()
 
     assert asyncio.run(work()) == "16/B374D848"
+
+
+# Last in the module: a promoted replica cannot follow its old primary again (the lab is stopped after).
+async def test_promoted_replica_is_never_read_as_a_replica(migrated: Lab) -> None:
+    lab = migrated
+    primary_port = lab.port(lab.primary)
+    async with _routed(lab, replica_probe_interval_s=0.05) as routed:
+        engine = routed.engine
+
+        async def read() -> tuple[int, bool]:
+            async with transaction(read_only=True):
+                return await where(engine)
+
+        async def across_promotion() -> list[bool]:
+            seen = []
+            async with transaction(read_only=True):
+                seen.append((await where(engine))[1])
+                await asyncio.to_thread(lab.run, "promote")
+                await ServiceHealthRepository(engine).count()  # a block begun before goes on, read-only
+                seen.append(
+                    await (await current_session(engine)).scalar(text("SHOW transaction_read_only")) == "on"
+                )
+            return seen
+
+        assert await fresh(across_promotion()) == [True, True]
+        await asyncio.sleep(0.1)
+        assert await fresh(read()) == (primary_port, False)  # the ex-replica is skipped
+        event = routed.events.replica[-1]
+        assert (event.outcome, event.reason, event.role) == ("fallback", "promoted", "primary")
+        assert (await health(engine)).replicas[0].role == "primary"

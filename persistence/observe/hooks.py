@@ -114,6 +114,7 @@ class TransactionEvent:
 
 
 ReplicaOutcome = Literal["routed", "waited", "fallback"]
+ReplicaRole = Literal["replica", "primary", "unreachable", "unknown"]
 
 
 @dataclass(slots=True)
@@ -123,7 +124,8 @@ class ReplicaEvent:
     `routed`: on `replica` at once; `waited`: on `replica` after waiting `wait` seconds for it to
     replay the caller's last commit; `fallback`: on the primary, for `reason` (`no replica`,
     `behind`, `lagging`, `promoted`, `unreachable`, `lost`). `lag_s` is the replica's last measured
-    replay lag (None: unknown), `replica` its `user@host:port/database` (None: none was available).
+    replay lag (None: unknown), `replica` its `user@host:port/database` (None: none was available),
+    `role` what it was last seen as (`primary`: promoted; `unreachable`: failed).
     """
 
     outcome: ReplicaOutcome
@@ -132,6 +134,7 @@ class ReplicaEvent:
     lag_s: float | None
     wait: float
     database: str | None
+    role: ReplicaRole = "unknown"
 
 
 @runtime_checkable

@@ -17,6 +17,8 @@ SQLSTATE, pool event kind), never statement text or values:
 | `persistence_pool_size` | gauge | database |
 | `persistence_pool_events_total` | counter | database, event (`connect`/`invalidate`/`close`) |
 | `persistence_transaction_duration_seconds` | histogram | outcome (`commit`/`rollback`/`retried`/`failed`), level (`transaction`/`savepoint`) |
+| `persistence_replica_blocks_total` | counter | replica (`none` when none was available), outcome (`routed`/`waited`/`fallback`), reason |
+| `persistence_replica_lag_seconds` | gauge (last measured) | replica |
 
 `namespace` replaces the `persistence` prefix (e.g. one sink per service on a shared registry).
 """
@@ -26,11 +28,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from persistence.observe.hooks import BaseHook, PoolEvent, PoolStats, QueryEvent, TransactionEvent
+from persistence.observe.hooks import (
+    BaseHook,
+    PoolEvent,
+    PoolStats,
+    QueryEvent,
+    ReplicaEvent,
+    TransactionEvent,
+)
 
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
@@ -88,6 +97,21 @@ class PrometheusHook(BaseHook):
             registry=registry,
             buckets=QUERY_BUCKETS,
         )
+        self.replica_blocks = Counter(
+            "replica_blocks",
+            "Read-only blocks by where they ran: on a replica (at once or after waiting for the caller's "
+            "last commit) or on the primary instead, and why.",
+            ["replica", "outcome", "reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.replica_lag = Gauge(
+            "replica_lag_seconds",
+            "A replica's replay lag at its last check.",
+            ["replica"],
+            namespace=ns,
+            registry=registry,
+        )
         # The pool gauges are read at scrape time from the numbers of the last checkout/checkin,
         # so the hot path stores one reference instead of setting four gauges.
         self._pools: dict[str, PoolStats] = {}
@@ -134,6 +158,12 @@ class PrometheusHook(BaseHook):
         if child is None:
             child = self._transactions[key] = self.transaction_duration.labels(*key)
         child.observe(event.duration)
+
+    def on_replica(self, event: ReplicaEvent) -> None:
+        replica = event.replica or _NONE
+        self.replica_blocks.labels(replica, event.outcome, event.reason or _NONE).inc()
+        if event.replica is not None and event.lag_s is not None:
+            self.replica_lag.labels(replica).set(event.lag_s)
 
 
 class _PoolCollector(Collector):

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from persistence import ClaimRepository, transaction
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
+from persistence.observe.hooks import Hooks, ReplicaEvent
 from persistence.observe.prometheus import PrometheusHook
 
 
@@ -87,3 +88,17 @@ def test_two_sinks_on_one_registry_need_their_own_namespace() -> None:
         PrometheusHook(registry)
     PrometheusHook(registry, namespace="billing_db")
     assert "billing_db_query_duration_seconds" in generate_latest(registry).decode()
+
+
+def test_replica_routing_counts_and_lag() -> None:
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry)
+    hooks = Hooks([hook])
+    assert hooks.wants_replica
+    hooks.replica(ReplicaEvent("routed", "ro@r1:5432/app", None, 0.25, 0.0, "app"))
+    hooks.replica(ReplicaEvent("fallback", None, "no replica", None, 0.0, "app"))
+    labels = {"replica": "ro@r1:5432/app", "outcome": "routed", "reason": "none"}
+    assert registry.get_sample_value("persistence_replica_blocks_total", labels) == 1
+    fallback = {"replica": "none", "outcome": "fallback", "reason": "no replica"}
+    assert registry.get_sample_value("persistence_replica_blocks_total", fallback) == 1
+    assert registry.get_sample_value("persistence_replica_lag_seconds", {"replica": "ro@r1:5432/app"}) == 0.25
