@@ -140,6 +140,7 @@ class Replica:
     role: ReplicaRole = "unknown"
     lag_s: float | None = None
     checked_at: float = float("-inf")
+    replayed: int = 0  # WAL position replayed at the last check (replay only moves forward)
     skip_until: float = 0.0
     routed: int = 0
     waited: int = 0
@@ -154,12 +155,12 @@ class Replica:
         )
 
 
-# Role, "has replayed the token" and the replay lag in one statement, outside any transaction (it
-# must not take the block's snapshot). Lag is 0 while the replica streams and has replayed all it
+# Role, replayed WAL position and replay lag in one statement, outside any transaction (it must not
+# take the block's snapshot). Lag is 0 while the replica streams and has replayed all it
 # received; otherwise the age of its last replayed commit (which also grows while it receives
 # nothing: a replica cut off from its primary ages out).
 _CHECK = """SELECT pg_is_in_recovery(),
-       pg_last_wal_replay_lsn() >= $1::pg_lsn,
+       coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, 0),
        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
                  AND EXISTS (SELECT FROM pg_stat_wal_receiver) THEN 0.0
             ELSE coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), 0.0)
@@ -242,22 +243,24 @@ class ReplicaRouter:
 
     async def admit(self, replica: Replica, driver: Any) -> bool:
         """Whether a block may run on `replica` over `driver` (its asyncpg connection, not yet in a
-        transaction): checks role, lag and the context's token when due, waiting for the token up
-        to the budget. Counts and reports the outcome. Driver errors propagate (see `failed`)."""
+        transaction): checks role and lag when due, and the context's token unless the replica was
+        already seen past it, waiting for it up to the budget. Counts and reports the outcome.
+        Driver errors propagate (see `failed`)."""
         token = _token.get()
         started = monotonic()
-        if token is None and started - replica.checked_at < self.probe_interval_s:
+        if (
+            token is None or token <= replica.replayed
+        ) and started - replica.checked_at < self.probe_interval_s:
             self._routed(replica, 0.0)
             return True
-        wanted = token  # asyncpg encodes pg_lsn from an int
         deadline = started + self.wait_s
         delay = _FIRST_SLEEP_S
         polls = 0
         while True:
-            standby, caught_up, lag = await driver.fetchrow(_CHECK, wanted)
+            standby, replayed, lag = await driver.fetchrow(_CHECK)
             polls += 1
             now = monotonic()
-            replica.checked_at, replica.lag_s = now, float(lag)
+            replica.checked_at, replica.lag_s, replica.replayed = now, float(lag), int(replayed)
             if not standby:
                 replica.role = "primary"
                 replica.skip_until = now + self.retry_after_s
@@ -269,7 +272,7 @@ class ReplicaRouter:
                 replica.skip_until = now + self.probe_interval_s
                 self._fell_back(replica, "lagging", now - started)
                 return False
-            if wanted is None or caught_up:
+            if token is None or replica.replayed >= token:
                 self._routed(replica, now - started if polls > 1 else 0.0)
                 return True
             if now - started < _BUSY_POLL_S and now < deadline:
@@ -363,7 +366,7 @@ class ReplicaRouter:
             try:
                 async with asyncio.timeout(timeout), replica.engine.connect() as conn:
                     raw = await conn.get_raw_connection()
-                    standby, _, lag = await _driver(raw).fetchrow(_CHECK, None)
+                    standby, replayed, lag = await _driver(raw).fetchrow(_CHECK)
             except Exception as exc:
                 replica.role = "unreachable"
                 replica.skip_until = monotonic() + self.retry_after_s
@@ -371,7 +374,7 @@ class ReplicaRouter:
                 log.warning("read replica unreachable", replica=replica.name, error=type(exc).__name__)
                 return
             now = monotonic()
-            replica.checked_at, replica.lag_s = now, float(lag)
+            replica.checked_at, replica.lag_s, replica.replayed = now, float(lag), int(replayed)
             replica.role = "replica" if standby else "primary"
             if not standby:
                 log.warning("a configured read replica is not in recovery: skipped", replica=replica.name)
