@@ -42,7 +42,17 @@ from persistence.observe.hooks import (
 )
 from persistence.observe.loggers import get_logger
 from persistence.pinning import Pin, pin_of
-from persistence.replicas import Replica, ReplicaRouter, routed_connection, routed_session, router_of
+from persistence.replicas import (
+    Replica,
+    ReplicaRouter,
+    remember_commit,
+    remembered,
+    remembering_connection,
+    replica_connection,
+    replica_for_read,
+    replica_session,
+    router_of,
+)
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -209,7 +219,8 @@ class _Boundary:
         execution_options: dict[str, Any] = {}
         pin = pin_of(engine)
         if pin is None:
-            session = AsyncSession(bind=target, expire_on_commit=False, autoflush=False)
+            remember = None if self.options.read_only else remember_commit(engine)  # read-your-writes
+            session = AsyncSession(bind=target, expire_on_commit=False, autoflush=False, info=remember)
             if self.options.isolation_level is not None:
                 execution_options["isolation_level"] = self.options.isolation_level
             if self.options.read_only:
@@ -494,18 +505,20 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             async with pin.hold(owner), _pinned_session(pin) as session, session.begin():
                 yield session
             return
-        router = router_of(engine)
-        if router is not None:  # reads may go to a replica; a write's commit position is remembered
-            async with routed_session(router, engine) as session:
+        chosen = await replica_for_read(engine)
+        if chosen is not None:  # an opted-in read on a replica
+            async with replica_session(chosen) as session:
                 yield session
             return
+        remember = remember_commit(engine)  # a write on an engine with replicas: read-your-writes
         hooks = hooks_of(engine)
         if hooks is None:
             async with (
-                AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
+                AsyncSession(bind=engine, expire_on_commit=False, autoflush=False, info=remember) as session,
                 session.begin(),
             ):
                 yield session
+            remembered(session)
             return
         # The same, reporting the transaction to the engine's hooks.
         started = perf_counter()
@@ -514,12 +527,13 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         in_body = False
         try:
             async with (
-                AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
+                AsyncSession(bind=engine, expire_on_commit=False, autoflush=False, info=remember) as session,
                 session.begin(),
             ):
                 in_body = True
                 yield session
                 in_body = False
+            remembered(session)
         except BaseException as exc:
             outcome, sqlstate = _outcome(exc, retry_left=False)
             hooks.transaction(
@@ -558,9 +572,13 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
             async with pin.hold(owner) as conn, conn.begin_nested():
                 yield conn
             return
-        router = router_of(engine)
-        if router is not None:
-            async with routed_connection(router, engine) as conn:
+        chosen = await replica_for_read(engine)
+        if chosen is not None:
+            async with replica_connection(chosen) as conn:
+                yield conn
+            return
+        if remember_commit(engine) is not None:
+            async with remembering_connection(engine) as conn:
                 yield conn
             return
         async with engine.begin() as conn:

@@ -404,6 +404,7 @@ def attach(router: ReplicaRouter) -> None:
     """Route read-only blocks on `router.primary` through `router`."""
     global _listening
     if not _listening:
+        event.listen(Session, "after_begin", _after_begin)
         event.listen(Session, "after_commit", _after_commit)
         _listening = True
     _ROUTERS[router.primary.sync_engine] = router
@@ -426,6 +427,7 @@ def _driver(raw: Any) -> Any:
 
 # -- remembering commits ----------------------------------------------------------------------------
 
+_WANT = "persistence_replicas_remember"
 _ARMED = "persistence_replicas_armed"
 _COMMITTED_AT = "persistence_replicas_lsn"
 _reading: ContextVar[bool] = ContextVar("persistence_replicas_reading", default=False)
@@ -441,49 +443,68 @@ def reading() -> Any:
         _reading.reset(reset)
 
 
+def remember_commit(engine: AsyncEngine) -> dict[str, Any] | None:
+    """The `info` of a session on `engine` whose commit must become the context's read-your-writes
+    token (None, the common case: the engine has no replicas, or this is a repository read)."""
+    if not _ROUTERS or _reading.get() or router_of(engine) is None:
+        return None
+    return {_WANT: True}
+
+
+def remembered(session: AsyncSession) -> None:
+    """After a session made with `remember_commit` committed: its WAL position becomes the token."""
+    lsn = session.sync_session.info.pop(_COMMITTED_AT, None)
+    if lsn is not None:
+        _advance(lsn)
+
+
+def _after_begin(session: Session, transaction: Any, connection: Connection) -> None:
+    if session.info.get(_WANT):
+        session.info[_ARMED] = connection
+
+
 def _after_commit(session: Session) -> None:
     """Read the commit's WAL position on the connection that committed, before the session releases
     it (one statement, outside any transaction)."""
-    connection = session.info.pop(_ARMED, None)
+    connection = session.info.get(_ARMED)
     if not isinstance(connection, Connection):
         return
     try:
         driver = _driver(connection.connection)
+        if driver.is_in_transaction():
+            return  # a savepoint was released (this event fires for those too): not committed yet
+        session.info.pop(_ARMED, None)
         session.info[_COMMITTED_AT] = int(await_(driver.fetchval(_POSITION)))
     except Exception:  # the commit happened; only its position is unknown
         session.info[_COMMITTED_AT] = _UNKNOWN
 
 
-async def commit(session: AsyncSession, engine: AsyncEngine | None, *, remember: bool) -> None:
-    """`session.commit()`; when `engine` has replicas and `remember`, the commit's WAL position
-    becomes the context's read-your-writes token (one more statement on the committing connection)."""
-    if not remember or engine is None or router_of(engine) is None:
-        await session.commit()
-        return
-    connection = await session.connection()
-    session.sync_session.info[_ARMED] = connection.sync_connection
-    try:
-        await session.commit()
-    finally:
-        session.sync_session.info.pop(_ARMED, None)
-        lsn = session.sync_session.info.pop(_COMMITTED_AT, None)
-    if lsn is not None:
-        _advance(lsn)
+@contextlib.asynccontextmanager
+async def remembering_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()` whose commit's WAL position becomes the context's token."""
+    async with engine.connect() as connection:
+        async with connection.begin():
+            yield connection
+        try:
+            raw = await connection.get_raw_connection()
+            _advance(int(await _driver(raw).fetchval(_POSITION)))
+        except Exception:
+            _advance(_UNKNOWN)
 
 
-async def _remember(connection: AsyncConnection) -> None:
-    try:
-        raw = await connection.get_raw_connection()
-        _advance(int(await _driver(raw).fetchval(_POSITION)))
-    except Exception:
-        _advance(_UNKNOWN)
+# -- repository reads outside blocks ----------------------------------------------------------------
+
+Chosen = tuple[ReplicaRouter, Replica, AsyncConnection]
 
 
-# -- repository calls outside blocks ----------------------------------------------------------------
-
-
-async def _replica_connection(router: ReplicaRouter) -> tuple[Replica, AsyncConnection] | None:
-    """A connection on an admitted replica, or None (use the primary)."""
+async def replica_for_read(engine: AsyncEngine) -> Chosen | None:
+    """For a repository read outside blocks on an engine whose router routes those: a connection on
+    an admitted replica; None: run it on `engine` (one falsy test when no engine has replicas)."""
+    if not _ROUTERS or not _reading.get():
+        return None
+    router = router_of(engine)
+    if router is None or not router.reads_outside_blocks:
+        return None
     replica = router.candidate()
     if replica is None:
         return None
@@ -496,7 +517,7 @@ async def _replica_connection(router: ReplicaRouter) -> tuple[Replica, AsyncConn
     try:
         raw = await connection.get_raw_connection()
         if await router.admit(replica, _driver(raw)):
-            return replica, connection
+            return router, replica, connection
     except Exception as exc:  # the replica, not the caller's read, failed: use the primary
         router.failed(replica, exc, in_block=False)
         with contextlib.suppress(Exception):
@@ -506,64 +527,33 @@ async def _replica_connection(router: ReplicaRouter) -> tuple[Replica, AsyncConn
 
 
 @contextlib.asynccontextmanager
-async def routed_session(router: ReplicaRouter, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """`session_scope` outside blocks on an engine with replicas: an opted-in read on a replica,
-    anything else on the primary with its commit remembered (a write's read-your-writes token)."""
-    if _reading.get():
-        chosen = await _replica_connection(router) if router.reads_outside_blocks else None
-        if chosen is not None:
-            replica, connection = chosen
-            try:
-                async with (
-                    AsyncSession(bind=connection, expire_on_commit=False, autoflush=False) as session,
-                    session.begin(),
-                ):
-                    yield session
-            except Exception as exc:
-                lost = router.lost(replica, exc)
-                if lost is None:
-                    raise
-                raise lost from exc
-            finally:
-                await connection.close()
-            return
-        async with (
-            AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
-            session.begin(),
-        ):
-            yield session
-        return
-    async with engine.connect() as connection:
-        async with (
-            AsyncSession(bind=connection, expire_on_commit=False, autoflush=False) as session,
-            session.begin(),
-        ):
-            yield session
-        await _remember(connection)
+async def _on_replica(chosen: Chosen) -> AsyncIterator[AsyncConnection]:
+    """The chosen replica connection; its failure under the read is a `ReplicaUnavailableError`."""
+    router, replica, connection = chosen
+    try:
+        yield connection
+    except Exception as exc:
+        lost = router.lost(replica, exc)
+        if lost is None:
+            raise
+        raise lost from exc
+    finally:
+        await connection.close()
 
 
 @contextlib.asynccontextmanager
-async def routed_connection(router: ReplicaRouter, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """`connection_scope` outside blocks on an engine with replicas (see `routed_session`)."""
-    if _reading.get():
-        chosen = await _replica_connection(router) if router.reads_outside_blocks else None
-        if chosen is not None:
-            replica, connection = chosen
-            try:
-                async with connection.begin():
-                    yield connection
-            except Exception as exc:
-                lost = router.lost(replica, exc)
-                if lost is None:
-                    raise
-                raise lost from exc
-            finally:
-                await connection.close()
-            return
-        async with engine.begin() as connection:
-            yield connection
-        return
-    async with engine.connect() as connection:
-        async with connection.begin():
-            yield connection
-        await _remember(connection)
+async def replica_session(chosen: Chosen) -> AsyncIterator[AsyncSession]:
+    """`session_scope` for a read on the chosen replica: a short transaction of its own."""
+    async with (
+        _on_replica(chosen) as connection,
+        AsyncSession(bind=connection, expire_on_commit=False, autoflush=False) as session,
+        session.begin(),
+    ):
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def replica_connection(chosen: Chosen) -> AsyncIterator[AsyncConnection]:
+    """`connection_scope` for a read on the chosen replica."""
+    async with _on_replica(chosen) as connection, connection.begin():
+        yield connection

@@ -96,8 +96,7 @@ from persistence.errors import (
     raise_translated,
 )
 from persistence.observe.loggers import get_logger
-from persistence.replicas import Replica, router_of
-from persistence.replicas import commit as remembering_commit
+from persistence.replicas import Replica, remembered, router_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -359,11 +358,7 @@ class Transaction:
             if session is not None:
                 if exc is None and not frame.needs_rollback and not _read_only_pinned(boundary):
                     try:
-                        await remembering_commit(
-                            session,
-                            boundary.engine,
-                            remember=not boundary.options.read_only and boundary.pin is None,
-                        )
+                        await session.commit()
                     except Exception as err:
                         commit_error = _translated(err)
                         if commit_error is err:
@@ -372,6 +367,7 @@ class Transaction:
                     except BaseException as err:
                         commit_error = err
                         raise
+                    remembered(session)  # read-your-writes: the commit's WAL position, when remembered
                 else:
                     # Detach first: rows the block returned keep their loaded values instead of
                     # being expired (and unreadable once the session is closed).

@@ -291,6 +291,27 @@ async def test_token_carries_a_commit_to_another_context(routed: Routed) -> None
         use_read_your_writes_token("not-a-position")
 
 
+async def test_a_write_in_a_savepoint_is_remembered_at_the_outer_commit(routed: Routed) -> None:
+    repo = ServiceHealthRepository(routed.engine)
+
+    async def work() -> tuple[bool, bool]:
+        async with transaction():
+            async with transaction():  # a savepoint released before the write below commits
+                await repo.add(
+                    service_name="nested", instance_id="a", status="healthy", last_heartbeat=datetime.now(UTC)
+                )
+            routed.lab.run("pause")
+            row = await repo.add(
+                service_name="nested", instance_id="b", status="healthy", last_heartbeat=datetime.now(UTC)
+            )
+        async with transaction(read_only=True):
+            found = await repo.get_or_none(row.id) is not None
+            _, standby = await where(routed.engine)
+        return found, standby
+
+    assert await fresh(work()) == (True, False)
+
+
 async def test_lagging_replica_is_skipped(migrated: Lab) -> None:
     async with _routed(migrated, replica_max_lag_s=0.2, replica_probe_interval_s=0.05) as routed:
         migrated.run("pause")
