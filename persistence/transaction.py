@@ -23,7 +23,12 @@ Semantics follow Django's `atomic`, with what it lacks:
   the outermost block (a nested block may not ask for different ones).
 - `retries=N` (decorator form only) re-runs the whole outermost block on serialization failure
   (40001) or deadlock (40P01), with jittered exponential backoff. A nested block is never retried
-  alone and no other error is retried.
+  alone and no other error is retried, except `ReplicaUnavailableError`: a read replica failed
+  under an outermost read-only block (`persistence.replicas`); it is skipped for a while, so the
+  re-run goes to another replica or the primary. A read-only block is safe to re-run (it wrote
+  nothing), but its Python body runs again.
+- The outermost `read_only=True` block runs on a healthy read replica when the engine has some
+  (`DatabaseConfig.replicas`), whole; see `persistence.replicas` for read-your-writes.
 - `on_commit(callback)` (awaiting it is optional; a non-callable is a `TypeError`) runs the callback (sync or async) after the
   outermost commit, in registration order; callbacks registered in a savepoint that rolls back are dropped. With
   `retries`, they run after the retry loop: an error a callback raises (even a retryable one) comes
