@@ -12,6 +12,7 @@ from persistence.observe.hooks import (
     PoolEvent,
     PoolStats,
     QueryEvent,
+    ReplicaEvent,
     TransactionEvent,
     TransactionStart,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "PoolEvent",
     "PoolStats",
     "QueryEvent",
+    "ReplicaEvent",
     "SchemaStatus",
     "SlowQueryLog",
     "TransactionEvent",
