@@ -68,7 +68,8 @@ async def attach_replicas(
     """Route `engine`'s outermost read-only blocks to `config.replicas` (one pooled engine each, with
     the same `hooks`). `check` reads each replica's role and lag now: one that is unreachable or not
     in recovery is logged and skipped for a while, never fatal (reads use the primary meanwhile).
-    `await router.dispose()` closes the replicas' pools."""
+    `await engine.dispose()` closes the replicas' pooled connections too; `await router.dispose()`
+    also stops routing."""
     engines = [build_engine(config.replica_config(i), hooks=hooks) for i in range(len(config.replicas))]
     router = ReplicaRouter.from_config(engine, config, engines)
     if check:

@@ -388,10 +388,11 @@ class ReplicaRouter:
         return self.statuses()
 
     async def dispose(self) -> None:
-        """Close the replicas' pools (the primary engine is the caller's to dispose)."""
+        """Detach from the primary and close the replicas' pools (disposing the primary engine also
+        closes them, but keeps routing)."""
+        _ROUTERS.pop(self.primary.sync_engine, None)
         for replica in self.replicas:
             await replica.engine.dispose()
-        _ROUTERS.pop(self.primary.sync_engine, None)
 
 
 # -- engine -> router -------------------------------------------------------------------------------
@@ -408,6 +409,16 @@ def attach(router: ReplicaRouter) -> None:
         event.listen(Session, "after_commit", _after_commit)
         _listening = True
     _ROUTERS[router.primary.sync_engine] = router
+    event.listen(router.primary.sync_engine, "engine_disposed", _dispose_replicas)
+
+
+def _dispose_replicas(engine: Engine) -> None:
+    """`await primary.dispose()` closes the replicas' pooled connections too (like the primary, they
+    reconnect on next use). Runs in the greenlet of `AsyncEngine.dispose`, so the sync dispose works."""
+    router = _ROUTERS.get(engine)
+    if router is not None:
+        for replica in router.replicas:
+            replica.engine.sync_engine.dispose()
 
 
 def router_of(engine: AsyncEngine) -> ReplicaRouter | None:

@@ -230,6 +230,10 @@ async def test_caught_up_reads_run_on_the_replica(routed: Routed) -> None:
     (status,) = report.replicas
     assert (status.role, status.available, status.routed) == ("replica", True, 20)
     assert status.lag_s is not None and status.lag_s < 600
+    (replica,) = routed.router.replicas
+    assert replica.engine.pool.checkedin() > 0  # type: ignore[attr-defined]
+    await routed.engine.dispose()  # as an application's shutdown does: the replicas' pools close too
+    assert replica.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
 
 
 async def test_repository_reads_outside_blocks_stay_on_the_primary_unless_opted_in(migrated: Lab) -> None:
