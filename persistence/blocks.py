@@ -42,6 +42,7 @@ from persistence.observe.hooks import (
 )
 from persistence.observe.loggers import get_logger
 from persistence.pinning import Pin, pin_of
+from persistence.tenancy import apply_scope, in_scope
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -189,6 +190,8 @@ class _Boundary:
             if pin is not None and self.options.read_only:
                 # Inside the test's transaction: read-only from here (undone when the block rolls back).
                 await connection.exec_driver_sql("SET LOCAL transaction_read_only = on")
+            if in_scope():
+                await apply_scope(connection)  # the tenant setting, or the operator role + audit row
             savepoints = [await session.begin_nested() for _ in pending]  # blocks entered before
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -418,6 +421,13 @@ async def _in_block(boundary: _Boundary, engine: AsyncEngine) -> AsyncIterator[A
         raise
 
 
+async def _scoped(session: AsyncSession) -> AsyncSession:
+    """A transaction opened inside a `tenant()` / `across_tenants()` context starts with its scope."""
+    if in_scope():
+        await apply_scope(await session.connection())
+    return session
+
+
 def _pinned_session(pin: Pin) -> AsyncSession:
     """A session on the test's pinned connection: its transaction is a savepoint there."""
     return AsyncSession(
@@ -441,7 +451,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         if pin is not None:
             owner = object()
             async with pin.hold(owner), _pinned_session(pin) as session, session.begin():
-                yield session
+                yield await _scoped(session)
             return
         hooks = hooks_of(engine)
         if hooks is None:
@@ -449,7 +459,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
                 AsyncSession(bind=engine, expire_on_commit=False, autoflush=False) as session,
                 session.begin(),
             ):
-                yield session
+                yield await _scoped(session)
             return
         # The same, reporting the transaction to the engine's hooks.
         started = perf_counter()
@@ -462,7 +472,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
                 session.begin(),
             ):
                 in_body = True
-                yield session
+                yield await _scoped(session)
                 in_body = False
         except BaseException as exc:
             outcome, sqlstate = _outcome(exc, retry_left=False)
@@ -500,9 +510,13 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         if pin is not None:
             owner = object()
             async with pin.hold(owner) as conn, conn.begin_nested():
+                if in_scope():
+                    await apply_scope(conn)
                 yield conn
             return
         async with engine.begin() as conn:
+            if in_scope():
+                await apply_scope(conn)
             yield conn
     except Exception as exc:
         raise_translated(exc)

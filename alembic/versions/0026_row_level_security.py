@@ -187,7 +187,9 @@ def upgrade() -> None:
         )
     for table, column in REFERENCE_TABLES.items():
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_read ON {table} FOR SELECT USING ({column} = '' OR {column} = {TENANT})")
+        op.execute(
+            f"CREATE POLICY tenant_read ON {table} FOR SELECT USING ({column} = '' OR {column} = {TENANT})"
+        )
         op.execute(f"CREATE POLICY tenant_insert ON {table} FOR INSERT WITH CHECK ({column} = {TENANT})")
         op.execute(
             f"CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({column} = {TENANT}) "
