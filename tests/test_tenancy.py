@@ -229,26 +229,25 @@ async def test_a_partition_read_directly_is_refused(engine: AsyncEngine, login_a
                 await session.execute(text(f"SELECT count(*) FROM {partition}"))
 
 
+async def _log(logger: AICallLogger, organization_id: str, request_id: str) -> int:
+    return await logger.log_call(
+        "openai", "gpt-4o", 10, 5, Decimal("0.01"), organization_id=organization_id, request_id=request_id
+    )
+
+
 async def test_the_ledger_logs_a_call_as_its_tenant(engine: AsyncEngine, login_as: LoginAs) -> None:
-    call = {
-        "provider": "openai",
-        "model": "gpt-4o",
-        "input_tokens": 10,
-        "output_tokens": 5,
-        "cost_usd": Decimal("0.01"),
-    }
     async with login_as("persistence_service") as svc:
         async with AICallLogger(svc, fold_every=None) as plain:
             with pytest.raises(TenantIsolationError):  # no tenant: refused
-                await plain.log_call(**call, organization_id="a", request_id="r0")
+                await _log(plain, "a", "r0")
             async with tenant("a"):
-                await plain.log_call(**call, organization_id="a", request_id="r1")
+                await _log(plain, "a", "r1")
                 with pytest.raises(TenantIsolationError):
-                    await plain.log_call(**call, organization_id="b", request_id="r2")
+                    await _log(plain, "b", "r2")
         async with AICallLogger(svc, fold_every=None, row_security=True) as scoped:
-            await scoped.log_call(**call, organization_id="b", request_id="r3")
-            first = await scoped.log_call(**call, organization_id="a", request_id="r4")
-            assert await scoped.log_call(**call, organization_id="a", request_id="r4") == first  # idempotent
+            await _log(scoped, "b", "r3")
+            first = await _log(scoped, "a", "r4")
+            assert await _log(scoped, "a", "r4") == first  # idempotent
         async with tenant("a"), transaction():
             session = await current_session(svc)
             seen = (await session.execute(text("SELECT count(*) FROM cost_calculations"))).scalar_one()
@@ -258,3 +257,34 @@ async def test_the_ledger_logs_a_call_as_its_tenant(engine: AsyncEngine, login_a
             await conn.execute(text("SELECT organization_id, request_id FROM ai_calls ORDER BY request_id"))
         ).all()
     assert [tuple(r) for r in rows] == [("a", "r1"), ("b", "r3"), ("a", "r4")]
+
+
+COPY_CONFIG = (  # a company's copy of a global rate limit (or, with '', a second global one)
+    "INSERT INTO rate_limit_configs (company_id, scope, scope_id, metric, period, limit_value, burst, enabled) "
+    "SELECT CAST(:company AS varchar), CASE WHEN :company = '' THEN scope ELSE 'company' END, scope_id, metric, "
+    "period, limit_value, burst, enabled FROM rate_limit_configs WHERE scope = 'global' ORDER BY id LIMIT 1"
+)
+COUNT_CONFIGS = "SELECT count(*) FILTER (WHERE company_id = ''), count(*) FILTER (WHERE company_id <> '') FROM rate_limit_configs"
+
+
+async def test_reference_tables_show_global_rows_and_write_only_the_tenants_own(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    async with engine.begin() as conn:
+        for company in ("a", "b"):
+            await conn.execute(text(COPY_CONFIG), {"company": company})
+        globals_, _ = (await conn.execute(text(COUNT_CONFIGS))).one()
+    assert globals_ > 0
+    async with login_as("persistence_service") as svc:
+        async with svc.connect() as conn:
+            assert tuple((await conn.execute(text(COUNT_CONFIGS))).one()) == (globals_, 0)  # no context
+        async with tenant("a"):
+            async with transaction():
+                session = await current_session(svc)
+                assert tuple((await session.execute(text(COUNT_CONFIGS))).one()) == (globals_, 1)
+                changed = await session.execute(text("UPDATE rate_limit_configs SET enabled = enabled"))
+                assert changed.rowcount == 1  # type: ignore[attr-defined]
+            with pytest.raises(TenantIsolationError):  # a global row is not the tenant's to write
+                async with transaction():
+                    session = await current_session(svc)
+                    await session.execute(text(COPY_CONFIG), {"company": ""})
