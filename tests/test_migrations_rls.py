@@ -63,7 +63,7 @@ async def test_reference_tables_show_global_rows_and_take_only_the_tenants_own(e
 
 async def test_roles_grants_and_views(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
-        roles = dict(
+        roles: dict[str, bool] = dict(
             (
                 await conn.execute(
                     text(
@@ -105,5 +105,5 @@ async def test_roles_grants_and_views(engine: AsyncEngine) -> None:
                 "WHERE c.relkind = 'v' AND n.nspname IN ('public', 'analytics')"
             )
         )
-        rows = dict(views.all())
+        rows: dict[str, bool] = dict(views.all())
         assert rows and all(rows.values()), rows
