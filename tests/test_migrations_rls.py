@@ -7,25 +7,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.models.tenancy import REFERENCE_TABLES, TENANT_TABLES
 
-# Policies of a table: the columns they compare with the tenant setting, per command.
+# Policies of a table: name, command, the roles they apply to, USING and WITH CHECK.
 POLICIES = """
-SELECT c.relrowsecurity, c.relforcerowsecurity, p.polcmd::text,
+SELECT c.relrowsecurity, c.relforcerowsecurity, p.polname::text, p.polcmd::text,
+       (SELECT coalesce(string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ','), '')
+          FROM unnest(p.polroles) AS r),
        pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
-  FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid
+  FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid
  WHERE c.oid = to_regclass(:name)
 """
 HAS_COLUMN = """
 SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(:name) AND attname = :column
                                           AND NOT attisdropped)
 """
+Policy = tuple[str, str, str | None, str | None]  # command, roles, USING, WITH CHECK
 
 
-async def _policies(
-    engine: AsyncEngine, table: str
-) -> list[tuple[bool, bool, str | None, str | None, str | None]]:
+async def _policies(engine: AsyncEngine, table: str) -> dict[str, Policy]:
+    """The table's policies by name; asserts RLS is enabled and not forced on its owner."""
     async with engine.connect() as conn:
         rows = (await conn.execute(text(POLICIES), {"name": table})).all()
-    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    for row in rows:
+        assert row[0] and not row[1], table  # the owner (migrations, maintenance) is not bound
+    return {row[2]: (row[3], row[4], row[5], row[6]) for row in rows}
 
 
 def _keyed(expression: str | None, column: str) -> bool:
@@ -40,10 +44,10 @@ async def test_every_tenant_table_has_rls_and_a_policy_on_its_tenant_column(engi
                 without_column.append(table)
                 continue
         policies = await _policies(engine, table)
-        assert policies, table
-        for enabled, forced, command, using, check in policies:
-            assert enabled and not forced, table  # the owner (migrations, maintenance) is not bound
-            assert command == "*" and _keyed(using, column) and _keyed(check, column), (table, using, check)
+        assert set(policies) == {"tenant_isolation", "cross_tenant_read"}, table
+        command, roles, using, check = policies["tenant_isolation"]
+        assert (command, roles) == ("*", "public") and _keyed(using, column) and _keyed(check, column), table
+        assert policies["cross_tenant_read"] == ("r", "persistence_reader", "true", None), table
     # ai_call_keys gets its tenant column from revision 0025 (and then its policy here).
     assert set(without_column) <= {"ai_call_keys"}
 
@@ -51,14 +55,21 @@ async def test_every_tenant_table_has_rls_and_a_policy_on_its_tenant_column(engi
 async def test_reference_tables_show_global_rows_and_take_only_the_tenants_own(engine: AsyncEngine) -> None:
     for table, column in REFERENCE_TABLES.items():
         policies = await _policies(engine, table)
-        by_command = {command: (using, check) for _, _, command, using, check in policies}
-        assert all(enabled for enabled, *_ in policies), table
-        assert set(by_command) == {"r", "a", "w", "d"}, table
+        assert set(policies) == {
+            "tenant_read",
+            "tenant_insert",
+            "tenant_update",
+            "tenant_delete",
+            "cross_tenant_read",
+        }
         # Reads: the global rows OR the tenant's; writes: the tenant's alone.
-        assert " OR " in (by_command["r"][0] or "") and _keyed(by_command["r"][0], column)
-        assert _keyed(by_command["a"][1], column) and " OR " not in (by_command["a"][1] or "")
-        assert _keyed(by_command["w"][0], column) and _keyed(by_command["w"][1], column)
-        assert _keyed(by_command["d"][0], column)
+        assert policies["tenant_read"][0] == "r" and " OR " in (policies["tenant_read"][2] or "")
+        assert _keyed(policies["tenant_read"][2], column)
+        assert _keyed(policies["tenant_insert"][3], column) and " OR " not in (
+            policies["tenant_insert"][3] or ""
+        )
+        assert _keyed(policies["tenant_update"][2], column) and _keyed(policies["tenant_update"][3], column)
+        assert _keyed(policies["tenant_delete"][2], column)
 
 
 async def test_roles_grants_and_views(engine: AsyncEngine) -> None:
@@ -68,12 +79,16 @@ async def test_roles_grants_and_views(engine: AsyncEngine) -> None:
                 await conn.execute(
                     text(
                         "SELECT rolname, rolbypassrls FROM pg_roles "
-                        "WHERE rolname IN ('persistence_service', 'persistence_operator') AND NOT rolcanlogin"
+                        "WHERE rolname LIKE 'persistence\\_%' AND NOT rolcanlogin"
                     )
                 )
             ).all()
         )
-        assert roles == {"persistence_service": False, "persistence_operator": True}
+        assert roles == {
+            "persistence_service": False,
+            "persistence_operator": True,
+            "persistence_reader": False,
+        }
         # The service role owns nothing, may not TRUNCATE (which ignores RLS), and no partition is granted.
         owned = await conn.execute(
             text("SELECT count(*) FROM pg_class WHERE relowner = 'persistence_service'::regrole")

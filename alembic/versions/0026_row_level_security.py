@@ -15,7 +15,10 @@
   `persistence_operator` (BYPASSRLS, a member of `persistence_service` for the privileges), which
   `persistence.tenancy.across_tenants` switches to with `SET LOCAL ROLE` for audited cross-tenant
   work. Creating a BYPASSRLS role needs a superuser: run this revision as one, or create
-  `persistence_operator` (NOLOGIN BYPASSRLS) beforehand.
+  `persistence_operator` (NOLOGIN BYPASSRLS) beforehand. A third, `persistence_reader` (NOLOGIN,
+  no privileges of its own), is admitted to every row for SELECT by a policy `cross_tenant_read`:
+  `grant_reader` makes the reconciliation reader (a cross-tenant reporting login) a member, so it
+  keeps reading every tenant's calls with the SELECT privileges it is granted there.
 - Partitions: the policies of a partitioned parent apply to statements through the parent only; a
   partition is a table of its own with RLS off. The service role is granted the parents and never
   a partition (partitions are created later by the owner's maintenance, with no privileges for
@@ -101,6 +104,9 @@ BEGIN
         END IF;
         CREATE ROLE persistence_operator NOLOGIN BYPASSRLS;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'persistence_reader') THEN
+        CREATE ROLE persistence_reader NOLOGIN NOBYPASSRLS;
+    END IF;
     IF NOT pg_has_role('persistence_operator', 'persistence_service', 'MEMBER') THEN
         GRANT persistence_service TO persistence_operator;
     END IF;
@@ -164,6 +170,7 @@ BEGIN
         ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
         CREATE POLICY tenant_isolation ON {table}
             USING ({column} = {tenant}) WITH CHECK ({column} = {tenant});
+        CREATE POLICY cross_tenant_read ON {table} FOR SELECT TO persistence_reader USING (true);
     END IF;
 END
 $$
@@ -196,17 +203,21 @@ def upgrade() -> None:
             f"WITH CHECK ({column} = {TENANT})"
         )
         op.execute(f"CREATE POLICY tenant_delete ON {table} FOR DELETE USING ({column} = {TENANT})")
+        op.execute(
+            f"CREATE POLICY cross_tenant_read ON {table} FOR SELECT TO persistence_reader USING (true)"
+        )
     op.execute(INVOKER_VIEWS % {"views": _array(VIEWS), "value": "true"})
 
 
 def downgrade() -> None:
     op.execute(INVOKER_VIEWS % {"views": _array(VIEWS), "value": "false"})
     for table in REFERENCE_TABLES:
-        for policy in ("tenant_read", "tenant_insert", "tenant_update", "tenant_delete"):
+        for policy in ("tenant_read", "tenant_insert", "tenant_update", "tenant_delete", "cross_tenant_read"):
             op.execute(f"DROP POLICY IF EXISTS {policy} ON {table}")
         op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     for table in TENANT_TABLES:
         op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
+        op.execute(f"DROP POLICY IF EXISTS cross_tenant_read ON {table}")
         op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     for schema in SCHEMAS:
         for role in ("persistence_service", "persistence_operator"):
