@@ -101,7 +101,13 @@ class Side:
         self.n += 1
         t = TENANTS[self.n % len(TENANTS)]
         await self.logger.log_call(
-            "openai", "gpt-4o", 100, 20, Decimal("0.001"), organization_id=t, request_id=f"{self.name}-{self.n}"
+            "openai",
+            "gpt-4o",
+            100,
+            20,
+            Decimal("0.001"),
+            organization_id=t,
+            request_id=f"{self.name}-{self.n}",
         )
 
     async def list(self) -> None:
@@ -121,7 +127,10 @@ class Side:
 
 def sides(config: DatabaseConfig, counting: dict[str, list[str]] | None = None) -> list[Side]:
     out = []
-    for name, cfg, scoped in (("owner", config, False), ("service", config.model_copy(update={"user": ROLE}), True)):
+    for name, cfg, scoped in (
+        ("owner", config, False),
+        ("service", config.model_copy(update={"user": ROLE}), True),
+    ):
         engine = build_engine(cfg)
         if counting is not None:
             counting[name] = []
@@ -151,7 +160,9 @@ async def round_trips(config: DatabaseConfig) -> dict[tuple[str, str], str]:
 
 async def measure(config: DatabaseConfig, calls: int) -> dict[tuple[str, str], list[float]]:
     pair = sides(config)
-    samples: dict[tuple[str, str], list[float]] = {(op, s.name): [] for op in ("log_call", "list") for s in pair}
+    samples: dict[tuple[str, str], list[float]] = {
+        (op, s.name): [] for op in ("log_call", "list") for s in pair
+    }
     rounds = 10
     try:
         for op in ("log_call", "list"):
@@ -210,7 +221,9 @@ async def bench(config: DatabaseConfig, calls: int) -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per side and operation")
     args = parser.parse_args()
     if os.environ.get("DATABASE_URL"):

@@ -41,7 +41,11 @@ SMOKE_RUNS = [
             "| per background evaluation",
         ],
     ),
-    ("bench_rls.py", ["--calls", "20"], ["| log_call | service (RLS + tenant) |", "| list | owner (no RLS) |"]),
+    (
+        "bench_rls.py",
+        ["--calls", "20"],
+        ["| log_call | service (RLS + tenant) |", "| list | owner (no RLS) |"],
+    ),
     (
         "bench_rate_limits.py",
         ["--decisions", "10", "--keys", "50", "--clients", "2"],
