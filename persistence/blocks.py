@@ -53,6 +53,7 @@ from persistence.replicas import (
     replica_session,
     router_of,
 )
+from persistence.tenancy import apply_scope, in_scope
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 Callback = Callable[[], object]
@@ -239,6 +240,8 @@ class _Boundary:
             if pin is not None and self.options.read_only:
                 # Inside the test's transaction: read-only from here (undone when the block rolls back).
                 await connection.exec_driver_sql("SET LOCAL transaction_read_only = on")
+            if in_scope():
+                await apply_scope(connection)  # the tenant setting, or the operator role + audit row
             savepoints = [await session.begin_nested() for _ in pending]  # blocks entered before
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -480,6 +483,13 @@ async def _in_block(boundary: _Boundary, engine: AsyncEngine) -> AsyncIterator[A
         raise
 
 
+async def _scoped(session: AsyncSession) -> AsyncSession:
+    """A transaction opened inside a `tenant()` / `across_tenants()` context starts with its scope."""
+    if in_scope():
+        await apply_scope(await session.connection())
+    return session
+
+
 def _pinned_session(pin: Pin) -> AsyncSession:
     """A session on the test's pinned connection: its transaction is a savepoint there."""
     return AsyncSession(
@@ -503,12 +513,12 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         if pin is not None:
             owner = object()
             async with pin.hold(owner), _pinned_session(pin) as session, session.begin():
-                yield session
+                yield await _scoped(session)
             return
         chosen = await replica_for_read(engine)
         if chosen is not None:  # an opted-in read on a replica
             async with replica_session(chosen) as session:
-                yield session
+                yield await _scoped(session)
             return
         remember = remember_commit(engine)  # a write on an engine with replicas: read-your-writes
         hooks = hooks_of(engine)
@@ -517,7 +527,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
                 AsyncSession(bind=engine, expire_on_commit=False, autoflush=False, info=remember) as session,
                 session.begin(),
             ):
-                yield session
+                yield await _scoped(session)
             remembered(session)
             return
         # The same, reporting the transaction to the engine's hooks.
@@ -531,7 +541,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
                 session.begin(),
             ):
                 in_body = True
-                yield session
+                yield await _scoped(session)
                 in_body = False
             remembered(session)
         except BaseException as exc:
@@ -570,18 +580,26 @@ async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         if pin is not None:
             owner = object()
             async with pin.hold(owner) as conn, conn.begin_nested():
+                if in_scope():
+                    await apply_scope(conn)
                 yield conn
             return
         chosen = await replica_for_read(engine)
         if chosen is not None:
             async with replica_connection(chosen) as conn:
+                if in_scope():
+                    await apply_scope(conn)
                 yield conn
             return
         if remember_commit(engine) is not None:
             async with remembering_connection(engine) as conn:
+                if in_scope():
+                    await apply_scope(conn)
                 yield conn
             return
         async with engine.begin() as conn:
+            if in_scope():
+                await apply_scope(conn)
             yield conn
     except Exception as exc:
         raise_translated(exc)

@@ -88,6 +88,12 @@ class ArgumentTypeError(ValidationError, TypeError):
     is also a `TypeError`, so `except TypeError` callers keep working."""
 
 
+class TenantIsolationError(DatabaseError):
+    """SQLSTATE 42501 (insufficient privilege): a row-level security policy refused a row (written
+    for another tenant, or with no `tenant()` context), or the role lacks a privilege (a partition
+    accessed directly, `across_tenants` without membership of `persistence_operator`)."""
+
+
 class TransientError(DatabaseError):
     """Trying again may succeed: serialization failure (40001), deadlock (40P01), lost connection
     (08xxx), cancelled by a timeout (57014), lock not available (55P03), server shutting down (57P0x)."""
@@ -210,6 +216,7 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
     "57P02": TransientError,
     "57P03": TransientError,
     "53300": TransientError,
+    "42501": TenantIsolationError,
 }
 _BY_CLASS: dict[str, type[DatabaseError]] = {
     "22": ValidationError,  # data exception: too long, out of range, invalid text representation

@@ -63,7 +63,8 @@ async def grant_reader(
 
     Idempotent: re-running resets the password and the grants to exactly this. The role is also
     marked `default_transaction_read_only`, so even a later mistaken grant does not let it write
-    without an explicit `SET`. Needs a user that may create roles and grant on the tables.
+    without an explicit `SET`. Under row-level security it is made a member of `persistence_reader`
+    (every tenant's rows, for SELECT). Needs a user that may create roles and grant on the tables.
     """
     if not _ROLE_NAME.match(role):
         raise InvalidRequestError(f"role name must match {_ROLE_NAME.pattern}, got {role!r}")
@@ -124,5 +125,8 @@ async def grant_reader(
                     t=table,
                     role=role,
                 )
+            # Row-level security (revision 0026): reconciliation reads every tenant's calls.
+            if await conn.scalar(text("SELECT to_regrole('persistence_reader') IS NOT NULL")):
+                await _run_formatted(conn, "'GRANT persistence_reader TO %I', CAST(:role AS text)", role=role)
     except Exception as exc:
         raise_translated(exc)

@@ -83,6 +83,7 @@ from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
 from persistence.observe.loggers import get_logger
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
+from persistence.tenancy import SET_TENANT_SQL, current_tenant
 
 __all__ = ["AICallLogger", "CallCostObserver", "CallObserver", "Stats"]
 
@@ -150,6 +151,7 @@ class AICallLogger:
         fold_interval: float = 60.0,
         alerts: CallObserver | None = None,
         cost_events: CallCostObserver | None = None,
+        row_security: bool = False,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
@@ -175,6 +177,9 @@ class AICallLogger:
         self.alerts = alerts
         # Told every new call's id and cost (opt-in: the ledger -> cost event link); never blocks.
         self.cost_events = cost_events
+        # Row-level security (revision 0026): log each call in a transaction that first sets its
+        # `organization_id` as the tenant (a `tenant()` context, when set, is used either way).
+        self.row_security = row_security
         self._folded_at = time.monotonic()
         # Hooks are attached when the engine is built, so this is fixed for the logger's life.
         self._hooks = hooks_of(engine)
@@ -387,9 +392,10 @@ class AICallLogger:
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
             r.cache_write_1h_tokens, prices.version,
         )  # fmt: skip
+        scope = current_tenant() or (r.organization_id if self.row_security else None)
         for _ in range(3):
             try:
-                row = await raw.fetchrow(LOG_CALL, *args)
+                row = await (raw.fetchrow(LOG_CALL, *args) if scope is None else _as_tenant(raw, scope, args))
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "pk_ai_call_keys":
                     raise
@@ -650,6 +656,15 @@ class AICallLogger:
             "unpriced_tokens": unpriced_tokens,
             "by_provider": by_provider,
         }
+
+
+async def _as_tenant(raw: asyncpg.Connection, tenant_id: str, args: tuple[Any, ...]) -> asyncpg.Record | None:
+    """`LOG_CALL` in a transaction of its own that first sets the tenant for row-level security
+    (BEGIN, set_config, the statement, COMMIT: three round trips more than the bare statement)."""
+    async with raw.transaction():
+        await raw.execute(SET_TENANT_SQL, tenant_id)
+        row: asyncpg.Record | None = await raw.fetchrow(LOG_CALL, *args)
+        return row
 
 
 async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:

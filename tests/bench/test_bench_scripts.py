@@ -47,6 +47,11 @@ SMOKE_RUNS = [
         ["| get in a read-only block |", "| update, then get in a read-only block (read-your-writes) |"],
     ),
     (
+        "bench_rls.py",
+        ["--calls", "20"],
+        ["| log_call | service (RLS + tenant) |", "| list | owner (no RLS) |"],
+    ),
+    (
         "bench_rate_limits.py",
         ["--decisions", "10", "--keys", "50", "--clients", "2"],
         ["| one hot key | durable |", "| 50 spread keys | synchronous_commit=off |"],
