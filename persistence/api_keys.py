@@ -275,8 +275,9 @@ _COMPANIES: Table = Company.__table__  # type: ignore[assignment]
 _USERS: Table = User.__table__  # type: ignore[assignment]
 _NOW = func.statement_timestamp()
 
-# The one statement of `authenticate`: the unique index on key_id, then the company's and user's
-# primary keys. Flags are computed on the server's clock.
+# The one statement of `authenticate`: the index on key_id (not unique: every unique key leads with
+# the tenant, revision 0025; two companies' keys could share an id, their HMACs tell them apart),
+# then the company's and user's primary keys. Flags are computed on the server's clock.
 _LOOKUP = (
     select(
         _KEYS.c.company_id,
@@ -529,9 +530,13 @@ class ApiKeys:
         _, key_id, body = parsed
         digest = self._digest(body)
         async with _read_scope(self.engine) as conn:
-            row = (await conn.execute(_LOOKUP, {"key_id": key_id})).one_or_none()
-        stored = row.secret_hash if row is not None else _DUMMY_HASH
-        if not hmac.compare_digest(stored, digest) or row is None:
+            rows = (await conn.execute(_LOOKUP, {"key_id": key_id})).all()
+        row = None
+        for candidate in rows or (None,):  # one row, all but never (95 random bits): the key's own
+            stored = candidate.secret_hash if candidate is not None else _DUMMY_HASH
+            if hmac.compare_digest(stored, digest) and candidate is not None:
+                row = candidate
+        if row is None:
             log.debug("api key refused", reason="invalid", key_id=key_id)  # debug: guesses are cheap to send
             raise InvalidApiKey()
         failure = (

@@ -33,7 +33,13 @@ from persistence.api_keys import (
 )
 from persistence.config import ApiKeyConfig, DatabaseConfig
 from persistence.engine import build_engine
-from persistence.errors import ConfigurationError, IntegrityViolation, NotFoundError, PersistenceError
+from persistence.errors import (
+    ConfigurationError,
+    ConflictError,
+    IntegrityViolation,
+    NotFoundError,
+    PersistenceError,
+)
 from persistence.subjects import create_company, create_user
 from persistence.transaction import set_rollback, transaction
 from tests.logs import capture_logs
@@ -133,6 +139,29 @@ async def test_authenticate_returns_the_principal_in_one_statement(
     assert principal.has_scopes("read") and not principal.has_scopes("read", "write")
     company_key = await keys.create("acme")
     assert (await keys.authenticate(company_key.key.get_secret_value())).user_id is None
+
+
+async def test_keys_of_two_companies_sharing_a_key_id_each_authenticate_as_their_own(
+    keys: ApiKeys, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only (company_id, key_id) is unique (revision 0025: every unique key leads with the tenant);
+    the lookup by key id stays one statement and the HMAC picks the key's own row."""
+    import persistence.api_keys as module
+
+    await create_company(engine, "globex", "Globex")
+    first = await keys.create("acme", user_id="alice")
+    draw = module._random62
+    monkeypatch.setattr(module, "_random62", lambda n: first.key_id if n == len(first.key_id) else draw(n))
+    second = await keys.create("globex")
+    assert second.key_id == first.key_id and secret_of(second) != secret_of(first)
+    with statements(engine) as sent:
+        assert (await keys.authenticate(first.key.get_secret_value())).company_id == "acme"
+        assert (await keys.authenticate(second.key.get_secret_value())).company_id == "globex"
+    assert len(queries(sent)) == 2
+    with pytest.raises(InvalidApiKey):
+        await keys.authenticate(with_checksum(first.key.get_secret_value()[:-6][:-32] + "w" * 32))
+    with pytest.raises(ConflictError):  # within one company the id stays unique
+        await keys.create("acme")
 
 
 async def test_a_bad_checksum_is_refused_without_any_statement(keys: ApiKeys, engine: AsyncEngine) -> None:

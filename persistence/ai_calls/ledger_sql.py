@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from persistence.advisory import advisory_key
-from persistence.ai_calls.record import AICallRecord
+from persistence.ai_calls.record import AICallRecord, tenant_of
 from persistence.ai_calls.rollups import PENDING_ROWS
 
 _CALL_COLUMNS = (
@@ -21,7 +21,7 @@ _CALL_COLUMNS = (
     "price_id", "latency_ms", "status", "error_class", "customer_id", "organization_id", "product_id",
     "environment", "request_id", "trace_id", "cache_write_1h_tokens",
 )  # fmt: skip
-_KEY_COLUMNS = ("idempotency_key", "call_id", "call_created_at", "payload_hash")
+_KEY_COLUMNS = ("organization_id", "idempotency_key", "call_id", "call_created_at", "payload_hash")
 _DELTA_COLUMNS = (
     "hour", "provider", "model", "organization_id", "customer_id", "product_id", "environment",
     "calls", "error_calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -37,10 +37,11 @@ UNPRICED: Cost = (None, None, "unpriced", None)
 # $28 cache_write_1h_tokens, $29 the price book's `vendor_prices_version` (NULL: unknown). When the
 # table's version differs, nothing is written and the one row returned has a NULL id: the logger
 # reloads its prices and runs the call again (prices changed since they were loaded). An unpriced
-# call ($14) adds 0 to the delta's cost and 1 to its unpriced count.
+# call ($14) adds 0 to the delta's cost and 1 to its unpriced count. $20 is the organization ('' for
+# none: `tenant_of`): the key is per organization, and every row written is that one tenant's.
 LOG_CALL = """
 WITH existing AS (
-    SELECT call_id, payload_hash FROM ai_call_keys WHERE idempotency_key = $1
+    SELECT call_id, payload_hash FROM ai_call_keys WHERE organization_id = $20 AND idempotency_key = $1
 ), stale AS (
     SELECT 1 FROM vendor_prices_version WHERE version <> $29::bigint AND NOT EXISTS (SELECT 1 FROM existing)
 ), ins AS (
@@ -54,8 +55,8 @@ WITH existing AS (
      WHERE NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM stale)
     RETURNING id
 ), k AS (
-    INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
-    SELECT $1, id, $3, $2 FROM ins
+    INSERT INTO ai_call_keys (organization_id, idempotency_key, call_id, call_created_at, payload_hash)
+    SELECT $20, $1, id, $3, $2 FROM ins
 ), d AS (
     INSERT INTO ai_call_usage_deltas (hour, provider, model, organization_id, customer_id, product_id,
                                       environment, calls, error_calls, input_tokens, output_tokens,
@@ -74,15 +75,18 @@ UNION ALL
 SELECT NULL, false, true FROM stale
 """
 
+# A batch's keys (organization, key) when some are stored already: the new ones are returned.
 _INSERT_KEYS = """
-INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash)
-SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::timestamptz[], $4::bytea[])
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING idempotency_key
+INSERT INTO ai_call_keys (organization_id, idempotency_key, call_id, call_created_at, payload_hash)
+SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $4::timestamptz[], $5::bytea[])
+ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+RETURNING organization_id, idempotency_key
 """
-_KEY_HASHES = (
-    "SELECT idempotency_key, payload_hash FROM ai_call_keys WHERE idempotency_key = ANY($1::varchar[])"
-)
+_KEY_HASHES = """
+SELECT k.organization_id, k.idempotency_key, k.payload_hash
+  FROM unnest($1::varchar[], $2::varchar[]) AS u(organization_id, idempotency_key)
+  JOIN ai_call_keys k USING (organization_id, idempotency_key)
+"""
 # A batch's ids, drawn under an advisory lock held for this one statement (it runs in autocommit),
 # so concurrent batches get one contiguous run each and record one pending range each. Writers that
 # use the column default (`log_call`, seeding, plain INSERTs) can still take values in between:
@@ -127,7 +131,7 @@ SELECT provider, sum(calls)::bigint, coalesce(sum(cost_usd), 0), sum(total_token
 
 def _key_rows(records: list[AICallRecord], ids: list[int]) -> Iterator[tuple[Any, ...]]:
     for r, i in zip(records, ids, strict=True):
-        yield r.idempotency_key, i, r.created_at, r.payload_hash
+        yield tenant_of(r), r.idempotency_key, i, r.created_at, r.payload_hash
 
 
 def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Cost]) -> Iterator[tuple[Any, ...]]:
@@ -135,6 +139,6 @@ def _call_rows(records: list[AICallRecord], ids: list[int], quotes: list[Cost]) 
         yield (
             i, r.created_at, r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
             r.cache_write_tokens, r.reasoning_tokens, r.usage_json, q[0], q[1], q[2], q[3], r.latency_ms,
-            r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
+            r.status, r.error_class, r.customer_id, tenant_of(r), r.product_id, r.environment,
             r.request_id, r.trace_id, r.cache_write_1h_tokens,
         )  # fmt: skip

@@ -22,6 +22,9 @@ stored unpriced (cost NULL, `cost_source` 'unpriced'), counted as such by `get_s
 later by `reprice_calls` once a price exists.
 
 A lost connection is replaced and the call retried once: the idempotency key makes that safe.
+Keys are per organization (revision 0025): the same key under two organizations is two calls. A
+call without an organization is stored under '' (`record.tenant_of`), so `log_call` writes one
+tenant's rows per statement; `log_batch` / `ingest` are bulk paths and may mix tenants.
 
 Over 500 lines on purpose: one class, whose write paths, folds and stats share its leases, price book
 and fold state; its SQL is in `ledger_sql.py` and its connection leases in `leases.py`.
@@ -68,6 +71,7 @@ from persistence.ai_calls.record import (
     hour_floor,
     positive_int,
     positive_seconds,
+    tenant_of,
 )
 from persistence.ai_calls.rollups import FOLD, RECORD_PENDING, fold_rollups_raw, id_runs
 from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
@@ -388,7 +392,7 @@ class AICallLogger:
             r.idempotency_key, r.payload_hash, r.created_at, r.provider, r.model, r.input_tokens,
             r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens, r.usage_json,
             q[0], q[1], q[2], q[3], r.latency_ms,
-            r.status, r.error_class, r.customer_id, r.organization_id, r.product_id, r.environment,
+            r.status, r.error_class, r.customer_id, tenant_of(r), r.product_id, r.environment,
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
             r.cache_write_1h_tokens, prices.version,
         )  # fmt: skip
@@ -526,31 +530,35 @@ class AICallLogger:
                 raise
         # Some keys exist already: add only the calls that are new, check that the others match.
         # The ids were never committed (the transaction rolled back), so they are still ours.
+        # A key is per organization: (organization, key) pairs throughout.
         new_stored: list[tuple[int, AICallRecord, Decimal | None]] = []
+        tenants = [tenant_of(r) for r in records]
         async with raw.transaction():
             new = {
-                row[0]
+                (row[0], row[1])
                 for row in await raw.fetch(
                     _INSERT_KEYS,
+                    tenants,
                     [r.idempotency_key for r in records],
                     ids,
                     [r.created_at for r in records],
                     [r.payload_hash for r in records],
                 )
             }
-            old = [r for r in records if r.idempotency_key not in new]
+            keep = [(t, r.idempotency_key) in new for t, r in zip(tenants, records, strict=True)]
+            old = [(t, r) for t, r, kept in zip(tenants, records, keep, strict=True) if not kept]
             if old:
-                hashes = dict(
-                    (k, bytes(h)) for k, h in await raw.fetch(_KEY_HASHES, [r.idempotency_key for r in old])
+                stored_hashes = await raw.fetch(
+                    _KEY_HASHES, [t for t, _ in old], [r.idempotency_key for _, r in old]
                 )
+                hashes = {(t, k): bytes(h) for t, k, h in stored_hashes}
                 differ = [
                     r.idempotency_key
-                    for r in old
-                    if hashes.get(r.idempotency_key, r.payload_hash) != r.payload_hash
+                    for t, r in old
+                    if hashes.get((t, r.idempotency_key), r.payload_hash) != r.payload_hash
                 ]
                 if differ:
                     raise _key_conflict(differ)
-            keep = [r.idempotency_key in new for r in records]
             new_ids = list(compress(ids, keep))
             if new_ids:
                 new_records, new_quotes = list(compress(records, keep)), list(compress(quotes, keep))
@@ -688,13 +696,15 @@ def _key_conflict(keys: Sequence[str]) -> ConflictError:
 
 
 def _unique(records: list[AICallRecord]) -> list[AICallRecord]:
-    """Drop exact repeats inside one batch; a key repeated with another payload is a conflict."""
-    seen: dict[str, AICallRecord] = {}
+    """Drop exact repeats inside one batch; a key repeated (in one organization) with another
+    payload is a conflict."""
+    seen: dict[tuple[str | None, str], AICallRecord] = {}
     out = []
     for r in records:
-        first = seen.get(r.idempotency_key)
+        key = (r.organization_id, r.idempotency_key)
+        first = seen.get(key)
         if first is None:
-            seen[r.idempotency_key] = r
+            seen[key] = r
             out.append(r)
         elif first.payload_hash != r.payload_hash:
             raise _key_conflict([r.idempotency_key])

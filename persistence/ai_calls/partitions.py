@@ -88,10 +88,12 @@ async def _step(
 
 # The keys of calls whose rows are gone. Not every key older than the month: older calls may still
 # sit in the default partition. Also catches keys a run that stopped after its DROP left behind.
+# Maintenance across tenants (each key's probe is its own tenant's primary key).
 _DELETE_ORPHAN_KEYS = """
 DELETE FROM ai_call_keys k
  WHERE k.call_created_at < :end
-   AND NOT EXISTS (SELECT 1 FROM ai_calls c WHERE c.id = k.call_id AND c.created_at = k.call_created_at)
+   AND NOT EXISTS (SELECT 1 FROM ai_calls c WHERE c.organization_id = k.organization_id
+                      AND c.created_at = k.call_created_at AND c.id = k.call_id)
 """
 
 

@@ -35,7 +35,7 @@ from persistence.errors import ValidationError
 from persistence.models.ai_calls import CALL_STATUSES
 from persistence.values import text_problem
 
-__all__ = ["MAX_COST_USD", "AICallRecord"]
+__all__ = ["MAX_COST_USD", "NO_ORGANIZATION", "AICallRecord", "organization_of", "tenant_of"]
 
 MICRO = Decimal("0.000001")
 MAX_COST_USD = Decimal("9999.999999")  # NUMERIC(10, 6), the seed's column
@@ -378,6 +378,23 @@ class _Derived(dict[str, Any]):
 _INIT_FIELDS = {
     name for name in AICallRecord.__dataclass_fields__ if AICallRecord.__dataclass_fields__[name].init
 }
+
+
+# What the ledger's NOT NULL tenant column stores for a call without an organization (revision
+# 0025, as `vendor_prices.tenant_id` does). Records refuse an organization id of '', so None <-> ''
+# is lossless: these two functions are the ledger's boundary.
+NO_ORGANIZATION = ""
+
+
+def tenant_of(record: AICallRecord) -> str:
+    """The `organization_id` stored for `record`."""
+    organization = record.organization_id
+    return NO_ORGANIZATION if organization is None else organization
+
+
+def organization_of(stored: str | None) -> str | None:
+    """A stored `organization_id` as the record field it came from (None for '')."""
+    return None if stored == NO_ORGANIZATION else stored
 
 
 def hour_floor(at: datetime) -> datetime:

@@ -29,7 +29,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.prices import LOAD_PRICES, PriceBook
-from persistence.ai_calls.record import AICallRecord, _utc, positive_int
+from persistence.ai_calls.record import AICallRecord, _utc, organization_of, positive_int
 from persistence.ai_calls.rollups import ROLLUP_LOCK, _on_raw
 from persistence.errors import ValidationError
 from persistence.models.rollups import DIMENSIONS
@@ -211,7 +211,7 @@ def _price(book: PriceBook, rows: list[asyncpg.Record]) -> tuple[_Arrays | None,
         record = AICallRecord(
             provider=row["provider"],
             model=row["model"],
-            organization_id=row["organization_id"],
+            organization_id=organization_of(row["organization_id"]),
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],
             cache_read_tokens=row["cache_read_tokens"],

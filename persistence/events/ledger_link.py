@@ -52,8 +52,9 @@ def call_cost_event(
     output_tokens: int,
 ) -> CostEvent | None:
     """The cost event of ledger call `call_id` as stored; None when it has no cost (unpriced) or no
-    tenant (`organization_id`). The one mapping the link, the backfill and the seeder share."""
-    if cost_usd is None or organization_id is None:
+    tenant (`organization_id` None, or '' as the ledger stores that). The one mapping the link, the
+    backfill and the seeder share."""
+    if cost_usd is None or not organization_id:
         return None
     return CostEvent(
         tenant_id=organization_id,
@@ -150,7 +151,7 @@ _LEDGER_CALLS = text(
     "SELECT id, created_at, organization_id, customer_id, provider, model, cost_usd, total_tokens, "
     "input_tokens, output_tokens FROM ai_calls "
     "WHERE created_at >= :start AND created_at < :end AND (created_at, id) > (:after_at, :after_id) "
-    "AND cost_usd IS NOT NULL AND organization_id IS NOT NULL ORDER BY created_at, id LIMIT :chunk"
+    "AND cost_usd IS NOT NULL AND organization_id <> '' ORDER BY created_at, id LIMIT :chunk"
 )
 _CHUNK = 5000
 

@@ -81,7 +81,9 @@ class AICall(Base):
     error_class: Mapped[str | None] = mapped_column(String(100))
 
     customer_id: Mapped[str | None] = mapped_column(String(100))
-    organization_id: Mapped[str | None] = mapped_column(String(100))
+    # The tenant and distribution key (revision 0025): '' is "no organization" (the ledger reads
+    # it back as None; records refuse '').
+    organization_id: Mapped[str] = mapped_column(String(100), server_default=text("''"))
     product_id: Mapped[str | None] = mapped_column(String(100))
     environment: Mapped[str | None] = mapped_column(String(20))
 
@@ -89,9 +91,10 @@ class AICall(Base):
     trace_id: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
-        # A partitioned table's keys must include the partition column; the ORM still identifies a
-        # row by `id` alone (it is unique: one identity sequence feeds every partition).
-        PrimaryKeyConstraint("id", "created_at"),
+        # The tenant leads (revision 0025: the schema can be distributed by it) and a partitioned
+        # table's keys must include the partition column; the ORM still identifies a row by `id`
+        # alone (it is unique: one identity sequence feeds every partition).
+        PrimaryKeyConstraint("organization_id", "created_at", "id"),
         CheckConstraint("input_tokens >= 0", name="input_tokens_non_negative"),
         CheckConstraint("output_tokens >= 0", name="output_tokens_non_negative"),
         CheckConstraint(
@@ -123,7 +126,9 @@ class AICall(Base):
 Index("ix_ai_calls_created_at_brin", AICall.created_at, postgresql_using="brin")
 Index("ix_ai_calls_provider", AICall.provider)
 Index("ix_ai_calls_customer_id_created_at", AICall.customer_id, AICall.created_at)
-Index("ix_ai_calls_organization_id_created_at", AICall.organization_id, AICall.created_at)
+# Pending batches' id ranges, reprice and the requests' link find calls by id (the key leads with
+# the tenant); a tenant's time range is the key's prefix.
+Index("ix_ai_calls_id", AICall.id)
 # The unpriced calls only (a handful): health counts them and `reprice_calls` walks them (revision 0009).
 Index(
     "ix_ai_calls_created_at_id",
@@ -134,7 +139,8 @@ Index(
 
 
 class AICallKey(Base):
-    """The idempotency key of every logged call: `provider:request_id`, or a generated event id.
+    """The idempotency key of every logged call: `provider:request_id`, or a generated event id,
+    per organization (the call's `organization_id`, '' for none; revision 0025).
 
     A separate, unpartitioned table, because a unique constraint on the partitioned ledger would
     have to include `created_at`, and a retry may carry another time. `payload_hash` (SHA-256 of
@@ -143,6 +149,7 @@ class AICallKey(Base):
 
     __tablename__ = "ai_call_keys"
 
+    organization_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(300), primary_key=True)
     call_id: Mapped[int] = mapped_column(BigInteger)
     call_created_at: Mapped[datetime]

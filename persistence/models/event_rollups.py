@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Identity, Index, Numeric, String
+from sqlalchemy import BigInteger, Identity, Index, Numeric, PrimaryKeyConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base
@@ -54,9 +54,9 @@ class TenantCostHourlyDelta(_CostMeasures, Base):
     """What a statement on `tenant_cost_events` added (or, negative, removed); folded away."""
 
     __tablename__ = "tenant_cost_hourly_deltas"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "id"), {"schema": SCHEMA})  # tenant first: 0025
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
     tenant_id: Mapped[str] = mapped_column(String(100))
     hour: Mapped[datetime]
     cost_type: Mapped[str] = mapped_column(String(20))
@@ -83,9 +83,9 @@ class AgentExecutionHourlyDelta(_AgentMeasures, Base):
     """What a statement on `agent_executions` added (or, negative, removed); folded away."""
 
     __tablename__ = "agent_execution_hourly_deltas"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "id"), {"schema": SCHEMA})  # tenant first: 0025
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
     tenant_id: Mapped[str] = mapped_column(String(100))
     agent_id: Mapped[str] = mapped_column(String(100))
     hour: Mapped[datetime]

@@ -22,7 +22,17 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, Identity, Integer, Numeric, String, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Identity,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from persistence.models.base import Base, Timestamps
@@ -87,7 +97,7 @@ class CompanyQuota(Timestamps, Base):
 
     __tablename__ = "company_quotas"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
     company_id: Mapped[str] = mapped_column(String(100))
     metric: Mapped[str] = mapped_column(String(20))
     period: Mapped[str] = mapped_column(String(10))
@@ -98,6 +108,7 @@ class CompanyQuota(Timestamps, Base):
     window_seconds: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
+        PrimaryKeyConstraint("company_id", "id"),  # the company first (revision 0025)
         UniqueConstraint("company_id", "metric", "period"),
         CheckConstraint(WINDOW_CHECK, name="window_valid"),
         CheckConstraint("company_id <> ''", name="company_given"),
@@ -109,3 +120,4 @@ class CompanyQuota(Timestamps, Base):
             name="limit_valid",
         ),
     )
+    __mapper_args__ = {"primary_key": [id]}

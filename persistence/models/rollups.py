@@ -24,6 +24,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     UniqueConstraint,
     func,
@@ -78,7 +79,8 @@ class _Dimensions:
     hour: Mapped[datetime]
     provider: Mapped[str] = mapped_column(String(50))
     model: Mapped[str] = mapped_column(String(100))
-    organization_id: Mapped[str | None] = mapped_column(String(100))
+    # The tenant ('' for calls without an organization), leading the keys (revision 0025).
+    organization_id: Mapped[str] = mapped_column(String(100), server_default=text("''"))
     customer_id: Mapped[str | None] = mapped_column(String(100))
     product_id: Mapped[str | None] = mapped_column(String(100))
     environment: Mapped[str | None] = mapped_column(String(20))
@@ -89,7 +91,10 @@ class AICallUsageDelta(_Dimensions, _Measures, Base):
 
     __tablename__ = "ai_call_usage_deltas"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
+
+    __table_args__ = (PrimaryKeyConstraint("organization_id", "id"),)
+    __mapper_args__ = {"primary_key": [id]}
 
 
 Index("ix_ai_call_usage_deltas_hour", AICallUsageDelta.hour)
@@ -112,18 +117,25 @@ class AICallUsageHourly(_Dimensions, _Measures, Base):
 
     __tablename__ = "ai_call_usage_hourly"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
 
     __table_args__ = (
+        PrimaryKeyConstraint("organization_id", "id"),
+        # The tenant first (revision 0025): its prefix (organization_id, hour) serves a tenant's day.
         UniqueConstraint(
-            "hour", *DIMENSIONS, name="uq_ai_call_usage_hourly_key", postgresql_nulls_not_distinct=True
+            "organization_id",
+            "hour",
+            *(d for d in DIMENSIONS if d != "organization_id"),
+            name="uq_ai_call_usage_hourly_key",
+            postgresql_nulls_not_distinct=True,
         ),
     )
+    __mapper_args__ = {"primary_key": [id]}
 
 
-# Per-scope reads (a tenant's day, cost alerts on an organization, customer or product) are an index
-# range each instead of a scan of every attribution of every hour (revision 0012).
-for _column in ("organization_id", "customer_id", "product_id"):
+# Per-scope reads (cost alerts on a customer or product) are an index range each instead of a scan
+# of every attribution of every hour (revision 0012; an organization's is the unique key's prefix).
+for _column in ("customer_id", "product_id"):
     Index(
         f"ix_ai_call_usage_hourly_{_column}_hour",
         AICallUsageHourly.__table__.c[_column],

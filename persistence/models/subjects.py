@@ -10,8 +10,9 @@ index of the tenant-owned tables here, so the schema can later be distributed by
   Emails are unique per company (the seed's global UNIQUE, scoped to the tenant), NULL allowed.
 - `api_keys`: only the public key id, an HMAC-SHA256 of the key (under a server-side pepper) and a
   display prefix; never the key itself (`persistence.api_keys`). The one index that does not lead
-  with `company_id` is the unique `key_id`: authentication starts from a key whose tenant is not yet
-  known (key ids are random, 95 bits, so unique across tenants).
+  with `company_id` is the plain index on `key_id`: authentication starts from a key whose tenant is
+  not yet known. It is not unique (revision 0025: every unique key leads with the tenant); key ids
+  are random, 95 bits, and `authenticate` tells rows sharing one apart by their HMAC.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class ApiKey(CreatedAt, Base):
             name="fk_api_keys_company_id_user_id_users",
             ondelete="CASCADE",
         ),
-        Index("uq_api_keys_key_id", "key_id", unique=True),
+        # Authentication's one lookup (the tenant is not known yet). Not unique (revision 0025: a
+        # unique key must lead with the tenant); ids are 95 random bits and the HMAC tells two apart.
+        Index("ix_api_keys_key_id", "key_id"),
         Index("ix_api_keys_company_id_user_id", "company_id", "user_id"),
         CheckConstraint(
             "environment IN (" + ", ".join(f"'{e}'" for e in API_KEY_ENVIRONMENTS) + ")",

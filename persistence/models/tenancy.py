@@ -7,7 +7,8 @@ table has to be classified when it is added.
 
 - `TENANT_TABLES`: tenant-owned; the column is the tenant (`company_id` for subjects, limits and
   requests, the ledger's `organization_id`, seed 004's `tenant_id`: the same ids). These are the
-  tables a tenant-distributed deployment shards on that column.
+  tables a tenant-distributed deployment shards on that column; since revision 0025 the column is
+  NOT NULL and leads every primary and unique key of each (ARCHITECTURE's "Distribution (Citus)").
 - `REFERENCE_TABLES`: small configuration read by every tenant (global rows under the tenant
   column's `''` sentinel plus per-tenant overrides); a distributed deployment replicates them
   (Citus reference tables).

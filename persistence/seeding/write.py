@@ -221,9 +221,10 @@ def _ai_calls_statement() -> Insert:
 
 
 _KEYS_STATEMENT = text(
-    "INSERT INTO ai_call_keys (idempotency_key, call_id, call_created_at, payload_hash) "
-    "SELECT * FROM unnest(:keys, :ids, :ats, :hashes) ON CONFLICT DO NOTHING"
+    "INSERT INTO ai_call_keys (organization_id, idempotency_key, call_id, call_created_at, payload_hash) "
+    "SELECT * FROM unnest(:tenants, :keys, :ids, :ats, :hashes) ON CONFLICT DO NOTHING"
 ).bindparams(
+    bindparam("tenants", type_=ARRAY(String())),
     bindparam("keys", type_=ARRAY(String())),
     bindparam("ids", type_=ARRAY(BigInteger())),
     bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
@@ -234,18 +235,20 @@ _KEYS_STATEMENT = text(
 async def _insert_keys(conn: AsyncConnection, rows: Sequence[dict[str, Any]], inserted: list[Any]) -> None:
     """Idempotency keys of the calls just inserted, exactly as `AICallLogger` makes them, so
     logging a seeded call again is recognised as a retry."""
-    from persistence.ai_calls.record import AICallRecord
+    from persistence.ai_calls.record import AICallRecord, tenant_of
 
     by_request = {row["request_id"]: row for row in rows}
-    keys, ids, ats, hashes = [], [], [], []
+    tenants, keys, ids, ats, hashes = [], [], [], [], []
     for call_id, request_id, created_at in inserted:
         record = AICallRecord.coerce(by_request[request_id])
+        tenants.append(tenant_of(record))
         keys.append(record.idempotency_key)
         ids.append(call_id)
         ats.append(created_at)
         hashes.append(record.payload_hash)
     if keys:
-        await conn.execute(_KEYS_STATEMENT, {"keys": keys, "ids": ids, "ats": ats, "hashes": hashes})
+        params = {"tenants": tenants, "keys": keys, "ids": ids, "ats": ats, "hashes": hashes}
+        await conn.execute(_KEYS_STATEMENT, params)
 
 
 async def _record_pending(conn: AsyncConnection, ids: Sequence[int]) -> None:

@@ -644,6 +644,7 @@ class AICallKeyFactory(ModelFactory[AICallKey]):
     class Meta:
         model = AICallKey
 
+    organization_id = "acme-corp"
     idempotency_key = factory.Sequence(lambda n: f"openai:req_{n:08d}")
     call_id = factory.Sequence(lambda n: n + 1)
     call_created_at = factory.LazyFunction(_recently)

@@ -106,9 +106,9 @@ def test_seed_000_integration_example(migrated: ThrowawayPostgres, fresh_databas
         with pytest.raises(ValidationError, match="finite"):
             pg_logger.log_call(provider="anthropic", model="m", input_tokens=1, output_tokens=1,
                                cost_usd=float("nan"))  # fmt: skip
-        with pytest.raises(ConflictError):
+        with pytest.raises(ConflictError):  # the same key in the same organization (keys are per tenant)
             pg_logger.log_call(provider="anthropic", model="x", input_tokens=1, output_tokens=1,
-                               cost_usd=Decimal(0), request_id="msg_0001")  # fmt: skip
+                               cost_usd=Decimal(0), organization_id="acme-corp", request_id="msg_0001")  # fmt: skip
         assert pg_logger.log_batch([{"provider": "openai", "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1,
                                      "cost_usd": 0.01, "request_id": "b1"}] * 2) == 1  # fmt: skip
         bulk = ({"provider": "openai", "model": "gpt-4o", "input_tokens": i, "output_tokens": 1,

@@ -220,7 +220,12 @@ async def test_per_scope_reads_of_the_hourly_rollup_use_the_scope_index(
     raw = (await connection.get_raw_connection()).driver_connection
     assert isinstance(raw, asyncpg.Connection)
     value = {"organization_id": "org-7", "customer_id": "cust-7", "product_id": "prod-7"}[column]
-    index = f"ix_ai_call_usage_hourly_{column}_hour"
+    # An organization's range is the unique key's prefix (revision 0025: the tenant leads it).
+    index = (
+        "uq_ai_call_usage_hourly_key"
+        if column == "organization_id"
+        else f"ix_ai_call_usage_hourly_{column}_hour"
+    )
     start, end = datetime(2026, 2, 1, tzinfo=U), datetime(2026, 2, 2, tzinfo=U)
     # The shape of a cost alert's read of one scope's window (alerts.py), by the planner's own choice.
     per_scope = (

@@ -89,8 +89,8 @@ async def test_every_key_and_index_leads_with_company_id(engine: AsyncEngine) ->
         ).all()
     firsts = {row.name: row.first_column for row in rows}
     assert (
-        firsts.pop("uq_api_keys_key_id") == "key_id"
-    )  # authentication's lookup: the tenant is not known yet
+        firsts.pop("ix_api_keys_key_id") == "key_id"
+    )  # authentication's lookup: the tenant is not known yet (not unique: revision 0025)
     assert firsts == {
         "pk_companies": "company_id",
         "pk_users": "company_id",
