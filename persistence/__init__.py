@@ -122,7 +122,9 @@ from persistence.errors import (
     NotFoundError,
     PersistenceError,
     PoolExhaustedError,
+    ReplicaUnavailableError,
     ServerUnavailableError,
+    TenantIsolationError,
     TransactionError,
     TransientError,
     UsageSourceError,
@@ -172,6 +174,12 @@ from persistence.rate_limits import (
     ResolvedLimits,
     rate_limit_headers,
 )
+from persistence.replicas import (
+    ReplicaRouter,
+    ReplicaStatus,
+    read_your_writes_token,
+    use_read_your_writes_token,
+)
 from persistence.repositories import (
     AuditLogRepository,
     CheckpointRepository,
@@ -218,6 +226,7 @@ from persistence.subjects import (
     get_user,
     list_users,
 )
+from persistence.tenancy import across_tenants, current_tenant, tenant
 from persistence.transaction import (
     current_session,
     get_rollback,
@@ -340,6 +349,9 @@ __all__ = [
     "RejectedCall",
     "RejectedCallsError",
     "RemainingTokens",
+    "ReplicaRouter",
+    "ReplicaStatus",
+    "ReplicaUnavailableError",
     "ReportSummary",
     "Repository",
     "RepriceReport",
@@ -362,6 +374,7 @@ __all__ = [
     "SkippedDrop",
     "StoredResult",
     "SyncAICallLogger",
+    "TenantIsolationError",
     "TierRecommendation",
     "TimescaleIntegration",
     "TrainingDataRepository",
@@ -383,6 +396,7 @@ __all__ = [
     "WebhookSink",
     "Worker",
     "WorstCall",
+    "across_tenants",
     "add_price",
     "archive_requests",
     "audit_context",
@@ -396,6 +410,7 @@ __all__ = [
     "create_user",
     "current_audit",
     "current_session",
+    "current_tenant",
     "dedup_key",
     "ensure_request_partitions",
     "fold_event_rollups",
@@ -418,6 +433,7 @@ __all__ = [
     "on_commit",
     "quiet_hours",
     "rate_limit_headers",
+    "read_your_writes_token",
     "recent_reports",
     "reconcile",
     "record_billing_rows",
@@ -426,7 +442,9 @@ __all__ = [
     "set_rollback",
     "sync_prices",
     "table_size_bytes",
+    "tenant",
     "transaction",
+    "use_read_your_writes_token",
     "validate_billing",
     "validate_cost_accuracy",
 ]

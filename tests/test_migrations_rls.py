@@ -48,8 +48,7 @@ async def test_every_tenant_table_has_rls_and_a_policy_on_its_tenant_column(engi
         command, roles, using, check = policies["tenant_isolation"]
         assert (command, roles) == ("*", "public") and _keyed(using, column) and _keyed(check, column), table
         assert policies["cross_tenant_read"] == ("r", "persistence_reader", "true", None), table
-    # ai_call_keys gets its tenant column from revision 0025 (and then its policy here).
-    assert set(without_column) <= {"ai_call_keys"}
+    assert without_column == []  # every tenant table has its column (ai_call_keys since revision 0025)
 
 
 async def test_reference_tables_show_global_rows_and_take_only_the_tenants_own(engine: AsyncEngine) -> None:

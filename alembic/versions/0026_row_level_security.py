@@ -35,7 +35,7 @@ the two roles in this database. It leaves the roles: they are cluster-wide, othe
 (templates, clones) may still grant them, and service login roles may be members of them.
 
 Revision ID: 0026
-Revises: 0024
+Revises: 0025
 Create Date: 2026-12-07 21:00:00+00:00
 """
 
@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0026"
-down_revision: str | Sequence[str] | None = "0024"
+down_revision: str | Sequence[str] | None = "0025"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
