@@ -30,15 +30,19 @@ the contexts change nothing for it but the setting.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
+from weakref import WeakKeyDictionary
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.audit import audit_context
-from persistence.errors import ArgumentTypeError, ValidationError
+from persistence.errors import ArgumentTypeError, TenantIsolationError, ValidationError
 
 __all__ = [
     "OPERATOR_ROLE",
@@ -46,10 +50,15 @@ __all__ = [
     "TENANT_SETTING",
     "across_tenants",
     "apply_scope",
+    "as_tenant",
+    "check_tenant",
     "current_tenant",
     "in_scope",
+    "row_security_binds",
     "tenant",
 ]
+
+T = TypeVar("T")
 
 TENANT_SETTING = "persistence.tenant_id"
 SERVICE_ROLE = "persistence_service"
@@ -167,3 +176,40 @@ class across_tenants(_Scope):
         actor = _text("actor", actor, 255)
         reason = _text("reason", reason, 1000)
         super().__init__(_Operator(actor, reason), audit_context(user_id=actor, reason=reason))
+
+
+# Whether the policies bind the connection's role: false for superusers, BYPASSRLS roles and the
+# tables' owner (RLS is not forced), and before revision 0026. NULL (no such table) reads as false.
+_BINDS_SQL = "SELECT coalesce(row_security_active(to_regclass('public.companies')), false)"
+_binds: WeakKeyDictionary[asyncpg.Connection, bool] = WeakKeyDictionary()
+
+
+async def row_security_binds(raw: asyncpg.Connection) -> bool:
+    """Whether row-level security applies to `raw`'s login (asked once per connection, then cached)."""
+    known = _binds.get(raw)
+    if known is None:
+        known = _binds[raw] = bool(await raw.fetchval(_BINDS_SQL))
+    return known
+
+
+def check_tenant(tenant_id: str) -> None:
+    """Refuse, before any statement, a call for another tenant than the `tenant()` context's."""
+    scoped = current_tenant()
+    if scoped is not None and scoped != tenant_id:
+        raise TenantIsolationError(f"a call for tenant {tenant_id!r} inside tenant({scoped!r})")
+
+
+async def as_tenant(
+    raw: asyncpg.Connection, tenant_id: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """`work(raw)` acting for `tenant_id`, for the domain modules' raw asyncpg statements (whose
+    every call names its tenant). Where row-level security binds the login (a service role), it
+    runs in a transaction (a savepoint inside one already open) that first sets the tenant: two
+    more round trips than the bare statement, three with BEGIN/COMMIT. For the owner it is `work(raw)`
+    as it is, after one cached check per connection."""
+    check_tenant(tenant_id)
+    if not await row_security_binds(raw):
+        return await work(raw)
+    async with raw.transaction():
+        await raw.execute(SET_TENANT_SQL, tenant_id)
+        return await work(raw)
