@@ -6,9 +6,6 @@ Every test connects as a fresh LOGIN role that is a member of `persistence_servi
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 
 import pytest
@@ -16,17 +13,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.logger import AICallLogger
-from persistence.config import DatabaseConfig
-from persistence.engine import build_engine
 from persistence.errors import NotFoundError, TenantIsolationError, ValidationError
 from persistence.models import Company
 from persistence.repository import Repository
 from persistence.tenancy import across_tenants, current_tenant, tenant
+from persistence.testing.pytest_plugin import LoginAs
 from persistence.transaction import current_session, transaction
 
 pytestmark = pytest.mark.commits
-
-LoginAs = Callable[[str], AbstractAsyncContextManager[AsyncEngine]]
 
 
 class Companies(Repository[Company]):
@@ -34,9 +28,9 @@ class Companies(Repository[Company]):
 
 
 @pytest.fixture
-async def login_as(engine: AsyncEngine, fresh_database: DatabaseConfig) -> AsyncIterator[LoginAs]:
-    """`async with login_as("persistence_service") as svc:` an engine logged in as a new member of
-    that role (created by the superuser, dropped afterwards); companies a and b with two users each."""
+async def login_as(engine: AsyncEngine, login_as: LoginAs) -> LoginAs:
+    """The plugin's `login_as`, on a database where the superuser has put companies a and b with
+    two users each."""
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO companies (company_id, name) VALUES ('a', 'A'), ('b', 'B')"))
         await conn.execute(
@@ -45,24 +39,7 @@ async def login_as(engine: AsyncEngine, fresh_database: DatabaseConfig) -> Async
                 "('a', 'u1', 'a1'), ('a', 'u2', 'a2'), ('b', 'u1', 'b1'), ('b', 'u2', 'b2')"
             )
         )
-    roles: list[str] = []
-
-    @asynccontextmanager
-    async def login(group: str) -> AsyncIterator[AsyncEngine]:
-        role = f"login_{uuid.uuid4().hex[:12]}"
-        roles.append(role)
-        async with engine.begin() as conn:
-            await conn.execute(text(f"CREATE ROLE {role} LOGIN IN ROLE {group}"))
-        member = build_engine(fresh_database.model_copy(update={"user": role}))
-        try:
-            yield member
-        finally:
-            await member.dispose()
-
-    yield login
-    async with engine.begin() as conn:
-        for role in roles:
-            await conn.execute(text(f"DROP ROLE {role}"))
+    return login_as
 
 
 async def _names(engine: AsyncEngine) -> list[str]:

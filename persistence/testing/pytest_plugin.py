@@ -13,15 +13,21 @@ configures pytest-asyncio itself (see `pytest_configure`).
 - `@pytest.mark.commits`: `engine` is instead a real pooled engine on a private database cloned from
   the template (other connections see the data; `fresh_database` gives its settings, `fresh_engine`
   is the same engine), dropped after the test.
+- `login_as` (under `commits`): `async with login_as("persistence_service") as svc:` an engine logged
+  in as a new LOGIN member of that role (row-level security binds it), dropped after the test.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from persistence.config import DatabaseConfig
@@ -192,3 +198,35 @@ async def session(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
         bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
     ) as sess:
         yield sess
+
+
+LoginAs = Callable[[str], AbstractAsyncContextManager[AsyncEngine]]
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def login_as(engine: AsyncEngine, fresh_database: DatabaseConfig) -> AsyncIterator[LoginAs]:
+    """`async with login_as("persistence_service") as svc:` an engine on the test's private database
+    logged in as a new LOGIN member of that role (made by the test's superuser; every role made is
+    dropped when the test ends). For testing code the way a service runs it: under row-level security."""
+    roles: list[str] = []
+
+    @asynccontextmanager
+    async def login(group: str) -> AsyncIterator[AsyncEngine]:
+        if not _ROLE_NAME.fullmatch(group):
+            raise pytest.UsageError(f"not a plain role name: {group!r}")
+        role = f"login_{uuid.uuid4().hex[:12]}"
+        async with engine.begin() as conn:
+            await conn.execute(text(f'CREATE ROLE {role} LOGIN IN ROLE "{group}"'))
+        roles.append(role)
+        member = build_engine(fresh_database.model_copy(update={"user": role}))
+        try:
+            yield member
+        finally:
+            await member.dispose()
+
+    yield login
+    async with engine.begin() as conn:
+        for role in roles:
+            await conn.execute(text(f"DROP OWNED BY {role}"))
+            await conn.execute(text(f"DROP ROLE {role}"))
