@@ -57,8 +57,8 @@ from persistence.ai_calls.batch_outcomes import (
     is_refusal,
     stable,
 )
-from persistence.ai_calls.logger import AICallLogger
-from persistence.ai_calls.record import AICallRecord, positive_int, positive_seconds
+from persistence.ai_calls.logger import AICallLogger, _unique
+from persistence.ai_calls.record import AICallRecord, positive_int, positive_seconds, tenant_of
 from persistence.ai_calls.spool import CorruptLine, SegmentReader, Spool, SpooledRecord
 from persistence.errors import (
     PersistenceError,
@@ -66,6 +66,7 @@ from persistence.errors import (
     ValidationError,
 )
 from persistence.observe.loggers import get_logger
+from persistence.tenancy import check_tenant
 
 __all__ = [
     "BatchLogger",
@@ -641,10 +642,14 @@ class BatchLogger(BatchWriter[AICallRecord]):
         A call PostgreSQL could not store raises `ValidationError` here and is not accepted (it is
         neither written nor kept in `rejected.jsonl`: the caller has it).
         """
-        await self._put(stable(AICallRecord.coerce(call)))
+        record = AICallRecord.coerce(call)
+        check_tenant(tenant_of(record))  # inside tenant("a"), b's call is refused here, not buffered
+        await self._put(stable(record))
 
     async def _write(self, batch: list[AICallRecord]) -> int:
-        return await self.logger.log_batch(batch)
+        # Tenants were checked by `log()`: the writer task writes every tenant's calls, whatever
+        # context it was started in (under row-level security each as its own organization).
+        return await self.logger._log_records(_unique(batch))
 
     def _key(self, record: AICallRecord) -> str:
         return record.idempotency_key

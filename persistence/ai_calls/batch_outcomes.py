@@ -21,6 +21,7 @@ from persistence.errors import (
     IntegrityViolation,
     InvalidRequestError,
     PersistenceError,
+    TenantIsolationError,
     TransientError,
 )
 
@@ -151,6 +152,8 @@ def is_refusal(exc: BaseException) -> bool:
     """
     if isinstance(exc, IntegrityViolation | ConflictError | InvalidRequestError):  # ValidationError too
         return True
+    if isinstance(exc, TenantIsolationError) and exc.sqlstate is None:
+        return True  # our own check on a call (no organization under row-level security), not the server's
     if isinstance(exc, DatabaseError):
         return not exc.retryable and (exc.sqlstate or "")[:2] in _VERDICT_CLASSES
     if isinstance(exc, PersistenceError):  # connection errors, a closed logger

@@ -87,6 +87,15 @@ SELECT k.organization_id, k.idempotency_key, k.payload_hash
   FROM unnest($1::varchar[], $2::varchar[]) AS u(organization_id, idempotency_key)
   JOIN ai_call_keys k USING (organization_id, idempotency_key)
 """
+# A batch's calls as one INSERT (the ids drawn by `_NEXT_IDS`): the row-level security path, where
+# PostgreSQL refuses COPY FROM into a table under RLS. The arrays are `_CALL_COLUMNS` in order.
+_INSERT_CALLS = f"""
+INSERT INTO ai_calls ({", ".join(_CALL_COLUMNS)})
+SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::varchar[], $4::varchar[], $5::int[], $6::int[],
+                     $7::int[], $8::int[], $9::int[], $10::jsonb[], $11::numeric[], $12::numeric[],
+                     $13::varchar[], $14::bigint[], $15::int[], $16::varchar[], $17::varchar[], $18::varchar[],
+                     $19::varchar[], $20::varchar[], $21::varchar[], $22::varchar[], $23::varchar[], $24::int[])
+"""  # noqa: S608 (constant column names only)
 # A batch's ids, drawn under an advisory lock held for this one statement (it runs in autocommit),
 # so concurrent batches get one contiguous run each and record one pending range each. Writers that
 # use the column default (`log_call`, seeding, plain INSERTs) can still take values in between:

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -51,6 +52,7 @@ from persistence.ai_calls.leases import Leases, _Lease
 from persistence.ai_calls.ledger_sql import (
     _CALL_COLUMNS,
     _IDS_LOCK,
+    _INSERT_CALLS,
     _INSERT_KEYS,
     _KEY_COLUMNS,
     _KEY_HASHES,
@@ -79,6 +81,7 @@ from persistence.errors import (
     ConflictError,
     Endpoint,
     PersistenceError,
+    TenantIsolationError,
     TransientError,
     ValidationError,
     translate,
@@ -87,7 +90,7 @@ from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
 from persistence.observe.loggers import get_logger
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
-from persistence.tenancy import SET_TENANT_SQL, current_tenant
+from persistence.tenancy import SET_TENANT_SQL, check_tenant, current_tenant, row_security_binds
 
 __all__ = ["AICallLogger", "CallCostObserver", "CallObserver", "Stats"]
 
@@ -136,7 +139,7 @@ _INFOS = {
         "ai_calls",
         normalise(f"COPY ai_calls ({', '.join(_CALL_COLUMNS)}) FROM STDIN (FORMAT binary)"),
     ),
-    "_fetch": describe(_STATS),
+    "_fetch_stats": describe(_STATS),
     "fold_rollups_raw": describe(FOLD),
     "work": describe(LOAD_PRICES_VERSIONED),  # reload_prices
 }
@@ -155,7 +158,7 @@ class AICallLogger:
         fold_interval: float = 60.0,
         alerts: CallObserver | None = None,
         cost_events: CallCostObserver | None = None,
-        row_security: bool = False,
+        row_security: bool | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise ValidationError(f"engine must be an AsyncEngine, got {type(engine).__name__}")
@@ -181,9 +184,16 @@ class AICallLogger:
         self.alerts = alerts
         # Told every new call's id and cost (opt-in: the ledger -> cost event link); never blocks.
         self.cost_events = cost_events
-        # Row-level security (revision 0026): log each call in a transaction that first sets its
-        # `organization_id` as the tenant (a `tenant()` context, when set, is used either way).
-        self.row_security = row_security
+        if row_security is not None:
+            warnings.warn(
+                "AICallLogger(row_security=...) is deprecated and ignored: the logger finds out itself "
+                "whether row-level security binds its login (tenancy.row_security_binds)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        # Set once a connection shows that row-level security binds the login (a service role):
+        # writes then act as each call's organization, and folds are left to the owner.
+        self._rls = False
         self._folded_at = time.monotonic()
         # Hooks are attached when the engine is built, so this is fixed for the logger's life.
         self._hooks = hooks_of(engine)
@@ -359,6 +369,7 @@ class AICallLogger:
 
     async def log_record(self, record: AICallRecord) -> int:
         """`log_call` for a ready-made record."""
+        check_tenant(tenant_of(record))  # inside tenant("a"), a call of b is refused before any statement
         call_id: int
         cost: Cost | None
         call_id, cost = await self._run(self._log_one, record)
@@ -380,7 +391,15 @@ class AICallLogger:
     async def _log_one(
         self, raw: asyncpg.Connection, r: AICallRecord, reloads: int = 0
     ) -> tuple[int, Cost | None]:
-        """(the call's id, its cost fields when this wrote it; None when its key was there already)."""
+        """(the call's id, its cost fields when this wrote it; None when its key was there already).
+
+        Where row-level security binds the login, the statement runs in a transaction that first
+        sets the call's organization as the tenant (the owner: the bare statement, after one cached
+        check per connection)."""
+        rls = await row_security_binds(raw)
+        if rls:
+            self._rls = True
+            _refuse_no_tenant([r])
         # The record was validated when it was built: only the price is looked up here.
         prices = self.prices
         if prices.stale:
@@ -396,10 +415,9 @@ class AICallLogger:
             r.request_id, r.trace_id, r.hour, int(r.status != "success"), r.total_tokens,
             r.cache_write_1h_tokens, prices.version,
         )  # fmt: skip
-        scope = current_tenant() or (r.organization_id if self.row_security else None)
         for _ in range(3):
             try:
-                row = await (raw.fetchrow(LOG_CALL, *args) if scope is None else _as_tenant(raw, scope, args))
+                row = await (_as_tenant(raw, tenant_of(r), args) if rls else raw.fetchrow(LOG_CALL, *args))
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "pk_ai_call_keys":
                     raise
@@ -426,6 +444,14 @@ class AICallLogger:
         reused for a different call raises `ConflictError` and writes nothing.
         """
         records = _unique([AICallRecord.coerce(call) for call in _iterable_of_calls(calls)])
+        if current_tenant() is not None:  # inside tenant("a"): a batch with b's calls writes nothing
+            for tenant_id in {tenant_of(r) for r in records}:
+                check_tenant(tenant_id)
+        return await self._log_records(records)
+
+    async def _log_records(self, records: list[AICallRecord]) -> int:
+        """`log_batch` of checked, unique records (`BatchLogger` checks the tenant when a call is
+        logged: its writer task writes every tenant's calls)."""
         if not records:
             return 0
         stored: list[tuple[int, AICallRecord, Decimal | None]] | None = (
@@ -502,7 +528,14 @@ class AICallLogger:
         records: list[AICallRecord],
         stored: list[tuple[int, AICallRecord, Decimal | None]] | None = None,
     ) -> int:
-        """COPY the batch; `stored` (if given) receives (id, record, cost) of each new call."""
+        """COPY the batch; `stored` (if given) receives (id, record, cost) of each new call.
+
+        Where row-level security binds the login, PostgreSQL refuses COPY FROM: the batch is written
+        by `_log_as_tenants` instead (INSERTs per organization, each acting as its tenant)."""
+        rls = await row_security_binds(raw)  # the owner: one cached lookup per batch
+        if rls:
+            self._rls = True
+            _refuse_no_tenant(records)
         await self._fresh_prices(raw)
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
@@ -511,6 +544,8 @@ class AICallLogger:
             self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
             quotes, missing = self._quotes(records)
         ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
+        if rls:
+            return await self._log_as_tenants(raw, records, ids, quotes, stored)
         try:
             async with raw.transaction():
                 # Generators, not lists: each row tuple dies as soon as it is encoded, so a batch
@@ -530,45 +565,44 @@ class AICallLogger:
                 raise
         # Some keys exist already: add only the calls that are new, check that the others match.
         # The ids were never committed (the transaction rolled back), so they are still ours.
-        # A key is per organization: (organization, key) pairs throughout.
-        new_stored: list[tuple[int, AICallRecord, Decimal | None]] = []
-        tenants = [tenant_of(r) for r in records]
         async with raw.transaction():
-            new = {
-                (row[0], row[1])
-                for row in await raw.fetch(
-                    _INSERT_KEYS,
-                    tenants,
-                    [r.idempotency_key for r in records],
-                    ids,
-                    [r.created_at for r in records],
-                    [r.payload_hash for r in records],
-                )
-            }
-            keep = [(t, r.idempotency_key) in new for t, r in zip(tenants, records, strict=True)]
-            old = [(t, r) for t, r, kept in zip(tenants, records, keep, strict=True) if not kept]
-            if old:
-                stored_hashes = await raw.fetch(
-                    _KEY_HASHES, [t for t, _ in old], [r.idempotency_key for _, r in old]
-                )
-                hashes = {(t, k): bytes(h) for t, k, h in stored_hashes}
-                differ = [
-                    r.idempotency_key
-                    for t, r in old
-                    if hashes.get((t, r.idempotency_key), r.payload_hash) != r.payload_hash
-                ]
-                if differ:
-                    raise _key_conflict(differ)
-            new_ids = list(compress(ids, keep))
-            if new_ids:
-                new_records, new_quotes = list(compress(records, keep)), list(compress(quotes, keep))
-                rows = _call_rows(new_records, new_ids, new_quotes)
-                await raw.copy_records_to_table("ai_calls", records=rows, columns=_CALL_COLUMNS)
-                await raw.execute(RECORD_PENDING, *id_runs(new_ids))
-                new_stored.extend(zip(new_ids, new_records, (q[0] for q in new_quotes), strict=True))
+            new_stored = await _insert_new(raw, records, ids, quotes, copy=True)
+            if new_stored:
+                await raw.execute(RECORD_PENDING, *id_runs([i for i, _, _ in new_stored]))
         if stored is not None:  # only once committed
             stored.extend(new_stored)
-        return len(new_ids)
+        return len(new_stored)
+
+    async def _log_as_tenants(
+        self,
+        raw: asyncpg.Connection,
+        records: list[AICallRecord],
+        ids: list[int],
+        quotes: list[Cost],
+        stored: list[tuple[int, AICallRecord, Decimal | None]] | None,
+    ) -> int:
+        """The batch under row-level security, in one transaction: per organization, set it as the
+        tenant, then the key-first INSERT path (new keys, payload check of the others, the new calls
+        as one INSERT); the pending range of every new id at the end, as the COPY path records it."""
+        groups: dict[str, list[int]] = {}
+        for n, r in enumerate(records):
+            groups.setdefault(tenant_of(r), []).append(n)
+        new_stored: list[tuple[int, AICallRecord, Decimal | None]] = []
+        async with raw.transaction():
+            for tenant_id, members in groups.items():
+                await raw.execute(SET_TENANT_SQL, tenant_id)
+                new_stored += await _insert_new(
+                    raw,
+                    [records[n] for n in members],
+                    [ids[n] for n in members],
+                    [quotes[n] for n in members],
+                    copy=False,
+                )
+            if new_stored:
+                await raw.execute(RECORD_PENDING, *id_runs([i for i, _, _ in new_stored]))
+        if stored is not None:  # only once committed
+            stored.extend(new_stored)
+        return len(new_stored)
 
     def _quotes(self, records: list[AICallRecord]) -> tuple[list[Cost], bool]:
         """The cost fields of every record (`UNPRICED` where no price is in force and no cost was
@@ -588,7 +622,9 @@ class AICallLogger:
     # -- rollups --------------------------------------------------------------------------------
 
     def _count_written(self, rows: int) -> None:
-        if self.fold_every is None or rows == 0:
+        # Under row-level security a fold would claim other tenants' pending batches and see none of
+        # their calls: folds are the owner's (platform) work, never a service's.
+        if self.fold_every is None or rows == 0 or self._rls:
             return
         self._since_fold += rows
         due = self._since_fold >= self.fold_every or time.monotonic() - self._folded_at >= self.fold_interval
@@ -636,7 +672,7 @@ class AICallLogger:
         first, last = hour_ceil(start), hour_floor(end)
         if last < first:  # inside one hour: no whole hour, all from the ledger
             first = last = end
-        rows = await self._run(_fetch, _STATS, start, end, first, last)
+        rows = await self._run(_fetch_stats, start, end, first, last)
         by_provider: dict[str, dict[str, Any]] = {}
         calls = tokens = latency_sum = latency_count = unpriced_calls = unpriced_tokens = 0
         cost = Decimal(0)
@@ -675,8 +711,73 @@ async def _as_tenant(raw: asyncpg.Connection, tenant_id: str, args: tuple[Any, .
         return row
 
 
-async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
-    return await raw.fetch(sql, *args)
+async def _fetch_stats(raw: asyncpg.Connection, *args: Any) -> list[asyncpg.Record]:
+    """`get_stats` reads every organization (and the per-model rollup, a platform table): platform
+    work, refused where row-level security binds the login rather than answering with a mix."""
+    if await row_security_binds(raw):
+        raise TenantIsolationError(
+            "get_stats reads across organizations: platform work, run it as the owner or an operator"
+        )
+    return await raw.fetch(_STATS, *args)
+
+
+def _refuse_no_tenant(records: Sequence[AICallRecord]) -> None:
+    """A call without an organization is stored under '' (`tenant_of`), which belongs to no tenant:
+    the policy compares with `nullif(setting, '')`, so no service role can write it. Refused with
+    a typed error before any statement (the owner still logs such calls)."""
+    if any(not tenant_of(r) for r in records):
+        raise TenantIsolationError(
+            "an AI call without organization_id belongs to no tenant: a service role under row-level "
+            "security cannot log it (give organization_id, or log it as the owner)"
+        )
+
+
+async def _insert_new(
+    raw: asyncpg.Connection,
+    records: list[AICallRecord],
+    ids: list[int],
+    quotes: list[Cost],
+    *,
+    copy: bool,
+) -> list[tuple[int, AICallRecord, Decimal | None]]:
+    """Inside the caller's transaction: insert the batch's keys, skipping stored ones, check that
+    each stored key has the same payload (else `ConflictError`), and write the new calls (COPY, or
+    one INSERT where COPY is refused); returns (id, record, cost) of each new call. Keys are per
+    organization: (organization, key) pairs throughout."""
+    tenants = [tenant_of(r) for r in records]
+    new = {
+        (row[0], row[1])
+        for row in await raw.fetch(
+            _INSERT_KEYS,
+            tenants,
+            [r.idempotency_key for r in records],
+            ids,
+            [r.created_at for r in records],
+            [r.payload_hash for r in records],
+        )
+    }
+    keep = [(t, r.idempotency_key) in new for t, r in zip(tenants, records, strict=True)]
+    old = [(t, r) for t, r, kept in zip(tenants, records, keep, strict=True) if not kept]
+    if old:
+        stored_hashes = await raw.fetch(_KEY_HASHES, [t for t, _ in old], [r.idempotency_key for _, r in old])
+        hashes = {(t, k): bytes(h) for t, k, h in stored_hashes}
+        differ = [
+            r.idempotency_key
+            for t, r in old
+            if hashes.get((t, r.idempotency_key), r.payload_hash) != r.payload_hash
+        ]
+        if differ:
+            raise _key_conflict(differ)
+    new_ids = list(compress(ids, keep))
+    if not new_ids:
+        return []
+    new_records, new_quotes = list(compress(records, keep)), list(compress(quotes, keep))
+    rows = _call_rows(new_records, new_ids, new_quotes)
+    if copy:
+        await raw.copy_records_to_table("ai_calls", records=rows, columns=_CALL_COLUMNS)
+    else:
+        await raw.execute(_INSERT_CALLS, *(list(column) for column in zip(*rows, strict=True)))
+    return list(zip(new_ids, new_records, (q[0] for q in new_quotes), strict=True))
 
 
 def _iterable_of_calls(calls: object) -> Iterable[AICallRecord | Mapping[str, Any]]:

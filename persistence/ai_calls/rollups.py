@@ -16,8 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.advisory import advisory_key
 from persistence.ai_calls.record import _utc, hour_ceil, hour_floor
-from persistence.errors import Endpoint, ValidationError, is_connection_failure, raise_translated
+from persistence.errors import (
+    Endpoint,
+    TenantIsolationError,
+    ValidationError,
+    is_connection_failure,
+    raise_translated,
+)
 from persistence.models.rollups import DIMENSIONS, MEASURES
+from persistence.tenancy import row_security_binds
 
 T = TypeVar("T")
 
@@ -134,8 +141,20 @@ REBUILD = (
 )
 
 
+async def _platform_only(raw: asyncpg.Connection, what: str) -> None:
+    """Folds and rebuilds are platform work: under row-level security a fold would claim every
+    tenant's pending batches (a platform table) and see none of their calls, losing them from the
+    rollups. Refused where RLS binds the login (the owner: one cached lookup)."""
+    if await row_security_binds(raw):
+        raise TenantIsolationError(
+            f"{what} the ledger's rollups is platform work: run it as the tables' owner (or an operator)"
+        )
+
+
 async def fold_rollups_raw(raw: asyncpg.Connection) -> int:
-    """Fold every committed pending batch and delta (one transaction); returns the calls folded."""
+    """Fold every committed pending batch and delta (one transaction); returns the calls folded.
+    Platform work: refused (`TenantIsolationError`) where row-level security binds the login."""
+    await _platform_only(raw, "folding")
     async with raw.transaction():
         await raw.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK)
         folded: int = await raw.fetchval(FOLD)
@@ -167,6 +186,7 @@ async def rebuild_rollups_raw(
     lo, hi = hour_floor(_utc("start", start)), hour_ceil(_utc("end", end))
     if hi <= lo:
         raise ValidationError("invalid window: end must be after start")
+    await _platform_only(raw, "rebuilding")
     await raw.execute("SELECT pg_advisory_lock($1)", ROLLUP_LOCK)
     try:
         # Already in a transaction only on a test's pinned connection: a savepoint keeps its isolation.

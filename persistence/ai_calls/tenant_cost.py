@@ -25,6 +25,7 @@ from persistence.ai_calls.alerts import _load_zone, _local_midnight
 from persistence.ai_calls.record import hour_ceil, hour_floor
 from persistence.ai_calls.rollups import PENDING_ROWS, _on_raw
 from persistence.errors import ValidationError
+from persistence.tenancy import as_tenant
 
 __all__ = ["DAILY_COST", "TenantDay", "get_tenant_daily_cost", "tenant_daily_cost_raw", "tenant_day"]
 
@@ -104,6 +105,9 @@ async def get_tenant_daily_cost(
 ) -> Decimal:
     """Seed 004's daily cost: the sum of `cost_usd` of `tenant_id`'s calls (`organization_id`) on
     `day` (a date; default today) in `time_zone`, in USD, exactly what a scan of the ledger gives.
-    Unpriced calls add nothing."""
+    Unpriced calls add nothing. A service role under row-level security reads as `tenant_id`
+    (`tenancy.as_tenant`; inside `tenant()` for another tenant: `TenantIsolationError`)."""
     window = tenant_day(tenant_id, day, time_zone)
-    return await _on_raw(engine, lambda raw: tenant_daily_cost_raw(raw, window))
+    return await _on_raw(
+        engine, lambda raw: as_tenant(raw, window.tenant_id, lambda r: tenant_daily_cost_raw(r, window))
+    )

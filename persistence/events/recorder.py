@@ -12,6 +12,12 @@ database), or drop and count (`drop`, only if chosen). `stats` has the counters.
 While open it folds the event rollups every `fold_interval` seconds (60; None: never), skipping a
 turn when another process is folding; the queries are exact either way (`events.rollups`).
 
+Under row-level security (a service role, revision 0026) events are written as their tenants
+(`writer.write_events`), a `log_*` call inside `tenant("a")` for another tenant raises
+`TenantIsolationError` (nothing buffered), and the queries read as their `tenant_id`. Folds are
+platform work: a recorder whose login RLS binds stops its periodic fold at the first turn (one info
+line); run `fold_event_rollups` / the maintenance command as the owner.
+
 Disabled by configuration (`PERSISTENCE_EVENTS_ENABLED=false`, or `enabled=False`), it logs one
 warning and accepts events without recording them (counted as `dropped`); its queries raise
 `ConfigurationError`, since they cannot answer.
@@ -28,6 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.ai_calls.batch import BatchStats, Overflow
@@ -36,9 +43,10 @@ from persistence.config import EventsConfig
 from persistence.errors import ConfigurationError, Endpoint, PersistenceError, ValidationError
 from persistence.events.queries import AgentRuns, agent_runs, cost_day, daily_cost, window_hours
 from persistence.events.records import AgentExecution, CostEvent, Event, PlatformEvent
-from persistence.events.rollups import fold_event_rollups_raw
+from persistence.events.rollups import FoldResult, fold_event_rollups_raw
 from persistence.events.writer import EventBatcher
 from persistence.observe.loggers import get_logger
+from persistence.tenancy import as_tenant, check_tenant, row_security_binds
 
 __all__ = ["TimescaleIntegration", "get_timescale_integration"]
 
@@ -141,7 +149,9 @@ class TimescaleIntegration:
         name), in USD, exact; this recorder's buffered events are flushed first."""
         day = cost_day(tenant_id, date, time_zone)
         leases = await self._for_query()
-        value: Decimal = await leases.attempts(daily_cost, day)
+        value: Decimal = await leases.attempts(
+            lambda raw: as_tenant(raw, day.tenant_id, lambda r: daily_cost(r, day))
+        )
         return value
 
     async def get_agent_success_rate(self, agent_id: str, tenant_id: str, hours: float = 24) -> float:
@@ -152,7 +162,9 @@ class TimescaleIntegration:
     async def agent_runs(self, agent_id: str, tenant_id: str, hours: float = 24) -> AgentRuns:
         window = window_hours(hours)
         leases = await self._for_query()
-        runs: AgentRuns = await leases.attempts(agent_runs, agent_id, tenant_id, window)
+        runs: AgentRuns = await leases.attempts(
+            lambda raw: as_tenant(raw, tenant_id, lambda r: agent_runs(r, agent_id, tenant_id, window))
+        )
         return runs
 
     async def start(self) -> None:
@@ -191,6 +203,7 @@ class TimescaleIntegration:
             raise ValidationError(f"expected a {kind.__name__}, got {type(event).__name__}")
         if self.closed:
             raise PersistenceError("TimescaleIntegration is closed")
+        check_tenant(event.tenant_id)  # inside tenant("a"), b's event is refused here, not buffered
         if self._batcher is None:
             self._ignored += 1
             if not self._said_disabled:
@@ -225,13 +238,19 @@ class TimescaleIntegration:
             self._folder = asyncio.create_task(self._fold_loop(leases, self.fold_interval))
 
     async def _fold_loop(self, leases: Leases, interval: float) -> None:
-        """Keeps the rollups' deltas short (the queries' speed, not their correctness)."""
+        """Keeps the rollups' deltas short (the queries' speed, not their correctness). Ends at the
+        first turn where row-level security binds the login: folding is the owner's work."""
         while True:
             await asyncio.sleep(interval)
             try:
-                await leases.attempts(lambda raw: fold_event_rollups_raw(raw, wait=False))
+                folded = await leases.attempts(_fold_unless_bound)
             except PersistenceError as exc:  # an outage: the next turn folds what is left
                 log.info("event rollup fold failed; retried next turn", error=type(exc).__name__)
+                continue
+            if folded is None:
+                log.info("row-level security binds this login: event rollups are not folded here; "
+                         "run fold_event_rollups (or the maintenance command) as the owner")  # fmt: skip
+                return
 
     async def _for_query(self) -> Leases:
         if not self.enabled:
@@ -240,6 +259,13 @@ class TimescaleIntegration:
             raise PersistenceError("TimescaleIntegration is closed")
         await self.flush_all()
         return await self._connected()
+
+
+async def _fold_unless_bound(raw: asyncpg.Connection) -> FoldResult | None:
+    """The periodic fold, or None where row-level security binds the login (platform work)."""
+    if await row_security_binds(raw):
+        return None
+    return await fold_event_rollups_raw(raw, wait=False)
 
 
 _instance: TimescaleIntegration | None = None

@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.advisory import advisory_key
 from persistence.ai_calls.rollups import _on_raw
+from persistence.errors import TenantIsolationError
+from persistence.tenancy import row_security_binds
 
 __all__ = [
     "EVENT_ROLLUP_LOCK",
@@ -115,7 +117,12 @@ async def fold_event_rollups_raw(raw: asyncpg.Connection, *, wait: bool = True) 
     """Fold every committed delta of both rollups, in one transaction under `EVENT_ROLLUP_LOCK`.
 
     `wait=False` returns at once (`skipped`) if another fold holds the lock: a periodic fold
-    has nothing to add to one that is running."""
+    has nothing to add to one that is running. Platform work: where row-level security binds the
+    login (a service role sees no tenant's deltas) it raises `TenantIsolationError`."""
+    if await row_security_binds(raw):
+        raise TenantIsolationError(
+            "folding the event rollups is platform work: run it as the tables' owner (or an operator)"
+        )
     async with raw.transaction():
         if wait:
             await raw.execute("SELECT pg_advisory_xact_lock($1)", EVENT_ROLLUP_LOCK)

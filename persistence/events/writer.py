@@ -10,6 +10,11 @@ CONFLICT) at 0.25-0.65x of a raw COPY (BENCHMARKS.md).
 
 `EventBatcher` is the ledger's `BatchWriter` (buffer, writer task, spool, replay, refusal
 bisection) over these writes; nothing here knows about outages.
+
+Under row-level security (a service role, revision 0026) PostgreSQL refuses COPY FROM into the
+tables: where `tenancy.row_security_binds` says the login is bound, a batch is grouped by tenant and
+each group written with the INSERTs, its tenant set first, all in the batch's one transaction (the
+owner pays one cached lookup per batch for the check).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from persistence.events.records import (
     decode_event,
     encode_event,
 )
+from persistence.tenancy import SET_TENANT_SQL, row_security_binds
 
 __all__ = [
     "INSERT_AGENT",
@@ -113,8 +119,11 @@ async def write_events(raw: asyncpg.Connection, events: Sequence[Event]) -> int:
 
     A batch is COPied (binary) into the partitioned tables: the fast path, taken unless the batch
     repeats a stored event. Then the key refuses the COPY (nothing of it stays) and the batch is
-    written again with `INSERT ... ON CONFLICT DO NOTHING`, which skips the stored ones.
+    written again with `INSERT ... ON CONFLICT DO NOTHING`, which skips the stored ones. Where
+    row-level security binds the login: those INSERTs, per tenant (`_insert_by_tenant`).
     """
+    if await row_security_binds(raw):
+        return await _insert_by_tenant(raw, events)
     per_table = _rows(events)
     try:
         written = 0
@@ -134,15 +143,35 @@ async def write_events(raw: asyncpg.Connection, events: Sequence[Event]) -> int:
 
 async def write_events_on_conflict(raw: asyncpg.Connection, events: Sequence[Event]) -> int:
     """`write_events` without the COPY attempt: every batch as INSERT ... ON CONFLICT DO NOTHING."""
+    if await row_security_binds(raw):
+        return await _insert_by_tenant(raw, events)
     return await _insert_new(raw, _rows(events))
 
 
 async def _insert_new(raw: asyncpg.Connection, per_table: tuple[list[tuple[object, ...]], ...]) -> int:
+    async with raw.transaction():
+        return await _insert_rows(raw, per_table)
+
+
+async def _insert_rows(raw: asyncpg.Connection, per_table: tuple[list[tuple[object, ...]], ...]) -> int:
+    written = 0
+    for (_, columns, insert), rows in zip(_TABLES, per_table, strict=True):
+        if rows:
+            written += _count(await raw.execute(insert, *_columns(rows, len(columns))))
+    return written
+
+
+async def _insert_by_tenant(raw: asyncpg.Connection, events: Sequence[Event]) -> int:
+    """The batch as a service role under row-level security, in one transaction: each tenant's
+    events with that tenant set (no statement writes two tenants' rows), replays skipped."""
+    groups: dict[str, list[Event]] = {}
+    for event in events:
+        groups.setdefault(event.tenant_id, []).append(event)
     written = 0
     async with raw.transaction():
-        for (_, columns, insert), rows in zip(_TABLES, per_table, strict=True):
-            if rows:
-                written += _count(await raw.execute(insert, *_columns(rows, len(columns))))
+        for tenant_id, group in groups.items():
+            await raw.execute(SET_TENANT_SQL, tenant_id)
+            written += await _insert_rows(raw, _rows(group))
     return written
 
 
