@@ -215,13 +215,12 @@ async def _log(logger: AICallLogger, organization_id: str, request_id: str) -> i
 async def test_the_ledger_logs_a_call_as_its_tenant(engine: AsyncEngine, login_as: LoginAs) -> None:
     async with login_as("persistence_service") as svc:
         async with AICallLogger(svc, fold_every=None) as plain:
-            with pytest.raises(TenantIsolationError):  # no tenant: refused
-                await _log(plain, "a", "r0")
             async with tenant("a"):
                 await _log(plain, "a", "r1")
                 with pytest.raises(TenantIsolationError):
                     await _log(plain, "b", "r2")
-        async with AICallLogger(svc, fold_every=None, row_security=True) as scoped:
+        # Outside a context too, each call acts as its organization (the logger sees RLS bind it).
+        async with AICallLogger(svc, fold_every=None) as scoped:
             await _log(scoped, "b", "r3")
             first = await _log(scoped, "a", "r4")
             assert await _log(scoped, "a", "r4") == first  # idempotent

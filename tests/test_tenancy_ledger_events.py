@@ -1,0 +1,213 @@
+"""The AI-call ledger and seed 004's events as a service logs in, under row-level security (revision 0026).
+
+A service role writes each call and event as its own tenant (COPY, which PostgreSQL refuses under
+RLS, replaced by per-tenant INSERTs in the batch's one transaction), cannot write for another tenant
+inside a `tenant()` context, and reads a tenant's numbers as that tenant; folds and cross-tenant
+reads are the owner's. Every count is checked as the superuser (the tables' owner) sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.ai_calls.batch import BatchLogger
+from persistence.ai_calls.leases import Leases
+from persistence.ai_calls.logger import AICallLogger
+from persistence.ai_calls.record import AICallRecord
+from persistence.ai_calls.rollups import fold_rollups
+from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
+from persistence.errors import ConflictError, Endpoint, TenantIsolationError
+from persistence.events import AgentExecution, CostEvent, PlatformEvent, TimescaleIntegration
+from persistence.events.rollups import fold_event_rollups
+from persistence.events.writer import write_events
+from persistence.tenancy import tenant
+from persistence.testing.pytest_plugin import LoginAs
+
+pytestmark = pytest.mark.commits
+
+CALLS = "SELECT organization_id, request_id FROM ai_calls ORDER BY organization_id, request_id"
+KEYS = "SELECT organization_id, count(*) FROM ai_call_keys GROUP BY 1 ORDER BY 1"
+EVENTS = (
+    "SELECT 'platform', tenant_id, count(*) FROM analytics.platform_events GROUP BY 2 UNION ALL "
+    "SELECT 'cost', tenant_id, count(*) FROM analytics.tenant_cost_events GROUP BY 2 UNION ALL "
+    "SELECT 'agent', tenant_id, count(*) FROM analytics.agent_executions GROUP BY 2 ORDER BY 1, 2"
+)
+
+
+async def rows(engine: AsyncEngine, sql: str) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(text(sql))).all()]
+
+
+def call(organization_id: str | None, request_id: str, cost: str = "0.01") -> AICallRecord:
+    return AICallRecord.coerce(
+        {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cost_usd": Decimal(cost),
+            "organization_id": organization_id,
+            "request_id": request_id,
+        }
+    )
+
+
+async def test_log_call_as_a_service_acts_as_the_calls_organization(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    async with login_as("persistence_service") as svc, AICallLogger(svc, fold_every=None) as ledger:
+        first = await ledger.log_record(call("a", "r1"))
+        await ledger.log_record(call("b", "r2"))
+        assert await ledger.log_record(call("a", "r1")) == first  # a retry: the same id, nothing new
+        with pytest.raises(TenantIsolationError):  # no organization: no tenant's row, refused first
+            await ledger.log_record(call(None, "r3"))
+    assert await rows(engine, CALLS) == [("a", "r1"), ("b", "r2")]
+
+
+async def test_the_row_security_argument_is_deprecated(login_as: LoginAs) -> None:
+    async with login_as("persistence_service") as svc:
+        with pytest.warns(DeprecationWarning, match="row_security"):
+            ledger = AICallLogger(svc, fold_every=None, row_security=True)
+        async with ledger:
+            await ledger.log_record(call("a", "r1"))
+
+
+async def test_log_batch_of_two_organizations_lands_once_with_its_rollup_bookkeeping(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    batch = [call("a", "a1"), call("b", "b1"), call("a", "a2", "0.5"), call("b", "b2")]
+    async with login_as("persistence_service") as svc, AICallLogger(svc, fold_every=None) as ledger:
+        assert await ledger.log_batch(batch) == 4
+        assert await ledger.log_batch(batch) == 0  # a lost acknowledgement, replayed
+        assert await ledger.log_batch([*batch, call("b", "b3")]) == 1
+        with pytest.raises(ConflictError):  # a key reused for another call: nothing of the batch written
+            await ledger.log_batch([call("a", "a4"), call("b", "b1", "9")])
+        with pytest.raises(TenantIsolationError):
+            await ledger.log_batch([call("a", "a5"), call(None, "none")])
+        # The service reads its tenants' cost as them (the pending batches' rows, before any fold).
+        assert await ledger.get_tenant_daily_cost("a") == Decimal("0.51")
+        assert await get_tenant_daily_cost(svc, "b") == Decimal("0.03")
+        with pytest.raises(TenantIsolationError):  # platform work: the service's folds would lose rows
+            await ledger.fold_rollups()
+        with pytest.raises(TenantIsolationError):
+            await ledger.get_stats(
+                datetime.now(UTC) - timedelta(days=1), datetime.now(UTC) + timedelta(hours=1)
+            )
+    assert await rows(engine, CALLS) == [("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2"), ("b", "b3")]
+    assert await rows(engine, KEYS) == [("a", 2), ("b", 3)]
+    assert await fold_rollups(engine) == 5  # the owner folds every pending batch the service recorded
+    assert await rows(
+        engine, "SELECT organization_id, sum(calls)::int FROM ai_call_usage_hourly GROUP BY 1 ORDER BY 1"
+    ) == [("a", 2), ("b", 3)]
+
+
+async def test_ingest_and_batch_logger_as_a_service(engine: AsyncEngine, login_as: LoginAs) -> None:
+    loaded = [call("ab"[i % 2], f"i{i}") for i in range(9)]
+    async with login_as("persistence_service") as svc, AICallLogger(svc, fold_every=None) as ledger:
+        assert await ledger.ingest(loaded, batch_size=4, concurrency=2) == 9
+        assert await ledger.ingest(loaded, batch_size=4) == 0
+        # The writer task starts inside tenant("a"), yet writes b's calls logged outside the context.
+        async with BatchLogger(ledger, batch_size=2) as buffered:
+            async with tenant("a"):
+                await buffered.log(call("a", "q1"))
+            await buffered.log(call("b", "q2"))
+            await buffered.log(call("b", "q3"))
+            await buffered.flush()
+            assert buffered.stats.written == 3
+    assert await rows(engine, KEYS) == [("a", 6), ("b", 6)]
+
+
+async def test_a_tenant_context_cannot_log_another_tenants_call_or_event(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    async with login_as("persistence_service") as svc, tenant("a"):
+        async with AICallLogger(svc, fold_every=None) as ledger:
+            with pytest.raises(TenantIsolationError):
+                await ledger.log_record(call("b", "b1"))
+            with pytest.raises(TenantIsolationError):  # the whole batch, a's call too
+                await ledger.log_batch([call("a", "a1"), call("b", "b2")])
+            async with BatchLogger(ledger) as buffered:
+                with pytest.raises(TenantIsolationError):
+                    await buffered.log(call("b", "b3"))
+            with pytest.raises(TenantIsolationError):
+                await ledger.get_tenant_daily_cost("b")
+        async with TimescaleIntegration(svc, fold_interval=None) as recorder:
+            with pytest.raises(TenantIsolationError):
+                await recorder.log_cost_event(
+                    CostEvent(tenant_id="b", cost_type="llm", cost_usd=1, service="openai")
+                )
+            await recorder.flush_all()
+            assert recorder.stats.queued == 0
+            with pytest.raises(TenantIsolationError):
+                await recorder.get_tenant_daily_cost("b")
+    assert await rows(engine, CALLS) == []
+    assert await rows(engine, EVENTS) == []
+
+
+def tenant_events(
+    tenant_id: str, cost: str, now: datetime
+) -> list[PlatformEvent | CostEvent | AgentExecution]:
+    return [
+        PlatformEvent(tenant_id=tenant_id, event_type="page_view", event_category="user_behavior", time=now),
+        CostEvent(tenant_id=tenant_id, cost_type="llm", cost_usd=Decimal(cost), service="openai", time=now),
+        CostEvent(tenant_id=tenant_id, cost_type="llm", cost_usd=Decimal(cost), service="openai", time=now),
+        AgentExecution(tenant_id=tenant_id, agent_id="ask", agent_type="ask_expert", execution_time_ms=5,
+                       success=True, time=now),
+        AgentExecution(tenant_id=tenant_id, agent_id="ask", agent_type="ask_expert", execution_time_ms=5,
+                       success=tenant_id == "a", time=now),
+    ]  # fmt: skip
+
+
+async def test_events_of_two_tenants_land_once_and_the_seed_queries_answer_per_tenant(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    mixed = [
+        e
+        for pair in zip(tenant_events("a", "0.25", now), tenant_events("b", "2", now), strict=True)
+        for e in pair
+    ]
+    async with login_as("persistence_service") as svc:
+        recorder = TimescaleIntegration(svc, batch_size=len(mixed), fold_interval=0.01)
+        try:
+            for event in mixed:
+                if isinstance(event, PlatformEvent):
+                    await recorder.log_platform_event(event)
+                elif isinstance(event, CostEvent):
+                    await recorder.log_cost_event(event)
+                else:
+                    await recorder.log_agent_execution(event)
+            await recorder.flush_all()
+            assert recorder.stats.written == len(mixed)
+            assert await recorder.get_tenant_daily_cost("a", now) == Decimal("0.5")
+            assert await recorder.get_tenant_daily_cost("b", now) == Decimal("4")
+            assert await recorder.get_agent_success_rate("ask", "a") == 100.0
+            assert await recorder.get_agent_success_rate("ask", "b") == 50.0
+            async with tenant("b"):
+                assert await recorder.get_tenant_daily_cost("b", now) == Decimal("4")
+            # The periodic fold is platform work: it ends at its first turn instead of failing each one.
+            assert recorder._folder is not None
+            await asyncio.wait_for(recorder._folder, timeout=10)
+        finally:
+            await recorder.close()
+        leases = Leases(svc, 1, Endpoint.of_url(svc.url))
+        try:
+            assert await leases.attempts(write_events, mixed) == 0  # a replayed batch: nothing twice
+        finally:
+            await leases.close()
+        with pytest.raises(TenantIsolationError):
+            await fold_event_rollups(svc)
+    assert await rows(engine, EVENTS) == [
+        ("agent", "a", 2), ("agent", "b", 2), ("cost", "a", 2), ("cost", "b", 2), ("platform", "a", 1),
+        ("platform", "b", 1),
+    ]  # fmt: skip
+    folded = await fold_event_rollups(engine)  # the triggers' deltas waited for the owner
+    assert (folded.cost_deltas, folded.agent_deltas) == (2, 2)  # one delta row per tenant and hour
