@@ -32,6 +32,10 @@ from persistence.testing.pytest_plugin import LoginAs
 
 pytestmark = pytest.mark.commits
 
+# Seconds before a writer that would retry forever (COPY refused under RLS, taken for an outage)
+# counts as failed: a guard against a hang, not a measurement.
+HANG = 30.0
+
 CALLS = "SELECT organization_id, request_id FROM ai_calls ORDER BY organization_id, request_id"
 KEYS = "SELECT organization_id, count(*) FROM ai_call_keys GROUP BY 1 ORDER BY 1"
 EVENTS = (
@@ -115,13 +119,16 @@ async def test_ingest_and_batch_logger_as_a_service(engine: AsyncEngine, login_a
         assert await ledger.ingest(loaded, batch_size=4, concurrency=2) == 9
         assert await ledger.ingest(loaded, batch_size=4) == 0
         # The writer task starts inside tenant("a"), yet writes b's calls logged outside the context.
-        async with BatchLogger(ledger, batch_size=2) as buffered:
+        buffered = BatchLogger(ledger, batch_size=2)
+        try:
             async with tenant("a"):
                 await buffered.log(call("a", "q1"))
             await buffered.log(call("b", "q2"))
             await buffered.log(call("b", "q3"))
-            await buffered.flush()
+            await asyncio.wait_for(buffered.flush(), HANG)
             assert buffered.stats.written == 3
+        finally:
+            await buffered.close(timeout=HANG)
     assert await rows(engine, KEYS) == [("a", 6), ("b", 6)]
 
 
@@ -134,12 +141,16 @@ async def test_a_tenant_context_cannot_log_another_tenants_call_or_event(
                 await ledger.log_record(call("b", "b1"))
             with pytest.raises(TenantIsolationError):  # the whole batch, a's call too
                 await ledger.log_batch([call("a", "a1"), call("b", "b2")])
-            async with BatchLogger(ledger) as buffered:
+            buffered = BatchLogger(ledger)
+            try:
                 with pytest.raises(TenantIsolationError):
                     await buffered.log(call("b", "b3"))
+            finally:
+                await buffered.close(timeout=HANG)
             with pytest.raises(TenantIsolationError):
                 await ledger.get_tenant_daily_cost("b")
-        async with TimescaleIntegration(svc, fold_interval=None) as recorder:
+        recorder = TimescaleIntegration(svc, fold_interval=None)
+        try:
             with pytest.raises(TenantIsolationError):
                 await recorder.log_cost_event(
                     CostEvent(tenant_id="b", cost_type="llm", cost_usd=1, service="openai")
@@ -148,6 +159,8 @@ async def test_a_tenant_context_cannot_log_another_tenants_call_or_event(
             assert recorder.stats.queued == 0
             with pytest.raises(TenantIsolationError):
                 await recorder.get_tenant_daily_cost("b")
+        finally:
+            await recorder.close(timeout=HANG)
     assert await rows(engine, CALLS) == []
     assert await rows(engine, EVENTS) == []
 
@@ -185,7 +198,7 @@ async def test_events_of_two_tenants_land_once_and_the_seed_queries_answer_per_t
                     await recorder.log_cost_event(event)
                 else:
                     await recorder.log_agent_execution(event)
-            await recorder.flush_all()
+            await asyncio.wait_for(recorder.flush_all(), HANG)
             assert recorder.stats.written == len(mixed)
             assert await recorder.get_tenant_daily_cost("a", now) == Decimal("0.5")
             assert await recorder.get_tenant_daily_cost("b", now) == Decimal("4")
@@ -195,9 +208,9 @@ async def test_events_of_two_tenants_land_once_and_the_seed_queries_answer_per_t
                 assert await recorder.get_tenant_daily_cost("b", now) == Decimal("4")
             # The periodic fold is platform work: it ends at its first turn instead of failing each one.
             assert recorder._folder is not None
-            await asyncio.wait_for(recorder._folder, timeout=10)
+            await asyncio.wait_for(recorder._folder, HANG)
         finally:
-            await recorder.close()
+            await recorder.close(timeout=HANG)
         leases = Leases(svc, 1, Endpoint.of_url(svc.url))
         try:
             assert await leases.attempts(write_events, mixed) == 0  # a replayed batch: nothing twice
