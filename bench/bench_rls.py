@@ -8,7 +8,7 @@ database, or uses DATABASE_URL's (as a superuser: it creates a LOGIN role `bench
 `persistence_service`). Two operations, each on two sides:
 
 - `log_call`: `AICallLogger.log_call` (one new call per sample). owner: the table owner, no RLS, the
-  bare statement in autocommit. service: the service login role, `AICallLogger(row_security=True)`:
+  bare statement in autocommit. service: the service login role (the logger sees RLS bind it):
   BEGIN, `set_config('persistence.tenant_id', ...)`, the statement, COMMIT.
 - `list`: `Repository(AICallUsageHourly).list(organization_id=t)` (a tenant's 48 hourly rows) outside
   any block. owner: no context. service: inside `tenant(t)`, so its transaction starts with the
@@ -93,7 +93,7 @@ class Side:
         self.name = name
         self.engine = engine
         self.scoped = scoped
-        self.logger = AICallLogger(engine, fold_every=None, connections=1, row_security=scoped)
+        self.logger = AICallLogger(engine, fold_every=None, connections=1)
         self.hourly = Hourly(engine)
         self.n = 0
 

@@ -214,11 +214,10 @@ async def _log(logger: AICallLogger, organization_id: str, request_id: str) -> i
 
 async def test_the_ledger_logs_a_call_as_its_tenant(engine: AsyncEngine, login_as: LoginAs) -> None:
     async with login_as("persistence_service") as svc:
-        async with AICallLogger(svc, fold_every=None) as plain:
-            async with tenant("a"):
-                await _log(plain, "a", "r1")
-                with pytest.raises(TenantIsolationError):
-                    await _log(plain, "b", "r2")
+        async with AICallLogger(svc, fold_every=None) as plain, tenant("a"):
+            await _log(plain, "a", "r1")
+            with pytest.raises(TenantIsolationError):
+                await _log(plain, "b", "r2")
         # Outside a context too, each call acts as its organization (the logger sees RLS bind it).
         async with AICallLogger(svc, fold_every=None) as scoped:
             await _log(scoped, "b", "r3")

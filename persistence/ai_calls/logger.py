@@ -26,6 +26,12 @@ Keys are per organization (revision 0025): the same key under two organizations 
 call without an organization is stored under '' (`record.tenant_of`), so `log_call` writes one
 tenant's rows per statement; `log_batch` / `ingest` are bulk paths and may mix tenants.
 
+Row-level security (revision 0026): where it binds the login (a service role; checked once per
+connection), `log_call` acts as its call's organization, and a batch is written per organization
+(tenant set, INSERTs instead of COPY, which PostgreSQL refuses under RLS) in its one transaction. A
+call with no organization is refused there (`TenantIsolationError`), and so are the cross-tenant
+paths: `get_stats` and folds are platform work (the logger does not fold under RLS).
+
 Over 500 lines on purpose: one class, whose write paths, folds and stats share its leases, price book
 and fold state; its SQL is in `ledger_sql.py` and its connection leases in `leases.py`.
 """
@@ -709,6 +715,10 @@ async def _as_tenant(raw: asyncpg.Connection, tenant_id: str, args: tuple[Any, .
         await raw.execute(SET_TENANT_SQL, tenant_id)
         row: asyncpg.Record | None = await raw.fetchrow(LOG_CALL, *args)
         return row
+
+
+async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
+    return await raw.fetch(sql, *args)
 
 
 async def _fetch_stats(raw: asyncpg.Connection, *args: Any) -> list[asyncpg.Record]:
