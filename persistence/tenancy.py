@@ -31,7 +31,7 @@ the contexts change nothing for it but the setting.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar, Token
+from contextvars import Context, ContextVar, Token, copy_context
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -54,6 +54,7 @@ __all__ = [
     "check_tenant",
     "current_tenant",
     "in_scope",
+    "outside_scope",
     "row_security_binds",
     "tenant",
 ]
@@ -108,6 +109,14 @@ def current_tenant() -> str | None:
 def in_scope() -> bool:
     """True inside a `tenant()` or `across_tenants()` context: transactions opened now need `apply_scope`."""
     return _scope.get() is not None
+
+
+def outside_scope() -> Context:
+    """A copy of the current context with no `tenant()` / `across_tenants()` scope: for a
+    background task that serves every tenant (a batch writer) started from inside a context."""
+    context = copy_context()
+    context.run(_scope.set, None)
+    return context
 
 
 async def apply_scope(connection: AsyncConnection) -> None:

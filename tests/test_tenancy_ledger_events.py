@@ -25,6 +25,7 @@ from persistence.ai_calls.rollups import fold_rollups
 from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
 from persistence.errors import ConflictError, Endpoint, TenantIsolationError
 from persistence.events import AgentExecution, CostEvent, PlatformEvent, TimescaleIntegration
+from persistence.events.ledger_link import CostEventLink
 from persistence.events.rollups import fold_event_rollups
 from persistence.events.writer import write_events
 from persistence.tenancy import tenant
@@ -130,6 +131,31 @@ async def test_ingest_and_batch_logger_as_a_service(engine: AsyncEngine, login_a
         finally:
             await buffered.close(timeout=HANG)
     assert await rows(engine, KEYS) == [("a", 6), ("b", 6)]
+
+
+async def test_a_batch_writer_started_inside_a_tenant_context_serves_every_tenant(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    """The writer task (and the cost events it hands on) must not keep the context it started in."""
+    async with login_as("persistence_service") as svc:
+        recorder = TimescaleIntegration(svc, fold_interval=None)
+        try:
+            link = CostEventLink(recorder)
+            async with AICallLogger(svc, fold_every=None, cost_events=link) as ledger:
+                buffered = BatchLogger(ledger, batch_size=1)
+                try:
+                    async with tenant("a"):
+                        await buffered.log(call("a", "w1"))
+                    await buffered.log(call("b", "w2"))
+                    await asyncio.wait_for(buffered.flush(), HANG)
+                finally:
+                    await buffered.close(timeout=HANG)
+            await asyncio.wait_for(recorder.flush_all(), HANG)
+            assert (link.stats.emitted, link.stats.failed) == (2, 0)
+        finally:
+            await recorder.close(timeout=HANG)
+    assert await rows(engine, KEYS) == [("a", 1), ("b", 1)]
+    assert await rows(engine, EVENTS) == [("cost", "a", 1), ("cost", "b", 1)]
 
 
 async def test_a_tenant_context_cannot_log_another_tenants_call_or_event(

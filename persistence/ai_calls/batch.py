@@ -66,7 +66,7 @@ from persistence.errors import (
     ValidationError,
 )
 from persistence.observe.loggers import get_logger
-from persistence.tenancy import check_tenant
+from persistence.tenancy import check_tenant, outside_scope
 
 __all__ = [
     "BatchLogger",
@@ -349,8 +349,10 @@ class BatchWriter(Generic[R]):
 
     def _start(self) -> None:
         if self._task is None:
+            # Outside any tenant() context it may have been started in: it writes every tenant's
+            # records (and the tasks it starts, e.g. the ledger's cost events, inherit that).
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"{type(self).__name__} writer"
+                self._run(), name=f"{type(self).__name__} writer", context=outside_scope()
             )
 
     async def _flushed(self) -> None:
