@@ -218,3 +218,24 @@ async def test_api_keys_authenticate_and_are_managed_as_their_company(
         await _scalar(engine, "SELECT last_used_at IS NOT NULL FROM api_keys WHERE company_id = 'b'") is True
     )
     assert await _scalar(engine, "SELECT revoked_at FROM api_keys WHERE company_id = 'b'") is None
+
+
+async def test_the_key_lookup_function_is_a_narrow_definer(engine: AsyncEngine) -> None:
+    """Revision 0027: SECURITY DEFINER, a fixed search_path, EXECUTE for the service role, not PUBLIC."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT p.prosecdef, p.proconfig, "
+                    "has_function_privilege('persistence_service', p.oid, 'EXECUTE') AS service, "
+                    "EXISTS (SELECT FROM aclexplode(p.proacl) a WHERE a.grantee = 0) AS public "
+                    "FROM pg_proc p WHERE p.oid = 'public.api_key_candidates(varchar)'::regprocedure"
+                )
+            )
+        ).one()
+    assert (row.prosecdef, row.proconfig, row.service, row.public) == (
+        True,
+        ["search_path=pg_catalog, pg_temp"],
+        True,
+        False,
+    )
