@@ -27,6 +27,13 @@ database server's (`statement_timestamp()`). `last_used_at` is not written per r
 kept in memory (latest per key) and written by one `UPDATE ... FROM unnest(...)` every
 `flush_interval` seconds or `flush_keys` keys, in a background task, and on `close()`; a failed
 write keeps them for the next one. A crash loses at most that window of `last_used_at` updates.
+
+Row-level security (revision 0026): the management calls (`create`, `rotate`, `revoke`, `get`,
+`list_keys`) name their company and act as that tenant. `authenticate` cannot (the key's tenant is
+what it looks up): where RLS binds the login it calls revision 0027's SECURITY DEFINER function
+`api_key_candidates(key_id)` instead of its join (the same one statement; the owner keeps the join).
+The last-use writer spans tenants: under RLS it writes one UPDATE per company, each under that
+company's tenant, in its one transaction (no definer function that could touch any key).
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ from persistence.errors import (
 from persistence.models import ApiKey, Company, User
 from persistence.observe.loggers import get_logger
 from persistence.pinning import pin_of
+from persistence.tenancy import TENANT_SETTING, check_tenant, row_security_binds
 from persistence.transaction import connection_scope, in_transaction
 
 __all__ = [
@@ -375,6 +383,14 @@ UPDATE api_keys AS k
 
 _INFO_COLUMNS = [c for c in _KEYS.c if c.name != "secret_hash"]
 
+# Under row-level security (a service login) the key's tenant is unknown until it is found:
+# revision 0027's SECURITY DEFINER function returns the key id's candidate rows, the same columns.
+_CANDIDATES = text("SELECT * FROM api_key_candidates(:key_id)").bindparams(
+    bindparam("key_id", type_=String())
+)
+_SET_TENANT = text("SELECT set_config(:setting, :tenant_id, true)")
+_GET_TENANT = text("SELECT current_setting(:setting, true)")
+
 
 # -- the service ----------------------------------------------------------------------------------------
 class ApiKeys:
@@ -455,7 +471,7 @@ class ApiKeys:
             "scopes": list(_scopes(scopes)),
             **_expiry(expires_at, expires_in),
         }
-        async with connection_scope(self.engine) as conn:
+        async with _tenant_scope(self.engine, company_id) as conn:
             row = (await conn.execute(_INSERT, params)).one()
         log.info("api key issued", company_id=company_id, key_id=key_id, user_id=user_id)
         return _issued(raw, row)
@@ -485,7 +501,7 @@ class ApiKeys:
             "overlap": overlap,
             **_expiry(expires_at, expires_in),
         }
-        async with connection_scope(self.engine) as conn:
+        async with _tenant_scope(self.engine, company_id) as conn:
             row = (await conn.execute(_ROTATE, params)).one_or_none()
         if row is None:
             raise NotFoundError("working ApiKey", f"{company_id}/{key_id}")
@@ -494,7 +510,7 @@ class ApiKeys:
 
     async def revoke(self, company_id: str, key_id: str) -> datetime:
         """Revoke a key now (idempotent: a second call returns the first revocation's time)."""
-        async with connection_scope(self.engine) as conn:
+        async with _tenant_scope(self.engine, company_id) as conn:
             revoked_at = (await conn.execute(_REVOKE, {"company": company_id, "key": key_id})).scalar()
         if revoked_at is None:
             raise NotFoundError("ApiKey", f"{company_id}/{key_id}")
@@ -504,7 +520,7 @@ class ApiKeys:
     # -- reading ------------------------------------------------------------------------------------
     async def get(self, company_id: str, key_id: str) -> ApiKeyInfo:
         stmt = select(*_INFO_COLUMNS).where(_KEYS.c.company_id == company_id, _KEYS.c.key_id == key_id)
-        async with connection_scope(self.engine) as conn:
+        async with _tenant_scope(self.engine, company_id) as conn:
             row = (await conn.execute(stmt)).one_or_none()
         if row is None:
             raise NotFoundError("ApiKey", f"{company_id}/{key_id}")
@@ -516,7 +532,7 @@ class ApiKeys:
         if user_id is not None:
             stmt = stmt.where(_KEYS.c.user_id == user_id)
         stmt = stmt.order_by(_KEYS.c.created_at.desc(), _KEYS.c.key_id)
-        async with connection_scope(self.engine) as conn:
+        async with _tenant_scope(self.engine, company_id) as conn:
             return [_info(row) for row in await conn.execute(stmt)]
 
     # -- checking -----------------------------------------------------------------------------------
@@ -530,7 +546,8 @@ class ApiKeys:
         _, key_id, body = parsed
         digest = self._digest(body)
         async with _read_scope(self.engine) as conn:
-            rows = (await conn.execute(_LOOKUP, {"key_id": key_id})).all()
+            lookup = _CANDIDATES if await _binds(conn) else _LOOKUP
+            rows = (await conn.execute(lookup, {"key_id": key_id})).all()
         row = None
         for candidate in rows or (None,):  # one row, all but never (95 random bits): the key's own
             stored = candidate.secret_hash if candidate is not None else _DUMMY_HASH
@@ -595,7 +612,10 @@ class ApiKeys:
             }
             try:
                 async with connection_scope(self.engine) as conn:
-                    await conn.execute(_FLUSH, params)
+                    if await _binds(conn):
+                        await _flush_per_company(conn, keys, batch)
+                    else:
+                        await conn.execute(_FLUSH, params)
             except BaseException:
                 for key, at in batch.items():
                     newer = self._pending.get(key)
@@ -649,6 +669,47 @@ async def _read_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
     except Exception as exc:
         raise_translated(exc)
+
+
+async def _binds(conn: AsyncConnection) -> bool:
+    """Whether row-level security binds `conn`'s login (`tenancy.row_security_binds`, cached per
+    connection: no round trip for the owner after a connection's first call)."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    return await row_security_binds(raw)
+
+
+@contextlib.asynccontextmanager
+async def _tenant_scope(engine: AsyncEngine, company_id: str) -> AsyncIterator[AsyncConnection]:
+    """`connection_scope` acting for `company_id`, for the key management calls (each names its
+    company): where row-level security binds the login, the transaction first sets the tenant.
+    Refused before any statement inside another company's `tenant()` context."""
+    check_tenant(company_id)
+    async with connection_scope(engine) as conn:
+        if await _binds(conn):
+            await conn.execute(_SET_TENANT, {"setting": TENANT_SETTING, "tenant_id": company_id})
+        yield conn
+
+
+async def _flush_per_company(
+    conn: AsyncConnection, keys: list[tuple[str, str]], batch: dict[tuple[str, str], datetime]
+) -> None:
+    """The batched last-use write under row-level security: one UPDATE per company, each acting
+    as that company, in the one transaction; the transaction's own tenant is put back after."""
+    before = (await conn.execute(_GET_TENANT, {"setting": TENANT_SETTING})).scalar()
+    companies = sorted({company for company, _ in keys})
+    for company in companies:
+        mine = [key for key in keys if key[0] == company]
+        await conn.execute(_SET_TENANT, {"setting": TENANT_SETTING, "tenant_id": company})
+        await conn.execute(
+            _FLUSH,
+            {
+                "company_ids": [company] * len(mine),
+                "key_ids": [key for _, key in mine],
+                "used_at": [batch[key] for key in mine],
+            },
+        )
+    await conn.execute(_SET_TENANT, {"setting": TENANT_SETTING, "tenant_id": before or ""})
 
 
 def _name(name: str) -> str:

@@ -46,6 +46,7 @@ from persistence.rate_limits import (
     ResolvedLimits,
     rate_limit_headers,
 )
+from persistence.tenancy import check_tenant
 
 __all__ = ["Grant", "LimitDecision", "LimitExceeded", "Limits", "RefusedBy"]
 
@@ -191,6 +192,7 @@ class Limits:
         )
         if not subject.company_id:
             raise InvalidRequestError("a limited request needs its company_id")
+        check_tenant(subject.company_id)  # each step acts as the company (tenancy.as_tenant)
         if not isinstance(cost_usd, Decimal):
             raise InvalidRequestError("cost_usd must be a Decimal")
         admission = await self.quotas.admit(

@@ -15,6 +15,9 @@ the user's local dates), and `rebuild_usage` recomputes them from the settled re
 
 Decisions run on the database server's clock; every method takes `now` for callers (and tests)
 that drive time explicitly. Statements are in `quotas_sql.py`; why they are exact is explained there.
+
+Row-level security (revision 0026): every call names its company (a reservation or counter carries
+it) and acts as that tenant (`tenancy.as_tenant`), so a service login can run each of them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from persistence.errors import (
 )
 from persistence.models.limits import QUOTA_METRICS, QUOTA_PERIODS
 from persistence.models.usage import USAGE_PERIODS
+from persistence.tenancy import as_tenant, check_tenant
 
 __all__ = [
     "TIERS",
@@ -323,7 +327,7 @@ class Quotas:
             value: int = await raw.fetchval(sql.UPSERT_USER_QUOTA, *args)
             return value
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
     async def set_company_quota(
         self,
@@ -347,7 +351,7 @@ class Quotas:
             value: int = await raw.fetchval(sql.UPSERT_COMPANY_QUOTA, *args)
             return value
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -385,7 +389,7 @@ class Quotas:
         )
         if lease <= timedelta(0):
             raise InvalidRequestError("lease must be positive")
-        return await self._run(on, lambda raw: _admit_raw(raw, company_id, args))
+        return await self._run(company_id, on, lambda raw: _admit_raw(raw, company_id, args))
 
     async def settle(
         self,
@@ -416,17 +420,28 @@ class Quotas:
         return await self._finish(reservation, "released", (zero, zero, zero), now, on)
 
     async def _run(
-        self, on: asyncpg.Connection | None, work: Callable[[asyncpg.Connection], Awaitable[T]]
+        self,
+        company_id: str,
+        on: asyncpg.Connection | None,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
     ) -> T:
-        """`work` on the caller's connection (`on`), else a kept one, else a pooled checkout."""
+        """`work` on the caller's connection (`on`), else a kept one, else a pooled checkout, acting
+        for `company_id` (`tenancy.as_tenant`; on `on`, inside the caller's transaction, that is a
+        savepoint setting the tenant). Refused before any statement inside another company's
+        `tenant()` context."""
+        check_tenant(company_id)
+
+        def tenanted(raw: asyncpg.Connection) -> Awaitable[T]:
+            return as_tenant(raw, company_id, work)
+
         if on is not None:
             with translated(Endpoint.of_url(self._engine.url)):
-                return await work(on)
+                return await tenanted(on)
         if self._leases is not None:
             # No retry on a lost connection: an admission may have committed before it was lost.
             async with self._leases.connection() as raw:
-                return await work(raw)
-        return await _on_raw(self._engine, work)
+                return await tenanted(raw)
+        return await _on_raw(self._engine, tenanted)
 
     async def _finish(
         self,
@@ -446,7 +461,7 @@ class Quotas:
             counted: bool = row["counted"]
             return counted
 
-        return await self._run(on, work)
+        return await self._run(reservation.company_id, on, work)
 
     # -- admin: current counters, resets and overrides ---------------------------------------------
 
@@ -478,7 +493,7 @@ class Quotas:
                 for r in rows
             ]
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
     async def reset(self, counter: CounterState, *, requested_by: str, reason: str) -> ResetOutcome:
         """Set the counter's settled usage to 0 if nobody changed it since `counter` was read;
@@ -505,7 +520,7 @@ class Quotas:
                 raise NotFoundError("quota counter", counter.id)
             return ResetOutcome(reset_id=row["id"], applied=row["applied"])
 
-        return await self._run(None, work)
+        return await self._run(counter.company_id, None, work)
 
     # -- seed 001's reports -------------------------------------------------------------------------
 
@@ -534,7 +549,7 @@ class Quotas:
                 period_end=row["period_end"],
             )
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
     async def usage_report(
         self, company_id: str, *, period: str = "monthly", now: datetime | None = None
@@ -559,7 +574,7 @@ class Quotas:
                 for r in rows
             ]
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
     async def rebuild_usage(self, company_id: str, since: date, until: date) -> int:
         """Recompute the company's `usage` rows whose period starts in [since, until) (local dates)
@@ -583,7 +598,7 @@ class Quotas:
                 status: str = await raw.execute(sql.USAGE_REBUILD, company_id, since, until)
             return int(status.rsplit(" ", 1)[1])
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
     async def tier_analysis(self, company_id: str) -> list[TierRecommendation]:
         """Seed 001's tiered pricing analysis over every monthly `usage` row of the company's users."""
@@ -600,7 +615,7 @@ class Quotas:
                 for r in rows
             ]
 
-        return await self._run(None, work)
+        return await self._run(company_id, None, work)
 
 
 async def _admit_raw(raw: asyncpg.Connection, company_id: str, args: Sequence[object]) -> Admission:

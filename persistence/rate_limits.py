@@ -37,6 +37,11 @@ commit already removes the flush wait that bounds a hot key (see BENCHMARKS.md).
 
 A decision retried after a lost connection (the leases' one retry) may count twice: limiter
 errors are conservative, never generous.
+
+**Row-level security** (revision 0026): every call names its company (a subject or a slot carries
+it) and acts as that tenant (`tenancy.as_tenant`): a service login decides on its own counters and
+resolves its configs from the global rows (`''`, visible to every tenant) and its own overrides.
+Under RLS each statement runs in a transaction that sets the tenant first (two more round trips).
 """
 
 from __future__ import annotations
@@ -443,7 +448,7 @@ class RateLimiter:
             )
             return rows
 
-        rows = await self._leases.attempts(work)
+        rows = await self._leases.for_tenant(subject.company_id, work)
         rates: list[RateLimit] = []
         concurrency: tuple[CounterScope, str, int] | None = None
         for row in rows:
@@ -520,7 +525,7 @@ class RateLimiter:
         async def work(raw: asyncpg.Connection) -> asyncpg.Record:
             return _one(await raw.fetchrow(self._single, at, company_id, *limit.key, inc, tau))
 
-        row = await self._leases.attempts(work)
+        row = await self._leases.for_tenant(company_id, work)
         status = _status(limit, amount, row["now"], row["seen"], row["tat"], refused=row["tat"] is None)
         return _decision([status], row["tat"] is not None)
 
@@ -540,11 +545,13 @@ class RateLimiter:
             await raw.execute(_CREATE_MISSING, company_id, *[list(c) for c in zip(*missing, strict=True)])
 
         for _ in range(3):
-            rows = await self._leases.attempts(work)
+            rows = await self._leases.for_tenant(company_id, work)
             missing = [items[row["ord"] - 1][0].key for row in rows if not row["present"]]
             if not missing:
                 break
-            await self._leases.attempts(create, missing)  # first use of a counter: empty buckets
+            await self._leases.for_tenant(
+                company_id, create, missing
+            )  # first use of a counter: empty buckets
         else:
             raise InvalidRequestError("rate-limit counters vanished while being created")  # pragma: no cover
         allowed = rows[0]["written"] == len(items)
@@ -581,12 +588,14 @@ class RateLimiter:
             await raw.execute(_CREATE_SLOTS, company_id, scope, subject, limit)
 
         for attempt in (1, 2):
-            row = await self._leases.attempts(work)
+            row = await self._leases.for_tenant(company_id, work)
             if row["slot"] is not None:
                 return ConcurrencySlot(company_id, scope, subject, row["slot"], holder, row["expires_at"])
             if row["n"] >= limit or attempt == 2:
                 break
-            await self._leases.attempts(create)  # first use, or a raised limit: the missing slots
+            await self._leases.for_tenant(
+                company_id, create
+            )  # first use, or a raised limit: the missing slots
         # The earliest live lease's end; 0 when a slot is free but was being taken or released.
         return ConcurrencyRefusal(timedelta(0) if row["wait"] is None else _seconds(row["wait"]))
 
@@ -599,7 +608,7 @@ class RateLimiter:
             )
             return row is not None
 
-        freed: bool = await self._leases.attempts(work)
+        freed: bool = await self._leases.for_tenant(slot.company_id, work)
         return freed
 
     async def renew(
@@ -613,7 +622,7 @@ class RateLimiter:
             )
             return value
 
-        expires: datetime | None = await self._leases.attempts(work)
+        expires: datetime | None = await self._leases.for_tenant(slot.company_id, work)
         if expires is None:
             return None
         return ConcurrencySlot(slot.company_id, slot.scope, slot.subject, slot.slot, slot.holder, expires)

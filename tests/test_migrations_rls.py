@@ -111,6 +111,11 @@ async def test_roles_grants_and_views(engine: AsyncEngine) -> None:
             )
         )
         assert partitions.all() == []
+        # Per-model totals across tenants are platform data.
+        model_totals = await conn.execute(
+            text("SELECT has_table_privilege('persistence_service', 'ai_call_model_hourly', 'SELECT')")
+        )
+        assert model_totals.scalar_one() is False
         # Views run with the caller's policies.
         views = await conn.execute(
             text(

@@ -187,6 +187,8 @@ def upgrade() -> None:
         op.execute(f"GRANT USAGE ON SCHEMA {schema} TO persistence_service")
         op.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO persistence_service")
     op.execute(GRANTS)
+    # Per-model totals across every tenant: platform data, not for services (folds write it as the owner).
+    op.execute("REVOKE ALL ON ai_call_model_hourly FROM persistence_service")
     for table, column in TENANT_TABLES.items():
         schema, _, name = table.rpartition(".")
         op.execute(

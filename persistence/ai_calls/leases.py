@@ -32,6 +32,7 @@ from persistence.errors import (
     raise_translated,
 )
 from persistence.pinning import Pin, pin_of
+from persistence.tenancy import as_tenant, check_tenant
 
 __all__ = ["Leases"]
 
@@ -218,6 +219,13 @@ class Leases:
         finally:
             self._wake(None)
 
+    async def for_tenant(self, tenant_id: str, work: Any, *args: Any) -> Any:
+        """`attempts`, acting for `tenant_id` (`tenancy.as_tenant`): the domain modules' calls that
+        name their company. A call for another tenant than the `tenant()` context's is refused
+        before a connection is taken."""
+        check_tenant(tenant_id)
+        return await self.attempts(_tenanted, tenant_id, work, *args)
+
     async def attempts(self, work: Any, *args: Any) -> Any:
         """`work(raw_connection, *args)` with our error types; one retry on a lost connection."""
         if self._pin is not None:
@@ -247,3 +255,7 @@ class Leases:
                 self._put_back(lease)
             return result
         raise AssertionError("unreachable")
+
+
+async def _tenanted(raw: asyncpg.Connection, tenant_id: str, work: Any, *args: Any) -> Any:
+    return await as_tenant(raw, tenant_id, lambda conn: work(conn, *args))

@@ -21,6 +21,13 @@ answered it. `complete` / `fail` / `acknowledge_cancel` take `ai_call_id` (what
 the ledger row, `requests_for_ai_call` comes back from a call. The ledger's own `request_id` stays
 the provider's request id: it is half of the ledger's idempotency key, so a second attempt's call
 carrying our request id would be taken for a retry of the first attempt's call.
+
+Row-level security (revision 0026). Every call that names a company (`create`, `cancel`, `start`,
+the reads) or holds a claim on one company's request (`heartbeat`, `release`, `complete`, `fail`,
+`acknowledge_cancel`) acts as that company's tenant (`tenancy.as_tenant`), so a service login
+(`persistence_service`) can run it; inside another company's `tenant()` context it is refused
+before any statement. `claim`, `sweep`, `expire_queued`, `fold_stats` and `health` span tenants:
+platform work, run as the owner or as `persistence_operator` (a service login sees no queue).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from persistence.requests.types import (
     Worker,
 )
 from persistence.results.store import STREAMED, inline_content
+from persistence.tenancy import as_tenant, check_tenant
 
 __all__ = ["Requests"]
 
@@ -221,6 +229,19 @@ class Requests:
 
         return await self._run(atomic)
 
+    async def _for(
+        self, company_id: str, work: Callable[[asyncpg.Connection], Awaitable[T]], *, atomic: bool = False
+    ) -> T:
+        """`_run` (`atomic`: `_in_transaction`) acting for `company_id` (`tenancy.as_tenant`): every
+        call that names its company, a worker's finishing calls too (their claim names it). Refused
+        before any statement inside another company's `tenant()` context."""
+        check_tenant(company_id)
+
+        def tenanted(raw: asyncpg.Connection) -> Awaitable[T]:
+            return as_tenant(raw, company_id, work)
+
+        return await (self._in_transaction(tenanted) if atomic else self._run(tenanted))
+
     async def _finished(self, raw: asyncpg.Connection, records: list[RequestRecord]) -> None:
         if self._hooks is not None:
             for record in records:
@@ -272,7 +293,7 @@ class Requests:
                 await self._hooks.queued(raw, record)
             return record
 
-        return await self._in_transaction(work)
+        return await self._for(company_id, work, atomic=True)
 
     async def cancel(
         self, company_id: str, request_id: uuid.UUID, *, now: datetime | None = None
@@ -294,11 +315,13 @@ class Requests:
             return None
 
         for _ in range(_CANCEL_ATTEMPTS):
-            outcome = await self._in_transaction(work)
+            outcome = await self._for(company_id, work, atomic=True)
             if outcome is not None:
                 return outcome
             # Neither branch matched: finished, missing, or claimed between snapshot and lock.
-            refusal = await self._run(lambda raw: _refusal(raw, company_id, request_id, "be cancelled", None))
+            refusal = await self._for(
+                company_id, lambda raw: _refusal(raw, company_id, request_id, "be cancelled", None)
+            )
             if refusal.current not in ("queued", "processing"):
                 raise refusal
         raise refusal
@@ -309,7 +332,8 @@ class Requests:
         self, worker: Worker, limit: int = 1, *, lease: timedelta | None = None, now: datetime | None = None
     ) -> list[Claim]:
         """Up to `limit` queued requests, oldest first, each with a fresh lease; requests other
-        workers are claiming at the same moment are skipped, never waited for."""
+        workers are claiming at the same moment are skipped, never waited for. Any company's:
+        platform work (the owner or `persistence_operator`); `start` claims one company's by id."""
         if limit < 1:
             raise InvalidRequestError("limit must be >= 1")
         seconds = self._lease if lease is None else _seconds("lease", lease)
@@ -340,7 +364,7 @@ class Requests:
                 raise await _refusal(raw, company_id, request_id, "start", None)
             return _claim(row)
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def heartbeat(
         self, claim: Claim, *, lease: timedelta | None = None, now: datetime | None = None
@@ -356,7 +380,7 @@ class Requests:
                 raise await _refusal(raw, claim.company_id, claim.request_id, "heartbeat", claim.lease_id)
             return Heartbeat(row["lease_until"], row["cancel_requested_at"] is not None)
 
-        return await self._run(work)
+        return await self._for(claim.company_id, work)
 
     async def release(self, claim: Claim, *, now: datetime | None = None) -> None:
         """Put a held request back in the queue (a worker shutting down); the attempt counts."""
@@ -366,7 +390,7 @@ class Requests:
             if await raw.fetchrow(sql.RELEASE, *args) is None:
                 raise await _refusal(raw, claim.company_id, claim.request_id, "be released", claim.lease_id)
 
-        await self._run(work)
+        await self._for(claim.company_id, work)
 
     async def _finish(self, claim: Claim, statement: str, transition: str, *extra: object) -> RequestRecord:
         args = (claim.company_id, claim.request_id, claim.lease_id, *extra)
@@ -379,7 +403,7 @@ class Requests:
             await self._finished(raw, [record])
             return record
 
-        return await self._in_transaction(work)
+        return await self._for(claim.company_id, work, atomic=True)
 
     async def complete(
         self,
@@ -439,7 +463,8 @@ class Requests:
 
     async def sweep(self, *, limit: int = 1000, now: datetime | None = None) -> SweepReport:
         """Requests whose lease expired: re-queued while attempts remain, else failed (cancelled if
-        cancellation was requested). A lease renewed or finished first is left alone."""
+        cancellation was requested). A lease renewed or finished first is left alone. Spans
+        tenants: platform work (the owner or `persistence_operator`)."""
         if limit < 1:
             raise InvalidRequestError("limit must be >= 1")
         at = _moment(now)
@@ -471,7 +496,7 @@ class Requests:
         """Add the finishing statements' deltas to `request_stats_daily` (up to `limit` per
         statement, until none is left); returns how many deltas were folded. `sweep` calls it;
         `request_stats` is exact either way (it adds the unfolded deltas). Concurrent folds take
-        disjoint deltas."""
+        disjoint deltas. Spans tenants: platform work."""
         if limit < 1:
             raise InvalidRequestError("limit must be >= 1")
         folded = 0
@@ -486,7 +511,8 @@ class Requests:
     async def expire_queued(
         self, older_than: timedelta, *, limit: int = 1000, now: datetime | None = None
     ) -> list[RequestRecord]:
-        """Queued requests nobody started within `older_than`: queued -> expired."""
+        """Queued requests nobody started within `older_than`: queued -> expired. Spans tenants:
+        platform work."""
         if limit < 1:
             raise InvalidRequestError("limit must be >= 1")
         args = (_seconds("older_than", older_than), limit, _moment(now))
@@ -522,7 +548,7 @@ class Requests:
             )
             return dataclasses.replace(record, result=result)
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def transitions(self, company_id: str, request_id: uuid.UUID) -> list[TransitionRecord]:
         """The audit of a request's status changes, oldest first (empty for an unknown request)."""
@@ -542,7 +568,7 @@ class Requests:
                 for r in await raw.fetch(sql.TRANSITIONS, company_id, request_id)
             ]
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def ai_call(self, company_id: str, request_id: uuid.UUID) -> LedgerCall | None:
         """The ledger row of the model call the request recorded, in one query; None when it
@@ -573,7 +599,7 @@ class Requests:
                 trace_id=row["trace_id"],
             )
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def requests_for_ai_call(self, company_id: str, ai_call_id: int) -> list[RequestRecord]:
         """The requests of `company_id` that recorded ledger call `ai_call_id` (one index lookup;
@@ -583,7 +609,7 @@ class Requests:
         async def work(raw: asyncpg.Connection) -> list[RequestRecord]:
             return [_record(row) for row in await raw.fetch(sql.FOR_AI_CALL, company_id, call)]
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def recent(
         self, company_id: str, user_id: str, *, limit: int = 10, after: HistoryCursor | None = None
@@ -605,7 +631,7 @@ class Requests:
                 items, None if last is None else HistoryCursor(last.created_at, last.request_id)
             )
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def stats(
         self,
@@ -637,10 +663,11 @@ class Requests:
                 for r in await raw.fetch(sql.STATS, *args)
             ]
 
-        return await self._run(work)
+        return await self._for(company_id, work)
 
     async def health(self) -> QueueHealth:
-        """Backlog, dead tuples of the in-flight table, and the oldest open snapshot."""
+        """Backlog, dead tuples of the in-flight table, and the oldest open snapshot (platform work:
+        under row-level security a service login counts nothing)."""
 
         async def work(raw: asyncpg.Connection) -> QueueHealth:
             r = await raw.fetchrow(sql.HEALTH)

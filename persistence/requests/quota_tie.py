@@ -11,6 +11,9 @@ transaction). Pass it as `Requests(engine, hooks=RequestQuotas(quotas))`:
 The reservation's id is the request's `reservation_id`, or its `request_id` when none was given,
 so the tie needs no state of its own. A request created before the tie was installed has no
 reservation: finishing it counts nothing rather than failing.
+
+Under row-level security the transition's transaction already acts as the request's company; the
+quota calls (`on=` that connection) set the same tenant again in a savepoint of it.
 """
 
 from __future__ import annotations

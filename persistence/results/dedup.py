@@ -166,7 +166,7 @@ class Deduplicator:
             assert row is not None  # one row, always
             return row
 
-        row: asyncpg.Record = await self._leases.attempts(work)
+        row: asyncpg.Record = await self._leases.for_tenant(key.company_id, work)
         if row["claimed"]:
             return DedupClaim(key, token)
         if row["seen"] and row["result_sha256"] is not None and row["fresh"] and row["kind"] is not None:
@@ -180,7 +180,7 @@ class Deduplicator:
             row: asyncpg.Record | None = await raw.fetchrow(sql.LOOKUP, key.company_id, key.digest)
             return row
 
-        row: asyncpg.Record | None = await self._leases.attempts(work)
+        row: asyncpg.Record | None = await self._leases.for_tenant(key.company_id, work)
         return None if row is None else _result(key, row)
 
     async def complete(
@@ -195,7 +195,7 @@ class Deduplicator:
         async def work(raw: asyncpg.Connection) -> bool:
             return await raw.fetchrow(sql.COMPLETE, *args) is not None
 
-        done: bool = await self._leases.attempts(work)
+        done: bool = await self._leases.for_tenant(claim.key.company_id, work)
         return done
 
     async def abandon(self, claim: DedupClaim) -> bool:
@@ -206,7 +206,7 @@ class Deduplicator:
             status: str = await raw.execute(sql.ABANDON, *args)
             return status != "DELETE 0"
 
-        done: bool = await self._leases.attempts(work)
+        done: bool = await self._leases.for_tenant(claim.key.company_id, work)
         return done
 
     async def run(
@@ -250,7 +250,7 @@ class Deduplicator:
             row: asyncpg.Record | None = await raw.fetchrow(sql.PEEK, key.company_id, key.digest)
             return row
 
-        row: asyncpg.Record | None = await self._leases.attempts(work)
+        row: asyncpg.Record | None = await self._leases.for_tenant(key.company_id, work)
         return row
 
     async def _lead(
@@ -267,7 +267,8 @@ class Deduplicator:
         return result
 
     async def purge_expired(self, *, limit: int = 10_000) -> int:
-        """Delete up to `limit` expired entries (their results stay); returns how many."""
+        """Delete up to `limit` expired entries (their results stay); returns how many. Every
+        company's: platform work (the owner or `persistence_operator`; a service login purges none)."""
 
         async def work(raw: asyncpg.Connection) -> int:
             status: str = await raw.execute(sql.PURGE, limit)
