@@ -54,6 +54,7 @@ __all__ = [
     "check_tenant",
     "current_tenant",
     "in_scope",
+    "in_tenant_transaction",
     "outside_scope",
     "row_security_binds",
     "tenant",
@@ -219,6 +220,14 @@ async def as_tenant(
     check_tenant(tenant_id)
     if not await row_security_binds(raw):
         return await work(raw)
+    return await in_tenant_transaction(raw, tenant_id, work)
+
+
+async def in_tenant_transaction(
+    raw: asyncpg.Connection, tenant_id: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """`work(raw)` in a transaction (a savepoint inside one already open) that first sets the
+    tenant, for callers that already know row-level security binds `raw` (`as_tenant`, the ledger)."""
     async with raw.transaction():
         await raw.execute(SET_TENANT_SQL, tenant_id)
         return await work(raw)

@@ -96,7 +96,13 @@ from persistence.observe.hooks import Hooks, QueryEvent, hooks_of
 from persistence.observe.loggers import get_logger
 from persistence.observe.logging import request_id, trace_id
 from persistence.observe.statements import StatementInfo, describe, normalise
-from persistence.tenancy import SET_TENANT_SQL, check_tenant, current_tenant, row_security_binds
+from persistence.tenancy import (
+    SET_TENANT_SQL,
+    check_tenant,
+    current_tenant,
+    in_tenant_transaction,
+    row_security_binds,
+)
 
 __all__ = ["AICallLogger", "CallCostObserver", "CallObserver", "Stats"]
 
@@ -423,7 +429,11 @@ class AICallLogger:
         )  # fmt: skip
         for _ in range(3):
             try:
-                row = await (_as_tenant(raw, tenant_of(r), args) if rls else raw.fetchrow(LOG_CALL, *args))
+                row = await (
+                    in_tenant_transaction(raw, tenant_of(r), lambda raw: raw.fetchrow(LOG_CALL, *args))
+                    if rls
+                    else raw.fetchrow(LOG_CALL, *args)
+                )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "pk_ai_call_keys":
                     raise
@@ -706,15 +716,6 @@ class AICallLogger:
             "unpriced_tokens": unpriced_tokens,
             "by_provider": by_provider,
         }
-
-
-async def _as_tenant(raw: asyncpg.Connection, tenant_id: str, args: tuple[Any, ...]) -> asyncpg.Record | None:
-    """`LOG_CALL` in a transaction of its own that first sets the tenant for row-level security
-    (BEGIN, set_config, the statement, COMMIT: three round trips more than the bare statement)."""
-    async with raw.transaction():
-        await raw.execute(SET_TENANT_SQL, tenant_id)
-        row: asyncpg.Record | None = await raw.fetchrow(LOG_CALL, *args)
-        return row
 
 
 async def _fetch(raw: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
