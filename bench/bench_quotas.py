@@ -25,6 +25,10 @@ on two engines built with the defaults (one per side), in interleaved A/B rounds
   seed 001's two `usage` rows upserted by the settlement. No limit resolution, no holds table, no
   rolling windows. It tells how much of our ratio is the guarantees and how much is our statements.
 
+- our two statements by hand (a fourth column): `quotas_sql.ADMIT` and `quotas_sql.FINISH` sent
+  from raw asyncpg with the arguments `Quotas` sends. `Quotas / by hand` is what the library adds
+  around its SQL; `floor / raw` and `by hand / raw` are what the SQL itself costs.
+
 All sides lease a pooled connection per statement pair from their own engine and send two
 statements (each its own implicit transaction, so two commits) per request.
 """
@@ -46,11 +50,11 @@ import asyncpg
 from benchenv import cpu_model, load_average
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence import migrations
+from persistence import migrations, quotas_sql
 from persistence.config import DatabaseConfig, EmbeddedConfig
 from persistence.embedded import EmbeddedServer
 from persistence.engine import build_engine
-from persistence.quotas import QuotaLimits, Quotas
+from persistence.quotas import _USAGE_LOCK_CLASS, QuotaLimits, Quotas
 from persistence.testing.database import free_port
 
 COMPANY = "bench-co"
@@ -176,6 +180,26 @@ async def timed_floor(
         sink.append(time.perf_counter() - start)
 
 
+async def timed_same(engine: AsyncEngine, users: list[str], sink: list[float]) -> None:
+    """Our two statements (`quotas_sql.ADMIT`, `quotas_sql.FINISH`) sent by hand with the arguments
+    `Quotas` would send: what the library adds around them (validation, the tenant check, results)."""
+    tokens = Decimal(200 + 1_000)
+    for user in users:
+        reservation = uuid.uuid4()
+        start = time.perf_counter()
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(raw, asyncpg.Connection)
+            rows = await raw.fetch(
+                quotas_sql.ADMIT, COMPANY, user, None, Decimal(1), tokens, COST, reservation, 300.0
+            )
+            assert rows[0]["admitted"] and not any(r["missing"] for r in rows), rows
+            row = await fetch_row(raw, quotas_sql.FINISH, COMPANY, reservation, Decimal(1), Decimal(ACTUAL_TOKENS),
+                                  ACTUAL_COST, "settled", None, _USAGE_LOCK_CLASS)  # fmt: skip
+            assert row["counted"], row
+        sink.append(time.perf_counter() - start)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,14 +239,15 @@ async def main() -> int:
                 by_metric[("user", "cost_usd")],
                 by_metric[("company", "tokens")],
             ]
-        results: list[tuple[str, float, float, float]] = []
+        results: list[tuple[str, float, float, float, float]] = []
         for mode in ("on", "off"):
             async with setup.connect() as conn:
                 raw = (await conn.get_raw_connection()).driver_connection
                 assert isinstance(raw, asyncpg.Connection)
                 await raw.execute(f"ALTER DATABASE bench SET synchronous_commit = {mode}")
             # Fresh default engines per mode, so every connection has the setting.
-            ours_engine, raw_engine, floor_engine = (
+            ours_engine, raw_engine, floor_engine, same_engine = (
+                build_engine(config),
                 build_engine(config),
                 build_engine(config),
                 build_engine(config),
@@ -231,25 +256,29 @@ async def main() -> int:
             ours: list[float] = []
             hand: list[float] = []
             floor: list[float] = []
+            same: list[float] = []
             for i in range(args.rounds + 1):
                 batch = [users[(i * args.pairs + k) % len(users)] for k in range(args.pairs)]
                 sink_a: list[float] = []
                 sink_b: list[float] = []
                 sink_c: list[float] = []
+                sink_d: list[float] = []
                 sides = [  # coroutines, started in a rotating order
                     timed_quotas(ours_quotas, batch, sink_a),
                     timed_raw(raw_engine, batch, counters, sink_b),
                     timed_floor(floor_engine, batch, counters, sink_c),
+                    timed_same(same_engine, batch, sink_d),
                 ]
-                for k in range(3):
-                    await sides[(i + k) % 3]
+                for k in range(len(sides)):
+                    await sides[(i + k) % len(sides)]
                 if i:  # round 0 warms up
                     ours += sink_a
                     hand += sink_b
                     floor += sink_c
+                    same += sink_d
             results.append((mode, statistics.median(ours) * 1000, statistics.median(hand) * 1000,
-                            statistics.median(floor) * 1000))  # fmt: skip
-            for engine in (ours_engine, raw_engine, floor_engine):
+                            statistics.median(floor) * 1000, statistics.median(same) * 1000))  # fmt: skip
+            for engine in (ours_engine, raw_engine, floor_engine, same_engine):
                 await engine.dispose()
         async with setup.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
@@ -267,14 +296,16 @@ async def main() -> int:
           f"{args.pairs} pairs after 1 warm-up, medians; 4 counters per request (3 user + 1 company)")  # fmt: skip
     print()
     print(
-        "| measure | raw asyncpg, 2 UPDATEs | Quotas admit + settle | ratio | target | met | floor (hand-written) | floor / raw |"
+        "| measure | raw asyncpg, 2 UPDATEs | Quotas admit + settle | ratio | target | met | floor (hand-written) "
+        "| floor / raw | our 2 statements by hand | Quotas / by hand |"
     )
-    print("|---|---:|---:|---:|---|---|---:|---:|")
-    for mode, p50_a, p50_b, p50_c in results:
+    print("|---|---:|---:|---:|---|---|---:|---:|---:|---:|")
+    for mode, p50_a, p50_b, p50_c, p50_d in results:
         ratio = p50_a / p50_b
         label = "durable" if mode == "on" else "synchronous_commit=off"
         print(f"| admit + settle p50 latency, ms ({label}) | {p50_b:.3f} | {p50_a:.3f} | {ratio:.2f}x | "
-              f"<= 1.3x | {'yes' if ratio <= 1.3 else 'NO'} | {p50_c:.3f} | {p50_c / p50_b:.2f}x |")  # fmt: skip
+              f"<= 1.3x | {'yes' if ratio <= 1.3 else 'NO'} | {p50_c:.3f} | {p50_c / p50_b:.2f}x | "
+              f"{p50_d:.3f} | {p50_a / p50_d:.2f}x |")  # fmt: skip
     return 0
 
 

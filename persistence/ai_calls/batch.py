@@ -211,8 +211,30 @@ class BatchWriter(Generic[R]):
             waited=self._waited,
         )
 
+    def _append_nowait(self, record: R) -> bool:
+        """Buffer `record` without suspending when that is all there is to do: the writer runs,
+        there is room, and the record neither fills a batch (the writer is woken then) nor ends
+        one (the caller yields then). False: nothing done, take `_put`. Saves the caller its
+        coroutines for all but one record per batch."""
+        task = self._task
+        buffered = len(self._buffer) + 1
+        if (
+            task is None
+            or task.done()
+            or self._closing
+            or buffered > self.max_buffered
+            or buffered % self.batch_size == 0
+            or buffered == self.batch_size
+        ):
+            return False
+        self._buffer.append(record)
+        self._queued += 1
+        return True
+
     async def _put(self, record: R) -> None:
         """Buffer one validated record; what happens when the buffer is full is `overflow`'s choice."""
+        if self._append_nowait(record):
+            return
         if self._task is None:
             await self.open()
         task = self._task

@@ -128,13 +128,16 @@ class TimescaleIntegration:
     # -- the seed's API ---------------------------------------------------------------------------
 
     async def log_platform_event(self, event: PlatformEvent) -> None:
-        await self._log(event, PlatformEvent)
+        if not self._buffered(event, PlatformEvent):
+            await self._log(event, PlatformEvent)
 
     async def log_cost_event(self, event: CostEvent) -> None:
-        await self._log(event, CostEvent)
+        if not self._buffered(event, CostEvent):
+            await self._log(event, CostEvent)
 
     async def log_agent_execution(self, execution: AgentExecution) -> None:
-        await self._log(execution, AgentExecution)
+        if not self._buffered(execution, AgentExecution):
+            await self._log(execution, AgentExecution)
 
     async def flush_all(self) -> None:
         """Return once every event logged before the call is committed (or, in an outage, spooled)."""
@@ -198,6 +201,15 @@ class TimescaleIntegration:
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _buffered(self, event: Event, kind: type[Event]) -> bool:
+        """The common case without a coroutine: a valid event appended to a running batcher's
+        buffer with room. False: nothing done (`_log` decides, raises or waits)."""
+        batcher = self._batcher
+        if type(event) is not kind or self.closed or batcher is None or batcher.leases is None:
+            return False
+        check_tenant(event.tenant_id)
+        return batcher._append_nowait(event)
+
     async def _log(self, event: Event, kind: type[Event]) -> None:
         if not isinstance(event, kind):
             raise ValidationError(f"expected a {kind.__name__}, got {type(event).__name__}")
@@ -224,9 +236,9 @@ class TimescaleIntegration:
 
                         # No connectivity check: the recorder must start while PostgreSQL is down.
                         self.engine = await create_database_engine(check=False)
-                    self._leases = Leases(
-                        self.engine, 2, Endpoint.of_url(self.engine.url), "TimescaleIntegration"
-                    )
+                    # The recorder writes JSON as text and reads none: asyncpg's C codec for jsonb.
+                    self._leases = Leases(self.engine, 3, Endpoint.of_url(self.engine.url),
+                                          "TimescaleIntegration", plain_json=True)  # fmt: skip
         return self._leases
 
     async def _batcher_ready(self) -> None:

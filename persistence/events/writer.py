@@ -9,7 +9,8 @@ always-idempotent shapes (unnest INSERT, and COPY into a temporary staging table
 CONFLICT) at 0.25-0.65x of a raw COPY (BENCHMARKS.md).
 
 `EventBatcher` is the ledger's `BatchWriter` (buffer, writer task, spool, replay, refusal
-bisection) over these writes; nothing here knows about outages.
+bisection) over these writes; a batch of `2 * SPLIT_AT` events or more is written as two halves at
+once on two connections (each half its own transaction, settled on its own).
 
 Under row-level security (a service role, revision 0026) PostgreSQL refuses COPY FROM into the
 tables: where `tenancy.row_security_binds` says the login is bound, a batch is grouped by tenant and
@@ -19,13 +20,16 @@ owner pays one cached lookup per batch for the check).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from persistence.ai_calls.batch import BatchWriter, Overflow
+from persistence.ai_calls.batch_outcomes import is_refusal
 from persistence.ai_calls.leases import Leases
 from persistence.events.records import (
     CostEvent,
@@ -95,22 +99,25 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+# A row is its event's attributes in the table's column order (the JSON columns from the text
+# validation already produced; enum members are `str`s, sent as their values): one C call per event.
+_ATTRIBUTE = {"event_data": "event_data_json", "metadata": "metadata_json"}
+_PLATFORM_ROW = attrgetter(*(_ATTRIBUTE.get(c, c) for c in PLATFORM_COLUMNS))
+_COST_ROW = attrgetter(*(_ATTRIBUTE.get(c, c) for c in COST_COLUMNS))
+_AGENT_ROW = attrgetter(*(_ATTRIBUTE.get(c, c) for c in AGENT_COLUMNS))
+
+
 def _rows(events: Sequence[Event]) -> tuple[list[tuple[object, ...]], ...]:
     platform: list[tuple[object, ...]] = []
     cost: list[tuple[object, ...]] = []
     agent: list[tuple[object, ...]] = []
     for e in events:
         if isinstance(e, PlatformEvent):
-            platform.append((e.tenant_id, e.time, e.event_id, e.user_id, e.session_id, e.event_type,
-                             e.event_category.value, e.event_data_json, e.metadata_json))  # fmt: skip
+            platform.append(_PLATFORM_ROW(e))
         elif isinstance(e, CostEvent):
-            cost.append((e.tenant_id, e.time, e.event_id, e.user_id, e.cost_type.value, e.cost_usd,
-                         e.quantity, e.service.value, e.service_tier, e.metadata_json, e.call_id))  # fmt: skip
+            cost.append(_COST_ROW(e))
         else:
-            agent.append((e.tenant_id, e.time, e.event_id, e.user_id, e.agent_id, e.agent_type,
-                          e.execution_time_ms, e.success, e.quality_score, e.citation_accuracy,
-                          e.hallucination_detected, e.cost_usd, e.total_tokens, e.error_message,
-                          e.metadata_json))  # fmt: skip
+            agent.append(_AGENT_ROW(e))
     return platform, cost, agent
 
 
@@ -175,6 +182,10 @@ async def _insert_by_tenant(raw: asyncpg.Connection, events: Sequence[Event]) ->
     return written
 
 
+# Half of the smallest batch written as two concurrent halves (`EventBatcher._settle`).
+SPLIT_AT = 50
+
+
 def event_key(event: Event) -> str:
     return f"{event.kind}:{event.event_id}"
 
@@ -214,6 +225,34 @@ class EventBatcher(BatchWriter[Event]):
         assert self.leases is not None
         written: int = await self.leases.attempts(write_events, batch)
         return written
+
+    async def _settle(self, batch: list[Event]) -> list[Event]:
+        """A batch of at least `2 * SPLIT_AT` events is written as two halves at once, on two leased
+        connections: the server stores one half while this process encodes and sends the other
+        (a two-deep pipeline; one connection leaves each side idle in turn). Each half commits on
+        its own, so a failure leaves the other half's outcome standing: a refused half is settled
+        again alone (bisection, idempotent writes), a half cut off by an outage is spooled or kept."""
+        if len(batch) < 2 * SPLIT_AT or self.leases is None or self.leases.size < 2:
+            return await super()._settle(batch)
+        middle = len(batch) // 2
+        halves = (batch[:middle], batch[middle:])
+        outcomes = await asyncio.gather(*(self._write(half) for half in halves), return_exceptions=True)
+        left: list[Event] = []
+        outage = False
+        for half, outcome in zip(halves, outcomes, strict=True):
+            if isinstance(outcome, int):
+                self._written += outcome
+                self._succeeded()
+            elif not isinstance(outcome, Exception):
+                raise outcome  # cancelled (closing on a timeout): the buffer keeps the batch
+            elif is_refusal(outcome) and not outage:
+                left += await super()._settle(half)
+            else:
+                if not outage:  # one outage, one step of the backoff (not one per half)
+                    self._failed(outcome, "database unavailable")
+                    outage = True
+                left += await self._keep(half)
+        return left
 
     def _key(self, record: Event) -> str:
         return event_key(record)

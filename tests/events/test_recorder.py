@@ -24,7 +24,7 @@ from persistence.ai_calls.leases import Leases
 from persistence.config import DatabaseConfig
 from persistence.engine import build_engine
 from persistence.errors import ConfigurationError, Endpoint, ValidationError
-from persistence.events.writer import write_events
+from persistence.events.writer import SPLIT_AT, write_events
 from persistence.testing.database import free_port
 from tests.events.conftest import scalar
 from tests.logs import capture_logs
@@ -203,3 +203,73 @@ async def test_success_rate_is_a_ratio_of_counts_over_the_window(engine: AsyncEn
         assert await recorder.get_agent_success_rate("agent-a", "t-other", hours=24) == 0.0
     finally:
         await recorder.close()
+
+
+@pytest.mark.commits
+async def test_plain_json_leases_never_give_their_codec_back_to_the_pool(
+    fresh_database: DatabaseConfig,
+) -> None:
+    """The recorder's leases write JSON through asyncpg's own codec; the pool's other users keep
+    SQLAlchemy's (JSON read back as Python values), because those connections are closed, not pooled."""
+    one = build_engine(fresh_database.model_copy(update={"pool_size": 1, "max_overflow": 0}))
+    value = """SELECT '{"a": 1}'::jsonb"""
+    try:
+        leases = Leases(one, 1, Endpoint.of_url(one.url), "TimescaleIntegration", plain_json=True)
+        assert await leases.attempts(lambda raw: raw.fetchval(value)) == '{"a": 1}'  # text, in C
+        await leases.close()
+        async with one.connect() as conn:
+            assert (await conn.exec_driver_sql(value)).scalar() == {"a": 1}
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            assert await raw.fetchval(value) == {"a": 1}  # SQLAlchemy's codec, on a new connection
+        pooled = Leases(one, 1, Endpoint.of_url(one.url))
+        assert await pooled.attempts(lambda raw: raw.fetchval(value)) == {"a": 1}
+        await pooled.close()
+    finally:
+        await one.dispose()
+
+
+REFUSE_POISON = """
+CREATE FUNCTION analytics.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event_type = 'poison' THEN
+        RAISE EXCEPTION 'poison' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON analytics.platform_events
+    FOR EACH ROW EXECUTE FUNCTION analytics.refuse_poison();
+"""
+
+
+@pytest.mark.commits
+async def test_a_batch_written_as_two_halves_counts_and_refuses_exactly(
+    fresh_database: DatabaseConfig, tmp_path: Path
+) -> None:
+    """Batches of 2 * SPLIT_AT or more go out as two concurrent halves: every event lands once, the
+    counters are exact, and a refused event is isolated in its half while the other half stands."""
+    engine = build_engine(fresh_database)
+    try:
+        async with engine.begin() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute(REFUSE_POISON)
+        batch = events(2 * SPLIT_AT * 2, "t-halves")  # two batches, each split in two
+        poison = PlatformEvent(tenant_id="t-halves", event_type="poison", event_category="user_behavior")
+        batch[-3] = poison  # in the second half of the second batch
+        recorder = TimescaleIntegration(
+            engine, spool_dir=tmp_path, batch_size=2 * SPLIT_AT, fold_interval=None
+        )
+        for event in batch:
+            await recorder.log_platform_event(event)
+        await recorder.flush_all()
+        for event in batch[: 2 * SPLIT_AT]:  # the first batch again (a replay): nothing twice
+            await recorder.log_platform_event(event)
+        stats = await recorder.close()
+        assert (stats.queued, stats.written, stats.rejected, stats.spooled) == (len(batch) + 2 * SPLIT_AT,
+                                                                                 len(batch) - 1, 1, 0)  # fmt: skip
+        assert await scalar(engine, COUNT, t="t-halves") == len(batch) - 1
+        rejected = (tmp_path / "rejected.jsonl").read_text()
+        assert str(poison.event_id) in rejected and rejected.count("\n") == 1
+    finally:
+        await engine.dispose()
