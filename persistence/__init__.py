@@ -177,6 +177,7 @@ from persistence.rate_limits import (
 from persistence.replicas import (
     ReplicaRouter,
     ReplicaStatus,
+    carried_read_your_writes_token,
     read_your_writes_token,
     use_read_your_writes_token,
 )
@@ -403,6 +404,7 @@ __all__ = [
     "backfill_cost_events",
     "call_cost_event",
     "call_event_id",
+    "carried_read_your_writes_token",
     "checksum_ok",
     "close_due_periods",
     "create_company",

@@ -27,7 +27,7 @@ import contextlib
 import itertools
 import re
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import monotonic
@@ -101,6 +101,18 @@ def use_read_your_writes_token(token: str | None) -> None:
         )
     if _token.get() != _UNKNOWN:  # an own commit of unknown position may be later than the token
         _advance((int(match.group(1), 16) << 32) | int(match.group(2), 16))
+
+
+@contextlib.contextmanager
+def carried_read_your_writes_token(token: str | None) -> Iterator[None]:
+    """`use_read_your_writes_token(token)` for a block (a request carrying another service's token):
+    the context's token is what it was before once the block ends, whatever the block committed."""
+    saved = _token.set(_token.get())
+    try:
+        use_read_your_writes_token(token)
+        yield
+    finally:
+        _token.reset(saved)
 
 
 def _advance(lsn: int) -> None:

@@ -22,6 +22,7 @@ an error response instead of a 200 for work that was rolled back. An exception l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -35,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Boolean, Column, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from persistence.api_keys import (
     ApiKeyPrincipal,
@@ -59,6 +61,7 @@ from persistence.errors import (
     ValidationError,
 )
 from persistence.limits import LimitExceeded, Limits
+from persistence.replicas import carried_read_your_writes_token, read_your_writes_token
 from persistence.repository.base import ModelT
 from persistence.repository.coerce import check_value
 from persistence.repository.filters import field_key, order_terms
@@ -69,6 +72,7 @@ __all__ = [
     "API_KEYS_STATE",
     "ENGINE_STATE",
     "LIMITS_STATE",
+    "READ_YOUR_WRITES_HEADER",
     "ApiKeyPrincipalDep",
     "EngineDep",
     "LimitsDep",
@@ -76,6 +80,7 @@ __all__ = [
     "Problem",
     "QueryParameterError",
     "ReadOnlyTransactionDep",
+    "ReadYourWritesMiddleware",
     "TransactionDep",
     "api_key_principal",
     "api_keys_of",
@@ -175,6 +180,52 @@ async def in_read_only_transaction() -> AsyncIterator[Transaction]:
 
 TransactionDep = Annotated[Transaction, Depends(in_transaction, scope="function")]
 ReadOnlyTransactionDep = Annotated[Transaction, Depends(in_read_only_transaction, scope="function")]
+
+
+# -- read-your-writes between services -------------------------------------------------------------------
+READ_YOUR_WRITES_HEADER = "X-Read-Your-Writes"
+"""The header that carries a read-your-writes token (a WAL position) between services."""
+
+
+class ReadYourWritesMiddleware:
+    """Carries the read-your-writes token across services (`app.add_middleware(ReadYourWritesMiddleware)`).
+
+    A request's `X-Read-Your-Writes` header is adopted for that request: its read-only blocks then
+    run on a replica only once it has replayed that commit (else on the primary). The response
+    carries the request's token after its commits (the transaction dependencies commit before the
+    response starts), so the caller can forward it to the next service. A malformed header is a 422
+    problem response and nothing runs. Nothing leaks between requests: the context's token is
+    restored when the request ends."""
+
+    def __init__(self, app: ASGIApp, header: str = READ_YOUR_WRITES_HEADER) -> None:
+        self.app = app
+        self.header = header
+        self._key = header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == self._key), None)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                token = read_your_writes_token()
+                if token is not None:
+                    headers = [*message.get("headers", ()), (self._key, token.encode("latin-1"))]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        with contextlib.ExitStack() as carried:
+            try:
+                carried.enter_context(carried_read_your_writes_token(given))
+            except InvalidRequestError as exc:
+                problem = Problem(422, "Invalid Request", "invalid-request", f"{self.header}: {exc}")
+                response = JSONResponse(problem.body(scope.get("path")), status_code=422,
+                                        media_type="application/problem+json")  # fmt: skip
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, sending)
 
 
 # -- problem details ------------------------------------------------------------------------------------
