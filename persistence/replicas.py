@@ -13,7 +13,10 @@ Whole blocks are routed, never single statements (a block's reads must share one
 - health: a replica that cannot be reached or is shutting down (08xxx, 57P0x) is skipped for
   `replica_retry_after_s`; one whose replay lags more than `replica_max_lag_s` behind what it
   received, or that is no longer in recovery (promoted: `pg_is_in_recovery()`, never
-  `transaction_read_only`, which lags behind a promotion), is skipped until its next check.
+  `transaction_read_only`, which lags behind a promotion), is skipped until its next check. A
+  promotion is also seen with no round trip: PostgreSQL 14+ reports `in_hot_standby` with every
+  answer, so a block whose replica was promoted while it ran ends as `ReplicaUnavailableError`
+  instead of committing (`retries=` runs it again elsewhere), and the next block skips it.
 
 No background task: a block routed to a replica checks it (one statement, before the block's
 transaction begins) when it holds a token or when the replica's last check is older than
@@ -261,8 +264,10 @@ class ReplicaRouter:
         token = _token.get()
         started = monotonic()
         if (
-            token is None or token <= replica.replayed
-        ) and started - replica.checked_at < self.probe_interval_s:
+            (token is None or token <= replica.replayed)
+            and started - replica.checked_at < self.probe_interval_s
+            and not _promoted(driver)
+        ):
             self._routed(replica, 0.0)
             return True
         deadline = started + self.wait_s
@@ -308,6 +313,25 @@ class ReplicaRouter:
             retry_after_s=self.retry_after_s,
         )
         self._fell_back(replica, "lost" if in_block else "unreachable", 0.0)
+
+    def promoted_under(self, replica: Replica, driver: Any) -> ReplicaUnavailableError | None:
+        """The typed error for a block whose replica was promoted while it ran (None: it was not),
+        after marking the replica a primary to skip. Asks nothing: see `_promoted`."""
+        if not _promoted(driver):
+            return None
+        replica.role = "primary"
+        replica.skip_until = monotonic() + self.retry_after_s
+        log.warning("a read replica was promoted under a read-only block: skipped", replica=replica.name)
+        self._fell_back(replica, "promoted", 0.0)
+        where = replica.endpoint
+        return ReplicaUnavailableError(
+            host=where.host,
+            port=where.port,
+            database=where.database,
+            user=where.user,
+            reason="it was promoted under a read-only block (its reads may miss what the old primary "
+            "committed since); run the block again (retries=N) to use another server",
+        )
 
     def lost(
         self, replica: Replica, error: BaseException, *, mark: bool = True
@@ -438,6 +462,13 @@ def router_of(engine: AsyncEngine) -> ReplicaRouter | None:
     if not _ROUTERS:
         return None
     return _ROUTERS.get(engine.sync_engine)
+
+
+def _promoted(driver: Any) -> bool:
+    """Whether a connection to a replica now talks to a primary. PostgreSQL 14+ reports
+    `in_hot_standby` with the answer to every statement (`ParameterStatus`), and it turns "off" when
+    the server is promoted: asyncpg keeps the latest value, so this asks nothing."""
+    return getattr(driver.get_settings(), "in_hot_standby", None) == "off"
 
 
 def _driver(raw: Any) -> Any:

@@ -185,6 +185,17 @@ def _raise_if_replica_lost(boundary: _Boundary, replica: Replica | None, error: 
         raise lost from error
 
 
+def _promoted_replica(boundary: _Boundary) -> ReplicaUnavailableError | None:
+    """A read-only block whose replica was promoted while it ran ends as `ReplicaUnavailableError`
+    instead of committing (no round trip: see `replicas._promoted`)."""
+    replica, connection = boundary.replica, boundary.connection
+    router = router_of(replica.primary) if replica is not None else None
+    if router is None or replica is None or connection is None:
+        return None
+    driver = connection.connection.driver_connection
+    return None if driver is None else router.promoted_under(replica, driver)
+
+
 def _is_async_callable(fn: object) -> bool:
     """An `async def` function or method, a callable instance whose `__call__` is one, or a
     `functools.partial` of either."""
@@ -362,6 +373,11 @@ class Transaction:
         try:
             if session is not None:
                 if exc is None and not frame.needs_rollback and not _read_only_pinned(boundary):
+                    promoted = _promoted_replica(boundary)
+                    if promoted is not None:
+                        commit_error = promoted
+                        session.expunge_all()
+                        raise promoted  # closing the session rolls the block back
                     try:
                         await session.commit()
                     except Exception as err:
