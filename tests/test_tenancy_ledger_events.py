@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.ai_calls.batch import BatchLogger
 from persistence.ai_calls.leases import Leases
 from persistence.ai_calls.logger import AICallLogger
+from persistence.ai_calls.price_api import add_price
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.rollups import fold_rollups
 from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
@@ -250,3 +251,35 @@ async def test_events_of_two_tenants_land_once_and_the_seed_queries_answer_per_t
     ]  # fmt: skip
     folded = await fold_event_rollups(engine)  # the triggers' deltas waited for the owner
     assert (folded.cost_deltas, folded.agent_deltas) == (2, 2)  # one delta row per tenant and hour
+
+
+def unpriced_call(organization_id: str, request_id: str) -> AICallRecord:
+    return AICallRecord.coerce(
+        {"provider": "openai", "model": "rls-priced", "input_tokens": 1_000_000, "output_tokens": 0,
+         "organization_id": organization_id, "request_id": request_id}
+    )  # fmt: skip
+
+
+async def test_a_service_prices_each_organizations_calls_at_its_own_override(
+    engine: AsyncEngine, login_as: LoginAs
+) -> None:
+    """Under RLS a service sees the list prices and only the current tenant's overrides: the logger
+    loads each organization's overrides as that tenant, so no call is priced at list price by mistake."""
+    since = datetime.now(UTC) - timedelta(days=1)
+    await add_price(engine, "openai", "rls-priced", input_per_mtok=Decimal("2"), output_per_mtok=Decimal("8"),
+                    effective_from=since)  # fmt: skip
+    await add_price(engine, "openai", "rls-priced", input_per_mtok=Decimal("1.5"), output_per_mtok=Decimal("6"),
+                    effective_from=since, tenant_id="a")  # fmt: skip
+    async with login_as("persistence_service") as svc, AICallLogger(svc, fold_every=None) as ledger:
+        await ledger.log_record(unpriced_call("b", "one-b"))  # the book is loaded without a tenant first
+        await ledger.log_record(unpriced_call("a", "one-a"))
+        await ledger.log_batch([unpriced_call("a", "batch-a"), unpriced_call("b", "batch-b")])
+        # A price entered while the logger runs reaches the next call of that organization too.
+        await add_price(engine, "openai", "rls-priced", input_per_mtok=Decimal("1.25"),
+                        output_per_mtok=Decimal("5"), effective_from=since, tenant_id="b",
+                        min_input_tokens=500_000)  # fmt: skip
+        await ledger.log_record(unpriced_call("b", "later-b"))
+    costs = await rows(engine, "SELECT request_id, cost_usd FROM ai_calls ORDER BY request_id")
+    assert costs == [("batch-a", Decimal("1.500000")), ("batch-b", Decimal("2.000000")),
+                     ("later-b", Decimal("1.250000")), ("one-a", Decimal("1.500000")),
+                     ("one-b", Decimal("2.000000"))]  # fmt: skip

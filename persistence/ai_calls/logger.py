@@ -43,7 +43,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from itertools import compress
@@ -71,7 +71,7 @@ from persistence.ai_calls.ledger_sql import (
     _call_rows,
     _key_rows,
 )
-from persistence.ai_calls.prices import LOAD_PRICES_VERSIONED, PRICES_VERSION, PriceBook
+from persistence.ai_calls.prices import LOAD_PRICES_VERSIONED, LOAD_TENANT_PRICES, PRICES_VERSION, PriceBook
 from persistence.ai_calls.record import (
     AICallRecord,
     _utc,
@@ -155,6 +155,13 @@ _INFOS = {
     "fold_rollups_raw": describe(FOLD),
     "work": describe(LOAD_PRICES_VERSIONED),  # reload_prices
 }
+
+
+def _tenant_rows(tenant_id: str) -> Callable[[asyncpg.Connection], Awaitable[list[asyncpg.Record]]]:
+    async def work(raw: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await raw.fetch(LOAD_TENANT_PRICES, tenant_id)
+
+    return work
 
 
 class AICallLogger:
@@ -311,12 +318,24 @@ class AICallLogger:
         ):
             prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
 
+    async def _tenant_prices(self, raw: asyncpg.Connection, tenants: Iterable[str]) -> None:
+        """Where row-level security binds the login, the book holds the list prices only: add each
+        organization's overrides, read as that tenant, once per loaded book (so no call of a tenant
+        with its own price is priced at list price)."""
+        prices = self.prices
+        for tenant_id in tenants:
+            if tenant_id not in prices.tenants:
+                rows = await in_tenant_transaction(raw, tenant_id, _tenant_rows(tenant_id))
+                prices.add_tenant(tenant_id, rows)
+
     async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Cost:
         """The cost of a call no loaded price covers: reload the prices (at most every
         `miss_interval`) and try again, else `UNPRICED` (stored without a cost, never refused)."""
         quote = None
         if self._may_reload():
             self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
+            if self._rls:
+                await self._tenant_prices(raw, (tenant_of(record),))
             quote = self.prices.quote(record)
         return UNPRICED if quote is None else quote
 
@@ -416,6 +435,8 @@ class AICallLogger:
         prices = self.prices
         if prices.stale:
             prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
+        if rls:
+            await self._tenant_prices(raw, (tenant_of(r),))
         q: Cost | None = prices.quote(r)
         if q is None:
             q = await self._quote_after_reload(raw, r)
@@ -553,11 +574,14 @@ class AICallLogger:
             self._rls = True
             _refuse_no_tenant(records)
         await self._fresh_prices(raw)
+        tenants = {tenant_of(r) for r in records} if rls else set()
+        await self._tenant_prices(raw, tenants)
         if self._sequence is None:
             self._sequence = await raw.fetchval(_SEQUENCE)
         quotes, missing = self._quotes(records)
         if missing and self._may_reload():
             self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
+            await self._tenant_prices(raw, tenants)
             quotes, missing = self._quotes(records)
         ids: list[int] = await raw.fetchval(_NEXT_IDS, self._sequence, len(records), _IDS_LOCK)
         if rls:

@@ -36,6 +36,7 @@ from persistence.errors import ValidationError
 __all__ = [
     "LOAD_PRICES",
     "LOAD_PRICES_VERSIONED",
+    "LOAD_TENANT_PRICES",
     "Price",
     "PriceBook",
     "PricedCost",
@@ -72,6 +73,14 @@ LOAD_PRICES_VERSIONED = (
     "ORDER BY p.provider, p.model, p.tenant_id, p.min_input_tokens, p.effective_from"
 )
 PRICES_VERSION = "SELECT version FROM vendor_prices_version"
+# One tenant's overrides ($1), read as that tenant where row-level security hides the others'.
+LOAD_TENANT_PRICES = (
+    "SELECT id, provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
+    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok, "
+    "source, min_input_tokens "
+    "FROM vendor_prices WHERE tenant_id = $1 "
+    "ORDER BY provider, model, min_input_tokens, effective_from"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +194,29 @@ class PriceBook:
         # (provider, model, tenant) -> (from, to, tiers): the tiers in force for every time in
         # [from, to), so pricing a call is a dict get, a range compare and a walk over its tiers.
         self._memo: dict[tuple[str, str, str | None], tuple[datetime, datetime, Tiers]] = {}
+        # Tenants whose overrides were added one by one (`add_tenant`: a login under row-level
+        # security loads the list prices, then each tenant's overrides as that tenant).
+        self.tenants: set[str] = set()
         if rows is not None:
             self.replace(rows)
 
     def replace(self, rows: Iterable[Any], version: int | None = None) -> None:
         by_key: dict[tuple[str, str, str], dict[int, list[Price]]] = {}
-        for row in rows:
-            price = Price(*row)
-            tiers = by_key.setdefault((price.provider, price.model, price.tenant_id), {})
-            tiers.setdefault(price.min_input_tokens, []).append(price)
+        _add(by_key, rows)
+        self._index(by_key)
+        self.tenants = set()
+        self.version = version
+        self.loaded_at = time.monotonic()
+
+    def add_tenant(self, tenant_id: str, rows: Iterable[Any]) -> None:
+        """Add one tenant's overrides (a `LOAD_TENANT_PRICES` result) to a book whose rows did not
+        include them; `replace` forgets them again, with the rest of the old book."""
+        by_key = {key: tiers for key, tiers in self._by_key.items() if key[2] != tenant_id}
+        _add(by_key, rows)
+        self._index(by_key)
+        self.tenants.add(tenant_id)
+
+    def _index(self, by_key: dict[tuple[str, str, str], dict[int, list[Price]]]) -> None:
         for tiers in by_key.values():
             for prices in tiers.values():
                 prices.sort(key=lambda p: p.effective_from)
@@ -204,8 +227,6 @@ class PriceBook:
         }
         self._models = {(provider, model) for provider, model, _ in by_key}
         self._memo = {}
-        self.version = version
-        self.loaded_at = time.monotonic()
 
     def replace_versioned(self, rows: Sequence[Any]) -> None:
         """Load the result of `LOAD_PRICES_VERSIONED` (the version, then a price row, per row)."""
@@ -335,6 +356,13 @@ class PriceBook:
         """Cost fields for `record`; None when it gives no cost and no price is in force."""
         quote = self.quote(record)
         return None if quote is None else PricedCost(*quote)
+
+
+def _add(by_key: dict[tuple[str, str, str], dict[int, list[Price]]], rows: Iterable[Any]) -> None:
+    for row in rows:
+        price = Price(*row)
+        tiers = by_key.setdefault((price.provider, price.model, price.tenant_id), {})
+        tiers.setdefault(price.min_input_tokens, []).append(price)
 
 
 def _resolve(provider: str, model: str) -> str | None:
