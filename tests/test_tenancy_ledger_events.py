@@ -9,6 +9,7 @@ reads are the owner's. Every count is checked as the superuser (the tables' owne
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,11 +25,14 @@ from persistence.ai_calls.price_api import add_price
 from persistence.ai_calls.record import AICallRecord
 from persistence.ai_calls.rollups import fold_rollups
 from persistence.ai_calls.tenant_cost import get_tenant_daily_cost
+from persistence.config import DatabaseConfig
+from persistence.engine import build_engine
 from persistence.errors import ConflictError, Endpoint, TenantIsolationError
 from persistence.events import AgentExecution, CostEvent, PlatformEvent, TimescaleIntegration
 from persistence.events.ledger_link import CostEventLink
 from persistence.events.rollups import fold_event_rollups
 from persistence.events.writer import write_events
+from persistence.observe.hooks import BaseHook, QueryEvent
 from persistence.tenancy import tenant
 from persistence.testing.pytest_plugin import LoginAs
 
@@ -283,3 +287,26 @@ async def test_a_service_prices_each_organizations_calls_at_its_own_override(
     assert costs == [("batch-a", Decimal("1.500000")), ("batch-b", Decimal("2.000000")),
                      ("later-b", Decimal("1.250000")), ("one-a", Decimal("1.500000")),
                      ("one-b", Decimal("2.000000"))]  # fmt: skip
+
+
+@dataclass
+class Queries(BaseHook):
+    events: list[QueryEvent] = field(default_factory=list)
+
+    def on_query(self, event: QueryEvent) -> None:
+        self.events.append(event)
+
+
+async def test_hooks_report_a_batch_under_rls_as_its_inserts(
+    login_as: LoginAs, fresh_database: DatabaseConfig
+) -> None:
+    queries = Queries()
+    async with login_as("persistence_service") as svc:
+        hooked = build_engine(fresh_database.model_copy(update={"user": svc.url.username}), hooks=[queries])
+        try:
+            async with AICallLogger(hooked, fold_every=None) as ledger:
+                assert await ledger.log_batch([call("a", "h1"), call("b", "h2")]) == 2
+        finally:
+            await hooked.dispose()
+    batch = [e for e in queries.events if e.table == "ai_calls" and e.rows == 2]
+    assert [(e.operation, e.statement.split(" (")[0]) for e in batch] == [("INSERT", "INSERT INTO ai_calls")]

@@ -155,6 +155,8 @@ _INFOS = {
     "fold_rollups_raw": describe(FOLD),
     "work": describe(LOAD_PRICES_VERSIONED),  # reload_prices
 }
+# log_batch where row-level security binds the login: INSERTs per organization instead of the COPY.
+_RLS_BATCH = describe(_INSERT_CALLS)
 
 
 def _tenant_rows(tenant_id: str) -> Callable[[asyncpg.Connection], Awaitable[list[asyncpg.Record]]]:
@@ -286,6 +288,8 @@ class AICallLogger:
             )
             raise
         rows = len(result) if isinstance(result, list) else 1 if work.__name__ == "_log_one" else result
+        if self._rls and work.__name__ == "_log_many":
+            info = _RLS_BATCH
         hooks.query(self._event(info, perf_counter() - started, rows if isinstance(rows, int) else None))
         return result
 
