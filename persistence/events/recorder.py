@@ -12,6 +12,10 @@ database), or drop and count (`drop`, only if chosen). `stats` has the counters.
 While open it folds the event rollups every `fold_interval` seconds (60; None: never), skipping a
 turn when another process is folding; the queries are exact either way (`events.rollups`).
 
+It keeps up to 3 connections of its engine's pool: a batch of 100 events or more is written as two
+halves at once (`writer.EventBatcher`), and queries and folds share the third. They are closed, not
+given back to the pool, by `close()` (they carry asyncpg's own jsonb codec, `Leases(plain_json=True)`).
+
 Under row-level security (a service role, revision 0026) events are written as their tenants
 (`writer.write_events`), a `log_*` call inside `tenant("a")` for another tenant raises
 `TenantIsolationError` (nothing buffered), and the queries read as their `tenant_id`. Folds are
