@@ -80,7 +80,10 @@ def read_your_writes_token() -> str | None:
     """The current context's read-your-writes token (the primary's WAL position after its last
     commit, e.g. `16/B374D848`), to hand to another service; None when nothing was committed.
     A commit whose position is unknown gives `unknown` (the receiver reads the primary)."""
-    lsn = _token.get()
+    return _text(_token.get())
+
+
+def _text(lsn: int | None) -> str | None:
     if lsn is None:
         return None
     return _UNKNOWN_TEXT if lsn == _UNKNOWN else _lsn_text(lsn)
@@ -95,7 +98,7 @@ def use_read_your_writes_token(token: str | None) -> None:
     if not isinstance(token, str):
         raise InvalidRequestError(f"a read-your-writes token is a str, got {type(token).__name__}")
     if token == _UNKNOWN_TEXT:
-        _token.set(_UNKNOWN)
+        _advance(_UNKNOWN)
         return
     match = _LSN.match(token.strip())
     if match is None:
@@ -106,23 +109,60 @@ def use_read_your_writes_token(token: str | None) -> None:
         _advance((int(match.group(1), 16) << 32) | int(match.group(2), 16))
 
 
+class CarriedToken:
+    """The token of one carried block (a request), shared by every context copied from it: a commit
+    in a child task (Starlette's `BaseHTTPMiddleware` runs the app in one) reaches it too."""
+
+    __slots__ = ("_lsn",)
+
+    def __init__(self) -> None:
+        self._lsn: int | None = None
+
+    def current(self) -> str | None:
+        """The block's token now: the carried one, or the position of a later commit in the block."""
+        return _text(self._lsn)
+
+    def _note(self, lsn: int) -> None:
+        if _later(self._lsn, lsn):
+            self._lsn = lsn
+
+
+_carried: ContextVar[CarriedToken | None] = ContextVar("persistence_read_your_writes_carried", default=None)
+
+
 @contextlib.contextmanager
-def carried_read_your_writes_token(token: str | None) -> Iterator[None]:
+def carried_read_your_writes_token(token: str | None) -> Iterator[CarriedToken]:
     """`use_read_your_writes_token(token)` for a block (a request carrying another service's token):
-    the context's token is what it was before once the block ends, whatever the block committed."""
+    the context's token is what it was before once the block ends, whatever the block committed.
+    The `CarriedToken` it gives tells the block's token at any time, also after commits made in
+    tasks the block started."""
+    carried = CarriedToken()
     saved = _token.set(_token.get())
+    saved_carried = _carried.set(carried)
     try:
+        current = _token.get()
+        if current is not None:
+            carried._note(current)
         use_read_your_writes_token(token)
-        yield
+        yield carried
     finally:
+        _carried.reset(saved_carried)
         _token.reset(saved)
+
+
+def _later(current: int | None, lsn: int) -> bool:
+    """Whether `lsn` replaces `current`: a later position, or an unknown one (which wins until a
+    later commit's known position replaces it)."""
+    return current is None or current == _UNKNOWN or lsn == _UNKNOWN or lsn > current
 
 
 def _advance(lsn: int) -> None:
     """Keep the later position; an unknown one wins until a later commit's known position replaces it."""
-    current = _token.get()
-    if current is None or current == _UNKNOWN or lsn == _UNKNOWN or lsn > current:
+    if _later(_token.get(), lsn):
         _token.set(lsn)
+    carried = _carried.get()
+    if carried is not None:
+        carried._note(lsn)
 
 
 # -- per-replica state ------------------------------------------------------------------------------

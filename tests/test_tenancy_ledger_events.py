@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.ai_calls import logger as logger_module
 from persistence.ai_calls.batch import BatchLogger
 from persistence.ai_calls.leases import Leases
 from persistence.ai_calls.logger import AICallLogger
@@ -33,7 +34,7 @@ from persistence.events.ledger_link import CostEventLink
 from persistence.events.rollups import fold_event_rollups
 from persistence.events.writer import write_events
 from persistence.observe.hooks import BaseHook, QueryEvent
-from persistence.tenancy import tenant
+from persistence.tenancy import in_tenant_transaction, tenant
 from persistence.testing.pytest_plugin import LoginAs
 
 pytestmark = pytest.mark.commits
@@ -310,3 +311,31 @@ async def test_hooks_report_a_batch_under_rls_as_its_inserts(
             await hooked.dispose()
     batch = [e for e in queries.events if e.table == "ai_calls" and e.rows == 2]
     assert [(e.operation, e.statement.split(" (")[0]) for e in batch] == [("INSERT", "INSERT INTO ai_calls")]
+
+
+async def test_a_price_book_reloaded_while_overrides_load_never_prices_at_list_price(
+    engine: AsyncEngine, login_as: LoginAs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another task reloads the book (a price entered, a miss) while a batch loads its organizations'
+    overrides one by one: the batch loads them again into the new book instead of pricing the
+    organizations loaded before the reload at list price."""
+    since = datetime.now(UTC) - timedelta(days=1)
+    await add_price(engine, "openai", "rls-priced", input_per_mtok=Decimal("2"), output_per_mtok=Decimal("8"),
+                    effective_from=since)  # fmt: skip
+    for org, price in (("a", "1.5"), ("b", "1.75")):
+        await add_price(engine, "openai", "rls-priced", input_per_mtok=Decimal(price), output_per_mtok=Decimal("6"),
+                        effective_from=since, tenant_id=org)  # fmt: skip
+    real = in_tenant_transaction
+    reloads: list[int] = []
+
+    async def reloading(raw: Any, tenant_id: str, work: Any) -> Any:
+        if tenant_id == "b" and not reloads:
+            reloads.append(await ledger.reload_prices())  # on another connection, as another task would
+        return await real(raw, tenant_id, work)
+
+    monkeypatch.setattr(logger_module, "in_tenant_transaction", reloading)
+    async with login_as("persistence_service") as svc, AICallLogger(svc, fold_every=None) as ledger:
+        await ledger.log_batch([unpriced_call("a", "r-a"), unpriced_call("b", "r-b")])
+    assert reloads  # the reload happened between the two organizations' loads
+    costs = await rows(engine, "SELECT request_id, cost_usd FROM ai_calls ORDER BY request_id")
+    assert costs == [("r-a", Decimal("1.500000")), ("r-b", Decimal("1.750000"))]

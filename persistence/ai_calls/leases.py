@@ -90,6 +90,11 @@ class Leases:
         self._discarding: set[asyncio.Task[None]] = set()
         self._pin = pin_of(engine)
 
+    @property
+    def pinned(self) -> bool:
+        """Whether every unit of work runs on a test's one pinned connection (the pytest plugin)."""
+        return self._pin is not None
+
     async def close(self) -> None:
         """Give back every idle leased connection; those in use are given back when released."""
         self.closed = True

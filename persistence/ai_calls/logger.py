@@ -277,6 +277,8 @@ class AICallLogger:
             result = await self._leases.attempts(work, *args)
         except BaseException as exc:
             err = exc if isinstance(exc, PersistenceError) else translate(exc)
+            if self._rls and work.__name__ == "_log_many":
+                info = _RLS_BATCH
             hooks.query(
                 self._event(
                     info,
@@ -325,12 +327,27 @@ class AICallLogger:
     async def _tenant_prices(self, raw: asyncpg.Connection, tenants: Iterable[str]) -> None:
         """Where row-level security binds the login, the book holds the list prices only: add each
         organization's overrides, read as that tenant, once per loaded book (so no call of a tenant
-        with its own price is priced at list price)."""
+        with its own price is priced at list price). The rows are added only to the book they were
+        read for, at its version (another task may reload it while this one awaits), and the
+        caller quotes right after, without awaiting."""
+        tenants = list(tenants)
         prices = self.prices
-        for tenant_id in tenants:
-            if tenant_id not in prices.tenants:
-                rows = await in_tenant_transaction(raw, tenant_id, _tenant_rows(tenant_id))
-                prices.add_tenant(tenant_id, rows)
+        for _ in range(3):
+            generation = prices.generation
+            loaded = [
+                (tenant_id, await in_tenant_transaction(raw, tenant_id, _tenant_rows(tenant_id)))
+                for tenant_id in tenants
+                if tenant_id not in prices.tenants
+            ]
+            if prices.generation != generation:
+                continue  # reloaded meanwhile: its tenants are forgotten, load them again
+            if prices.version is not None and any(rows[0][0] != prices.version for _, rows in loaded):
+                prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))  # the table changed
+                continue
+            for tenant_id, rows in loaded:
+                prices.add_tenant(tenant_id, (tuple(row)[1:] for row in rows if row[1] is not None))
+            return
+        raise TransientError("vendor_prices kept changing while a tenant's prices were loaded")
 
     async def _quote_after_reload(self, raw: asyncpg.Connection, record: AICallRecord) -> Cost:
         """The cost of a call no loaded price covers: reload the prices (at most every
@@ -577,12 +594,12 @@ class AICallLogger:
         if rls:
             self._rls = True
             _refuse_no_tenant(records)
+        if self._sequence is None:
+            self._sequence = await raw.fetchval(_SEQUENCE)
         await self._fresh_prices(raw)
         tenants = {tenant_of(r) for r in records} if rls else set()
         await self._tenant_prices(raw, tenants)
-        if self._sequence is None:
-            self._sequence = await raw.fetchval(_SEQUENCE)
-        quotes, missing = self._quotes(records)
+        quotes, missing = self._quotes(records)  # no await since the prices were loaded
         if missing and self._may_reload():
             self.prices.replace_versioned(await raw.fetch(LOAD_PRICES_VERSIONED))
             await self._tenant_prices(raw, tenants)

@@ -73,13 +73,14 @@ LOAD_PRICES_VERSIONED = (
     "ORDER BY p.provider, p.model, p.tenant_id, p.min_input_tokens, p.effective_from"
 )
 PRICES_VERSION = "SELECT version FROM vendor_prices_version"
-# One tenant's overrides ($1), read as that tenant where row-level security hides the others'.
+# One tenant's overrides ($1), read as that tenant where row-level security hides the others', with
+# the table's version in the same snapshot (shaped as LOAD_PRICES_VERSIONED: one row even without any).
 LOAD_TENANT_PRICES = (
-    "SELECT id, provider, model, tenant_id, input_per_mtok, output_per_mtok, cache_read_per_mtok, "
-    "cache_write_per_mtok, reasoning_per_mtok, effective_from, effective_to, cache_write_1h_per_mtok, "
-    "source, min_input_tokens "
-    "FROM vendor_prices WHERE tenant_id = $1 "
-    "ORDER BY provider, model, min_input_tokens, effective_from"
+    "SELECT (SELECT version FROM vendor_prices_version) AS version, p.id, p.provider, p.model, p.tenant_id, "
+    "p.input_per_mtok, p.output_per_mtok, p.cache_read_per_mtok, p.cache_write_per_mtok, p.reasoning_per_mtok, "
+    "p.effective_from, p.effective_to, p.cache_write_1h_per_mtok, p.source, p.min_input_tokens "
+    "FROM (SELECT 1) one LEFT JOIN vendor_prices p ON p.tenant_id = $1 "
+    "ORDER BY p.provider, p.model, p.min_input_tokens, p.effective_from"
 )
 
 
@@ -197,6 +198,9 @@ class PriceBook:
         # Tenants whose overrides were added one by one (`add_tenant`: a login under row-level
         # security loads the list prices, then each tenant's overrides as that tenant).
         self.tenants: set[str] = set()
+        # Bumped by every `replace`: a caller that awaited while loading tenants' overrides can tell
+        # whether the book it loaded them for is still the one in use.
+        self.generation = 0
         if rows is not None:
             self.replace(rows)
 
@@ -205,12 +209,13 @@ class PriceBook:
         _add(by_key, rows)
         self._index(by_key)
         self.tenants = set()
+        self.generation += 1
         self.version = version
         self.loaded_at = time.monotonic()
 
     def add_tenant(self, tenant_id: str, rows: Iterable[Any]) -> None:
-        """Add one tenant's overrides (a `LOAD_TENANT_PRICES` result) to a book whose rows did not
-        include them; `replace` forgets them again, with the rest of the old book."""
+        """Add one tenant's override rows (`LOAD_TENANT_PRICES` without its version column) to a book
+        whose rows did not include them; `replace` forgets them again, with the rest of the old book."""
         by_key = {key: tiers for key, tiers in self._by_key.items() if key[2] != tenant_id}
         _add(by_key, rows)
         self._index(by_key)

@@ -230,29 +230,66 @@ class EventBatcher(BatchWriter[Event]):
         """A batch of at least `2 * SPLIT_AT` events is written as two halves at once, on two leased
         connections: the server stores one half while this process encodes and sends the other
         (a two-deep pipeline; one connection leaves each side idle in turn). Each half commits on
-        its own, so a failure leaves the other half's outcome standing: a refused half is settled
-        again alone (bisection, idempotent writes), a half cut off by an outage is spooled or kept."""
-        if len(batch) < 2 * SPLIT_AT or self.leases is None or self.leases.size < 2:
-            return await super()._settle(batch)
+        its own, so a failure leaves the other half's outcome standing: a refused half is bisected
+        alone (idempotent writes), a half cut off by an outage is spooled or kept, and a half that
+        committed is counted even when closing cancels the other one."""
+        leases = self.leases
+        if len(batch) < 2 * SPLIT_AT or leases is None or leases.size < 2 or leases.pinned:
+            return await super()._settle(batch)  # (a test's one pinned connection: no second one)
         middle = len(batch) // 2
         halves = (batch[:middle], batch[middle:])
-        outcomes = await asyncio.gather(*(self._write(half) for half in halves), return_exceptions=True)
+        tasks = [asyncio.ensure_future(self._write(half)) for half in halves]
+        try:
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            self._count_cancelled(batch, halves, tasks)
+            raise
+        written = [outcome for outcome in outcomes if isinstance(outcome, int)]
+        self._written += sum(written)
+        failures = [(half, o) for half, o in zip(halves, outcomes, strict=True) if not isinstance(o, int)]
+        for _, outcome in failures:
+            if not isinstance(outcome, Exception):
+                raise outcome  # not an error of the write (cancelled from inside): the buffer keeps the batch
+        outage = next((o for _, o in failures if not is_refusal(o)), None)
+        if outage is not None:
+            self._failed(outage, "database unavailable")  # one outage, one step of the backoff
+        elif written:
+            self._succeeded()
         left: list[Event] = []
-        outage = False
-        for half, outcome in zip(halves, outcomes, strict=True):
-            if isinstance(outcome, int):
-                self._written += outcome
-                self._succeeded()
-            elif not isinstance(outcome, Exception):
-                raise outcome  # cancelled (closing on a timeout): the buffer keeps the batch
-            elif is_refusal(outcome) and not outage:
-                left += await super()._settle(half)
-            else:
-                if not outage:  # one outage, one step of the backoff (not one per half)
-                    self._failed(outcome, "database unavailable")
-                    outage = True
+        for half, outcome in failures:
+            if outage is None and self._healthy:
+                left += await self._bisect(half, outcome)
+            else:  # down (or went down while the other half was bisected): no more knocking
                 left += await self._keep(half)
         return left
+
+    async def _bisect(self, half: list[Event], refusal: BaseException) -> list[Event]:
+        """A refused half, split at once (its whole write was just refused: no need to send it again)."""
+        self._healthy = True  # the database answered: it judged the half
+        if len(half) == 1:
+            await self._refuse(half[0], refusal)
+            return []
+        middle = len(half) // 2
+        left = await super()._settle(half[:middle])
+        if not self._healthy:
+            return left + await self._keep(half[middle:])
+        return left + await super()._settle(half[middle:])
+
+    def _count_cancelled(
+        self, batch: list[Event], halves: tuple[list[Event], ...], tasks: Sequence[asyncio.Future[int]]
+    ) -> None:
+        """Closing cancelled the writer while the halves ran: a half that committed is counted and
+        leaves the buffer (it must not be spooled as unwritten); the rest stays at its head."""
+        kept: list[Event] = []
+        for half, task in zip(halves, tasks, strict=True):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                self._written += task.result()
+            else:
+                kept += half
+        if len(kept) < len(batch):
+            for _ in batch:
+                self._buffer.popleft()  # the batch is the buffer's head (`_drain`)
+            self._buffer.extendleft(reversed(kept))
 
     def _key(self, record: Event) -> str:
         return event_key(record)

@@ -61,7 +61,7 @@ from persistence.errors import (
     ValidationError,
 )
 from persistence.limits import LimitExceeded, Limits
-from persistence.replicas import carried_read_your_writes_token, read_your_writes_token
+from persistence.replicas import CarriedToken, carried_read_your_writes_token
 from persistence.repository.base import ModelT
 from persistence.repository.coerce import check_value
 from persistence.repository.filters import field_key, order_terms
@@ -208,17 +208,20 @@ class ReadYourWritesMiddleware:
             return
         given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == self._key), None)
 
+        carried: CarriedToken | None = None
+
         async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                token = read_your_writes_token()
+            # The request's token, also when its commits ran in a child task (BaseHTTPMiddleware).
+            if message["type"] == "http.response.start" and carried is not None:
+                token = carried.current()
                 if token is not None:
                     headers = [*message.get("headers", ()), (self._key, token.encode("latin-1"))]
                     message = {**message, "headers": headers}
             await send(message)
 
-        with contextlib.ExitStack() as carried:
+        with contextlib.ExitStack() as stack:
             try:
-                carried.enter_context(carried_read_your_writes_token(given))
+                carried = stack.enter_context(carried_read_your_writes_token(given))
             except InvalidRequestError as exc:
                 problem = Problem(422, "Invalid Request", "invalid-request", f"{self.header}: {exc}")
                 response = JSONResponse(problem.body(scope.get("path")), status_code=422,

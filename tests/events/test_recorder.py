@@ -3,6 +3,7 @@ and seed 004's two queries against a scan done by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -271,5 +272,44 @@ async def test_a_batch_written_as_two_halves_counts_and_refuses_exactly(
         assert await scalar(engine, COUNT, t="t-halves") == len(batch) - 1
         rejected = (tmp_path / "rejected.jsonl").read_text()
         assert str(poison.event_id) in rejected and rejected.count("\n") == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.commits
+async def test_a_half_committed_when_close_times_out_is_counted_not_spooled(
+    fresh_database: DatabaseConfig, tmp_path: Path
+) -> None:
+    """close(timeout) cancels a writer whose second half waits on a row lock (another session is
+    inserting the same key): the first half, committed, is counted as written; only the second is
+    spooled for the next run."""
+    engine = build_engine(fresh_database)
+    batch = events(2 * SPLIT_AT, "t-cancel")
+    try:
+        async with engine.connect() as blocking:
+            raw = (await blocking.get_raw_connection()).driver_connection
+            assert raw is not None
+            held = raw.transaction()
+            await held.start()
+            await write_events(raw, batch[-1:])  # uncommitted: the second half's COPY waits for it
+            recorder = TimescaleIntegration(
+                engine, spool_dir=tmp_path, batch_size=2 * SPLIT_AT, fold_interval=None
+            )
+            for event in batch:
+                await recorder.log_platform_event(event)
+            for _ in range(200):  # the first half commits on its own
+                if await scalar(engine, COUNT, t="t-cancel") == SPLIT_AT:
+                    break
+                await asyncio.sleep(0.05)
+            stats = await recorder.close(timeout=1.0)
+            await held.rollback()
+        assert (stats.written, stats.spooled, stats.pending_in_spool) == (SPLIT_AT, SPLIT_AT, SPLIT_AT)
+        assert await scalar(engine, COUNT, t="t-cancel") == SPLIT_AT
+        again = TimescaleIntegration(engine, spool_dir=tmp_path, fold_interval=None)
+        await again.start()
+        await again.flush_all()
+        stats = await again.close()
+        assert (stats.replayed, stats.written) == (SPLIT_AT, SPLIT_AT)
+        assert await scalar(engine, COUNT, t="t-cancel") == 2 * SPLIT_AT
     finally:
         await engine.dispose()

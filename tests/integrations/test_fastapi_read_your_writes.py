@@ -5,11 +5,11 @@ streaming replica (the lab of tests/test_replicas.py)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from persistence.integrations.fastapi import (
     READ_YOUR_WRITES_HEADER,
@@ -29,6 +29,11 @@ __all__ = ["lab", "migrated", "routed"]  # the lab's fixtures, shared with tests
 def service(routed: Routed) -> FastAPI:
     app = FastAPI(lifespan=lifespan(engine=routed.engine))
     install_exception_handlers(app)
+
+    @app.middleware("http")  # inside ReadYourWritesMiddleware: runs the app in a child task
+    async def passing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        return await call_next(request)
+
     app.add_middleware(ReadYourWritesMiddleware)
     repository = ServiceHealthRepository(routed.engine)
 
