@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -278,18 +279,24 @@ class EventBatcher(BatchWriter[Event]):
     def _count_cancelled(
         self, batch: list[Event], halves: tuple[list[Event], ...], tasks: Sequence[asyncio.Future[int]]
     ) -> None:
-        """Closing cancelled the writer while the halves ran: a half that committed is counted and
-        leaves the buffer (it must not be spooled as unwritten); the rest stays at its head."""
+        """Closing cancelled the writer while the halves ran: a half that committed is counted and,
+        when the batch is the buffer's head (`_drain`), leaves the buffer, so it is not spooled as
+        unwritten; the rest stays at the head. A batch from the spool (`_replay` settling a refused
+        chunk) is not in the buffer: its chunk stays in the spool, replayed as a no-op for that half."""
         kept: list[Event] = []
         for half, task in zip(halves, tasks, strict=True):
             if task.done() and not task.cancelled() and task.exception() is None:
                 self._written += task.result()
             else:
                 kept += half
-        if len(kept) < len(batch):
+        buffer = self._buffer
+        at_head = len(buffer) >= len(batch) and all(
+            a is b for a, b in zip(islice(buffer, len(batch)), batch, strict=False)
+        )
+        if at_head and len(kept) < len(batch):
             for _ in batch:
-                self._buffer.popleft()  # the batch is the buffer's head (`_drain`)
-            self._buffer.extendleft(reversed(kept))
+                buffer.popleft()
+            buffer.extendleft(reversed(kept))
 
     def _key(self, record: Event) -> str:
         return event_key(record)
