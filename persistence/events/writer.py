@@ -256,12 +256,19 @@ class EventBatcher(BatchWriter[Event]):
             self._failed(outage, "database unavailable")  # one outage, one step of the backoff
         elif written:
             self._succeeded()
+        else:
+            self._healthy = True  # both halves refused: the database answered, it judged them
         left: list[Event] = []
-        for half, outcome in failures:
-            if outage is None and self._healthy:
-                left += await self._bisect(half, outcome)
-            else:  # down (or went down while the other half was bisected): no more knocking
-                left += await self._keep(half)
+        try:
+            for half, outcome in failures:
+                if outage is None and self._healthy:
+                    left += await self._bisect(half, outcome)
+                else:  # down (or went down while the other half was bisected): no more knocking
+                    left += await self._keep(half)
+        except asyncio.CancelledError:
+            committed = [half for half, o in zip(halves, outcomes, strict=True) if isinstance(o, int)]
+            self._drop_committed(batch, committed)
+            raise
         return left
 
     async def _bisect(self, half: list[Event], refusal: BaseException) -> list[Event]:
@@ -279,24 +286,29 @@ class EventBatcher(BatchWriter[Event]):
     def _count_cancelled(
         self, batch: list[Event], halves: tuple[list[Event], ...], tasks: Sequence[asyncio.Future[int]]
     ) -> None:
-        """Closing cancelled the writer while the halves ran: a half that committed is counted and,
-        when the batch is the buffer's head (`_drain`), leaves the buffer, so it is not spooled as
-        unwritten; the rest stays at the head. A batch from the spool (`_replay` settling a refused
-        chunk) is not in the buffer: its chunk stays in the spool, replayed as a no-op for that half."""
-        kept: list[Event] = []
+        """Closing cancelled the writer while the halves ran: a half that committed is counted and
+        taken out of the buffer (`_drop_committed`)."""
+        committed: list[list[Event]] = []
         for half, task in zip(halves, tasks, strict=True):
             if task.done() and not task.cancelled() and task.exception() is None:
                 self._written += task.result()
-            else:
-                kept += half
+                committed.append(half)
+        self._drop_committed(batch, committed)
+
+    def _drop_committed(self, batch: list[Event], committed: list[list[Event]]) -> None:
+        """Closing cancelled the writer after a half committed: when the batch is the buffer's head
+        (`_drain`), the committed events leave it, so `close()` does not spool them as unwritten;
+        the rest stays at the head. A batch from the spool (`_replay` settling a refused chunk) is
+        not in the buffer: its chunk stays in the spool, replayed as a no-op for that half."""
+        done = {id(e) for half in committed for e in half}
         buffer = self._buffer
-        at_head = len(buffer) >= len(batch) and all(
-            a is b for a, b in zip(islice(buffer, len(batch)), batch, strict=False)
-        )
-        if at_head and len(kept) < len(batch):
-            for _ in batch:
-                buffer.popleft()
-            buffer.extendleft(reversed(kept))
+        if not done or len(buffer) < len(batch):
+            return
+        if not all(a is b for a, b in zip(islice(buffer, len(batch)), batch, strict=False)):
+            return
+        for _ in batch:
+            buffer.popleft()
+        buffer.extendleft(reversed([e for e in batch if id(e) not in done]))
 
     def _key(self, record: Event) -> str:
         return event_key(record)

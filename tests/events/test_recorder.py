@@ -313,3 +313,34 @@ async def test_a_half_committed_when_close_times_out_is_counted_not_spooled(
         assert await scalar(engine, COUNT, t="t-cancel") == 2 * SPLIT_AT
     finally:
         await engine.dispose()
+
+
+@pytest.mark.commits
+async def test_both_halves_refused_after_an_outage_are_bisected_not_kept(
+    fresh_database: DatabaseConfig, tmp_path: Path
+) -> None:
+    """After an outage (the writer marked the database unhealthy), a batch whose two halves are both
+    refused is still judged event by event: the database answered, so it is bisected, not kept."""
+    engine = build_engine(fresh_database)
+    try:
+        async with engine.begin() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute(REFUSE_POISON)
+        batch = events(2 * SPLIT_AT, "t-refused")
+        for n in (3, SPLIT_AT + 3):  # one refused event in each half
+            batch[n] = PlatformEvent(
+                tenant_id="t-refused", event_type="poison", event_category="user_behavior"
+            )
+        recorder = TimescaleIntegration(
+            engine, spool_dir=tmp_path, batch_size=2 * SPLIT_AT, fold_interval=None
+        )
+        assert recorder._batcher is not None
+        recorder._batcher._healthy = False  # as the last attempt, during an outage, left it
+        for event in batch:
+            await recorder.log_platform_event(event)
+        stats = await recorder.close(timeout=10)
+        assert (stats.written, stats.rejected, stats.spooled) == (len(batch) - 2, 2, 0)
+        assert await scalar(engine, COUNT, t="t-refused") == len(batch) - 2
+    finally:
+        await engine.dispose()

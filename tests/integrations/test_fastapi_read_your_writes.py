@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request, Response
 
 from persistence.integrations.fastapi import (
@@ -26,13 +27,14 @@ from tests.test_replicas import Routed, fresh, lab, migrated, routed, where
 __all__ = ["lab", "migrated", "routed"]  # the lab's fixtures, shared with tests/test_replicas.py
 
 
-def service(routed: Routed) -> FastAPI:
+def service(routed: Routed, *, inner_middleware: bool) -> FastAPI:
     app = FastAPI(lifespan=lifespan(engine=routed.engine))
     install_exception_handlers(app)
+    if inner_middleware:
 
-    @app.middleware("http")  # inside ReadYourWritesMiddleware: runs the app in a child task
-    async def passing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        return await call_next(request)
+        @app.middleware("http")  # inside ReadYourWritesMiddleware: runs the app in a child task
+        async def passing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            return await call_next(request)
 
     app.add_middleware(ReadYourWritesMiddleware)
     repository = ServiceHealthRepository(routed.engine)
@@ -59,9 +61,10 @@ async def client_of(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-async def test_the_token_travels_in_a_header_between_requests(routed: Routed) -> None:
+@pytest.mark.parametrize("inner_middleware", [False, True], ids=["alone", "around-BaseHTTPMiddleware"])
+async def test_the_token_travels_in_a_header_between_requests(routed: Routed, inner_middleware: bool) -> None:
     async def scenario() -> None:
-        async for client in client_of(service(routed)):
+        async for client in client_of(service(routed, inner_middleware=inner_middleware)):
             routed.lab.run("pause")
             wrote = await client.post("/heartbeats")
             assert wrote.status_code == 200, wrote.text
