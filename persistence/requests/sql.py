@@ -417,6 +417,10 @@ SELECT (SELECT count(*) FROM request_inflight WHERE status = 'queued') AS queued
         SELECT pid, age(backend_xmin) AS xmin_age, now() - xact_start AS xact_age, state
           FROM pg_stat_activity
          WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+           -- what holds this table's dead rows: sessions of this database (vacuum ignores other
+           -- databases' snapshots and other vacuums) and replication feedback (walsenders)
+           AND (datname = current_database() OR backend_type = 'walsender')
+           AND backend_type IS DISTINCT FROM 'autovacuum worker'
          ORDER BY age(backend_xmin) DESC, xact_start
          LIMIT 1) o ON true
  WHERE s.relid = 'request_inflight'::regclass

@@ -55,3 +55,21 @@ async def test_the_inflight_table_is_vacuumed_after_a_fixed_number_of_dead_rows(
     assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=500", "fillfactor=70"} <= set(
         options
     )
+
+
+@pytest.mark.commits
+async def test_a_snapshot_in_another_database_is_not_reported(
+    shared_engine: AsyncEngine, fresh_database: DatabaseConfig
+) -> None:
+    """Vacuum of this database's in-flight table is not held back by another database's sessions:
+    health names only snapshots that hold its dead rows."""
+    single = build_engine(fresh_database.model_copy(update={"pool_size": 1, "max_overflow": 0}))
+    try:
+        async with shared_engine.connect() as elsewhere:  # the session's shared test database
+            await elsewhere.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            await elsewhere.execute(text("SELECT 1"))
+            other = (await elsewhere.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            health = await Requests(single).health()
+            assert health.oldest_snapshot_pid != other
+    finally:
+        await single.dispose()
