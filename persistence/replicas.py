@@ -137,10 +137,10 @@ def carried_read_your_writes_token(token: str | None) -> Iterator[CarriedToken]:
     The `CarriedToken` it gives tells the block's token at any time, also after commits made in
     tasks the block started."""
     carried = CarriedToken()
-    saved = _token.set(_token.get())
+    current = _token.get()
+    saved = _token.set(current)
     saved_carried = _carried.set(carried)
     try:
-        current = _token.get()
         if current is not None:
             carried._note(current)
         use_read_your_writes_token(token)
@@ -319,10 +319,9 @@ class ReplicaRouter:
             now = monotonic()
             replica.checked_at, replica.lag_s, replica.replayed = now, float(lag), int(replayed)
             if not standby:
-                replica.role = "primary"
-                replica.skip_until = now + self.retry_after_s
-                log.warning("a read replica is not in recovery (promoted?): skipped", replica=replica.name)
-                self._fell_back(replica, "promoted", now - started)
+                self._mark_promoted(
+                    replica, now, now - started, "a read replica is not in recovery (promoted?): skipped"
+                )
                 return False
             replica.role = "replica"
             if replica.lag_s > self.max_lag_s:
@@ -359,19 +358,21 @@ class ReplicaRouter:
         after marking the replica a primary to skip. Asks nothing: see `_promoted`."""
         if not _promoted(driver):
             return None
-        replica.role = "primary"
-        replica.skip_until = monotonic() + self.retry_after_s
-        log.warning("a read replica was promoted under a read-only block: skipped", replica=replica.name)
-        self._fell_back(replica, "promoted", 0.0)
-        where = replica.endpoint
-        return ReplicaUnavailableError(
-            host=where.host,
-            port=where.port,
-            database=where.database,
-            user=where.user,
-            reason="it was promoted under a read-only block (its reads may miss what the old primary "
+        self._mark_promoted(
+            replica, monotonic(), 0.0, "a read replica was promoted under a read-only block: skipped"
+        )
+        return _unavailable(
+            replica,
+            "it was promoted under a read-only block (its reads may miss what the old primary "
             "committed since); run the block again (retries=N) to use another server",
         )
+
+    def _mark_promoted(self, replica: Replica, now: float, waited: float, message: str) -> None:
+        """`replica` answers as a primary now: skip it for `retry_after_s`, and say so."""
+        replica.role = "primary"
+        replica.skip_until = now + self.retry_after_s
+        log.warning(message, replica=replica.name)
+        self._fell_back(replica, "promoted", waited)
 
     def lost(
         self, replica: Replica, error: BaseException, *, mark: bool = True
@@ -386,15 +387,11 @@ class ReplicaRouter:
             return None
         if mark:
             self.failed(replica, error, in_block=True)
-        where = replica.endpoint
-        return ReplicaUnavailableError(
-            host=where.host,
-            port=where.port,
-            database=where.database,
-            user=where.user,
-            reason=f"it failed under a read-only block ({type(translated or error).__name__}); "
+        return _unavailable(
+            replica,
+            f"it failed under a read-only block ({type(translated or error).__name__}); "
             "run the block again (retries=N) to use another server",
-            sqlstate=sqlstate or None,
+            sqlstate or None,
         )
 
     # -- reporting ----------------------------------------------------------------------------------
@@ -502,6 +499,18 @@ def router_of(engine: AsyncEngine) -> ReplicaRouter | None:
     if not _ROUTERS:
         return None
     return _ROUTERS.get(engine.sync_engine)
+
+
+def _unavailable(replica: Replica, reason: str, sqlstate: str | None = None) -> ReplicaUnavailableError:
+    where = replica.endpoint
+    return ReplicaUnavailableError(
+        host=where.host,
+        port=where.port,
+        database=where.database,
+        user=where.user,
+        reason=reason,
+        sqlstate=sqlstate,
+    )
 
 
 def _promoted(driver: Any) -> bool:

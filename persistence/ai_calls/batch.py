@@ -488,18 +488,23 @@ class BatchWriter(Generic[R]):
             if not is_refusal(exc):
                 self._failed(exc, "database unavailable")
                 return await self._keep(batch)
-            self._healthy = True  # the database answered: it judged the batch
-            if len(batch) == 1:
-                await self._refuse(batch[0], exc)
-                return []
-            middle = len(batch) // 2
-            left = await self._settle(batch[:middle])
-            if not self._healthy:  # down meanwhile: do not knock again for the other half
-                return left + await self._keep(batch[middle:])
-            return left + await self._settle(batch[middle:])
+            return await self._split_refused(batch, exc)
         self._written += written
         self._succeeded()
         return []
+
+    async def _split_refused(self, batch: list[R], refusal: BaseException) -> list[R]:
+        """A batch the database refused as a whole: the database answered, so it is split until the
+        refused calls are isolated (each written, refused or, if it went down meanwhile, kept)."""
+        self._healthy = True
+        if len(batch) == 1:
+            await self._refuse(batch[0], refusal)
+            return []
+        middle = len(batch) // 2
+        left = await self._settle(batch[:middle])
+        if not self._healthy:  # down meanwhile: do not knock again for the other half
+            return left + await self._keep(batch[middle:])
+        return left + await self._settle(batch[middle:])
 
     async def _keep(self, batch: list[R]) -> list[R]:
         """Spool calls an outage kept from the database; returns them if they could not be spooled."""

@@ -271,17 +271,14 @@ class AICallLogger:
         return self._observed(self._hooks, work, *args)
 
     async def _observed(self, hooks: Hooks, work: Any, *args: Any) -> Any:
-        info = _INFOS.get(work.__name__, _UNKNOWN)
         started = perf_counter()
         try:
             result = await self._leases.attempts(work, *args)
         except BaseException as exc:
             err = exc if isinstance(exc, PersistenceError) else translate(exc)
-            if self._rls and work.__name__ == "_log_many":
-                info = _RLS_BATCH
             hooks.query(
                 self._event(
-                    info,
+                    self._info(work.__name__),
                     perf_counter() - started,
                     None,
                     getattr(err, "sqlstate", None),
@@ -290,10 +287,18 @@ class AICallLogger:
             )
             raise
         rows = len(result) if isinstance(result, list) else 1 if work.__name__ == "_log_one" else result
-        if self._rls and work.__name__ == "_log_many":
-            info = _RLS_BATCH
-        hooks.query(self._event(info, perf_counter() - started, rows if isinstance(rows, int) else None))
+        hooks.query(
+            self._event(
+                self._info(work.__name__), perf_counter() - started, rows if isinstance(rows, int) else None
+            )
+        )
         return result
+
+    def _info(self, name: str) -> StatementInfo:
+        """What a unit of work reports; asked after it ran (the first one finds out about RLS)."""
+        if name == "_log_many" and self._rls:
+            return _RLS_BATCH
+        return _INFOS.get(name, _UNKNOWN)
 
     def _event(
         self, info: StatementInfo, duration: float, rows: int | None, sqlstate: str | None = None,

@@ -262,7 +262,7 @@ class EventBatcher(BatchWriter[Event]):
         try:
             for half, outcome in failures:
                 if outage is None and self._healthy:
-                    left += await self._bisect(half, outcome)
+                    left += await self._split_refused(half, outcome)  # not written again whole
                 else:  # down (or went down while the other half was bisected): no more knocking
                     left += await self._keep(half)
         except asyncio.CancelledError:
@@ -270,18 +270,6 @@ class EventBatcher(BatchWriter[Event]):
             self._drop_committed(batch, committed)
             raise
         return left
-
-    async def _bisect(self, half: list[Event], refusal: BaseException) -> list[Event]:
-        """A refused half, split at once (its whole write was just refused: no need to send it again)."""
-        self._healthy = True  # the database answered: it judged the half
-        if len(half) == 1:
-            await self._refuse(half[0], refusal)
-            return []
-        middle = len(half) // 2
-        left = await super()._settle(half[:middle])
-        if not self._healthy:
-            return left + await self._keep(half[middle:])
-        return left + await super()._settle(half[middle:])
 
     def _count_cancelled(
         self, batch: list[Event], halves: tuple[list[Event], ...], tasks: Sequence[asyncio.Future[int]]

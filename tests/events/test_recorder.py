@@ -243,6 +243,14 @@ CREATE TRIGGER refuse_poison BEFORE INSERT ON analytics.platform_events
 """
 
 
+async def refuse_poison(engine: AsyncEngine) -> None:
+    """From now on the database refuses (check_violation) every platform event of type 'poison'."""
+    async with engine.begin() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.execute(REFUSE_POISON)
+
+
 @pytest.mark.commits
 async def test_a_batch_written_as_two_halves_counts_and_refuses_exactly(
     fresh_database: DatabaseConfig, tmp_path: Path
@@ -251,10 +259,7 @@ async def test_a_batch_written_as_two_halves_counts_and_refuses_exactly(
     counters are exact, and a refused event is isolated in its half while the other half stands."""
     engine = build_engine(fresh_database)
     try:
-        async with engine.begin() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            await raw.execute(REFUSE_POISON)
+        await refuse_poison(engine)
         batch = events(2 * SPLIT_AT * 2, "t-halves")  # two batches, each split in two
         poison = PlatformEvent(tenant_id="t-halves", event_type="poison", event_category="user_behavior")
         batch[-3] = poison  # in the second half of the second batch
@@ -323,10 +328,7 @@ async def test_both_halves_refused_after_an_outage_are_bisected_not_kept(
     refused is still judged event by event: the database answered, so it is bisected, not kept."""
     engine = build_engine(fresh_database)
     try:
-        async with engine.begin() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            await raw.execute(REFUSE_POISON)
+        await refuse_poison(engine)
         batch = events(2 * SPLIT_AT, "t-refused")
         for n in (3, SPLIT_AT + 3):  # one refused event in each half
             batch[n] = PlatformEvent(
